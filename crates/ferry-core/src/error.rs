@@ -1,0 +1,194 @@
+//! The one catalogue of job error types.
+//!
+//! Every failed attempt is classified into exactly one [`ErrorType`]. The type decides
+//! whether the failure is worth retrying by default: a network blip, a 5xx or a timeout
+//! may well pass, a 4xx or a validation error will not. An executor may override the
+//! default for one error (the `fail` kind does, on request), and the job's policy
+//! (attempts, retry budget) decides whether a retryable error is actually retried.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+use utoipa::ToSchema;
+
+/// The catalogue of error types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorType {
+    /// The attempt ran longer than its timeout.
+    Timeout,
+    /// A connection could not be made or broke.
+    Network,
+    /// A remote answered with an unsuccessful HTTP status.
+    HttpStatus,
+    /// A process exited with a non-zero status.
+    ExitStatus,
+    /// A resource limit (memory, CPU time, file size, processes) was hit.
+    ResourceLimit,
+    /// A circuit breaker in front of a failing dependency is open.
+    CircuitOpen,
+    /// The worker running the attempt stopped heartbeating (crashed or was cut off).
+    WorkerLost,
+    /// The job's input is not acceptable to its kind.
+    Validation,
+    /// The job was cancelled.
+    Cancelled,
+    /// A remote asked us to slow down (HTTP 429).
+    RateLimited,
+    /// The job's retry budget (`total_timeout_ms`) ran out.
+    BudgetExhausted,
+    /// An unexpected failure inside Ferry or an executor.
+    Internal,
+}
+
+impl ErrorType {
+    /// Every type, in catalogue order.
+    pub const ALL: [ErrorType; 12] = [
+        ErrorType::Timeout,
+        ErrorType::Network,
+        ErrorType::HttpStatus,
+        ErrorType::ExitStatus,
+        ErrorType::ResourceLimit,
+        ErrorType::CircuitOpen,
+        ErrorType::WorkerLost,
+        ErrorType::Validation,
+        ErrorType::Cancelled,
+        ErrorType::RateLimited,
+        ErrorType::BudgetExhausted,
+        ErrorType::Internal,
+    ];
+
+    /// Whether an error of this type is retried unless its source says otherwise.
+    pub fn retryable_by_default(self) -> bool {
+        match self {
+            ErrorType::Timeout
+            | ErrorType::Network
+            | ErrorType::CircuitOpen
+            | ErrorType::WorkerLost
+            | ErrorType::RateLimited
+            | ErrorType::Internal => true,
+            ErrorType::HttpStatus
+            | ErrorType::ExitStatus
+            | ErrorType::ResourceLimit
+            | ErrorType::Validation
+            | ErrorType::Cancelled
+            | ErrorType::BudgetExhausted => false,
+        }
+    }
+
+    /// The stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::Timeout => "timeout",
+            ErrorType::Network => "network",
+            ErrorType::HttpStatus => "http_status",
+            ErrorType::ExitStatus => "exit_status",
+            ErrorType::ResourceLimit => "resource_limit",
+            ErrorType::CircuitOpen => "circuit_open",
+            ErrorType::WorkerLost => "worker_lost",
+            ErrorType::Validation => "validation",
+            ErrorType::Cancelled => "cancelled",
+            ErrorType::RateLimited => "rate_limited",
+            ErrorType::BudgetExhausted => "budget_exhausted",
+            ErrorType::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ErrorType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ErrorType::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| format!("unknown error type `{s}`"))
+    }
+}
+
+/// A classified failure as recorded on a job and its attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobError {
+    /// The error's type from the catalogue.
+    #[serde(rename = "type")]
+    pub error_type: ErrorType,
+    /// A human-readable explanation.
+    pub message: String,
+    /// Whether this failure could be retried.
+    pub retryable: bool,
+}
+
+impl JobError {
+    /// An error whose retryability is the catalogue default for its type.
+    pub fn new(error_type: ErrorType, message: impl Into<String>) -> Self {
+        JobError { error_type, message: message.into(), retryable: error_type.retryable_by_default() }
+    }
+}
+
+/// What an executor returns when an attempt fails.
+#[derive(Debug, Clone)]
+pub struct ExecError {
+    /// The classification.
+    pub error_type: ErrorType,
+    /// Explanation for humans.
+    pub message: String,
+    /// Overrides the catalogue default when set.
+    pub retryable: Option<bool>,
+    /// A delay the remote asked for (HTTP `Retry-After`); replaces the backoff delay.
+    pub retry_after: Option<Duration>,
+    /// Output worth keeping even though the attempt failed (a response body, stderr).
+    pub output: Option<serde_json::Value>,
+}
+
+impl ExecError {
+    /// An error of `error_type` with the catalogue's retryability.
+    pub fn new(error_type: ErrorType, message: impl Into<String>) -> Self {
+        ExecError { error_type, message: message.into(), retryable: None, retry_after: None, output: None }
+    }
+
+    /// Sets whether this error is retryable.
+    pub fn retryable(mut self, retryable: bool) -> Self {
+        self.retryable = Some(retryable);
+        self
+    }
+
+    /// Attaches output to the failure.
+    pub fn with_output(mut self, output: serde_json::Value) -> Self {
+        self.output = Some(output);
+        self
+    }
+
+    /// The recorded form of this error.
+    pub fn to_job_error(&self) -> JobError {
+        JobError {
+            error_type: self.error_type,
+            message: self.message.clone(),
+            retryable: self.retryable.unwrap_or(self.error_type.retryable_by_default()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for t in ErrorType::ALL {
+            assert_eq!(t.as_str().parse::<ErrorType>().unwrap(), t);
+            assert_eq!(serde_json::to_value(t).unwrap(), serde_json::json!(t.as_str()));
+        }
+        assert!("nope".parse::<ErrorType>().is_err());
+    }
+
+    #[test]
+    fn catalogue_defaults() {
+        assert!(ErrorType::Network.retryable_by_default());
+        assert!(ErrorType::Timeout.retryable_by_default());
+        assert!(!ErrorType::Validation.retryable_by_default());
+        assert!(!ExecError::new(ErrorType::Network, "x").retryable(false).to_job_error().retryable);
+    }
+}

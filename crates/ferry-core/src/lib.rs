@@ -1,0 +1,20 @@
+//! Ferry's engine core: what a job is, which states it moves through, how a failure is
+//! classified and when it is retried.
+//!
+//! Everything here is plain data and pure functions. The store decides *where* a job lives,
+//! the worker decides *how* it runs; this crate decides *what happens next*, so that both
+//! storage backends and every executor agree on one state machine.
+//!
+//! **Invariant:** this crate does no I/O. It reads no clock except through the explicit
+//! [`time::now_micros`] helper that callers pass in, touches no file and knows no HTTP.
+
+pub mod backoff;
+pub mod error;
+pub mod job;
+pub mod time;
+
+pub use backoff::{Backoff, Jitter};
+pub use error::{ErrorType, ExecError, JobError};
+pub use job::{
+    AttemptOutcome, Decision, JobId, JobSpec, JobState, Limits, NewJob, RetryState, SpecError, decide_after_failure,
+};

@@ -1,0 +1,258 @@
+//! `/v1/jobs`: submit, read, list, cancel, replay, events.
+
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::JsonBody;
+use crate::views::{BatchAccepted, BatchRequest, EventList, EventView, JobAccepted, JobPage, JobStateView, JobView};
+use crate::{ApiState, Caller};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use ferry_core::time::now_micros;
+use ferry_core::{JobId, JobSpec, JobState};
+use ferry_store::{CancelOutcome, JobFilter, ReplayOutcome, StoreError};
+use std::collections::BTreeMap;
+
+fn parse_id(raw: &str) -> Result<JobId, ApiError> {
+    JobId::parse_str(raw).map_err(|_| ApiError::bad_field("id", format!("`{raw}` is not a job id (a UUID)")))
+}
+
+fn status_of(created: bool) -> StatusCode {
+    if created { StatusCode::CREATED } else { StatusCode::OK }
+}
+
+/// Submit a job.
+///
+/// Answers 201 with the new job's id, or 200 with the existing job when the idempotency
+/// key (body field or `Idempotency-Key` header) was already used with the same spec.
+#[utoipa::path(
+    post, path = "/v1/jobs", tag = "jobs",
+    request_body = JobSpec,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same as the body's `idempotency_key`")),
+    responses(
+        (status = 201, description = "Created", body = JobAccepted),
+        (status = 200, description = "Idempotency key matched an existing job", body = JobAccepted),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 409, description = "Idempotency key used with another spec", body = ErrorBody),
+        (status = 413, description = "Body or input over its limit", body = ErrorBody),
+    )
+)]
+pub async fn submit(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    JsonBody(mut spec): JsonBody<JobSpec>,
+) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
+    if let Some(h) = headers.get("idempotency-key") {
+        let h = h.to_str().map_err(|_| ApiError::bad_field("Idempotency-Key", "must be visible ASCII"))?;
+        match &spec.idempotency_key {
+            Some(k) if k != h => {
+                return Err(ApiError::bad_field(
+                    "idempotency_key",
+                    "differs from the Idempotency-Key header; give one or make them equal",
+                ));
+            }
+            _ => spec.idempotency_key = Some(h.to_string()),
+        }
+    }
+    let caller = Caller::local();
+    let job = st.validate(spec, &caller, now_micros())?;
+    let queue = job.queue.clone();
+    let submitted = st.store.submit(vec![job]).await?;
+    let accepted = JobAccepted::from(submitted.into_iter().next().ok_or_else(|| {
+        ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "internal", &"the store returned no job")
+    })?);
+    if accepted.created {
+        metrics::counter!("ferry_jobs_submitted_total", "queue" => queue).increment(1);
+    }
+    Ok((status_of(accepted.created), Json(accepted)))
+}
+
+/// Submit up to 1000 jobs at once, all or nothing.
+///
+/// Every spec is validated first; one bad spec refuses the whole batch, naming it
+/// (`jobs[3].kind`), and nothing is stored. Answers in the order given.
+#[utoipa::path(
+    post, path = "/v1/jobs/batch", tag = "jobs",
+    request_body = BatchRequest,
+    responses(
+        (status = 201, description = "Created", body = BatchAccepted),
+        (status = 200, description = "Every job matched an existing idempotency key", body = BatchAccepted),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 409, description = "Idempotency key used with another spec", body = ErrorBody),
+        (status = 413, description = "Body or an input over its limit", body = ErrorBody),
+    )
+)]
+pub async fn submit_batch(
+    State(st): State<ApiState>,
+    JsonBody(batch): JsonBody<BatchRequest>,
+) -> Result<(StatusCode, Json<BatchAccepted>), ApiError> {
+    let max = st.cfg.max_batch;
+    if batch.jobs.is_empty() {
+        return Err(ApiError::bad_field("jobs", "must hold at least one job"));
+    }
+    if batch.jobs.len() > max {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "batch_too_large",
+            format!("a batch holds at most {max} jobs; this one has {}", batch.jobs.len()),
+        )
+        .field("jobs"));
+    }
+    let caller = Caller::local();
+    let now = now_micros();
+    let mut jobs = Vec::with_capacity(batch.jobs.len());
+    for (i, spec) in batch.jobs.into_iter().enumerate() {
+        jobs.push(st.validate(spec, &caller, now).map_err(|mut e| {
+            e.field = Some(format!("jobs[{i}].{}", e.field.as_deref().unwrap_or("")).trim_end_matches('.').to_string());
+            e
+        })?);
+    }
+    let mut per_queue: BTreeMap<String, u64> = BTreeMap::new();
+    for j in &jobs {
+        *per_queue.entry(j.queue.clone()).or_default() += 1;
+    }
+    let submitted = st.store.submit(jobs).await.map_err(|e| match e {
+        StoreError::IdempotencyConflict { index, .. } => {
+            let mut err = ApiError::from(e);
+            err.field = Some(format!("jobs[{index}].idempotency_key"));
+            err
+        }
+        other => ApiError::from(other),
+    })?;
+    let any_created = submitted.iter().any(|s| s.created);
+    if any_created {
+        for (queue, n) in per_queue {
+            metrics::counter!("ferry_jobs_submitted_total", "queue" => queue).increment(n);
+        }
+    }
+    let jobs = submitted.into_iter().map(JobAccepted::from).collect();
+    Ok((status_of(any_created), Json(BatchAccepted { jobs })))
+}
+
+/// One job with its attempts, output and error.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody))
+)]
+pub async fn get(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+    let id = parse_id(&id)?;
+    let caller = Caller::local();
+    let job = st.store.get_job(&caller.workspace, id).await?.ok_or_else(|| ApiError::not_found("job"))?;
+    Ok(Json(JobView::new(job, true)))
+}
+
+/// Jobs, newest first, with optional filters. The dead-letter queue is `state=dead`.
+#[utoipa::path(
+    get, path = "/v1/jobs", tag = "jobs",
+    params(
+        ("state" = Option<JobState>, Query, description = "Only jobs in this state"),
+        ("queue" = Option<String>, Query, description = "Only jobs of this queue"),
+        ("kind" = Option<String>, Query, description = "Only jobs of this kind"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1 to 1000 (default 50)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses((status = 200, body = JobPage), (status = 400, body = ErrorBody))
+)]
+pub async fn list(
+    State(st): State<ApiState>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Json<JobPage>, ApiError> {
+    let mut filter = JobFilter { limit: 50, ..JobFilter::default() };
+    for (key, value) in q {
+        match key.as_str() {
+            "state" => {
+                filter.state = Some(value.parse().map_err(|e: String| ApiError::bad_field("state", e))?);
+            }
+            "queue" => filter.queue = Some(value),
+            "kind" => filter.kind = Some(value),
+            "limit" => {
+                filter.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| ApiError::bad_field("limit", "must be an integer from 1 to 1000"))?;
+            }
+            "cursor" => {
+                filter.cursor = Some(
+                    JobId::parse_str(&value)
+                        .map_err(|_| ApiError::bad_field("cursor", "is not a cursor from a previous page"))?,
+                );
+            }
+            other => return Err(ApiError::bad_field(other, "unknown query parameter")),
+        }
+    }
+    let caller = Caller::local();
+    let page = st.store.list_jobs(&caller.workspace, filter).await?;
+    Ok(Json(JobPage {
+        items: page.items.into_iter().map(|j| JobView::new(j, false)).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Cancel a job. A queued or scheduled job never runs; a running attempt is stopped.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, body = JobStateView),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The job already finished", body = ErrorBody),
+    )
+)]
+pub async fn cancel(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Json<JobStateView>, ApiError> {
+    let id = parse_id(&id)?;
+    let caller = Caller::local();
+    match st.store.cancel(&caller.workspace, id).await? {
+        CancelOutcome::Cancelled { was_running, queue, kind } => {
+            if was_running && let Some(engine) = &st.engine {
+                engine.stop_attempt(id);
+            }
+            metrics::counter!("ferry_jobs_finished_total", "queue" => queue, "kind" => kind, "state" => "cancelled")
+                .increment(1);
+            Ok(Json(JobStateView { id, state: JobState::Cancelled }))
+        }
+        CancelOutcome::NotFound => Err(ApiError::not_found("job")),
+        CancelOutcome::AlreadyFinal(state) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_state",
+            format!("the job is already {state} and cannot be cancelled"),
+        )),
+    }
+}
+
+/// Run a dead or cancelled job again, with fresh attempts and a fresh retry budget.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/replay", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, body = JobStateView),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The job is not dead or cancelled", body = ErrorBody),
+    )
+)]
+pub async fn replay(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Json<JobStateView>, ApiError> {
+    let id = parse_id(&id)?;
+    let caller = Caller::local();
+    match st.store.replay(&caller.workspace, id).await? {
+        ReplayOutcome::Replayed => Ok(Json(JobStateView { id, state: JobState::Queued })),
+        ReplayOutcome::NotFound => Err(ApiError::not_found("job")),
+        ReplayOutcome::NotReplayable(state) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_state",
+            format!("only dead or cancelled jobs can be replayed; this one is {state}"),
+        )),
+    }
+}
+
+/// A job's events, oldest first.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/events", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = EventList), (status = 404, body = ErrorBody))
+)]
+pub async fn events(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Json<EventList>, ApiError> {
+    let id = parse_id(&id)?;
+    let caller = Caller::local();
+    let events = st.store.job_events(&caller.workspace, id).await?.ok_or_else(|| ApiError::not_found("job"))?;
+    Ok(Json(EventList { events: events.into_iter().map(EventView::from).collect() }))
+}

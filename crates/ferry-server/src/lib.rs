@@ -1,0 +1,186 @@
+//! Ferry's HTTP API.
+//!
+//! [`router`] builds the whole API as one axum `Router` over an [`ApiState`]. Handlers
+//! are thin: parse and validate the request, make one store call, render the answer.
+//! Every `/v1` route is declared through `utoipa-axum`, so the OpenAPI document served at
+//! `/v1/openapi.json` is generated from the handlers themselves and cannot drift.
+//!
+//! **Invariant:** only this crate knows HTTP. Status codes, headers and the error format
+//! live here; the store and the engine speak in typed results.
+
+mod error;
+mod extract;
+mod jobs;
+mod system;
+pub mod views;
+
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use ferry_core::time::Micros;
+use ferry_core::{JobSpec, Limits, NewJob};
+use ferry_store::Store;
+use ferry_worker::{Engine, Registry};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::{Arc, OnceLock};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The API's settings.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub limits: Limits,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most jobs in one batch.
+    pub max_batch: usize,
+    /// Queues that accept jobs.
+    pub queues: Vec<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            limits: Limits::default(),
+            max_body_bytes: 16 * 1024 * 1024,
+            max_batch: 1000,
+            queues: vec!["default".into()],
+        }
+    }
+}
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    pub registry: Registry,
+    /// The embedded workers, if this process runs any: cancel stops their attempts at once.
+    pub engine: Option<Engine>,
+    pub cfg: Arc<ApiConfig>,
+    pub metrics: PrometheusHandle,
+}
+
+/// Who is calling. Until tokens exist every request acts as user `local` of workspace
+/// `default`; the store already scopes everything by workspace.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub workspace: String,
+    pub user: String,
+}
+
+impl Caller {
+    pub fn local() -> Self {
+        Caller { workspace: "default".into(), user: "local".into() }
+    }
+}
+
+impl ApiState {
+    /// Validates a spec against this server: its kind must be registered, its queue
+    /// configured, its input acceptable to the kind, and its fields within the limits.
+    pub fn validate(&self, spec: JobSpec, caller: &Caller, now: Micros) -> Result<NewJob, ApiError> {
+        let Some(executor) = self.registry.get(&spec.kind) else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_kind",
+                format!("unknown kind `{}`; known kinds: {}", spec.kind, self.registry.kinds().join(", ")),
+            )
+            .field("kind"));
+        };
+        let queue = spec.queue.as_deref().unwrap_or("default");
+        if !self.cfg.queues.iter().any(|q| q == queue) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_queue",
+                format!("unknown queue `{queue}`; configured queues: {}", self.cfg.queues.join(", ")),
+            )
+            .field("queue"));
+        }
+        executor.validate(spec.input.as_ref().unwrap_or(&serde_json::Value::Null))?;
+        Ok(spec.validate(&caller.workspace, &caller.user, now, &self.cfg.limits)?)
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Ferry",
+        description = "A durable job and workflow engine. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}`."
+    ),
+    tags((name = "jobs", description = "Submit, inspect, cancel and replay jobs"),
+          (name = "system", description = "Queues, health and metrics"))
+)]
+struct ApiDoc;
+
+/// The metrics recorder, installed once per process: `/metrics` renders it.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [
+                0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0, 300.0,
+            ];
+            let recorder =
+                PrometheusBuilder::new().set_buckets(&seconds).expect("bucket list is not empty").build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding application's);
+            // then our handle renders what we record through it only if it is ours.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// The OpenAPI document and the routes it describes.
+fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(jobs::submit, jobs::list))
+        .routes(routes!(jobs::submit_batch))
+        .routes(routes!(jobs::get))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::replay))
+        .routes(routes!(jobs::events))
+        .routes(routes!(system::queues))
+        .routes(routes!(system::healthz))
+        .routes(routes!(system::readyz))
+        .routes(routes!(system::metrics))
+        .split_for_parts()
+}
+
+/// The OpenAPI document of every endpoint.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = api();
+    doc.paths.paths.insert(
+        "/v1/openapi.json".into(),
+        utoipa::openapi::path::PathItem::new(
+            utoipa::openapi::HttpMethod::Get,
+            utoipa::openapi::path::OperationBuilder::new()
+                .summary(Some("This document"))
+                .tag("system")
+                .response("200", utoipa::openapi::Response::new("The OpenAPI document")),
+        ),
+    );
+    doc
+}
+
+/// The whole HTTP API.
+pub fn router(state: ApiState) -> Router {
+    let (routes, _) = api();
+    let doc = Arc::new(openapi());
+    let limit = state.cfg.max_body_bytes;
+    routes
+        .route(
+            "/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(system::not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

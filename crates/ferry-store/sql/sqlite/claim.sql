@@ -1,0 +1,15 @@
+-- Leases up to ?3 ready jobs of queue ?1 to worker ?4, in claim order (higher priority,
+-- then oldest run_at). SQLite has one writer, so no row locking is needed: the writer
+-- thread runs this inside its group-commit transaction. RETURNING gives no order
+-- guarantee; the caller sorts.
+UPDATE jobs
+SET state = 'running', attempt = attempt + 1, worker_id = ?4,
+    lease_expires_at = ?5, updated_at = ?2
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE queue = ?1 AND state = 'queued'
+    ORDER BY priority DESC, run_at, id
+    LIMIT ?3
+)
+RETURNING id, kind, queue, input, attempt, attempt_base, max_attempts, backoff,
+          timeout_ms, deadline_at, run_at, priority

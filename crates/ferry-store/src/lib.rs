@@ -1,0 +1,99 @@
+//! Ferry's storage interface and its backends.
+//!
+//! Everything durable about a job lives behind the one [`Store`] trait: submitting,
+//! claiming with a lease, finishing under a fencing token, cancelling, replaying, and the
+//! reads the API serves. Each backend implements the whole trait; callers never ask which
+//! backend they talk to. The SQLite backend lives in [`sqlite`].
+//!
+//! **Invariant:** every state change is one store transition that checks the job's current
+//! state (and, for a running job, its attempt number: the fencing token) in its `WHERE`
+//! clause, and writes the job's event in the same transaction. A transition that finds the
+//! job elsewhere changes nothing and says so.
+//!
+//! **Invariant:** a call that writes returns only after its transaction committed. The
+//! API answers 2xx only after that, so an acknowledged job is durable.
+
+pub mod sqlite;
+mod types;
+
+pub use types::*;
+
+use async_trait::async_trait;
+use ferry_core::time::Micros;
+use ferry_core::{JobId, NewJob};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// Errors at the storage boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An idempotency key was reused with a different spec. `index` is the job's position
+    /// in the submitted batch.
+    #[error("idempotency key `{key}` was already used for a different job")]
+    IdempotencyConflict { index: usize, key: String },
+    /// Another process holds the data directory.
+    #[error("data directory is in use by another Ferry process: {0}")]
+    Locked(String),
+    /// The store cannot be reached or is closed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A database error.
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+/// The storage interface every backend implements.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The backend's name (`sqlite`), for logs and `/readyz`.
+    fn backend(&self) -> &'static str;
+
+    /// Stores jobs, all or nothing. A job whose idempotency key already exists in its
+    /// workspace with the same spec is answered with the existing job; with another spec
+    /// the whole call fails with [`StoreError::IdempotencyConflict`].
+    async fn submit(&self, jobs: Vec<NewJob>) -> Result<Vec<Submitted>, StoreError>;
+
+    /// Makes due scheduled and retrying jobs of the queue ready, then leases up to `limit`
+    /// ready jobs to `worker`, highest priority and oldest `run_at` first.
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError>;
+
+    /// Ends a running attempt. Returns `false` (changing nothing) when the job is no longer
+    /// running under that attempt number: its lease was taken over or it was cancelled.
+    async fn finish(&self, fin: Finish) -> Result<bool, StoreError>;
+
+    /// Renews the leases of every job `worker` runs; returns the ids it still holds.
+    async fn heartbeat(&self, worker: &str, lease_until: Micros) -> Result<Vec<JobId>, StoreError>;
+
+    /// Running jobs whose lease expired before `now`.
+    async fn expired(&self, now: Micros, limit: usize) -> Result<Vec<ClaimedJob>, StoreError>;
+
+    /// Cancels a job that has not finished.
+    async fn cancel(&self, workspace: &str, id: JobId) -> Result<CancelOutcome, StoreError>;
+
+    /// Makes a dead or cancelled job run again with fresh attempts.
+    async fn replay(&self, workspace: &str, id: JobId) -> Result<ReplayOutcome, StoreError>;
+
+    /// One job with its attempts.
+    async fn get_job(&self, workspace: &str, id: JobId) -> Result<Option<JobRecord>, StoreError>;
+
+    /// Jobs newest first, filtered, one page at a time.
+    async fn list_jobs(&self, workspace: &str, filter: JobFilter) -> Result<Page, StoreError>;
+
+    /// A job's events in order, or `None` if there is no such job.
+    async fn job_events(&self, workspace: &str, id: JobId) -> Result<Option<Vec<Event>>, StoreError>;
+
+    /// Per-queue counts of unfinished and dead jobs.
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError>;
+
+    /// The earliest `run_at` of the queue's scheduled and retrying jobs.
+    async fn next_due(&self, queue: &str) -> Result<Option<Micros>, StoreError>;
+
+    /// Notified whenever the queue may have new ready or newly scheduled work.
+    fn wakeup(&self, queue: &str) -> Arc<Notify>;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Flushes pending writes and stops the store's background work.
+    async fn close(&self);
+}

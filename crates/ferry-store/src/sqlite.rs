@@ -1,0 +1,930 @@
+//! The SQLite backend: one file in the data directory, in WAL mode, with group commit.
+//!
+//! SQLite allows one writer at a time, so the backend embraces it: a single writer
+//! thread owns the write connection and serves every write request (submits, claims,
+//! finishes, heartbeats, cancels) from a channel. Whatever has queued up while the last
+//! transaction committed goes into the next one, each request inside its own savepoint so
+//! that one failing request (an idempotency conflict) does not undo its neighbours. A
+//! request is answered only after its transaction committed. Under load this turns
+//! thousands of small writes into a few large transactions, so durability does not cost a
+//! commit per job.
+//!
+//! Reads run on a small pool of read connections on Tokio's blocking threads; WAL lets
+//! them proceed while the writer writes.
+//!
+//! Durability: with [`Durability::Process`] (the default) SQLite runs `synchronous=NORMAL`:
+//! a committed transaction is in the WAL file and survives a crash of the process, but not
+//! necessarily a power cut. [`Durability::Full`] runs `synchronous=FULL`: one fsync per
+//! group commit, which survives a power cut.
+//!
+//! The data directory holds an exclusive lock file, so at most one process uses it. That
+//! is why [`SqliteStore::open`] may treat every job found `running` as abandoned by a
+//! previous, crashed process: their leases are expired at once and the reaper retries
+//! them with `worker_lost`, without waiting for the lease to run out.
+
+use crate::{
+    AttemptRecord, CancelOutcome, ClaimRequest, ClaimedJob, Event, Finish, FinishResult, JobFilter, JobRecord, Page,
+    QueueStats, ReplayOutcome, Store, StoreError, Submitted,
+};
+use async_trait::async_trait;
+use ferry_core::time::{self, Micros};
+use ferry_core::{AttemptOutcome, ErrorType, JobError, JobId, JobState, NewJob};
+use rusqlite::types::Type;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, ToSql, params};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../sql/sqlite/migrations/0001_jobs.sql"))];
+const INSERT_JOB: &str = include_str!("../sql/sqlite/insert_job.sql");
+const PROMOTE_DUE: &str = include_str!("../sql/sqlite/promote_due.sql");
+const CLAIM: &str = include_str!("../sql/sqlite/claim.sql");
+const FINISH: &str = include_str!("../sql/sqlite/finish.sql");
+const HEARTBEAT: &str = include_str!("../sql/sqlite/heartbeat.sql");
+const INSERT_EVENT: &str = "INSERT INTO events (job_id, at, type, data) VALUES (?1, ?2, ?3, ?4)";
+const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_id, attempt, worker_id, started_at) VALUES (?1, ?2, ?3, ?4)";
+const END_ATTEMPT: &str =
+    "UPDATE attempts SET finished_at = ?3, outcome = ?4, error = ?5 WHERE job_id = ?1 AND attempt = ?2";
+const JOB_COLUMNS: &str = "id, workspace, user_id, kind, queue, state, priority, input, labels, max_attempts, \
+     backoff, timeout_ms, total_timeout_ms, idempotency_key, created_at, run_at, deadline_at, attempt, \
+     attempt_base, worker_id, lease_expires_at, finished_at, updated_at, output, error";
+const CLAIMED_COLUMNS: &str = "id, kind, queue, input, attempt, attempt_base, max_attempts, backoff, \
+     timeout_ms, deadline_at, run_at, priority, worker_id, lease_expires_at";
+
+/// Most write requests folded into one transaction.
+const MAX_GROUP: usize = 2048;
+/// Idle read connections kept open.
+const MAX_IDLE_READERS: usize = 8;
+
+/// How durable a commit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Survives a crash of the process (`synchronous=NORMAL` in WAL mode).
+    #[default]
+    Process,
+    /// Survives a power cut: an fsync per group commit (`synchronous=FULL`).
+    Full,
+}
+
+/// Where and how to open the store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Cmd {
+    Submit(Vec<NewJob>, Reply<Vec<Submitted>>),
+    Claim(ClaimRequest, Reply<Vec<ClaimedJob>>),
+    Finish(Finish, Reply<bool>),
+    Heartbeat(String, Micros, Reply<Vec<JobId>>),
+    Cancel(String, JobId, Reply<CancelOutcome>),
+    Replay(String, JobId, Reply<ReplayOutcome>),
+    Close(Reply<()>),
+}
+
+/// Per-queue wake-up signals, shared by the writer (which fires them after a commit) and
+/// the dispatchers (which wait on them).
+#[derive(Default)]
+struct Wakeups(Mutex<HashMap<String, Arc<Notify>>>);
+
+impl Wakeups {
+    fn get(&self, queue: &str) -> Arc<Notify> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(queue.to_string()).or_default().clone()
+    }
+}
+
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open_reader(&self.path).map_err(db)?,
+        };
+        let result = f(&conn).map_err(db);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+/// The SQLite store. See the module docs.
+pub struct SqliteStore {
+    tx: mpsc::Sender<Cmd>,
+    readers: Arc<ReadPool>,
+    wakeups: Arc<Wakeups>,
+    path: PathBuf,
+    _lock: std::fs::File,
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        db(e)
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::Unavailable("the store is closed".into())
+}
+
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch("PRAGMA query_only = 1; PRAGMA cache_size = -16384;")?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db)?;
+    let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    if current > latest {
+        return Err(StoreError::Database(format!(
+            "the database is at schema version {current}, newer than this Ferry knows ({latest})"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        let script = format!("BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;");
+        if let Err(e) = conn.execute_batch(&script) {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(StoreError::Database(format!("migration {version} failed: {e}")));
+        }
+        tracing::info!(version, "applied SQLite migration");
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `opts.data_dir`, applies migrations, takes
+    /// the directory's lock and starts the writer thread.
+    pub fn open(opts: &SqliteOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&opts.data_dir)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", opts.data_dir.display())))?;
+        let lock_path = opts.data_dir.join("ferry.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", lock_path.display())))?;
+        lock.try_lock().map_err(|_| StoreError::Locked(opts.data_dir.display().to_string()))?;
+
+        let path = opts.data_dir.join("ferry.db");
+        let conn = Connection::open(&path).map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
+        let sync = match opts.durability {
+            Durability::Process => "NORMAL",
+            Durability::Full => "FULL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA cache_size = -65536; \
+             PRAGMA temp_store = MEMORY;"
+        ))
+        .map_err(db)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        migrate(&conn)?;
+        // We hold the directory's lock: whatever is still `running` was left by a process
+        // that died. Expire those leases now so the reaper retries them at once.
+        let orphans = conn.execute("UPDATE jobs SET lease_expires_at = 0 WHERE state = 'running'", []).map_err(db)?;
+        if orphans > 0 {
+            tracing::warn!(orphans, "found jobs left running by a previous process; they will be retried");
+        }
+
+        let wakeups = Arc::new(Wakeups::default());
+        let (tx, rx) = mpsc::channel(8192);
+        let writer_wakeups = wakeups.clone();
+        std::thread::Builder::new()
+            .name("ferry-sqlite-writer".into())
+            .spawn(move || Writer { conn, woken: HashSet::new(), now: 0 }.run(rx, &writer_wakeups))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore {
+            tx,
+            readers: Arc::new(ReadPool { path: path.clone(), idle: Mutex::new(Vec::new()) }),
+            wakeups,
+            path,
+            _lock: lock,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || pool.with(f))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+    }
+}
+
+/// The writer thread's state for one group-commit transaction.
+struct Writer {
+    conn: Connection,
+    /// Queues whose dispatchers should look again once this transaction commits.
+    woken: HashSet<String>,
+    /// The transaction's clock: one timestamp for everything it writes.
+    now: Micros,
+}
+
+type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Cmd>, wakeups: &Wakeups) {
+        let mut batch = Vec::with_capacity(64);
+        let mut closing: Option<Reply<()>> = None;
+        while closing.is_none() {
+            let Some(first) = rx.blocking_recv() else { break };
+            batch.push(first);
+            while batch.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            self.now = time::now_micros();
+            let began = self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| e.to_string());
+            let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
+            for cmd in batch.drain(..) {
+                if let Cmd::Close(reply) = cmd {
+                    closing = Some(reply);
+                    continue;
+                }
+                if began.is_ok() {
+                    answers.push(self.apply(cmd));
+                } else {
+                    answers.push(Box::new(move |e| fail(cmd, e.unwrap_or("cannot begin a transaction"))));
+                }
+            }
+            let outcome = match began {
+                Ok(()) => self.conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            if outcome.is_err() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                tracing::error!(error = ?outcome, "SQLite group commit failed");
+            }
+            for answer in answers {
+                answer(outcome.as_ref().err().map(String::as_str));
+            }
+            if outcome.is_ok() {
+                for queue in self.woken.drain() {
+                    wakeups.get(&queue).notify_one();
+                }
+            }
+            self.woken.clear();
+        }
+        // Make sure the WAL is folded back into the database file on a clean stop.
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        if let Some(reply) = closing {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    /// Runs one request inside a savepoint and returns how to answer it once the
+    /// transaction's fate is known.
+    fn apply(&mut self, cmd: Cmd) -> Answer {
+        match cmd {
+            Cmd::Submit(jobs, reply) => self.step(reply, |w| w.submit(jobs)),
+            Cmd::Claim(req, reply) => self.step(reply, |w| w.claim(&req)),
+            Cmd::Finish(fin, reply) => self.step(reply, |w| w.finish(&fin)),
+            Cmd::Heartbeat(worker, until, reply) => self.step(reply, |w| w.heartbeat(&worker, until)),
+            Cmd::Cancel(ws, id, reply) => self.step(reply, |w| w.cancel(&ws, id)),
+            Cmd::Replay(ws, id, reply) => self.step(reply, |w| w.replay(&ws, id)),
+            Cmd::Close(_) => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn step<T: Send + 'static>(
+        &mut self,
+        reply: Reply<T>,
+        f: impl FnOnce(&mut Self) -> Result<T, StoreError>,
+    ) -> Answer {
+        let result = match self.conn.execute_batch("SAVEPOINT req") {
+            Ok(()) => {
+                let r = f(self);
+                if r.is_err() {
+                    let _ = self.conn.execute_batch("ROLLBACK TO req");
+                }
+                let _ = self.conn.execute_batch("RELEASE req");
+                r
+            }
+            Err(e) => Err(db(e)),
+        };
+        Box::new(move |commit_error| {
+            let _ = reply.send(match commit_error {
+                Some(e) => Err(StoreError::Database(format!("commit failed: {e}"))),
+                None => result,
+            });
+        })
+    }
+
+    fn event(&self, job: &str, kind: &str, data: serde_json::Value) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(INSERT_EVENT)?.execute(params![job, self.now, kind, data.to_string()])?;
+        Ok(())
+    }
+
+    fn submit(&mut self, jobs: Vec<NewJob>) -> Result<Vec<Submitted>, StoreError> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for (index, job) in jobs.into_iter().enumerate() {
+            let id = job.id.to_string();
+            if let Some(key) = &job.idempotency_key {
+                let existing: Option<(String, String, Option<String>)> = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT id, state, request_hash FROM jobs WHERE workspace = ?1 AND idempotency_key = ?2",
+                    )
+                    .map_err(db)?
+                    .query_row(params![job.workspace, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+                    .map_err(db)?;
+                if let Some((id, state, hash)) = existing {
+                    if hash != job.request_hash {
+                        return Err(StoreError::IdempotencyConflict { index, key: key.clone() });
+                    }
+                    out.push(Submitted {
+                        id: parse_id(&id).map_err(db)?,
+                        state: parse_enum(&state).map_err(db)?,
+                        created: false,
+                    });
+                    continue;
+                }
+            }
+            let (state, run_at) = match job.run_at {
+                Some(at) if at > self.now => (JobState::Scheduled, at),
+                _ => (JobState::Queued, self.now),
+            };
+            let deadline = job.total_timeout_ms.map(|t| run_at.saturating_add(time::ms(t)));
+            let labels = (!job.labels.is_empty()).then(|| serde_json::to_string(&job.labels).unwrap_or_default());
+            let backoff = serde_json::to_string(&job.backoff).unwrap_or_default();
+            self.conn
+                .prepare_cached(INSERT_JOB)
+                .map_err(db)?
+                .execute(params![
+                    id,
+                    job.workspace,
+                    job.user,
+                    job.kind,
+                    job.queue,
+                    state.as_str(),
+                    job.priority,
+                    job.input.to_string(),
+                    labels,
+                    job.max_attempts,
+                    backoff,
+                    job.timeout_ms as i64,
+                    job.total_timeout_ms.map(|t| t as i64),
+                    job.idempotency_key,
+                    job.request_hash,
+                    self.now,
+                    run_at,
+                    deadline,
+                ])
+                .map_err(db)?;
+            let data = match state {
+                JobState::Scheduled => json!({"queue": job.queue, "run_at": time::to_datetime(run_at)}),
+                _ => json!({"queue": job.queue}),
+            };
+            self.event(&id, state.as_str(), data).map_err(db)?;
+            self.woken.insert(job.queue);
+            out.push(Submitted { id: job.id, state, created: true });
+        }
+        Ok(out)
+    }
+
+    fn claim(&mut self, req: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
+        let now = self.now;
+        self.conn.prepare_cached(PROMOTE_DUE).map_err(db)?.execute(params![req.queue, now]).map_err(db)?;
+        let lease_until = now.saturating_add(time::ms(req.lease_ms));
+        let mut claimed = self
+            .conn
+            .prepare_cached(CLAIM)
+            .map_err(db)?
+            .query_map(params![req.queue, now, req.limit as i64, req.worker, lease_until], |r| {
+                Ok((claimed_from_row(r, now)?, r.get::<_, i32>(11)?))
+            })
+            .map_err(db)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db)?;
+        claimed.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.run_at.cmp(&b.0.run_at)).then(a.0.id.cmp(&b.0.id)));
+        let mut out = Vec::with_capacity(claimed.len());
+        for (mut job, _) in claimed {
+            let id = job.id.to_string();
+            self.conn
+                .prepare_cached(INSERT_ATTEMPT)
+                .map_err(db)?
+                .execute(params![id, job.attempt, req.worker, now])
+                .map_err(db)?;
+            self.event(&id, "started", json!({"attempt": job.attempt, "worker": req.worker})).map_err(db)?;
+            job.worker = Some(req.worker.clone());
+            out.push(job);
+        }
+        Ok(out)
+    }
+
+    fn finish(&mut self, fin: &Finish) -> Result<bool, StoreError> {
+        let id = fin.id.to_string();
+        let now = self.now;
+        let (state, output, error, finished, run_at, base_inc, outcome) = match &fin.result {
+            FinishResult::Succeeded { output } => {
+                (JobState::Succeeded, Some(output), None, Some(now), None, 0, AttemptOutcome::Succeeded)
+            }
+            FinishResult::Retry { run_at, error, output } => {
+                (JobState::Retrying, output.as_ref(), Some(error), None, Some(*run_at), 0, AttemptOutcome::Failed)
+            }
+            FinishResult::Dead { error, output } => {
+                (JobState::Dead, output.as_ref(), Some(error), Some(now), None, 0, AttemptOutcome::Failed)
+            }
+            FinishResult::Released => (JobState::Queued, None, None, None, Some(now), 1, AttemptOutcome::Released),
+        };
+        let error_json = error.map(|e| serde_json::to_string(e).unwrap_or_default());
+        let changed = self
+            .conn
+            .prepare_cached(FINISH)
+            .map_err(db)?
+            .execute(params![
+                id,
+                fin.attempt,
+                state.as_str(),
+                output.map(|o| o.to_string()),
+                error_json,
+                finished,
+                run_at,
+                base_inc,
+                now
+            ])
+            .map_err(db)?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        self.conn
+            .prepare_cached(END_ATTEMPT)
+            .map_err(db)?
+            .execute(params![id, fin.attempt, now, outcome.as_str(), error_json])
+            .map_err(db)?;
+        let attempt = fin.attempt;
+        match &fin.result {
+            FinishResult::Succeeded { .. } => self.event(&id, "succeeded", json!({"attempt": attempt})),
+            FinishResult::Retry { run_at, error, .. } => {
+                self.event(&id, "attempt_failed", json!({"attempt": attempt, "error": error}))?;
+                self.event(&id, "retry_scheduled", json!({"run_at": time::to_datetime(*run_at)}))
+            }
+            FinishResult::Dead { error, .. } => {
+                self.event(&id, "attempt_failed", json!({"attempt": attempt, "error": error}))?;
+                self.event(&id, "dead", json!({"error": error}))
+            }
+            FinishResult::Released => self.event(&id, "released", json!({"attempt": attempt})),
+        }
+        .map_err(db)?;
+        if matches!(fin.result, FinishResult::Retry { .. } | FinishResult::Released) {
+            self.woken.insert(fin.queue.clone());
+        }
+        Ok(true)
+    }
+
+    fn heartbeat(&mut self, worker: &str, until: Micros) -> Result<Vec<JobId>, StoreError> {
+        let ids = self
+            .conn
+            .prepare_cached(HEARTBEAT)
+            .map_err(db)?
+            .query_map(params![worker, until], |r| parse_id(&r.get::<_, String>(0)?))
+            .map_err(db)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db)?;
+        Ok(ids)
+    }
+
+    fn cancel(&mut self, workspace: &str, id: JobId) -> Result<CancelOutcome, StoreError> {
+        let id_s = id.to_string();
+        let Some((state, attempt, queue, kind)) = self.state_of(workspace, &id_s)? else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        if state.is_final() {
+            return Ok(CancelOutcome::AlreadyFinal(state));
+        }
+        let error =
+            serde_json::to_string(&JobError::new(ErrorType::Cancelled, "cancelled by a user")).unwrap_or_default();
+        self.conn
+            .prepare_cached(
+                "UPDATE jobs SET state = 'cancelled', error = ?3, finished_at = ?4, worker_id = NULL, \
+                 lease_expires_at = NULL, updated_at = ?4 WHERE id = ?1 AND state = ?2",
+            )
+            .map_err(db)?
+            .execute(params![id_s, state.as_str(), error, self.now])
+            .map_err(db)?;
+        let was_running = state == JobState::Running;
+        if was_running {
+            self.conn
+                .prepare_cached(END_ATTEMPT)
+                .map_err(db)?
+                .execute(params![id_s, attempt, self.now, AttemptOutcome::Cancelled.as_str(), error])
+                .map_err(db)?;
+        }
+        self.event(&id_s, "cancelled", json!({"was": state.as_str()})).map_err(db)?;
+        Ok(CancelOutcome::Cancelled { was_running, queue, kind })
+    }
+
+    fn replay(&mut self, workspace: &str, id: JobId) -> Result<ReplayOutcome, StoreError> {
+        let id_s = id.to_string();
+        let Some((state, ..)) = self.state_of(workspace, &id_s)? else {
+            return Ok(ReplayOutcome::NotFound);
+        };
+        if !matches!(state, JobState::Dead | JobState::Cancelled) {
+            return Ok(ReplayOutcome::NotReplayable(state));
+        }
+        let queue: String = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET state = 'queued', run_at = ?2, attempt_base = attempt, \
+                 deadline_at = CASE WHEN total_timeout_ms IS NULL THEN NULL ELSE ?2 + total_timeout_ms * 1000 END, \
+                 error = NULL, output = NULL, finished_at = NULL, updated_at = ?2 \
+                 WHERE id = ?1 RETURNING queue",
+            )
+            .map_err(db)?
+            .query_row(params![id_s, self.now], |r| r.get(0))
+            .map_err(db)?;
+        self.event(&id_s, "replayed", json!({"was": state.as_str()})).map_err(db)?;
+        self.event(&id_s, "queued", json!({"queue": queue})).map_err(db)?;
+        self.woken.insert(queue);
+        Ok(ReplayOutcome::Replayed)
+    }
+
+    /// A job's state, attempt number, queue and kind, if it exists in the workspace.
+    fn state_of(&self, workspace: &str, id: &str) -> Result<Option<(JobState, u32, String, String)>, StoreError> {
+        let row: Option<(String, u32, String, String)> = self
+            .conn
+            .prepare_cached("SELECT state, attempt, queue, kind FROM jobs WHERE id = ?1 AND workspace = ?2")?
+            .query_row(params![id, workspace], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((s, a, q, k)) => Ok(Some((parse_enum(&s)?, a, q, k))),
+        }
+    }
+}
+
+/// Answers a request that never ran because its transaction could not begin.
+fn fail(cmd: Cmd, why: &str) {
+    let e = || StoreError::Database(why.to_string());
+    match cmd {
+        Cmd::Submit(_, r) => drop(r.send(Err(e()))),
+        Cmd::Claim(_, r) => drop(r.send(Err(e()))),
+        Cmd::Finish(_, r) => drop(r.send(Err(e()))),
+        Cmd::Heartbeat(_, _, r) => drop(r.send(Err(e()))),
+        Cmd::Cancel(_, _, r) => drop(r.send(Err(e()))),
+        Cmd::Replay(_, _, r) => drop(r.send(Err(e()))),
+        Cmd::Close(r) => drop(r.send(Ok(()))),
+    }
+}
+
+fn conversion(idx: usize, e: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, e.to_string().into())
+}
+
+fn parse_id(s: &str) -> rusqlite::Result<JobId> {
+    JobId::parse_str(s).map_err(|e| conversion(0, e))
+}
+
+fn parse_enum<T: FromStr<Err = String>>(s: &str) -> rusqlite::Result<T> {
+    s.parse().map_err(|e: String| conversion(0, e))
+}
+
+fn json_col<T: DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(idx)?;
+    serde_json::from_str(&text).map_err(|e| conversion(idx, e))
+}
+
+fn opt_json_col<T: DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<T>> {
+    let text: Option<String> = row.get(idx)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| conversion(idx, e))).transpose()
+}
+
+/// Reads a row of [`CLAIMED_COLUMNS`] (the claim's RETURNING list has the same order).
+fn claimed_from_row(r: &Row<'_>, started_at: Micros) -> rusqlite::Result<ClaimedJob> {
+    let attempt: u32 = r.get(4)?;
+    let base: u32 = r.get(5)?;
+    Ok(ClaimedJob {
+        id: parse_id(&r.get::<_, String>(0)?)?,
+        kind: r.get(1)?,
+        queue: r.get(2)?,
+        input: r.get(3)?,
+        attempt,
+        attempts_counted: attempt.saturating_sub(base),
+        max_attempts: r.get(6)?,
+        backoff: json_col(r, 7)?,
+        timeout_ms: r.get::<_, i64>(8)? as u64,
+        deadline_at: r.get(9)?,
+        run_at: r.get(10)?,
+        started_at,
+        worker: None,
+    })
+}
+
+fn job_from_row(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
+    Ok(JobRecord {
+        id: parse_id(&r.get::<_, String>(0)?)?,
+        workspace: r.get(1)?,
+        user: r.get(2)?,
+        kind: r.get(3)?,
+        queue: r.get(4)?,
+        state: parse_enum(&r.get::<_, String>(5)?)?,
+        priority: r.get(6)?,
+        input: json_col(r, 7)?,
+        labels: opt_json_col(r, 8)?.unwrap_or_default(),
+        max_attempts: r.get(9)?,
+        backoff: json_col(r, 10)?,
+        timeout_ms: r.get::<_, i64>(11)? as u64,
+        total_timeout_ms: r.get::<_, Option<i64>>(12)?.map(|t| t as u64),
+        idempotency_key: r.get(13)?,
+        created_at: r.get(14)?,
+        run_at: r.get(15)?,
+        deadline_at: r.get(16)?,
+        attempt: r.get(17)?,
+        attempt_base: r.get(18)?,
+        worker: r.get(19)?,
+        lease_expires_at: r.get(20)?,
+        finished_at: r.get(21)?,
+        updated_at: r.get(22)?,
+        output: opt_json_col(r, 23)?,
+        error: opt_json_col(r, 24)?,
+        attempts: Vec::new(),
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn submit(&self, jobs: Vec<NewJob>) -> Result<Vec<Submitted>, StoreError> {
+        self.write(|r| Cmd::Submit(jobs, r)).await
+    }
+
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
+        self.write(|r| Cmd::Claim(req, r)).await
+    }
+
+    async fn finish(&self, fin: Finish) -> Result<bool, StoreError> {
+        self.write(|r| Cmd::Finish(fin, r)).await
+    }
+
+    async fn heartbeat(&self, worker: &str, lease_until: Micros) -> Result<Vec<JobId>, StoreError> {
+        let worker = worker.to_string();
+        self.write(|r| Cmd::Heartbeat(worker, lease_until, r)).await
+    }
+
+    async fn expired(&self, now: Micros, limit: usize) -> Result<Vec<ClaimedJob>, StoreError> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {CLAIMED_COLUMNS} FROM jobs WHERE state = 'running' AND lease_expires_at < ?1 \
+                 ORDER BY lease_expires_at LIMIT ?2"
+            );
+            c.prepare_cached(&sql)?
+                .query_map(params![now, limit as i64], |r| {
+                    let mut job = claimed_from_row(r, 0)?;
+                    job.worker = r.get(12)?;
+                    Ok(job)
+                })?
+                .collect()
+        })
+        .await
+    }
+
+    async fn cancel(&self, workspace: &str, id: JobId) -> Result<CancelOutcome, StoreError> {
+        let ws = workspace.to_string();
+        self.write(|r| Cmd::Cancel(ws, id, r)).await
+    }
+
+    async fn replay(&self, workspace: &str, id: JobId) -> Result<ReplayOutcome, StoreError> {
+        let ws = workspace.to_string();
+        self.write(|r| Cmd::Replay(ws, id, r)).await
+    }
+
+    async fn get_job(&self, workspace: &str, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        let ws = workspace.to_string();
+        self.read(move |c| {
+            let id = id.to_string();
+            let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND workspace = ?2");
+            let Some(mut job) = c.prepare_cached(&sql)?.query_row(params![id, ws], job_from_row).optional()? else {
+                return Ok(None);
+            };
+            job.attempts = c
+                .prepare_cached(
+                    "SELECT attempt, worker_id, started_at, finished_at, outcome, error FROM attempts \
+                     WHERE job_id = ?1 ORDER BY attempt",
+                )?
+                .query_map(params![id], |r| {
+                    Ok(AttemptRecord {
+                        attempt: r.get(0)?,
+                        worker: r.get(1)?,
+                        started_at: r.get(2)?,
+                        finished_at: r.get(3)?,
+                        outcome: r.get::<_, Option<String>>(4)?.map(|s| parse_enum(&s)).transpose()?,
+                        error: opt_json_col(r, 5)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(Some(job))
+        })
+        .await
+    }
+
+    async fn list_jobs(&self, workspace: &str, filter: JobFilter) -> Result<Page, StoreError> {
+        let ws = workspace.to_string();
+        self.read(move |c| {
+            let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE workspace = ?");
+            let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(ws)];
+            if let Some(state) = filter.state {
+                sql.push_str(" AND state = ?");
+                args.push(Box::new(state.as_str()));
+            }
+            if let Some(queue) = filter.queue {
+                sql.push_str(" AND queue = ?");
+                args.push(Box::new(queue));
+            }
+            if let Some(kind) = filter.kind {
+                sql.push_str(" AND kind = ?");
+                args.push(Box::new(kind));
+            }
+            if let Some(cursor) = filter.cursor {
+                sql.push_str(" AND id < ?");
+                args.push(Box::new(cursor.to_string()));
+            }
+            sql.push_str(" ORDER BY id DESC LIMIT ?");
+            args.push(Box::new(filter.limit as i64 + 1));
+            let mut items = c
+                .prepare_cached(&sql)?
+                .query_map(rusqlite::params_from_iter(args.iter()), job_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let next_cursor = if items.len() > filter.limit {
+                items.truncate(filter.limit);
+                items.last().map(|j| j.id)
+            } else {
+                None
+            };
+            Ok(Page { items, next_cursor })
+        })
+        .await
+    }
+
+    async fn job_events(&self, workspace: &str, id: JobId) -> Result<Option<Vec<Event>>, StoreError> {
+        let ws = workspace.to_string();
+        self.read(move |c| {
+            let id_s = id.to_string();
+            let exists =
+                c.prepare_cached("SELECT 1 FROM jobs WHERE id = ?1 AND workspace = ?2")?.exists(params![id_s, ws])?;
+            if !exists {
+                return Ok(None);
+            }
+            let events = c
+                .prepare_cached("SELECT id, at, type, data FROM events WHERE job_id = ?1 ORDER BY id")?
+                .query_map(params![id_s], |r| {
+                    Ok(Event { id: r.get(0)?, job_id: id, at: r.get(1)?, event_type: r.get(2)?, data: json_col(r, 3)? })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(Some(events))
+        })
+        .await
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        self.read(|c| {
+            let mut map: std::collections::BTreeMap<String, QueueStats> = Default::default();
+            let mut stmt = c.prepare_cached(
+                "SELECT queue, state, count(*) FROM jobs \
+                 WHERE state IN ('queued', 'running', 'scheduled', 'retrying', 'dead') GROUP BY queue, state",
+            )?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
+            for row in rows {
+                let (queue, state, n) = row?;
+                let s = map.entry(queue.clone()).or_insert_with(|| QueueStats { queue, ..Default::default() });
+                let n = n as u64;
+                match state.as_str() {
+                    "queued" => s.queued = n,
+                    "running" => s.running = n,
+                    "scheduled" => s.scheduled = n,
+                    "retrying" => s.retrying = n,
+                    _ => s.dead = n,
+                }
+            }
+            Ok(map.into_values().collect())
+        })
+        .await
+    }
+
+    async fn next_due(&self, queue: &str) -> Result<Option<Micros>, StoreError> {
+        let queue = queue.to_string();
+        self.read(move |c| {
+            c.prepare_cached("SELECT min(run_at) FROM jobs WHERE queue = ?1 AND state IN ('scheduled', 'retrying')")?
+                .query_row(params![queue], |r| r.get(0))
+        })
+        .await
+    }
+
+    fn wakeup(&self, queue: &str) -> Arc<Notify> {
+        self.wakeups.get(queue)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+
+    async fn close(&self) {
+        let _ = self.write(Cmd::Close).await;
+    }
+}
+
+/// The raw limit of this backend for the engine's write pattern: the same statements a
+/// job goes through (insert and its event; promote, claim, attempt and its event; finish,
+/// attempt end and its event), run directly on a fresh database in `dir` without the
+/// engine, in transactions of `batch` jobs. Returns jobs per second. `ferry bench` shows
+/// it beside the end-to-end figure so the engine's overhead is a visible ratio.
+pub fn raw_baseline(dir: &Path, jobs: usize, batch: usize, durability: Durability) -> Result<f64, StoreError> {
+    let store = SqliteStore::open(&SqliteOptions { data_dir: dir.to_path_buf(), durability })?;
+    let path = store.path().to_path_buf();
+    drop(store);
+    let conn = Connection::open(&path)?;
+    let sync = if durability == Durability::Full { "FULL" } else { "NORMAL" };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA cache_size = -65536;"
+    ))?;
+    let mut w = Writer { conn, woken: HashSet::new(), now: 0 };
+    let backoff = ferry_core::Backoff::default();
+    let started = std::time::Instant::now();
+    let mut done = 0;
+    while done < jobs {
+        let n = batch.min(jobs - done);
+        w.now = time::now_micros();
+        w.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let new: Vec<NewJob> = (0..n)
+            .map(|_| NewJob {
+                id: JobId::now_v7(),
+                workspace: "default".into(),
+                user: "bench".into(),
+                kind: "noop".into(),
+                input: serde_json::Value::Null,
+                queue: "default".into(),
+                priority: 0,
+                max_attempts: 3,
+                backoff: backoff.clone(),
+                timeout_ms: 30_000,
+                total_timeout_ms: None,
+                run_at: None,
+                labels: Default::default(),
+                idempotency_key: None,
+                request_hash: None,
+            })
+            .collect();
+        w.submit(new)?;
+        w.conn.execute_batch("COMMIT")?;
+        w.now = time::now_micros();
+        w.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let claimed =
+            w.claim(&ClaimRequest { queue: "default".into(), limit: n, worker: "bench".into(), lease_ms: 30_000 })?;
+        w.conn.execute_batch("COMMIT")?;
+        w.now = time::now_micros();
+        w.conn.execute_batch("BEGIN IMMEDIATE")?;
+        for job in claimed {
+            w.finish(&Finish {
+                id: job.id,
+                attempt: job.attempt,
+                queue: job.queue,
+                result: FinishResult::Succeeded { output: serde_json::Value::Null },
+            })?;
+        }
+        w.conn.execute_batch("COMMIT")?;
+        done += n;
+    }
+    Ok(jobs as f64 / started.elapsed().as_secs_f64())
+}

@@ -1,0 +1,182 @@
+//! The values that cross the storage interface.
+
+use ferry_core::time::Micros;
+use ferry_core::{AttemptOutcome, Backoff, JobError, JobId, JobState};
+use std::collections::BTreeMap;
+
+/// A submitted job's id and state, and whether this call created it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    pub id: JobId,
+    pub state: JobState,
+    /// `false` when an idempotency key matched an existing job.
+    pub created: bool,
+}
+
+/// A worker's request for work.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub queue: String,
+    pub limit: usize,
+    pub worker: String,
+    /// Lease length in milliseconds.
+    pub lease_ms: u64,
+}
+
+/// A job leased to a worker: what the worker needs to run it and to decide what follows.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: JobId,
+    pub kind: String,
+    pub queue: String,
+    /// The input as stored (JSON text); parsed by the worker, off the store's writer.
+    pub input: String,
+    /// Attempt number across the job's whole life: the lease's fencing token.
+    pub attempt: u32,
+    /// Attempts that count against `max_attempts`, this one included.
+    pub attempts_counted: u32,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    pub timeout_ms: u64,
+    pub deadline_at: Option<Micros>,
+    /// When the job became due: start minus this is the pickup wait.
+    pub run_at: Micros,
+    pub started_at: Micros,
+    pub worker: Option<String>,
+}
+
+/// How a running attempt ends.
+#[derive(Debug, Clone)]
+pub enum FinishResult {
+    Succeeded {
+        output: serde_json::Value,
+    },
+    Retry {
+        run_at: Micros,
+        error: JobError,
+        output: Option<serde_json::Value>,
+    },
+    Dead {
+        error: JobError,
+        output: Option<serde_json::Value>,
+    },
+    /// Handed back at shutdown: the job is ready again and the attempt does not count.
+    Released,
+}
+
+/// A request to end a running attempt, fenced by its attempt number.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub id: JobId,
+    pub attempt: u32,
+    pub queue: String,
+    pub result: FinishResult,
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Cancelled; `was_running` says whether an attempt must be stopped.
+    Cancelled {
+        was_running: bool,
+        queue: String,
+        kind: String,
+    },
+    NotFound,
+    /// The job had already finished.
+    AlreadyFinal(JobState),
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayOutcome {
+    Replayed,
+    NotFound,
+    /// Only dead and cancelled jobs can be replayed.
+    NotReplayable(JobState),
+}
+
+/// One attempt of a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub worker: String,
+    pub started_at: Micros,
+    pub finished_at: Option<Micros>,
+    pub outcome: Option<AttemptOutcome>,
+    pub error: Option<JobError>,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub workspace: String,
+    pub user: String,
+    pub kind: String,
+    pub queue: String,
+    pub state: JobState,
+    pub priority: i32,
+    pub input: serde_json::Value,
+    pub labels: BTreeMap<String, String>,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    pub timeout_ms: u64,
+    pub total_timeout_ms: Option<u64>,
+    pub idempotency_key: Option<String>,
+    pub created_at: Micros,
+    pub run_at: Micros,
+    pub deadline_at: Option<Micros>,
+    pub attempt: u32,
+    pub attempt_base: u32,
+    pub worker: Option<String>,
+    pub lease_expires_at: Option<Micros>,
+    pub finished_at: Option<Micros>,
+    pub updated_at: Micros,
+    pub output: Option<serde_json::Value>,
+    pub error: Option<JobError>,
+    /// Filled by [`crate::Store::get_job`]; empty in listings.
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// One entry of a job's event log. Ids increase in the order events were written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: i64,
+    pub job_id: JobId,
+    pub at: Micros,
+    pub event_type: String,
+    pub data: serde_json::Value,
+}
+
+/// Filters of a job listing.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub queue: Option<String>,
+    pub kind: Option<String>,
+    pub limit: usize,
+    /// Only jobs older than this id (the previous page's last).
+    pub cursor: Option<JobId>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<JobRecord>,
+    pub next_cursor: Option<JobId>,
+}
+
+/// Counts for one queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub queue: String,
+    /// Ready and waiting for a worker.
+    pub queued: u64,
+    pub running: u64,
+    /// Waiting for `run_at`.
+    pub scheduled: u64,
+    /// Waiting for a retry's backoff.
+    pub retrying: u64,
+    pub dead: u64,
+}

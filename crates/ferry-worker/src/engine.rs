@@ -1,0 +1,444 @@
+//! The engine: per-queue dispatchers, attempt tasks, heartbeats and the reaper.
+//!
+//! **Dispatch.** One dispatcher per queue holds a semaphore with the queue's concurrency.
+//! It waits for a free slot, takes every free slot (up to the claim batch), claims that
+//! many jobs in one store call and starts a task per job, each holding its slot until the
+//! job's outcome is committed. With nothing to claim it sleeps until the store signals new
+//! work for the queue, the next scheduled job is due, or the poll interval passes (a
+//! safety net, never the main path).
+//!
+//! **Leases.** Claimed jobs are leased for `lease_ms`. A heartbeat task renews every lease
+//! this process holds every `heartbeat_ms`, in one statement and independently of the
+//! jobs' work, so a busy job never looks dead. The lease is several heartbeats long. A job
+//! the heartbeat no longer finds under this worker (cancelled, or taken over after a
+//! pause) is stopped locally; its result would be refused by the store's fence anyway.
+//!
+//! **Reaper.** Jobs whose lease expired (their worker died) fail their attempt with
+//! `worker_lost` and are retried or dead by the usual rule. Reaping goes through the same
+//! fenced transition, so several reapers may race without double-reaping.
+//!
+//! **Shutdown.** [`Engine::shutdown`] stops claiming, lets running attempts finish within
+//! the grace period, then stops the rest and hands them back (`released`: ready again,
+//! the attempt does not count).
+
+use crate::executor::{Attempt, Registry};
+use ferry_core::time::{self, Micros};
+use ferry_core::{Decision, ErrorType, ExecError, JobError, JobId, RetryState, decide_after_failure};
+use ferry_store::{ClaimRequest, ClaimedJob, Finish, FinishResult, Store};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// One queue served by this engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueConfig {
+    pub name: String,
+    /// Attempts of this queue running at once in this process.
+    pub concurrency: usize,
+}
+
+/// The engine's settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Names this process in worker ids (`node:pid:random`).
+    pub node: String,
+    pub queues: Vec<QueueConfig>,
+    /// Lease length; several heartbeats long.
+    pub lease_ms: u64,
+    pub heartbeat_ms: u64,
+    /// Longest a dispatcher sleeps without a signal.
+    pub poll_ms: u64,
+    /// How often the reaper looks for expired leases.
+    pub reap_ms: u64,
+    /// Most jobs claimed in one store call.
+    pub claim_batch: usize,
+    /// Largest serialized output of one attempt; a larger one fails the attempt.
+    pub max_output_bytes: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            node: "ferry".into(),
+            queues: vec![QueueConfig { name: "default".into(), concurrency: 10 }],
+            lease_ms: 30_000,
+            heartbeat_ms: 5_000,
+            poll_ms: 1_000,
+            reap_ms: 2_000,
+            claim_batch: 256,
+            max_output_bytes: 1024 * 1024,
+        }
+    }
+}
+
+struct Running {
+    cancel: CancellationToken,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    registry: Registry,
+    cfg: EngineConfig,
+    worker_id: String,
+    running: Mutex<HashMap<JobId, Running>>,
+    /// Cancelled when the engine stops claiming.
+    stop_claiming: CancellationToken,
+    /// Cancelled when the grace period is over: running attempts are handed back.
+    hard_stop: CancellationToken,
+    /// Cancelled when heartbeats and the reaper must end.
+    stop_background: CancellationToken,
+    attempts: TaskTracker,
+    background: TaskTracker,
+}
+
+/// A running engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Starts dispatchers for every configured queue (a queue with concurrency 0 is not
+    /// served), the heartbeat and the reaper.
+    pub fn start(store: Arc<dyn Store>, registry: Registry, cfg: EngineConfig) -> Engine {
+        let worker_id = format!("{}:{}:{:08x}", cfg.node, std::process::id(), fastrand::u32(..));
+        let inner = Arc::new(Inner {
+            store,
+            registry,
+            cfg,
+            worker_id,
+            running: Mutex::new(HashMap::new()),
+            stop_claiming: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            stop_background: CancellationToken::new(),
+            attempts: TaskTracker::new(),
+            background: TaskTracker::new(),
+        });
+        for q in inner.cfg.queues.iter().filter(|q| q.concurrency > 0) {
+            inner.background.spawn(dispatch(inner.clone(), q.clone()));
+        }
+        inner.background.spawn(heartbeat(inner.clone()));
+        inner.background.spawn(reap(inner.clone()));
+        tracing::info!(worker = %inner.worker_id, queues = ?inner.cfg.queues, "engine started");
+        Engine { inner }
+    }
+
+    /// This process's worker id, as recorded on attempts.
+    pub fn worker_id(&self) -> &str {
+        &self.inner.worker_id
+    }
+
+    /// Stops a running attempt of this process at once (after the store cancelled it).
+    /// Returns whether the job was running here.
+    pub fn stop_attempt(&self, id: JobId) -> bool {
+        let running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        match running.get(&id) {
+            Some(r) => {
+                r.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Attempts running in this process.
+    pub fn running(&self) -> usize {
+        self.inner.running.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Drains: stops claiming, waits up to `grace` for running attempts, hands back the
+    /// rest, then stops heartbeats and the reaper.
+    pub async fn shutdown(&self, grace: Duration) {
+        let inner = &self.inner;
+        inner.stop_claiming.cancel();
+        inner.attempts.close();
+        if tokio::time::timeout(grace, inner.attempts.wait()).await.is_err() {
+            tracing::warn!(running = self.running(), "grace period over; handing back running jobs");
+            inner.hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(30), inner.attempts.wait()).await;
+        }
+        inner.stop_background.cancel();
+        inner.background.close();
+        inner.background.wait().await;
+        tracing::info!("engine stopped");
+    }
+}
+
+async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
+    let slots = Arc::new(Semaphore::new(queue.concurrency));
+    let wake = inner.store.wakeup(&queue.name);
+    let poll = Duration::from_millis(inner.cfg.poll_ms);
+    loop {
+        let first = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = inner.stop_claiming.cancelled() => return,
+        };
+        let mut permits = vec![first];
+        while permits.len() < inner.cfg.claim_batch {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let asked = permits.len();
+        let req = ClaimRequest {
+            queue: queue.name.clone(),
+            limit: asked,
+            worker: inner.worker_id.clone(),
+            lease_ms: inner.cfg.lease_ms,
+        };
+        let jobs = match inner.store.claim(req).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::warn!(queue = %queue.name, error = %e, "claim failed; will retry");
+                drop(permits);
+                tokio::select! {
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = inner.stop_claiming.cancelled() => return,
+                }
+                continue;
+            }
+        };
+        let got = jobs.len();
+        if inner.stop_claiming.is_cancelled() && got > 0 {
+            // Claimed while shutting down: hand them straight back.
+            for job in jobs {
+                release(&inner, &job).await;
+            }
+            return;
+        }
+        for (job, permit) in jobs.into_iter().zip(permits.drain(..)) {
+            inner.attempts.spawn(run_attempt(inner.clone(), job, permit));
+        }
+        drop(permits);
+        if got < asked {
+            let now = time::now_micros();
+            let wait = match inner.store.next_due(&queue.name).await {
+                Ok(Some(due)) => Duration::from_micros(due.saturating_sub(now).max(0) as u64).min(poll),
+                _ => poll,
+            };
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = inner.stop_claiming.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// How an attempt stopped early.
+enum Stop {
+    Cancelled,
+    Shutdown,
+}
+
+async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+    let cancel = CancellationToken::new();
+    inner.running.lock().unwrap_or_else(|e| e.into_inner()).insert(job.id, Running { cancel: cancel.clone() });
+    let wait = (job.started_at - job.run_at).max(0) as f64 / 1e6;
+    metrics::histogram!("ferry_pickup_wait_seconds", "queue" => job.queue.clone()).record(wait);
+
+    let started = Instant::now();
+    let attempt = Attempt { job_id: job.id, number: job.attempt, cancel: cancel.clone() };
+    // The attempt may not run past the retry budget either.
+    let mut timeout_ms = job.timeout_ms;
+    let mut cut_by_budget = false;
+    if let Some(deadline) = job.deadline_at {
+        let left = (deadline - job.started_at).max(0) as u64 / 1000;
+        if left < timeout_ms {
+            timeout_ms = left;
+            cut_by_budget = true;
+        }
+    }
+    let outcome: Result<Result<serde_json::Value, ExecError>, Stop> = match inner.registry.get(&job.kind) {
+        None => Ok(Err(ExecError::new(
+            ErrorType::Validation,
+            format!("this worker has no executor for kind `{}`", job.kind),
+        )
+        .retryable(true))),
+        Some(executor) => match serde_json::from_str::<serde_json::Value>(&job.input) {
+            Err(e) => Ok(Err(ExecError::new(ErrorType::Internal, format!("stored input is not JSON: {e}")))),
+            Ok(input) => tokio::select! {
+                r = executor.run(&attempt, input) => Ok(r),
+                _ = tokio::time::sleep(Duration::from_millis(timeout_ms)) => Ok(Err(ExecError::new(
+                    ErrorType::Timeout,
+                    if cut_by_budget {
+                        format!("the retry budget ran out after {timeout_ms} ms of this attempt")
+                    } else {
+                        format!("attempt timed out after {timeout_ms} ms")
+                    },
+                ))),
+                _ = cancel.cancelled() => Err(Stop::Cancelled),
+                _ = inner.hard_stop.cancelled() => Err(Stop::Shutdown),
+            },
+        },
+    };
+    // Executors holding resources outside their future watch the token.
+    cancel.cancel();
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let result = match outcome {
+        // Cancelled by a user or the lease is gone: the store already moved the job on.
+        Err(Stop::Cancelled) => None,
+        Err(Stop::Shutdown) => Some(FinishResult::Released),
+        Ok(Ok(output)) => Some(succeeded(&inner, &job, output)),
+        Ok(Err(e)) => Some(failed(&job, e)),
+    };
+    let label = match &result {
+        None => "cancelled",
+        Some(FinishResult::Succeeded { .. }) => "succeeded",
+        Some(FinishResult::Released) => "released",
+        Some(_) => "failed",
+    };
+    metrics::histogram!("ferry_attempt_duration_seconds", "queue" => job.queue.clone(), "kind" => job.kind.clone(), "outcome" => label)
+        .record(elapsed);
+    if let Some(result) = result {
+        let final_state = match &result {
+            FinishResult::Succeeded { .. } => Some("succeeded"),
+            FinishResult::Dead { .. } => Some("dead"),
+            _ => None,
+        };
+        let fin = Finish { id: job.id, attempt: job.attempt, queue: job.queue.clone(), result };
+        if finish(&inner, fin).await
+            && let Some(state) = final_state
+        {
+            metrics::counter!("ferry_jobs_finished_total", "queue" => job.queue.clone(), "kind" => job.kind.clone(), "state" => state)
+                .increment(1);
+        }
+    }
+    inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
+    drop(permit);
+}
+
+fn succeeded(inner: &Inner, job: &ClaimedJob, output: serde_json::Value) -> FinishResult {
+    let size = serde_json::to_vec(&output).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > inner.cfg.max_output_bytes {
+        let error = JobError {
+            error_type: ErrorType::ResourceLimit,
+            message: format!("output is {size} bytes; the limit is {} bytes", inner.cfg.max_output_bytes),
+            retryable: false,
+        };
+        return decide(job, error, None, None);
+    }
+    FinishResult::Succeeded { output }
+}
+
+fn failed(job: &ClaimedJob, e: ExecError) -> FinishResult {
+    decide(job, e.to_job_error(), e.retry_after, e.output)
+}
+
+fn decide(
+    job: &ClaimedJob,
+    error: JobError,
+    retry_after: Option<Duration>,
+    output: Option<serde_json::Value>,
+) -> FinishResult {
+    let state = RetryState {
+        attempts_counted: job.attempts_counted,
+        max_attempts: job.max_attempts,
+        deadline_at: job.deadline_at,
+        backoff: &job.backoff,
+    };
+    match decide_after_failure(state, error, retry_after, time::now_micros(), fastrand::f64()) {
+        Decision::Retry { run_at, error } => FinishResult::Retry { run_at, error, output },
+        Decision::Dead { error } => FinishResult::Dead { error, output },
+    }
+}
+
+/// Records an attempt's end, retrying through store outages for up to one lease: past
+/// that the reaper owns the job anyway. Returns whether the store accepted it.
+async fn finish(inner: &Inner, fin: Finish) -> bool {
+    let give_up = Instant::now() + Duration::from_millis(inner.cfg.lease_ms);
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match inner.store.finish(fin.clone()).await {
+            Ok(true) => return true,
+            Ok(false) => {
+                tracing::info!(job = %fin.id, attempt = fin.attempt, "result refused: the lease was taken over or the job cancelled");
+                return false;
+            }
+            Err(e) if Instant::now() < give_up => {
+                tracing::warn!(job = %fin.id, error = %e, "cannot record the attempt's end; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::error!(job = %fin.id, error = %e, "giving up recording the attempt's end; the reaper will retry the job");
+                return false;
+            }
+        }
+    }
+}
+
+async fn release(inner: &Inner, job: &ClaimedJob) {
+    let fin = Finish { id: job.id, attempt: job.attempt, queue: job.queue.clone(), result: FinishResult::Released };
+    finish(inner, fin).await;
+}
+
+async fn heartbeat(inner: Arc<Inner>) {
+    let every = Duration::from_millis(inner.cfg.heartbeat_ms);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = inner.stop_background.cancelled() => return,
+        }
+        // Jobs registered before the heartbeat is sent were claimed in a transaction that
+        // committed before it, so the heartbeat sees them if they are still ours.
+        let before: HashSet<JobId> = inner.running.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
+        let until: Micros = time::now_micros().saturating_add(time::ms(inner.cfg.lease_ms));
+        match inner.store.heartbeat(&inner.worker_id, until).await {
+            Ok(held) => {
+                let held: HashSet<JobId> = held.into_iter().collect();
+                let running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
+                for id in before.difference(&held) {
+                    if let Some(r) = running.get(id) {
+                        tracing::info!(job = %id, "no longer ours (cancelled or taken over); stopping the attempt");
+                        r.cancel.cancel();
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}
+
+async fn reap(inner: Arc<Inner>) {
+    let every = Duration::from_millis(inner.cfg.reap_ms);
+    loop {
+        loop {
+            let expired = match inner.store.expired(time::now_micros(), 256).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reaper cannot read expired leases");
+                    break;
+                }
+            };
+            let n = expired.len();
+            for job in expired {
+                let who = job.worker.clone().unwrap_or_default();
+                let error = JobError::new(ErrorType::WorkerLost, format!("worker {who} stopped heartbeating"));
+                let fin = Finish {
+                    id: job.id,
+                    attempt: job.attempt,
+                    queue: job.queue.clone(),
+                    result: decide(&job, error, None, None),
+                };
+                if let Ok(true) = inner.store.finish(fin).await {
+                    tracing::warn!(job = %job.id, worker = %who, "lease expired; attempt failed with worker_lost");
+                    metrics::counter!("ferry_leases_expired_total", "queue" => job.queue.clone()).increment(1);
+                }
+            }
+            if n < 256 {
+                break;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = inner.stop_background.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The executor interface: one implementation per job kind.
+//!
+//! Adding a kind is one file in [`crate::kinds`] and one line in [`Registry::builtin`]:
+//! implement [`Executor::validate`] (checked at submission, so bad input is a 400, not a
+//! failed job) and [`Executor::run`].
+
+use async_trait::async_trait;
+use ferry_core::{ExecError, JobId, SpecError};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// What an executor knows about the attempt it runs.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub job_id: JobId,
+    /// The attempt's number across the job's whole life (1-based).
+    pub number: u32,
+    /// Cancelled when the attempt must stop (user cancel, lost lease, shutdown). The
+    /// engine also drops the `run` future then; executors that hold resources outside
+    /// the future (a child process) watch this token to release them.
+    pub cancel: CancellationToken,
+}
+
+/// Runs jobs of one kind.
+#[async_trait]
+pub trait Executor: Send + Sync + 'static {
+    /// The kind's name.
+    fn kind(&self) -> &'static str;
+
+    /// Checks a job's input at submission. Error fields are relative to the job
+    /// (`input.url`).
+    fn validate(&self, input: &Value) -> Result<(), SpecError>;
+
+    /// Runs one attempt. The future may be dropped at any await point (timeout, cancel).
+    async fn run(&self, attempt: &Attempt, input: Value) -> Result<Value, ExecError>;
+}
+
+/// The kinds this process can run, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Arc<dyn Executor>>,
+}
+
+impl Registry {
+    /// The built-in kinds: `noop`, `sleep`, `fail` and `http`.
+    pub fn builtin() -> Self {
+        let mut r = Registry::default();
+        r.register(crate::kinds::Noop);
+        r.register(crate::kinds::Sleep);
+        r.register(crate::kinds::Fail);
+        r.register(crate::kinds::Http::new());
+        r
+    }
+
+    /// Adds (or replaces) a kind.
+    pub fn register(&mut self, executor: impl Executor) {
+        self.kinds.insert(executor.kind(), Arc::new(executor));
+    }
+
+    /// The executor of a kind.
+    pub fn get(&self, kind: &str) -> Option<Arc<dyn Executor>> {
+        self.kinds.get(kind).cloned()
+    }
+
+    /// The registered kinds' names, sorted.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.kinds.keys().copied().collect()
+    }
+}

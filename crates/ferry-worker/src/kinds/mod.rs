@@ -1,0 +1,34 @@
+//! The built-in kinds. Each file is one executor.
+
+mod fail;
+mod http;
+mod noop;
+mod sleep;
+
+pub use fail::Fail;
+pub use http::Http;
+pub use noop::Noop;
+pub use sleep::Sleep;
+
+use ferry_core::SpecError;
+use serde_json::Value;
+
+/// Reads an optional non-negative integer field of an input object.
+pub(crate) fn opt_u64(input: &Value, field: &str, max: u64) -> Result<Option<u64>, SpecError> {
+    match input.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if n <= max => Ok(Some(n)),
+            _ => Err(SpecError::invalid(format!("input.{field}"), format!("must be an integer from 0 to {max}"))),
+        },
+    }
+}
+
+/// Checks that the input is an object (or absent, when `optional`).
+pub(crate) fn object(input: &Value, optional: bool) -> Result<(), SpecError> {
+    match input {
+        Value::Object(_) => Ok(()),
+        Value::Null if optional => Ok(()),
+        _ => Err(SpecError::invalid("input", "must be a JSON object")),
+    }
+}

@@ -1,0 +1,19 @@
+//! Ferry's worker runtime: the executors that run each kind of job, and the engine that
+//! claims jobs from the store, runs them under a lease, and records how they ended.
+//!
+//! A job's life on a worker: a per-queue dispatcher claims a batch of ready jobs (as many
+//! as the queue has free slots) and starts one task per job; the task runs the job's
+//! [`Executor`] under the attempt's timeout and cancellation; the outcome goes through
+//! [`ferry_core::decide_after_failure`] and back to the store as one fenced transition.
+//! Meanwhile a heartbeat task renews every lease the process holds, independently of the
+//! jobs' own work, and a reaper retries jobs whose worker stopped heartbeating.
+//!
+//! **Invariant:** a worker never changes a job's state except through the store's fenced
+//! transitions; if the store says the lease is gone, the worker's result is discarded.
+
+mod engine;
+mod executor;
+pub mod kinds;
+
+pub use engine::{Engine, EngineConfig, QueueConfig};
+pub use executor::{Attempt, Executor, Registry};

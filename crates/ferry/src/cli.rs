@@ -1,0 +1,279 @@
+//! The command line: `ferry server`, client commands that talk to the API, `ferry bench`.
+
+use crate::config::{Config, FlagOverrides};
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use ferry_store::sqlite::Durability;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Ferry: a durable job and workflow engine.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API and embedded workers over a SQLite file in the data directory.
+    Server(ServerArgs),
+    /// Submit a job.
+    Submit(SubmitArgs),
+    /// Show a job: state, attempts, output, error.
+    Status {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a job.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Measure throughput and pickup latency on a fresh, temporary store.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead jobs, newest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run a dead job again with fresh attempts.
+    Replay {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the merged configuration (defaults, file, FERRY_* environment, flags).
+    Show(ServerArgs),
+}
+
+/// Flags of `ferry server`. Each is also an environment variable and a key of the TOML file.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// TOML configuration file [env: FERRY_CONFIG]
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// API address [env: FERRY_LISTEN] [default: 127.0.0.1:7700]
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory holding the SQLite file [env: FERRY_DATA_DIR] [default: ./ferry-data]
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Default concurrency of each queue's embedded workers; 0 serves the API only
+    /// [env: FERRY_WORKERS] [default: 10]
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// `process`: a job survives a crash of the process; `full`: also a power cut (an
+    /// fsync per group commit) [env: FERRY_DURABILITY] [default: process]
+    #[arg(long, value_parser = parse_durability)]
+    pub durability: Option<Durability>,
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    match s {
+        "process" => Ok(Durability::Process),
+        "full" => Ok(Durability::Full),
+        _ => Err("expected `process` or `full`".into()),
+    }
+}
+
+impl ServerArgs {
+    /// The merged, validated configuration.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        let file = self.config.clone().or_else(|| std::env::var_os("FERRY_CONFIG").map(PathBuf::from));
+        let flags = FlagOverrides {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            workers: self.workers,
+            durability: self.durability,
+        };
+        Config::load(file.as_ref(), &flags)
+    }
+}
+
+/// Where the API is.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The server's base URL
+    #[arg(long, env = "FERRY_SERVER", default_value = "http://127.0.0.1:7700")]
+    pub server: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SubmitArgs {
+    /// The job's kind (noop, sleep, fail, http)
+    pub kind: String,
+    /// The input: JSON text, or @FILE to read it from a file
+    #[arg(long)]
+    pub input: Option<String>,
+    #[arg(long)]
+    pub queue: Option<String>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Timeout of one attempt, in milliseconds
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Run no earlier than this many milliseconds from now
+    #[arg(long)]
+    pub delay_ms: Option<u64>,
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Wait for the job to finish, showing progress; exit status 0 only if it succeeded
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// A thin API client for the CLI.
+struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new(args: &ClientArgs) -> anyhow::Result<Client> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        Ok(Client { base: args.server.trim_end_matches('/').to_string(), http })
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.with_context(|| format!("cannot reach the Ferry server at {}", self.base))?;
+        let status = resp.status();
+        let value: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let e = &value["error"];
+            let field = e["field"].as_str().map(|f| format!(" (field `{f}`)")).unwrap_or_default();
+            bail!(
+                "{status}: {}: {}{field}",
+                e["code"].as_str().unwrap_or("error"),
+                e["message"].as_str().unwrap_or("")
+            );
+        }
+        Ok(value)
+    }
+}
+
+fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn read_input(raw: &str) -> anyhow::Result<Value> {
+    let text = match raw.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?,
+        None => raw.to_string(),
+    };
+    serde_json::from_str(&text).context("--input is not valid JSON")
+}
+
+/// Runs a client command; returns the process exit code.
+pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Submit(args) => submit(args).await,
+        Command::Status { id, client } => {
+            print(&Client::new(&client)?.call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { id, client } => {
+            print(&Client::new(&client)?.call(reqwest::Method::POST, &format!("/v1/jobs/{id}/cancel"), None).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { command: DlqCommand::List { limit, client } } => {
+            let page = Client::new(&client)?
+                .call(reqwest::Method::GET, &format!("/v1/jobs?state=dead&limit={limit}"), None)
+                .await?;
+            print(&page);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { command: DlqCommand::Replay { id, client } } => {
+            print(&Client::new(&client)?.call(reqwest::Method::POST, &format!("/v1/jobs/{id}/replay"), None).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("not a client command: {other:?}"),
+    }
+}
+
+async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.client)?;
+    let mut spec = json!({ "kind": args.kind });
+    if let Some(raw) = &args.input {
+        spec["input"] = read_input(raw)?;
+    }
+    if let Some(q) = args.queue {
+        spec["queue"] = json!(q);
+    }
+    if let Some(p) = args.priority {
+        spec["priority"] = json!(p);
+    }
+    if let Some(m) = args.max_attempts {
+        spec["max_attempts"] = json!(m);
+    }
+    if let Some(t) = args.timeout_ms {
+        spec["timeout_ms"] = json!(t);
+    }
+    if let Some(d) = args.delay_ms {
+        spec["delay_ms"] = json!(d);
+    }
+    if let Some(k) = args.idempotency_key {
+        spec["idempotency_key"] = json!(k);
+    }
+    let accepted = client.call(reqwest::Method::POST, "/v1/jobs", Some(&spec)).await?;
+    if !args.wait {
+        print(&accepted);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let id = accepted["id"].as_str().context("the server answered without an id")?.to_string();
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(100));
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let job = client.call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None).await?;
+        let state = job["state"].as_str().unwrap_or("?").to_string();
+        bar.set_message(format!("job {id}: {state}, attempts used {}/{}", job["attempts_used"], job["max_attempts"]));
+        if matches!(state.as_str(), "succeeded" | "dead" | "cancelled") {
+            bar.finish_and_clear();
+            print(&job);
+            return Ok(if state == "succeeded" { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}

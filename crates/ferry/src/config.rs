@@ -1,0 +1,257 @@
+//! Configuration: merged once, validated at start, passed down explicitly.
+//!
+//! Sources, lowest precedence first: built-in defaults, an optional TOML file
+//! (`--config FILE` or `FERRY_CONFIG`), environment variables `FERRY_*` (nested keys with
+//! `__`, e.g. `FERRY_QUEUES__HEAVY__CONCURRENCY=2`), then command-line flags. Every setting
+//! has a safe default; an unknown key or a bad value is an error that names its source.
+//! `ferry config show` prints the merged result.
+
+use anyhow::{Context, bail};
+use ferry_core::Limits;
+use ferry_store::sqlite::Durability;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The default API address. 7700 collides with none of PostgreSQL (5432), Redis (6379),
+/// RabbitMQ (5672), NATS (4222), MariaDB (3306) or MQTT (1883).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+
+/// One queue's settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSettings {
+    /// Attempts running at once in this process; defaults to `workers`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+}
+
+/// Size and range limits, stated up front and enforced with a 4xx at the door.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body (413 above it).
+    pub max_body_bytes: usize,
+    /// Most jobs in one batch.
+    pub max_batch: usize,
+    /// Largest serialized `input` of one job (413 above it).
+    pub max_input_bytes: usize,
+    /// Largest serialized output of one attempt; above it the attempt fails with
+    /// `resource_limit`.
+    pub max_output_bytes: usize,
+    /// Largest `max_attempts`.
+    pub max_attempts: u32,
+    /// Largest `timeout_ms`.
+    pub max_timeout_ms: u64,
+    /// `timeout_ms` when a job gives none.
+    pub default_timeout_ms: u64,
+    /// `max_attempts` when a job gives none.
+    pub default_max_attempts: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitsConfig {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_batch: 1000,
+            max_input_bytes: l.max_input_bytes,
+            max_output_bytes: 1024 * 1024,
+            max_attempts: l.max_attempts,
+            max_timeout_ms: l.max_timeout_ms,
+            default_timeout_ms: l.default_timeout_ms,
+            default_max_attempts: l.default_max_attempts,
+        }
+    }
+}
+
+/// Everything `ferry server` needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the HTTP API.
+    pub listen: SocketAddr,
+    /// Directory of the SQLite database.
+    pub data_dir: PathBuf,
+    /// Default concurrency of every queue's embedded worker pool; 0 runs the API only.
+    pub workers: usize,
+    /// `process` (survives a crash of the process) or `full` (survives a power cut).
+    pub durability: Durability,
+    /// This node's name in worker ids.
+    pub node: String,
+    /// How long a draining server lets running attempts finish before handing them back.
+    pub shutdown_grace_ms: u64,
+    /// Lease of a claimed job; at least three heartbeats long.
+    pub lease_ms: u64,
+    /// Interval between lease renewals.
+    pub heartbeat_ms: u64,
+    /// Longest a worker sleeps without being signalled (a safety net).
+    pub poll_ms: u64,
+    /// Interval of the expired-lease reaper.
+    pub reap_ms: u64,
+    /// Queues and their settings; `default` always exists.
+    pub queues: BTreeMap<String, QueueSettings>,
+    pub limits: LimitsConfig,
+    /// Log filter (`info`, `ferry=debug`, …).
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            data_dir: PathBuf::from("ferry-data"),
+            workers: 10,
+            durability: Durability::Process,
+            node: "ferry".into(),
+            shutdown_grace_ms: 30_000,
+            lease_ms: 30_000,
+            heartbeat_ms: 5_000,
+            poll_ms: 1_000,
+            reap_ms: 2_000,
+            queues: BTreeMap::from([("default".to_string(), QueueSettings::default())]),
+            limits: LimitsConfig::default(),
+            log: "info".into(),
+        }
+    }
+}
+
+/// Values given as command-line flags; `None` leaves the lower sources in charge.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FlagOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub durability: Option<Durability>,
+}
+
+impl Config {
+    /// Merges defaults, the file, the environment and the flags, then validates.
+    pub fn load(file: Option<&PathBuf>, flags: &FlagOverrides) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                bail!("config file {} does not exist", path.display());
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig
+            .merge(Env::prefixed("FERRY_").split("__").ignore(&["config", "server"]))
+            .merge(Serialized::defaults(flags));
+        let mut cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        cfg.queues.entry("default".into()).or_default();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that are well-typed but unsafe together.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.heartbeat_ms == 0 || self.lease_ms < 3 * self.heartbeat_ms {
+            bail!(
+                "lease_ms ({}) must be at least three heartbeats (heartbeat_ms = {})",
+                self.lease_ms,
+                self.heartbeat_ms
+            );
+        }
+        if self.poll_ms == 0 || self.reap_ms == 0 {
+            bail!("poll_ms and reap_ms must be positive");
+        }
+        if self.workers > 10_000 {
+            bail!("workers must be at most 10000");
+        }
+        for (name, q) in &self.queues {
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+            if !ok {
+                bail!("queue name `{name}` must be 1 to 64 letters, digits, `_`, `-` or `.`");
+            }
+            if q.concurrency.is_some_and(|c| c > 10_000) {
+                bail!("queues.{name}.concurrency must be at most 10000");
+            }
+        }
+        let l = &self.limits;
+        if l.max_batch == 0 || l.max_body_bytes == 0 || l.max_input_bytes == 0 || l.max_output_bytes == 0 {
+            bail!("limits must be positive");
+        }
+        if l.default_max_attempts == 0 || l.default_max_attempts > l.max_attempts {
+            bail!("limits.default_max_attempts must be between 1 and limits.max_attempts");
+        }
+        if l.default_timeout_ms == 0 || l.default_timeout_ms > l.max_timeout_ms {
+            bail!("limits.default_timeout_ms must be between 1 and limits.max_timeout_ms");
+        }
+        Ok(())
+    }
+
+    /// The core's validation limits.
+    pub fn job_limits(&self) -> Limits {
+        let l = &self.limits;
+        Limits {
+            max_input_bytes: l.max_input_bytes,
+            max_attempts: l.max_attempts,
+            max_timeout_ms: l.max_timeout_ms,
+            default_timeout_ms: l.default_timeout_ms,
+            default_max_attempts: l.default_max_attempts,
+            ..Limits::default()
+        }
+    }
+
+    /// The merged configuration as pretty JSON (there are no secrets in it yet).
+    pub fn show(&self) -> anyhow::Result<String> {
+        serde_json::to_string_pretty(self).context("cannot render the configuration")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure type, not ours
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_safe() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7700");
+        assert!(c.lease_ms >= 3 * c.heartbeat_ms);
+    }
+
+    #[test]
+    fn precedence_is_file_then_env_then_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("ferry.toml", "workers = 3\nnode = \"from-file\"\n[queues.heavy]\nconcurrency = 2\n")?;
+            jail.set_env("FERRY_NODE", "from-env");
+            jail.set_env("FERRY_QUEUES__HEAVY__CONCURRENCY", "4");
+            let flags = FlagOverrides { workers: Some(7), ..Default::default() };
+            let cfg = Config::load(Some(&PathBuf::from("ferry.toml")), &flags).unwrap();
+            assert_eq!(cfg.workers, 7, "flag beats file");
+            assert_eq!(cfg.node, "from-env", "env beats file");
+            assert_eq!(cfg.queues["heavy"].concurrency, Some(4), "nested env key");
+            assert!(cfg.queues.contains_key("default"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_their_source() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FERRY_WORKERS", "many");
+            let err = Config::load(None, &FlagOverrides::default()).unwrap_err().to_string();
+            assert!(err.contains("WORKERS") && err.contains("FERRY_") && err.contains("many"), "{err}");
+            jail.set_env("FERRY_WORKERS", "2");
+            jail.create_file("bad.toml", "lease_ms = 100\nheartbeat_ms = 50\n")?;
+            let err = Config::load(Some(&PathBuf::from("bad.toml")), &FlagOverrides::default()).unwrap_err();
+            assert!(err.to_string().contains("three heartbeats"), "{err}");
+            jail.create_file("typo.toml", "wrokers = 2\n")?;
+            let err = Config::load(Some(&PathBuf::from("typo.toml")), &FlagOverrides::default()).unwrap_err();
+            assert!(err.to_string().contains("wrokers"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,8 @@
+//! The `ferry` binary's library half: configuration, server start-up, the CLI and the
+//! benchmark. `main.rs` only parses arguments and calls in here, so integration tests
+//! start the very same server in-process.
+
+pub mod app;
+pub mod bench;
+pub mod cli;
+pub mod config;

@@ -1,0 +1,46 @@
+use clap::Parser;
+use ferry::cli::{Cli, Command, ConfigCommand};
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+fn init_logs(default: &str) {
+    let filter = EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn serve(args: ferry::cli::ServerArgs) -> anyhow::Result<()> {
+    let cfg = args.load()?;
+    init_logs(&cfg.log);
+    let server = ferry::app::start(&cfg).await?;
+    println!("Ferry listening on {} (data in {})", server.url(), cfg.data_dir.display());
+    ferry::app::shutdown_signal().await;
+    tracing::info!("signal received; draining");
+    server.stop().await
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Server(args) => serve(args).await.map(|_| ExitCode::SUCCESS),
+        Command::Config { command: ConfigCommand::Show(args) } => args.load().and_then(|c| {
+            println!("{}", c.show()?);
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Bench(args) => {
+            init_logs("warn");
+            ferry::bench::run(args).await.map(|_| ExitCode::SUCCESS)
+        }
+        other => {
+            init_logs("warn");
+            ferry::cli::run_client(other).await
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
