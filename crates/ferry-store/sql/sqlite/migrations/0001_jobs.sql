@@ -36,12 +36,14 @@ CREATE INDEX jobs_ready ON jobs (queue, priority DESC, run_at, id) WHERE state =
 -- Scheduled and retrying jobs by due time, for promotion and the dispatcher's next wake-up.
 CREATE INDEX jobs_due ON jobs (queue, run_at) WHERE state IN ('scheduled', 'retrying');
 -- Running jobs by lease expiry, for the reaper.
-CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE state = 'running';
+CREATE INDEX jobs_lease ON jobs (lease_expires_at, queue) WHERE state = 'running';
 -- Exactly-once submission.
 CREATE UNIQUE INDEX jobs_idempotency ON jobs (workspace, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
--- Listings by state (the dead-letter queue) and per-queue counts.
-CREATE INDEX jobs_state ON jobs (state, queue, id);
+-- The dead-letter queue. There is deliberately no general index on `state`: every job
+-- changes state three times, and each index on it would be rewritten each time. The
+-- partial indexes above and this one cover every per-state count and the DLQ listing.
+CREATE INDEX jobs_dead ON jobs (queue, id) WHERE state = 'dead';
 
 CREATE TABLE attempts (
     job_id      TEXT NOT NULL,

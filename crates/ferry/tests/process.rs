@@ -1,0 +1,184 @@
+//! Pins the process-level promises: an acknowledged job survives `kill -9` of the server,
+//! and SIGTERM drains (running attempts finish within the grace period, the rest are
+//! handed back) and exits 0.
+//!
+//! These tests run the real `ferry` binary as a child process.
+
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Proc {
+    child: Child,
+    url: String,
+}
+
+/// Starts `ferry server` on an ephemeral port and reads the address it prints.
+fn spawn_server(data_dir: &Path, workers: usize, env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["server", "--listen", "127.0.0.1:0", "--workers", &workers.to_string()])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("FERRY_LOG", "warn")
+        .env("FERRY_LEASE_MS", "3000")
+        .env("FERRY_HEARTBEAT_MS", "500")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn ferry");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    Proc { child, url }
+}
+
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+async fn queue_counts(http: &reqwest::Client, url: &str) -> Value {
+    let v: Value = http.get(format!("{url}/v1/queues")).send().await.unwrap().json().await.unwrap();
+    v["queues"].as_array().unwrap().iter().find(|q| q["name"] == "default").cloned().unwrap()
+}
+
+fn open(q: &Value) -> u64 {
+    ["depth", "running", "scheduled", "retrying"].iter().map(|k| q[*k].as_u64().unwrap()).sum()
+}
+
+async fn poll<F: AsyncFnMut() -> bool>(what: &str, mut f: F) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn ids_in_state(http: &reqwest::Client, url: &str, state: &str) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut u = format!("{url}/v1/jobs?state={state}&limit=1000");
+        if let Some(c) = &cursor {
+            u.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = http.get(u).send().await.unwrap().json().await.unwrap();
+        for item in page["items"].as_array().unwrap() {
+            ids.insert(item["id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return ids,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_jobs_survive_kill_dash_nine() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = client();
+    let mut server = spawn_server(dir.path(), 20, &[]);
+
+    let mut acknowledged = HashSet::new();
+    for _ in 0..4 {
+        let jobs: Vec<Value> = (0..500).map(|_| json!({"kind": "sleep", "input": {"ms": 20}})).collect();
+        let resp =
+            http.post(format!("{}/v1/jobs/batch", server.url)).json(&json!({"jobs": jobs})).send().await.unwrap();
+        assert_eq!(resp.status(), 201);
+        let body: Value = resp.json().await.unwrap();
+        for j in body["jobs"].as_array().unwrap() {
+            acknowledged.insert(j["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(acknowledged.len(), 2000);
+
+    // Kill while jobs run: some done, some running, most still queued.
+    let url = server.url.clone();
+    poll("some jobs to finish", async || {
+        let q = queue_counts(&http, &url).await;
+        q["running"].as_u64().unwrap() > 0 && open(&q) < 1800
+    })
+    .await;
+    server.child.kill().expect("kill -9");
+    server.child.wait().unwrap();
+
+    let server = spawn_server(dir.path(), 20, &[]);
+    let url = server.url.clone();
+    poll("every job to finish after the restart", async || {
+        let q = queue_counts(&http, &url).await;
+        assert_eq!(q["dead"], 0, "no job may die: {q}");
+        open(&q) == 0
+    })
+    .await;
+    let succeeded = ids_in_state(&http, &server.url, "succeeded").await;
+    let missing: Vec<_> = acknowledged.difference(&succeeded).collect();
+    assert!(missing.is_empty(), "{} acknowledged jobs did not succeed, e.g. {:?}", missing.len(), missing.first());
+    stop(server).await;
+}
+
+async fn stop(mut server: Proc) {
+    let status = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "ferry exited with {status} after SIGTERM");
+            return;
+        }
+        assert!(Instant::now() < deadline, "ferry did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_short_attempts_finish_and_hands_back_long_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = client();
+    let server = spawn_server(dir.path(), 2, &[("FERRY_SHUTDOWN_GRACE_MS", "1500")]);
+    let submit = async |input: Value| -> String {
+        let v: Value = http
+            .post(format!("{}/v1/jobs", server.url))
+            .json(&json!({"kind": "sleep", "input": input, "timeout_ms": 120000}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["id"].as_str().unwrap().to_string()
+    };
+    let short = submit(json!({"ms": 300})).await;
+    let long = submit(json!({"ms": 60000})).await;
+    let waiting = submit(json!({"ms": 1})).await;
+    let url = server.url.clone();
+    poll("both slots to be running", async || queue_counts(&http, &url).await["running"] == 2).await;
+
+    stop(server).await;
+
+    // Read the outcome through a fresh server on the same data directory, with no workers
+    // so nothing moves while we look.
+    let server = spawn_server(dir.path(), 0, &[]);
+    let job = async |id: &str| -> Value {
+        http.get(format!("{}/v1/jobs/{id}", server.url)).send().await.unwrap().json().await.unwrap()
+    };
+    let s = job(&short).await;
+    assert_eq!(s["state"], "succeeded", "the short attempt finished within the grace period: {s}");
+    let l = job(&long).await;
+    assert_eq!(l["state"], "queued", "the long attempt was handed back: {l}");
+    assert_eq!(l["attempts"][0]["outcome"], "released");
+    assert_eq!(l["attempts_used"], 0, "a released attempt does not count");
+    let w = job(&waiting).await;
+    assert_eq!(w["state"], "queued", "a job never claimed stays queued: {w}");
+    assert_eq!(w["attempts"].as_array().unwrap().len(), 0);
+    stop(server).await;
+}
