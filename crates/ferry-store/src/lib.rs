@@ -61,6 +61,16 @@ pub trait Store: Send + Sync + 'static {
     /// running under that attempt number: its lease was taken over or it was cancelled.
     async fn finish(&self, fin: Finish) -> Result<bool, StoreError>;
 
+    /// Ends several attempts in one go, each fenced on its own, answering in order. A
+    /// backend that can do this in one transaction should; the default goes one by one.
+    async fn finish_many(&self, fins: Vec<Finish>) -> Result<Vec<bool>, StoreError> {
+        let mut applied = Vec::with_capacity(fins.len());
+        for fin in fins {
+            applied.push(self.finish(fin).await?);
+        }
+        Ok(applied)
+    }
+
     /// Renews the leases of every job `worker` runs; returns the ids it still holds.
     async fn heartbeat(&self, worker: &str, lease_until: Micros) -> Result<Vec<JobId>, StoreError>;
 

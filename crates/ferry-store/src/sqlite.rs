@@ -60,6 +60,10 @@ const CLAIMED_COLUMNS: &str = "id, kind, queue, input, attempt, attempt_base, ma
 const MAX_GROUP: usize = 2048;
 /// Idle read connections kept open.
 const MAX_IDLE_READERS: usize = 8;
+/// Page cache of the writer, in KiB. Kept modest on purpose: SQLite walks the cache's
+/// hash table at the end of every write transaction, so a large cache costs time on each
+/// group commit, while the hot pages (the right edge of each index) are few.
+const WRITER_CACHE_KIB: i64 = 8192;
 
 /// How durable a commit is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -85,6 +89,7 @@ enum Cmd {
     Submit(Vec<NewJob>, Reply<Vec<Submitted>>),
     Claim(ClaimRequest, Reply<Vec<ClaimedJob>>),
     Finish(Finish, Reply<bool>),
+    FinishMany(Vec<Finish>, Reply<Vec<bool>>),
     Heartbeat(String, Micros, Reply<Vec<JobId>>),
     Cancel(String, JobId, Reply<CancelOutcome>),
     Replay(String, JobId, Reply<ReplayOutcome>),
@@ -150,7 +155,9 @@ fn closed() -> StoreError {
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.execute_batch("PRAGMA query_only = 1; PRAGMA cache_size = -16384;")?;
+    // A small cache: whenever the writer has committed since a reader's last read, SQLite
+    // drops the reader's whole cache, and dropping a large one costs more than re-reading.
+    conn.execute_batch("PRAGMA query_only = 1; PRAGMA cache_size = -2048;")?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
 }
@@ -197,7 +204,7 @@ impl SqliteStore {
             Durability::Full => "FULL",
         };
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA cache_size = -65536; \
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA cache_size = -{WRITER_CACHE_KIB}; \
              PRAGMA temp_store = MEMORY;"
         ))
         .map_err(db)?;
@@ -320,6 +327,7 @@ impl Writer {
             Cmd::Submit(jobs, reply) => self.step(reply, |w| w.submit(jobs)),
             Cmd::Claim(req, reply) => self.step(reply, |w| w.claim(&req)),
             Cmd::Finish(fin, reply) => self.step(reply, |w| w.finish(&fin)),
+            Cmd::FinishMany(fins, reply) => self.step(reply, |w| fins.iter().map(|f| w.finish(f)).collect()),
             Cmd::Heartbeat(worker, until, reply) => self.step(reply, |w| w.heartbeat(&worker, until)),
             Cmd::Cancel(ws, id, reply) => self.step(reply, |w| w.cancel(&ws, id)),
             Cmd::Replay(ws, id, reply) => self.step(reply, |w| w.replay(&ws, id)),
@@ -624,6 +632,7 @@ fn fail(cmd: Cmd, why: &str) {
         Cmd::Submit(_, r) => drop(r.send(Err(e()))),
         Cmd::Claim(_, r) => drop(r.send(Err(e()))),
         Cmd::Finish(_, r) => drop(r.send(Err(e()))),
+        Cmd::FinishMany(_, r) => drop(r.send(Err(e()))),
         Cmd::Heartbeat(_, _, r) => drop(r.send(Err(e()))),
         Cmd::Cancel(_, _, r) => drop(r.send(Err(e()))),
         Cmd::Replay(_, _, r) => drop(r.send(Err(e()))),
@@ -721,6 +730,10 @@ impl Store for SqliteStore {
 
     async fn finish(&self, fin: Finish) -> Result<bool, StoreError> {
         self.write(|r| Cmd::Finish(fin, r)).await
+    }
+
+    async fn finish_many(&self, fins: Vec<Finish>) -> Result<Vec<bool>, StoreError> {
+        self.write(|r| Cmd::FinishMany(fins, r)).await
     }
 
     async fn heartbeat(&self, worker: &str, lease_until: Micros) -> Result<Vec<JobId>, StoreError> {
@@ -900,7 +913,7 @@ pub fn raw_baseline(dir: &Path, jobs: usize, batch: usize, durability: Durabilit
     let conn = Connection::open(&path)?;
     let sync = if durability == Durability::Full { "FULL" } else { "NORMAL" };
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA cache_size = -65536;"
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA cache_size = -{WRITER_CACHE_KIB};"
     ))?;
     let mut w = Writer { conn, woken: HashSet::new(), now: 0, poisoned: None };
     let backoff = ferry_core::Backoff::default();

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -93,6 +93,8 @@ struct Inner {
     stop_background: CancellationToken,
     attempts: TaskTracker,
     background: TaskTracker,
+    /// Attempts' ends, gathered by the finisher into batched store calls.
+    finisher: mpsc::UnboundedSender<(Finish, oneshot::Sender<bool>)>,
 }
 
 /// A running engine. Cheap to clone.
@@ -106,6 +108,7 @@ impl Engine {
     /// served), the heartbeat and the reaper.
     pub fn start(store: Arc<dyn Store>, registry: Registry, cfg: EngineConfig) -> Engine {
         let worker_id = format!("{}:{}:{:08x}", cfg.node, std::process::id(), fastrand::u32(..));
+        let (finisher, finishes) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             store,
             registry,
@@ -117,7 +120,9 @@ impl Engine {
             stop_background: CancellationToken::new(),
             attempts: TaskTracker::new(),
             background: TaskTracker::new(),
+            finisher,
         });
+        inner.background.spawn(finish_batches(inner.clone(), finishes));
         for q in inner.cfg.queues.iter().filter(|q| q.concurrency > 0) {
             inner.background.spawn(dispatch(inner.clone(), q.clone()));
         }
@@ -349,27 +354,54 @@ fn decide(
     }
 }
 
-/// Records an attempt's end, retrying through store outages for up to one lease: past
-/// that the reaper owns the job anyway. Returns whether the store accepted it.
+/// Records an attempt's end through the finisher. Returns whether the store accepted it.
 async fn finish(inner: &Inner, fin: Finish) -> bool {
-    let give_up = Instant::now() + Duration::from_millis(inner.cfg.lease_ms);
-    let mut pause = Duration::from_millis(50);
+    let (tx, rx) = oneshot::channel();
+    if inner.finisher.send((fin, tx)).is_err() {
+        return false;
+    }
+    rx.await.unwrap_or(false)
+}
+
+/// Gathers the ends of attempts that finished at about the same time into one store call,
+/// so that a busy queue costs the store one request per batch rather than one per job.
+/// Store outages are retried for up to one lease: past that the reaper owns the jobs.
+async fn finish_batches(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<(Finish, oneshot::Sender<bool>)>) {
+    let mut batch = Vec::with_capacity(256);
     loop {
-        match inner.store.finish(fin.clone()).await {
-            Ok(true) => return true,
-            Ok(false) => {
+        let first = tokio::select! {
+            m = rx.recv() => match m { Some(m) => m, None => return },
+            _ = inner.stop_background.cancelled() => return,
+        };
+        batch.push(first);
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let fins: Vec<Finish> = batch.iter().map(|(f, _)| f.clone()).collect();
+        let give_up = Instant::now() + Duration::from_millis(inner.cfg.lease_ms);
+        let mut pause = Duration::from_millis(50);
+        let applied = loop {
+            match inner.store.finish_many(fins.clone()).await {
+                Ok(applied) => break applied,
+                Err(e) if Instant::now() < give_up => {
+                    tracing::warn!(jobs = fins.len(), error = %e, "cannot record attempts' ends; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(jobs = fins.len(), error = %e, "giving up recording attempts' ends; the reaper will retry the jobs");
+                    break vec![false; fins.len()];
+                }
+            }
+        };
+        for ((fin, reply), ok) in batch.drain(..).zip(applied) {
+            if !ok {
                 tracing::info!(job = %fin.id, attempt = fin.attempt, "result refused: the lease was taken over or the job cancelled");
-                return false;
             }
-            Err(e) if Instant::now() < give_up => {
-                tracing::warn!(job = %fin.id, error = %e, "cannot record the attempt's end; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
-            }
-            Err(e) => {
-                tracing::error!(job = %fin.id, error = %e, "giving up recording the attempt's end; the reaper will retry the job");
-                return false;
-            }
+            let _ = reply.send(ok);
         }
     }
 }

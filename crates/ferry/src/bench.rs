@@ -42,6 +42,9 @@ pub struct BenchArgs {
     /// Print the results as JSON
     #[arg(long)]
     pub json: bool,
+    /// Skip the raw SQLite measurement
+    #[arg(long)]
+    pub skip_raw: bool,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -153,9 +156,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // 3. The raw limit, on a fresh database.
     let raw_dir = dir.path().join("raw");
     let raw_jobs = args.jobs;
-    let raw =
+    let raw = if args.skip_raw {
+        f64::NAN
+    } else {
         tokio::task::spawn_blocking(move || ferry_store::sqlite::raw_baseline(&raw_dir, raw_jobs, 1000, durability))
-            .await??;
+            .await??
+    };
 
     let report = json!({
         "backend": "sqlite",
