@@ -182,3 +182,73 @@ async fn sigterm_lets_short_attempts_finish_and_hands_back_long_ones() {
     assert_eq!(w["attempts"].as_array().unwrap().len(), 0);
     stop(server).await;
 }
+
+/// Runs the `ferry` CLI against a server; returns (exit code, stdout, stderr).
+fn cli(url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env("FERRY_SERVER", url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ferry");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_submits_waits_and_manages_the_dead_letter_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn_server(dir.path(), 2, &[]);
+    let url = server.url.clone();
+
+    let (code, out, err) = cli(&url, &["submit", "noop", "--input", r#"{"x": 1}"#, "--wait"]);
+    assert_eq!(code, 0, "stderr: {err}");
+    let job: Value = serde_json::from_str(&out).expect("the result is JSON on stdout");
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["output"], json!({"x": 1}));
+
+    let input = dir.path().join("input.json");
+    std::fs::write(&input, r#"{"type": "validation", "retryable": false}"#).unwrap();
+    let (code, out, _) = cli(&url, &["submit", "fail", "--input", &format!("@{}", input.display()), "--wait"]);
+    assert_eq!(code, 1, "a dead job is a failed command");
+    let dead: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(dead["state"], "dead");
+    assert_eq!(dead["error"]["type"], "validation");
+    let dead_id = dead["id"].as_str().unwrap();
+
+    let (code, out, _) = cli(&url, &["dlq", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(dead_id), "the dead job is in the DLQ listing: {out}");
+
+    let (code, out, _) = cli(&url, &["dlq", "replay", dead_id]);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["state"], "queued");
+
+    let (code, out, _) = cli(&url, &["status", job["id"].as_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["attempts"].as_array().unwrap().len(), 1);
+
+    let (code, _, err) = cli(&url, &["cancel", job["id"].as_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid_state"), "stderr names the refusal: {err}");
+
+    let (code, _, err) = cli(&url, &["submit", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown_kind") && err.contains("kind"), "stderr: {err}");
+
+    let (code, out, _) = cli(&url, &["submit", "sleep", "--input", r#"{"ms": 1}"#, "--delay-ms", "60000"]);
+    assert_eq!(code, 0);
+    let scheduled: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(scheduled["state"], "scheduled");
+    let (code, out, _) = cli(&url, &["cancel", scheduled["id"].as_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["state"], "cancelled");
+
+    let (code, out, _) = cli(&url, &["config", "show", "--workers", "3"]);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["workers"], 3);
+    stop(server).await;
+}
