@@ -20,6 +20,7 @@ pub use types::*;
 
 use async_trait::async_trait;
 use ferry_core::time::Micros;
+use ferry_core::{AttemptOutcome, JobError};
 use ferry_core::{JobId, NewJob};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -106,4 +107,39 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flushes pending writes and stops the store's background work.
     async fn close(&self);
+}
+
+/// A job's attempts, read from its event log: each `started` event opens attempt `n`; the
+/// first later `succeeded`, `attempt_failed`, `released` or `cancelled` event carrying the
+/// same `attempt` closes it. Keeping attempts in the log instead of a table of their own
+/// saves two writes per job, and the two can never disagree.
+pub fn attempts_from_events(events: &[Event]) -> Vec<AttemptRecord> {
+    let mut attempts: Vec<AttemptRecord> = Vec::new();
+    for e in events {
+        let Some(n) = e.data.get("attempt").and_then(|a| a.as_u64()).map(|a| a as u32) else { continue };
+        if e.event_type == "started" {
+            attempts.push(AttemptRecord {
+                attempt: n,
+                worker: e.data.get("worker").and_then(|w| w.as_str()).unwrap_or_default().to_string(),
+                started_at: e.at,
+                finished_at: None,
+                outcome: None,
+                error: None,
+            });
+            continue;
+        }
+        let outcome = match e.event_type.as_str() {
+            "succeeded" => AttemptOutcome::Succeeded,
+            "attempt_failed" => AttemptOutcome::Failed,
+            "released" => AttemptOutcome::Released,
+            "cancelled" => AttemptOutcome::Cancelled,
+            _ => continue,
+        };
+        if let Some(a) = attempts.iter_mut().rev().find(|a| a.attempt == n && a.outcome.is_none()) {
+            a.finished_at = Some(e.at);
+            a.outcome = Some(outcome);
+            a.error = e.data.get("error").and_then(|v| serde_json::from_value::<JobError>(v.clone()).ok());
+        }
+    }
+    attempts
 }

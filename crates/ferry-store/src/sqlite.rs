@@ -23,12 +23,12 @@
 //! them with `worker_lost`, without waiting for the lease to run out.
 
 use crate::{
-    AttemptRecord, CancelOutcome, ClaimRequest, ClaimedJob, Event, Finish, FinishResult, JobFilter, JobRecord, Page,
-    QueueStats, ReplayOutcome, Store, StoreError, Submitted,
+    CancelOutcome, ClaimRequest, ClaimedJob, Event, Finish, FinishResult, JobFilter, JobRecord, Page, QueueStats,
+    ReplayOutcome, Store, StoreError, Submitted,
 };
 use async_trait::async_trait;
 use ferry_core::time::{self, Micros};
-use ferry_core::{AttemptOutcome, ErrorType, JobError, JobId, JobState, NewJob};
+use ferry_core::{ErrorType, JobError, JobId, JobState, NewJob};
 use rusqlite::types::Type;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, ToSql, params};
 use serde::de::DeserializeOwned;
@@ -47,9 +47,6 @@ const FINISH: &str = include_str!("../sql/sqlite/finish.sql");
 const HEARTBEAT: &str = include_str!("../sql/sqlite/heartbeat.sql");
 const QUEUE_STATS: &str = include_str!("../sql/sqlite/queue_stats.sql");
 const INSERT_EVENT: &str = "INSERT INTO events (job_id, at, type, data) VALUES (?1, ?2, ?3, ?4)";
-const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_id, attempt, worker_id, started_at) VALUES (?1, ?2, ?3, ?4)";
-const END_ATTEMPT: &str =
-    "UPDATE attempts SET finished_at = ?3, outcome = ?4, error = ?5 WHERE job_id = ?1 AND attempt = ?2";
 const JOB_COLUMNS: &str = "id, workspace, user_id, kind, queue, state, priority, input, labels, max_attempts, \
      backoff, timeout_ms, total_timeout_ms, idempotency_key, created_at, run_at, deadline_at, attempt, \
      attempt_base, worker_id, lease_expires_at, finished_at, updated_at, output, error";
@@ -303,6 +300,8 @@ impl Writer {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 tracing::error!(error = ?outcome, "SQLite group commit failed");
             }
+            metrics::counter!("ferry_store_transactions_total").increment(1);
+            metrics::counter!("ferry_store_requests_total").increment(answers.len() as u64);
             for answer in answers {
                 answer(outcome.as_ref().err().map(String::as_str));
             }
@@ -359,7 +358,7 @@ impl Writer {
         })
     }
 
-    fn event(&self, job: &str, kind: &str, data: serde_json::Value) -> rusqlite::Result<()> {
+    fn event(&self, job: JobId, kind: &str, data: serde_json::Value) -> rusqlite::Result<()> {
         self.conn.prepare_cached(INSERT_EVENT)?.execute(params![job, self.now, kind, data.to_string()])?;
         Ok(())
     }
@@ -382,7 +381,7 @@ impl Writer {
                 existing.push(Some(Submitted { id: jobs[*first].id, state: JobState::Queued, created: false }));
                 continue;
             }
-            let found: Option<(String, String, Option<String>)> = self
+            let found: Option<(JobId, String, Option<String>)> = self
                 .conn
                 .prepare_cached(
                     "SELECT id, state, request_hash FROM jobs WHERE workspace = ?1 AND idempotency_key = ?2",
@@ -392,7 +391,7 @@ impl Writer {
             match found {
                 Some((_, _, hash)) if hash != job.request_hash => return Err(conflict()),
                 Some((id, state, _)) => {
-                    existing.push(Some(Submitted { id: parse_id(&id)?, state: parse_enum(&state)?, created: false }))
+                    existing.push(Some(Submitted { id, state: parse_enum(&state)?, created: false }))
                 }
                 None => {
                     in_batch.insert((job.workspace.as_str(), key.as_str()), (index, &job.request_hash));
@@ -410,7 +409,7 @@ impl Writer {
                 out.push(s);
                 continue;
             }
-            let id = job.id.to_string();
+            let id = job.id;
             let (state, run_at) = match job.run_at {
                 Some(at) if at > self.now => (JobState::Scheduled, at),
                 _ => (JobState::Queued, self.now),
@@ -446,7 +445,7 @@ impl Writer {
                 JobState::Scheduled => json!({"queue": job.queue, "run_at": time::to_datetime(run_at)}),
                 _ => json!({"queue": job.queue}),
             };
-            self.event(&id, state.as_str(), data).map_err(db)?;
+            self.event(id, state.as_str(), data).map_err(db)?;
             self.woken.insert(job.queue.clone());
             first_state.insert(job.id, state);
             out.push(Submitted { id: job.id, state, created: true });
@@ -471,13 +470,7 @@ impl Writer {
         claimed.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.run_at.cmp(&b.0.run_at)).then(a.0.id.cmp(&b.0.id)));
         let mut out = Vec::with_capacity(claimed.len());
         for (mut job, _) in claimed {
-            let id = job.id.to_string();
-            self.conn
-                .prepare_cached(INSERT_ATTEMPT)
-                .map_err(db)?
-                .execute(params![id, job.attempt, req.worker, now])
-                .map_err(db)?;
-            self.event(&id, "started", json!({"attempt": job.attempt, "worker": req.worker})).map_err(db)?;
+            self.event(job.id, "started", json!({"attempt": job.attempt, "worker": req.worker}))?;
             job.worker = Some(req.worker.clone());
             out.push(job);
         }
@@ -485,19 +478,15 @@ impl Writer {
     }
 
     fn finish(&mut self, fin: &Finish) -> Result<bool, StoreError> {
-        let id = fin.id.to_string();
+        let id = fin.id;
         let now = self.now;
-        let (state, output, error, finished, run_at, base_inc, outcome) = match &fin.result {
-            FinishResult::Succeeded { output } => {
-                (JobState::Succeeded, Some(output), None, Some(now), None, 0, AttemptOutcome::Succeeded)
-            }
+        let (state, output, error, finished, run_at, base_inc) = match &fin.result {
+            FinishResult::Succeeded { output } => (JobState::Succeeded, Some(output), None, Some(now), None, 0),
             FinishResult::Retry { run_at, error, output } => {
-                (JobState::Retrying, output.as_ref(), Some(error), None, Some(*run_at), 0, AttemptOutcome::Failed)
+                (JobState::Retrying, output.as_ref(), Some(error), None, Some(*run_at), 0)
             }
-            FinishResult::Dead { error, output } => {
-                (JobState::Dead, output.as_ref(), Some(error), Some(now), None, 0, AttemptOutcome::Failed)
-            }
-            FinishResult::Released => (JobState::Queued, None, None, None, Some(now), 1, AttemptOutcome::Released),
+            FinishResult::Dead { error, output } => (JobState::Dead, output.as_ref(), Some(error), Some(now), None, 0),
+            FinishResult::Released => (JobState::Queued, None, None, None, Some(now), 1),
         };
         let error_json = error.map(|e| serde_json::to_string(e).unwrap_or_default());
         let changed = self
@@ -519,23 +508,18 @@ impl Writer {
         if changed == 0 {
             return Ok(false);
         }
-        self.conn
-            .prepare_cached(END_ATTEMPT)
-            .map_err(db)?
-            .execute(params![id, fin.attempt, now, outcome.as_str(), error_json])
-            .map_err(db)?;
         let attempt = fin.attempt;
         match &fin.result {
-            FinishResult::Succeeded { .. } => self.event(&id, "succeeded", json!({"attempt": attempt})),
+            FinishResult::Succeeded { .. } => self.event(id, "succeeded", json!({"attempt": attempt})),
             FinishResult::Retry { run_at, error, .. } => {
-                self.event(&id, "attempt_failed", json!({"attempt": attempt, "error": error}))?;
-                self.event(&id, "retry_scheduled", json!({"run_at": time::to_datetime(*run_at)}))
+                self.event(id, "attempt_failed", json!({"attempt": attempt, "error": error}))?;
+                self.event(id, "retry_scheduled", json!({"run_at": time::to_datetime(*run_at)}))
             }
             FinishResult::Dead { error, .. } => {
-                self.event(&id, "attempt_failed", json!({"attempt": attempt, "error": error}))?;
-                self.event(&id, "dead", json!({"error": error}))
+                self.event(id, "attempt_failed", json!({"attempt": attempt, "error": error}))?;
+                self.event(id, "dead", json!({"error": error}))
             }
-            FinishResult::Released => self.event(&id, "released", json!({"attempt": attempt})),
+            FinishResult::Released => self.event(id, "released", json!({"attempt": attempt})),
         }
         .map_err(db)?;
         if matches!(fin.result, FinishResult::Retry { .. } | FinishResult::Released) {
@@ -549,7 +533,7 @@ impl Writer {
             .conn
             .prepare_cached(HEARTBEAT)
             .map_err(db)?
-            .query_map(params![worker, until], |r| parse_id(&r.get::<_, String>(0)?))
+            .query_map(params![worker, until], |r| r.get::<_, JobId>(0))
             .map_err(db)?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(db)?;
@@ -557,38 +541,31 @@ impl Writer {
     }
 
     fn cancel(&mut self, workspace: &str, id: JobId) -> Result<CancelOutcome, StoreError> {
-        let id_s = id.to_string();
-        let Some((state, attempt, queue, kind)) = self.state_of(workspace, &id_s)? else {
+        let Some((state, attempt, queue, kind)) = self.state_of(workspace, id)? else {
             return Ok(CancelOutcome::NotFound);
         };
         if state.is_final() {
             return Ok(CancelOutcome::AlreadyFinal(state));
         }
-        let error =
-            serde_json::to_string(&JobError::new(ErrorType::Cancelled, "cancelled by a user")).unwrap_or_default();
+        let error = JobError::new(ErrorType::Cancelled, "cancelled by a user");
         self.conn
             .prepare_cached(
                 "UPDATE jobs SET state = 'cancelled', error = ?3, finished_at = ?4, worker_id = NULL, \
                  lease_expires_at = NULL, updated_at = ?4 WHERE id = ?1 AND state = ?2",
-            )
-            .map_err(db)?
-            .execute(params![id_s, state.as_str(), error, self.now])
-            .map_err(db)?;
+            )?
+            .execute(params![id, state.as_str(), serde_json::to_string(&error).unwrap_or_default(), self.now])?;
         let was_running = state == JobState::Running;
-        if was_running {
-            self.conn
-                .prepare_cached(END_ATTEMPT)
-                .map_err(db)?
-                .execute(params![id_s, attempt, self.now, AttemptOutcome::Cancelled.as_str(), error])
-                .map_err(db)?;
-        }
-        self.event(&id_s, "cancelled", json!({"was": state.as_str()})).map_err(db)?;
+        let data = if was_running {
+            json!({"was": state.as_str(), "attempt": attempt, "error": error})
+        } else {
+            json!({"was": state.as_str()})
+        };
+        self.event(id, "cancelled", data)?;
         Ok(CancelOutcome::Cancelled { was_running, queue, kind })
     }
 
     fn replay(&mut self, workspace: &str, id: JobId) -> Result<ReplayOutcome, StoreError> {
-        let id_s = id.to_string();
-        let Some((state, ..)) = self.state_of(workspace, &id_s)? else {
+        let Some((state, ..)) = self.state_of(workspace, id)? else {
             return Ok(ReplayOutcome::NotFound);
         };
         if !matches!(state, JobState::Dead | JobState::Cancelled) {
@@ -603,16 +580,16 @@ impl Writer {
                  WHERE id = ?1 RETURNING queue",
             )
             .map_err(db)?
-            .query_row(params![id_s, self.now], |r| r.get(0))
+            .query_row(params![id, self.now], |r| r.get(0))
             .map_err(db)?;
-        self.event(&id_s, "replayed", json!({"was": state.as_str()})).map_err(db)?;
-        self.event(&id_s, "queued", json!({"queue": queue})).map_err(db)?;
+        self.event(id, "replayed", json!({"was": state.as_str()})).map_err(db)?;
+        self.event(id, "queued", json!({"queue": queue})).map_err(db)?;
         self.woken.insert(queue);
         Ok(ReplayOutcome::Replayed)
     }
 
     /// A job's state, attempt number, queue and kind, if it exists in the workspace.
-    fn state_of(&self, workspace: &str, id: &str) -> Result<Option<(JobState, u32, String, String)>, StoreError> {
+    fn state_of(&self, workspace: &str, id: JobId) -> Result<Option<(JobState, u32, String, String)>, StoreError> {
         let row: Option<(String, u32, String, String)> = self
             .conn
             .prepare_cached("SELECT state, attempt, queue, kind FROM jobs WHERE id = ?1 AND workspace = ?2")?
@@ -644,10 +621,6 @@ fn conversion(idx: usize, e: impl std::fmt::Display) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, e.to_string().into())
 }
 
-fn parse_id(s: &str) -> rusqlite::Result<JobId> {
-    JobId::parse_str(s).map_err(|e| conversion(0, e))
-}
-
 fn parse_enum<T: FromStr<Err = String>>(s: &str) -> rusqlite::Result<T> {
     s.parse().map_err(|e: String| conversion(0, e))
 }
@@ -667,7 +640,7 @@ fn claimed_from_row(r: &Row<'_>, started_at: Micros) -> rusqlite::Result<Claimed
     let attempt: u32 = r.get(4)?;
     let base: u32 = r.get(5)?;
     Ok(ClaimedJob {
-        id: parse_id(&r.get::<_, String>(0)?)?,
+        id: r.get(0)?,
         kind: r.get(1)?,
         queue: r.get(2)?,
         input: r.get(3)?,
@@ -683,9 +656,17 @@ fn claimed_from_row(r: &Row<'_>, started_at: Micros) -> rusqlite::Result<Claimed
     })
 }
 
+fn read_events(c: &Connection, id: JobId) -> rusqlite::Result<Vec<Event>> {
+    c.prepare_cached("SELECT id, at, type, data FROM events WHERE job_id = ?1 ORDER BY id")?
+        .query_map(params![id], |r| {
+            Ok(Event { id: r.get(0)?, job_id: id, at: r.get(1)?, event_type: r.get(2)?, data: json_col(r, 3)? })
+        })?
+        .collect()
+}
+
 fn job_from_row(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
     Ok(JobRecord {
-        id: parse_id(&r.get::<_, String>(0)?)?,
+        id: r.get(0)?,
         workspace: r.get(1)?,
         user: r.get(2)?,
         kind: r.get(3)?,
@@ -771,27 +752,11 @@ impl Store for SqliteStore {
     async fn get_job(&self, workspace: &str, id: JobId) -> Result<Option<JobRecord>, StoreError> {
         let ws = workspace.to_string();
         self.read(move |c| {
-            let id = id.to_string();
             let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND workspace = ?2");
             let Some(mut job) = c.prepare_cached(&sql)?.query_row(params![id, ws], job_from_row).optional()? else {
                 return Ok(None);
             };
-            job.attempts = c
-                .prepare_cached(
-                    "SELECT attempt, worker_id, started_at, finished_at, outcome, error FROM attempts \
-                     WHERE job_id = ?1 ORDER BY attempt",
-                )?
-                .query_map(params![id], |r| {
-                    Ok(AttemptRecord {
-                        attempt: r.get(0)?,
-                        worker: r.get(1)?,
-                        started_at: r.get(2)?,
-                        finished_at: r.get(3)?,
-                        outcome: r.get::<_, Option<String>>(4)?.map(|s| parse_enum(&s)).transpose()?,
-                        error: opt_json_col(r, 5)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<_>>()?;
+            job.attempts = crate::attempts_from_events(&read_events(c, id)?);
             Ok(Some(job))
         })
         .await
@@ -816,7 +781,7 @@ impl Store for SqliteStore {
             }
             if let Some(cursor) = filter.cursor {
                 sql.push_str(" AND id < ?");
-                args.push(Box::new(cursor.to_string()));
+                args.push(Box::new(cursor));
             }
             sql.push_str(" ORDER BY id DESC LIMIT ?");
             args.push(Box::new(filter.limit as i64 + 1));
@@ -838,18 +803,12 @@ impl Store for SqliteStore {
     async fn job_events(&self, workspace: &str, id: JobId) -> Result<Option<Vec<Event>>, StoreError> {
         let ws = workspace.to_string();
         self.read(move |c| {
-            let id_s = id.to_string();
             let exists =
-                c.prepare_cached("SELECT 1 FROM jobs WHERE id = ?1 AND workspace = ?2")?.exists(params![id_s, ws])?;
+                c.prepare_cached("SELECT 1 FROM jobs WHERE id = ?1 AND workspace = ?2")?.exists(params![id, ws])?;
             if !exists {
                 return Ok(None);
             }
-            let events = c
-                .prepare_cached("SELECT id, at, type, data FROM events WHERE job_id = ?1 ORDER BY id")?
-                .query_map(params![id_s], |r| {
-                    Ok(Event { id: r.get(0)?, job_id: id, at: r.get(1)?, event_type: r.get(2)?, data: json_col(r, 3)? })
-                })?
-                .collect::<rusqlite::Result<_>>()?;
+            let events = read_events(c, id)?;
             Ok(Some(events))
         })
         .await
@@ -972,7 +931,7 @@ mod tests {
     //! refused batch writes nothing.
 
     use super::*;
-    use ferry_core::{JobSpec, Limits};
+    use ferry_core::{AttemptOutcome, JobSpec, Limits};
 
     fn open(dir: &Path) -> SqliteStore {
         SqliteStore::open(&SqliteOptions { data_dir: dir.to_path_buf(), durability: Durability::Process }).unwrap()

@@ -68,6 +68,15 @@ async fn outstanding(http: &reqwest::Client, base: &str) -> anyhow::Result<(u64,
     Ok((open, dead))
 }
 
+/// The store's transaction and request counters, read from `/metrics`.
+async fn group_commit_counters(http: &reqwest::Client, base: &str) -> anyhow::Result<(f64, f64)> {
+    let text = http.get(format!("{base}/metrics")).send().await?.text().await?;
+    let read = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok())).unwrap_or(0.0)
+    };
+    Ok((read("ferry_store_transactions_total"), read("ferry_store_requests_total")))
+}
+
 /// Runs the benchmark and prints the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let durability = match args.durability.as_str() {
@@ -88,6 +97,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().pool_max_idle_per_host(args.clients).build()?;
 
     // 1. Throughput.
+    let (tx_before, req_before) = group_commit_counters(&http, &base).await?;
     let per_client = args.jobs.div_ceil(args.clients);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -126,6 +136,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     let throughput = args.jobs as f64 / elapsed.as_secs_f64();
+    let (tx_after, req_after) = group_commit_counters(&http, &base).await?;
+    let transactions = tx_after - tx_before;
+    let per_transaction = (req_after - req_before) / transactions.max(1.0);
 
     // 2. Pickup latency when idle.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -177,6 +190,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "pickup_p50_ms": percentile(&pickup_ms, 0.50),
         "pickup_p99_ms": percentile(&pickup_ms, 0.99),
         "pickup_samples": pickup_ms.len(),
+        "transactions": transactions,
+        "store_requests_per_transaction": per_transaction,
+        "jobs_per_transaction": args.jobs as f64 / transactions.max(1.0),
         "raw_sqlite_jobs_per_s": raw.round(),
         "engine_vs_raw": throughput / raw,
     });
@@ -194,6 +210,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.batch,
             args.clients,
             args.concurrency
+        );
+        println!(
+            "  group commit {:.1} store requests per transaction ({} transactions, {:.1} jobs each)",
+            per_transaction,
+            transactions,
+            args.jobs as f64 / transactions.max(1.0)
         );
         println!(
             "  pickup       p50 {:.3} ms, p99 {:.3} ms (idle, {} jobs one at a time, submit-to-start)",

@@ -1,8 +1,10 @@
--- Jobs, their attempts and their events.
--- Times are INTEGER microseconds since the Unix epoch; JSON is TEXT.
+-- Jobs and their events. A job's attempts are read from its events (`started`, then
+-- `succeeded`, `attempt_failed`, `released` or `cancelled` with the same attempt number).
+-- Times are INTEGER microseconds since the Unix epoch; JSON is TEXT; ids are UUIDv7 as
+-- 16-byte BLOBs, whose byte order is their time order.
 
 CREATE TABLE jobs (
-    id               TEXT PRIMARY KEY,      -- UUIDv7: time-ordered, so inserts append
+    id               BLOB PRIMARY KEY,      -- UUIDv7: time-ordered, so inserts append
     workspace        TEXT NOT NULL,
     user_id          TEXT NOT NULL,
     kind             TEXT NOT NULL,
@@ -45,20 +47,9 @@ CREATE UNIQUE INDEX jobs_idempotency ON jobs (workspace, idempotency_key)
 -- partial indexes above and this one cover every per-state count and the DLQ listing.
 CREATE INDEX jobs_dead ON jobs (queue, id) WHERE state = 'dead';
 
-CREATE TABLE attempts (
-    job_id      TEXT NOT NULL,
-    attempt     INTEGER NOT NULL,
-    worker_id   TEXT NOT NULL,
-    started_at  INTEGER NOT NULL,
-    finished_at INTEGER,
-    outcome     TEXT,
-    error       TEXT,
-    PRIMARY KEY (job_id, attempt)
-) WITHOUT ROWID;
-
 CREATE TABLE events (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so ids only grow
-    job_id  TEXT NOT NULL,
+    job_id  BLOB NOT NULL,
     at      INTEGER NOT NULL,
     type    TEXT NOT NULL,
     data    TEXT NOT NULL
