@@ -252,3 +252,22 @@ async fn cli_submits_waits_and_manages_the_dead_letter_queue() {
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["workers"], 3);
     stop(server).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_durability_serves_and_survives_kill_dash_nine() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = client();
+    // No workers: the jobs stay queued, so what survives is exactly what was acknowledged.
+    let mut server = spawn_server(dir.path(), 0, &[("FERRY_DURABILITY", "full")]);
+    let jobs: Vec<Value> = (0..50).map(|i| json!({"kind": "noop", "input": {"i": i}})).collect();
+    let resp = http.post(format!("{}/v1/jobs/batch", server.url)).json(&json!({"jobs": jobs})).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let server = spawn_server(dir.path(), 4, &[("FERRY_DURABILITY", "full")]);
+    let url = server.url.clone();
+    poll("the jobs to run after the restart", async || open(&queue_counts(&http, &url).await) == 0).await;
+    assert_eq!(ids_in_state(&http, &server.url, "succeeded").await.len(), 50);
+    stop(server).await;
+}
