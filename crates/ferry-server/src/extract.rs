@@ -1,5 +1,8 @@
 //! A JSON body extractor whose refusals speak the API's error format.
 //!
+//! The body is parsed into a JSON value, checked for objects where the request types need
+//! them ([`Shape`]), then converted.
+//!
 //! Axum's own `Json` answers in plain text. This one reads the body (bounded by the
 //! router's body limit: over it is a 413 that names the limit), then deserializes with
 //! `serde_path_to_error`, so a wrong type deep in a batch is reported as
@@ -8,15 +11,18 @@
 
 use crate::ApiState;
 use crate::error::ApiError;
+use crate::views::BatchRequest;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
+use ferry_core::JobSpec;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 /// A JSON request body of type `T`.
 pub struct JsonBody<T>(pub T);
 
-impl<T: DeserializeOwned> FromRequest<ApiState> for JsonBody<T> {
+impl<T: DeserializeOwned + Shape> FromRequest<ApiState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &ApiState) -> Result<Self, ApiError> {
@@ -36,22 +42,67 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for JsonBody<T> {
     }
 }
 
-/// Deserializes JSON, naming the field at fault.
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {inner}"))
-        } else if path == "." {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", inner.to_string())
-        } else {
-            ApiError::bad_field(path, inner.to_string())
+/// Objects where the request's types expect them. Serde's derived structs also accept a
+/// JSON array (fields by position), which would let `["sleep", {"ms": 1}]` through as a
+/// job; a request type lists here where it needs objects, and anything else is refused.
+pub trait Shape {
+    /// Checks the parsed body before it is converted.
+    fn check(body: &Value) -> Result<(), ApiError>;
+}
+
+fn must_be_object(v: &Value, field: &str) -> Result<(), ApiError> {
+    if v.is_object() {
+        return Ok(());
+    }
+    let what = if field.is_empty() { "the body".to_string() } else { format!("`{field}`") };
+    let err = ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", format!("{what} must be a JSON object"));
+    Err(if field.is_empty() { ApiError { code: "invalid_body", ..err } } else { err.field(field) })
+}
+
+fn check_spec(spec: &Value, prefix: &str) -> Result<(), ApiError> {
+    must_be_object(spec, prefix)?;
+    if let Some(b) = spec.get("backoff").filter(|b| !b.is_null()) {
+        let field = if prefix.is_empty() { "backoff".to_string() } else { format!("{prefix}.backoff") };
+        must_be_object(b, &field)?;
+    }
+    Ok(())
+}
+
+impl Shape for JobSpec {
+    fn check(body: &Value) -> Result<(), ApiError> {
+        check_spec(body, "")
+    }
+}
+
+impl Shape for BatchRequest {
+    fn check(body: &Value) -> Result<(), ApiError> {
+        must_be_object(body, "")?;
+        if let Some(Value::Array(jobs)) = body.get("jobs") {
+            for (i, spec) in jobs.iter().enumerate() {
+                check_spec(spec, &format!("jobs[{i}]"))?;
+            }
         }
+        Ok(())
+    }
+}
+
+/// Parses JSON into `T`, naming the field at fault.
+pub fn parse<T: DeserializeOwned + Shape>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}"))
     })?;
-    de.end().map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("trailing data after the JSON value: {e}"))
-    })?;
-    Ok(value)
+    T::check(&value)?;
+    serde_path_to_error::deserialize(&value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // Serde reports a missing field at the object that lacks it; name the field itself.
+        let missing = inner.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
+        let field = match (path.as_str(), missing) {
+            (".", Some(name)) => name.to_string(),
+            (_, Some(name)) => format!("{path}.{name}"),
+            (".", None) => return ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", inner),
+            (_, None) => path,
+        };
+        ApiError::bad_field(field, inner)
+    })
 }

@@ -117,7 +117,12 @@ impl ReadPool {
             Some(c) => c,
             None => open_reader(&self.path).map_err(db)?,
         };
-        let result = f(&conn).map_err(db);
+        // Every read runs in one read transaction, so a job and its events come from the
+        // same snapshot even when the writer commits in between.
+        let result = conn.prepare_cached("BEGIN").and_then(|mut s| s.execute([])).and_then(|_| f(&conn)).map_err(db);
+        if conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([])).is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE_READERS {
             idle.push(conn);
@@ -482,10 +487,12 @@ impl Writer {
         let now = self.now;
         let (state, output, error, finished, run_at, base_inc) = match &fin.result {
             FinishResult::Succeeded { output } => (JobState::Succeeded, Some(output), None, Some(now), None, 0),
-            FinishResult::Retry { run_at, error, output } => {
-                (JobState::Retrying, output.as_ref(), Some(error), None, Some(*run_at), 0)
+            FinishResult::Retry { retry_in, error, output } => {
+                (JobState::Retrying, output.as_ref(), Some(error), None, Some(now.saturating_add(*retry_in)), 0)
             }
-            FinishResult::Dead { error, output } => (JobState::Dead, output.as_ref(), Some(error), Some(now), None, 0),
+            FinishResult::Dead { error, output, .. } => {
+                (JobState::Dead, output.as_ref(), Some(error), Some(now), None, 0)
+            }
             FinishResult::Released => (JobState::Queued, None, None, None, Some(now), 1),
         };
         let error_json = error.map(|e| serde_json::to_string(e).unwrap_or_default());
@@ -511,12 +518,17 @@ impl Writer {
         let attempt = fin.attempt;
         match &fin.result {
             FinishResult::Succeeded { .. } => self.event(id, "succeeded", json!({"attempt": attempt})),
-            FinishResult::Retry { run_at, error, .. } => {
+            FinishResult::Retry { retry_in, error, .. } => {
                 self.event(id, "attempt_failed", json!({"attempt": attempt, "error": error}))?;
-                self.event(id, "retry_scheduled", json!({"run_at": time::to_datetime(*run_at)}))
+                let run_at = now.saturating_add(*retry_in);
+                self.event(
+                    id,
+                    "retry_scheduled",
+                    json!({"run_at": time::to_datetime(run_at), "delay_ms": retry_in / 1000}),
+                )
             }
-            FinishResult::Dead { error, .. } => {
-                self.event(id, "attempt_failed", json!({"attempt": attempt, "error": error}))?;
+            FinishResult::Dead { error, attempt_error, .. } => {
+                self.event(id, "attempt_failed", json!({"attempt": attempt, "error": attempt_error}))?;
                 self.event(id, "dead", json!({"error": error}))
             }
             FinishResult::Released => self.event(id, "released", json!({"attempt": attempt})),

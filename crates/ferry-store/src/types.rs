@@ -51,13 +51,18 @@ pub enum FinishResult {
     Succeeded {
         output: serde_json::Value,
     },
+    /// Try again `retry_in` microseconds after the attempt's end as the store records it,
+    /// so the whole backoff separates the recorded end from the next start.
     Retry {
-        run_at: Micros,
+        retry_in: Micros,
         error: JobError,
         output: Option<serde_json::Value>,
     },
+    /// Give up. `error` is the job's final error; `attempt_error` what this attempt failed
+    /// with (they differ when the retry budget, not the attempt, ended the job).
     Dead {
         error: JobError,
+        attempt_error: JobError,
         output: Option<serde_json::Value>,
     },
     /// Handed back at shutdown: the job is ready again and the attempt does not count.

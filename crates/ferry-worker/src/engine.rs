@@ -259,7 +259,13 @@ async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphoreP
             cut_by_budget = true;
         }
     }
+    let budget_over = job.deadline_at.is_some_and(|d| d <= job.started_at);
     let outcome: Result<Result<serde_json::Value, ExecError>, Stop> = match inner.registry.get(&job.kind) {
+        // Claimed too late to start within the budget: the executor does not run at all.
+        _ if budget_over => Ok(Err(ExecError::new(
+            ErrorType::BudgetExhausted,
+            "the retry budget ran out before the attempt could start",
+        ))),
         None => Ok(Err(ExecError::new(
             ErrorType::Validation,
             format!("this worker has no executor for kind `{}`", job.kind),
@@ -348,9 +354,12 @@ fn decide(
         deadline_at: job.deadline_at,
         backoff: &job.backoff,
     };
-    match decide_after_failure(state, error, retry_after, time::now_micros(), fastrand::f64()) {
-        Decision::Retry { run_at, error } => FinishResult::Retry { run_at, error, output },
-        Decision::Dead { error } => FinishResult::Dead { error, output },
+    let now = time::now_micros();
+    match decide_after_failure(state, error.clone(), retry_after, now, fastrand::f64()) {
+        Decision::Retry { run_at, error } => FinishResult::Retry { retry_in: run_at - now, error, output },
+        Decision::Dead { error: final_error } => {
+            FinishResult::Dead { error: final_error, attempt_error: error, output }
+        }
     }
 }
 

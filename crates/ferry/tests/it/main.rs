@@ -1,0 +1,17 @@
+//! Ferry's integration tests: each module pins one promise of the engine, exercised
+//! end to end through the HTTP API of a real in-process server.
+
+mod harness;
+
+mod cancel_replay;
+mod consistency;
+mod events;
+mod idempotency;
+mod lifecycle;
+mod listing;
+mod lost_worker;
+mod restart;
+mod retries;
+mod scheduling;
+mod system;
+mod validation;

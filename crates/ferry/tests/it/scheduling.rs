@@ -1,0 +1,126 @@
+//! Promise: ready jobs start highest priority first, and a delayed job waits for its
+//! `run_at` (given as a delay or a time) before it starts.
+
+use crate::harness::{TestServer, assert_error, attempts, ts};
+use chrono::{SecondsFormat, Utc};
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_priority_starts_first() {
+    let server = TestServer::start_with(|cfg| {
+        cfg.queues.get_mut("default").expect("the default queue").concurrency = Some(1);
+    })
+    .await;
+    let blocker = server.submit(json!({"kind": "sleep", "input": {"ms": 300}})).await;
+    server.wait_state(&blocker, &["running"]).await;
+
+    let ids = server
+        .submit_batch(vec![
+            json!({"kind": "noop", "priority": 1}),
+            json!({"kind": "noop", "priority": 5}),
+            json!({"kind": "noop", "priority": 3}),
+        ])
+        .await;
+    let mut started = Vec::new();
+    for (id, priority) in ids.iter().zip([1, 5, 3]) {
+        let job = server.wait_state(id, &["succeeded", "dead"]).await;
+        assert_eq!(job["state"], "succeeded", "{job:#}");
+        assert_eq!(job["priority"], priority);
+        started.push((ts(&attempts(&job)[0]["started_at"]), priority));
+    }
+    let blocker = server.job(&blocker).await;
+    assert_eq!(blocker["state"], "succeeded");
+    let blocker_end = ts(&attempts(&blocker)[0]["finished_at"]);
+    assert!(started.iter().all(|(at, _)| *at >= blocker_end), "one slot: nothing started before the blocker ended");
+
+    started.sort();
+    let order: Vec<i32> = started.iter().map(|(_, p)| *p).collect();
+    assert_eq!(order, [5, 3, 1], "start times: {started:?}");
+    assert!(started.windows(2).all(|w| w[0].0 < w[1].0), "one at a time: {started:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_job_waits_for_its_time() {
+    let server = TestServer::start().await;
+    let (status, body) = server.post("/v1/jobs", json!({"kind": "noop", "delay_ms": 300})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["state"], "scheduled");
+    let id = body["id"].as_str().unwrap().to_string();
+    let job = server.job(&id).await;
+    let run_at = ts(&job["run_at"]);
+    assert!(run_at > ts(&job["created_at"]), "{job:#}");
+
+    let job = server.wait_state(&id, &["succeeded", "dead"]).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    assert_eq!(ts(&job["run_at"]), run_at, "run_at is kept");
+    assert!(ts(&attempts(&job)[0]["started_at"]) >= run_at, "started before its run_at: {job:#}");
+    let events = server.events(&id).await;
+    assert_eq!(events[0]["type"], "scheduled");
+    assert_eq!(ts(&events[0]["data"]["run_at"]), run_at);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_at_as_a_time() {
+    let server = TestServer::start().await;
+    let at = (Utc::now() + chrono::Duration::milliseconds(300)).to_rfc3339_opts(SecondsFormat::Micros, true);
+    let (status, body) = server.post("/v1/jobs", json!({"kind": "noop", "run_at": at})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["state"], "scheduled");
+    let id = body["id"].as_str().unwrap().to_string();
+    let job = server.wait_state(&id, &["succeeded", "dead"]).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    assert_eq!(ts(&job["run_at"]), ts(&json!(at)), "run_at is the time given");
+    assert!(ts(&attempts(&job)[0]["started_at"]) >= ts(&json!(at)), "{job:#}");
+
+    // A time already past means now.
+    let past = (Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let (status, body) = server.post("/v1/jobs", json!({"kind": "noop", "run_at": past})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["state"], "queued");
+
+    // A time with an offset is the same instant.
+    let offset = (Utc::now() + chrono::Duration::hours(2))
+        .with_timezone(&chrono::FixedOffset::east_opt(5 * 3600).unwrap())
+        .to_rfc3339_opts(SecondsFormat::Micros, false);
+    let (status, body) = server.post("/v1/jobs", json!({"kind": "noop", "run_at": offset})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["state"], "scheduled");
+    let job = server.job(body["id"].as_str().unwrap()).await;
+    assert_eq!(ts(&job["run_at"]), ts(&json!(offset)));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_at_and_delay_together_are_refused() {
+    let server = TestServer::start().await;
+    let at = (Utc::now() + chrono::Duration::seconds(10)).to_rfc3339();
+    let got = server.post("/v1/jobs", json!({"kind": "noop", "run_at": at, "delay_ms": 100})).await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "invalid_field", Some("delay_ms"));
+    assert_eq!(server.count_jobs().await, 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_concurrency_caps_running_attempts() {
+    let server = TestServer::start_with(|cfg| {
+        cfg.queues.get_mut("default").expect("the default queue").concurrency = Some(2);
+    })
+    .await;
+    let ids = server.submit_batch((0..5).map(|_| json!({"kind": "sleep", "input": {"ms": 100}})).collect()).await;
+    let mut spans = Vec::new();
+    for id in &ids {
+        let job = server.wait_state(id, &["succeeded", "dead"]).await;
+        assert_eq!(job["state"], "succeeded", "{job:#}");
+        let a = &attempts(&job)[0];
+        spans.push((ts(&a["started_at"]), ts(&a["finished_at"])));
+    }
+    // From the recorded times: at no attempt's start were more than two attempts running.
+    for (start, _) in &spans {
+        let running = spans.iter().filter(|(s, e)| s <= start && start < e).count();
+        assert!(running <= 2, "{running} attempts ran at once: {spans:?}");
+    }
+    server.stop().await;
+}

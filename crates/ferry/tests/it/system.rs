@@ -1,0 +1,122 @@
+//! Promise: the service describes and reports itself — an OpenAPI document listing every
+//! endpoint, health and readiness probes, Prometheus metrics and per-queue counts.
+
+use crate::harness::{DEADLINE, TestServer};
+use ferry::config::QueueSettings;
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_lists_every_endpoint() {
+    let server = TestServer::start().await;
+    let (status, doc) = server.get("/v1/openapi.json").await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with('3')), "{}", doc["openapi"]);
+    let paths = doc["paths"].as_object().expect("paths");
+    let expected: [(&str, &[&str]); 11] = [
+        ("/v1/jobs", &["get", "post"]),
+        ("/v1/jobs/batch", &["post"]),
+        ("/v1/jobs/{id}", &["get"]),
+        ("/v1/jobs/{id}/cancel", &["post"]),
+        ("/v1/jobs/{id}/replay", &["post"]),
+        ("/v1/jobs/{id}/events", &["get"]),
+        ("/v1/queues", &["get"]),
+        ("/healthz", &["get"]),
+        ("/readyz", &["get"]),
+        ("/metrics", &["get"]),
+        ("/v1/openapi.json", &["get"]),
+    ];
+    for (path, methods) in expected {
+        let item = paths.get(path).unwrap_or_else(|| panic!("{path} is missing; paths: {:?}", paths.keys()));
+        for m in methods {
+            assert!(item.get(*m).is_some(), "{path} has no {m}: {item}");
+        }
+    }
+    assert_eq!(paths.len(), expected.len(), "undocumented extra paths: {:?}", paths.keys());
+    assert!(doc["components"]["schemas"]["JobSpec"].is_object(), "the job spec schema is described");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    let server = TestServer::start().await;
+    let (status, body) = server.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ok");
+    let (status, body) = server.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"status": "ready", "store": "sqlite"}));
+
+    let ok = server.submit(json!({"kind": "noop"})).await;
+    let dead = server.submit(json!({"kind": "fail", "input": {"retryable": false}})).await;
+    server.wait_state(&ok, &["succeeded"]).await;
+    server.wait_state(&dead, &["dead"]).await;
+
+    // The engine counts a finished job just after the store recorded it: poll.
+    let names = [
+        "ferry_jobs_finished_total",
+        "ferry_attempt_duration_seconds",
+        "ferry_pickup_wait_seconds",
+        "ferry_queue_depth",
+        "ferry_jobs_running",
+    ];
+    let missing = |text: &str| -> Vec<String> {
+        let mut missing: Vec<String> =
+            names.iter().filter(|n| !text.lines().any(|l| l.starts_with(**n))).map(|n| n.to_string()).collect();
+        for state in ["succeeded", "dead"] {
+            let counted = text.lines().any(|l| {
+                l.starts_with("ferry_jobs_finished_total{")
+                    && l.contains(&format!("state=\"{state}\""))
+                    && l.contains("queue=\"default\"")
+            });
+            if !counted {
+                missing.push(format!("ferry_jobs_finished_total{{state=\"{state}\"}}"));
+            }
+        }
+        if !text.lines().any(|l| l.starts_with("ferry_queue_depth{") && l.contains("queue=\"default\"")) {
+            missing.push("ferry_queue_depth{queue=\"default\"}".into());
+        }
+        missing
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let (status, text) = server.get_text("/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        let gone = missing(&text);
+        if gone.is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "{gone:?} missing from:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_counts_reflect_jobs() {
+    let server = TestServer::start_with(|cfg| {
+        cfg.queues.insert("other".into(), QueueSettings { concurrency: Some(0) });
+    })
+    .await;
+    let dead = server.submit(json!({"kind": "fail", "input": {"retryable": false}})).await;
+    server.wait_state(&dead, &["dead"]).await;
+    server.submit(json!({"kind": "noop", "delay_ms": 600000})).await;
+    server
+        .submit_batch(vec![json!({"kind": "noop", "queue": "other"}), json!({"kind": "noop", "queue": "other"})])
+        .await;
+
+    let (status, body) = server.get("/v1/queues").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let queues = body["queues"].as_array().expect("queues");
+    let find = |name: &str| queues.iter().find(|q| q["name"] == name).unwrap_or_else(|| panic!("{name} in {body}"));
+    assert_eq!(
+        find("default"),
+        &json!({"name": "default", "depth": 0, "running": 0, "scheduled": 1, "retrying": 0, "dead": 1})
+    );
+    assert_eq!(
+        find("other"),
+        &json!({"name": "other", "depth": 2, "running": 0, "scheduled": 0, "retrying": 0, "dead": 0})
+    );
+    assert_eq!(queues.len(), 2, "{body}");
+    server.stop().await;
+}
