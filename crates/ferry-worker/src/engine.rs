@@ -322,6 +322,9 @@ async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphoreP
         }
     }
     inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
+    // The slot is freed only now that the attempt's end is committed: freeing it earlier
+    // would let the next claim commit first, and the store would record more attempts of
+    // the queue running at once than its concurrency allows.
     drop(permit);
 }
 
