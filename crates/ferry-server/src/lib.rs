@@ -39,6 +39,8 @@ pub struct ApiConfig {
     pub max_batch: usize,
     /// Queues that accept jobs.
     pub queues: Vec<String>,
+    /// A worker is listed by `GET /v1/workers` while its last heartbeat is this recent.
+    pub worker_seen_within_ms: u64,
 }
 
 impl Default for ApiConfig {
@@ -48,6 +50,7 @@ impl Default for ApiConfig {
             max_body_bytes: 16 * 1024 * 1024,
             max_batch: 1000,
             queues: vec!["default".into()],
+            worker_seen_within_ms: 30_000,
         }
     }
 }
@@ -144,6 +147,7 @@ fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::replay))
         .routes(routes!(jobs::events))
         .routes(routes!(system::queues))
+        .routes(routes!(system::workers))
         .routes(routes!(system::healthz))
         .routes(routes!(system::readyz))
         .routes(routes!(system::metrics))
@@ -183,4 +187,31 @@ pub fn router(state: ApiState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The HTTP surface of a worker process: `/healthz`, `/readyz` and `/metrics` only.
+pub fn worker_router(store: Arc<dyn Store>, engine: Engine, metrics: PrometheusHandle) -> Router {
+    use axum::routing::get;
+    let ready_store = store.clone();
+    Router::new()
+        .route("/healthz", get(system::healthz))
+        .route(
+            "/readyz",
+            get(move || {
+                let store = ready_store.clone();
+                async move { system::ready(store.as_ref()).await }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                let engine = engine.clone();
+                async move {
+                    metrics::gauge!("ferry_worker_attempts_running").set(engine.running() as f64);
+                    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render())
+                }
+            }),
+        )
+        .fallback(system::not_found)
 }

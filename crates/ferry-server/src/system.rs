@@ -2,7 +2,7 @@
 
 use crate::ApiState;
 use crate::error::{ApiError, ErrorBody};
-use crate::views::{Health, QueueList, QueueView};
+use crate::views::{Health, QueueList, QueueView, WorkerList, WorkerView};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -37,20 +37,27 @@ pub async fn healthz() -> Json<Health> {
     responses((status = 200, body = Health), (status = 503, body = Health))
 )]
 pub async fn readyz(State(st): State<ApiState>) -> (StatusCode, Json<Health>) {
-    match st.store.ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(Health { status: "ready".into(), store: Some(st.store.backend().into()), error: None }),
-        ),
+    ready(st.store.as_ref()).await
+}
+
+/// Ready when the store answers.
+pub async fn ready(store: &dyn ferry_store::Store) -> (StatusCode, Json<Health>) {
+    let backend = Some(store.backend().to_string());
+    match store.ping().await {
+        Ok(()) => (StatusCode::OK, Json(Health { status: "ready".into(), store: backend, error: None })),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(Health {
-                status: "unavailable".into(),
-                store: Some(st.store.backend().into()),
-                error: Some(e.to_string()),
-            }),
+            Json(Health { status: "unavailable".into(), store: backend, error: Some(e.to_string()) }),
         ),
     }
+}
+
+/// Every live worker process: its node, queues, concurrency, running attempts and last
+/// heartbeat. A worker is live while its last heartbeat is within one lease.
+#[utoipa::path(get, path = "/v1/workers", tag = "system", responses((status = 200, body = WorkerList)))]
+pub async fn workers(State(st): State<ApiState>) -> Result<Json<WorkerList>, ApiError> {
+    let workers = st.store.workers(st.cfg.worker_seen_within_ms).await?;
+    Ok(Json(WorkerList { workers: workers.into_iter().map(WorkerView::from).collect() }))
 }
 
 /// Prometheus metrics in the text exposition format.

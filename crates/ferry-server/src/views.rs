@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use ferry_core::time::to_datetime;
 use ferry_core::{AttemptOutcome, Backoff, JobError, JobState};
-use ferry_store::{AttemptRecord, Event, JobRecord, QueueStats, Submitted};
+use ferry_store::{AttemptRecord, Event, JobRecord, QueueStats, Submitted, WorkerInfo};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -203,4 +203,50 @@ pub struct Health {
     pub store: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A queue a worker serves.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkerQueueView {
+    pub name: String,
+    pub concurrency: usize,
+}
+
+/// A live worker process.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkerView {
+    /// `node:pid:random`, as recorded on attempts.
+    pub id: String,
+    pub node: String,
+    pub queues: Vec<WorkerQueueView>,
+    /// Sum of the queues' concurrency.
+    pub concurrency: usize,
+    /// Attempts running at the last heartbeat.
+    pub running: u64,
+    pub started_at: DateTime<Utc>,
+    pub last_heartbeat: DateTime<Utc>,
+}
+
+impl From<WorkerInfo> for WorkerView {
+    fn from(w: WorkerInfo) -> Self {
+        WorkerView {
+            concurrency: w.queues.iter().map(|q| q.concurrency).sum(),
+            queues: w
+                .queues
+                .into_iter()
+                .map(|q| WorkerQueueView { name: q.name, concurrency: q.concurrency })
+                .collect(),
+            id: w.id,
+            node: w.node,
+            running: w.running,
+            started_at: to_datetime(w.started_at),
+            last_heartbeat: to_datetime(w.last_heartbeat),
+        }
+    }
+}
+
+/// Every live worker.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkerList {
+    pub workers: Vec<WorkerView>,
 }

@@ -13,7 +13,9 @@
 //! **Invariant:** a call that writes returns only after its transaction committed. The
 //! API answers 2xx only after that, so an acknowledged job is durable.
 
+pub mod postgres;
 pub mod sqlite;
+mod transition;
 mod types;
 
 pub use types::*;
@@ -22,8 +24,29 @@ use async_trait::async_trait;
 use ferry_core::time::Micros;
 use ferry_core::{AttemptOutcome, JobError};
 use ferry_core::{JobId, NewJob};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
+
+/// Per-queue wake-up signals: fired by a backend when a queue may have new work (after
+/// its own commit, or on a notification from another node), awaited by dispatchers.
+#[derive(Default)]
+pub(crate) struct Wakeups(Mutex<HashMap<String, Arc<Notify>>>);
+
+impl Wakeups {
+    pub(crate) fn get(&self, queue: &str) -> Arc<Notify> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(queue.to_string()).or_default().clone()
+    }
+
+    /// Wakes every queue: after missing notifications, any queue may have work.
+    pub(crate) fn all(&self) {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for n in map.values() {
+            n.notify_one();
+        }
+    }
+}
 
 /// Errors at the storage boundary.
 #[derive(Debug, thiserror::Error)]
@@ -72,11 +95,28 @@ pub trait Store: Send + Sync + 'static {
         Ok(applied)
     }
 
-    /// Renews the leases of every job `worker` runs; returns the ids it still holds.
-    async fn heartbeat(&self, worker: &str, lease_until: Micros) -> Result<Vec<JobId>, StoreError>;
+    /// Records a worker process (or refreshes its record) in the workers list.
+    async fn register_worker(&self, worker: WorkerInfo) -> Result<(), StoreError>;
 
-    /// Running jobs whose lease expired before `now`.
-    async fn expired(&self, now: Micros, limit: usize) -> Result<Vec<ClaimedJob>, StoreError>;
+    /// Renews the leases of every job `worker` runs to `lease_ms` from now (the store's
+    /// clock, so nodes' clocks need not agree), records the heartbeat and how many attempts
+    /// the worker runs; returns the ids it still holds.
+    async fn heartbeat(&self, worker: &str, lease_ms: u64, running: usize) -> Result<Vec<JobId>, StoreError>;
+
+    /// Removes a worker that stopped cleanly from the workers list.
+    async fn unregister_worker(&self, worker: &str) -> Result<(), StoreError>;
+
+    /// Workers whose last heartbeat is at most `seen_within_ms` old, by id.
+    async fn workers(&self, seen_within_ms: u64) -> Result<Vec<WorkerInfo>, StoreError>;
+
+    /// Running jobs whose lease expired, by the store's clock.
+    async fn expired(&self, limit: usize) -> Result<Vec<ClaimedJob>, StoreError>;
+
+    /// Deletes up to `limit` succeeded or cancelled jobs that finished more than
+    /// `older_than_ms` ago, with their events, and forgets workers not seen for a day.
+    /// Dead jobs are kept. Returns how many jobs were deleted; callers repeat while it
+    /// returns `limit`, so each transaction stays small.
+    async fn prune(&self, older_than_ms: u64, limit: usize) -> Result<usize, StoreError>;
 
     /// Cancels a job that has not finished.
     async fn cancel(&self, workspace: &str, id: JobId) -> Result<CancelOutcome, StoreError>;

@@ -22,13 +22,14 @@
 //! previous, crashed process: their leases are expired at once and the reaper retries
 //! them with `worker_lost`, without waiting for the lease to run out.
 
+use crate::transition;
 use crate::{
     CancelOutcome, ClaimRequest, ClaimedJob, Event, Finish, FinishResult, JobFilter, JobRecord, Page, QueueStats,
-    ReplayOutcome, Store, StoreError, Submitted,
+    ReplayOutcome, Store, StoreError, Submitted, Wakeups, WorkerInfo,
 };
 use async_trait::async_trait;
 use ferry_core::time::{self, Micros};
-use ferry_core::{ErrorType, JobError, JobId, JobState, NewJob};
+use ferry_core::{JobId, JobState, NewJob};
 use rusqlite::types::Type;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, ToSql, params};
 use serde::de::DeserializeOwned;
@@ -39,7 +40,11 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../sql/sqlite/migrations/0001_jobs.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../sql/sqlite/migrations/0001_jobs.sql")),
+    (2, include_str!("../sql/sqlite/migrations/0002_workers.sql")),
+];
+const PRUNE: &str = include_str!("../sql/sqlite/prune.sql");
 const INSERT_JOB: &str = include_str!("../sql/sqlite/insert_job.sql");
 const PROMOTE_DUE: &str = include_str!("../sql/sqlite/promote_due.sql");
 const CLAIM: &str = include_str!("../sql/sqlite/claim.sql");
@@ -87,22 +92,13 @@ enum Cmd {
     Claim(ClaimRequest, Reply<Vec<ClaimedJob>>),
     Finish(Finish, Reply<bool>),
     FinishMany(Vec<Finish>, Reply<Vec<bool>>),
-    Heartbeat(String, Micros, Reply<Vec<JobId>>),
+    Heartbeat(String, u64, usize, Reply<Vec<JobId>>),
+    RegisterWorker(WorkerInfo, Reply<()>),
+    UnregisterWorker(String, Reply<()>),
+    Prune(u64, usize, Reply<usize>),
     Cancel(String, JobId, Reply<CancelOutcome>),
     Replay(String, JobId, Reply<ReplayOutcome>),
     Close(Reply<()>),
-}
-
-/// Per-queue wake-up signals, shared by the writer (which fires them after a commit) and
-/// the dispatchers (which wait on them).
-#[derive(Default)]
-struct Wakeups(Mutex<HashMap<String, Arc<Notify>>>);
-
-impl Wakeups {
-    fn get(&self, queue: &str) -> Arc<Notify> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(queue.to_string()).or_default().clone()
-    }
 }
 
 struct ReadPool {
@@ -332,7 +328,15 @@ impl Writer {
             Cmd::Claim(req, reply) => self.step(reply, |w| w.claim(&req)),
             Cmd::Finish(fin, reply) => self.step(reply, |w| w.finish(&fin)),
             Cmd::FinishMany(fins, reply) => self.step(reply, |w| fins.iter().map(|f| w.finish(f)).collect()),
-            Cmd::Heartbeat(worker, until, reply) => self.step(reply, |w| w.heartbeat(&worker, until)),
+            Cmd::Heartbeat(worker, lease_ms, running, reply) => {
+                self.step(reply, |w| w.heartbeat(&worker, lease_ms, running))
+            }
+            Cmd::RegisterWorker(info, reply) => self.step(reply, |w| w.register_worker(&info)),
+            Cmd::UnregisterWorker(id, reply) => self.step(reply, |w| {
+                w.conn.prepare_cached("DELETE FROM workers WHERE id = ?1")?.execute(params![id])?;
+                Ok(())
+            }),
+            Cmd::Prune(older_than_ms, limit, reply) => self.step(reply, |w| w.prune(older_than_ms, limit)),
             Cmd::Cancel(ws, id, reply) => self.step(reply, |w| w.cancel(&ws, id)),
             Cmd::Replay(ws, id, reply) => self.step(reply, |w| w.replay(&ws, id)),
             Cmd::Close(_) => unreachable!("handled by the loop"),
@@ -446,11 +450,8 @@ impl Writer {
                     deadline,
                 ])
                 .map_err(db)?;
-            let data = match state {
-                JobState::Scheduled => json!({"queue": job.queue, "run_at": time::to_datetime(run_at)}),
-                _ => json!({"queue": job.queue}),
-            };
-            self.event(id, state.as_str(), data).map_err(db)?;
+            let (kind, data) = transition::submit_event(state, &job.queue, run_at);
+            self.event(id, kind, data)?;
             self.woken.insert(job.queue.clone());
             first_state.insert(job.id, state);
             out.push(Submitted { id: job.id, state, created: true });
@@ -483,73 +484,70 @@ impl Writer {
     }
 
     fn finish(&mut self, fin: &Finish) -> Result<bool, StoreError> {
-        let id = fin.id;
         let now = self.now;
-        let (state, output, error, finished, run_at, base_inc) = match &fin.result {
-            FinishResult::Succeeded { output } => (JobState::Succeeded, Some(output), None, Some(now), None, 0),
-            FinishResult::Retry { retry_in, error, output } => {
-                (JobState::Retrying, output.as_ref(), Some(error), None, Some(now.saturating_add(*retry_in)), 0)
-            }
-            FinishResult::Dead { error, output, .. } => {
-                (JobState::Dead, output.as_ref(), Some(error), Some(now), None, 0)
-            }
-            FinishResult::Released => (JobState::Queued, None, None, None, Some(now), 1),
-        };
-        let error_json = error.map(|e| serde_json::to_string(e).unwrap_or_default());
-        let changed = self
-            .conn
-            .prepare_cached(FINISH)
-            .map_err(db)?
-            .execute(params![
-                id,
-                fin.attempt,
-                state.as_str(),
-                output.map(|o| o.to_string()),
-                error_json,
-                finished,
-                run_at,
-                base_inc,
-                now
-            ])
-            .map_err(db)?;
+        let cols = transition::finish_columns(&fin.result, now);
+        let changed = self.conn.prepare_cached(FINISH)?.execute(params![
+            fin.id,
+            fin.attempt,
+            cols.state.as_str(),
+            cols.output.map(|o| o.to_string()),
+            cols.error.map(|e| serde_json::to_string(e).unwrap_or_default()),
+            cols.finished.then_some(now),
+            cols.run_at,
+            cols.base_inc,
+            now
+        ])?;
         if changed == 0 {
             return Ok(false);
         }
-        let attempt = fin.attempt;
-        match &fin.result {
-            FinishResult::Succeeded { .. } => self.event(id, "succeeded", json!({"attempt": attempt})),
-            FinishResult::Retry { retry_in, error, .. } => {
-                self.event(id, "attempt_failed", json!({"attempt": attempt, "error": error}))?;
-                let run_at = now.saturating_add(*retry_in);
-                self.event(
-                    id,
-                    "retry_scheduled",
-                    json!({"run_at": time::to_datetime(run_at), "delay_ms": retry_in / 1000}),
-                )
-            }
-            FinishResult::Dead { error, attempt_error, .. } => {
-                self.event(id, "attempt_failed", json!({"attempt": attempt, "error": attempt_error}))?;
-                self.event(id, "dead", json!({"error": error}))
-            }
-            FinishResult::Released => self.event(id, "released", json!({"attempt": attempt})),
+        for (kind, data) in transition::finish_events(fin, now) {
+            self.event(fin.id, kind, data)?;
         }
-        .map_err(db)?;
         if matches!(fin.result, FinishResult::Retry { .. } | FinishResult::Released) {
             self.woken.insert(fin.queue.clone());
         }
         Ok(true)
     }
 
-    fn heartbeat(&mut self, worker: &str, until: Micros) -> Result<Vec<JobId>, StoreError> {
+    fn heartbeat(&mut self, worker: &str, lease_ms: u64, running: usize) -> Result<Vec<JobId>, StoreError> {
+        let until = self.now.saturating_add(time::ms(lease_ms));
         let ids = self
             .conn
-            .prepare_cached(HEARTBEAT)
-            .map_err(db)?
-            .query_map(params![worker, until], |r| r.get::<_, JobId>(0))
-            .map_err(db)?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(db)?;
+            .prepare_cached(HEARTBEAT)?
+            .query_map(params![worker, until], |r| r.get::<_, JobId>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        self.conn
+            .prepare_cached("UPDATE workers SET last_heartbeat = ?2, running = ?3 WHERE id = ?1")?
+            .execute(params![worker, self.now, running as i64])?;
         Ok(ids)
+    }
+
+    fn register_worker(&mut self, w: &WorkerInfo) -> Result<(), StoreError> {
+        let queues = serde_json::to_string(&w.queues).unwrap_or_default();
+        self.conn
+            .prepare_cached(
+                "INSERT INTO workers (id, node, queues, started_at, last_heartbeat, running) \
+                 VALUES (?1, ?2, ?3, ?4, ?4, 0) \
+                 ON CONFLICT (id) DO UPDATE SET node = ?2, queues = ?3, last_heartbeat = ?4",
+            )?
+            .execute(params![w.id, w.node, queues, self.now])?;
+        Ok(())
+    }
+
+    fn prune(&mut self, older_than_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        let cut = self.now.saturating_sub(time::ms(older_than_ms));
+        let ids = self
+            .conn
+            .prepare_cached(PRUNE)?
+            .query_map(params![crate::id_floor(cut / 1000), cut, limit as i64], |r| r.get::<_, JobId>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for id in &ids {
+            self.conn.prepare_cached("DELETE FROM events WHERE job_id = ?1")?.execute(params![id])?;
+            self.conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute(params![id])?;
+        }
+        let day_ago = self.now.saturating_sub(time::ms(86_400_000));
+        self.conn.prepare_cached("DELETE FROM workers WHERE last_heartbeat < ?1")?.execute(params![day_ago])?;
+        Ok(ids.len())
     }
 
     fn cancel(&mut self, workspace: &str, id: JobId) -> Result<CancelOutcome, StoreError> {
@@ -559,7 +557,7 @@ impl Writer {
         if state.is_final() {
             return Ok(CancelOutcome::AlreadyFinal(state));
         }
-        let error = JobError::new(ErrorType::Cancelled, "cancelled by a user");
+        let error = transition::cancel_error();
         self.conn
             .prepare_cached(
                 "UPDATE jobs SET state = 'cancelled', error = ?3, finished_at = ?4, worker_id = NULL, \
@@ -567,12 +565,8 @@ impl Writer {
             )?
             .execute(params![id, state.as_str(), serde_json::to_string(&error).unwrap_or_default(), self.now])?;
         let was_running = state == JobState::Running;
-        let data = if was_running {
-            json!({"was": state.as_str(), "attempt": attempt, "error": error})
-        } else {
-            json!({"was": state.as_str()})
-        };
-        self.event(id, "cancelled", data)?;
+        let (event, data) = transition::cancel_event(state, attempt, &error);
+        self.event(id, event, data)?;
         Ok(CancelOutcome::Cancelled { was_running, queue, kind })
     }
 
@@ -622,7 +616,10 @@ fn fail(cmd: Cmd, why: &str) {
         Cmd::Claim(_, r) => drop(r.send(Err(e()))),
         Cmd::Finish(_, r) => drop(r.send(Err(e()))),
         Cmd::FinishMany(_, r) => drop(r.send(Err(e()))),
-        Cmd::Heartbeat(_, _, r) => drop(r.send(Err(e()))),
+        Cmd::Heartbeat(_, _, _, r) => drop(r.send(Err(e()))),
+        Cmd::RegisterWorker(_, r) => drop(r.send(Err(e()))),
+        Cmd::UnregisterWorker(_, r) => drop(r.send(Err(e()))),
+        Cmd::Prune(_, _, r) => drop(r.send(Err(e()))),
         Cmd::Cancel(_, _, r) => drop(r.send(Err(e()))),
         Cmd::Replay(_, _, r) => drop(r.send(Err(e()))),
         Cmd::Close(r) => drop(r.send(Ok(()))),
@@ -729,12 +726,48 @@ impl Store for SqliteStore {
         self.write(|r| Cmd::FinishMany(fins, r)).await
     }
 
-    async fn heartbeat(&self, worker: &str, lease_until: Micros) -> Result<Vec<JobId>, StoreError> {
-        let worker = worker.to_string();
-        self.write(|r| Cmd::Heartbeat(worker, lease_until, r)).await
+    async fn register_worker(&self, worker: WorkerInfo) -> Result<(), StoreError> {
+        self.write(|r| Cmd::RegisterWorker(worker, r)).await
     }
 
-    async fn expired(&self, now: Micros, limit: usize) -> Result<Vec<ClaimedJob>, StoreError> {
+    async fn heartbeat(&self, worker: &str, lease_ms: u64, running: usize) -> Result<Vec<JobId>, StoreError> {
+        let worker = worker.to_string();
+        self.write(|r| Cmd::Heartbeat(worker, lease_ms, running, r)).await
+    }
+
+    async fn unregister_worker(&self, worker: &str) -> Result<(), StoreError> {
+        let worker = worker.to_string();
+        self.write(|r| Cmd::UnregisterWorker(worker, r)).await
+    }
+
+    async fn workers(&self, seen_within_ms: u64) -> Result<Vec<WorkerInfo>, StoreError> {
+        let since = time::now_micros().saturating_sub(time::ms(seen_within_ms));
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT id, node, queues, started_at, last_heartbeat, running FROM workers \
+                 WHERE last_heartbeat >= ?1 ORDER BY id",
+            )?
+            .query_map(params![since], |r| {
+                Ok(WorkerInfo {
+                    id: r.get(0)?,
+                    node: r.get(1)?,
+                    queues: json_col(r, 2)?,
+                    started_at: r.get(3)?,
+                    last_heartbeat: r.get(4)?,
+                    running: r.get::<_, i64>(5)? as u64,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn prune(&self, older_than_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        self.write(|r| Cmd::Prune(older_than_ms, limit, r)).await
+    }
+
+    async fn expired(&self, limit: usize) -> Result<Vec<ClaimedJob>, StoreError> {
+        let now = time::now_micros();
         self.read(move |c| {
             let sql = format!(
                 "SELECT {CLAIMED_COLUMNS} FROM jobs WHERE state = 'running' AND lease_expires_at < ?1 \

@@ -2,6 +2,7 @@
 
 use ferry_core::time::Micros;
 use ferry_core::{AttemptOutcome, Backoff, JobError, JobId, JobState};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A submitted job's id and state, and whether this call created it.
@@ -184,4 +185,31 @@ pub struct QueueStats {
     /// Waiting for a retry's backoff.
     pub retrying: u64,
     pub dead: u64,
+}
+
+/// One queue a worker serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerQueue {
+    pub name: String,
+    pub concurrency: usize,
+}
+
+/// A worker process as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub node: String,
+    pub queues: Vec<WorkerQueue>,
+    /// Set by the store when the worker registers.
+    pub started_at: Micros,
+    /// Set by the store on every heartbeat.
+    pub last_heartbeat: Micros,
+    /// Attempts running at the last heartbeat.
+    pub running: u64,
+}
+
+/// The smallest UUIDv7 of the given millisecond: every id created before it sorts lower.
+/// Pruning scans ids below this bound instead of keeping an index on `finished_at`.
+pub fn id_floor(unix_ms: i64) -> ferry_core::JobId {
+    ferry_core::JobId::from_u128((unix_ms.max(0) as u128) << 80)
 }

@@ -22,9 +22,9 @@
 //! the attempt does not count).
 
 use crate::executor::{Attempt, Registry};
-use ferry_core::time::{self, Micros};
+use ferry_core::time;
 use ferry_core::{Decision, ErrorType, ExecError, JobError, JobId, RetryState, decide_after_failure};
-use ferry_store::{ClaimRequest, ClaimedJob, Finish, FinishResult, Store};
+use ferry_store::{ClaimRequest, ClaimedJob, Finish, FinishResult, Store, WorkerInfo, WorkerQueue};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -425,16 +425,38 @@ async fn release(inner: &Inner, job: &ClaimedJob) {
 
 async fn heartbeat(inner: Arc<Inner>) {
     let every = Duration::from_millis(inner.cfg.heartbeat_ms);
+    let info = WorkerInfo {
+        id: inner.worker_id.clone(),
+        node: inner.cfg.node.clone(),
+        queues: inner
+            .cfg
+            .queues
+            .iter()
+            .map(|q| WorkerQueue { name: q.name.clone(), concurrency: q.concurrency })
+            .collect(),
+        started_at: 0,
+        last_heartbeat: 0,
+        running: 0,
+    };
+    let mut registered = false;
     loop {
+        if !registered {
+            match inner.store.register_worker(info.clone()).await {
+                Ok(()) => registered = true,
+                Err(e) => tracing::warn!(error = %e, "cannot register this worker; will retry"),
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = inner.stop_background.cancelled() => return,
+            _ = inner.stop_background.cancelled() => {
+                let _ = inner.store.unregister_worker(&inner.worker_id).await;
+                return;
+            }
         }
         // Jobs registered before the heartbeat is sent were claimed in a transaction that
         // committed before it, so the heartbeat sees them if they are still ours.
         let before: HashSet<JobId> = inner.running.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
-        let until: Micros = time::now_micros().saturating_add(time::ms(inner.cfg.lease_ms));
-        match inner.store.heartbeat(&inner.worker_id, until).await {
+        match inner.store.heartbeat(&inner.worker_id, inner.cfg.lease_ms, before.len()).await {
             Ok(held) => {
                 let held: HashSet<JobId> = held.into_iter().collect();
                 let running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -454,7 +476,7 @@ async fn reap(inner: Arc<Inner>) {
     let every = Duration::from_millis(inner.cfg.reap_ms);
     loop {
         loop {
-            let expired = match inner.store.expired(time::now_micros(), 256).await {
+            let expired = match inner.store.expired(256).await {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::warn!(error = %e, "reaper cannot read expired leases");
@@ -483,6 +505,43 @@ async fn reap(inner: Arc<Inner>) {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = inner.stop_background.cancelled() => return,
+        }
+    }
+}
+
+/// Deletes finished jobs older than `retention_ms` every `every_ms`, in batches of
+/// `batch` so that no transaction holds the queue up, until `stop` is cancelled. Every
+/// node may run it: the store makes concurrent prunes skip each other's rows.
+pub async fn prune_loop(
+    store: Arc<dyn Store>,
+    retention_ms: u64,
+    every_ms: u64,
+    batch: usize,
+    stop: CancellationToken,
+) {
+    loop {
+        let mut total = 0;
+        loop {
+            match store.prune(retention_ms, batch).await {
+                Ok(n) => {
+                    total += n;
+                    if n < batch || stop.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning failed; will retry");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            tracing::info!(jobs = total, "pruned finished jobs past retention");
+            metrics::counter!("ferry_jobs_pruned_total").increment(total as u64);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(every_ms)) => {}
+            _ = stop.cancelled() => return,
         }
     }
 }

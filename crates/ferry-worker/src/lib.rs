@@ -15,5 +15,5 @@ mod engine;
 mod executor;
 pub mod kinds;
 
-pub use engine::{Engine, EngineConfig, QueueConfig};
+pub use engine::{Engine, EngineConfig, QueueConfig, prune_loop};
 pub use executor::{Attempt, Executor, Registry};

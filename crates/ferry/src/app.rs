@@ -4,6 +4,7 @@ use crate::config::Config;
 use anyhow::Context;
 use ferry_server::{ApiConfig, ApiState};
 use ferry_store::Store;
+use ferry_store::postgres::{PgOptions, PgStore};
 use ferry_store::sqlite::{SqliteOptions, SqliteStore};
 use ferry_worker::{Engine, EngineConfig, QueueConfig, Registry};
 use std::net::SocketAddr;
@@ -12,22 +13,86 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// A server running in this process.
+/// A server (or a worker process) running in this process.
 pub struct Server {
-    /// The address the API listens on (useful with port 0).
+    /// The address the HTTP listener is bound to (useful with port 0).
     pub addr: SocketAddr,
     pub store: Arc<dyn Store>,
     pub engine: Option<Engine>,
     grace: Duration,
     stop_http: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
+    stop_pruner: CancellationToken,
+    pruner: JoinHandle<()>,
+}
+
+/// Opens the configured store: PostgreSQL when `database_url` is set, else SQLite in
+/// `data_dir`.
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &cfg.database_url {
+        Some(url) => {
+            let opts = PgOptions {
+                url: url.clone(),
+                schema: cfg.database_schema.clone(),
+                max_connections: cfg.database_max_connections,
+                application_name: format!("ferry:{}", cfg.node),
+            };
+            Arc::new(PgStore::open(&opts).await.context("cannot open the PostgreSQL store")?)
+        }
+        None => {
+            let opts = SqliteOptions { data_dir: cfg.data_dir.clone(), durability: cfg.durability };
+            let store = SqliteStore::open(&opts)
+                .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
+            Arc::new(store)
+        }
+    })
+}
+
+fn engine_config(cfg: &Config, queues: Vec<QueueConfig>) -> EngineConfig {
+    EngineConfig {
+        node: cfg.node.clone(),
+        queues,
+        lease_ms: cfg.lease_ms,
+        heartbeat_ms: cfg.heartbeat_ms,
+        poll_ms: cfg.poll_ms,
+        reap_ms: cfg.reap_ms,
+        max_output_bytes: cfg.limits.max_output_bytes,
+        ..EngineConfig::default()
+    }
+}
+
+async fn serve(
+    cfg: &Config,
+    listen: SocketAddr,
+    store: Arc<dyn Store>,
+    engine: Option<Engine>,
+    app: axum::Router,
+) -> anyhow::Result<Server> {
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let stop_http = CancellationToken::new();
+    let stop = stop_http.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
+    });
+    let stop_pruner = CancellationToken::new();
+    let pruner =
+        tokio::spawn(ferry_worker::prune_loop(store.clone(), cfg.retention_ms, cfg.prune_ms, 500, stop_pruner.clone()));
+    Ok(Server {
+        addr,
+        store,
+        engine,
+        grace: Duration::from_millis(cfg.shutdown_grace_ms),
+        stop_http,
+        http,
+        stop_pruner,
+        pruner,
+    })
 }
 
 /// Opens the store, starts the embedded workers and serves the API.
 pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
-    let store = SqliteStore::open(&SqliteOptions { data_dir: cfg.data_dir.clone(), durability: cfg.durability })
-        .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store = open_store(cfg).await?;
     let registry = Registry::builtin();
     let engine = (cfg.workers > 0).then(|| {
         let queues = cfg
@@ -35,20 +100,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
             .iter()
             .map(|(name, q)| QueueConfig { name: name.clone(), concurrency: q.concurrency.unwrap_or(cfg.workers) })
             .collect();
-        Engine::start(
-            store.clone(),
-            registry.clone(),
-            EngineConfig {
-                node: cfg.node.clone(),
-                queues,
-                lease_ms: cfg.lease_ms,
-                heartbeat_ms: cfg.heartbeat_ms,
-                poll_ms: cfg.poll_ms,
-                reap_ms: cfg.reap_ms,
-                max_output_bytes: cfg.limits.max_output_bytes,
-                ..EngineConfig::default()
-            },
-        )
+        Engine::start(store.clone(), registry.clone(), engine_config(cfg, queues))
     });
     let state = ApiState {
         store: store.clone(),
@@ -59,20 +111,35 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
             max_body_bytes: cfg.limits.max_body_bytes,
             max_batch: cfg.limits.max_batch,
             queues: cfg.queues.keys().cloned().collect(),
+            worker_seen_within_ms: cfg.lease_ms,
         }),
         metrics: ferry_server::metrics_handle(),
     };
-    let listener =
-        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    let addr = listener.local_addr()?;
-    let stop_http = CancellationToken::new();
-    let stop = stop_http.clone();
-    let app = ferry_server::router(state);
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
-    });
-    tracing::info!(%addr, store = store.backend(), data_dir = %cfg.data_dir.display(), "Ferry is serving");
-    Ok(Server { addr, store, engine, grace: Duration::from_millis(cfg.shutdown_grace_ms), stop_http, http })
+    let server = serve(cfg, cfg.listen, store.clone(), engine, ferry_server::router(state)).await?;
+    tracing::info!(addr = %server.addr, store = store.backend(), "Ferry is serving");
+    Ok(server)
+}
+
+/// Starts a worker process: the engine for `queues`, and `/healthz`, `/readyz` and
+/// `/metrics` on `listen`. It needs a store other processes can share (PostgreSQL).
+pub async fn start_worker(
+    cfg: &Config,
+    queues: &[String],
+    concurrency: usize,
+    listen: SocketAddr,
+) -> anyhow::Result<Server> {
+    if cfg.database_url.is_none() {
+        anyhow::bail!(
+            "`ferry worker` needs --database postgres://…: a SQLite data directory belongs to one `ferry server`"
+        );
+    }
+    let store = open_store(cfg).await?;
+    let queues: Vec<QueueConfig> = queues.iter().map(|name| QueueConfig { name: name.clone(), concurrency }).collect();
+    let engine = Engine::start(store.clone(), Registry::builtin(), engine_config(cfg, queues));
+    let app = ferry_server::worker_router(store.clone(), engine.clone(), ferry_server::metrics_handle());
+    let server = serve(cfg, listen, store, Some(engine), app).await?;
+    tracing::info!(addr = %server.addr, worker = server.engine.as_ref().map(|e| e.worker_id()).unwrap_or(""), "Ferry worker running");
+    Ok(server)
 }
 
 impl Server {
@@ -92,6 +159,8 @@ impl Server {
             Ok(joined) => joined.context("HTTP task panicked")?.context("HTTP server failed")?,
             Err(_) => tracing::warn!("open HTTP connections did not close within 10 s"),
         }
+        self.stop_pruner.cancel();
+        let _ = self.pruner.await;
         self.store.close().await;
         tracing::info!("Ferry stopped");
         Ok(())

@@ -21,8 +21,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the HTTP API and embedded workers over a SQLite file in the data directory.
+    /// Run the HTTP API and embedded workers (SQLite in the data directory by default, or
+    /// PostgreSQL with --database).
     Server(ServerArgs),
+    /// Run workers only, for the given queues, on a shared PostgreSQL store. Serves only
+    /// /healthz, /readyz and /metrics on its listen address.
+    Worker(WorkerArgs),
     /// Submit a job.
     Submit(SubmitArgs),
     /// Show a job: state, attempts, output, error.
@@ -74,12 +78,22 @@ pub enum ConfigCommand {
     Show(ServerArgs),
 }
 
-/// Flags of `ferry server`. Each is also an environment variable and a key of the TOML file.
+/// Flags every command that opens the store shares.
 #[derive(Debug, Clone, Args)]
-pub struct ServerArgs {
+pub struct StoreArgs {
     /// TOML configuration file [env: FERRY_CONFIG]
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// PostgreSQL URL; unset, Ferry uses SQLite in the data directory [env: FERRY_DATABASE_URL]
+    #[arg(long = "database")]
+    pub database_url: Option<String>,
+}
+
+/// Flags of `ferry server`. Each is also an environment variable and a key of the TOML file.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// API address [env: FERRY_LISTEN] [default: 127.0.0.1:7700]
     #[arg(long)]
     pub listen: Option<SocketAddr>,
@@ -96,6 +110,36 @@ pub struct ServerArgs {
     pub durability: Option<Durability>,
 }
 
+/// Flags of `ferry worker`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Queues to serve, comma-separated
+    #[arg(long = "queue", value_delimiter = ',', required = true)]
+    pub queues: Vec<String>,
+    /// Attempts run at once per queue [default: the `workers` setting, 10]
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Address of /healthz, /readyz and /metrics
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    pub listen: SocketAddr,
+}
+
+impl StoreArgs {
+    fn load(&self, flags: FlagOverrides) -> anyhow::Result<Config> {
+        let file = self.config.clone().or_else(|| std::env::var_os("FERRY_CONFIG").map(PathBuf::from));
+        Config::load(file.as_ref(), &FlagOverrides { database_url: self.database_url.clone(), ..flags })
+    }
+}
+
+impl WorkerArgs {
+    /// The merged, validated configuration.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        self.store.load(FlagOverrides::default())
+    }
+}
+
 fn parse_durability(s: &str) -> Result<Durability, String> {
     match s {
         "process" => Ok(Durability::Process),
@@ -107,14 +151,13 @@ fn parse_durability(s: &str) -> Result<Durability, String> {
 impl ServerArgs {
     /// The merged, validated configuration.
     pub fn load(&self) -> anyhow::Result<Config> {
-        let file = self.config.clone().or_else(|| std::env::var_os("FERRY_CONFIG").map(PathBuf::from));
-        let flags = FlagOverrides {
+        self.store.load(FlagOverrides {
             listen: self.listen,
             data_dir: self.data_dir.clone(),
             workers: self.workers,
             durability: self.durability,
-        };
-        Config::load(file.as_ref(), &flags)
+            database_url: None,
+        })
     }
 }
 
@@ -275,5 +318,25 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn worker_takes_a_queue_list() {
+        let cli = Cli::try_parse_from(["ferry", "worker", "--queue", "a,b", "--database", "postgres://x@y/z"]).unwrap();
+        let Command::Worker(w) = cli.command else { panic!("not a worker command") };
+        assert_eq!(w.queues, vec!["a", "b"]);
+        assert_eq!(w.store.database_url.as_deref(), Some("postgres://x@y/z"));
+        assert!(Cli::try_parse_from(["ferry", "worker"]).is_err(), "--queue is required");
     }
 }

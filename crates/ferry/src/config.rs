@@ -97,6 +97,19 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Log filter (`info`, `ferry=debug`, …).
     pub log: String,
+    /// `postgres://…` to use PostgreSQL; unset uses SQLite in `data_dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    /// PostgreSQL schema for Ferry's tables (default: the connection's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_schema: Option<String>,
+    /// PostgreSQL connections per process.
+    pub database_max_connections: u32,
+    /// Finished (succeeded or cancelled) jobs and their events are deleted this long after
+    /// they finished. Dead jobs are kept until replayed.
+    pub retention_ms: u64,
+    /// How often old jobs are pruned.
+    pub prune_ms: u64,
 }
 
 impl Default for Config {
@@ -115,6 +128,11 @@ impl Default for Config {
             queues: BTreeMap::from([("default".to_string(), QueueSettings::default())]),
             limits: LimitsConfig::default(),
             log: "info".into(),
+            database_url: None,
+            database_schema: None,
+            database_max_connections: 16,
+            retention_ms: 7 * 86_400_000,
+            prune_ms: 60_000,
         }
     }
 }
@@ -130,6 +148,8 @@ pub struct FlagOverrides {
     pub workers: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub durability: Option<Durability>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
 }
 
 impl Config {
@@ -160,8 +180,16 @@ impl Config {
                 self.heartbeat_ms
             );
         }
-        if self.poll_ms == 0 || self.reap_ms == 0 {
-            bail!("poll_ms and reap_ms must be positive");
+        if self.poll_ms == 0 || self.reap_ms == 0 || self.prune_ms == 0 {
+            bail!("poll_ms, reap_ms and prune_ms must be positive");
+        }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            bail!("database_url must be a postgres:// URL (unset, Ferry uses SQLite in data_dir)");
+        }
+        if self.database_max_connections < 2 {
+            bail!("database_max_connections must be at least 2");
         }
         if self.workers > 10_000 {
             bail!("workers must be at most 10000");
@@ -203,9 +231,21 @@ impl Config {
         }
     }
 
-    /// The merged configuration as pretty JSON (there are no secrets in it yet).
+    /// The merged configuration as pretty JSON, with the database password redacted.
     pub fn show(&self) -> anyhow::Result<String> {
-        serde_json::to_string_pretty(self).context("cannot render the configuration")
+        let mut shown = self.clone();
+        shown.database_url = shown.database_url.map(|u| redact_password(&u));
+        serde_json::to_string_pretty(&shown).context("cannot render the configuration")
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((auth, host)) = rest.split_once('@') else { return url.to_string() };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
     }
 }
 
@@ -213,6 +253,14 @@ impl Config {
 #[allow(clippy::result_large_err)] // figment::Jail's closure type, not ours
 mod tests {
     use super::*;
+
+    #[test]
+    fn show_redacts_the_database_password() {
+        let c = Config { database_url: Some("postgres://ferry:s3cret@db:5432/ferry".into()), ..Config::default() };
+        let shown = c.show().unwrap();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("postgres://ferry:***@db:5432/ferry"), "{shown}");
+    }
 
     #[test]
     fn defaults_are_valid_and_safe() {

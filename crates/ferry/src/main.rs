@@ -18,11 +18,26 @@ async fn serve(args: ferry::cli::ServerArgs) -> anyhow::Result<()> {
     server.stop().await
 }
 
+async fn work(args: ferry::cli::WorkerArgs) -> anyhow::Result<()> {
+    let cfg = args.load()?;
+    init_logs(&cfg.log);
+    let concurrency = args.concurrency.unwrap_or(cfg.workers);
+    if concurrency == 0 {
+        anyhow::bail!("--concurrency must be at least 1");
+    }
+    let worker = ferry::app::start_worker(&cfg, &args.queues, concurrency, args.listen).await?;
+    println!("Ferry worker on {} serving {} (health on http://{})", cfg.node, args.queues.join(","), worker.addr);
+    ferry::app::shutdown_signal().await;
+    tracing::info!("signal received; draining");
+    worker.stop().await
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Server(args) => serve(args).await.map(|_| ExitCode::SUCCESS),
+        Command::Worker(args) => work(args).await.map(|_| ExitCode::SUCCESS),
         Command::Config { command: ConfigCommand::Show(args) } => args.load().and_then(|c| {
             println!("{}", c.show()?);
             Ok(ExitCode::SUCCESS)

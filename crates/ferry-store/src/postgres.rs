@@ -1,0 +1,810 @@
+//! The PostgreSQL backend: many API nodes and worker processes on one database.
+//!
+//! Where SQLite has one writer thread, PostgreSQL has many concurrent transactions, from
+//! many processes. The backend leans on what PostgreSQL offers for that:
+//!
+//! - **Claims** lock the rows they take with `FOR UPDATE SKIP LOCKED`, so concurrent
+//!   claimers on any node never get the same job and never wait for each other.
+//! - **Batches**: submits, claims, finishes and their events are each one statement over
+//!   parallel arrays (`UNNEST`), one round trip per batch rather than per job.
+//! - **Wake-ups** travel by `LISTEN/NOTIFY`: a transaction that makes work ready sends one
+//!   `pg_notify` per queue it touched (never one per row: `NOTIFY` takes a global lock at
+//!   commit). Each process listens on one connection and wakes its dispatchers. When that
+//!   connection drops, every queue is woken (notifications may have been missed) and it
+//!   reconnects by itself; dispatchers also poll slowly as a safety net.
+//! - **Time** comes from the database (`ferry_now()`), so leases and due times do not
+//!   depend on nodes' clocks agreeing.
+//! - **Migrations** run under an advisory lock, so nodes starting together apply each
+//!   migration once.
+//!
+//! When the database is unreachable, calls fail with [`StoreError::Unavailable`]; the
+//! pool reconnects by itself once it is back, so nodes resume without a restart.
+//!
+//! A `schema` option places every table in its own schema (created if missing) and scopes
+//! the notification channel to it: tests use one schema each, so they run in parallel on
+//! one database.
+
+use crate::transition;
+use crate::{
+    CancelOutcome, ClaimRequest, ClaimedJob, Event, Finish, JobFilter, JobRecord, Page, QueueStats, ReplayOutcome,
+    Store, StoreError, Submitted, Wakeups, WorkerInfo,
+};
+use async_trait::async_trait;
+use ferry_core::time::{self, Micros};
+use ferry_core::{JobId, JobState, NewJob};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use std::collections::{BTreeSet, HashMap};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../sql/postgres/migrations/0001_jobs.sql"))];
+const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
+const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
+const PROMOTE_DUE: &str = include_str!("../sql/postgres/promote_due.sql");
+const CLAIM: &str = include_str!("../sql/postgres/claim.sql");
+const FINISH: &str = include_str!("../sql/postgres/finish.sql");
+const HEARTBEAT: &str = include_str!("../sql/postgres/heartbeat.sql");
+const PRUNE: &str = include_str!("../sql/postgres/prune.sql");
+const QUEUE_STATS: &str = include_str!("../sql/postgres/queue_stats.sql");
+const JOB_COLUMNS: &str = "id, workspace, user_id, kind, queue, state, priority, input::text, labels::text, \
+     max_attempts, backoff::text, timeout_ms, total_timeout_ms, idempotency_key, created_at, run_at, deadline_at, \
+     attempt, attempt_base, worker_id, lease_expires_at, finished_at, updated_at, output::text, error::text";
+const CLAIMED_COLUMNS: &str = "id, kind, queue, input::text, attempt, attempt_base, max_attempts, backoff::text, \
+     timeout_ms, deadline_at, run_at, priority, worker_id";
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// `postgres://user@host:port/database`.
+    pub url: String,
+    /// A schema to hold Ferry's tables instead of the connection's default.
+    pub schema: Option<String>,
+    /// Connections in this process's pool.
+    pub max_connections: u32,
+    /// Shown in `pg_stat_activity`.
+    pub application_name: String,
+}
+
+/// The PostgreSQL store. See the module docs.
+pub struct PgStore {
+    pool: PgPool,
+    wakeups: Arc<Wakeups>,
+    channel: String,
+    listener: JoinHandle<()>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+fn err(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+        // A connection killed by the server (restart, pg_terminate_backend) reports
+        // itself as a database error of class 57 (operator intervention) or 08.
+        sqlx::Error::Database(ref d) if d.code().is_some_and(|c| c.starts_with("57") || c.starts_with("08")) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Database(e.to_string()),
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        err(e)
+    }
+}
+
+fn valid_schema(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 48 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+impl PgStore {
+    /// Connects, creates the schema if asked for one, applies migrations under an advisory
+    /// lock, and starts listening for wake-ups.
+    pub async fn open(opts: &PgOptions) -> Result<Self, StoreError> {
+        let mut connect = PgConnectOptions::from_str(&opts.url)
+            .map_err(|e| StoreError::Unavailable(format!("bad database URL: {e}")))?
+            .application_name(&opts.application_name);
+        let schema = opts.schema.clone().unwrap_or_else(|| "public".into());
+        if let Some(s) = &opts.schema {
+            if !valid_schema(s) {
+                return Err(StoreError::Database(format!(
+                    "schema `{s}` must be 1 to 48 lowercase letters, digits or `_`"
+                )));
+            }
+            let pool = PgPoolOptions::new().max_connections(1).connect_with(connect.clone()).await?;
+            // `s` was checked by valid_schema: lowercase letters, digits and `_` only.
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {s}"))).execute(&pool).await?;
+            pool.close().await;
+            connect = connect.options([("search_path", s.as_str())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(opts.max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(connect)
+            .await?;
+        migrate(&pool).await?;
+        let wakeups = Arc::new(Wakeups::default());
+        let channel = format!("ferry_wakeup_{schema}");
+        let listener = tokio::spawn(listen(pool.clone(), channel.clone(), wakeups.clone()));
+        Ok(PgStore { pool, wakeups, channel, listener })
+    }
+
+    /// The connection pool (for tests and benchmarks that measure the raw database).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin(&self) -> Result<(Transaction<'static, Postgres>, Micros), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let now: i64 = sqlx::query_scalar("SELECT ferry_now()").fetch_one(&mut *tx).await?;
+        Ok((tx, now))
+    }
+
+    /// Sends one wake-up per queue, delivered when the transaction commits.
+    async fn notify(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        queues: &BTreeSet<String>,
+    ) -> Result<(), StoreError> {
+        for queue in queues {
+            sqlx::query("SELECT pg_notify($1, $2)").bind(&self.channel).bind(queue).execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock(hashtext('ferry-migrations:' || current_schema()))")
+        .execute(&mut *conn)
+        .await?;
+    let result = async {
+        sqlx::query("CREATE TABLE IF NOT EXISTS ferry_migrations (version bigint PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+            .execute(&mut *conn)
+            .await?;
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM ferry_migrations").fetch_one(&mut *conn).await?;
+        let current = current.unwrap_or(0);
+        let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+        if current > latest {
+            return Err(StoreError::Database(format!(
+                "the database is at schema version {current}, newer than this Ferry knows ({latest})"
+            )));
+        }
+        for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(|e| {
+                StoreError::Database(format!("migration {version} failed: {e}"))
+            })?;
+            sqlx::query("INSERT INTO ferry_migrations (version) VALUES ($1)").bind(version).execute(&mut *tx).await?;
+            tx.commit().await?;
+            tracing::info!(version, "applied PostgreSQL migration");
+        }
+        Ok(())
+    }
+    .await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext('ferry-migrations:' || current_schema()))")
+        .execute(&mut *conn)
+        .await;
+    result
+}
+
+/// Wakes local dispatchers on notifications from any node.
+async fn listen(pool: PgPool, channel: String, wakeups: Arc<Wakeups>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the notification connection; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(&channel).await {
+            tracing::warn!(error = %e, "cannot LISTEN; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        // Anything may have happened while we were not listening.
+        wakeups.all();
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) => wakeups.get(n.payload()).notify_one(),
+                Ok(None) => {
+                    tracing::warn!("notification connection lost; reconnecting");
+                    wakeups.all();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "notification connection failed; reconnecting");
+                    wakeups.all();
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn decode(e: impl std::fmt::Display) -> sqlx::Error {
+    sqlx::Error::Decode(e.to_string().into())
+}
+
+fn json_col<T: DeserializeOwned>(r: &PgRow, idx: usize) -> Result<T, sqlx::Error> {
+    let text: String = r.try_get(idx)?;
+    serde_json::from_str(&text).map_err(decode)
+}
+
+fn opt_json_col<T: DeserializeOwned>(r: &PgRow, idx: usize) -> Result<Option<T>, sqlx::Error> {
+    let text: Option<String> = r.try_get(idx)?;
+    text.map(|t| serde_json::from_str(&t).map_err(decode)).transpose()
+}
+
+fn parse_enum<T: FromStr<Err = String>>(s: &str) -> Result<T, sqlx::Error> {
+    s.parse().map_err(decode)
+}
+
+fn claimed_from_row(r: &PgRow, started_at: Micros) -> Result<ClaimedJob, sqlx::Error> {
+    let attempt: i32 = r.try_get(4)?;
+    let base: i32 = r.try_get(5)?;
+    Ok(ClaimedJob {
+        id: r.try_get(0)?,
+        kind: r.try_get(1)?,
+        queue: r.try_get(2)?,
+        input: r.try_get(3)?,
+        attempt: attempt as u32,
+        attempts_counted: attempt.saturating_sub(base).max(0) as u32,
+        max_attempts: r.try_get::<i32, _>(6)? as u32,
+        backoff: json_col(r, 7)?,
+        timeout_ms: r.try_get::<i64, _>(8)? as u64,
+        deadline_at: r.try_get(9)?,
+        run_at: r.try_get(10)?,
+        started_at,
+        worker: None,
+    })
+}
+
+fn job_from_row(r: &PgRow) -> Result<JobRecord, sqlx::Error> {
+    Ok(JobRecord {
+        id: r.try_get(0)?,
+        workspace: r.try_get(1)?,
+        user: r.try_get(2)?,
+        kind: r.try_get(3)?,
+        queue: r.try_get(4)?,
+        state: parse_enum(&r.try_get::<String, _>(5)?)?,
+        priority: r.try_get(6)?,
+        input: json_col(r, 7)?,
+        labels: opt_json_col(r, 8)?.unwrap_or_default(),
+        max_attempts: r.try_get::<i32, _>(9)? as u32,
+        backoff: json_col(r, 10)?,
+        timeout_ms: r.try_get::<i64, _>(11)? as u64,
+        total_timeout_ms: r.try_get::<Option<i64>, _>(12)?.map(|t| t as u64),
+        idempotency_key: r.try_get(13)?,
+        created_at: r.try_get(14)?,
+        run_at: r.try_get(15)?,
+        deadline_at: r.try_get(16)?,
+        attempt: r.try_get::<i32, _>(17)? as u32,
+        attempt_base: r.try_get::<i32, _>(18)? as u32,
+        worker: r.try_get(19)?,
+        lease_expires_at: r.try_get(20)?,
+        finished_at: r.try_get(21)?,
+        updated_at: r.try_get(22)?,
+        output: opt_json_col(r, 23)?,
+        error: opt_json_col(r, 24)?,
+        attempts: Vec::new(),
+    })
+}
+
+/// Appends events, in the order given, in one statement.
+async fn insert_events(
+    tx: &mut Transaction<'static, Postgres>,
+    now: Micros,
+    events: Vec<(JobId, &'static str, Value)>,
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(events.len());
+    let mut kinds = Vec::with_capacity(events.len());
+    let mut data = Vec::with_capacity(events.len());
+    for (id, kind, d) in events {
+        ids.push(id);
+        kinds.push(kind);
+        data.push(d.to_string());
+    }
+    sqlx::query(INSERT_EVENTS).bind(now).bind(ids).bind(kinds).bind(data).execute(&mut **tx).await?;
+    Ok(())
+}
+
+async fn read_events(tx: &mut Transaction<'static, Postgres>, id: JobId) -> Result<Vec<Event>, StoreError> {
+    let rows = sqlx::query("SELECT id, at, type, data::text FROM events WHERE job_id = $1 ORDER BY id")
+        .bind(id)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Event {
+                id: r.try_get(0)?,
+                job_id: id,
+                at: r.try_get(1)?,
+                event_type: r.try_get(2)?,
+                data: json_col(r, 3)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(err)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn submit(&self, jobs: Vec<NewJob>) -> Result<Vec<Submitted>, StoreError> {
+        let (mut tx, now) = self.begin().await?;
+        let n = jobs.len();
+        let mut cols: (Vec<JobId>, Vec<String>, Vec<String>, Vec<String>, Vec<String>) = Default::default();
+        let mut prio = Vec::with_capacity(n);
+        let mut input = Vec::with_capacity(n);
+        let mut labels = Vec::with_capacity(n);
+        let mut max_attempts = Vec::with_capacity(n);
+        let mut backoff = Vec::with_capacity(n);
+        let mut timeout = Vec::with_capacity(n);
+        let mut total = Vec::with_capacity(n);
+        let mut keys = Vec::with_capacity(n);
+        let mut hashes = Vec::with_capacity(n);
+        let mut run_at = Vec::with_capacity(n);
+        for j in &jobs {
+            cols.0.push(j.id);
+            cols.1.push(j.workspace.clone());
+            cols.2.push(j.user.clone());
+            cols.3.push(j.kind.clone());
+            cols.4.push(j.queue.clone());
+            prio.push(j.priority);
+            input.push(j.input.to_string());
+            labels.push((!j.labels.is_empty()).then(|| serde_json::to_string(&j.labels).unwrap_or_default()));
+            max_attempts.push(j.max_attempts as i32);
+            backoff.push(serde_json::to_string(&j.backoff).unwrap_or_default());
+            timeout.push(j.timeout_ms as i64);
+            total.push(j.total_timeout_ms.map(|t| t as i64));
+            keys.push(j.idempotency_key.clone());
+            hashes.push(j.request_hash.clone());
+            run_at.push(j.run_at);
+        }
+        let rows = sqlx::query(INSERT_JOBS)
+            .bind(now)
+            .bind(cols.0)
+            .bind(cols.1)
+            .bind(cols.2)
+            .bind(cols.3)
+            .bind(cols.4)
+            .bind(prio)
+            .bind(input)
+            .bind(labels)
+            .bind(max_attempts)
+            .bind(backoff)
+            .bind(timeout)
+            .bind(total)
+            .bind(keys)
+            .bind(hashes)
+            .bind(run_at)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut created: HashMap<JobId, (JobState, String, Micros)> = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let state: String = r.try_get(1)?;
+            created.insert(r.try_get(0)?, (parse_enum(&state)?, r.try_get(2)?, r.try_get(3)?));
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut events = Vec::with_capacity(created.len());
+        let mut touched = BTreeSet::new();
+        for (index, j) in jobs.iter().enumerate() {
+            if let Some((state, queue, at)) = created.get(&j.id) {
+                let (kind, data) = transition::submit_event(*state, queue, *at);
+                events.push((j.id, kind, data));
+                touched.insert(queue.clone());
+                out.push(Submitted { id: j.id, state: *state, created: true });
+                continue;
+            }
+            // Skipped by ON CONFLICT: the key exists (maybe earlier in this very batch).
+            let key = j.idempotency_key.clone().unwrap_or_default();
+            let row =
+                sqlx::query("SELECT id, state, request_hash FROM jobs WHERE workspace = $1 AND idempotency_key = $2")
+                    .bind(&j.workspace)
+                    .bind(&key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some(row) = row else {
+                return Err(StoreError::Database(format!("job {} was neither inserted nor found", j.id)));
+            };
+            let hash: Option<String> = row.try_get(2)?;
+            if hash != j.request_hash {
+                return Err(StoreError::IdempotencyConflict { index, key });
+            }
+            let id: JobId = row.try_get(0)?;
+            let state = match created.get(&id) {
+                Some((s, ..)) => *s,
+                None => parse_enum(&row.try_get::<String, _>(1)?)?,
+            };
+            out.push(Submitted { id, state, created: false });
+        }
+        insert_events(&mut tx, now, events).await?;
+        self.notify(&mut tx, &touched).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
+        let (mut tx, now) = self.begin().await?;
+        sqlx::query(PROMOTE_DUE).bind(&req.queue).bind(now).execute(&mut *tx).await?;
+        let lease_until = now.saturating_add(time::ms(req.lease_ms));
+        let rows = sqlx::query(CLAIM)
+            .bind(&req.queue)
+            .bind(now)
+            .bind(req.limit as i64)
+            .bind(&req.worker)
+            .bind(lease_until)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut job = claimed_from_row(r, now)?;
+            job.worker = Some(req.worker.clone());
+            claimed.push((job, r.try_get::<i32, _>(11)?));
+        }
+        claimed.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.run_at.cmp(&b.0.run_at)).then(a.0.id.cmp(&b.0.id)));
+        let events = claimed
+            .iter()
+            .map(|(j, _)| (j.id, "started", serde_json::json!({"attempt": j.attempt, "worker": req.worker})))
+            .collect();
+        insert_events(&mut tx, now, events).await?;
+        tx.commit().await?;
+        Ok(claimed.into_iter().map(|(j, _)| j).collect())
+    }
+
+    async fn finish(&self, fin: Finish) -> Result<bool, StoreError> {
+        Ok(self.finish_many(vec![fin]).await?.pop().unwrap_or(false))
+    }
+
+    async fn finish_many(&self, fins: Vec<Finish>) -> Result<Vec<bool>, StoreError> {
+        if fins.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mut tx, now) = self.begin().await?;
+        let n = fins.len();
+        let (mut ids, mut attempts, mut states, mut outputs, mut errors) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut finished, mut run_ats, mut base_incs) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        for fin in &fins {
+            let c = transition::finish_columns(&fin.result, now);
+            ids.push(fin.id);
+            attempts.push(fin.attempt as i32);
+            states.push(c.state.as_str());
+            outputs.push(c.output.map(|o| o.to_string()));
+            errors.push(c.error.map(|e| serde_json::to_string(e).unwrap_or_default()));
+            finished.push(c.finished);
+            run_ats.push(c.run_at);
+            base_incs.push(c.base_inc as i32);
+        }
+        let applied: BTreeSet<JobId> = sqlx::query_scalar(FINISH)
+            .bind(now)
+            .bind(ids)
+            .bind(attempts)
+            .bind(states)
+            .bind(outputs)
+            .bind(errors)
+            .bind(finished)
+            .bind(run_ats)
+            .bind(base_incs)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+        let mut events = Vec::new();
+        let mut touched = BTreeSet::new();
+        for fin in fins.iter().filter(|f| applied.contains(&f.id)) {
+            events.extend(transition::finish_events(fin, now).into_iter().map(|(k, d)| (fin.id, k, d)));
+            if matches!(fin.result, crate::FinishResult::Retry { .. } | crate::FinishResult::Released) {
+                touched.insert(fin.queue.clone());
+            }
+        }
+        insert_events(&mut tx, now, events).await?;
+        self.notify(&mut tx, &touched).await?;
+        tx.commit().await?;
+        Ok(fins.iter().map(|f| applied.contains(&f.id)).collect())
+    }
+
+    async fn register_worker(&self, w: WorkerInfo) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO workers (id, node, queues, started_at, last_heartbeat, running) \
+             VALUES ($1, $2, $3::jsonb, ferry_now(), ferry_now(), 0) \
+             ON CONFLICT (id) DO UPDATE SET node = $2, queues = $3::jsonb, last_heartbeat = ferry_now()",
+        )
+        .bind(&w.id)
+        .bind(&w.node)
+        .bind(serde_json::to_string(&w.queues).unwrap_or_default())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self, worker: &str, lease_ms: u64, running: usize) -> Result<Vec<JobId>, StoreError> {
+        let (mut tx, now) = self.begin().await?;
+        let ids = sqlx::query_scalar(HEARTBEAT)
+            .bind(worker)
+            .bind(now.saturating_add(time::ms(lease_ms)))
+            .fetch_all(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE workers SET last_heartbeat = $2, running = $3 WHERE id = $1")
+            .bind(worker)
+            .bind(now)
+            .bind(running as i32)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn unregister_worker(&self, worker: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM workers WHERE id = $1").bind(worker).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn workers(&self, seen_within_ms: u64) -> Result<Vec<WorkerInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, node, queues::text, started_at, last_heartbeat, running FROM workers \
+             WHERE last_heartbeat >= ferry_now() - $1 ORDER BY id",
+        )
+        .bind(time::ms(seen_within_ms))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WorkerInfo {
+                    id: r.try_get(0)?,
+                    node: r.try_get(1)?,
+                    queues: json_col(r, 2)?,
+                    started_at: r.try_get(3)?,
+                    last_heartbeat: r.try_get(4)?,
+                    running: r.try_get::<i32, _>(5)?.max(0) as u64,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(err)
+    }
+
+    async fn expired(&self, limit: usize) -> Result<Vec<ClaimedJob>, StoreError> {
+        let sql = format!(
+            "SELECT {CLAIMED_COLUMNS} FROM jobs WHERE state = 'running' AND lease_expires_at < ferry_now() \
+             ORDER BY lease_expires_at LIMIT $1"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(limit as i64).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let mut job = claimed_from_row(r, 0)?;
+                job.worker = r.try_get(12)?;
+                Ok(job)
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(err)
+    }
+
+    async fn prune(&self, older_than_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        let (mut tx, now) = self.begin().await?;
+        let cut = now.saturating_sub(time::ms(older_than_ms));
+        let gone = sqlx::query(PRUNE)
+            .bind(crate::id_floor(cut / 1000))
+            .bind(cut)
+            .bind(limit as i64)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM workers WHERE last_heartbeat < $1")
+            .bind(now.saturating_sub(time::ms(86_400_000)))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(gone as usize)
+    }
+
+    async fn cancel(&self, workspace: &str, id: JobId) -> Result<CancelOutcome, StoreError> {
+        let (mut tx, now) = self.begin().await?;
+        let row =
+            sqlx::query("SELECT state, attempt, queue, kind FROM jobs WHERE id = $1 AND workspace = $2 FOR UPDATE")
+                .bind(id)
+                .bind(workspace)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(row) = row else { return Ok(CancelOutcome::NotFound) };
+        let state: JobState = parse_enum(&row.try_get::<String, _>(0)?)?;
+        if state.is_final() {
+            return Ok(CancelOutcome::AlreadyFinal(state));
+        }
+        let attempt = row.try_get::<i32, _>(1)? as u32;
+        let error = transition::cancel_error();
+        sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', error = $2::jsonb, finished_at = $3, worker_id = NULL, \
+             lease_expires_at = NULL, updated_at = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(serde_json::to_string(&error).unwrap_or_default())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let (event, data) = transition::cancel_event(state, attempt, &error);
+        insert_events(&mut tx, now, vec![(id, event, data)]).await?;
+        tx.commit().await?;
+        Ok(CancelOutcome::Cancelled {
+            was_running: state == JobState::Running,
+            queue: row.try_get(2)?,
+            kind: row.try_get(3)?,
+        })
+    }
+
+    async fn replay(&self, workspace: &str, id: JobId) -> Result<ReplayOutcome, StoreError> {
+        let (mut tx, now) = self.begin().await?;
+        let row = sqlx::query("SELECT state FROM jobs WHERE id = $1 AND workspace = $2 FOR UPDATE")
+            .bind(id)
+            .bind(workspace)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else { return Ok(ReplayOutcome::NotFound) };
+        let state: JobState = parse_enum(&row.try_get::<String, _>(0)?)?;
+        if !matches!(state, JobState::Dead | JobState::Cancelled) {
+            return Ok(ReplayOutcome::NotReplayable(state));
+        }
+        let queue: String = sqlx::query_scalar(
+            "UPDATE jobs SET state = 'queued', run_at = $2, attempt_base = attempt, \
+             deadline_at = CASE WHEN total_timeout_ms IS NULL THEN NULL ELSE $2 + total_timeout_ms * 1000 END, \
+             error = NULL, output = NULL, finished_at = NULL, updated_at = $2 WHERE id = $1 RETURNING queue",
+        )
+        .bind(id)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let events = vec![
+            (id, "replayed", serde_json::json!({"was": state.as_str()})),
+            (id, "queued", serde_json::json!({"queue": queue})),
+        ];
+        insert_events(&mut tx, now, events).await?;
+        self.notify(&mut tx, &BTreeSet::from([queue])).await?;
+        tx.commit().await?;
+        Ok(ReplayOutcome::Replayed)
+    }
+
+    async fn get_job(&self, workspace: &str, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        // One snapshot for the job and its events.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND workspace = $2");
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(workspace).fetch_optional(&mut *tx).await?
+        else {
+            return Ok(None);
+        };
+        let mut job = job_from_row(&row)?;
+        job.attempts = crate::attempts_from_events(&read_events(&mut tx, id).await?);
+        tx.commit().await?;
+        Ok(Some(job))
+    }
+
+    async fn list_jobs(&self, workspace: &str, filter: JobFilter) -> Result<Page, StoreError> {
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE workspace = $1");
+        let mut n = 1;
+        let mut next = |col: &str| {
+            n += 1;
+            format!(" AND {col} ${n}")
+        };
+        let state = filter.state.map(|s| s.as_str());
+        if state.is_some() {
+            sql.push_str(&next("state ="));
+        }
+        if filter.queue.is_some() {
+            sql.push_str(&next("queue ="));
+        }
+        if filter.kind.is_some() {
+            sql.push_str(&next("kind ="));
+        }
+        if filter.cursor.is_some() {
+            sql.push_str(&next("id <"));
+        }
+        n += 1;
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${n}"));
+        // Only constants and placeholders are spliced in; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(workspace);
+        if let Some(s) = state {
+            q = q.bind(s);
+        }
+        if let Some(queue) = &filter.queue {
+            q = q.bind(queue);
+        }
+        if let Some(kind) = &filter.kind {
+            q = q.bind(kind);
+        }
+        if let Some(c) = filter.cursor {
+            q = q.bind(c);
+        }
+        let rows = q.bind(filter.limit as i64 + 1).fetch_all(&self.pool).await?;
+        let mut items = rows.iter().map(job_from_row).collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let next_cursor = if items.len() > filter.limit {
+            items.truncate(filter.limit);
+            items.last().map(|j| j.id)
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn job_events(&self, workspace: &str, id: JobId) -> Result<Option<Vec<Event>>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+        let exists = sqlx::query("SELECT 1 FROM jobs WHERE id = $1 AND workspace = $2")
+            .bind(id)
+            .bind(workspace)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        let events = if exists { Some(read_events(&mut tx, id).await?) } else { None };
+        tx.commit().await?;
+        Ok(events)
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        let rows = sqlx::query(QUEUE_STATS).fetch_all(&self.pool).await?;
+        let mut map: std::collections::BTreeMap<String, QueueStats> = Default::default();
+        for r in &rows {
+            let queue: String = r.try_get(0)?;
+            let state: String = r.try_get(1)?;
+            let n = r.try_get::<i64, _>(2)?.max(0) as u64;
+            let s = map.entry(queue.clone()).or_insert_with(|| QueueStats { queue, ..Default::default() });
+            match state.as_str() {
+                "queued" => s.queued = n,
+                "running" => s.running = n,
+                "scheduled" => s.scheduled = n,
+                "retrying" => s.retrying = n,
+                _ => s.dead = n,
+            }
+        }
+        Ok(map.into_values().collect())
+    }
+
+    async fn next_due(&self, queue: &str) -> Result<Option<Micros>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT min(run_at) FROM jobs WHERE queue = $1 AND state IN ('scheduled', 'retrying')")
+            .bind(queue)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    fn wakeup(&self, queue: &str) -> Arc<Notify> {
+        self.wakeups.get(queue)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.listener.abort();
+        self.pool.close().await;
+    }
+}
