@@ -13,7 +13,7 @@ async fn openapi_lists_every_endpoint() {
     assert_eq!(status, StatusCode::OK, "{doc}");
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with('3')), "{}", doc["openapi"]);
     let paths = doc["paths"].as_object().expect("paths");
-    let expected: [(&str, &[&str]); 11] = [
+    let expected: [(&str, &[&str]); 12] = [
         ("/v1/jobs", &["get", "post"]),
         ("/v1/jobs/batch", &["post"]),
         ("/v1/jobs/{id}", &["get"]),
@@ -21,6 +21,7 @@ async fn openapi_lists_every_endpoint() {
         ("/v1/jobs/{id}/replay", &["post"]),
         ("/v1/jobs/{id}/events", &["get"]),
         ("/v1/queues", &["get"]),
+        ("/v1/workers", &["get"]),
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),
         ("/metrics", &["get"]),
