@@ -506,7 +506,7 @@ impl Store for PgStore {
             run_ats.push(c.run_at);
             base_incs.push(c.base_inc as i32);
         }
-        let applied: BTreeSet<JobId> = sqlx::query_scalar(FINISH)
+        let applied: BTreeSet<(JobId, i32)> = sqlx::query_as(FINISH)
             .bind(now)
             .bind(ids)
             .bind(attempts)
@@ -522,7 +522,8 @@ impl Store for PgStore {
             .collect();
         let mut events = Vec::new();
         let mut touched = BTreeSet::new();
-        for fin in fins.iter().filter(|f| applied.contains(&f.id)) {
+        let was_applied = |f: &Finish| applied.contains(&(f.id, f.attempt as i32));
+        for fin in fins.iter().filter(|f| was_applied(f)) {
             events.extend(transition::finish_events(fin, now).into_iter().map(|(k, d)| (fin.id, k, d)));
             if matches!(fin.result, crate::FinishResult::Retry { .. } | crate::FinishResult::Released) {
                 touched.insert(fin.queue.clone());
@@ -531,7 +532,7 @@ impl Store for PgStore {
         insert_events(&mut tx, now, events).await?;
         self.notify(&mut tx, &touched).await?;
         tx.commit().await?;
-        Ok(fins.iter().map(|f| applied.contains(&f.id)).collect())
+        Ok(fins.iter().map(was_applied).collect())
     }
 
     async fn register_worker(&self, w: WorkerInfo) -> Result<(), StoreError> {

@@ -971,26 +971,14 @@ pub fn raw_baseline(dir: &Path, jobs: usize, batch: usize, durability: Durabilit
 
 #[cfg(test)]
 mod tests {
-    //! Pins the SQLite backend's promises: claims never hand a job out twice, the claim
-    //! and count queries stay on their indexes, the fence refuses stale workers, and a
-    //! refused batch writes nothing.
+    //! Pins what is SQLite's own: the claim, promotion, reaper and count queries stay on
+    //! their indexes. The behaviour both backends share is pinned by
+    //! `tests/conformance.rs`.
 
     use super::*;
-    use ferry_core::{AttemptOutcome, JobSpec, Limits};
 
     fn open(dir: &Path) -> SqliteStore {
         SqliteStore::open(&SqliteOptions { data_dir: dir.to_path_buf(), durability: Durability::Process }).unwrap()
-    }
-
-    fn job(key: Option<&str>, priority: i32) -> NewJob {
-        JobSpec {
-            kind: "noop".into(),
-            idempotency_key: key.map(Into::into),
-            priority: Some(priority),
-            ..Default::default()
-        }
-        .validate("default", "test", time::now_micros(), &Limits::default())
-        .unwrap()
     }
 
     fn plan(conn: &Connection, sql: &str, n: usize) -> String {
@@ -1024,97 +1012,5 @@ mod tests {
             assert!(stats.contains(index), "stats plan does not use {index}: {stats}");
         }
         assert!(!stats.lines().any(|l| l.trim() == "SCAN jobs"), "stats plan scans the table: {stats}");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn racing_claimers_never_get_the_same_job() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(open(dir.path()));
-        let total = 2000;
-        for _ in 0..(total / 500) {
-            store.submit((0..500).map(|_| job(None, 0)).collect()).await.unwrap();
-        }
-        let mut tasks = Vec::new();
-        for w in 0..8 {
-            let store = store.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut mine = Vec::new();
-                loop {
-                    let req =
-                        ClaimRequest { queue: "default".into(), limit: 7, worker: format!("w{w}"), lease_ms: 60_000 };
-                    let got = store.claim(req).await.unwrap();
-                    if got.is_empty() {
-                        return mine;
-                    }
-                    mine.extend(got.into_iter().map(|j| j.id));
-                }
-            }));
-        }
-        let mut seen = HashSet::new();
-        let mut count = 0;
-        for t in tasks {
-            for id in t.await.unwrap() {
-                count += 1;
-                assert!(seen.insert(id), "job {id} was claimed twice");
-            }
-        }
-        assert_eq!(count, total);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn claim_order_and_fencing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let low = job(None, 1);
-        let high = job(None, 9);
-        store.submit(vec![low.clone(), high.clone()]).await.unwrap();
-        let req = ClaimRequest { queue: "default".into(), limit: 1, worker: "a".into(), lease_ms: 60_000 };
-        let first = store.claim(req.clone()).await.unwrap();
-        assert_eq!(first[0].id, high.id, "higher priority first");
-        let claimed = &first[0];
-        let stale = Finish {
-            id: claimed.id,
-            attempt: claimed.attempt + 1,
-            queue: "default".into(),
-            result: FinishResult::Succeeded { output: json!(1) },
-        };
-        assert!(!store.finish(stale).await.unwrap(), "a wrong attempt number is refused");
-        let good = Finish {
-            id: claimed.id,
-            attempt: claimed.attempt,
-            queue: "default".into(),
-            result: FinishResult::Succeeded { output: json!(1) },
-        };
-        assert!(store.finish(good.clone()).await.unwrap());
-        assert!(!store.finish(good).await.unwrap(), "a job finishes once");
-        let rec = store.get_job("default", high.id).await.unwrap().unwrap();
-        assert_eq!(rec.state, JobState::Succeeded);
-        assert_eq!(rec.attempts.len(), 1);
-        assert_eq!(rec.attempts[0].outcome, Some(AttemptOutcome::Succeeded));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_refused_batch_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        store.submit(vec![job(Some("k"), 0)]).await.unwrap();
-        // Same key, different spec, at the end of a batch: the whole batch is refused.
-        let batch = vec![job(None, 0), job(Some("fresh"), 0), job(Some("k"), 5)];
-        match store.submit(batch).await {
-            Err(StoreError::IdempotencyConflict { index, .. }) => assert_eq!(index, 2),
-            other => panic!("expected a conflict, got {other:?}"),
-        }
-        // Two uses of one key inside a batch with different specs.
-        let batch = vec![job(Some("twice"), 0), job(Some("twice"), 1)];
-        assert!(matches!(store.submit(batch).await, Err(StoreError::IdempotencyConflict { index: 1, .. })));
-        let page = store.list_jobs("default", JobFilter { limit: 100, ..Default::default() }).await.unwrap();
-        assert_eq!(page.items.len(), 1, "only the first job exists");
-        // The same key twice with the same spec in one batch is one job.
-        let a = job(Some("same"), 0);
-        let mut b = a.clone();
-        b.id = JobId::now_v7();
-        let out = store.submit(vec![a, b]).await.unwrap();
-        assert_eq!(out[0].id, out[1].id);
-        assert!(out[0].created && !out[1].created);
     }
 }

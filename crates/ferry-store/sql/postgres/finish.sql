@@ -9,4 +9,4 @@ SET state = u.state, output = u.output::jsonb, error = u.error::jsonb,
 FROM UNNEST($2::uuid[], $3::int[], $4::text[], $5::text[], $6::text[], $7::bool[], $8::bigint[], $9::int[])
      AS u(id, attempt, state, output, error, finished, run_at, base_inc)
 WHERE j.id = u.id AND j.state = 'running' AND j.attempt = u.attempt
-RETURNING j.id
+RETURNING j.id, u.attempt
