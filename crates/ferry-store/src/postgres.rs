@@ -148,9 +148,10 @@ impl PgStore {
         &self.pool
     }
 
+    /// A transaction and the database's clock at its start.
     async fn begin(&self) -> Result<(Transaction<'static, Postgres>, Micros), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let now: i64 = sqlx::query_scalar("SELECT ferry_now()").fetch_one(&mut *tx).await?;
+        let now = clock(&mut tx).await?;
         Ok((tx, now))
     }
 
@@ -165,6 +166,11 @@ impl PgStore {
         }
         Ok(())
     }
+}
+
+/// The database's clock, in microseconds.
+async fn clock(tx: &mut Transaction<'static, Postgres>) -> Result<Micros, StoreError> {
+    Ok(sqlx::query_scalar("SELECT ferry_now()").fetch_one(&mut **tx).await?)
 }
 
 async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
@@ -449,17 +455,19 @@ impl Store for PgStore {
     }
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
-        let (mut tx, now) = self.begin().await?;
-        sqlx::query(PROMOTE_DUE).bind(&req.queue).bind(now).execute(&mut *tx).await?;
-        let lease_until = now.saturating_add(time::ms(req.lease_ms));
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(PROMOTE_DUE).bind(&req.queue).execute(&mut *tx).await?;
         let rows = sqlx::query(CLAIM)
             .bind(&req.queue)
-            .bind(now)
             .bind(req.limit as i64)
             .bind(&req.worker)
-            .bind(lease_until)
+            .bind(time::ms(req.lease_ms))
             .fetch_all(&mut *tx)
             .await?;
+        let Some(now) = rows.first().map(|r| r.try_get::<i64, _>(12)).transpose()? else {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        };
         let mut claimed = Vec::with_capacity(rows.len());
         for r in &rows {
             let mut job = claimed_from_row(r, now)?;
@@ -663,13 +671,14 @@ impl Store for PgStore {
     }
 
     async fn replay(&self, workspace: &str, id: JobId) -> Result<ReplayOutcome, StoreError> {
-        let (mut tx, now) = self.begin().await?;
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query("SELECT state FROM jobs WHERE id = $1 AND workspace = $2 FOR UPDATE")
             .bind(id)
             .bind(workspace)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else { return Ok(ReplayOutcome::NotFound) };
+        let now = clock(&mut tx).await?;
         let state: JobState = parse_enum(&row.try_get::<String, _>(0)?)?;
         if !matches!(state, JobState::Dead | JobState::Cancelled) {
             return Ok(ReplayOutcome::NotReplayable(state));

@@ -1,7 +1,8 @@
 //! `ferry bench`: end-to-end throughput and pickup latency, beside the store's raw limit.
 //!
-//! It starts a server in this process on a temporary data directory and a loopback port,
-//! and drives it over real HTTP like any client:
+//! It starts a server in this process on a temporary store (a temporary data directory
+//! for SQLite; a temporary schema, dropped afterwards, with `--database postgres://…`) and
+//! drives it over real HTTP on loopback like any client:
 //!
 //! 1. **Throughput**: `--jobs` no-op jobs submitted through `POST /v1/jobs/batch` in
 //!    batches of `--batch` by `--clients` concurrent clients; the clock stops when the
@@ -9,7 +10,12 @@
 //! 2. **Pickup latency when idle**: `--samples` jobs submitted one at a time, each after
 //!    the previous one finished; the latency is the job's first attempt start minus its
 //!    creation, both stamped by the store.
-//! 3. **Raw limit**: the same statements run directly on SQLite without the engine.
+//! 3. **Worker processes** (PostgreSQL only): the same throughput run against an API-only
+//!    server with 1, 2 and 4 `ferry worker` processes (`--processes`), each with
+//!    `--concurrency` slots.
+//! 4. **Raw limit**: the same statements without the engine: on SQLite run directly on a
+//!    fresh database; on PostgreSQL the store's batch calls (insert, claim, finish) made in
+//!    a loop, without HTTP, JSON, dispatchers or tasks.
 
 use crate::app;
 use crate::config::{Config, QueueSettings};
@@ -17,11 +23,13 @@ use anyhow::{Context, bail};
 use clap::Args;
 use ferry_store::sqlite::Durability;
 use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// No-op jobs in the throughput run
+    /// No-op jobs in each throughput run
     #[arg(long, default_value_t = 100_000)]
     pub jobs: usize,
     /// Jobs per batch request
@@ -30,19 +38,25 @@ pub struct BenchArgs {
     /// Concurrent submitting clients
     #[arg(long, default_value_t = 4)]
     pub clients: usize,
-    /// Worker concurrency of the queue
+    /// Worker concurrency of the queue (per process)
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
     /// Jobs in the idle pickup-latency run
     #[arg(long, default_value_t = 500)]
     pub samples: usize,
-    /// `process` or `full`
+    /// `process` or `full` (SQLite)
     #[arg(long, default_value = "process")]
     pub durability: String,
+    /// Benchmark PostgreSQL at this URL (in a temporary schema) instead of SQLite
+    #[arg(long = "database")]
+    pub database_url: Option<String>,
+    /// Worker-process counts to measure on PostgreSQL, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub processes: Vec<usize>,
     /// Print the results as JSON
     #[arg(long)]
     pub json: bool,
-    /// Skip the raw SQLite measurement
+    /// Skip the raw store measurement
     #[arg(long)]
     pub skip_raw: bool,
 }
@@ -55,6 +69,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// Unfinished and dead jobs over every queue.
 async fn outstanding(http: &reqwest::Client, base: &str) -> anyhow::Result<(u64, u64)> {
     let q: Value = http.get(format!("{base}/v1/queues")).send().await?.json().await?;
     let mut open = 0;
@@ -77,33 +92,14 @@ async fn group_commit_counters(http: &reqwest::Client, base: &str) -> anyhow::Re
     Ok((read("ferry_store_transactions_total"), read("ferry_store_requests_total")))
 }
 
-/// Runs the benchmark and prints the report.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let durability = match args.durability.as_str() {
-        "process" => Durability::Process,
-        "full" => Durability::Full,
-        other => bail!("--durability must be `process` or `full`, not `{other}`"),
-    };
-    if args.batch == 0 || args.batch > 1000 || args.clients == 0 || args.jobs == 0 {
-        bail!("--jobs and --clients must be positive and --batch between 1 and 1000");
-    }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir()?;
-    let mut cfg =
-        Config { listen: "127.0.0.1:0".parse()?, data_dir: dir.path().join("engine"), durability, ..Config::default() };
-    cfg.queues.insert("default".into(), QueueSettings { concurrency: Some(args.concurrency) });
-    let server = app::start(&cfg).await?;
-    let base = server.url();
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.clients).build()?;
-
-    // 1. Throughput.
-    let (tx_before, req_before) = group_commit_counters(&http, &base).await?;
+/// One throughput run: (jobs/s, total time, time to submit).
+async fn throughput(http: &reqwest::Client, base: &str, args: &BenchArgs) -> anyhow::Result<(f64, Duration, Duration)> {
     let per_client = args.jobs.div_ceil(args.clients);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.clients {
         let http = http.clone();
-        let base = base.clone();
+        let base = base.to_string();
         let mine = per_client.min(args.jobs.saturating_sub(c * per_client));
         let batch = args.batch;
         tasks.push(tokio::spawn(async move {
@@ -125,7 +121,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let submitted_in = started.elapsed();
     loop {
-        let (open, dead) = outstanding(&http, &base).await?;
+        let (open, dead) = outstanding(http, base).await?;
         if dead > 0 {
             bail!("{dead} no-op jobs died during the benchmark");
         }
@@ -135,15 +131,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.elapsed();
-    let throughput = args.jobs as f64 / elapsed.as_secs_f64();
-    let (tx_after, req_after) = group_commit_counters(&http, &base).await?;
-    let transactions = tx_after - tx_before;
-    let per_transaction = (req_after - req_before) / transactions.max(1.0);
+    Ok((args.jobs as f64 / elapsed.as_secs_f64(), elapsed, submitted_in))
+}
 
-    // 2. Pickup latency when idle.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut pickup_ms = Vec::with_capacity(args.samples);
-    for _ in 0..args.samples {
+/// Submit-to-start of jobs submitted one at a time on an idle server, in ms, sorted.
+async fn pickup(http: &reqwest::Client, base: &str, samples: usize) -> anyhow::Result<Vec<f64>> {
+    let mut pickup_ms = Vec::with_capacity(samples);
+    for _ in 0..samples {
         let accepted: Value =
             http.post(format!("{base}/v1/jobs")).json(&json!({"kind": "noop"})).send().await?.json().await?;
         let id = accepted["id"].as_str().context("no id")?.to_string();
@@ -164,20 +158,153 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     pickup_ms.sort_by(f64::total_cmp);
+    Ok(pickup_ms)
+}
+
+/// Starts `ferry worker` processes on the benchmark's schema.
+fn spawn_workers(n: usize, url: &str, schema: &str, concurrency: usize) -> anyhow::Result<Vec<Child>> {
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for i in 0..n {
+        let mut child = Command::new(&exe)
+            .args(["worker", "--database", url, "--queue", "default", "--listen", "127.0.0.1:0"])
+            .arg("--concurrency")
+            .arg(concurrency.to_string())
+            .env("FERRY_DATABASE_SCHEMA", schema)
+            .env("FERRY_NODE", format!("bench-{i}"))
+            .env("FERRY_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start a worker process")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
+        if !line.contains("http://") {
+            bail!("the worker process did not start: {line:?}");
+        }
+        children.push(child);
+    }
+    Ok(children)
+}
+
+/// The raw limit of PostgreSQL for the engine's statements: the store's batch calls in a
+/// loop, without the engine around them.
+async fn raw_postgres(cfg: &Config, jobs: usize) -> anyhow::Result<f64> {
+    use ferry_core::{JobSpec, Limits};
+    use ferry_store::{ClaimRequest, Finish, FinishResult};
+    let store = app::open_store(cfg).await?;
+    let started = Instant::now();
+    let mut done = 0;
+    while done < jobs {
+        let n = 1000.min(jobs - done);
+        let now = ferry_core::time::now_micros();
+        let batch = (0..n)
+            .map(|_| JobSpec { kind: "noop".into(), queue: Some("raw".into()), ..Default::default() })
+            .map(|s| s.validate("default", "bench", now, &Limits::default()))
+            .collect::<Result<Vec<_>, _>>()?;
+        store.submit(batch).await?;
+        let claimed =
+            store.claim(ClaimRequest { queue: "raw".into(), limit: n, worker: "raw".into(), lease_ms: 30_000 }).await?;
+        let fins = claimed
+            .into_iter()
+            .map(|c| Finish {
+                id: c.id,
+                attempt: c.attempt,
+                queue: c.queue,
+                result: FinishResult::Succeeded { output: Value::Null },
+            })
+            .collect();
+        store.finish_many(fins).await?;
+        done += n;
+    }
+    let rate = jobs as f64 / started.elapsed().as_secs_f64();
+    store.close().await;
+    Ok(rate)
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    if let Ok(pool) = sqlx::PgPool::connect(url).await {
+        // The schema name is generated by this module: `b_` and hex digits.
+        let _ =
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))).execute(&pool).await;
+        pool.close().await;
+    }
+}
+
+/// Runs the benchmark and prints the report.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let durability = match args.durability.as_str() {
+        "process" => Durability::Process,
+        "full" => Durability::Full,
+        other => bail!("--durability must be `process` or `full`, not `{other}`"),
+    };
+    if args.batch == 0 || args.batch > 1000 || args.clients == 0 || args.jobs == 0 {
+        bail!("--jobs and --clients must be positive and --batch between 1 and 1000");
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir()?;
+    let schema = format!("b_{:016x}", fastrand::u64(..));
+    let mut cfg =
+        Config { listen: "127.0.0.1:0".parse()?, data_dir: dir.path().join("engine"), durability, ..Config::default() };
+    if let Some(url) = &args.database_url {
+        cfg.database_url = Some(url.clone());
+        cfg.database_schema = Some(schema.clone());
+        cfg.database_max_connections = 32;
+    }
+    cfg.queues.insert("default".into(), QueueSettings { concurrency: Some(args.concurrency) });
+    let result = measure(&args, &cfg, &schema).await;
+    if let Some(url) = &args.database_url {
+        drop_schema(url, &schema).await;
+    }
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&args, &report);
+    }
+    Ok(())
+}
+
+async fn measure(args: &BenchArgs, cfg: &Config, schema: &str) -> anyhow::Result<Value> {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.clients).build()?;
+    let server = app::start(cfg).await?;
+    let base = server.url();
+    let (tx_before, req_before) = group_commit_counters(&http, &base).await?;
+    let (rate, elapsed, submitted_in) = throughput(&http, &base, args).await?;
+    let (tx_after, req_after) = group_commit_counters(&http, &base).await?;
+    let transactions = tx_after - tx_before;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pickup_ms = pickup(&http, &base, args.samples).await?;
     server.stop().await?;
 
-    // 3. The raw limit, on a fresh database.
-    let raw_dir = dir.path().join("raw");
-    let raw_jobs = args.jobs;
+    let mut processes = Vec::new();
+    if let Some(url) = &args.database_url {
+        for &n in &args.processes {
+            let api = app::start(&Config { workers: 0, ..cfg.clone() }).await?;
+            let mut workers = spawn_workers(n, url, schema, args.concurrency)?;
+            let run = throughput(&http, &api.url(), args).await;
+            for w in &mut workers {
+                let _ = w.kill();
+                let _ = w.wait();
+            }
+            api.stop().await?;
+            let (r, e, _) = run?;
+            processes
+                .push(json!({"processes": n, "throughput_jobs_per_s": r.round(), "total_seconds": e.as_secs_f64()}));
+        }
+    }
+
     let raw = if args.skip_raw {
         f64::NAN
+    } else if args.database_url.is_some() {
+        raw_postgres(cfg, args.jobs).await?
     } else {
-        tokio::task::spawn_blocking(move || ferry_store::sqlite::raw_baseline(&raw_dir, raw_jobs, 1000, durability))
+        let raw_dir = cfg.data_dir.with_file_name("raw");
+        let (jobs, durability) = (args.jobs, cfg.durability);
+        tokio::task::spawn_blocking(move || ferry_store::sqlite::raw_baseline(&raw_dir, jobs, 1000, durability))
             .await??
     };
-
-    let report = json!({
-        "backend": "sqlite",
+    Ok(json!({
+        "backend": if args.database_url.is_some() { "postgres" } else { "sqlite" },
         "durability": args.durability,
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "jobs": args.jobs,
@@ -186,48 +313,63 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "concurrency": args.concurrency,
         "submit_seconds": submitted_in.as_secs_f64(),
         "total_seconds": elapsed.as_secs_f64(),
-        "throughput_jobs_per_s": throughput.round(),
+        "throughput_jobs_per_s": rate.round(),
+        "transactions": transactions,
+        "store_requests_per_transaction": if transactions > 0.0 { (req_after - req_before) / transactions } else { f64::NAN },
+        "jobs_per_transaction": if transactions > 0.0 { args.jobs as f64 / transactions } else { f64::NAN },
         "pickup_p50_ms": percentile(&pickup_ms, 0.50),
         "pickup_p99_ms": percentile(&pickup_ms, 0.99),
         "pickup_samples": pickup_ms.len(),
-        "transactions": transactions,
-        "store_requests_per_transaction": per_transaction,
-        "jobs_per_transaction": args.jobs as f64 / transactions.max(1.0),
-        "raw_sqlite_jobs_per_s": raw.round(),
-        "engine_vs_raw": throughput / raw,
-    });
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("Ferry bench: SQLite, durability={}, {} cores", args.durability, report["cores"]);
-        println!(
-            "  throughput   {:>9.0} no-op jobs/s end to end ({} jobs in {:.2} s; submitted in {:.2} s; \
-             batches of {} from {} clients; concurrency {})",
-            throughput,
-            args.jobs,
-            elapsed.as_secs_f64(),
-            submitted_in.as_secs_f64(),
-            args.batch,
-            args.clients,
-            args.concurrency
-        );
+        "worker_processes": processes,
+        "raw_store_jobs_per_s": raw.round(),
+        "engine_vs_raw": rate / raw,
+    }))
+}
+
+fn print_report(args: &BenchArgs, r: &Value) {
+    let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "Ferry bench: {}, durability={}, {} cores",
+        r["backend"].as_str().unwrap_or("?"),
+        args.durability,
+        r["cores"]
+    );
+    println!(
+        "  throughput   {:>9.0} no-op jobs/s end to end ({} jobs in {:.2} s; submitted in {:.2} s; \
+         batches of {} from {} clients; concurrency {})",
+        f("throughput_jobs_per_s"),
+        args.jobs,
+        f("total_seconds"),
+        f("submit_seconds"),
+        args.batch,
+        args.clients,
+        args.concurrency
+    );
+    if r["backend"] == "sqlite" {
         println!(
             "  group commit {:.1} store requests per transaction ({} transactions, {:.1} jobs each)",
-            per_transaction,
-            transactions,
-            args.jobs as f64 / transactions.max(1.0)
-        );
-        println!(
-            "  pickup       p50 {:.3} ms, p99 {:.3} ms (idle, {} jobs one at a time, submit-to-start)",
-            percentile(&pickup_ms, 0.50),
-            percentile(&pickup_ms, 0.99),
-            pickup_ms.len()
-        );
-        println!(
-            "  raw SQLite   {:>9.0} jobs/s (same statements, no engine); engine at {:.0}% of raw",
-            raw,
-            100.0 * throughput / raw
+            f("store_requests_per_transaction"),
+            f("transactions"),
+            f("jobs_per_transaction")
         );
     }
-    Ok(())
+    println!(
+        "  pickup       p50 {:.3} ms, p99 {:.3} ms (idle, {} jobs one at a time, submit-to-start)",
+        f("pickup_p50_ms"),
+        f("pickup_p99_ms"),
+        r["pickup_samples"]
+    );
+    for p in r["worker_processes"].as_array().into_iter().flatten() {
+        println!(
+            "  {} worker process(es): {:>9.0} jobs/s (API-only server + `ferry worker` processes, concurrency {} each)",
+            p["processes"],
+            p["throughput_jobs_per_s"].as_f64().unwrap_or(f64::NAN),
+            args.concurrency
+        );
+    }
+    println!(
+        "  raw store    {:>9.0} jobs/s (same statements, no engine); engine at {:.0}% of raw",
+        f("raw_store_jobs_per_s"),
+        100.0 * f("engine_vs_raw")
+    );
 }

@@ -2,13 +2,20 @@
 //! unfinished jobs can be cancelled, and replay gives a dead or cancelled job fresh
 //! attempts.
 
-use crate::harness::{TestServer, assert_error, attempts, poll};
+use crate::harness::{Backend, TestServer, assert_error, attempts, both, poll};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_a_scheduled_job() {
-    let server = TestServer::start().await;
+both!(
+    cancel_a_scheduled_job,
+    cancel_a_running_job_stops_its_attempt,
+    cancel_refuses_finished_unknown_and_malformed_ids,
+    replay_runs_a_dead_job_again,
+    replay_runs_a_cancelled_job
+);
+
+async fn cancel_a_scheduled_job(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let id = server.submit(json!({"kind": "noop", "delay_ms": 60000})).await;
     assert_eq!(server.job(&id).await["state"], "scheduled");
 
@@ -28,9 +35,8 @@ async fn cancel_a_scheduled_job() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_a_running_job_stops_its_attempt() {
-    let server = TestServer::start().await;
+async fn cancel_a_running_job_stops_its_attempt(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let id = server.submit(json!({"kind": "sleep", "input": {"ms": 60000}})).await;
     server.wait_state(&id, &["running"]).await;
 
@@ -54,9 +60,8 @@ async fn cancel_a_running_job_stops_its_attempt() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_refuses_finished_unknown_and_malformed_ids() {
-    let server = TestServer::start().await;
+async fn cancel_refuses_finished_unknown_and_malformed_ids(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let id = server.submit(json!({"kind": "noop"})).await;
     server.wait_state(&id, &["succeeded"]).await;
     let done = server.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
@@ -72,9 +77,8 @@ async fn cancel_refuses_finished_unknown_and_malformed_ids() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_runs_a_dead_job_again() {
-    let server = TestServer::start().await;
+async fn replay_runs_a_dead_job_again(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let id = server
         .submit(
             json!({"kind": "fail", "input": {"type": "network", "retryable": false, "times": 1}, "max_attempts": 3}),
@@ -110,9 +114,8 @@ async fn replay_runs_a_dead_job_again() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_runs_a_cancelled_job() {
-    let server = TestServer::start().await;
+async fn replay_runs_a_cancelled_job(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let id = server.submit(json!({"kind": "noop", "input": {"v": 1}, "delay_ms": 60000})).await;
     let (status, _) = server.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
     assert_eq!(status, StatusCode::OK);

@@ -1,8 +1,10 @@
 //! Promise: one read of a job is one consistent snapshot — its state, its attempt count
 //! and its attempts' outcomes agree, even while the job moves.
 
-use crate::harness::TestServer;
+use crate::harness::{Backend, TestServer, both};
 use serde_json::{Value, json};
+
+both!(a_job_read_is_a_consistent_snapshot);
 
 /// What is wrong with a job view, if anything (no replay or release in these jobs).
 fn inconsistency(job: &Value) -> Option<String> {
@@ -23,9 +25,8 @@ fn inconsistency(job: &Value) -> Option<String> {
     Some(format!("{why} (state {state}, attempts_used {used}, outcomes {outcomes:?})"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_read_is_a_consistent_snapshot() {
-    let server = TestServer::start().await;
+async fn a_job_read_is_a_consistent_snapshot(backend: Backend) {
+    let server = TestServer::start(backend).await;
     // Jobs that fail fast and retry at once: a hundred transitions each.
     let ids = server
         .submit_batch(

@@ -1,12 +1,13 @@
 //! Promise: every job keeps an ordered event log of its transitions, with ids that only
 //! grow.
 
-use crate::harness::{TestServer, ts};
+use crate::harness::{Backend, TestServer, both, ts};
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn succeeded_noop_logs_queued_started_succeeded() {
-    let server = TestServer::start().await;
+both!(succeeded_noop_logs_queued_started_succeeded);
+
+async fn succeeded_noop_logs_queued_started_succeeded(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let id = server.submit(json!({"kind": "noop"})).await;
     server.wait_state(&id, &["succeeded"]).await;
     let events = server.events(&id).await;

@@ -1,6 +1,8 @@
 //! The harness: a real Ferry server (store, engine and HTTP API) per test, on a free port
 //! and a fresh temporary data directory, with helpers that poll with a deadline instead of
-//! sleeping.
+//! sleeping. Every test runs once per storage backend ([`both!`]): on SQLite in its data
+//! directory, and on PostgreSQL in a schema of its own (dropped afterwards), so that tests
+//! run in parallel on one database.
 
 use chrono::{DateTime, Utc};
 use ferry::app::Server;
@@ -8,6 +10,9 @@ use ferry::config::Config;
 use ferry_store::Store;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
@@ -16,8 +21,181 @@ use tempfile::TempDir;
 pub const DEADLINE: Duration = Duration::from_secs(30);
 /// The pause between two polls.
 const PAUSE: Duration = Duration::from_millis(10);
+/// The PostgreSQL the tests use unless `FERRY_TEST_DATABASE_URL` names another.
+const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// How long connecting to PostgreSQL (to probe it, or to drop a schema) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A Ferry server running in this process, on its own data directory.
+/// Generates, for each named `async fn name(backend: Backend)`, a module `name` with two
+/// tests: `name::sqlite` and `name::postgres`. The PostgreSQL one returns at once, saying
+/// so on stderr, when PostgreSQL does not answer, unless `CI=true`: then it fails.
+macro_rules! both {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            use crate::harness::Backend;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if crate::harness::postgres_available().await {
+                    super::$name(Backend::Postgres).await;
+                }
+            }
+        }
+    )+};
+}
+pub(crate) use both;
+
+/// Where a test server keeps its jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite in the server's data directory.
+    Sqlite,
+    /// PostgreSQL at `FERRY_TEST_DATABASE_URL`, in a fresh schema.
+    Postgres,
+}
+
+impl Backend {
+    /// The name the server reports for its store (`/readyz`, `Store::backend`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// The PostgreSQL URL of the tests: `FERRY_TEST_DATABASE_URL`, or the local default.
+pub fn database_url() -> String {
+    std::env::var("FERRY_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()).unwrap_or(DEFAULT_DATABASE_URL.into())
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for messages.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((auth, host)) = rest.rsplit_once('@') else { return url.to_string() };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+async fn connect(url: &str) -> Result<PgConnection, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect(url)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
+    }
+}
+
+/// Whether the PostgreSQL tests can run. Asked once per process (the answer is kept).
+/// When PostgreSQL does not answer, this panics if `CI` is `true` (there the PostgreSQL
+/// tests must run, never skip), and otherwise says so on stderr and answers `false`.
+pub async fn postgres_available() -> bool {
+    static PROBE: tokio::sync::OnceCell<Result<(), String>> = tokio::sync::OnceCell::const_new();
+    let url = database_url();
+    let probe = PROBE
+        .get_or_init(|| async {
+            let mut conn = connect(&url).await?;
+            sqlx::query("SELECT 1").execute(&mut conn).await.map_err(|e| e.to_string())?;
+            let _ = conn.close().await;
+            Ok(())
+        })
+        .await;
+    let Err(why) = probe else { return true };
+    let url = redacted(&url);
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "CI=true, so the PostgreSQL tests must run, but PostgreSQL at {url} is unavailable: {why} \
+             (set FERRY_TEST_DATABASE_URL to a reachable database)"
+        );
+    }
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        // Straight to the process's stderr: the test harness would capture `eprintln!`.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** skipping: PostgreSQL at {url} unavailable ({why}); every `…::postgres` test passes \
+             without running. Set FERRY_TEST_DATABASE_URL, or CI=true to make this an error. ***\n"
+        );
+    });
+    eprintln!("skipping: PostgreSQL at {url} unavailable");
+    false
+}
+
+/// A test's own PostgreSQL schema, dropped (with everything in it) when this is released
+/// or dropped. Best effort: a failure to drop is reported, never fatal.
+struct Schema {
+    url: String,
+    name: String,
+    released: bool,
+}
+
+impl Schema {
+    /// A fresh schema name: `t_` and 16 random hex digits (what `valid_schema` accepts).
+    fn new(url: String) -> Schema {
+        let random = uuid::Uuid::now_v7().as_u128() as u64; // the v7's counter and random bits
+        Schema { url, name: format!("t_{random:016x}"), released: false }
+    }
+
+    async fn drop_schema(url: &str, name: &str) -> Result<(), String> {
+        let mut conn = connect(url).await?;
+        let result = async {
+            // A server that was not stopped (a failed test) may still hold locks briefly.
+            sqlx::query("SET lock_timeout = '5s'").execute(&mut conn).await?;
+            // `name` is `t_` and hex digits (see `Schema::new`).
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {name} CASCADE"))).execute(&mut conn).await
+        }
+        .await;
+        let _ = conn.close().await;
+        result.map(drop).map_err(|e| e.to_string())
+    }
+
+    /// Drops the schema now (once the server using it has stopped).
+    async fn release(mut self) {
+        self.released = true;
+        if let Err(e) = Schema::drop_schema(&self.url, &self.name).await {
+            eprintln!("warning: cannot drop the test schema {}: {e}", self.name);
+        }
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        // Not released: the test failed or never stopped its server. Drop cannot await, so
+        // the schema is dropped on a thread with its own runtime; meanwhile `block_in_place`
+        // hands this worker's tasks (maybe the server's, still running) to the other worker.
+        let (url, name) = (self.url.clone(), self.name.clone());
+        let work = move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let result = match runtime {
+                Ok(rt) => rt.block_on(Schema::drop_schema(&url, &name)),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = result {
+                eprintln!("warning: cannot drop the test schema {name}: {e}");
+            }
+        };
+        let thread = std::thread::spawn(work);
+        let in_multi_thread_runtime = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if in_multi_thread_runtime {
+            let _ = tokio::task::block_in_place(|| thread.join());
+        } else {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A Ferry server running in this process, on its own data directory (and, on PostgreSQL,
+/// its own schema).
 pub struct TestServer {
     server: Option<Server>,
     /// The server's store, for tests that act as a worker themselves.
@@ -25,6 +203,8 @@ pub struct TestServer {
     url: String,
     client: reqwest::Client,
     cfg: Config,
+    // Dropped after the server: its tables live here (PostgreSQL only).
+    schema: Option<Schema>,
     // Dropped last: the store's files live here.
     _dir: TempDir,
 }
@@ -36,13 +216,14 @@ pub fn client() -> reqwest::Client {
 }
 
 impl TestServer {
-    /// A server with the test defaults.
-    pub async fn start() -> TestServer {
-        TestServer::start_with(|_| {}).await
+    /// A server on `backend` with the test defaults.
+    pub async fn start(backend: Backend) -> TestServer {
+        TestServer::start_with(backend, |_| {}).await
     }
 
-    /// A server with the test defaults, then `tweak` applied to its configuration.
-    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+    /// A server on `backend` with the test defaults, then `tweak` applied to its
+    /// configuration.
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("cannot create a temporary data directory");
         let mut cfg = Config {
             listen: "127.0.0.1:0".parse().expect("valid address"),
@@ -54,11 +235,20 @@ impl TestServer {
             shutdown_grace_ms: 2000,
             ..Config::default()
         };
+        let schema = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                let schema = Schema::new(database_url());
+                cfg.database_url = Some(schema.url.clone());
+                cfg.database_schema = Some(schema.name.clone());
+                Some(schema)
+            }
+        };
         tweak(&mut cfg);
-        TestServer::open(cfg, dir).await
+        TestServer::open(cfg, schema, dir).await
     }
 
-    async fn open(cfg: Config, dir: TempDir) -> TestServer {
+    async fn open(cfg: Config, schema: Option<Schema>, dir: TempDir) -> TestServer {
         cfg.validate().expect("the test configuration is valid");
         let server = ferry::app::start(&cfg).await.expect("the server starts");
         TestServer {
@@ -67,21 +257,27 @@ impl TestServer {
             server: Some(server),
             client: client(),
             cfg,
+            schema,
             _dir: dir,
         }
     }
 
-    /// Drains and stops the server, then starts a new one on the same data directory
-    /// (on a new port), with `tweak` applied to the configuration.
+    /// Drains and stops the server, then starts a new one on the same data directory (or
+    /// PostgreSQL schema), on a new port, with `tweak` applied to the configuration.
     pub async fn restart_with(mut self, tweak: impl FnOnce(&mut Config)) -> TestServer {
         if let Some(server) = self.server.take() {
             server.stop().await.expect("the server stops cleanly");
         }
-        let TestServer { mut cfg, _dir: dir, store, .. } = self;
+        let TestServer { mut cfg, schema, _dir: dir, store, .. } = self;
         // The data directory stays locked while anything holds the old store.
         drop(store);
         tweak(&mut cfg);
-        TestServer::open(cfg, dir).await
+        TestServer::open(cfg, schema, dir).await
+    }
+
+    /// The server's configuration.
+    pub fn cfg(&self) -> &Config {
+        &self.cfg
     }
 
     /// The API's base URL (`http://127.0.0.1:port`).
@@ -212,10 +408,15 @@ impl TestServer {
         self.all_jobs().await.len()
     }
 
-    /// Drains and stops the server.
+    /// Drains and stops the server, then drops its PostgreSQL schema.
     pub async fn stop(mut self) {
         if let Some(server) = self.server.take() {
             server.stop().await.expect("the server stops cleanly");
+        }
+        let TestServer { schema, store, .. } = self;
+        drop(store);
+        if let Some(schema) = schema {
+            schema.release().await;
         }
     }
 }

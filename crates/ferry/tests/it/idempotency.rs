@@ -2,14 +2,15 @@
 //! exactly-once: the same request again answers the same job, another request with the
 //! key is refused.
 
-use crate::harness::{TestServer, assert_error};
+use crate::harness::{Backend, TestServer, assert_error, both};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_identical_submits_create_one_job() {
-    let server = TestServer::start().await;
+both!(concurrent_identical_submits_create_one_job, header_form_of_the_key, batch_conflict_stores_nothing);
+
+async fn concurrent_identical_submits_create_one_job(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let spec = json!({"kind": "noop", "input": {"n": 1}, "idempotency_key": "order-42"});
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..50 {
@@ -54,9 +55,8 @@ async fn concurrent_identical_submits_create_one_job() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn header_form_of_the_key() {
-    let server = TestServer::start().await;
+async fn header_form_of_the_key(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let spec = json!({"kind": "noop", "delay_ms": 60000});
     let key = [("Idempotency-Key", "hdr-1")];
     let (status, first) = server.post_with("/v1/jobs", spec.clone(), &key).await;
@@ -101,9 +101,8 @@ async fn header_form_of_the_key() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_conflict_stores_nothing() {
-    let server = TestServer::start().await;
+async fn batch_conflict_stores_nothing(backend: Backend) {
+    let server = TestServer::start(backend).await;
     server.submit(json!({"kind": "noop", "delay_ms": 60000, "idempotency_key": "dup"})).await;
     let got = server
         .post(

@@ -1,13 +1,22 @@
 //! Promise: every built-in kind runs to its documented end — state, output, attempts,
 //! error type and retryability — including `http` against a real (local) remote.
 
-use crate::harness::{TestServer, attempts, client, ts};
+use crate::harness::{Backend, TestServer, attempts, both, client, ts};
 use axum::Json;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+both!(
+    noop_returns_its_input,
+    sleep_waits_then_succeeds,
+    fail_fails_its_first_times_attempts_then_succeeds,
+    http_success_keeps_the_response,
+    http_failures_are_classified,
+    output_over_the_limit_fails_with_resource_limit
+);
 
 /// Asserts the shape every finished attempt has.
 fn assert_finished_attempts(job: &Value, outcomes: &[&str]) {
@@ -21,9 +30,8 @@ fn assert_finished_attempts(job: &Value, outcomes: &[&str]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn noop_returns_its_input() {
-    let server = TestServer::start().await;
+async fn noop_returns_its_input(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let input = json!({"a": 1, "b": [true, null, "x"], "c": {"d": 2.5}});
     let id = server.submit(json!({"kind": "noop", "input": input})).await;
     let job = server.wait_state(&id, &["succeeded", "dead"]).await;
@@ -37,9 +45,8 @@ async fn noop_returns_its_input() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sleep_waits_then_succeeds() {
-    let server = TestServer::start().await;
+async fn sleep_waits_then_succeeds(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let id = server.submit(json!({"kind": "sleep", "input": {"ms": 50}})).await;
     let job = server.wait_state(&id, &["succeeded", "dead"]).await;
     assert_eq!(job["state"], "succeeded", "{job:#}");
@@ -51,9 +58,8 @@ async fn sleep_waits_then_succeeds() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fail_fails_its_first_times_attempts_then_succeeds() {
-    let server = TestServer::start().await;
+async fn fail_fails_its_first_times_attempts_then_succeeds(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let backoff = json!({"initial_ms": 5, "max_ms": 5, "multiplier": 1.0, "jitter": "none"});
     let id = server
         .submit(
@@ -166,10 +172,9 @@ impl StandIn {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_success_keeps_the_response() {
+async fn http_success_keeps_the_response(backend: Backend) {
     let remote = StandIn::start().await;
-    let server = TestServer::start().await;
+    let server = TestServer::start(backend).await;
 
     let id = server.submit(json!({"kind": "http", "input": {"url": remote.url("/ok")}})).await;
     let job = server.wait_state(&id, &["succeeded", "dead"]).await;
@@ -201,10 +206,9 @@ async fn http_success_keeps_the_response() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_failures_are_classified() {
+async fn http_failures_are_classified(backend: Backend) {
     let remote = StandIn::start().await;
-    let server = TestServer::start().await;
+    let server = TestServer::start(backend).await;
     let tiny = json!({"initial_ms": 5, "max_ms": 5, "multiplier": 1.0, "jitter": "none"});
 
     // 5xx: http_status, retryable, so retried until attempts run out; the response is kept.
@@ -269,9 +273,8 @@ async fn http_failures_are_classified() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn output_over_the_limit_fails_with_resource_limit() {
-    let server = TestServer::start_with(|cfg| cfg.limits.max_output_bytes = 100).await;
+async fn output_over_the_limit_fails_with_resource_limit(backend: Backend) {
+    let server = TestServer::start_with(backend, |cfg| cfg.limits.max_output_bytes = 100).await;
     // A JSON string of n characters serializes to n + 2 bytes.
     let at_limit = server.submit(json!({"kind": "noop", "input": "a".repeat(98)})).await;
     let over = server.submit(json!({"kind": "noop", "input": "a".repeat(99), "max_attempts": 3})).await;

@@ -1,18 +1,19 @@
 //! Promise: the job listing pages through every job exactly once, newest first, and its
 //! filters (state, kind, queue) and page size are honoured.
 
-use crate::harness::{TestServer, assert_error};
+use crate::harness::{Backend, TestServer, assert_error, both};
 use ferry::config::QueueSettings;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+both!(pages_newest_first_without_duplicates, filters_by_state_kind_and_queue, bad_listing_parameters_are_refused);
 
 fn ids(page: &Value) -> Vec<String> {
     page["items"].as_array().expect("items").iter().map(|j| j["id"].as_str().expect("id").to_string()).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pages_newest_first_without_duplicates() {
-    let server = TestServer::start().await;
+async fn pages_newest_first_without_duplicates(backend: Backend) {
+    let server = TestServer::start(backend).await;
     // Submitted one by one, so creation order is unambiguous; delayed, so they stay put.
     let mut submitted = Vec::new();
     for i in 0..25 {
@@ -55,9 +56,8 @@ async fn pages_newest_first_without_duplicates() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn filters_by_state_kind_and_queue() {
-    let server = TestServer::start_with(|cfg| {
+async fn filters_by_state_kind_and_queue(backend: Backend) {
+    let server = TestServer::start_with(backend, |cfg| {
         cfg.queues.insert("other".into(), QueueSettings { concurrency: Some(0) });
     })
     .await;
@@ -103,9 +103,8 @@ async fn filters_by_state_kind_and_queue() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_listing_parameters_are_refused() {
-    let server = TestServer::start().await;
+async fn bad_listing_parameters_are_refused(backend: Backend) {
+    let server = TestServer::start(backend).await;
     for (query, field) in [
         ("limit=0", "limit"),
         ("limit=1001", "limit"),

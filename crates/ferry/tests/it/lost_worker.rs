@@ -1,14 +1,15 @@
 //! Promise: a worker that stops heartbeating loses its job — the reaper fails the attempt
 //! with `worker_lost` and retries it — and the lost worker's late result is fenced out.
 
-use crate::harness::{TestServer, attempts, poll};
+use crate::harness::{Backend, TestServer, attempts, both, poll};
 use ferry::config::QueueSettings;
 use ferry_store::{ClaimRequest, Finish, FinishResult};
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reaper_fails_a_lost_attempt_and_fences_the_ghost() {
-    let server = TestServer::start_with(|cfg| {
+both!(reaper_fails_a_lost_attempt_and_fences_the_ghost);
+
+async fn reaper_fails_a_lost_attempt_and_fences_the_ghost(backend: Backend) {
+    let server = TestServer::start_with(backend, |cfg| {
         cfg.queues.insert("other".into(), QueueSettings { concurrency: Some(0) });
     })
     .await;

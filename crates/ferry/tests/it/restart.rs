@@ -2,14 +2,19 @@
 //! within the grace period and hands back the rest without counting them; jobs left
 //! running by a crashed process are retried with `worker_lost`.
 
-use crate::harness::{TestServer, attempts};
+use crate::harness::{Backend, TestServer, attempts, both, ts};
 use ferry_store::ClaimRequest;
 use reqwest::StatusCode;
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drain_lets_running_attempts_finish_and_jobs_survive() {
-    let server = TestServer::start().await;
+both!(
+    drain_lets_running_attempts_finish_and_jobs_survive,
+    drain_hands_back_attempts_past_the_grace_period,
+    jobs_left_running_by_a_crashed_process_are_retried
+);
+
+async fn drain_lets_running_attempts_finish_and_jobs_survive(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let running = server.submit(json!({"kind": "sleep", "input": {"ms": 300}})).await;
     let later = server.submit(json!({"kind": "noop", "delay_ms": 600000, "labels": {"team": "x"}})).await;
     server.wait_state(&running, &["running"]).await;
@@ -26,9 +31,8 @@ async fn drain_lets_running_attempts_finish_and_jobs_survive() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drain_hands_back_attempts_past_the_grace_period() {
-    let server = TestServer::start_with(|cfg| cfg.shutdown_grace_ms = 200).await;
+async fn drain_hands_back_attempts_past_the_grace_period(backend: Backend) {
+    let server = TestServer::start_with(backend, |cfg| cfg.shutdown_grace_ms = 200).await;
     let id = server.submit(json!({"kind": "sleep", "input": {"ms": 60000}, "max_attempts": 1})).await;
     server.wait_state(&id, &["running"]).await;
 
@@ -46,14 +50,21 @@ async fn drain_hands_back_attempts_past_the_grace_period() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_left_running_by_a_crashed_process_are_retried() {
+async fn jobs_left_running_by_a_crashed_process_are_retried(backend: Backend) {
     // No embedded workers: a ghost claims the job, and "crashes" with it.
-    let server = TestServer::start_with(|cfg| cfg.workers = 0).await;
+    let server = TestServer::start_with(backend, |cfg| cfg.workers = 0).await;
     let id = server.submit(json!({"kind": "noop", "input": {"v": 3}})).await;
+    // On SQLite the data directory's lock proves the old process gone, so its jobs are
+    // retried at once on restart: a lease far longer than the wait below shows that. On
+    // PostgreSQL other processes may still be running them: they are retried when the
+    // crashed process's lease (the configured one, 3 s here) expires.
+    let lease_ms = match backend {
+        Backend::Sqlite => 600_000,
+        Backend::Postgres => server.cfg().lease_ms,
+    };
     let claimed = server
         .store
-        .claim(ClaimRequest { queue: "default".into(), limit: 1, worker: "ghost".into(), lease_ms: 600_000 })
+        .claim(ClaimRequest { queue: "default".into(), limit: 1, worker: "ghost".into(), lease_ms })
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 1);
@@ -69,5 +80,10 @@ async fn jobs_left_running_by_a_crashed_process_are_retried() {
     assert_eq!(list[0]["outcome"], "failed");
     assert_eq!(list[0]["error"]["type"], "worker_lost");
     assert_eq!(list[1]["outcome"], "succeeded");
+    if backend == Backend::Postgres {
+        // Another process may still hold the job: only its expired lease frees it.
+        let freed = ts(&list[0]["started_at"]) + chrono::Duration::milliseconds(lease_ms as i64);
+        assert!(ts(&list[1]["started_at"]) >= freed, "retried before the ghost's lease expired: {job:#}");
+    }
     server.stop().await;
 }

@@ -1,12 +1,21 @@
 //! Promise: a failed attempt is retried after its backoff while it is retryable and
 //! attempts and budget remain; otherwise the job is dead with a typed error.
 
-use crate::harness::{TestServer, attempts, ts};
+use crate::harness::{Backend, TestServer, attempts, both, ts};
 use serde_json::{Value, json};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_with_backoff_then_succeeds() {
-    let server = TestServer::start().await;
+both!(
+    retries_with_backoff_then_succeeds,
+    non_retryable_failure_is_dead_at_once,
+    retry_budget_ends_retries,
+    attempt_timeout_fails_the_attempt,
+    retry_budget_cuts_a_running_attempt,
+    retry_is_scheduled_a_full_backoff_after_the_recorded_end,
+    no_attempt_runs_past_the_budget_even_when_it_could_not_start_in_time
+);
+
+async fn retries_with_backoff_then_succeeds(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let id = server
         .submit(json!({
             "kind": "fail",
@@ -64,9 +73,8 @@ async fn retries_with_backoff_then_succeeds() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn non_retryable_failure_is_dead_at_once() {
-    let server = TestServer::start().await;
+async fn non_retryable_failure_is_dead_at_once(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let id = server
         .submit(json!({
             "kind": "fail",
@@ -96,9 +104,8 @@ async fn non_retryable_failure_is_dead_at_once() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_budget_ends_retries() {
-    let server = TestServer::start().await;
+async fn retry_budget_ends_retries(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let id = server
         .submit(json!({
             "kind": "fail",
@@ -118,9 +125,8 @@ async fn retry_budget_ends_retries() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn attempt_timeout_fails_the_attempt() {
-    let server = TestServer::start().await;
+async fn attempt_timeout_fails_the_attempt(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let id =
         server.submit(json!({"kind": "sleep", "input": {"ms": 60000}, "timeout_ms": 100, "max_attempts": 1})).await;
     let job = server.wait_state(&id, &["succeeded", "dead"]).await;
@@ -136,9 +142,8 @@ async fn attempt_timeout_fails_the_attempt() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_budget_cuts_a_running_attempt() {
-    let server = TestServer::start().await;
+async fn retry_budget_cuts_a_running_attempt(backend: Backend) {
+    let server = TestServer::start(backend).await;
     // The attempt's own timeout (30 s) and the sleep (60 s) both outlast the wait below:
     // only the budget can end this attempt in time.
     let id = server
@@ -152,9 +157,8 @@ async fn retry_budget_cuts_a_running_attempt() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_is_scheduled_a_full_backoff_after_the_recorded_end() {
-    let server = TestServer::start().await;
+async fn retry_is_scheduled_a_full_backoff_after_the_recorded_end(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let id = server
         .submit(json!({
             "kind": "fail",
@@ -185,9 +189,8 @@ async fn retry_is_scheduled_a_full_backoff_after_the_recorded_end() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_attempt_runs_past_the_budget_even_when_it_could_not_start_in_time() {
-    let server = TestServer::start_with(|cfg| {
+async fn no_attempt_runs_past_the_budget_even_when_it_could_not_start_in_time(backend: Backend) {
+    let server = TestServer::start_with(backend, |cfg| {
         cfg.queues.get_mut("default").expect("the default queue").concurrency = Some(1);
     })
     .await;

@@ -1,14 +1,21 @@
 //! Promise: ready jobs start highest priority first, and a delayed job waits for its
 //! `run_at` (given as a delay or a time) before it starts.
 
-use crate::harness::{TestServer, assert_error, attempts, ts};
+use crate::harness::{Backend, TestServer, assert_error, attempts, both, ts};
 use chrono::{SecondsFormat, Utc};
 use reqwest::StatusCode;
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn higher_priority_starts_first() {
-    let server = TestServer::start_with(|cfg| {
+both!(
+    higher_priority_starts_first,
+    delayed_job_waits_for_its_time,
+    run_at_as_a_time,
+    run_at_and_delay_together_are_refused,
+    queue_concurrency_caps_running_attempts
+);
+
+async fn higher_priority_starts_first(backend: Backend) {
+    let server = TestServer::start_with(backend, |cfg| {
         cfg.queues.get_mut("default").expect("the default queue").concurrency = Some(1);
     })
     .await;
@@ -41,9 +48,8 @@ async fn higher_priority_starts_first() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delayed_job_waits_for_its_time() {
-    let server = TestServer::start().await;
+async fn delayed_job_waits_for_its_time(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let (status, body) = server.post("/v1/jobs", json!({"kind": "noop", "delay_ms": 300})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["state"], "scheduled");
@@ -62,9 +68,8 @@ async fn delayed_job_waits_for_its_time() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_at_as_a_time() {
-    let server = TestServer::start().await;
+async fn run_at_as_a_time(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let at = (Utc::now() + chrono::Duration::milliseconds(300)).to_rfc3339_opts(SecondsFormat::Micros, true);
     let (status, body) = server.post("/v1/jobs", json!({"kind": "noop", "run_at": at})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -93,9 +98,8 @@ async fn run_at_as_a_time() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_at_and_delay_together_are_refused() {
-    let server = TestServer::start().await;
+async fn run_at_and_delay_together_are_refused(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let at = (Utc::now() + chrono::Duration::seconds(10)).to_rfc3339();
     let got = server.post("/v1/jobs", json!({"kind": "noop", "run_at": at, "delay_ms": 100})).await;
     assert_error(&got, StatusCode::BAD_REQUEST, "invalid_field", Some("delay_ms"));
@@ -103,9 +107,8 @@ async fn run_at_and_delay_together_are_refused() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queue_concurrency_caps_running_attempts() {
-    let server = TestServer::start_with(|cfg| {
+async fn queue_concurrency_caps_running_attempts(backend: Backend) {
+    let server = TestServer::start_with(backend, |cfg| {
         cfg.queues.get_mut("default").expect("the default queue").concurrency = Some(2);
     })
     .await;

@@ -1,14 +1,15 @@
 //! Promise: the service describes and reports itself — an OpenAPI document listing every
 //! endpoint, health and readiness probes, Prometheus metrics and per-queue counts.
 
-use crate::harness::{DEADLINE, TestServer};
+use crate::harness::{Backend, DEADLINE, TestServer, both};
 use ferry::config::QueueSettings;
 use reqwest::StatusCode;
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openapi_lists_every_endpoint() {
-    let server = TestServer::start().await;
+both!(openapi_lists_every_endpoint, health_readiness_and_metrics, queue_counts_reflect_jobs);
+
+async fn openapi_lists_every_endpoint(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let (status, doc) = server.get("/v1/openapi.json").await;
     assert_eq!(status, StatusCode::OK, "{doc}");
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with('3')), "{}", doc["openapi"]);
@@ -38,15 +39,14 @@ async fn openapi_lists_every_endpoint() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_readiness_and_metrics() {
-    let server = TestServer::start().await;
+async fn health_readiness_and_metrics(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let (status, body) = server.get("/healthz").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "ok");
     let (status, body) = server.get("/readyz").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body, json!({"status": "ready", "store": "sqlite"}));
+    assert_eq!(body, json!({"status": "ready", "store": backend.name()}));
 
     let ok = server.submit(json!({"kind": "noop"})).await;
     let dead = server.submit(json!({"kind": "fail", "input": {"retryable": false}})).await;
@@ -93,9 +93,8 @@ async fn health_readiness_and_metrics() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queue_counts_reflect_jobs() {
-    let server = TestServer::start_with(|cfg| {
+async fn queue_counts_reflect_jobs(backend: Backend) {
+    let server = TestServer::start_with(backend, |cfg| {
         cfg.queues.insert("other".into(), QueueSettings { concurrency: Some(0) });
     })
     .await;

@@ -1,9 +1,19 @@
 //! Promise: bad input is refused at the door with a clear 4xx naming the code and the
 //! field at fault, limits are exact at their edge, and a refused request stores nothing.
 
-use crate::harness::{TestServer, assert_error};
+use crate::harness::{Backend, TestServer, assert_error, both};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+both!(
+    malformed_and_mistyped_bodies_are_refused,
+    missing_required_field_is_named,
+    a_body_that_is_not_an_object_is_refused,
+    body_limit_is_exact,
+    input_limit_is_exact,
+    batch_limits_and_all_or_nothing,
+    unknown_paths_and_ids
+);
 
 const BAD: StatusCode = StatusCode::BAD_REQUEST;
 const TOO_LARGE: StatusCode = StatusCode::PAYLOAD_TOO_LARGE;
@@ -16,9 +26,8 @@ fn spec_of_len(len: usize) -> Vec<u8> {
     body
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_and_mistyped_bodies_are_refused() {
-    let server = TestServer::start().await;
+async fn malformed_and_mistyped_bodies_are_refused(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let raw_cases: [(&str, &str); 4] = [
         (r#"{"kind": "noop""#, "malformed_json"),
         ("not json", "malformed_json"),
@@ -81,9 +90,8 @@ async fn malformed_and_mistyped_bodies_are_refused() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_required_field_is_named() {
-    let server = TestServer::start().await;
+async fn missing_required_field_is_named(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let cases = [
         ("/v1/jobs", json!({}), "kind"),
         ("/v1/jobs", json!({"input": {"a": 1}}), "kind"),
@@ -103,9 +111,8 @@ async fn missing_required_field_is_named() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_that_is_not_an_object_is_refused() {
-    let server = TestServer::start().await;
+async fn a_body_that_is_not_an_object_is_refused(backend: Backend) {
+    let server = TestServer::start(backend).await;
     // A job spec and a batch are JSON objects. Serde's derive would also read a struct
     // from a positional array (`["sleep", {"ms": 1}, "default", 7]` = kind, input, queue,
     // priority), which bypasses the field names the API documents and checks.
@@ -132,9 +139,8 @@ async fn a_body_that_is_not_an_object_is_refused() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn body_limit_is_exact() {
-    let server = TestServer::start_with(|cfg| cfg.limits.max_body_bytes = 4096).await;
+async fn body_limit_is_exact(backend: Backend) {
+    let server = TestServer::start_with(backend, |cfg| cfg.limits.max_body_bytes = 4096).await;
 
     let (status, body) = server.post_raw("/v1/jobs", spec_of_len(4096), "application/json").await;
     assert_eq!(status, StatusCode::CREATED, "a body exactly at the limit is accepted: {body}");
@@ -151,9 +157,8 @@ async fn body_limit_is_exact() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn input_limit_is_exact() {
-    let server = TestServer::start_with(|cfg| cfg.limits.max_input_bytes = 64).await;
+async fn input_limit_is_exact(backend: Backend) {
+    let server = TestServer::start_with(backend, |cfg| cfg.limits.max_input_bytes = 64).await;
     // A JSON string of n characters serializes to n + 2 bytes.
     let at_limit = json!("a".repeat(62));
     let over = json!("a".repeat(63));
@@ -172,9 +177,8 @@ async fn input_limit_is_exact() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_limits_and_all_or_nothing() {
-    let server = TestServer::start().await;
+async fn batch_limits_and_all_or_nothing(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let delayed = |i: usize| json!({"kind": "noop", "input": {"i": i}, "delay_ms": 600000});
 
     let got = server.post("/v1/jobs/batch", json!({"jobs": []})).await;
@@ -224,9 +228,8 @@ async fn batch_limits_and_all_or_nothing() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_paths_and_ids() {
-    let server = TestServer::start().await;
+async fn unknown_paths_and_ids(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let got = server.get("/v1/nothing-here").await;
     assert_error(&got, StatusCode::NOT_FOUND, "not_found", None);
     let got = server.get(&format!("/v1/jobs/{}", uuid::Uuid::now_v7())).await;

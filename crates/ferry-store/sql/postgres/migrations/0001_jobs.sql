@@ -3,11 +3,14 @@
 -- * JSON is `jsonb`, so operators can query inputs and outputs in place;
 -- * times stay BIGINT microseconds since the epoch, like SQLite, so both backends share
 --   one representation; they come from `ferry_now()`, the database's clock, so nodes
---   whose clocks drift still agree on leases and due times.
+--   whose clocks drift still agree on leases and due times. It is the wall clock at the
+--   call (`clock_timestamp()`), not the transaction's start (`now()`): a claim stamps its
+--   start after its snapshot is taken, so it is never earlier than the creation of a job
+--   it can see.
 
 CREATE FUNCTION ferry_now() RETURNS bigint
-    LANGUAGE sql STABLE
-    AS $$ SELECT (extract(epoch FROM now()) * 1000000)::bigint $$;
+    LANGUAGE sql VOLATILE
+    AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint $$;
 
 CREATE TABLE jobs (
     id               uuid PRIMARY KEY,
