@@ -43,7 +43,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../sql/postgres/migrations/0001_jobs.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../sql/postgres/migrations/0001_jobs.sql")),
+    (2, include_str!("../sql/postgres/migrations/0002_rfc3339.sql")),
+];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
 const PROMOTE_DUE: &str = include_str!("../sql/postgres/promote_due.sql");
@@ -455,32 +458,23 @@ impl Store for PgStore {
     }
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(PROMOTE_DUE).bind(&req.queue).execute(&mut *tx).await?;
+        // Two statements, each atomic on its own: promotion is idempotent, and the claim
+        // logs its events in the same statement.
+        sqlx::query(PROMOTE_DUE).bind(&req.queue).execute(&self.pool).await?;
         let rows = sqlx::query(CLAIM)
             .bind(&req.queue)
             .bind(req.limit as i64)
             .bind(&req.worker)
             .bind(time::ms(req.lease_ms))
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await?;
-        let Some(now) = rows.first().map(|r| r.try_get::<i64, _>(12)).transpose()? else {
-            tx.commit().await?;
-            return Ok(Vec::new());
-        };
         let mut claimed = Vec::with_capacity(rows.len());
         for r in &rows {
-            let mut job = claimed_from_row(r, now)?;
+            let mut job = claimed_from_row(r, r.try_get(12)?)?;
             job.worker = Some(req.worker.clone());
             claimed.push((job, r.try_get::<i32, _>(11)?));
         }
         claimed.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.run_at.cmp(&b.0.run_at)).then(a.0.id.cmp(&b.0.id)));
-        let events = claimed
-            .iter()
-            .map(|(j, _)| (j.id, "started", serde_json::json!({"attempt": j.attempt, "worker": req.worker})))
-            .collect();
-        insert_events(&mut tx, now, events).await?;
-        tx.commit().await?;
         Ok(claimed.into_iter().map(|(j, _)| j).collect())
     }
 
@@ -492,7 +486,6 @@ impl Store for PgStore {
         if fins.is_empty() {
             return Ok(Vec::new());
         }
-        let (mut tx, now) = self.begin().await?;
         let n = fins.len();
         let (mut ids, mut attempts, mut states, mut outputs, mut errors) = (
             Vec::with_capacity(n),
@@ -501,46 +494,50 @@ impl Store for PgStore {
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
-        let (mut finished, mut run_ats, mut base_incs) =
+        let (mut finished, mut retry_ins, mut base_incs) =
             (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut ev_ids, mut ev_attempts, mut ev_types, mut ev_data, mut ev_retry) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for fin in &fins {
-            let c = transition::finish_columns(&fin.result, now);
+            // The store's clock is read in the statement; the columns' times are relative.
+            let c = transition::finish_columns(&fin.result, 0);
+            let retry_in = c.run_at;
             ids.push(fin.id);
             attempts.push(fin.attempt as i32);
             states.push(c.state.as_str());
             outputs.push(c.output.map(|o| o.to_string()));
             errors.push(c.error.map(|e| serde_json::to_string(e).unwrap_or_default()));
             finished.push(c.finished);
-            run_ats.push(c.run_at);
+            retry_ins.push(retry_in);
             base_incs.push(c.base_inc as i32);
+            for (kind, data) in transition::finish_events(fin, 0) {
+                ev_ids.push(fin.id);
+                ev_attempts.push(fin.attempt as i32);
+                ev_types.push(kind);
+                ev_data.push(data.to_string());
+                ev_retry.push(retry_in);
+            }
         }
         let applied: BTreeSet<(JobId, i32)> = sqlx::query_as(FINISH)
-            .bind(now)
             .bind(ids)
             .bind(attempts)
             .bind(states)
             .bind(outputs)
             .bind(errors)
             .bind(finished)
-            .bind(run_ats)
+            .bind(retry_ins)
             .bind(base_incs)
-            .fetch_all(&mut *tx)
+            .bind(ev_ids)
+            .bind(ev_attempts)
+            .bind(ev_types)
+            .bind(ev_data)
+            .bind(ev_retry)
+            .bind(&self.channel)
+            .fetch_all(&self.pool)
             .await?
             .into_iter()
             .collect();
-        let mut events = Vec::new();
-        let mut touched = BTreeSet::new();
-        let was_applied = |f: &Finish| applied.contains(&(f.id, f.attempt as i32));
-        for fin in fins.iter().filter(|f| was_applied(f)) {
-            events.extend(transition::finish_events(fin, now).into_iter().map(|(k, d)| (fin.id, k, d)));
-            if matches!(fin.result, crate::FinishResult::Retry { .. } | crate::FinishResult::Released) {
-                touched.insert(fin.queue.clone());
-            }
-        }
-        insert_events(&mut tx, now, events).await?;
-        self.notify(&mut tx, &touched).await?;
-        tx.commit().await?;
-        Ok(fins.iter().map(was_applied).collect())
+        Ok(fins.iter().map(|f| applied.contains(&(f.id, f.attempt as i32))).collect())
     }
 
     async fn register_worker(&self, w: WorkerInfo) -> Result<(), StoreError> {

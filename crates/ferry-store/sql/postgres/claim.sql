@@ -1,9 +1,10 @@
--- Leases up to $2 ready jobs of queue $1 to worker $3 for $4 microseconds. Unlike SQLite
--- (one writer), many nodes claim at once here: FOR UPDATE SKIP LOCKED makes each take rows
--- nobody else has locked, so no job is handed out twice and no claimer waits. The CTE
--- form keeps the locking subquery from being evaluated more than once. The start time is
--- read inside the statement, after its snapshot, so it is never before the creation of a
--- job the statement can see; it is returned for the `started` events.
+-- Leases up to $2 ready jobs of queue $1 to worker $3 for $4 microseconds, and logs their
+-- `started` events, in one statement (one round trip, atomic without BEGIN/COMMIT).
+-- Unlike SQLite (one writer), many nodes claim at once here: FOR UPDATE SKIP LOCKED makes
+-- each take rows nobody else has locked, so no job is handed out twice and no claimer
+-- waits. The CTE form keeps the locking subquery from being evaluated more than once.
+-- The start time is read inside the statement, after its snapshot, so it is never before
+-- the creation of a job the statement can see.
 WITH picked AS (
     SELECT id FROM jobs
     WHERE queue = $1 AND state = 'queued'
@@ -12,11 +13,18 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 ), clock AS (
     SELECT ferry_now() AS now FROM picked LIMIT 1
+), claimed AS (
+    UPDATE jobs
+    SET state = 'running', attempt = attempt + 1, worker_id = $3, lease_expires_at = clock.now + $4,
+        updated_at = clock.now
+    FROM picked, clock WHERE jobs.id = picked.id
+    RETURNING jobs.id, jobs.kind, jobs.queue, jobs.input::text AS input, jobs.attempt, jobs.attempt_base,
+              jobs.max_attempts, jobs.backoff::text AS backoff, jobs.timeout_ms, jobs.deadline_at,
+              jobs.run_at, jobs.priority, clock.now
+), logged AS (
+    INSERT INTO events (job_id, at, type, data)
+    SELECT id, now, 'started', jsonb_build_object('attempt', attempt, 'worker', $3::text)
+    FROM claimed
+    ORDER BY priority DESC, run_at, id
 )
-UPDATE jobs
-SET state = 'running', attempt = attempt + 1, worker_id = $3, lease_expires_at = clock.now + $4,
-    updated_at = clock.now
-FROM picked, clock WHERE jobs.id = picked.id
-RETURNING jobs.id, jobs.kind, jobs.queue, jobs.input::text, jobs.attempt, jobs.attempt_base,
-          jobs.max_attempts, jobs.backoff::text, jobs.timeout_ms, jobs.deadline_at, jobs.run_at,
-          jobs.priority, clock.now
+SELECT * FROM claimed

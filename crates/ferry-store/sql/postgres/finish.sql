@@ -1,12 +1,34 @@
--- Ends a batch of running attempts, each fenced by its attempt number: a row whose job is
--- no longer running under that number is left alone and absent from RETURNING.
-UPDATE jobs j
-SET state = u.state, output = u.output::jsonb, error = u.error::jsonb,
-    finished_at = CASE WHEN u.finished THEN $1 END,
-    run_at = COALESCE(u.run_at, j.run_at),
-    attempt_base = j.attempt_base + u.base_inc,
-    worker_id = NULL, lease_expires_at = NULL, updated_at = $1
-FROM UNNEST($2::uuid[], $3::int[], $4::text[], $5::text[], $6::text[], $7::bool[], $8::bigint[], $9::int[])
-     AS u(id, attempt, state, output, error, finished, run_at, base_inc)
-WHERE j.id = u.id AND j.state = 'running' AND j.attempt = u.attempt
-RETURNING j.id, u.attempt
+-- Ends a batch of running attempts and logs their events, in one statement (one round
+-- trip, atomic without BEGIN/COMMIT). Each attempt is fenced by its number: a row whose
+-- job is no longer running under that number is left alone, and its events are dropped.
+-- `retry_scheduled` events get their time here, from the statement's clock; the others'
+-- data comes ready-made. A queue that got ready or retrying work is notified once.
+WITH clock AS (
+    SELECT ferry_now() AS now
+), done AS (
+    UPDATE jobs j
+    SET state = u.state, output = u.output::jsonb, error = u.error::jsonb,
+        finished_at = CASE WHEN u.finished THEN clock.now END,
+        run_at = CASE WHEN u.retry_in IS NULL THEN j.run_at ELSE clock.now + u.retry_in END,
+        attempt_base = j.attempt_base + u.base_inc,
+        worker_id = NULL, lease_expires_at = NULL, updated_at = clock.now
+    FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::bigint[], $8::int[])
+         AS u(id, attempt, state, output, error, finished, retry_in, base_inc), clock
+    WHERE j.id = u.id AND j.state = 'running' AND j.attempt = u.attempt
+    RETURNING j.id, u.attempt, j.queue, u.state, clock.now
+), logged AS (
+    INSERT INTO events (job_id, at, type, data)
+    SELECT e.job_id, done.now, e.type,
+           CASE WHEN e.type = 'retry_scheduled'
+                THEN jsonb_build_object('run_at', ferry_rfc3339(done.now + e.retry_in), 'delay_ms', e.retry_in / 1000)
+                ELSE e.data::jsonb END
+    FROM UNNEST($9::uuid[], $10::int[], $11::text[], $12::text[], $13::bigint[]) WITH ORDINALITY
+         AS e(job_id, attempt, type, data, retry_in, n)
+    JOIN done ON done.id = e.job_id AND done.attempt = e.attempt
+    ORDER BY e.n
+), notified AS (
+    SELECT pg_notify($14, q.queue) FROM (
+        SELECT DISTINCT queue FROM done WHERE state IN ('retrying', 'queued')
+    ) q
+)
+SELECT id, attempt FROM done, (SELECT count(*) FROM notified) n
