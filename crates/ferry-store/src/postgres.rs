@@ -158,6 +158,14 @@ impl PgStore {
         Ok((tx, now))
     }
 
+    /// Wakes this process's dispatchers at once after a commit, without waiting for the
+    /// notification's round trip through the database (other processes get that).
+    fn wake_locally(&self, queues: &BTreeSet<String>) {
+        for queue in queues {
+            self.wakeups.get(queue).notify_one();
+        }
+    }
+
     /// Sends one wake-up per queue, delivered when the transaction commits.
     async fn notify(
         &self,
@@ -454,6 +462,7 @@ impl Store for PgStore {
         insert_events(&mut tx, now, events).await?;
         self.notify(&mut tx, &touched).await?;
         tx.commit().await?;
+        self.wake_locally(&touched);
         Ok(out)
     }
 
@@ -694,8 +703,10 @@ impl Store for PgStore {
             (id, "queued", serde_json::json!({"queue": queue})),
         ];
         insert_events(&mut tx, now, events).await?;
-        self.notify(&mut tx, &BTreeSet::from([queue])).await?;
+        let touched = BTreeSet::from([queue]);
+        self.notify(&mut tx, &touched).await?;
         tx.commit().await?;
+        self.wake_locally(&touched);
         Ok(ReplayOutcome::Replayed)
     }
 
