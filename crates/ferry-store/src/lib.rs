@@ -98,10 +98,12 @@ pub trait Store: Send + Sync + 'static {
     /// Records a worker process (or refreshes its record) in the workers list.
     async fn register_worker(&self, worker: WorkerInfo) -> Result<(), StoreError>;
 
-    /// Renews the leases of every job `worker` runs to `lease_ms` from now (the store's
-    /// clock, so nodes' clocks need not agree), records the heartbeat and how many attempts
-    /// the worker runs; returns the ids it still holds.
-    async fn heartbeat(&self, worker: &str, lease_ms: u64, running: usize) -> Result<Vec<JobId>, StoreError>;
+    /// Renews, to `lease_ms` from now (the store's clock, so nodes' clocks need not agree),
+    /// the leases of the jobs in `running` that are still running under `worker`, records
+    /// the heartbeat, and returns those ids. Only jobs the worker says it runs are renewed:
+    /// a job it lost track of (its end could not be recorded) must expire and be retried,
+    /// not stay `running` for as long as the worker lives.
+    async fn heartbeat(&self, worker: &str, lease_ms: u64, running: &[JobId]) -> Result<Vec<JobId>, StoreError>;
 
     /// Removes a worker that stopped cleanly from the workers list.
     async fn unregister_worker(&self, worker: &str) -> Result<(), StoreError>;

@@ -128,9 +128,20 @@ impl PgStore {
                     "schema `{s}` must be 1 to 48 lowercase letters, digits or `_`"
                 )));
             }
+            // CREATE SCHEMA IF NOT EXISTS is not safe when two sessions run it at once (one
+            // fails on a unique index), so nodes starting together take turns.
             let pool = PgPoolOptions::new().max_connections(1).connect_with(connect.clone()).await?;
+            let mut conn = pool.acquire().await?;
+            sqlx::query("SELECT pg_advisory_lock(hashtext('ferry-schema:' || $1))").bind(s).execute(&mut *conn).await?;
             // `s` was checked by valid_schema: lowercase letters, digits and `_` only.
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {s}"))).execute(&pool).await?;
+            let created =
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {s}"))).execute(&mut *conn).await;
+            let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext('ferry-schema:' || $1))")
+                .bind(s)
+                .execute(&mut *conn)
+                .await;
+            created?;
+            drop(conn);
             pool.close().await;
             connect = connect.options([("search_path", s.as_str())]);
         }
@@ -563,17 +574,18 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn heartbeat(&self, worker: &str, lease_ms: u64, running: usize) -> Result<Vec<JobId>, StoreError> {
+    async fn heartbeat(&self, worker: &str, lease_ms: u64, running: &[JobId]) -> Result<Vec<JobId>, StoreError> {
         let (mut tx, now) = self.begin().await?;
         let ids = sqlx::query_scalar(HEARTBEAT)
             .bind(worker)
             .bind(now.saturating_add(time::ms(lease_ms)))
+            .bind(running)
             .fetch_all(&mut *tx)
             .await?;
         sqlx::query("UPDATE workers SET last_heartbeat = $2, running = $3 WHERE id = $1")
             .bind(worker)
             .bind(now)
-            .bind(running as i32)
+            .bind(running.len() as i32)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

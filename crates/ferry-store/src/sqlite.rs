@@ -92,7 +92,7 @@ enum Cmd {
     Claim(ClaimRequest, Reply<Vec<ClaimedJob>>),
     Finish(Finish, Reply<bool>),
     FinishMany(Vec<Finish>, Reply<Vec<bool>>),
-    Heartbeat(String, u64, usize, Reply<Vec<JobId>>),
+    Heartbeat(String, u64, Vec<JobId>, Reply<Vec<JobId>>),
     RegisterWorker(WorkerInfo, Reply<()>),
     UnregisterWorker(String, Reply<()>),
     Prune(u64, usize, Reply<usize>),
@@ -329,7 +329,7 @@ impl Writer {
             Cmd::Finish(fin, reply) => self.step(reply, |w| w.finish(&fin)),
             Cmd::FinishMany(fins, reply) => self.step(reply, |w| fins.iter().map(|f| w.finish(f)).collect()),
             Cmd::Heartbeat(worker, lease_ms, running, reply) => {
-                self.step(reply, |w| w.heartbeat(&worker, lease_ms, running))
+                self.step(reply, |w| w.heartbeat(&worker, lease_ms, &running))
             }
             Cmd::RegisterWorker(info, reply) => self.step(reply, |w| w.register_worker(&info)),
             Cmd::UnregisterWorker(id, reply) => self.step(reply, |w| {
@@ -509,17 +509,18 @@ impl Writer {
         Ok(true)
     }
 
-    fn heartbeat(&mut self, worker: &str, lease_ms: u64, running: usize) -> Result<Vec<JobId>, StoreError> {
+    fn heartbeat(&mut self, worker: &str, lease_ms: u64, running: &[JobId]) -> Result<Vec<JobId>, StoreError> {
         let until = self.now.saturating_add(time::ms(lease_ms));
-        let ids = self
-            .conn
-            .prepare_cached(HEARTBEAT)?
-            .query_map(params![worker, until], |r| r.get::<_, JobId>(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut held = Vec::with_capacity(running.len());
+        for id in running {
+            if self.conn.prepare_cached(HEARTBEAT)?.execute(params![id, worker, until])? == 1 {
+                held.push(*id);
+            }
+        }
         self.conn
             .prepare_cached("UPDATE workers SET last_heartbeat = ?2, running = ?3 WHERE id = ?1")?
-            .execute(params![worker, self.now, running as i64])?;
-        Ok(ids)
+            .execute(params![worker, self.now, running.len() as i64])?;
+        Ok(held)
     }
 
     fn register_worker(&mut self, w: &WorkerInfo) -> Result<(), StoreError> {
@@ -730,8 +731,9 @@ impl Store for SqliteStore {
         self.write(|r| Cmd::RegisterWorker(worker, r)).await
     }
 
-    async fn heartbeat(&self, worker: &str, lease_ms: u64, running: usize) -> Result<Vec<JobId>, StoreError> {
+    async fn heartbeat(&self, worker: &str, lease_ms: u64, running: &[JobId]) -> Result<Vec<JobId>, StoreError> {
         let worker = worker.to_string();
+        let running = running.to_vec();
         self.write(|r| Cmd::Heartbeat(worker, lease_ms, running, r)).await
     }
 

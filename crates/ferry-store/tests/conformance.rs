@@ -327,12 +327,16 @@ async fn heartbeats_renew_only_held_leases_and_expired_ones_are_visible(store: A
     };
     assert_eq!(expired.iter().map(|j| j.id).collect::<Vec<_>>(), vec![mine.id]);
     assert_eq!(expired[0].worker.as_deref(), Some("w1"));
-    let held = store.heartbeat("w1", 60_000, 1).await.unwrap();
-    assert_eq!(held, vec![mine.id], "the heartbeat renews w1's lease only");
+    // w1 may not renew a lease it does not hold (w2's job), nor one it does not list.
+    assert!(store.heartbeat("w1", 60_000, &[other.id]).await.unwrap().is_empty());
+    assert!(store.heartbeat("w1", 60_000, &[]).await.unwrap().is_empty());
+    assert_eq!(store.expired(10).await.unwrap().len(), 1, "an unlisted job's lease is not renewed");
+    let held = store.heartbeat("w1", 60_000, &[mine.id, other.id]).await.unwrap();
+    assert_eq!(held, vec![mine.id], "the heartbeat renews w1's own listed lease only");
     assert!(store.expired(10).await.unwrap().is_empty(), "renewed");
     store.cancel("default", mine.id).await.unwrap();
-    assert!(store.heartbeat("w1", 60_000, 0).await.unwrap().is_empty(), "a cancelled job is no longer held");
-    assert_eq!(store.heartbeat("w2", 60_000, 1).await.unwrap(), vec![other.id]);
+    assert!(store.heartbeat("w1", 60_000, &[mine.id]).await.unwrap().is_empty(), "a cancelled job is no longer held");
+    assert_eq!(store.heartbeat("w2", 60_000, &[other.id]).await.unwrap(), vec![other.id]);
 }
 
 async fn workers_register_and_leave(store: Arc<dyn Store>) {
@@ -346,7 +350,8 @@ async fn workers_register_and_leave(store: Arc<dyn Store>) {
     };
     store.register_worker(info("w1")).await.unwrap();
     store.register_worker(info("w2")).await.unwrap();
-    store.heartbeat("w1", 1000, 3).await.unwrap();
+    let three = [JobId::now_v7(), JobId::now_v7(), JobId::now_v7()];
+    store.heartbeat("w1", 1000, &three).await.unwrap();
     let listed = store.workers(60_000).await.unwrap();
     assert_eq!(listed.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(), vec!["w1", "w2"]);
     assert_eq!(listed[0].running, 3);

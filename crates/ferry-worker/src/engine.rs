@@ -456,7 +456,8 @@ async fn heartbeat(inner: Arc<Inner>) {
         // Jobs registered before the heartbeat is sent were claimed in a transaction that
         // committed before it, so the heartbeat sees them if they are still ours.
         let before: HashSet<JobId> = inner.running.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
-        match inner.store.heartbeat(&inner.worker_id, inner.cfg.lease_ms, before.len()).await {
+        let ids: Vec<JobId> = before.iter().copied().collect();
+        match inner.store.heartbeat(&inner.worker_id, inner.cfg.lease_ms, &ids).await {
             Ok(held) => {
                 let held: HashSet<JobId> = held.into_iter().collect();
                 let running = inner.running.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,4 +1,4 @@
--- Renews every lease a worker holds, in one statement however many jobs it runs.
-UPDATE jobs SET lease_expires_at = ?2
-WHERE state = 'running' AND worker_id = ?1
-RETURNING id
+-- Renews the lease of one job the worker says it runs (one statement per running job:
+-- at most the worker's concurrency). A job the worker no longer runs is not renewed.
+UPDATE jobs SET lease_expires_at = ?3
+WHERE id = ?1 AND state = 'running' AND worker_id = ?2
