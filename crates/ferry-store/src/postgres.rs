@@ -829,8 +829,12 @@ impl Store for PgStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        // Bounded well below a load balancer's probe timeout: an unreachable database is
+        // an answer ("not ready"), not a hang.
+        match tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&self.pool)).await {
+            Ok(done) => done.map(|_| ()).map_err(err),
+            Err(_) => Err(StoreError::Unavailable("the database did not answer within 2 s".into())),
+        }
     }
 
     async fn close(&self) {

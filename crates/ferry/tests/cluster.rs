@@ -776,9 +776,18 @@ async fn a_worker_cut_off_for_longer_than_its_lease_still_finishes_every_job() {
     })
     .await;
 
-    // The worker loses the database for longer than a lease, while attempts finish.
+    // The worker loses the database for longer than a lease, while attempts finish. It
+    // keeps running and says it is not ready.
     proxy.set_down(true);
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    let outage = Instant::now();
+    let worker_url = work.url.clone();
+    poll_within(Duration::from_secs(5), "the cut-off worker to answer 503 on /readyz", async |last| {
+        let r = http.get(format!("{worker_url}/readyz")).send().await.unwrap();
+        *last = format!("{}", r.status());
+        r.status() == 503
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(outage.elapsed())).await;
     proxy.set_down(false);
 
     // With a 3 s lease and a 10 s reaper, everything settles well within a minute; a job

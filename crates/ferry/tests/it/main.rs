@@ -11,6 +11,7 @@ mod lifecycle;
 mod listing;
 mod lost_worker;
 mod restart;
+mod retention;
 mod retries;
 mod scheduling;
 mod system;
