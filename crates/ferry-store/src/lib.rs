@@ -14,6 +14,7 @@
 //! API answers 2xx only after that, so an acknowledged job is durable.
 
 pub mod postgres;
+mod row;
 pub mod sqlite;
 mod transition;
 mod types;

@@ -24,15 +24,14 @@
 //! the notification channel to it: tests use one schema each, so they run in parallel on
 //! one database.
 
-use crate::transition;
 use crate::{
     CancelOutcome, ClaimRequest, ClaimedJob, Event, Finish, JobFilter, JobRecord, Page, QueueStats, ReplayOutcome,
     Store, StoreError, Submitted, Wakeups, WorkerInfo,
 };
+use crate::{row, transition};
 use async_trait::async_trait;
 use ferry_core::time::{self, Micros};
 use ferry_core::{JobId, JobState, NewJob};
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
@@ -271,69 +270,39 @@ fn decode(e: impl std::fmt::Display) -> sqlx::Error {
     sqlx::Error::Decode(e.to_string().into())
 }
 
-fn json_col<T: DeserializeOwned>(r: &PgRow, idx: usize) -> Result<T, sqlx::Error> {
-    let text: String = r.try_get(idx)?;
-    serde_json::from_str(&text).map_err(decode)
-}
-
-fn opt_json_col<T: DeserializeOwned>(r: &PgRow, idx: usize) -> Result<Option<T>, sqlx::Error> {
-    let text: Option<String> = r.try_get(idx)?;
-    text.map(|t| serde_json::from_str(&t).map_err(decode)).transpose()
-}
-
 fn parse_enum<T: FromStr<Err = String>>(s: &str) -> Result<T, sqlx::Error> {
     s.parse().map_err(decode)
 }
 
+impl row::Columns for PgRow {
+    type Error = sqlx::Error;
+    fn uuid(&self, i: usize) -> Result<JobId, sqlx::Error> {
+        self.try_get(i)
+    }
+    fn text(&self, i: usize) -> Result<String, sqlx::Error> {
+        self.try_get(i)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(i)
+    }
+    fn int(&self, i: usize) -> Result<i64, sqlx::Error> {
+        // integer and bigint columns alike.
+        self.try_get::<i64, _>(i).or_else(|_| self.try_get::<i32, _>(i).map(i64::from))
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get::<Option<i64>, _>(i).or_else(|_| self.try_get::<Option<i32>, _>(i).map(|v| v.map(i64::from)))
+    }
+    fn invalid(&self, _i: usize, why: String) -> sqlx::Error {
+        decode(why)
+    }
+}
+
 fn claimed_from_row(r: &PgRow, started_at: Micros) -> Result<ClaimedJob, sqlx::Error> {
-    let attempt: i32 = r.try_get(4)?;
-    let base: i32 = r.try_get(5)?;
-    Ok(ClaimedJob {
-        id: r.try_get(0)?,
-        kind: r.try_get(1)?,
-        queue: r.try_get(2)?,
-        input: r.try_get(3)?,
-        attempt: attempt as u32,
-        attempts_counted: attempt.saturating_sub(base).max(0) as u32,
-        max_attempts: r.try_get::<i32, _>(6)? as u32,
-        backoff: json_col(r, 7)?,
-        timeout_ms: r.try_get::<i64, _>(8)? as u64,
-        deadline_at: r.try_get(9)?,
-        run_at: r.try_get(10)?,
-        started_at,
-        worker: None,
-    })
+    row::claimed(r, started_at)
 }
 
 fn job_from_row(r: &PgRow) -> Result<JobRecord, sqlx::Error> {
-    Ok(JobRecord {
-        id: r.try_get(0)?,
-        workspace: r.try_get(1)?,
-        user: r.try_get(2)?,
-        kind: r.try_get(3)?,
-        queue: r.try_get(4)?,
-        state: parse_enum(&r.try_get::<String, _>(5)?)?,
-        priority: r.try_get(6)?,
-        input: json_col(r, 7)?,
-        labels: opt_json_col(r, 8)?.unwrap_or_default(),
-        max_attempts: r.try_get::<i32, _>(9)? as u32,
-        backoff: json_col(r, 10)?,
-        timeout_ms: r.try_get::<i64, _>(11)? as u64,
-        total_timeout_ms: r.try_get::<Option<i64>, _>(12)?.map(|t| t as u64),
-        idempotency_key: r.try_get(13)?,
-        created_at: r.try_get(14)?,
-        run_at: r.try_get(15)?,
-        deadline_at: r.try_get(16)?,
-        attempt: r.try_get::<i32, _>(17)? as u32,
-        attempt_base: r.try_get::<i32, _>(18)? as u32,
-        worker: r.try_get(19)?,
-        lease_expires_at: r.try_get(20)?,
-        finished_at: r.try_get(21)?,
-        updated_at: r.try_get(22)?,
-        output: opt_json_col(r, 23)?,
-        error: opt_json_col(r, 24)?,
-        attempts: Vec::new(),
-    })
+    row::job(r)
 }
 
 /// Appends events, in the order given, in one statement.
@@ -369,7 +338,7 @@ async fn read_events(tx: &mut Transaction<'static, Postgres>, id: JobId) -> Resu
                 job_id: id,
                 at: r.try_get(1)?,
                 event_type: r.try_get(2)?,
-                data: json_col(r, 3)?,
+                data: row::Columns::json(r, 3)?,
             })
         })
         .collect::<Result<_, sqlx::Error>>()
@@ -610,7 +579,7 @@ impl Store for PgStore {
                 Ok(WorkerInfo {
                     id: r.try_get(0)?,
                     node: r.try_get(1)?,
-                    queues: json_col(r, 2)?,
+                    queues: row::Columns::json(r, 2)?,
                     started_at: r.try_get(3)?,
                     last_heartbeat: r.try_get(4)?,
                     running: r.try_get::<i32, _>(5)?.max(0) as u64,
@@ -800,21 +769,11 @@ impl Store for PgStore {
 
     async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
         let rows = sqlx::query(QUEUE_STATS).fetch_all(&self.pool).await?;
-        let mut map: std::collections::BTreeMap<String, QueueStats> = Default::default();
-        for r in &rows {
-            let queue: String = r.try_get(0)?;
-            let state: String = r.try_get(1)?;
-            let n = r.try_get::<i64, _>(2)?.max(0) as u64;
-            let s = map.entry(queue.clone()).or_insert_with(|| QueueStats { queue, ..Default::default() });
-            match state.as_str() {
-                "queued" => s.queued = n,
-                "running" => s.running = n,
-                "scheduled" => s.scheduled = n,
-                "retrying" => s.retrying = n,
-                _ => s.dead = n,
-            }
-        }
-        Ok(map.into_values().collect())
+        let counts = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<Vec<(String, String, i64)>, sqlx::Error>>()?;
+        Ok(row::queue_stats(counts))
     }
 
     async fn next_due(&self, queue: &str) -> Result<Option<Micros>, StoreError> {

@@ -22,17 +22,16 @@
 //! previous, crashed process: their leases are expired at once and the reaper retries
 //! them with `worker_lost`, without waiting for the lease to run out.
 
-use crate::transition;
 use crate::{
     CancelOutcome, ClaimRequest, ClaimedJob, Event, Finish, FinishResult, JobFilter, JobRecord, Page, QueueStats,
     ReplayOutcome, Store, StoreError, Submitted, Wakeups, WorkerInfo,
 };
+use crate::{row, transition};
 use async_trait::async_trait;
 use ferry_core::time::{self, Micros};
 use ferry_core::{JobId, JobState, NewJob};
 use rusqlite::types::Type;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, ToSql, params};
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -635,74 +634,44 @@ fn parse_enum<T: FromStr<Err = String>>(s: &str) -> rusqlite::Result<T> {
     s.parse().map_err(|e: String| conversion(0, e))
 }
 
-fn json_col<T: DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
-    let text: String = row.get(idx)?;
-    serde_json::from_str(&text).map_err(|e| conversion(idx, e))
-}
-
-fn opt_json_col<T: DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<T>> {
-    let text: Option<String> = row.get(idx)?;
-    text.map(|t| serde_json::from_str(&t).map_err(|e| conversion(idx, e))).transpose()
+impl row::Columns for Row<'_> {
+    type Error = rusqlite::Error;
+    fn uuid(&self, i: usize) -> rusqlite::Result<JobId> {
+        self.get(i)
+    }
+    fn text(&self, i: usize) -> rusqlite::Result<String> {
+        self.get(i)
+    }
+    fn opt_text(&self, i: usize) -> rusqlite::Result<Option<String>> {
+        self.get(i)
+    }
+    fn int(&self, i: usize) -> rusqlite::Result<i64> {
+        self.get(i)
+    }
+    fn opt_int(&self, i: usize) -> rusqlite::Result<Option<i64>> {
+        self.get(i)
+    }
+    fn invalid(&self, i: usize, why: String) -> rusqlite::Error {
+        conversion(i, why)
+    }
 }
 
 /// Reads a row of [`CLAIMED_COLUMNS`] (the claim's RETURNING list has the same order).
 fn claimed_from_row(r: &Row<'_>, started_at: Micros) -> rusqlite::Result<ClaimedJob> {
-    let attempt: u32 = r.get(4)?;
-    let base: u32 = r.get(5)?;
-    Ok(ClaimedJob {
-        id: r.get(0)?,
-        kind: r.get(1)?,
-        queue: r.get(2)?,
-        input: r.get(3)?,
-        attempt,
-        attempts_counted: attempt.saturating_sub(base),
-        max_attempts: r.get(6)?,
-        backoff: json_col(r, 7)?,
-        timeout_ms: r.get::<_, i64>(8)? as u64,
-        deadline_at: r.get(9)?,
-        run_at: r.get(10)?,
-        started_at,
-        worker: None,
-    })
+    row::claimed(r, started_at)
 }
 
 fn read_events(c: &Connection, id: JobId) -> rusqlite::Result<Vec<Event>> {
+    use row::Columns;
     c.prepare_cached("SELECT id, at, type, data FROM events WHERE job_id = ?1 ORDER BY id")?
         .query_map(params![id], |r| {
-            Ok(Event { id: r.get(0)?, job_id: id, at: r.get(1)?, event_type: r.get(2)?, data: json_col(r, 3)? })
+            Ok(Event { id: r.get(0)?, job_id: id, at: r.get(1)?, event_type: r.get(2)?, data: r.json(3)? })
         })?
         .collect()
 }
 
 fn job_from_row(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
-    Ok(JobRecord {
-        id: r.get(0)?,
-        workspace: r.get(1)?,
-        user: r.get(2)?,
-        kind: r.get(3)?,
-        queue: r.get(4)?,
-        state: parse_enum(&r.get::<_, String>(5)?)?,
-        priority: r.get(6)?,
-        input: json_col(r, 7)?,
-        labels: opt_json_col(r, 8)?.unwrap_or_default(),
-        max_attempts: r.get(9)?,
-        backoff: json_col(r, 10)?,
-        timeout_ms: r.get::<_, i64>(11)? as u64,
-        total_timeout_ms: r.get::<_, Option<i64>>(12)?.map(|t| t as u64),
-        idempotency_key: r.get(13)?,
-        created_at: r.get(14)?,
-        run_at: r.get(15)?,
-        deadline_at: r.get(16)?,
-        attempt: r.get(17)?,
-        attempt_base: r.get(18)?,
-        worker: r.get(19)?,
-        lease_expires_at: r.get(20)?,
-        finished_at: r.get(21)?,
-        updated_at: r.get(22)?,
-        output: opt_json_col(r, 23)?,
-        error: opt_json_col(r, 24)?,
-        attempts: Vec::new(),
-    })
+    row::job(r)
 }
 
 #[async_trait]
@@ -753,7 +722,7 @@ impl Store for SqliteStore {
                 Ok(WorkerInfo {
                     id: r.get(0)?,
                     node: r.get(1)?,
-                    queues: json_col(r, 2)?,
+                    queues: row::Columns::json(r, 2)?,
                     started_at: r.get(3)?,
                     last_heartbeat: r.get(4)?,
                     running: r.get::<_, i64>(5)? as u64,
@@ -863,24 +832,11 @@ impl Store for SqliteStore {
 
     async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
         self.read(|c| {
-            let mut map: std::collections::BTreeMap<String, QueueStats> = Default::default();
-            // One branch per state, so that each is answered from its partial index.
             let mut stmt = c.prepare_cached(QUEUE_STATS)?;
-            let rows =
-                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
-            for row in rows {
-                let (queue, state, n) = row?;
-                let s = map.entry(queue.clone()).or_insert_with(|| QueueStats { queue, ..Default::default() });
-                let n = n as u64;
-                match state.as_str() {
-                    "queued" => s.queued = n,
-                    "running" => s.running = n,
-                    "scheduled" => s.scheduled = n,
-                    "retrying" => s.retrying = n,
-                    _ => s.dead = n,
-                }
-            }
-            Ok(map.into_values().collect())
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(row::queue_stats(rows))
         })
         .await
     }
