@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use ferry_core::time::now_micros;
 use ferry_core::{JobId, JobSpec, JobState};
-use ferry_store::{CancelOutcome, JobFilter, ReplayOutcome, StoreError};
+use ferry_store::{CancelOutcome, DeleteOutcome, JobFilter, ReplayOutcome, StoreError};
 use std::collections::BTreeMap;
 
 fn parse_id(raw: &str) -> Result<JobId, ApiError> {
@@ -240,6 +240,32 @@ pub async fn replay(State(st): State<ApiState>, Path(id): Path<String>) -> Resul
             StatusCode::CONFLICT,
             "invalid_state",
             format!("only dead or cancelled jobs can be replayed; this one is {state}"),
+        )),
+    }
+}
+
+/// Delete a finished job (succeeded, dead or cancelled) and its events: how a dead job
+/// leaves the dead-letter queue without a replay. An unfinished job must be cancelled
+/// first.
+#[utoipa::path(
+    delete, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The job has not finished", body = ErrorBody),
+    )
+)]
+pub async fn delete(State(st): State<ApiState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    let caller = Caller::local();
+    match st.store.delete(&caller.workspace, id).await? {
+        DeleteOutcome::Deleted => Ok(StatusCode::NO_CONTENT),
+        DeleteOutcome::NotFound => Err(ApiError::not_found("job")),
+        DeleteOutcome::NotFinished(state) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_state",
+            format!("only finished jobs can be deleted; this one is {state} (cancel it first)"),
         )),
     }
 }

@@ -142,7 +142,7 @@ fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(jobs::submit, jobs::list))
         .routes(routes!(jobs::submit_batch))
-        .routes(routes!(jobs::get))
+        .routes(routes!(jobs::get, jobs::delete))
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::replay))
         .routes(routes!(jobs::events))

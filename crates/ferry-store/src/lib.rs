@@ -127,6 +127,10 @@ pub trait Store: Send + Sync + 'static {
     /// Makes a dead or cancelled job run again with fresh attempts.
     async fn replay(&self, workspace: &str, id: JobId) -> Result<ReplayOutcome, StoreError>;
 
+    /// Deletes a finished (succeeded, dead or cancelled) job and its events: the way out
+    /// of the dead-letter queue other than a replay. Unfinished jobs are refused.
+    async fn delete(&self, workspace: &str, id: JobId) -> Result<DeleteOutcome, StoreError>;
+
     /// One job with its attempts.
     async fn get_job(&self, workspace: &str, id: JobId) -> Result<Option<JobRecord>, StoreError>;
 

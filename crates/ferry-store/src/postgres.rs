@@ -25,8 +25,8 @@
 //! one database.
 
 use crate::{
-    CancelOutcome, ClaimRequest, ClaimedJob, Event, Finish, JobFilter, JobRecord, Page, QueueStats, ReplayOutcome,
-    Store, StoreError, Submitted, Wakeups, WorkerInfo,
+    CancelOutcome, ClaimRequest, ClaimedJob, DeleteOutcome, Event, Finish, JobFilter, JobRecord, Page, QueueStats,
+    ReplayOutcome, Store, StoreError, Submitted, Wakeups, WorkerInfo,
 };
 use crate::{row, transition};
 use async_trait::async_trait;
@@ -655,6 +655,24 @@ impl Store for PgStore {
             queue: row.try_get(2)?,
             kind: row.try_get(3)?,
         })
+    }
+
+    async fn delete(&self, workspace: &str, id: JobId) -> Result<DeleteOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT state FROM jobs WHERE id = $1 AND workspace = $2 FOR UPDATE")
+            .bind(id)
+            .bind(workspace)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else { return Ok(DeleteOutcome::NotFound) };
+        let state: JobState = parse_enum(&row.try_get::<String, _>(0)?)?;
+        if !state.is_final() {
+            return Ok(DeleteOutcome::NotFinished(state));
+        }
+        sqlx::query("DELETE FROM events WHERE job_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM jobs WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(DeleteOutcome::Deleted)
     }
 
     async fn replay(&self, workspace: &str, id: JobId) -> Result<ReplayOutcome, StoreError> {

@@ -23,8 +23,8 @@
 //! them with `worker_lost`, without waiting for the lease to run out.
 
 use crate::{
-    CancelOutcome, ClaimRequest, ClaimedJob, Event, Finish, FinishResult, JobFilter, JobRecord, Page, QueueStats,
-    ReplayOutcome, Store, StoreError, Submitted, Wakeups, WorkerInfo,
+    CancelOutcome, ClaimRequest, ClaimedJob, DeleteOutcome, Event, Finish, FinishResult, JobFilter, JobRecord, Page,
+    QueueStats, ReplayOutcome, Store, StoreError, Submitted, Wakeups, WorkerInfo,
 };
 use crate::{row, transition};
 use async_trait::async_trait;
@@ -97,6 +97,7 @@ enum Cmd {
     Prune(u64, usize, Reply<usize>),
     Cancel(String, JobId, Reply<CancelOutcome>),
     Replay(String, JobId, Reply<ReplayOutcome>),
+    Delete(String, JobId, Reply<DeleteOutcome>),
     Close(Reply<()>),
 }
 
@@ -338,6 +339,7 @@ impl Writer {
             Cmd::Prune(older_than_ms, limit, reply) => self.step(reply, |w| w.prune(older_than_ms, limit)),
             Cmd::Cancel(ws, id, reply) => self.step(reply, |w| w.cancel(&ws, id)),
             Cmd::Replay(ws, id, reply) => self.step(reply, |w| w.replay(&ws, id)),
+            Cmd::Delete(ws, id, reply) => self.step(reply, |w| w.delete(&ws, id)),
             Cmd::Close(_) => unreachable!("handled by the loop"),
         }
     }
@@ -594,6 +596,18 @@ impl Writer {
         Ok(ReplayOutcome::Replayed)
     }
 
+    fn delete(&mut self, workspace: &str, id: JobId) -> Result<DeleteOutcome, StoreError> {
+        let Some((state, ..)) = self.state_of(workspace, id)? else {
+            return Ok(DeleteOutcome::NotFound);
+        };
+        if !state.is_final() {
+            return Ok(DeleteOutcome::NotFinished(state));
+        }
+        self.conn.prepare_cached("DELETE FROM events WHERE job_id = ?1")?.execute(params![id])?;
+        self.conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute(params![id])?;
+        Ok(DeleteOutcome::Deleted)
+    }
+
     /// A job's state, attempt number, queue and kind, if it exists in the workspace.
     fn state_of(&self, workspace: &str, id: JobId) -> Result<Option<(JobState, u32, String, String)>, StoreError> {
         let row: Option<(String, u32, String, String)> = self
@@ -622,6 +636,7 @@ fn fail(cmd: Cmd, why: &str) {
         Cmd::Prune(_, _, r) => drop(r.send(Err(e()))),
         Cmd::Cancel(_, _, r) => drop(r.send(Err(e()))),
         Cmd::Replay(_, _, r) => drop(r.send(Err(e()))),
+        Cmd::Delete(_, _, r) => drop(r.send(Err(e()))),
         Cmd::Close(r) => drop(r.send(Ok(()))),
     }
 }
@@ -758,6 +773,11 @@ impl Store for SqliteStore {
     async fn cancel(&self, workspace: &str, id: JobId) -> Result<CancelOutcome, StoreError> {
         let ws = workspace.to_string();
         self.write(|r| Cmd::Cancel(ws, id, r)).await
+    }
+
+    async fn delete(&self, workspace: &str, id: JobId) -> Result<DeleteOutcome, StoreError> {
+        let ws = workspace.to_string();
+        self.write(|r| Cmd::Delete(ws, id, r)).await
     }
 
     async fn replay(&self, workspace: &str, id: JobId) -> Result<ReplayOutcome, StoreError> {

@@ -102,6 +102,15 @@ pub enum ReplayOutcome {
     NotReplayable(JobState),
 }
 
+/// What a delete did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    Deleted,
+    NotFound,
+    /// Only finished jobs can be deleted; cancel first.
+    NotFinished(JobState),
+}
+
 /// One attempt of a job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptRecord {

@@ -12,8 +12,8 @@ use ferry_core::{AttemptOutcome, ErrorType, JobError, JobId, JobSpec, JobState, 
 use ferry_store::postgres::{PgOptions, PgStore};
 use ferry_store::sqlite::{Durability, SqliteOptions, SqliteStore};
 use ferry_store::{
-    CancelOutcome, ClaimRequest, Finish, FinishResult, JobFilter, ReplayOutcome, Store, StoreError, WorkerInfo,
-    WorkerQueue,
+    CancelOutcome, ClaimRequest, DeleteOutcome, Finish, FinishResult, JobFilter, ReplayOutcome, Store, StoreError,
+    WorkerInfo, WorkerQueue,
 };
 use serde_json::json;
 use std::collections::HashSet;
@@ -111,6 +111,7 @@ conformance!(
     workers_register_and_leave,
     pruning_deletes_old_finished_jobs_only,
     queue_counts_and_listing,
+    only_finished_jobs_can_be_deleted,
 );
 
 fn job(key: Option<&str>, priority: i32) -> NewJob {
@@ -415,6 +416,26 @@ async fn queue_counts_and_listing(store: Arc<dyn Store>) {
     assert_eq!(store.list_jobs("default", queued).await.unwrap().items.len(), 3);
     let by_kind = JobFilter { kind: Some("sleep".into()), limit: 10, ..Default::default() };
     assert!(store.list_jobs("default", by_kind).await.unwrap().items.is_empty());
+}
+
+async fn only_finished_jobs_can_be_deleted(store: Arc<dyn Store>) {
+    // Ids are time-ordered: the first made is the first claimed.
+    let running = job(None, 0);
+    let queued = job(None, 0);
+    store.submit(vec![running.clone(), queued.clone()]).await.unwrap();
+    let c = store.claim(claim_req("a", 1)).await.unwrap().remove(0);
+    assert_eq!(c.id, running.id);
+    assert_eq!(store.delete("default", queued.id).await.unwrap(), DeleteOutcome::NotFinished(JobState::Queued));
+    assert_eq!(store.delete("default", running.id).await.unwrap(), DeleteOutcome::NotFinished(JobState::Running));
+    let err = JobError::new(ErrorType::Validation, "no");
+    let dead = FinishResult::Dead { error: err.clone(), attempt_error: err, output: None };
+    store.finish(end(running.id, c.attempt, dead)).await.unwrap();
+    assert_eq!(store.delete("elsewhere", running.id).await.unwrap(), DeleteOutcome::NotFound, "scoped by workspace");
+    assert_eq!(store.delete("default", running.id).await.unwrap(), DeleteOutcome::Deleted);
+    assert!(store.get_job("default", running.id).await.unwrap().is_none());
+    assert!(store.job_events("default", running.id).await.unwrap().is_none());
+    assert_eq!(store.delete("default", running.id).await.unwrap(), DeleteOutcome::NotFound);
+    assert_eq!(store.queue_stats().await.unwrap()[0].dead, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,6 +70,12 @@ pub enum DlqCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Delete a dead (or other finished) job for good.
+    Delete {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -265,6 +271,11 @@ pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Dlq { command: DlqCommand::Replay { id, client } } => {
             print(&Client::new(&client)?.call(reqwest::Method::POST, &format!("/v1/jobs/{id}/replay"), None).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { command: DlqCommand::Delete { id, client } } => {
+            Client::new(&client)?.call(reqwest::Method::DELETE, &format!("/v1/jobs/{id}"), None).await?;
+            println!("deleted {id}");
             Ok(ExitCode::SUCCESS)
         }
         other => bail!("not a client command: {other:?}"),

@@ -226,6 +226,17 @@ async fn cli_submits_waits_and_manages_the_dead_letter_queue() {
     let (code, out, _) = cli(&url, &["dlq", "replay", dead_id]);
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["state"], "queued");
+    // Replayed, it fails for good again; then it can be deleted from the DLQ.
+    let http = client();
+    let dead_url = format!("{url}/v1/jobs/{dead_id}");
+    poll("the replayed job to die again", async || {
+        let j: Value = http.get(&dead_url).send().await.unwrap().json().await.unwrap();
+        j["state"] == "dead"
+    })
+    .await;
+    let (code, out, _) = cli(&url, &["dlq", "delete", dead_id]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(http.get(&dead_url).send().await.unwrap().status(), 404);
 
     let (code, out, _) = cli(&url, &["status", job["id"].as_str().unwrap()]);
     assert_eq!(code, 0);

@@ -1,6 +1,6 @@
 //! Promise: a cancelled job never runs again (a running attempt is stopped), only
 //! unfinished jobs can be cancelled, and replay gives a dead or cancelled job fresh
-//! attempts.
+//! attempts; a finished job can be deleted, an unfinished one cannot.
 
 use crate::harness::{Backend, TestServer, assert_error, attempts, both, poll};
 use reqwest::StatusCode;
@@ -11,8 +11,29 @@ both!(
     cancel_a_running_job_stops_its_attempt,
     cancel_refuses_finished_unknown_and_malformed_ids,
     replay_runs_a_dead_job_again,
-    replay_runs_a_cancelled_job
+    replay_runs_a_cancelled_job,
+    delete_removes_only_finished_jobs
 );
+
+async fn delete_removes_only_finished_jobs(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let dead = server.submit(json!({"kind": "fail", "input": {"retryable": false}})).await;
+    let waiting = server.submit(json!({"kind": "noop", "delay_ms": 60000})).await;
+    server.wait_state(&dead, &["dead"]).await;
+    let delete = async |id: &str| {
+        let resp = server.client().delete(format!("{}/v1/jobs/{id}", server.url())).send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    assert_error(&delete(&waiting).await, StatusCode::CONFLICT, "invalid_state", None);
+    assert_eq!(delete(&dead).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(server.get(&format!("/v1/jobs/{dead}")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(server.get(&format!("/v1/jobs/{dead}/events")).await.0, StatusCode::NOT_FOUND);
+    assert_error(&delete(&dead).await, StatusCode::NOT_FOUND, "not_found", None);
+    assert_error(&delete("nope").await, StatusCode::BAD_REQUEST, "invalid_field", Some("id"));
+    assert_eq!(server.job(&waiting).await["state"], "scheduled", "the refused delete changed nothing");
+    server.stop().await;
+}
 
 async fn cancel_a_scheduled_job(backend: Backend) {
     let server = TestServer::start(backend).await;

@@ -17,7 +17,7 @@ async fn openapi_lists_every_endpoint(backend: Backend) {
     let expected: [(&str, &[&str]); 12] = [
         ("/v1/jobs", &["get", "post"]),
         ("/v1/jobs/batch", &["post"]),
-        ("/v1/jobs/{id}", &["get"]),
+        ("/v1/jobs/{id}", &["get", "delete"]),
         ("/v1/jobs/{id}/cancel", &["post"]),
         ("/v1/jobs/{id}/replay", &["post"]),
         ("/v1/jobs/{id}/events", &["get"]),
