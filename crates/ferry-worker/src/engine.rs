@@ -266,6 +266,8 @@ async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphoreP
             ErrorType::BudgetExhausted,
             "the retry budget ran out before the attempt could start",
         ))),
+        // The API refuses unknown kinds, so this is a worker built without a kind another
+        // node accepts: retryable, so that a worker that has it can take the job.
         None => Ok(Err(ExecError::new(
             ErrorType::Validation,
             format!("this worker has no executor for kind `{}`", job.kind),
