@@ -13,7 +13,7 @@ use std::time::Duration;
 
 /// Ferry: a durable job and workflow engine.
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about, propagate_version = true)]
+#[command(name = "ferry", version, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
