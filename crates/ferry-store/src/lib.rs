@@ -149,6 +149,14 @@ pub trait Store: Send + Sync + 'static {
     /// Notified whenever the queue may have new ready or newly scheduled work.
     fn wakeup(&self, queue: &str) -> Arc<Notify>;
 
+    /// Ids of running jobs that were cancelled through another process, as they happen, so
+    /// the process running the attempt can stop it at once instead of at its next
+    /// heartbeat. `None` when the backend has no such channel (SQLite: one process, whose
+    /// API stops the attempt itself).
+    fn cancellations(&self) -> Option<tokio::sync::broadcast::Receiver<JobId>> {
+        None
+    }
+
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -39,7 +39,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinHandle;
 
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -78,6 +78,8 @@ pub struct PgStore {
     pool: PgPool,
     wakeups: Arc<Wakeups>,
     channel: String,
+    cancel_channel: String,
+    cancelled: broadcast::Sender<JobId>,
     listener: JoinHandle<()>,
 }
 
@@ -152,8 +154,16 @@ impl PgStore {
         migrate(&pool).await?;
         let wakeups = Arc::new(Wakeups::default());
         let channel = format!("ferry_wakeup_{schema}");
-        let listener = tokio::spawn(listen(pool.clone(), channel.clone(), wakeups.clone()));
-        Ok(PgStore { pool, wakeups, channel, listener })
+        let cancel_channel = format!("ferry_cancel_{schema}");
+        let (cancelled, _) = broadcast::channel(1024);
+        let listening = Listening {
+            wakeups: channel.clone(),
+            cancels: cancel_channel.clone(),
+            queues: wakeups.clone(),
+            cancelled: cancelled.clone(),
+        };
+        let listener = tokio::spawn(listen(pool.clone(), listening));
+        Ok(PgStore { pool, wakeups, channel, cancel_channel, cancelled, listener })
     }
 
     /// The connection pool (for tests and benchmarks that measure the raw database).
@@ -230,8 +240,19 @@ async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     result
 }
 
-/// Wakes local dispatchers on notifications from any node.
-async fn listen(pool: PgPool, channel: String, wakeups: Arc<Wakeups>) {
+/// What the notification connection listens to, and whom it tells.
+struct Listening {
+    /// Payload: a queue with new work.
+    wakeups: String,
+    /// Payload: the id of a running job that was cancelled.
+    cancels: String,
+    queues: Arc<Wakeups>,
+    cancelled: broadcast::Sender<JobId>,
+}
+
+/// Wakes local dispatchers and stops local attempts on notifications from any node.
+async fn listen(pool: PgPool, l: Listening) {
+    let wakeups = &l.queues;
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -241,7 +262,7 @@ async fn listen(pool: PgPool, channel: String, wakeups: Arc<Wakeups>) {
                 continue;
             }
         };
-        if let Err(e) = listener.listen(&channel).await {
+        if let Err(e) = listener.listen_all([l.wakeups.as_str(), l.cancels.as_str()]).await {
             tracing::warn!(error = %e, "cannot LISTEN; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -250,6 +271,11 @@ async fn listen(pool: PgPool, channel: String, wakeups: Arc<Wakeups>) {
         wakeups.all();
         loop {
             match listener.try_recv().await {
+                Ok(Some(n)) if n.channel() == l.cancels => {
+                    if let Ok(id) = JobId::parse_str(n.payload()) {
+                        let _ = l.cancelled.send(id);
+                    }
+                }
                 Ok(Some(n)) => wakeups.get(n.payload()).notify_one(),
                 Ok(None) => {
                     tracing::warn!("notification connection lost; reconnecting");
@@ -649,6 +675,14 @@ impl Store for PgStore {
         .await?;
         let (event, data) = transition::cancel_event(state, attempt, &error);
         insert_events(&mut tx, now, vec![(id, event, data)]).await?;
+        if state == JobState::Running {
+            // Whichever process runs the attempt stops it when this commits.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&self.cancel_channel)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(CancelOutcome::Cancelled {
             was_running: state == JobState::Running,
@@ -803,6 +837,10 @@ impl Store for PgStore {
 
     fn wakeup(&self, queue: &str) -> Arc<Notify> {
         self.wakeups.get(queue)
+    }
+
+    fn cancellations(&self) -> Option<broadcast::Receiver<JobId>> {
+        Some(self.cancelled.subscribe())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

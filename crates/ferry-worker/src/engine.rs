@@ -123,6 +123,9 @@ impl Engine {
             finisher,
         });
         inner.background.spawn(finish_batches(inner.clone(), finishes));
+        if let Some(cancellations) = inner.store.cancellations() {
+            inner.background.spawn(stop_cancelled(inner.clone(), cancellations));
+        }
         for q in inner.cfg.queues.iter().filter(|q| q.concurrency > 0) {
             inner.background.spawn(dispatch(inner.clone(), q.clone()));
         }
@@ -471,6 +474,27 @@ async fn heartbeat(inner: Arc<Inner>) {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}
+
+/// Stops local attempts of jobs cancelled through another process, as the store reports
+/// them (the heartbeat would also notice, but only at its next beat).
+async fn stop_cancelled(inner: Arc<Inner>, mut ids: tokio::sync::broadcast::Receiver<JobId>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let id = tokio::select! {
+            r = ids.recv() => match r {
+                Ok(id) => id,
+                // Missed some: the heartbeat catches those.
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            },
+            _ = inner.stop_background.cancelled() => return,
+        };
+        if let Some(r) = inner.running.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+            tracing::info!(job = %id, "cancelled elsewhere; stopping the attempt");
+            r.cancel.cancel();
         }
     }
 }

@@ -831,3 +831,45 @@ async fn nodes_starting_together_on_a_fresh_schema_all_start() {
         stop(n).await;
     }
 }
+
+/// A running job cancelled through an API node is stopped on the worker process at once,
+/// by notification, not at the worker's next heartbeat: here heartbeats are a minute
+/// apart, so a worker that waited for one would still be running the attempt when the
+/// (generous, hang-only) deadline below runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_the_worker_process_at_once() {
+    let Some(db) = database().await else { return };
+    let http = client();
+    let slow = [("FERRY_HEARTBEAT_MS", "60000"), ("FERRY_LEASE_MS", "180000")];
+    let api = api_node(&db, &format!("{}-api", db.schema), &slow);
+    let work = worker(&db, &format!("{}-w", db.schema), 2, &slow);
+    let id = submit(&http, &[&api.url], json!({"kind": "sleep", "input": {"ms": 600_000}, "timeout_ms": 900_000}), 1)
+        .await
+        .remove(0);
+    let running_on_worker = async || {
+        let text = http.get(format!("{}/metrics", work.url)).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("ferry_worker_attempts_running "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    poll("the attempt to run on the worker process", async |last| {
+        let n = running_on_worker().await;
+        *last = format!("{n}");
+        n == 1.0
+    })
+    .await;
+    let resp = http.post(format!("{}/v1/jobs/{id}/cancel", api.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    poll_within(Duration::from_secs(30), "the worker to stop the cancelled attempt", async |last| {
+        let n = running_on_worker().await;
+        *last = format!("{n}");
+        n == 0.0
+    })
+    .await;
+    let job = get_json(&http, &format!("{}/v1/jobs/{id}", api.url)).await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert_eq!(job["attempts"][0]["outcome"], "cancelled", "{job}");
+    stop(work).await;
+    stop(api).await;
+}
