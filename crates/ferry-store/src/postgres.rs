@@ -166,11 +166,6 @@ impl PgStore {
         Ok(PgStore { pool, wakeups, channel, cancel_channel, cancelled, listener })
     }
 
-    /// The connection pool (for tests and benchmarks that measure the raw database).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// A transaction and the database's clock at its start.
     async fn begin(&self) -> Result<(Transaction<'static, Postgres>, Micros), StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -197,6 +192,23 @@ impl PgStore {
         }
         Ok(())
     }
+}
+
+/// Locks a job of the workspace for the rest of the transaction and reads its state,
+/// attempt, queue and kind; `None` when there is no such job.
+async fn lock_job(
+    tx: &mut Transaction<'static, Postgres>,
+    workspace: &str,
+    id: JobId,
+) -> Result<Option<(JobState, u32, String, String)>, StoreError> {
+    let row = sqlx::query("SELECT state, attempt, queue, kind FROM jobs WHERE id = $1 AND workspace = $2 FOR UPDATE")
+        .bind(id)
+        .bind(workspace)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let state = parse_enum(&row.try_get::<String, _>(0)?)?;
+    Ok(Some((state, row.try_get::<i32, _>(1)?.max(0) as u32, row.try_get(2)?, row.try_get(3)?)))
 }
 
 /// The database's clock, in microseconds.
@@ -650,19 +662,15 @@ impl Store for PgStore {
     }
 
     async fn cancel(&self, workspace: &str, id: JobId) -> Result<CancelOutcome, StoreError> {
-        let (mut tx, now) = self.begin().await?;
-        let row =
-            sqlx::query("SELECT state, attempt, queue, kind FROM jobs WHERE id = $1 AND workspace = $2 FOR UPDATE")
-                .bind(id)
-                .bind(workspace)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(row) = row else { return Ok(CancelOutcome::NotFound) };
-        let state: JobState = parse_enum(&row.try_get::<String, _>(0)?)?;
+        let mut tx = self.pool.begin().await?;
+        let Some((state, attempt, queue, kind)) = lock_job(&mut tx, workspace, id).await? else {
+            return Ok(CancelOutcome::NotFound);
+        };
         if state.is_final() {
             return Ok(CancelOutcome::AlreadyFinal(state));
         }
-        let attempt = row.try_get::<i32, _>(1)? as u32;
+        // Read the clock once the row is locked: after whatever moved it last.
+        let now = clock(&mut tx).await?;
         let error = transition::cancel_error();
         sqlx::query(
             "UPDATE jobs SET state = 'cancelled', error = $2::jsonb, finished_at = $3, worker_id = NULL, \
@@ -684,22 +692,14 @@ impl Store for PgStore {
                 .await?;
         }
         tx.commit().await?;
-        Ok(CancelOutcome::Cancelled {
-            was_running: state == JobState::Running,
-            queue: row.try_get(2)?,
-            kind: row.try_get(3)?,
-        })
+        Ok(CancelOutcome::Cancelled { was_running: state == JobState::Running, queue, kind })
     }
 
     async fn delete(&self, workspace: &str, id: JobId) -> Result<DeleteOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("SELECT state FROM jobs WHERE id = $1 AND workspace = $2 FOR UPDATE")
-            .bind(id)
-            .bind(workspace)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else { return Ok(DeleteOutcome::NotFound) };
-        let state: JobState = parse_enum(&row.try_get::<String, _>(0)?)?;
+        let Some((state, ..)) = lock_job(&mut tx, workspace, id).await? else {
+            return Ok(DeleteOutcome::NotFound);
+        };
         if !state.is_final() {
             return Ok(DeleteOutcome::NotFinished(state));
         }
@@ -711,17 +711,13 @@ impl Store for PgStore {
 
     async fn replay(&self, workspace: &str, id: JobId) -> Result<ReplayOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("SELECT state FROM jobs WHERE id = $1 AND workspace = $2 FOR UPDATE")
-            .bind(id)
-            .bind(workspace)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else { return Ok(ReplayOutcome::NotFound) };
-        let now = clock(&mut tx).await?;
-        let state: JobState = parse_enum(&row.try_get::<String, _>(0)?)?;
+        let Some((state, ..)) = lock_job(&mut tx, workspace, id).await? else {
+            return Ok(ReplayOutcome::NotFound);
+        };
         if !matches!(state, JobState::Dead | JobState::Cancelled) {
             return Ok(ReplayOutcome::NotReplayable(state));
         }
+        let now = clock(&mut tx).await?;
         let queue: String = sqlx::query_scalar(
             "UPDATE jobs SET state = 'queued', run_at = $2, attempt_base = attempt, \
              deadline_at = CASE WHEN total_timeout_ms IS NULL THEN NULL ELSE $2 + total_timeout_ms * 1000 END, \
