@@ -1,7 +1,7 @@
 //! Queues, health and metrics.
 
 use crate::ApiState;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::views::{Health, QueueList, QueueView, WorkerList, WorkerView};
 use axum::Json;
 use axum::extract::State;
@@ -97,6 +97,3 @@ fn set_queue_gauges(queue: &str, queued: u64, running: u64, scheduled: u64, retr
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
-
-#[allow(dead_code)]
-fn _schema_use(_: ErrorBody) {}

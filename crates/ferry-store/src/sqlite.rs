@@ -89,7 +89,6 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 enum Cmd {
     Submit(Vec<NewJob>, Reply<Vec<Submitted>>),
     Claim(ClaimRequest, Reply<Vec<ClaimedJob>>),
-    Finish(Finish, Reply<bool>),
     FinishMany(Vec<Finish>, Reply<Vec<bool>>),
     Heartbeat(String, u64, Vec<JobId>, Reply<Vec<JobId>>),
     RegisterWorker(WorkerInfo, Reply<()>),
@@ -280,22 +279,19 @@ impl Writer {
                 }
             }
             self.now = time::now_micros();
-            let began = self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| e.to_string());
+            // A group that cannot begin is poisoned from the start: no request runs.
+            let began = self.conn.execute_batch("BEGIN IMMEDIATE");
+            self.poisoned = began.as_ref().err().map(|e| format!("cannot begin a transaction: {e}"));
             let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
             for cmd in batch.drain(..) {
-                if let Cmd::Close(reply) = cmd {
-                    closing = Some(reply);
-                    continue;
-                }
-                if began.is_ok() {
-                    answers.push(self.apply(cmd));
-                } else {
-                    answers.push(Box::new(move |e| fail(cmd, e.unwrap_or("cannot begin a transaction"))));
+                match cmd {
+                    Cmd::Close(reply) => closing = Some(reply),
+                    cmd => answers.push(self.apply(cmd)),
                 }
             }
-            let outcome = match (began, self.poisoned.take()) {
-                (Ok(()), None) => self.conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
-                (Ok(()), Some(e)) | (Err(e), _) => Err(e),
+            let outcome = match self.poisoned.take() {
+                None => self.conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
+                Some(e) => Err(e),
             };
             if outcome.is_err() {
                 let _ = self.conn.execute_batch("ROLLBACK");
@@ -306,12 +302,12 @@ impl Writer {
             for answer in answers {
                 answer(outcome.as_ref().err().map(String::as_str));
             }
+            let woken = std::mem::take(&mut self.woken);
             if outcome.is_ok() {
-                for queue in self.woken.drain() {
+                for queue in woken {
                     wakeups.get(&queue).notify_one();
                 }
             }
-            self.woken.clear();
         }
         // Make sure the WAL is folded back into the database file on a clean stop.
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
@@ -320,13 +316,12 @@ impl Writer {
         }
     }
 
-    /// Runs one request inside a savepoint and returns how to answer it once the
-    /// transaction's fate is known.
+    /// Runs one request of the group and returns how to answer it once the transaction's
+    /// fate is known.
     fn apply(&mut self, cmd: Cmd) -> Answer {
         match cmd {
             Cmd::Submit(jobs, reply) => self.step(reply, |w| w.submit(jobs)),
             Cmd::Claim(req, reply) => self.step(reply, |w| w.claim(&req)),
-            Cmd::Finish(fin, reply) => self.step(reply, |w| w.finish(&fin)),
             Cmd::FinishMany(fins, reply) => self.step(reply, |w| fins.iter().map(|f| w.finish(f)).collect()),
             Cmd::Heartbeat(worker, lease_ms, running, reply) => {
                 self.step(reply, |w| w.heartbeat(&worker, lease_ms, &running))
@@ -353,8 +348,12 @@ impl Writer {
         // sub-journal, which doubled the cost of a claim. Instead a request either fails
         // before it writes anything (an idempotency conflict is checked first), or its
         // failure is a database error that poisons the whole group, which is rolled back
-        // and answered with that error.
-        let result = f(self);
+        // and answered with that error. Once the group is poisoned, later requests do not
+        // run at all: they would be rolled back anyway.
+        let result = match &self.poisoned {
+            Some(e) => Err(StoreError::Database(e.clone())),
+            None => f(self),
+        };
         if let Err(e) = &result
             && !matches!(e, StoreError::IdempotencyConflict { .. })
         {
@@ -622,25 +621,6 @@ impl Writer {
     }
 }
 
-/// Answers a request that never ran because its transaction could not begin.
-fn fail(cmd: Cmd, why: &str) {
-    let e = || StoreError::Database(why.to_string());
-    match cmd {
-        Cmd::Submit(_, r) => drop(r.send(Err(e()))),
-        Cmd::Claim(_, r) => drop(r.send(Err(e()))),
-        Cmd::Finish(_, r) => drop(r.send(Err(e()))),
-        Cmd::FinishMany(_, r) => drop(r.send(Err(e()))),
-        Cmd::Heartbeat(_, _, _, r) => drop(r.send(Err(e()))),
-        Cmd::RegisterWorker(_, r) => drop(r.send(Err(e()))),
-        Cmd::UnregisterWorker(_, r) => drop(r.send(Err(e()))),
-        Cmd::Prune(_, _, r) => drop(r.send(Err(e()))),
-        Cmd::Cancel(_, _, r) => drop(r.send(Err(e()))),
-        Cmd::Replay(_, _, r) => drop(r.send(Err(e()))),
-        Cmd::Delete(_, _, r) => drop(r.send(Err(e()))),
-        Cmd::Close(r) => drop(r.send(Ok(()))),
-    }
-}
-
 fn conversion(idx: usize, e: impl std::fmt::Display) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, e.to_string().into())
 }
@@ -704,7 +684,7 @@ impl Store for SqliteStore {
     }
 
     async fn finish(&self, fin: Finish) -> Result<bool, StoreError> {
-        self.write(|r| Cmd::Finish(fin, r)).await
+        Ok(self.finish_many(vec![fin]).await?.pop().unwrap_or(false))
     }
 
     async fn finish_many(&self, fins: Vec<Finish>) -> Result<Vec<bool>, StoreError> {

@@ -75,16 +75,13 @@ impl Default for EngineConfig {
     }
 }
 
-struct Running {
-    cancel: CancellationToken,
-}
-
 struct Inner {
     store: Arc<dyn Store>,
     registry: Registry,
     cfg: EngineConfig,
     worker_id: String,
-    running: Mutex<HashMap<JobId, Running>>,
+    /// This process's attempts, each with the token that stops it.
+    running: Mutex<HashMap<JobId, CancellationToken>>,
     /// Cancelled when the engine stops claiming.
     stop_claiming: CancellationToken,
     /// Cancelled when the grace period is over: running attempts are handed back.
@@ -146,7 +143,7 @@ impl Engine {
         let running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
         match running.get(&id) {
             Some(r) => {
-                r.cancel.cancel();
+                r.cancel();
                 true
             }
             None => false,
@@ -246,7 +243,7 @@ enum Stop {
 
 async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
     let cancel = CancellationToken::new();
-    inner.running.lock().unwrap_or_else(|e| e.into_inner()).insert(job.id, Running { cancel: cancel.clone() });
+    inner.running.lock().unwrap_or_else(|e| e.into_inner()).insert(job.id, cancel.clone());
     let wait = (job.started_at - job.run_at).max(0) as f64 / 1e6;
     metrics::histogram!("ferry_pickup_wait_seconds", "queue" => job.queue.clone()).record(wait);
 
@@ -469,7 +466,7 @@ async fn heartbeat(inner: Arc<Inner>) {
                 for id in before.difference(&held) {
                     if let Some(r) = running.get(id) {
                         tracing::info!(job = %id, "no longer ours (cancelled or taken over); stopping the attempt");
-                        r.cancel.cancel();
+                        r.cancel();
                     }
                 }
             }
@@ -494,7 +491,7 @@ async fn stop_cancelled(inner: Arc<Inner>, mut ids: tokio::sync::broadcast::Rece
         };
         if let Some(r) = inner.running.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
             tracing::info!(job = %id, "cancelled elsewhere; stopping the attempt");
-            r.cancel.cancel();
+            r.cancel();
         }
     }
 }

@@ -239,10 +239,10 @@ impl Config {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
-fn redact_password(url: &str) -> String {
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for showing a URL.
+pub fn redact_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let Some((auth, host)) = rest.split_once('@') else { return url.to_string() };
+    let Some((auth, host)) = rest.rsplit_once('@') else { return url.to_string() };
     match auth.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_string(),

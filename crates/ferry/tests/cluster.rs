@@ -58,7 +58,7 @@ async fn database() -> Option<Db> {
         Ok(Err(e)) => e.to_string(),
         Err(_) => "no answer within 30 s".to_string(),
     };
-    let shown = redacted(&url);
+    let shown = ferry::config::redact_password(&url);
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("PostgreSQL at {shown} is unavailable ({why}); under CI these tests must run");
     }
@@ -67,16 +67,6 @@ async fn database() -> Option<Db> {
          set FERRY_TEST_DATABASE_URL to run the cluster tests\n********\n"
     );
     None
-}
-
-/// The URL without its password, for messages.
-fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let Some((auth, host)) = rest.rsplit_once('@') else { return url.to_string() };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
 }
 
 fn random_u64() -> u64 {
@@ -394,6 +384,16 @@ async fn queue_counts(http: &reqwest::Client, url: &str) -> Value {
 }
 
 /// Jobs not finished yet.
+/// Waits until some job of the default queue runs.
+async fn wait_for_running(http: &reqwest::Client, url: &str) {
+    poll("jobs to be running", async |last| {
+        let q = queue_counts(http, url).await;
+        *last = q.to_string();
+        q["running"].as_u64().unwrap() > 0
+    })
+    .await;
+}
+
 fn open(q: &Value) -> u64 {
     ["depth", "running", "scheduled", "retrying"].iter().map(|k| q[*k].as_u64().unwrap()).sum()
 }
@@ -655,12 +655,7 @@ async fn workers_resume_after_the_database_cuts_their_connections() {
     let spec = json!({"kind": "sleep", "input": {"ms": 2}, "max_attempts": 5});
     let acknowledged = submit(&http, &[&api.url], spec, 2000).await;
 
-    poll("jobs to be running", async |last| {
-        let q = queue_counts(&http, &api.url).await;
-        *last = q.to_string();
-        q["running"].as_u64().unwrap() > 0
-    })
-    .await;
+    wait_for_running(&http, &api.url).await;
     let mut cut = 0;
     for _ in 0..3 {
         cut += db.terminate_backends(&node).await;
@@ -758,7 +753,7 @@ async fn api_only_node_and_worker_process_share_work() {
 async fn a_worker_cut_off_for_longer_than_its_lease_still_finishes_every_job() {
     let Some(db) = database().await else { return };
     let Some(proxy) = DbProxy::start(&db.url) else {
-        eprintln!("skipping: cannot put a proxy in front of {}", redacted(&db.url));
+        eprintln!("skipping: cannot put a proxy in front of {}", ferry::config::redact_password(&db.url));
         return;
     };
     let http = client();
@@ -769,12 +764,7 @@ async fn a_worker_cut_off_for_longer_than_its_lease_still_finishes_every_job() {
 
     let spec = json!({"kind": "sleep", "input": {"ms": 300}, "max_attempts": 5});
     let acknowledged = submit(&http, &[&api.url], spec, 200).await;
-    poll("jobs to be running", async |last| {
-        let q = queue_counts(&http, &api.url).await;
-        *last = q.to_string();
-        q["running"].as_u64().unwrap() > 0
-    })
-    .await;
+    wait_for_running(&http, &api.url).await;
 
     // The worker loses the database for longer than a lease, while attempts finish. It
     // keeps running and says it is not ready.

@@ -74,16 +74,6 @@ pub fn database_url() -> String {
     std::env::var("FERRY_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()).unwrap_or(DEFAULT_DATABASE_URL.into())
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for messages.
-fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let Some((auth, host)) = rest.rsplit_once('@') else { return url.to_string() };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
-}
-
 async fn connect(url: &str) -> Result<PgConnection, String> {
     match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect(url)).await {
         Ok(Ok(conn)) => Ok(conn),
@@ -107,7 +97,7 @@ pub async fn postgres_available() -> bool {
         })
         .await;
     let Err(why) = probe else { return true };
-    let url = redacted(&url);
+    let url = ferry::config::redact_password(&url);
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!(
             "CI=true, so the PostgreSQL tests must run, but PostgreSQL at {url} is unavailable: {why} \
