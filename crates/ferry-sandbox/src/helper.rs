@@ -1,18 +1,27 @@
-//! The helper side: runs inside the sandbox (as PID 1 of the new PID namespace when one
-//! could be made), locks itself down with rlimits, runs the command, and reports.
+//! The helper side: runs inside the sandbox (as PID 1 of the new namespaces when they
+//! could be made), builds the sandbox's file system, locks itself down, runs the command,
+//! and reports.
 //!
 //! It is a separate, single-threaded process, so everything here is ordinary safe code:
-//! limits set on the helper itself are inherited by the command it spawns.
+//! limits and restrictions set on the helper itself are inherited by the command it spawns.
+//! The order matters: the result file is opened first (nothing after can reach the run
+//! directory), the root is built while the helper still has its namespace capabilities,
+//! and seccomp comes last because it forbids the mount calls that came before.
 
 use std::io::Write as _;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use nix::sys::resource::{UsageWho, getrusage};
+use rustix::fs::{Mode, OFlags};
 use rustix::process::{Resource, Rlimit, setrlimit};
 use serde::{Deserialize, Serialize};
 
-use crate::Limits;
+use crate::isolation::{PROBE_ARG, PROBE_NS_ARG, ProbeReport};
+use crate::lockdown::FsPolicy;
+use crate::newroot::NewRoot;
+use crate::{Isolation, Limits, lockdown, newroot};
 
 /// What the parent hands the helper (a JSON file in the run directory).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -20,16 +29,33 @@ pub(crate) struct HelperSpec {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
-    pub work_dir: PathBuf,
-    pub result_path: PathBuf,
+    /// The host run directory: `result.json` is written here.
+    pub run_dir: PathBuf,
+    /// The host directory holding the given files (the scratch dir itself without a
+    /// mount namespace).
+    pub files_dir: PathBuf,
+    /// The command's working directory, as it sees it.
+    pub cwd: PathBuf,
     pub limits: Limits,
+    /// Build a new root and pivot into it (a run in namespaces).
+    pub new_root: Option<NewRoot>,
+    /// Host paths for Landlock when there is no new root: read-only paths, scratch dirs.
+    pub read_only_paths: Vec<PathBuf>,
+    pub writable_paths: Vec<PathBuf>,
+    /// Deny TCP with Landlock; refuse to run when that cannot be enforced and
+    /// `require_landlock_network` is set (the fallback's only network isolation).
+    pub deny_network: bool,
+    pub require_landlock_network: bool,
+    /// The probe found Landlock: refuse to run if it is not enforced after all.
+    pub require_landlock: bool,
 }
 
-/// What the helper reports back (written atomically next to the spec).
+/// What the helper reports back (`result.json` in the run directory).
 ///
-/// The command runs under the same uid as the helper, so a hostile command could forge
-/// this file: it can only lie about itself, and the parent never trusts it for anything
-/// but reporting.
+/// In namespaces the command can neither see the run directory nor reach the helper's
+/// file descriptors (the helper is not dumpable), so this cannot be forged. Without them,
+/// Landlock keeps the command out of the run directory; without Landlock too, a hostile
+/// command sharing the helper's uid could overwrite it: it can then only lie about itself.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct HelperResult {
     pub exit_code: Option<i32>,
@@ -38,6 +64,12 @@ pub(crate) struct HelperResult {
     pub max_rss_kb: u64,
     pub spawn_error: Option<String>,
     pub limit_error: Option<String>,
+    /// Setting up isolation failed: the command was not started.
+    pub setup_error: Option<String>,
+    /// Network isolation was required but Landlock could not deny TCP.
+    pub network_unavailable: bool,
+    /// What was applied before the command started (namespaces are filled by the parent).
+    pub applied: Isolation,
 }
 
 const MB: u64 = 1024 * 1024;
@@ -69,26 +101,54 @@ fn apply_limits(limits: &Limits) -> Result<(), String> {
     Ok(())
 }
 
-fn write_result(path: &Path, result: &HelperResult) {
-    let tmp = path.with_extension("tmp");
-    let ok = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(&serde_json::to_vec(result).unwrap_or_default()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = ok {
-        eprintln!("ferry-sandbox-helper: cannot write result: {e}");
+/// The result file, opened through a directory fd on the run directory before the
+/// helper loses sight of it (pivot_root, Landlock). Both fds are close-on-exec.
+struct Report {
+    file: std::fs::File,
+    result: HelperResult,
+}
+
+impl Report {
+    fn open(run_dir: &Path) -> Result<Self, String> {
+        let dir: OwnedFd = rustix::fs::open(run_dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| format!("open {}: {e}", run_dir.display()))?;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let file = rustix::fs::openat(&dir, "result.json", flags, Mode::from_raw_mode(0o600))
+            .map_err(|e| format!("create result.json: {e}"))?;
+        Ok(Self { file: file.into(), result: HelperResult::default() })
+    }
+
+    /// Writes the result and exits with `code`.
+    fn finish(mut self, code: i32) -> ! {
+        let bytes = serde_json::to_vec(&self.result).unwrap_or_default();
+        if let Err(e) = self.file.write_all(&bytes) {
+            eprintln!("ferry-sandbox-helper: cannot write result: {e}");
+        }
+        drop(self.file);
+        // As PID 1 of the namespace, exiting makes the kernel kill whatever the command left.
+        std::process::exit(code)
+    }
+
+    fn fail_setup(mut self, e: String) -> ! {
+        self.result.setup_error = Some(e);
+        self.finish(125)
     }
 }
 
-/// Entry point of the helper process: `helper <spec.json>`. Never returns.
+/// Entry point of the helper process: `helper [args...] <spec.json>`. Never returns.
 ///
-/// Call this from a binary's `main` (the crate ships `ferry-sandbox-helper`; the `ferry`
-/// binary may later re-execute itself into it instead).
+/// Call this from a binary's `main` (the crate ships `ferry-sandbox-helper`); a binary
+/// that re-executes itself as the helper (see [`crate::Sandbox::helper_args`]) calls it
+/// for its helper subcommand: only the last argument is read.
 pub fn helper_main() -> ! {
-    let Some(spec_path) = std::env::args_os().nth(1) else {
+    let Some(last) = std::env::args_os().skip(1).last() else {
         eprintln!("usage: ferry-sandbox-helper <spec.json>");
         std::process::exit(125);
     };
-    let spec: HelperSpec = match std::fs::read(&spec_path)
+    if last == PROBE_ARG || last == PROBE_NS_ARG {
+        probe_main(last == PROBE_NS_ARG);
+    }
+    let spec: HelperSpec = match std::fs::read(&last)
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
     {
@@ -98,48 +158,128 @@ pub fn helper_main() -> ! {
             std::process::exit(125);
         }
     };
-    let mut result = HelperResult::default();
+    let mut report = match Report::open(&spec.run_dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferry-sandbox-helper: {e}");
+            std::process::exit(125);
+        }
+    };
+    // Keeps the command (same uid) out of /proc/1/fd, /proc/1/mem and ptrace of the helper.
+    if let Err(e) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+        report.fail_setup(format!("set non-dumpable: {e}"));
+    }
+    let policy = match &spec.new_root {
+        Some(root) => {
+            if let Err(e) = rustix::system::sethostname(b"ferry-sandbox") {
+                report.fail_setup(format!("sethostname: {e}"));
+            }
+            if let Err(e) = newroot::enter(&spec.run_dir, &spec.files_dir, root) {
+                report.fail_setup(e);
+            }
+            FsPolicy {
+                read_exec: root.read_only_paths.clone(),
+                read: vec!["/proc".into()],
+                list: vec!["/".into(), "/dev".into()],
+                devices: ["null", "zero", "full", "random", "urandom"].map(|d| Path::new("/dev").join(d)).into(),
+                full: vec![newroot::WORK.into(), newroot::TMP.into()],
+            }
+        }
+        None => FsPolicy {
+            read_exec: spec.read_only_paths.clone(),
+            read: vec!["/proc".into()],
+            list: vec!["/dev".into()],
+            devices: ["null", "zero", "full", "random", "urandom"].map(|d| Path::new("/dev").join(d)).into(),
+            full: spec.writable_paths.clone(),
+        },
+    };
     if let Err(e) = apply_limits(&spec.limits) {
         // Refuse to run the command without the limits it was promised.
-        result.limit_error = Some(e);
-        write_result(&spec.result_path, &result);
-        std::process::exit(125);
+        report.result.limit_error = Some(e);
+        report.finish(125);
     }
+    match lockdown::drop_capabilities() {
+        Ok(true) => {}
+        // In a user namespace the helper is root there and must be able to drop them all.
+        Ok(false) if spec.new_root.is_some() => report.fail_setup("cannot empty the capability bounding set".into()),
+        Ok(false) => {}
+        Err(e) => report.fail_setup(e),
+    }
+    match lockdown::set_no_new_privs() {
+        Ok(set) => report.result.applied.no_new_privs = set,
+        Err(e) => report.fail_setup(e),
+    }
+    match lockdown::landlock(&policy, spec.deny_network) {
+        Ok(applied) => {
+            report.result.applied.landlock_abi = applied.abi;
+            if spec.require_landlock && applied.abi.is_none() {
+                report.fail_setup("Landlock was not enforced".into());
+            }
+            if spec.require_landlock_network && !applied.network_denied {
+                report.result.network_unavailable = true;
+                report.finish(125);
+            }
+        }
+        Err(e) => report.fail_setup(e),
+    }
+    // Last: it forbids mount and friends, which the steps above needed.
+    match lockdown::seccomp() {
+        Ok(()) => report.result.applied.seccomp = true,
+        Err(e) => report.fail_setup(e),
+    }
+
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&spec.work_dir)
+        .current_dir(&spec.cwd)
         .stdin(Stdio::inherit())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
     let status = match cmd.spawn() {
         Ok(mut child) => child.wait(),
         Err(e) => {
-            result.spawn_error = Some(format!("cannot start {}: {e}", spec.program.display()));
-            write_result(&spec.result_path, &result);
-            std::process::exit(127);
+            report.result.spawn_error = Some(format!("cannot start {}: {e}", spec.program.display()));
+            report.finish(127);
         }
     };
     let code = match status {
         Ok(status) => {
             use std::os::unix::process::ExitStatusExt as _;
-            result.exit_code = status.code();
-            result.signal = status.signal();
+            report.result.exit_code = status.code();
+            report.result.signal = status.signal();
             status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
         }
         Err(e) => {
-            result.spawn_error = Some(format!("wait failed: {e}"));
+            report.result.spawn_error = Some(format!("wait failed: {e}"));
             125
         }
     };
     // Resources of every waited-for descendant: the command, plus whatever it reaped.
     if let Ok(usage) = getrusage(UsageWho::RUSAGE_CHILDREN) {
         let ms = |tv: nix::sys::time::TimeVal| (tv.tv_sec() as u64) * 1000 + (tv.tv_usec() as u64) / 1000;
-        result.cpu_ms = ms(usage.user_time()) + ms(usage.system_time());
-        result.max_rss_kb = usage.max_rss().max(0) as u64;
+        report.result.cpu_ms = ms(usage.user_time()) + ms(usage.system_time());
+        report.result.max_rss_kb = usage.max_rss().max(0) as u64;
     }
-    write_result(&spec.result_path, &result);
-    // As PID 1 of the namespace, exiting makes the kernel kill whatever the command left.
-    std::process::exit(code);
+    report.finish(code);
+}
+
+/// `helper --probe`: tries each layer on itself, prints a [`ProbeReport`] and exits.
+fn probe_main(in_namespaces: bool) -> ! {
+    let mounts = in_namespaces && probe_mounts().is_ok();
+    let no_new_privs = lockdown::set_no_new_privs().unwrap_or(false);
+    let landlock_abi = lockdown::landlock_abi();
+    let seccomp = lockdown::seccomp().is_ok();
+    let report = ProbeReport { mounts, landlock_abi, seccomp, no_new_privs };
+    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    std::process::exit(0)
+}
+
+/// In its own mount namespace: the mounts a run makes, over this namespace's `/tmp`.
+fn probe_mounts() -> rustix::io::Result<()> {
+    use crate::newroot::mount;
+    use rustix::mount::MountFlags;
+    mount("tmpfs", "/tmp", MountFlags::NOSUID | MountFlags::NODEV, "size=1m")?;
+    std::fs::create_dir("/tmp/proc").map_err(|_| rustix::io::Errno::IO)?;
+    mount("proc", "/tmp/proc", MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC, "")
 }

@@ -1,72 +1,15 @@
-//! Runs one untrusted command (python, bash, sh, node, ...) in a locked-down child process
-//! and reports a structured [`Outcome`]. Foundation of the future `exec` job kind.
-//!
-//! # Shape
-//!
-//! ```text
-//! parent (tokio, multi-threaded)
-//!   └─ unshare --user --pid --fork --kill-child [--net]   own process group, uid nobody if root
-//!        └─ ferry-sandbox-helper spec.json                 PID 1 of a new PID namespace
-//!             └─ the command                               rlimits inherited, cwd = scratch dir
-//! ```
-//!
-//! **Why a helper that is re-executed, not `pre_exec`.** Setting limits between `fork` and
-//! `exec` in a multi-threaded parent is unsound: only async-signal-safe calls are allowed
-//! there (no allocation, no locks another thread may hold), and `CommandExt::pre_exec` is
-//! `unsafe` for that reason (the workspace forbids `unsafe`). Instead the child is a small
-//! single-threaded program ([`helper_main`]) that sets the rlimits on *itself* with ordinary
-//! safe calls, then spawns the command, which inherits them. Namespaces are made by
-//! util-linux `unshare`, which also forks so that the helper is PID 1 of the new namespace.
-//!
-//! # Threat model: what each layer stops, and what it does not
-//!
-//! - **Scratch directory** (fresh per run, removed afterwards whatever happened): the
-//!   command starts with only the files it was given. It does *not* hide the rest of the
-//!   file system: without Landlock or a mount namespace (not done yet) the command can read
-//!   whatever the sandbox uid can read.
-//! - **Unprivileged uid** (when the parent runs as root, the helper runs as `nobody`
-//!   65534): stops writing root's files and makes `RLIMIT_NPROC` effective (the kernel
-//!   never enforces it for root). It does not separate concurrent sandboxes from each other
-//!   at the uid level: they share `nobody`.
-//! - **Environment**: the command gets only [`SandboxSpec::env`] plus `PATH` and
-//!   `HOME` (= the scratch dir); the parent's secrets in its environment are not inherited.
-//! - **rlimits** (`RLIMIT_AS`, `CPU`, `FSIZE`, `NPROC`, `NOFILE`, `CORE`=0): per process
-//!   (NPROC per user namespace), so they bound each process, not the sum of a tree; a
-//!   process can lower them but not raise them. `RLIMIT_AS` limits address space, not RSS:
-//!   runtimes that reserve much virtual memory need a higher value (node needs about
-//!   800 MiB of address space just to start: give it `memory_mb` ≥ 1024). No cgroups (v1
-//!   here): total memory across many processes is bounded only by `memory_mb × processes`.
-//!   `processes` counts the helper too. The CPU limit sends SIGXCPU at `cpu_seconds` and
-//!   SIGKILL one second later.
-//! - **User + PID namespace**: the command sees itself as uid 0 of its own user namespace,
-//!   which grants nothing outside it. When the helper (PID 1) ends, or is SIGKILLed at the
-//!   hard timeout, the kernel kills everything in the namespace, including processes that
-//!   detached with `setsid` or a double fork. Without namespaces (the fallback, reported
-//!   in [`Outcome::pid_namespace`] and logged) only the process group is killed: a process
-//!   that called `setsid` escapes, and the soft timeout's SIGTERM also ends the helper, so
-//!   the command is SIGKILLed right after it.
-//! - **Network namespace** (unless [`SandboxSpec::network`]): only a loopback interface
-//!   that is down, so no connection succeeds, not even to `127.0.0.1` of the host.
-//! - **Timeouts and output caps**: SIGTERM to the group at the soft timeout, SIGKILL at the
-//!   hard one; output beyond `max_output_bytes` per stream is dropped and the run killed
-//!   at once (flood policy), so memory never grows with output.
-//!
-//! Not stopped (yet): system calls (no seccomp), reading the host file system (no
-//! Landlock / mount namespace), kernel exploits, abuse of `/proc` visible to the uid, and
-//! forged reports: the command shares a uid with the helper and could overwrite the
-//! helper's result file (it can only lie about its own exit status and usage; the parent
-//! reads at most 64 KiB of it, never through a symlink). If the *parent* process dies
-//! (crash, `kill -9`), nothing enforces the timeouts any more: the sandbox runs on until its
-//! CPU limit or its own end (dropping the `run` future, by contrast, kills it).
+#![doc = include_str!("../SANDBOX.md")]
 
 mod helper;
+mod isolation;
+mod lockdown;
+mod newroot;
 
 use std::collections::BTreeMap;
-use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process_group};
@@ -76,6 +19,7 @@ use tokio::sync::mpsc;
 
 pub use helper::helper_main;
 use helper::{HelperResult, HelperSpec};
+pub use isolation::Isolation;
 
 /// Per-process resource limits; `None` leaves the inherited limit.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +34,11 @@ pub struct Limits {
     pub processes: Option<u64>,
     /// Open file descriptors per process (`RLIMIT_NOFILE`).
     pub open_files: Option<u64>,
+    /// Size of the one tmpfs that holds `/work` and `/tmp`, in MiB: past it writes fail
+    /// with ENOSPC ([`LimitHit::Disk`]). Needs a mount namespace; `None` leaves tmpfs's
+    /// default (half of the RAM).
+    #[serde(default)]
+    pub disk_mb: Option<u64>,
 }
 
 /// One command to run.
@@ -130,6 +79,7 @@ impl SandboxSpec {
                 file_size_mb: Some(64),
                 processes: Some(64),
                 open_files: Some(256),
+                disk_mb: Some(100),
             },
             soft_timeout: Duration::from_secs(5),
             hard_timeout: Duration::from_secs(10),
@@ -150,6 +100,8 @@ pub enum LimitHit {
     Processes,
     Output,
     Timeout,
+    /// `/work` and `/tmp` are full (`Limits::disk_mb`).
+    Disk,
 }
 
 /// What happened.
@@ -183,6 +135,9 @@ pub struct Outcome {
     /// The command ran in its own PID namespace (everything it started was killed at the
     /// end); `false` means only its process group was.
     pub pid_namespace: bool,
+    /// The isolation this run actually had (see [`Sandbox::probe`] for what the host can
+    /// give).
+    pub isolation: Isolation,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,8 +161,20 @@ pub struct Sandbox {
     pub helper: PathBuf,
     /// `(uid, gid)` the helper runs as; by default `nobody` when the parent is root.
     pub run_as: Option<(u32, u32)>,
+    /// Arguments put before the spec path when the helper is started: a binary that
+    /// re-executes itself as the helper sets `helper = current_exe()` and
+    /// `helper_args = ["sandbox-helper"]`, and calls [`helper_main`] for that subcommand.
+    pub helper_args: Vec<OsString>,
     /// Path of util-linux `unshare`.
     pub unshare: PathBuf,
+    /// Host paths the command may read and execute, bound read-only at the same place in
+    /// its root (symlinks such as `/bin -> usr/bin` are recreated as symlinks). Paths that
+    /// do not exist are skipped. Default: `/usr /bin /sbin /lib /lib32 /lib64 /etc`.
+    pub read_only_paths: Vec<PathBuf>,
+    /// Host paths that must stay unreadable even under a read-only path (Ferry's data
+    /// directory, database and config file): a directory is covered by an empty
+    /// read-only tmpfs, a file by `/dev/null`. Needs a mount namespace.
+    pub hidden_paths: Vec<PathBuf>,
 }
 
 impl Default for Sandbox {
@@ -216,7 +183,14 @@ impl Default for Sandbox {
             base_dir: std::env::temp_dir().join("ferry-sandbox"),
             helper: default_helper_path(),
             run_as: rustix::process::geteuid().is_root().then_some((65534, 65534)),
+            helper_args: Vec::new(),
             unshare: PathBuf::from("/usr/bin/unshare"),
+            read_only_paths: ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc"]
+                .into_iter()
+                .map(PathBuf::from)
+                .filter(|p| p.symlink_metadata().is_ok())
+                .collect(),
+            hidden_paths: Vec::new(),
         }
     }
 }
@@ -294,37 +268,6 @@ fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// Whether `unshare` can make user+PID+network namespaces for this configuration;
-/// probed once per (unshare path, uid) and remembered.
-async fn namespaces_available(sandbox: &Sandbox) -> bool {
-    type ProbeKey = (PathBuf, Option<(u32, u32)>);
-    static PROBES: OnceLock<Mutex<HashMap<ProbeKey, bool>>> = OnceLock::new();
-    let key = (sandbox.unshare.clone(), sandbox.run_as);
-    let probes = PROBES.get_or_init(Default::default);
-    if let Some(&known) = probes.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return known;
-    }
-    let mut cmd = tokio::process::Command::new(&sandbox.unshare);
-    cmd.args(["--user", "--map-root-user", "--pid", "--fork", "--kill-child", "--net", "true"])
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    if let Some((uid, gid)) = sandbox.run_as {
-        cmd.uid(uid).gid(gid);
-    }
-    let ok = cmd.status().await.is_ok_and(|s| s.success());
-    if !ok {
-        tracing::warn!(
-            unshare = %sandbox.unshare.display(),
-            "no user/PID/network namespaces: sandboxes fall back to process-group kills"
-        );
-    }
-    probes.lock().unwrap_or_else(|e| e.into_inner()).insert(key, ok);
-    ok
-}
-
 /// SIGKILLs the process group when dropped: cleanup even if the `run` future is cancelled.
 struct GroupKill(Option<Pid>);
 
@@ -368,8 +311,12 @@ impl Sandbox {
     /// Runs one command and waits for it; the scratch directory is gone when this returns.
     pub async fn run(&self, spec: SandboxSpec) -> Result<Outcome, SandboxError> {
         validate(&spec)?;
-        let use_ns = namespaces_available(self).await;
-        if !spec.network && !use_ns {
+        self.validate()?;
+        let probed = self.probe().await;
+        let use_ns = probed.namespaces();
+        // Without a network namespace only Landlock can keep the command off the network.
+        let landlock_network = !spec.network && !use_ns;
+        if landlock_network && !probed.landlock_network() {
             return Err(SandboxError::NetworkIsolationUnavailable);
         }
         let base_dir = std::path::absolute(&self.base_dir)?;
@@ -378,25 +325,46 @@ impl Sandbox {
         let run_dir = base_dir.join(id);
         std::fs::create_dir(&run_dir)?;
         let guard = RunDir(run_dir.clone());
+        // The given files; in namespaces the helper copies them into /work, without them
+        // this is the scratch directory itself (and `tmp` next to it is TMPDIR).
         let work_dir = run_dir.join("work");
+        let tmp_dir = run_dir.join("tmp");
         std::fs::create_dir(&work_dir)?;
+        std::fs::create_dir(&tmp_dir)?;
         for (name, content) in &spec.files {
             std::fs::write(work_dir.join(name), content)?;
         }
         let result_path = run_dir.join("result.json");
+        let (home, tmp) = if use_ns {
+            (PathBuf::from(newroot::WORK), PathBuf::from(newroot::TMP))
+        } else {
+            (work_dir.clone(), tmp_dir.clone())
+        };
         let mut env: Vec<(String, String)> = spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         if !spec.env.contains_key("PATH") {
             env.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
         }
-        env.retain(|(k, _)| k != "HOME");
-        env.push(("HOME".into(), work_dir.display().to_string()));
+        env.retain(|(k, _)| k != "HOME" && k != "TMPDIR");
+        env.push(("HOME".into(), home.display().to_string()));
+        env.push(("TMPDIR".into(), tmp.display().to_string()));
         let helper_spec = HelperSpec {
             program: spec.program.clone(),
             args: spec.args.clone(),
             env,
-            work_dir: work_dir.clone(),
-            result_path: result_path.clone(),
+            run_dir: run_dir.clone(),
+            files_dir: work_dir.clone(),
+            cwd: home,
             limits: spec.limits.clone(),
+            new_root: use_ns.then(|| newroot::NewRoot {
+                read_only_paths: self.read_only_paths.clone(),
+                hidden_paths: self.hidden_paths.clone(),
+                disk_mb: spec.limits.disk_mb,
+            }),
+            read_only_paths: self.read_only_paths.clone(),
+            writable_paths: vec![work_dir.clone(), tmp_dir.clone()],
+            deny_network: !spec.network,
+            require_landlock_network: landlock_network,
+            require_landlock: probed.landlock_abi.is_some(),
         };
         let spec_path = run_dir.join("spec.json");
         std::fs::write(&spec_path, serde_json::to_vec(&helper_spec).map_err(std::io::Error::other)?)?;
@@ -410,7 +378,7 @@ impl Sandbox {
                     std::fs::set_permissions(&base_dir, std::fs::Permissions::from_mode((mode & 0o7777) | 0o011))?;
                 }
             }
-            for p in [&run_dir, &work_dir] {
+            for p in [&run_dir, &work_dir, &tmp_dir] {
                 std::os::unix::fs::chown(p, Some(uid), Some(gid))?;
             }
             for name in spec.files.keys() {
@@ -420,7 +388,7 @@ impl Sandbox {
 
         let mut cmd = if use_ns {
             let mut c = tokio::process::Command::new(&self.unshare);
-            c.args(["--user", "--map-root-user", "--pid", "--fork", "--kill-child"]);
+            c.args(isolation::UNSHARE_FLAGS);
             if !spec.network {
                 c.arg("--net");
             }
@@ -429,6 +397,7 @@ impl Sandbox {
         } else {
             tokio::process::Command::new(&self.helper)
         };
+        cmd.args(&self.helper_args);
         cmd.arg(&spec_path)
             .env_clear()
             .current_dir(&work_dir)
@@ -506,13 +475,19 @@ impl Sandbox {
         let (stderr, err_trunc) =
             tokio::time::timeout(grace, err_task).await.ok().and_then(Result::ok).unwrap_or_default();
 
-        // Written by a process that shares the command's uid: bounded and untrusted.
+        // Bounded, and never read through a symlink, whatever happened in the sandbox.
         let report: Option<HelperResult> = std::fs::symlink_metadata(&result_path)
             .ok()
             .filter(|m| m.is_file() && m.len() <= 64 * 1024)
             .and_then(|_| std::fs::read(&result_path).ok())
             .and_then(|b| serde_json::from_slice(&b).ok());
         drop(guard);
+        if report.as_ref().is_some_and(|r| r.network_unavailable) {
+            return Err(SandboxError::NetworkIsolationUnavailable);
+        }
+        if let Some(err) = report.as_ref().and_then(|r| r.setup_error.clone()) {
+            return Err(SandboxError::Spawn(format!("sandbox setup: {err}")));
+        }
         if let Some(err) = report.as_ref().and_then(|r| r.limit_error.clone()) {
             return Err(SandboxError::Spawn(err));
         }
@@ -540,9 +515,42 @@ impl Sandbox {
             limit_hit: None,
             timed_out,
             pid_namespace: use_ns,
+            isolation: applied_isolation(&probed, report.as_ref(), use_ns, spec.network),
         };
         outcome.limit_hit = classify(&outcome, &spec.limits, flooded);
         Ok(outcome)
+    }
+}
+
+/// What a run had: the namespaces it was started in, and what the helper reported
+/// applying. Without a report (the helper was killed) the probe's values stand: the
+/// helper refuses to start the command without the layers the probe found.
+fn applied_isolation(probed: &Isolation, report: Option<&HelperResult>, use_ns: bool, network: bool) -> Isolation {
+    let applied = report.map_or(*probed, |r| r.applied);
+    Isolation {
+        user_namespace: use_ns,
+        pid_namespace: use_ns,
+        mount_namespace: use_ns,
+        network_namespace: use_ns && !network,
+        ipc_namespace: use_ns,
+        uts_namespace: use_ns,
+        landlock_abi: applied.landlock_abi,
+        seccomp: applied.seccomp,
+        no_new_privs: applied.no_new_privs,
+    }
+}
+
+impl Sandbox {
+    fn validate(&self) -> Result<(), SandboxError> {
+        for p in self.read_only_paths.iter().chain(&self.hidden_paths) {
+            if !p.is_absolute() || p.parent().is_none() {
+                return Err(SandboxError::InvalidSpec(format!(
+                    "{} must be an absolute path other than /",
+                    p.display()
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -586,6 +594,9 @@ fn classify(o: &Outcome, limits: &Limits, flooded: bool) -> Option<LimitHit> {
     if err.contains("File too large") {
         return Some(LimitHit::FileSize);
     }
+    if err.contains("No space left on device") {
+        return Some(LimitHit::Disk);
+    }
     let memory_words =
         ["MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc", "memory allocation", "process OOM"];
     if memory_words.iter().any(|w| err.contains(w)) {
@@ -619,6 +630,7 @@ mod tests {
             limit_hit: None,
             timed_out: false,
             pid_namespace: true,
+            isolation: Isolation::default(),
         }
     }
 
@@ -637,6 +649,10 @@ mod tests {
         assert_eq!(with(&|o| o.signal = Some(SIGXFSZ)), Some(LimitHit::FileSize));
         assert_eq!(with(&|o| o.exit_code = Some(153)), Some(LimitHit::FileSize));
         assert_eq!(with(&|o| o.stderr = "MemoryError\n".into()), Some(LimitHit::Memory));
+        assert_eq!(
+            with(&|o| o.stderr = "head: error writing 'big': No space left on device\n".into()),
+            Some(LimitHit::Disk)
+        );
         assert_eq!(
             with(&|o| {
                 o.signal = Some(SIGKILL);

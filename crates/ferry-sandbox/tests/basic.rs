@@ -32,10 +32,9 @@ async fn files_stdin_and_environment() {
     assert_eq!(out.exit_code, Some(0), "{out:?}");
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(&lines[..3], ["from file", "from stdin", "[bar]"]);
-    // Only what was given, plus PATH and HOME (and PWD, which sh sets itself).
-    assert_eq!(lines[3].trim(), "FOO HOME PATH PWD");
-    assert_eq!(lines[4], lines[5], "HOME is the scratch directory");
-    assert!(lines[4].starts_with(f.sandbox.base_dir.to_str().unwrap()));
+    // Only what was given, plus PATH, HOME and TMPDIR (and PWD, which sh sets itself).
+    assert_eq!(lines[3].trim(), "FOO HOME PATH PWD TMPDIR");
+    assert_eq!((lines[4], lines[5]), ("/work", "/work"), "HOME is the scratch directory");
     f.assert_clean("cat in.txt");
 }
 
