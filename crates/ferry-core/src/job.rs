@@ -170,6 +170,11 @@ pub struct JobSpec {
     /// Timeout of one attempt in milliseconds (default 30000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Soft timeout of one attempt in milliseconds, at most `timeout_ms`: an executor that
+    /// runs a process asks it to stop (SIGTERM) at this point and kills it at `timeout_ms`.
+    /// Default: 3/4 of `timeout_ms`, for the kinds that use it (`exec`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_timeout_ms: Option<u64>,
     /// Retry budget in milliseconds, counted from when the job first became due: no
     /// attempt starts and no attempt runs past it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -257,6 +262,8 @@ pub struct NewJob {
     pub max_attempts: u32,
     pub backoff: Backoff,
     pub timeout_ms: u64,
+    /// As given; `None` lets the executor use its default (3/4 of `timeout_ms`).
+    pub soft_timeout_ms: Option<u64>,
     pub total_timeout_ms: Option<u64>,
     /// When the job becomes due; `None` means at once.
     pub run_at: Option<Micros>,
@@ -264,6 +271,9 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
     /// SHA-256 of the spec without its key: a key reused with another spec is a conflict.
     pub request_hash: Option<String>,
+    /// Set by the submitter when the kind may answer from a recent identical success
+    /// (`exec`'s result cache); `None` from [`JobSpec::validate`].
+    pub cache_key: Option<String>,
 }
 
 fn check_name(field: &str, value: &str) -> Result<(), SpecError> {
@@ -301,6 +311,14 @@ impl JobSpec {
         let timeout_ms = self.timeout_ms.unwrap_or(limits.default_timeout_ms);
         if timeout_ms == 0 || timeout_ms > limits.max_timeout_ms {
             return Err(SpecError::invalid("timeout_ms", format!("must be between 1 and {}", limits.max_timeout_ms)));
+        }
+        if let Some(soft) = self.soft_timeout_ms
+            && (soft == 0 || soft > timeout_ms)
+        {
+            return Err(SpecError::invalid(
+                "soft_timeout_ms",
+                format!("must be between 1 and the attempt's timeout_ms ({timeout_ms})"),
+            ));
         }
         if let Some(t) = self.total_timeout_ms
             && (t == 0 || t > limits.max_horizon_ms)
@@ -359,11 +377,13 @@ impl JobSpec {
             max_attempts,
             backoff,
             timeout_ms,
+            soft_timeout_ms: self.soft_timeout_ms,
             total_timeout_ms: self.total_timeout_ms,
             run_at,
             labels,
             idempotency_key: self.idempotency_key,
             request_hash,
+            cache_key: None,
         })
     }
 }
@@ -451,6 +471,8 @@ mod tests {
             (JobSpec { max_attempts: Some(101), ..spec("noop") }, "max_attempts"),
             (JobSpec { timeout_ms: Some(0), ..spec("noop") }, "timeout_ms"),
             (JobSpec { total_timeout_ms: Some(0), ..spec("noop") }, "total_timeout_ms"),
+            (JobSpec { soft_timeout_ms: Some(0), ..spec("noop") }, "soft_timeout_ms"),
+            (JobSpec { timeout_ms: Some(1000), soft_timeout_ms: Some(1001), ..spec("noop") }, "soft_timeout_ms"),
             (JobSpec { delay_ms: Some(1), run_at: Some(Utc::now()), ..spec("noop") }, "delay_ms"),
             (JobSpec { idempotency_key: Some(String::new()), ..spec("noop") }, "idempotency_key"),
         ];

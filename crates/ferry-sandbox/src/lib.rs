@@ -122,7 +122,8 @@ pub struct Outcome {
     pub cpu_ms: Option<u64>,
     /// Largest resident set among them, in KiB; `None` as for `cpu_ms`.
     pub max_rss_kb: Option<u64>,
-    /// Classification, in this order: output flood, hard timeout (certain); SIGXCPU → cpu,
+    /// Classification, in this order: output flood, hard timeout, soft timeout followed by
+    /// an unsuccessful end (certain); SIGXCPU → cpu,
     /// SIGXFSZ → file size (certain); SIGKILL with `cpu_ms` at the CPU limit → cpu; then heuristics on the exit and stderr: exit code
     /// 128 + SIGXCPU/SIGXFSZ (a shell reporting its child) → cpu / file size; `File too
     /// large` → file size; `MemoryError`, `Cannot allocate memory`, `out of memory`,
@@ -132,6 +133,10 @@ pub struct Outcome {
     pub limit_hit: Option<LimitHit>,
     /// Killed at the hard timeout.
     pub timed_out: bool,
+    /// Sent SIGTERM at the soft timeout. A command that then ends unsuccessfully (by the
+    /// signal, or exiting non-zero after cleaning up) counts as timed out; one that
+    /// exits 0 chose to succeed.
+    pub soft_timed_out: bool,
     /// The command ran in its own PID namespace (everything it started was killed at the
     /// end); `false` means only its process group was.
     pub pid_namespace: bool,
@@ -514,6 +519,7 @@ impl Sandbox {
             max_rss_kb: report.as_ref().map(|r| r.max_rss_kb),
             limit_hit: None,
             timed_out,
+            soft_timed_out: soft_sent,
             pid_namespace: use_ns,
             isolation: applied_isolation(&probed, report.as_ref(), use_ns, spec.network),
         };
@@ -565,7 +571,7 @@ fn classify(o: &Outcome, limits: &Limits, flooded: bool) -> Option<LimitHit> {
     if flooded {
         return Some(LimitHit::Output);
     }
-    if o.timed_out {
+    if o.timed_out || (o.soft_timed_out && o.exit_code != Some(0)) {
         return Some(LimitHit::Timeout);
     }
     match o.signal {
@@ -629,6 +635,7 @@ mod tests {
             max_rss_kb: Some(1000),
             limit_hit: None,
             timed_out: false,
+            soft_timed_out: false,
             pid_namespace: true,
             isolation: Isolation::default(),
         }
@@ -645,6 +652,15 @@ mod tests {
         assert_eq!(with(&|_| {}), None);
         assert_eq!(classify(&outcome(), &limits, true), Some(LimitHit::Output));
         assert_eq!(with(&|o| o.timed_out = true), Some(LimitHit::Timeout));
+        assert_eq!(with(&|o| o.soft_timed_out = true), Some(LimitHit::Timeout), "exit 1 after SIGTERM");
+        assert_eq!(
+            with(&|o| {
+                o.soft_timed_out = true;
+                o.exit_code = Some(0);
+            }),
+            None,
+            "a clean exit after SIGTERM is a success"
+        );
         assert_eq!(with(&|o| o.signal = Some(SIGXCPU)), Some(LimitHit::Cpu));
         assert_eq!(with(&|o| o.signal = Some(SIGXFSZ)), Some(LimitHit::FileSize));
         assert_eq!(with(&|o| o.exit_code = Some(153)), Some(LimitHit::FileSize));

@@ -102,7 +102,13 @@ impl ApiState {
             .field("queue"));
         }
         executor.validate(spec.input.as_ref().unwrap_or(&serde_json::Value::Null))?;
-        Ok(spec.validate(&caller.workspace, &caller.user, now, &self.cfg.limits)?)
+        let mut spec = spec;
+        if spec.timeout_ms.is_none() {
+            spec.timeout_ms = executor.default_timeout_ms().map(|t| t.min(self.cfg.limits.max_timeout_ms));
+        }
+        let mut job = spec.validate(&caller.workspace, &caller.user, now, &self.cfg.limits)?;
+        job.cache_key = executor.cache(&job.input).map(|p| p.key);
+        Ok(job)
     }
 }
 
@@ -190,7 +196,7 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// The HTTP surface of a worker process: `/healthz`, `/readyz` and `/metrics` only.
-pub fn worker_router(store: Arc<dyn Store>, engine: Engine, metrics: PrometheusHandle) -> Router {
+pub fn worker_router(store: Arc<dyn Store>, registry: Registry, engine: Engine, metrics: PrometheusHandle) -> Router {
     use axum::routing::get;
     let ready_store = store.clone();
     Router::new()
@@ -199,7 +205,8 @@ pub fn worker_router(store: Arc<dyn Store>, engine: Engine, metrics: PrometheusH
             "/readyz",
             get(move || {
                 let store = ready_store.clone();
-                async move { system::ready(store.as_ref()).await }
+                let registry = registry.clone();
+                async move { system::ready(store.as_ref(), &registry).await }
             }),
         )
         .route(

@@ -28,7 +28,7 @@ pub async fn queues(State(st): State<ApiState>) -> Result<Json<QueueList>, ApiEr
 /// The process is alive.
 #[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok".into(), store: None, error: None })
+    Json(Health { status: "ok".into(), store: None, error: None, details: BTreeMap::new() })
 }
 
 /// The store answers: the node can take requests.
@@ -37,17 +37,19 @@ pub async fn healthz() -> Json<Health> {
     responses((status = 200, body = Health), (status = 503, body = Health))
 )]
 pub async fn readyz(State(st): State<ApiState>) -> (StatusCode, Json<Health>) {
-    ready(st.store.as_ref()).await
+    ready(st.store.as_ref(), &st.registry).await
 }
 
-/// Ready when the store answers.
-pub async fn ready(store: &dyn ferry_store::Store) -> (StatusCode, Json<Health>) {
+/// Ready when the store answers. The kinds' own reports (a sandbox missing a layer) are
+/// details: they do not make the node unready, since every other kind still runs.
+pub async fn ready(store: &dyn ferry_store::Store, registry: &ferry_worker::Registry) -> (StatusCode, Json<Health>) {
     let backend = Some(store.backend().to_string());
+    let details = registry.readiness();
     match store.ping().await {
-        Ok(()) => (StatusCode::OK, Json(Health { status: "ready".into(), store: backend, error: None })),
+        Ok(()) => (StatusCode::OK, Json(Health { status: "ready".into(), store: backend, error: None, details })),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(Health { status: "unavailable".into(), store: backend, error: Some(e.to_string()) }),
+            Json(Health { status: "unavailable".into(), store: backend, error: Some(e.to_string()), details }),
         ),
     }
 }

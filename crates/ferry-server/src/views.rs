@@ -80,6 +80,8 @@ pub struct JobView {
     pub attempts_used: u32,
     pub backoff: Backoff,
     pub timeout_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soft_timeout_ms: Option<u64>,
     pub total_timeout_ms: Option<u64>,
     pub idempotency_key: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -109,6 +111,7 @@ impl JobView {
             attempts_used: j.attempt.saturating_sub(j.attempt_base),
             backoff: j.backoff,
             timeout_ms: j.timeout_ms,
+            soft_timeout_ms: j.soft_timeout_ms,
             total_timeout_ms: j.total_timeout_ms,
             idempotency_key: j.idempotency_key,
             created_at: to_datetime(j.created_at),
@@ -203,6 +206,11 @@ pub struct Health {
     pub store: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Per kind, what keeps it from running at full strength here (`exec`: the sandbox
+    /// layers this host offers, which are missing, and whether `exec` jobs are accepted).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub details: BTreeMap<String, serde_json::Value>,
 }
 
 /// A queue a worker serves.

@@ -134,6 +134,15 @@ pub trait Store: Send + Sync + 'static {
     /// One job with its attempts.
     async fn get_job(&self, workspace: &str, id: JobId) -> Result<Option<JobRecord>, StoreError>;
 
+    /// The output of the workspace's most recent job that succeeded under `cache_key` and
+    /// finished at or after `finished_since`, with that job's id (a kind's result cache).
+    async fn cached_output(
+        &self,
+        workspace: &str,
+        cache_key: &str,
+        finished_since: Micros,
+    ) -> Result<Option<(JobId, serde_json::Value)>, StoreError>;
+
     /// Jobs newest first, filtered, one page at a time.
     async fn list_jobs(&self, workspace: &str, filter: JobFilter) -> Result<Page, StoreError>;
 

@@ -45,6 +45,7 @@ use tokio::task::JoinHandle;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../sql/postgres/migrations/0001_jobs.sql")),
     (2, include_str!("../sql/postgres/migrations/0002_rfc3339.sql")),
+    (3, include_str!("../sql/postgres/migrations/0003_exec.sql")),
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
@@ -56,9 +57,10 @@ const PRUNE: &str = include_str!("../sql/postgres/prune.sql");
 const QUEUE_STATS: &str = include_str!("../sql/postgres/queue_stats.sql");
 const JOB_COLUMNS: &str = "id, workspace, user_id, kind, queue, state, priority, input::text, labels::text, \
      max_attempts, backoff::text, timeout_ms, total_timeout_ms, idempotency_key, created_at, run_at, deadline_at, \
-     attempt, attempt_base, worker_id, lease_expires_at, finished_at, updated_at, output::text, error::text";
+     attempt, attempt_base, worker_id, lease_expires_at, finished_at, updated_at, output::text, error::text, \
+     soft_timeout_ms";
 const CLAIMED_COLUMNS: &str = "id, kind, queue, input::text, attempt, attempt_base, max_attempts, backoff::text, \
-     timeout_ms, deadline_at, run_at, priority, worker_id";
+     timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key, priority, worker_id";
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -403,6 +405,8 @@ impl Store for PgStore {
         let mut keys = Vec::with_capacity(n);
         let mut hashes = Vec::with_capacity(n);
         let mut run_at = Vec::with_capacity(n);
+        let mut soft = Vec::with_capacity(n);
+        let mut cache = Vec::with_capacity(n);
         for j in &jobs {
             cols.0.push(j.id);
             cols.1.push(j.workspace.clone());
@@ -419,6 +423,8 @@ impl Store for PgStore {
             keys.push(j.idempotency_key.clone());
             hashes.push(j.request_hash.clone());
             run_at.push(j.run_at);
+            soft.push(j.soft_timeout_ms.map(|t| t as i64));
+            cache.push(j.cache_key.clone());
         }
         let rows = sqlx::query(INSERT_JOBS)
             .bind(now)
@@ -437,6 +443,8 @@ impl Store for PgStore {
             .bind(keys)
             .bind(hashes)
             .bind(run_at)
+            .bind(soft)
+            .bind(cache)
             .fetch_all(&mut *tx)
             .await?;
         let mut created: HashMap<JobId, (JobState, String, Micros)> = HashMap::with_capacity(rows.len());
@@ -497,9 +505,9 @@ impl Store for PgStore {
             .await?;
         let mut claimed = Vec::with_capacity(rows.len());
         for r in &rows {
-            let mut job = claimed_from_row(r, r.try_get(12)?)?;
+            let mut job = claimed_from_row(r, r.try_get(15)?)?;
             job.worker = Some(req.worker.clone());
-            claimed.push((job, r.try_get::<i32, _>(11)?));
+            claimed.push((job, r.try_get::<i32, _>(14)?));
         }
         claimed.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.run_at.cmp(&b.0.run_at)).then(a.0.id.cmp(&b.0.id)));
         Ok(claimed.into_iter().map(|(j, _)| j).collect())
@@ -636,7 +644,7 @@ impl Store for PgStore {
         rows.iter()
             .map(|r| {
                 let mut job = claimed_from_row(r, 0)?;
-                job.worker = r.try_get(12)?;
+                job.worker = r.try_get(15)?;
                 Ok(job)
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -752,6 +760,24 @@ impl Store for PgStore {
         job.attempts = crate::attempts_from_events(&read_events(&mut tx, id).await?);
         tx.commit().await?;
         Ok(Some(job))
+    }
+
+    async fn cached_output(
+        &self,
+        workspace: &str,
+        cache_key: &str,
+        finished_since: Micros,
+    ) -> Result<Option<(JobId, serde_json::Value)>, StoreError> {
+        let row: Option<(JobId, String)> = sqlx::query_as(
+            "SELECT id, output::text FROM jobs WHERE workspace = $1 AND cache_key = $2 AND state = 'succeeded' \
+             AND finished_at >= $3 AND output IS NOT NULL ORDER BY finished_at DESC LIMIT 1",
+        )
+        .bind(workspace)
+        .bind(cache_key)
+        .bind(finished_since)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|(id, out)| Some((id, serde_json::from_str(&out).ok()?))))
     }
 
     async fn list_jobs(&self, workspace: &str, filter: JobFilter) -> Result<Page, StoreError> {

@@ -38,7 +38,7 @@ pub(crate) trait Columns {
 }
 
 /// A row of `CLAIMED_COLUMNS`: id, kind, queue, input, attempt, attempt_base,
-/// max_attempts, backoff, timeout_ms, deadline_at, run_at.
+/// max_attempts, backoff, timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key.
 pub(crate) fn claimed<R: Columns>(r: &R, started_at: Micros) -> Result<ClaimedJob, R::Error> {
     let attempt = r.small(4)?;
     Ok(ClaimedJob {
@@ -53,6 +53,9 @@ pub(crate) fn claimed<R: Columns>(r: &R, started_at: Micros) -> Result<ClaimedJo
         timeout_ms: r.int(8)?.max(0) as u64,
         deadline_at: r.opt_int(9)?,
         run_at: r.int(10)?,
+        soft_timeout_ms: r.opt_int(11)?.map(|t| t.max(0) as u64),
+        workspace: r.text(12)?,
+        cache_key: r.opt_text(13)?,
         started_at,
         worker: None,
     })
@@ -86,6 +89,7 @@ pub(crate) fn job<R: Columns>(r: &R) -> Result<JobRecord, R::Error> {
         updated_at: r.int(22)?,
         output: r.opt_json(23)?,
         error: r.opt_json(24)?,
+        soft_timeout_ms: r.opt_int(25)?.map(|t| t.max(0) as u64),
         attempts: Vec::new(),
     })
 }

@@ -42,6 +42,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../sql/sqlite/migrations/0001_jobs.sql")),
     (2, include_str!("../sql/sqlite/migrations/0002_workers.sql")),
+    (3, include_str!("../sql/sqlite/migrations/0003_exec.sql")),
 ];
 const PRUNE: &str = include_str!("../sql/sqlite/prune.sql");
 const INSERT_JOB: &str = include_str!("../sql/sqlite/insert_job.sql");
@@ -50,12 +51,14 @@ const CLAIM: &str = include_str!("../sql/sqlite/claim.sql");
 const FINISH: &str = include_str!("../sql/sqlite/finish.sql");
 const HEARTBEAT: &str = include_str!("../sql/sqlite/heartbeat.sql");
 const QUEUE_STATS: &str = include_str!("../sql/sqlite/queue_stats.sql");
+const CACHED_OUTPUT: &str = "SELECT id, output FROM jobs WHERE workspace = ?1 AND cache_key = ?2 \
+     AND state = 'succeeded' AND finished_at >= ?3 AND output IS NOT NULL ORDER BY finished_at DESC LIMIT 1";
 const INSERT_EVENT: &str = "INSERT INTO events (job_id, at, type, data) VALUES (?1, ?2, ?3, ?4)";
 const JOB_COLUMNS: &str = "id, workspace, user_id, kind, queue, state, priority, input, labels, max_attempts, \
      backoff, timeout_ms, total_timeout_ms, idempotency_key, created_at, run_at, deadline_at, attempt, \
-     attempt_base, worker_id, lease_expires_at, finished_at, updated_at, output, error";
+     attempt_base, worker_id, lease_expires_at, finished_at, updated_at, output, error, soft_timeout_ms";
 const CLAIMED_COLUMNS: &str = "id, kind, queue, input, attempt, attempt_base, max_attempts, backoff, \
-     timeout_ms, deadline_at, run_at, priority, worker_id, lease_expires_at";
+     timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key, priority, worker_id, lease_expires_at";
 
 /// Most write requests folded into one transaction.
 const MAX_GROUP: usize = 2048;
@@ -448,6 +451,8 @@ impl Writer {
                     self.now,
                     run_at,
                     deadline,
+                    job.soft_timeout_ms.map(|t| t as i64),
+                    job.cache_key,
                 ])
                 .map_err(db)?;
             let (kind, data) = transition::submit_event(state, &job.queue, run_at);
@@ -468,7 +473,7 @@ impl Writer {
             .prepare_cached(CLAIM)
             .map_err(db)?
             .query_map(params![req.queue, now, req.limit as i64, req.worker, lease_until], |r| {
-                Ok((claimed_from_row(r, now)?, r.get::<_, i32>(11)?))
+                Ok((claimed_from_row(r, now)?, r.get::<_, i32>(14)?))
             })
             .map_err(db)?
             .collect::<rusqlite::Result<Vec<_>>>()
@@ -742,7 +747,7 @@ impl Store for SqliteStore {
             c.prepare_cached(&sql)?
                 .query_map(params![now, limit as i64], |r| {
                     let mut job = claimed_from_row(r, 0)?;
-                    job.worker = r.get(12)?;
+                    job.worker = r.get(15)?;
                     Ok(job)
                 })?
                 .collect()
@@ -774,6 +779,23 @@ impl Store for SqliteStore {
             };
             job.attempts = crate::attempts_from_events(&read_events(c, id)?);
             Ok(Some(job))
+        })
+        .await
+    }
+
+    async fn cached_output(
+        &self,
+        workspace: &str,
+        cache_key: &str,
+        finished_since: Micros,
+    ) -> Result<Option<(JobId, serde_json::Value)>, StoreError> {
+        let (ws, key) = (workspace.to_string(), cache_key.to_string());
+        self.read(move |c| {
+            let row = c
+                .prepare_cached(CACHED_OUTPUT)?
+                .query_row(params![ws, key, finished_since], |r| Ok((r.get::<_, JobId>(0)?, r.get::<_, String>(1)?)))
+                .optional()?;
+            Ok(row.and_then(|(id, out)| Some((id, serde_json::from_str(&out).ok()?))))
         })
         .await
     }
@@ -897,11 +919,13 @@ pub fn raw_baseline(dir: &Path, jobs: usize, batch: usize, durability: Durabilit
                 max_attempts: 3,
                 backoff: backoff.clone(),
                 timeout_ms: 30_000,
+                soft_timeout_ms: None,
                 total_timeout_ms: None,
                 run_at: None,
                 labels: Default::default(),
                 idempotency_key: None,
                 request_hash: None,
+                cache_key: None,
             })
             .collect();
         w.submit(new)?;

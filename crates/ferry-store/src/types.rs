@@ -42,6 +42,10 @@ pub struct ClaimedJob {
     pub deadline_at: Option<Micros>,
     /// When the job became due: start minus this is the pickup wait.
     pub run_at: Micros,
+    pub soft_timeout_ms: Option<u64>,
+    pub workspace: String,
+    /// See [`ferry_core::NewJob::cache_key`].
+    pub cache_key: Option<String>,
     pub started_at: Micros,
     pub worker: Option<String>,
 }
@@ -137,6 +141,7 @@ pub struct JobRecord {
     pub max_attempts: u32,
     pub backoff: Backoff,
     pub timeout_ms: u64,
+    pub soft_timeout_ms: Option<u64>,
     pub total_timeout_ms: Option<u64>,
     pub idempotency_key: Option<String>,
     pub created_at: Micros,

@@ -112,6 +112,7 @@ conformance!(
     pruning_deletes_old_finished_jobs_only,
     queue_counts_and_listing,
     only_finished_jobs_can_be_deleted,
+    the_result_cache_finds_recent_successes_of_the_workspace,
 );
 
 fn job(key: Option<&str>, priority: i32) -> NewJob {
@@ -436,6 +437,39 @@ async fn only_finished_jobs_can_be_deleted(store: Arc<dyn Store>) {
     assert!(store.job_events("default", running.id).await.unwrap().is_none());
     assert_eq!(store.delete("default", running.id).await.unwrap(), DeleteOutcome::NotFound);
     assert_eq!(store.queue_stats().await.unwrap()[0].dead, 0);
+}
+
+async fn the_result_cache_finds_recent_successes_of_the_workspace(store: Arc<dyn Store>) {
+    let cached = |soft: Option<u64>| {
+        let mut j = spec(JobSpec { soft_timeout_ms: soft, timeout_ms: Some(4000), ..noop() });
+        j.cache_key = Some("key-1".into());
+        j
+    };
+    let (ok, failing, running) = (cached(Some(1500)), cached(None), cached(None));
+    let mut other_ws = cached(None);
+    other_ws.workspace = "other".into();
+    store.submit(vec![ok.clone(), failing.clone(), running.clone(), other_ws.clone()]).await.unwrap();
+    let before = time::now_micros();
+    assert!(store.cached_output("default", "key-1", 0).await.unwrap().is_none(), "nothing succeeded yet");
+    let claimed = store.claim(claim_req("w", 4)).await.unwrap();
+    let by_id = |id| claimed.iter().find(|j| j.id == id).unwrap();
+    assert_eq!(by_id(ok.id).soft_timeout_ms, Some(1500), "the claim carries the soft timeout");
+    assert_eq!((by_id(ok.id).cache_key.as_deref(), by_id(ok.id).workspace.as_str()), (Some("key-1"), "default"));
+    assert_eq!(by_id(failing.id).soft_timeout_ms, None);
+    store.finish(succeed(ok.id, 1)).await.unwrap();
+    store.finish(succeed(other_ws.id, 1)).await.unwrap();
+    let error = JobError { error_type: ErrorType::ExitStatus, message: "exit 1".into(), retryable: false };
+    let dead = FinishResult::Dead { error: error.clone(), attempt_error: error, output: Some(json!({"ok": false})) };
+    store.finish(end(failing.id, 1, dead)).await.unwrap();
+
+    let hit = store.cached_output("default", "key-1", before).await.unwrap();
+    assert_eq!(hit, Some((ok.id, json!({"ok": true}))), "the success, not the failure nor the running job");
+    assert!(store.cached_output("default", "key-2", 0).await.unwrap().is_none(), "another key");
+    assert!(store.cached_output("nobody", "key-1", 0).await.unwrap().is_none(), "another workspace");
+    let later = time::now_micros() + 1_000_000;
+    assert!(store.cached_output("default", "key-1", later).await.unwrap().is_none(), "too old for the TTL");
+    let rec = store.get_job("default", ok.id).await.unwrap().unwrap();
+    assert_eq!(rec.soft_timeout_ms, Some(1500));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,7 @@
 //! the grace period, then stops the rest and hands them back (`released`: ready again,
 //! the attempt does not count).
 
-use crate::executor::{Attempt, Registry};
+use crate::executor::{Attempt, Executor, Registry};
 use ferry_core::time;
 use ferry_core::{Decision, ErrorType, ExecError, JobError, JobId, RetryState, decide_after_failure};
 use ferry_store::{ClaimRequest, ClaimedJob, Finish, FinishResult, Store, WorkerInfo, WorkerQueue};
@@ -235,6 +235,45 @@ async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
     }
 }
 
+/// How long past its timeout the engine waits for a kind that enforces its own.
+const OWN_TIMEOUT_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the attempt, or answers it from the result cache: a job with a cache key whose
+/// workspace has a success under the same key within the kind's TTL gets that output,
+/// marked `"cached": true` and `"cached_from": <job id>`, without running. A failed
+/// lookup only means running.
+async fn run_or_reuse(
+    inner: &Inner,
+    job: &ClaimedJob,
+    executor: &dyn Executor,
+    attempt: &Attempt,
+    input: serde_json::Value,
+) -> Result<serde_json::Value, ExecError> {
+    if let (Some(key), Some(policy)) = (&job.cache_key, executor.cache(&input))
+        && !policy.ttl.is_zero()
+    {
+        let since =
+            time::now_micros().saturating_sub(time::ms(u64::try_from(policy.ttl.as_millis()).unwrap_or(u64::MAX)));
+        match inner.store.cached_output(&job.workspace, key, since).await {
+            Ok(Some((from, mut output))) => {
+                if let Some(obj) = output.as_object_mut() {
+                    obj.insert("cached".into(), true.into());
+                    obj.insert("cached_from".into(), from.to_string().into());
+                }
+                metrics::counter!("ferry_result_cache_total", "kind" => job.kind.clone(), "outcome" => "hit")
+                    .increment(1);
+                return Ok(output);
+            }
+            Ok(None) => {
+                metrics::counter!("ferry_result_cache_total", "kind" => job.kind.clone(), "outcome" => "miss")
+                    .increment(1);
+            }
+            Err(e) => tracing::warn!(job = %job.id, error = %e, "result cache lookup failed; running"),
+        }
+    }
+    executor.run(attempt, input).await
+}
+
 /// How an attempt stopped early.
 enum Stop {
     Cancelled,
@@ -248,7 +287,6 @@ async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphoreP
     metrics::histogram!("ferry_pickup_wait_seconds", "queue" => job.queue.clone()).record(wait);
 
     let started = Instant::now();
-    let attempt = Attempt { job_id: job.id, number: job.attempt, cancel: cancel.clone() };
     // The attempt may not run past the retry budget either.
     let mut timeout_ms = job.timeout_ms;
     let mut cut_by_budget = false;
@@ -259,6 +297,13 @@ async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphoreP
             cut_by_budget = true;
         }
     }
+    let attempt = Attempt {
+        job_id: job.id,
+        number: job.attempt,
+        cancel: cancel.clone(),
+        timeout: Duration::from_millis(timeout_ms),
+        soft_timeout: job.soft_timeout_ms.map(|t| Duration::from_millis(t.min(timeout_ms))),
+    };
     let budget_over = job.deadline_at.is_some_and(|d| d <= job.started_at);
     let outcome: Result<Result<serde_json::Value, ExecError>, Stop> = match inner.registry.get(&job.kind) {
         // Claimed too late to start within the budget: the executor does not run at all.
@@ -276,8 +321,13 @@ async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphoreP
         Some(executor) => match serde_json::from_str::<serde_json::Value>(&job.input) {
             Err(e) => Ok(Err(ExecError::new(ErrorType::Internal, format!("stored input is not JSON: {e}")))),
             Ok(input) => tokio::select! {
-                r = executor.run(&attempt, input) => Ok(r),
-                _ = tokio::time::sleep(Duration::from_millis(timeout_ms)) => Ok(Err(ExecError::new(
+                r = run_or_reuse(&inner, &job, executor.as_ref(), &attempt, input) => Ok(r),
+                // A kind that ends its own attempts gets a grace period to report.
+                _ = tokio::time::sleep(Duration::from_millis(timeout_ms) + if executor.enforces_timeout() {
+                    OWN_TIMEOUT_GRACE
+                } else {
+                    Duration::ZERO
+                }) => Ok(Err(ExecError::new(
                     ErrorType::Timeout,
                     if cut_by_budget {
                         format!("the retry budget ran out after {timeout_ms} ms of this attempt")

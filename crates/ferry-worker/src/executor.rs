@@ -9,6 +9,7 @@ use ferry_core::{ExecError, JobId, SpecError};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// What an executor knows about the attempt it runs.
@@ -21,6 +22,20 @@ pub struct Attempt {
     /// engine also drops the `run` future then; executors that hold resources outside
     /// the future (a child process) watch this token to release them.
     pub cancel: CancellationToken,
+    /// The attempt's hard timeout (already cut to the retry budget). The engine drops the
+    /// `run` future at this point, unless the kind [`Executor::enforces_timeout`].
+    pub timeout: Duration,
+    /// The job's `soft_timeout_ms`, when it gave one.
+    pub soft_timeout: Option<Duration>,
+}
+
+/// When a kind may answer from a recent identical success instead of running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachePolicy {
+    /// Equal keys mean interchangeable results (scoped to the workspace by the engine).
+    pub key: String,
+    /// How old a reused success may be.
+    pub ttl: Duration,
 }
 
 /// Runs jobs of one kind.
@@ -35,6 +50,28 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Runs one attempt. The future may be dropped at any await point (timeout, cancel).
     async fn run(&self, attempt: &Attempt, input: Value) -> Result<Value, ExecError>;
+
+    /// The kind's `timeout_ms` when a job gives none (`None`: the server's default).
+    fn default_timeout_ms(&self) -> Option<u64> {
+        None
+    }
+
+    /// The kind ends its own attempts at [`Attempt::timeout`] (to report what happened,
+    /// as `exec` does); the engine then drops the future only a grace period later.
+    fn enforces_timeout(&self) -> bool {
+        false
+    }
+
+    /// Whether a job with this (valid) input may be answered from the result cache.
+    fn cache(&self, _input: &Value) -> Option<CachePolicy> {
+        None
+    }
+
+    /// Problems that keep this kind from running safely on this host, for `/readyz`
+    /// details; empty when there are none.
+    fn readiness(&self) -> Option<Value> {
+        None
+    }
 }
 
 /// The kinds this process can run, by name.
@@ -62,6 +99,11 @@ impl Registry {
     /// The executor of a kind.
     pub fn get(&self, kind: &str) -> Option<Arc<dyn Executor>> {
         self.kinds.get(kind).cloned()
+    }
+
+    /// Each kind's [`Executor::readiness`] report, for those that have one.
+    pub fn readiness(&self) -> BTreeMap<String, Value> {
+        self.kinds.iter().filter_map(|(k, e)| Some((k.to_string(), e.readiness()?))).collect()
     }
 
     /// The registered kinds' names, sorted.

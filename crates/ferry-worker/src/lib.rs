@@ -16,4 +16,4 @@ mod executor;
 pub mod kinds;
 
 pub use engine::{Engine, EngineConfig, QueueConfig, prune_loop};
-pub use executor::{Attempt, Executor, Registry};
+pub use executor::{Attempt, CachePolicy, Executor, Registry};

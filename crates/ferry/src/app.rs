@@ -6,6 +6,7 @@ use ferry_server::{ApiConfig, ApiState};
 use ferry_store::Store;
 use ferry_store::postgres::{PgOptions, PgStore};
 use ferry_store::sqlite::{SqliteOptions, SqliteStore};
+use ferry_worker::kinds::Exec;
 use ferry_worker::{Engine, EngineConfig, QueueConfig, Registry};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -90,10 +91,41 @@ async fn serve(
     })
 }
 
+/// The argument that makes the `ferry` binary act as the sandbox helper.
+pub const SANDBOX_HELPER_ARG: &str = "sandbox-helper";
+
+/// The kinds this process runs: the built-ins and `exec`. The sandbox is probed here, and
+/// a missing layer is reported at start (and in `/readyz`).
+pub async fn registry(cfg: &Config) -> anyhow::Result<Registry> {
+    let mut exec_cfg = cfg.exec.clone();
+    // The sandbox never sees Ferry's own data or configuration.
+    exec_cfg.hidden_paths.push(std::path::absolute(&cfg.data_dir)?);
+    if let Some(file) = &cfg.config_file {
+        exec_cfg.hidden_paths.push(std::path::absolute(file)?);
+    }
+    let helper = match &cfg.exec_helper {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("cannot find the ferry binary to run the sandbox helper")?,
+    };
+    let allow_weak = exec_cfg.allow_weak_isolation;
+    let exec = Exec::new(exec_cfg, helper, vec![SANDBOX_HELPER_ARG.into()]);
+    let (_, missing) = exec.probe().await;
+    if missing.is_empty() {
+        tracing::info!("exec sandbox: every isolation layer is available");
+    } else if allow_weak {
+        tracing::warn!(missing = %missing.join(", "), "exec sandbox is WEAKER than intended on this host; running exec jobs anyway (exec.allow_weak_isolation)");
+    } else {
+        tracing::warn!(missing = %missing.join(", "), "exec jobs are refused: the sandbox lacks layers on this host (set exec.allow_weak_isolation = true to accept weaker isolation)");
+    }
+    let mut registry = Registry::builtin();
+    registry.register(exec);
+    Ok(registry)
+}
+
 /// Opens the store, starts the embedded workers and serves the API.
 pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let store = open_store(cfg).await?;
-    let registry = Registry::builtin();
+    let registry = registry(cfg).await?;
     let engine = (cfg.workers > 0).then(|| {
         let queues = cfg
             .queues
@@ -135,8 +167,9 @@ pub async fn start_worker(
     }
     let store = open_store(cfg).await?;
     let queues: Vec<QueueConfig> = queues.iter().map(|name| QueueConfig { name: name.clone(), concurrency }).collect();
-    let engine = Engine::start(store.clone(), Registry::builtin(), engine_config(cfg, queues));
-    let app = ferry_server::worker_router(store.clone(), engine.clone(), ferry_server::metrics_handle());
+    let registry = registry(cfg).await?;
+    let engine = Engine::start(store.clone(), registry.clone(), engine_config(cfg, queues));
+    let app = ferry_server::worker_router(store.clone(), registry, engine.clone(), ferry_server::metrics_handle());
     let server = serve(cfg, listen, store, Some(engine), app).await?;
     tracing::info!(addr = %server.addr, worker = server.engine.as_ref().map(|e| e.worker_id()).unwrap_or(""), "Ferry worker running");
     Ok(server)

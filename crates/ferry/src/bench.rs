@@ -59,6 +59,10 @@ pub struct BenchArgs {
     /// Skip the raw store measurement
     #[arg(long)]
     pub skip_raw: bool,
+    /// Measure the `exec` sandbox's overhead instead: hello world in Python and sh,
+    /// sandboxed against a bare spawn, `--samples` runs each
+    #[arg(long)]
+    pub sandbox: bool,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -232,6 +236,9 @@ async fn drop_schema(url: &str, schema: &str) {
 
 /// Runs the benchmark and prints the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.sandbox {
+        return crate::bench_sandbox::run(&args).await;
+    }
     let durability = match args.durability.as_str() {
         "process" => Durability::Process,
         "full" => Durability::Full,

@@ -9,6 +9,7 @@
 use anyhow::{Context, bail};
 use ferry_core::Limits;
 use ferry_store::sqlite::Durability;
+use ferry_worker::kinds::ExecConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -59,7 +60,8 @@ impl Default for LimitsConfig {
             max_body_bytes: 16 * 1024 * 1024,
             max_batch: 1000,
             max_input_bytes: l.max_input_bytes,
-            max_output_bytes: 1024 * 1024,
+            // Room for an `exec` result: 1 MiB per stream, escaped, plus the rest.
+            max_output_bytes: 4 * 1024 * 1024,
             max_attempts: l.max_attempts,
             max_timeout_ms: l.max_timeout_ms,
             default_timeout_ms: l.default_timeout_ms,
@@ -110,6 +112,15 @@ pub struct Config {
     pub retention_ms: u64,
     /// How often old jobs are pruned.
     pub prune_ms: u64,
+    /// The `exec` kind: interpreters, limits and their ceilings, the result cache.
+    pub exec: ExecConfig,
+    /// The program run as the sandbox helper (`PROGRAM sandbox-helper SPEC`); default:
+    /// this `ferry` binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec_helper: Option<PathBuf>,
+    /// The file this configuration was read from (hidden from sandboxes).
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -125,7 +136,12 @@ impl Default for Config {
             heartbeat_ms: 5_000,
             poll_ms: 1_000,
             reap_ms: 2_000,
-            queues: BTreeMap::from([("default".to_string(), QueueSettings::default())]),
+            // `heavy`: the place for long or large runs (`exec` with big limits), so that
+            // they cannot take every slot of `default`.
+            queues: BTreeMap::from([
+                ("default".to_string(), QueueSettings::default()),
+                ("heavy".to_string(), QueueSettings { concurrency: Some(2) }),
+            ]),
             limits: LimitsConfig::default(),
             log: "info".into(),
             database_url: None,
@@ -133,6 +149,9 @@ impl Default for Config {
             database_max_connections: 16,
             retention_ms: 7 * 86_400_000,
             prune_ms: 60_000,
+            exec: ExecConfig::default(),
+            exec_helper: None,
+            config_file: None,
         }
     }
 }
@@ -167,6 +186,7 @@ impl Config {
             .merge(Serialized::defaults(flags));
         let mut cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         cfg.queues.entry("default".into()).or_default();
+        cfg.config_file = file.cloned();
         cfg.validate()?;
         Ok(cfg)
     }
@@ -188,6 +208,7 @@ impl Config {
         {
             bail!("database_url must be a postgres:// URL (unset, Ferry uses SQLite in data_dir)");
         }
+        self.exec.validate().map_err(|e| anyhow::anyhow!(e))?;
         if self.database_max_connections < 2 {
             bail!("database_max_connections must be at least 2");
         }

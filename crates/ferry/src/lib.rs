@@ -4,5 +4,6 @@
 
 pub mod app;
 pub mod bench;
+pub mod bench_sandbox;
 pub mod cli;
 pub mod config;

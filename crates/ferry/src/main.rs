@@ -34,8 +34,23 @@ async fn work(args: ferry::cli::WorkerArgs) -> anyhow::Result<()> {
     worker.stop().await
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // The sandbox helper must stay single-threaded: it is dispatched before any runtime
+    // (or anything else) starts.
+    if std::env::args_os().nth(1).is_some_and(|a| a == ferry::app::SANDBOX_HELPER_ARG) {
+        ferry_sandbox::helper_main();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run())
+}
+
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Server(args) => serve(args).await.map(|_| ExitCode::SUCCESS),

@@ -1,10 +1,12 @@
 //! The built-in kinds. Each file is one executor.
 
+mod exec;
 mod fail;
 mod http;
 mod noop;
 mod sleep;
 
+pub use exec::{Exec, ExecConfig, ExecLimits, Interpreter};
 pub use fail::Fail;
 pub use http::Http;
 pub use noop::Noop;

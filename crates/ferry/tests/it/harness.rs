@@ -223,6 +223,8 @@ impl TestServer {
             poll_ms: 200,
             reap_ms: 200,
             shutdown_grace_ms: 2000,
+            // The test binary is not `ferry`: the sandbox helper is the built binary.
+            exec_helper: Some(std::path::PathBuf::from(env!("CARGO_BIN_EXE_ferry"))),
             ..Config::default()
         };
         let schema = match backend {

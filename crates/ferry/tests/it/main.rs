@@ -6,6 +6,7 @@ mod harness;
 mod cancel_replay;
 mod consistency;
 mod events;
+mod exec;
 mod idempotency;
 mod lifecycle;
 mod listing;

@@ -46,7 +46,8 @@ async fn health_readiness_and_metrics(backend: Backend) {
     assert_eq!(body["status"], "ok");
     let (status, body) = server.get("/readyz").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body, json!({"status": "ready", "store": backend.name()}));
+    assert_eq!((&body["status"], &body["store"]), (&json!("ready"), &json!(backend.name())), "{body}");
+    assert_eq!(body["details"]["exec"]["accepting"], true, "the sandbox is complete on this host: {body}");
 
     let ok = server.submit(json!({"kind": "noop"})).await;
     let dead = server.submit(json!({"kind": "fail", "input": {"retryable": false}})).await;
@@ -117,6 +118,11 @@ async fn queue_counts_reflect_jobs(backend: Backend) {
         find("other"),
         &json!({"name": "other", "depth": 2, "running": 0, "scheduled": 0, "retrying": 0, "dead": 0})
     );
-    assert_eq!(queues.len(), 2, "{body}");
+    assert_eq!(
+        find("heavy"),
+        &json!({"name": "heavy", "depth": 0, "running": 0, "scheduled": 0, "retrying": 0, "dead": 0}),
+        "configured out of the box"
+    );
+    assert_eq!(queues.len(), 3, "{body}");
     server.stop().await;
 }
