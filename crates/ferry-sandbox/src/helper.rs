@@ -228,6 +228,9 @@ pub fn helper_main() -> ! {
         Err(e) => report.fail_setup(e),
     }
 
+    // Descriptors the engine itself inherited without close-on-exec (from a shell or a CI
+    // runner) must not reach the command. The helper's own are close-on-exec already.
+    close_fds::set_fds_cloexec(3, &[]);
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .env_clear()

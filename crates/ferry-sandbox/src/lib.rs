@@ -102,6 +102,8 @@ pub enum LimitHit {
     Timeout,
     /// `/work` and `/tmp` are full (`Limits::disk_mb`).
     Disk,
+    /// A process had as many files open as `Limits::open_files` allows (EMFILE).
+    OpenFiles,
 }
 
 /// What happened.
@@ -128,7 +130,8 @@ pub struct Outcome {
     /// 128 + SIGXCPU/SIGXFSZ (a shell reporting its child) → cpu / file size; `File too
     /// large` → file size; `MemoryError`, `Cannot allocate memory`, `out of memory`,
     /// `bad_alloc`, `process OOM` (V8), or SIGKILL/SIGSEGV/SIGABRT with `max_rss_kb` at ≥ 80 % of the limit
-    /// → memory; `Resource temporarily unavailable` → processes. A shell's fork failure
+    /// → memory; `Resource temporarily unavailable` → processes; `Too many open files` →
+    /// open files. A shell's fork failure
     /// (`Cannot fork`, `fork: retry`) → processes even when the command exited 0.
     pub limit_hit: Option<LimitHit>,
     /// Killed at the hard timeout.
@@ -615,6 +618,9 @@ fn classify(o: &Outcome, limits: &Limits, flooded: bool) -> Option<LimitHit> {
     }
     if limits.processes.is_some() && err.contains("Resource temporarily unavailable") {
         return Some(LimitHit::Processes);
+    }
+    if limits.open_files.is_some() && err.contains("Too many open files") {
+        return Some(LimitHit::OpenFiles);
     }
     None
 }

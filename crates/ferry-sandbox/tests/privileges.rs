@@ -68,3 +68,18 @@ async fn the_result_file_cannot_be_forged() {
     assert_eq!(out.stdout, "wrote /work\nwrote /tmp\n", "{out:?}");
     f.assert_clean("marker-forge-1");
 }
+
+/// A descriptor the parent holds without close-on-exec (as one inherited from a shell
+/// would be) does not reach the command: it has only its three standard streams.
+#[tokio::test]
+async fn stray_inherited_descriptors_do_not_reach_the_command() {
+    let f = fixture("privs-fds");
+    let file = std::fs::File::open("/dev/null").unwrap();
+    // `dup` makes a descriptor without close-on-exec.
+    let stray = rustix::io::dup(&file).unwrap();
+    let out = f.sandbox.run(sh("ls /proc/self/fd | tr '\\n' ' ' # marker-privs-fds")).await.unwrap();
+    // `ls` holds the directory it lists as descriptor 3.
+    assert_eq!(out.stdout, "0 1 2 3 ", "{out:?}");
+    drop(stray);
+    f.assert_clean("marker-privs-fds");
+}

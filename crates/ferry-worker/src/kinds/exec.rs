@@ -26,7 +26,7 @@
 //!
 //! Output, whether the attempt succeeded or failed: `exit_code`, `signal`, `stdout`,
 //! `stderr`, `truncated`, `duration_ms`, `cpu_ms`, `max_rss_kb`, `limit_hit` (`memory`,
-//! `cpu`, `file_size`, `disk`, `processes`, `output`, `timeout` or null), `code_hash`
+//! `cpu`, `file_size`, `disk`, `processes`, `open_files`, `output`, `timeout` or null), `code_hash`
 //! (SHA-256 over language, code, args, stdin and files), `cached` and `isolation`
 //! (`full`, or `weak` when the operator allowed running without every sandbox layer).
 //!
@@ -510,6 +510,7 @@ fn error_of(o: &Outcome, limits: &ExecLimits, timeout: Duration) -> Option<ExecE
             LimitHit::Cpu => format!("CPU time limit ({} s)", limits.cpu_seconds),
             LimitHit::FileSize => format!("file size limit ({} MiB)", limits.file_size_mb),
             LimitHit::Disk => format!("scratch disk limit ({} MiB)", limits.disk_mb),
+            LimitHit::OpenFiles => format!("open files limit ({})", limits.open_files),
             LimitHit::Processes => format!("process limit ({})", limits.processes),
             LimitHit::Output => "output limit (the run was stopped)".to_string(),
         };

@@ -203,6 +203,21 @@ async fn writing_past_the_file_size_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_files_up_to_and_past_the_limit() {
+    let s = ExecServer::start().await;
+    // Opens until refused, then shows that exactly the limit was reachable (the listing's
+    // own descriptor takes the slot just freed) and fails with the refusal. (Descriptors
+    // the server itself inherited above the limit do not count: see SANDBOX.md.)
+    let code = "import os\nfs = []\ntry:\n    while True:\n        fs.append(open('/dev/null'))\nexcept OSError:\n    fs.pop().close()\n    print('open at the limit', len([f for f in os.listdir('/proc/self/fd') if int(f) < 32]))\n    raise";
+    let input = json!({"language": "python", "code": code, "args": ["m-nofile"], "limits": {"open_files": 32}});
+    let job = s.run(input, json!({})).await;
+    assert_eq!((error_type(&job), &job["output"]["limit_hit"]), ("resource_limit", &json!("open_files")), "{job:#}");
+    assert_eq!(job["output"]["stdout"], "open at the limit 32\n", "{job:#}");
+    s.assert_clean("m-nofile").await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filling_the_scratch_disk() {
     let s = ExecServer::start().await;
     // Files under the file-size limit, but more of them than the disk limit holds.
@@ -523,5 +538,24 @@ async fn without_namespaces_exec_is_refused_unless_weak_mode_is_allowed() {
     assert_eq!(job["state"], "succeeded", "{job:#}");
     assert_eq!((job["output"]["stdout"].as_str(), job["output"]["isolation"].as_str()), (Some("weak\n"), Some("weak")));
     s.assert_clean("m-weak").await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_script_kills_it() {
+    let s = ExecServer::start().await;
+    let id = s.submit(sh("echo started\nsleep 1000.7171", "m-cancel"), json!({})).await;
+    s.srv.wait_state(&id, &["running"]).await;
+    // Wait until the script itself runs, not just the attempt.
+    let started = Instant::now();
+    while processes_with("1000.7171").is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(20), "the script never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = s.srv.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let job = s.srv.wait_state(&id, &["cancelled"]).await;
+    assert_eq!(job["state"], "cancelled");
+    s.assert_clean("1000.7171").await;
     s.stop().await;
 }
