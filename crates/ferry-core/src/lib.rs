@@ -11,7 +11,9 @@
 pub mod backoff;
 pub mod error;
 pub mod job;
+pub mod run;
 pub mod time;
+pub mod workflow;
 
 pub use backoff::{Backoff, Jitter};
 pub use error::{ErrorType, ExecError, JobError};

@@ -106,3 +106,21 @@ pub fn parse<T: DeserializeOwned + Shape>(bytes: &[u8]) -> Result<T, ApiError> {
         ApiError::bad_field(field, inner)
     })
 }
+
+impl Shape for ferry_core::workflow::WorkflowSpec {
+    fn check(body: &Value) -> Result<(), ApiError> {
+        must_be_object(body, "")?;
+        if let Some(Value::Array(nodes)) = body.get("nodes") {
+            for (i, node) in nodes.iter().enumerate() {
+                must_be_object(node, &format!("nodes[{i}]"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Shape for crate::runs::RunRequest {
+    fn check(body: &Value) -> Result<(), ApiError> {
+        must_be_object(body, "")
+    }
+}

@@ -270,15 +270,65 @@ pub async fn delete(State(st): State<ApiState>, Path(id): Path<String>) -> Resul
     }
 }
 
-/// A job's events, oldest first.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    after: Option<i64>,
+}
+
+/// A job's events, oldest first: JSON, or Server-Sent Events when asked for
+/// `text/event-stream` (replay after `Last-Event-ID` or `?after=`, then live, closing
+/// after the job's final event: `succeeded`, `dead` or `cancelled`).
 #[utoipa::path(
     get, path = "/v1/jobs/{id}/events", tag = "jobs",
-    params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, body = EventList), (status = 404, body = ErrorBody))
+    params(
+        ("id" = String, Path, description = "Job id"),
+        ("after" = Option<i64>, Query, description = "Only events after this id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume a stream after this id"),
+    ),
+    responses(
+        (status = 200, body = EventList),
+        (status = 200, description = "The event stream", content_type = "text/event-stream"),
+        (status = 404, body = ErrorBody)
+    )
 )]
-pub async fn events(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Json<EventList>, ApiError> {
+pub async fn events(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<EventQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
     let id = parse_id(&id)?;
     let caller = Caller::local();
+    let after = crate::sse::resume_from(&headers, q.after)?;
     let events = st.store.job_events(&caller.workspace, id).await?.ok_or_else(|| ApiError::not_found("job"))?;
-    Ok(Json(EventList { events: events.into_iter().map(EventView::from).collect() }))
+    if !crate::sse::wants_stream(&headers) {
+        let events = events.into_iter().filter(|e| e.id > after).map(EventView::from).collect();
+        return Ok(Json(EventList { events }).into_response());
+    }
+    let store = st.store.clone();
+    let workspace = caller.workspace.clone();
+    let fetch = move |cursor: i64| {
+        let (store, workspace) = (store.clone(), workspace.clone());
+        async move {
+            // The job's state first: when it is final, its final event is in what follows.
+            let ended = store.get_job(&workspace, id).await.ok()??.state.is_final();
+            let events = store.job_events(&workspace, id).await.ok()??;
+            let items = events
+                .into_iter()
+                .filter(|e| e.id > cursor)
+                .map(|e| {
+                    let view = EventView::from(e);
+                    crate::sse::Item {
+                        id: view.id,
+                        event_type: view.event_type.clone(),
+                        data: serde_json::to_string(&view).unwrap_or_default(),
+                    }
+                })
+                .collect();
+            Some((items, ended))
+        }
+    };
+    Ok(crate::sse::stream(after, st.cfg.sse_keep_alive, fetch).into_response())
 }

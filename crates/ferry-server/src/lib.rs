@@ -11,6 +11,8 @@
 mod error;
 mod extract;
 mod jobs;
+pub mod runs;
+mod sse;
 mod system;
 pub mod views;
 
@@ -41,6 +43,8 @@ pub struct ApiConfig {
     pub queues: Vec<String>,
     /// A worker is listed by `GET /v1/workers` while its last heartbeat is this recent.
     pub worker_seen_within_ms: u64,
+    /// Interval of the keep-alive comments of event streams.
+    pub sse_keep_alive: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -51,6 +55,7 @@ impl Default for ApiConfig {
             max_batch: 1000,
             queues: vec!["default".into()],
             worker_seen_within_ms: 30_000,
+            sse_keep_alive: std::time::Duration::from_secs(15),
         }
     }
 }
@@ -64,6 +69,8 @@ pub struct ApiState {
     pub engine: Option<Engine>,
     pub cfg: Arc<ApiConfig>,
     pub metrics: PrometheusHandle,
+    /// Decides what a workflow run does next (`ferry_worker::planner`).
+    pub planner: ferry_store::Planner,
 }
 
 /// Who is calling. Until tokens exist every request acts as user `local` of workspace
@@ -81,6 +88,16 @@ impl Caller {
 }
 
 impl ApiState {
+    /// Stops this process's attempts of jobs a run transition cancelled (other
+    /// processes learn it from the store).
+    pub fn stop_attempts(&self, ids: &[ferry_core::JobId]) {
+        if let Some(engine) = &self.engine {
+            for id in ids {
+                engine.stop_attempt(*id);
+            }
+        }
+    }
+
     /// Validates a spec against this server: its kind must be registered, its queue
     /// configured, its input acceptable to the kind, and its fields within the limits.
     pub fn validate(&self, spec: JobSpec, caller: &Caller, now: Micros) -> Result<NewJob, ApiError> {
@@ -119,6 +136,7 @@ impl ApiState {
         description = "A durable job and workflow engine. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}`."
     ),
     tags((name = "jobs", description = "Submit, inspect, cancel and replay jobs"),
+          (name = "workflows", description = "Versioned workflows, their runs and run events"),
           (name = "system", description = "Queues, health and metrics"))
 )]
 struct ApiDoc;
@@ -152,6 +170,12 @@ fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::replay))
         .routes(routes!(jobs::events))
+        .routes(routes!(runs::register, runs::list_workflows))
+        .routes(routes!(runs::get_workflow))
+        .routes(routes!(runs::start, runs::list_runs))
+        .routes(routes!(runs::get_run))
+        .routes(routes!(runs::cancel_run))
+        .routes(routes!(runs::run_events))
         .routes(routes!(system::queues))
         .routes(routes!(system::workers))
         .routes(routes!(system::healthz))

@@ -15,10 +15,16 @@
 
 pub mod postgres;
 mod row;
+pub mod runs;
 pub mod sqlite;
 mod transition;
 mod types;
 
+use ferry_core::run::{RunId, RunState};
+pub use runs::{
+    Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunJobRow, RunNodeRow, RunPage,
+    RunRow, WorkflowSummary, WorkflowVersion,
+};
 pub use types::*;
 
 use async_trait::async_trait;
@@ -154,6 +160,57 @@ pub trait Store: Send + Sync + 'static {
 
     /// The earliest `run_at` of the queue's scheduled and retrying jobs.
     async fn next_due(&self, queue: &str) -> Result<Option<Micros>, StoreError>;
+
+    /// Registers a new version of a workflow (the first is 1) and returns its number.
+    async fn put_workflow(
+        &self,
+        workspace: &str,
+        user: &str,
+        name: &str,
+        definition: serde_json::Value,
+    ) -> Result<u32, StoreError>;
+
+    /// The workspace's workflows with their latest versions, by name.
+    async fn workflows(&self, workspace: &str) -> Result<Vec<WorkflowSummary>, StoreError>;
+
+    /// Every version of one workflow, oldest first (empty: no such workflow).
+    async fn workflow_versions(&self, workspace: &str, name: &str) -> Result<Vec<WorkflowVersion>, StoreError>;
+
+    /// Starts a run (or finds the one its idempotency key names) and advances it once, in
+    /// one transaction: its first nodes' jobs exist when this returns.
+    async fn create_run(&self, run: NewRun, planner: Planner) -> Result<(CreateRunOutcome, Advanced), StoreError>;
+
+    /// Advances each run once (see [`runs`]): its jobs' new events reach its log, then the
+    /// planner decides.
+    async fn advance_runs(&self, runs: Vec<RunId>, planner: Planner) -> Result<Advanced, StoreError>;
+
+    /// Cancels a run: running nodes stop, waiting ones never start. Returns the run's state
+    /// after (`None`: no such run).
+    async fn cancel_run(
+        &self,
+        workspace: &str,
+        id: RunId,
+        planner: Planner,
+    ) -> Result<(Option<RunState>, Advanced), StoreError>;
+
+    /// A run with its nodes and jobs.
+    async fn get_run(&self, workspace: &str, id: RunId) -> Result<Option<RunDetail>, StoreError>;
+
+    /// Runs newest first, filtered, one page at a time.
+    async fn list_runs(&self, workspace: &str, filter: RunFilter) -> Result<RunPage, StoreError>;
+
+    /// Up to `limit` events of a run's log after id `after`, in order; `None`: no such run.
+    async fn run_events(
+        &self,
+        workspace: &str,
+        id: RunId,
+        after: i64,
+        limit: usize,
+    ) -> Result<Option<Vec<RunEvent>>, StoreError>;
+
+    /// Running runs that need an advance nobody triggered: past their deadline, or not
+    /// advanced for `idle_ms` (a crash between a job's end and its run's advance).
+    async fn runs_to_sweep(&self, idle_ms: u64, limit: usize) -> Result<Vec<RunId>, StoreError>;
 
     /// Notified whenever the queue may have new ready or newly scheduled work.
     fn wakeup(&self, queue: &str) -> Arc<Notify>;

@@ -28,8 +28,15 @@ use crate::{
     CancelOutcome, ClaimRequest, ClaimedJob, DeleteOutcome, Event, Finish, JobFilter, JobRecord, Page, QueueStats,
     ReplayOutcome, Store, StoreError, Submitted, Wakeups, WorkerInfo,
 };
+mod runs;
+
+use crate::runs::{
+    Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunPage, WorkflowSummary,
+    WorkflowVersion,
+};
 use crate::{row, transition};
 use async_trait::async_trait;
+use ferry_core::run::{RunId, RunState};
 use ferry_core::time::{self, Micros};
 use ferry_core::{JobId, JobState, NewJob};
 use serde_json::Value;
@@ -46,6 +53,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../sql/postgres/migrations/0001_jobs.sql")),
     (2, include_str!("../sql/postgres/migrations/0002_rfc3339.sql")),
     (3, include_str!("../sql/postgres/migrations/0003_exec.sql")),
+    (4, include_str!("../sql/postgres/migrations/0004_workflows.sql")),
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
@@ -60,7 +68,7 @@ const JOB_COLUMNS: &str = "id, workspace, user_id, kind, queue, state, priority,
      attempt, attempt_base, worker_id, lease_expires_at, finished_at, updated_at, output::text, error::text, \
      soft_timeout_ms";
 const CLAIMED_COLUMNS: &str = "id, kind, queue, input::text, attempt, attempt_base, max_attempts, backoff::text, \
-     timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key, priority, worker_id";
+     timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key, run_id, priority, worker_id";
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -319,6 +327,9 @@ impl row::Columns for PgRow {
     fn uuid(&self, i: usize) -> Result<JobId, sqlx::Error> {
         self.try_get(i)
     }
+    fn opt_uuid(&self, i: usize) -> Result<Option<JobId>, sqlx::Error> {
+        self.try_get(i)
+    }
     fn text(&self, i: usize) -> Result<String, sqlx::Error> {
         self.try_get(i)
     }
@@ -385,6 +396,84 @@ async fn read_events(tx: &mut Transaction<'static, Postgres>, id: JobId) -> Resu
         .map_err(err)
 }
 
+/// The id, workspace, user, kind and queue arrays of an insert.
+type IdentityColumns = (Vec<JobId>, Vec<String>, Vec<String>, Vec<String>, Vec<String>);
+
+/// Inserts new jobs (node instances where `links` says so) in one statement; returns the
+/// rows of those inserted (`id, state, queue, run_at`), not those an idempotency key
+/// skipped. Their first events are the caller's to write.
+async fn insert_jobs(
+    tx: &mut Transaction<'static, Postgres>,
+    now: Micros,
+    jobs: &[NewJob],
+    links: &[Option<(RunId, String, Option<u32>)>],
+) -> Result<Vec<PgRow>, StoreError> {
+    let n = jobs.len();
+    let mut cols: IdentityColumns = Default::default();
+    let mut prio = Vec::with_capacity(n);
+    let mut input = Vec::with_capacity(n);
+    let mut labels = Vec::with_capacity(n);
+    let mut max_attempts = Vec::with_capacity(n);
+    let mut backoff = Vec::with_capacity(n);
+    let mut timeout = Vec::with_capacity(n);
+    let mut total = Vec::with_capacity(n);
+    let mut keys = Vec::with_capacity(n);
+    let mut hashes = Vec::with_capacity(n);
+    let mut run_at = Vec::with_capacity(n);
+    let mut soft = Vec::with_capacity(n);
+    let mut cache = Vec::with_capacity(n);
+    let mut run_ids = Vec::with_capacity(n);
+    let mut node_ids = Vec::with_capacity(n);
+    let mut items = Vec::with_capacity(n);
+    for (j, link) in jobs.iter().zip(links.iter().chain(std::iter::repeat(&None))) {
+        run_ids.push(link.as_ref().map(|l| l.0));
+        node_ids.push(link.as_ref().map(|l| l.1.clone()));
+        items.push(link.as_ref().and_then(|l| l.2).map(i64::from));
+        cols.0.push(j.id);
+        cols.1.push(j.workspace.clone());
+        cols.2.push(j.user.clone());
+        cols.3.push(j.kind.clone());
+        cols.4.push(j.queue.clone());
+        prio.push(j.priority);
+        input.push(j.input.to_string());
+        labels.push((!j.labels.is_empty()).then(|| serde_json::to_string(&j.labels).unwrap_or_default()));
+        max_attempts.push(j.max_attempts as i32);
+        backoff.push(serde_json::to_string(&j.backoff).unwrap_or_default());
+        timeout.push(j.timeout_ms as i64);
+        total.push(j.total_timeout_ms.map(|t| t as i64));
+        keys.push(j.idempotency_key.clone());
+        hashes.push(j.request_hash.clone());
+        run_at.push(j.run_at);
+        soft.push(j.soft_timeout_ms.map(|t| t as i64));
+        cache.push(j.cache_key.clone());
+    }
+    let rows = sqlx::query(INSERT_JOBS)
+        .bind(now)
+        .bind(cols.0)
+        .bind(cols.1)
+        .bind(cols.2)
+        .bind(cols.3)
+        .bind(cols.4)
+        .bind(prio)
+        .bind(input)
+        .bind(labels)
+        .bind(max_attempts)
+        .bind(backoff)
+        .bind(timeout)
+        .bind(total)
+        .bind(keys)
+        .bind(hashes)
+        .bind(run_at)
+        .bind(soft)
+        .bind(cache)
+        .bind(run_ids)
+        .bind(node_ids)
+        .bind(items)
+        .fetch_all(&mut **tx)
+        .await?;
+    Ok(rows)
+}
+
 #[async_trait]
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
@@ -394,59 +483,7 @@ impl Store for PgStore {
     async fn submit(&self, jobs: Vec<NewJob>) -> Result<Vec<Submitted>, StoreError> {
         let (mut tx, now) = self.begin().await?;
         let n = jobs.len();
-        let mut cols: (Vec<JobId>, Vec<String>, Vec<String>, Vec<String>, Vec<String>) = Default::default();
-        let mut prio = Vec::with_capacity(n);
-        let mut input = Vec::with_capacity(n);
-        let mut labels = Vec::with_capacity(n);
-        let mut max_attempts = Vec::with_capacity(n);
-        let mut backoff = Vec::with_capacity(n);
-        let mut timeout = Vec::with_capacity(n);
-        let mut total = Vec::with_capacity(n);
-        let mut keys = Vec::with_capacity(n);
-        let mut hashes = Vec::with_capacity(n);
-        let mut run_at = Vec::with_capacity(n);
-        let mut soft = Vec::with_capacity(n);
-        let mut cache = Vec::with_capacity(n);
-        for j in &jobs {
-            cols.0.push(j.id);
-            cols.1.push(j.workspace.clone());
-            cols.2.push(j.user.clone());
-            cols.3.push(j.kind.clone());
-            cols.4.push(j.queue.clone());
-            prio.push(j.priority);
-            input.push(j.input.to_string());
-            labels.push((!j.labels.is_empty()).then(|| serde_json::to_string(&j.labels).unwrap_or_default()));
-            max_attempts.push(j.max_attempts as i32);
-            backoff.push(serde_json::to_string(&j.backoff).unwrap_or_default());
-            timeout.push(j.timeout_ms as i64);
-            total.push(j.total_timeout_ms.map(|t| t as i64));
-            keys.push(j.idempotency_key.clone());
-            hashes.push(j.request_hash.clone());
-            run_at.push(j.run_at);
-            soft.push(j.soft_timeout_ms.map(|t| t as i64));
-            cache.push(j.cache_key.clone());
-        }
-        let rows = sqlx::query(INSERT_JOBS)
-            .bind(now)
-            .bind(cols.0)
-            .bind(cols.1)
-            .bind(cols.2)
-            .bind(cols.3)
-            .bind(cols.4)
-            .bind(prio)
-            .bind(input)
-            .bind(labels)
-            .bind(max_attempts)
-            .bind(backoff)
-            .bind(timeout)
-            .bind(total)
-            .bind(keys)
-            .bind(hashes)
-            .bind(run_at)
-            .bind(soft)
-            .bind(cache)
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows = insert_jobs(&mut tx, now, &jobs, &[]).await?;
         let mut created: HashMap<JobId, (JobState, String, Micros)> = HashMap::with_capacity(rows.len());
         for r in &rows {
             let state: String = r.try_get(1)?;
@@ -505,9 +542,9 @@ impl Store for PgStore {
             .await?;
         let mut claimed = Vec::with_capacity(rows.len());
         for r in &rows {
-            let mut job = claimed_from_row(r, r.try_get(15)?)?;
+            let mut job = claimed_from_row(r, r.try_get(16)?)?;
             job.worker = Some(req.worker.clone());
-            claimed.push((job, r.try_get::<i32, _>(14)?));
+            claimed.push((job, r.try_get::<i32, _>(15)?));
         }
         claimed.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.run_at.cmp(&b.0.run_at)).then(a.0.id.cmp(&b.0.id)));
         Ok(claimed.into_iter().map(|(j, _)| j).collect())
@@ -644,7 +681,7 @@ impl Store for PgStore {
         rows.iter()
             .map(|r| {
                 let mut job = claimed_from_row(r, 0)?;
-                job.worker = r.try_get(15)?;
+                job.worker = r.try_get(16)?;
                 Ok(job)
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -848,6 +885,63 @@ impl Store for PgStore {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
             .collect::<Result<Vec<(String, String, i64)>, sqlx::Error>>()?;
         Ok(row::queue_stats(counts))
+    }
+
+    async fn put_workflow(
+        &self,
+        workspace: &str,
+        user: &str,
+        name: &str,
+        definition: Value,
+    ) -> Result<u32, StoreError> {
+        self.put_workflow_tx(workspace, user, name, &definition).await
+    }
+
+    async fn workflows(&self, workspace: &str) -> Result<Vec<WorkflowSummary>, StoreError> {
+        self.workflows_q(workspace).await
+    }
+
+    async fn workflow_versions(&self, workspace: &str, name: &str) -> Result<Vec<WorkflowVersion>, StoreError> {
+        self.workflow_versions_q(workspace, name).await
+    }
+
+    async fn create_run(&self, run: NewRun, planner: Planner) -> Result<(CreateRunOutcome, Advanced), StoreError> {
+        self.create_run_tx(run, &planner).await
+    }
+
+    async fn advance_runs(&self, list: Vec<RunId>, planner: Planner) -> Result<Advanced, StoreError> {
+        self.advance_runs_tx(list, &planner).await
+    }
+
+    async fn cancel_run(
+        &self,
+        workspace: &str,
+        id: RunId,
+        planner: Planner,
+    ) -> Result<(Option<RunState>, Advanced), StoreError> {
+        self.cancel_run_tx(workspace, id, &planner).await
+    }
+
+    async fn get_run(&self, workspace: &str, id: RunId) -> Result<Option<RunDetail>, StoreError> {
+        self.get_run_q(workspace, id).await
+    }
+
+    async fn list_runs(&self, workspace: &str, filter: RunFilter) -> Result<RunPage, StoreError> {
+        self.list_runs_q(workspace, filter).await
+    }
+
+    async fn run_events(
+        &self,
+        workspace: &str,
+        id: RunId,
+        after: i64,
+        limit: usize,
+    ) -> Result<Option<Vec<RunEvent>>, StoreError> {
+        self.run_events_q(workspace, id, after, limit).await
+    }
+
+    async fn runs_to_sweep(&self, idle_ms: u64, limit: usize) -> Result<Vec<RunId>, StoreError> {
+        self.runs_to_sweep_q(idle_ms, limit).await
     }
 
     async fn next_due(&self, queue: &str) -> Result<Option<Micros>, StoreError> {

@@ -12,6 +12,7 @@ use std::str::FromStr;
 pub(crate) trait Columns {
     type Error;
     fn uuid(&self, i: usize) -> Result<JobId, Self::Error>;
+    fn opt_uuid(&self, i: usize) -> Result<Option<JobId>, Self::Error>;
     fn text(&self, i: usize) -> Result<String, Self::Error>;
     fn opt_text(&self, i: usize) -> Result<Option<String>, Self::Error>;
     /// Any integer column, widened.
@@ -38,7 +39,8 @@ pub(crate) trait Columns {
 }
 
 /// A row of `CLAIMED_COLUMNS`: id, kind, queue, input, attempt, attempt_base,
-/// max_attempts, backoff, timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key.
+/// max_attempts, backoff, timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key,
+/// run_id.
 pub(crate) fn claimed<R: Columns>(r: &R, started_at: Micros) -> Result<ClaimedJob, R::Error> {
     let attempt = r.small(4)?;
     Ok(ClaimedJob {
@@ -56,6 +58,7 @@ pub(crate) fn claimed<R: Columns>(r: &R, started_at: Micros) -> Result<ClaimedJo
         soft_timeout_ms: r.opt_int(11)?.map(|t| t.max(0) as u64),
         workspace: r.text(12)?,
         cache_key: r.opt_text(13)?,
+        run_id: r.opt_uuid(14)?,
         started_at,
         worker: None,
     })

@@ -26,8 +26,15 @@ use crate::{
     CancelOutcome, ClaimRequest, ClaimedJob, DeleteOutcome, Event, Finish, FinishResult, JobFilter, JobRecord, Page,
     QueueStats, ReplayOutcome, Store, StoreError, Submitted, Wakeups, WorkerInfo,
 };
+mod runs;
+
+use crate::runs::{
+    Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunPage, WorkflowSummary,
+    WorkflowVersion,
+};
 use crate::{row, transition};
 use async_trait::async_trait;
+use ferry_core::run::{RunId, RunState};
 use ferry_core::time::{self, Micros};
 use ferry_core::{JobId, JobState, NewJob};
 use rusqlite::types::Type;
@@ -43,6 +50,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../sql/sqlite/migrations/0001_jobs.sql")),
     (2, include_str!("../sql/sqlite/migrations/0002_workers.sql")),
     (3, include_str!("../sql/sqlite/migrations/0003_exec.sql")),
+    (4, include_str!("../sql/sqlite/migrations/0004_workflows.sql")),
 ];
 const PRUNE: &str = include_str!("../sql/sqlite/prune.sql");
 const INSERT_JOB: &str = include_str!("../sql/sqlite/insert_job.sql");
@@ -58,7 +66,7 @@ const JOB_COLUMNS: &str = "id, workspace, user_id, kind, queue, state, priority,
      backoff, timeout_ms, total_timeout_ms, idempotency_key, created_at, run_at, deadline_at, attempt, \
      attempt_base, worker_id, lease_expires_at, finished_at, updated_at, output, error, soft_timeout_ms";
 const CLAIMED_COLUMNS: &str = "id, kind, queue, input, attempt, attempt_base, max_attempts, backoff, \
-     timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key, priority, worker_id, lease_expires_at";
+     timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key, run_id, priority, worker_id, lease_expires_at";
 
 /// Most write requests folded into one transaction.
 const MAX_GROUP: usize = 2048;
@@ -100,6 +108,10 @@ enum Cmd {
     Cancel(String, JobId, Reply<CancelOutcome>),
     Replay(String, JobId, Reply<ReplayOutcome>),
     Delete(String, JobId, Reply<DeleteOutcome>),
+    PutWorkflow(String, String, String, serde_json::Value, Reply<u32>),
+    CreateRun(Box<NewRun>, Planner, Reply<(CreateRunOutcome, Advanced)>),
+    AdvanceRuns(Vec<RunId>, Planner, Reply<Advanced>),
+    CancelRun(String, RunId, Planner, Reply<(Option<RunState>, Advanced)>),
     Close(Reply<()>),
 }
 
@@ -338,6 +350,18 @@ impl Writer {
             Cmd::Cancel(ws, id, reply) => self.step(reply, |w| w.cancel(&ws, id)),
             Cmd::Replay(ws, id, reply) => self.step(reply, |w| w.replay(&ws, id)),
             Cmd::Delete(ws, id, reply) => self.step(reply, |w| w.delete(&ws, id)),
+            Cmd::PutWorkflow(ws, user, name, def, reply) => {
+                self.step(reply, |w| w.put_workflow(&ws, &user, &name, &def))
+            }
+            Cmd::CreateRun(run, planner, reply) => self.step(reply, |w| w.create_run(*run, &planner)),
+            Cmd::AdvanceRuns(list, planner, reply) => self.step(reply, |w| {
+                let mut all = Advanced::default();
+                for id in &list {
+                    all.merge(w.advance(*id, &planner)?);
+                }
+                Ok(all)
+            }),
+            Cmd::CancelRun(ws, id, planner, reply) => self.step(reply, |w| w.cancel_run(&ws, id, &planner)),
             Cmd::Close(_) => unreachable!("handled by the loop"),
         }
     }
@@ -421,47 +445,51 @@ impl Writer {
                 out.push(s);
                 continue;
             }
-            let id = job.id;
-            let (state, run_at) = match job.run_at {
-                Some(at) if at > self.now => (JobState::Scheduled, at),
-                _ => (JobState::Queued, self.now),
-            };
-            let deadline = job.total_timeout_ms.map(|t| run_at.saturating_add(time::ms(t)));
-            let labels = (!job.labels.is_empty()).then(|| serde_json::to_string(&job.labels).unwrap_or_default());
-            let backoff = serde_json::to_string(&job.backoff).unwrap_or_default();
-            self.conn
-                .prepare_cached(INSERT_JOB)
-                .map_err(db)?
-                .execute(params![
-                    id,
-                    job.workspace,
-                    job.user,
-                    job.kind,
-                    job.queue,
-                    state.as_str(),
-                    job.priority,
-                    job.input.to_string(),
-                    labels,
-                    job.max_attempts,
-                    backoff,
-                    job.timeout_ms as i64,
-                    job.total_timeout_ms.map(|t| t as i64),
-                    job.idempotency_key,
-                    job.request_hash,
-                    self.now,
-                    run_at,
-                    deadline,
-                    job.soft_timeout_ms.map(|t| t as i64),
-                    job.cache_key,
-                ])
-                .map_err(db)?;
-            let (kind, data) = transition::submit_event(state, &job.queue, run_at);
-            self.event(id, kind, data)?;
-            self.woken.insert(job.queue.clone());
+            let state = self.insert_job(job, None)?;
             first_state.insert(job.id, state);
             out.push(Submitted { id: job.id, state, created: true });
         }
         Ok(out)
+    }
+
+    /// Inserts one new job (a node instance when `run` is given) with its first event.
+    fn insert_job(&mut self, job: &NewJob, run: Option<(RunId, &str, Option<u32>)>) -> Result<JobState, StoreError> {
+        let (state, run_at) = match job.run_at {
+            Some(at) if at > self.now => (JobState::Scheduled, at),
+            _ => (JobState::Queued, self.now),
+        };
+        let deadline = job.total_timeout_ms.map(|t| run_at.saturating_add(time::ms(t)));
+        let labels = (!job.labels.is_empty()).then(|| serde_json::to_string(&job.labels).unwrap_or_default());
+        let backoff = serde_json::to_string(&job.backoff).unwrap_or_default();
+        self.conn.prepare_cached(INSERT_JOB).map_err(db)?.execute(params![
+            job.id,
+            job.workspace,
+            job.user,
+            job.kind,
+            job.queue,
+            state.as_str(),
+            job.priority,
+            job.input.to_string(),
+            labels,
+            job.max_attempts,
+            backoff,
+            job.timeout_ms as i64,
+            job.total_timeout_ms.map(|t| t as i64),
+            job.idempotency_key,
+            job.request_hash,
+            self.now,
+            run_at,
+            deadline,
+            job.soft_timeout_ms.map(|t| t as i64),
+            job.cache_key,
+            run.map(|r| r.0),
+            run.map(|r| r.1),
+            run.and_then(|r| r.2),
+        ])?;
+        let (kind, data) = transition::submit_event(state, &job.queue, run_at);
+        self.event(job.id, kind, data)?;
+        self.woken.insert(job.queue.clone());
+        Ok(state)
     }
 
     fn claim(&mut self, req: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
@@ -473,7 +501,7 @@ impl Writer {
             .prepare_cached(CLAIM)
             .map_err(db)?
             .query_map(params![req.queue, now, req.limit as i64, req.worker, lease_until], |r| {
-                Ok((claimed_from_row(r, now)?, r.get::<_, i32>(14)?))
+                Ok((claimed_from_row(r, now)?, r.get::<_, i32>(15)?))
             })
             .map_err(db)?
             .collect::<rusqlite::Result<Vec<_>>>()
@@ -639,6 +667,9 @@ impl row::Columns for Row<'_> {
     fn uuid(&self, i: usize) -> rusqlite::Result<JobId> {
         self.get(i)
     }
+    fn opt_uuid(&self, i: usize) -> rusqlite::Result<Option<JobId>> {
+        self.get(i)
+    }
     fn text(&self, i: usize) -> rusqlite::Result<String> {
         self.get(i)
     }
@@ -747,7 +778,7 @@ impl Store for SqliteStore {
             c.prepare_cached(&sql)?
                 .query_map(params![now, limit as i64], |r| {
                     let mut job = claimed_from_row(r, 0)?;
-                    job.worker = r.get(15)?;
+                    job.worker = r.get(16)?;
                     Ok(job)
                 })?
                 .collect()
@@ -861,6 +892,75 @@ impl Store for SqliteStore {
             Ok(row::queue_stats(rows))
         })
         .await
+    }
+
+    async fn put_workflow(
+        &self,
+        workspace: &str,
+        user: &str,
+        name: &str,
+        definition: serde_json::Value,
+    ) -> Result<u32, StoreError> {
+        let (ws, user, name) = (workspace.to_string(), user.to_string(), name.to_string());
+        self.write(|r| Cmd::PutWorkflow(ws, user, name, definition, r)).await
+    }
+
+    async fn workflows(&self, workspace: &str) -> Result<Vec<WorkflowSummary>, StoreError> {
+        let ws = workspace.to_string();
+        self.read(move |c| runs::workflows(c, &ws)).await
+    }
+
+    async fn workflow_versions(&self, workspace: &str, name: &str) -> Result<Vec<WorkflowVersion>, StoreError> {
+        let (ws, name) = (workspace.to_string(), name.to_string());
+        self.read(move |c| runs::workflow_versions(c, &ws, &name)).await
+    }
+
+    async fn create_run(&self, run: NewRun, planner: Planner) -> Result<(CreateRunOutcome, Advanced), StoreError> {
+        self.write(|r| Cmd::CreateRun(Box::new(run), planner, r)).await
+    }
+
+    async fn advance_runs(&self, list: Vec<RunId>, planner: Planner) -> Result<Advanced, StoreError> {
+        if list.is_empty() {
+            return Ok(Advanced::default());
+        }
+        self.write(|r| Cmd::AdvanceRuns(list, planner, r)).await
+    }
+
+    async fn cancel_run(
+        &self,
+        workspace: &str,
+        id: RunId,
+        planner: Planner,
+    ) -> Result<(Option<RunState>, Advanced), StoreError> {
+        let ws = workspace.to_string();
+        self.write(|r| Cmd::CancelRun(ws, id, planner, r)).await
+    }
+
+    async fn get_run(&self, workspace: &str, id: RunId) -> Result<Option<RunDetail>, StoreError> {
+        let ws = workspace.to_string();
+        self.read(move |c| runs::get_run(c, &ws, id)).await
+    }
+
+    async fn list_runs(&self, workspace: &str, filter: RunFilter) -> Result<RunPage, StoreError> {
+        let ws = workspace.to_string();
+        self.read(move |c| runs::list_runs(c, &ws, &filter)).await
+    }
+
+    async fn run_events(
+        &self,
+        workspace: &str,
+        id: RunId,
+        after: i64,
+        limit: usize,
+    ) -> Result<Option<Vec<RunEvent>>, StoreError> {
+        let ws = workspace.to_string();
+        self.read(move |c| runs::run_events(c, &ws, id, after, limit)).await
+    }
+
+    async fn runs_to_sweep(&self, idle_ms: u64, limit: usize) -> Result<Vec<RunId>, StoreError> {
+        let now = time::now_micros();
+        let idle_since = now.saturating_sub(time::ms(idle_ms));
+        self.read(move |c| runs::runs_to_sweep(c, now, idle_since, limit)).await
     }
 
     async fn next_due(&self, queue: &str) -> Result<Option<Micros>, StoreError> {

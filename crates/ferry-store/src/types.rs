@@ -46,6 +46,8 @@ pub struct ClaimedJob {
     pub workspace: String,
     /// See [`ferry_core::NewJob::cache_key`].
     pub cache_key: Option<String>,
+    /// The workflow run this job is a node of: its end advances the run.
+    pub run_id: Option<ferry_core::run::RunId>,
     pub started_at: Micros,
     pub worker: Option<String>,
 }

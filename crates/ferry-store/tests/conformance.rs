@@ -113,6 +113,7 @@ conformance!(
     queue_counts_and_listing,
     only_finished_jobs_can_be_deleted,
     the_result_cache_finds_recent_successes_of_the_workspace,
+    runs_start_advance_and_end_with_an_ordered_log,
 );
 
 fn job(key: Option<&str>, priority: i32) -> NewJob {
@@ -470,6 +471,108 @@ async fn the_result_cache_finds_recent_successes_of_the_workspace(store: Arc<dyn
     assert!(store.cached_output("default", "key-1", later).await.unwrap().is_none(), "too old for the TTL");
     let rec = store.get_job("default", ok.id).await.unwrap().unwrap();
     assert_eq!(rec.soft_timeout_ms, Some(1500));
+}
+
+fn planner() -> ferry_store::Planner {
+    Arc::new(|snap| ferry_core::run::plan(snap, &Limits::default(), &|_, _| Ok(())))
+}
+
+fn new_run(workflow: &str, version: Option<u32>, key: Option<&str>, input: serde_json::Value) -> ferry_store::NewRun {
+    ferry_store::NewRun {
+        id: JobId::now_v7(),
+        workspace: "default".into(),
+        user: "u".into(),
+        workflow: workflow.into(),
+        version,
+        input,
+        idempotency_key: key.map(Into::into),
+        request_hash: key.map(|_| "h1".into()),
+    }
+}
+
+async fn runs_start_advance_and_end_with_an_ordered_log(store: Arc<dyn Store>) {
+    use ferry_core::run::RunState;
+    use ferry_store::CreateRunOutcome;
+    let def = json!({"name": "w", "nodes": [
+        {"id": "a", "kind": "noop", "input": "{{ input.x }}"},
+        {"id": "b", "kind": "noop", "depends_on": ["a"], "input": {"from_a": "{{ nodes.a.output }}"}}
+    ]});
+    assert!(matches!(
+        store.create_run(new_run("w", None, None, json!(null)), planner()).await.unwrap().0,
+        CreateRunOutcome::NoWorkflow
+    ));
+    assert_eq!(store.put_workflow("default", "u", "w", def.clone()).await.unwrap(), 1);
+    assert_eq!(store.put_workflow("default", "u", "w", def).await.unwrap(), 2);
+    assert_eq!(store.workflow_versions("default", "w").await.unwrap().len(), 2);
+    assert!(store.workflow_versions("other", "w").await.unwrap().is_empty(), "workspaces are separate");
+    let (out, _) = store.create_run(new_run("w", Some(3), None, json!(null)), planner()).await.unwrap();
+    assert_eq!(out, CreateRunOutcome::NoVersion { latest: 2 });
+
+    let run = new_run("w", Some(1), Some("k"), json!({"x": 41}));
+    let id = run.id;
+    let (out, _) = store.create_run(run.clone(), planner()).await.unwrap();
+    assert_eq!(out, CreateRunOutcome::Created { id, version: 1, state: RunState::Running });
+    let mut again = new_run("w", Some(1), Some("k"), json!({"x": 41}));
+    assert!(
+        matches!(store.create_run(again.clone(), planner()).await.unwrap().0, CreateRunOutcome::Existing { id: i, .. } if i == id)
+    );
+    again.request_hash = Some("h2".into());
+    assert!(matches!(store.create_run(again, planner()).await.unwrap().0, CreateRunOutcome::Conflict { .. }));
+
+    // The first node's job exists, linked to the run.
+    let claimed = store.claim(claim_req("w", 10)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].run_id, Some(id));
+    let done = |c: &ferry_store::ClaimedJob, out: serde_json::Value| Finish {
+        id: c.id,
+        attempt: c.attempt,
+        queue: c.queue.clone(),
+        result: FinishResult::Succeeded { output: out },
+    };
+    store.finish(done(&claimed[0], json!(41))).await.unwrap();
+    store.advance_runs(vec![id], planner()).await.unwrap();
+    let next = store.claim(claim_req("w", 10)).await.unwrap();
+    assert_eq!(next.len(), 1);
+    let input: serde_json::Value = serde_json::from_str(&next[0].input).unwrap();
+    assert_eq!(input, json!({"from_a": 41}), "the upstream output, resolved");
+    store.finish(done(&next[0], json!("fin"))).await.unwrap();
+    let advanced = store.advance_runs(vec![id], planner()).await.unwrap();
+    assert_eq!(advanced.finished, vec![(id, RunState::Succeeded)]);
+
+    let detail = store.get_run("default", id).await.unwrap().unwrap();
+    assert_eq!(detail.run.state, RunState::Succeeded);
+    assert_eq!(detail.nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+    assert_eq!(detail.jobs.len(), 2);
+    assert!(store.get_run("other", id).await.unwrap().is_none());
+    let events = store.run_events("default", id, 0, 1000).await.unwrap().unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        types,
+        vec!["run_started", "queued", "started", "succeeded", "queued", "started", "succeeded", "run_finished"],
+        "job events copied once each, in causal order"
+    );
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+    let tail = store.run_events("default", id, events[3].id, 1000).await.unwrap().unwrap();
+    assert_eq!(tail.len(), 4);
+    assert!(store.run_events("other", id, 0, 10).await.unwrap().is_none());
+
+    // Cancel: a waiting run ends at once; an ended one says how it ended.
+    let second = new_run("w", None, None, json!({"x": 1}));
+    let sid = second.id;
+    store.create_run(second, planner()).await.unwrap();
+    let (state, _) = store.cancel_run("default", sid, planner()).await.unwrap();
+    assert_eq!(state, Some(RunState::Cancelled));
+    assert_eq!(store.cancel_run("default", id, planner()).await.unwrap().0, Some(RunState::Succeeded));
+    assert_eq!(store.cancel_run("other", id, planner()).await.unwrap().0, None);
+    let page = store
+        .list_runs(
+            "default",
+            ferry_store::RunFilter { state: Some(RunState::Cancelled), limit: 10, ..Default::default() },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items.iter().map(|r| r.id).collect::<Vec<_>>(), vec![sid]);
+    assert!(store.runs_to_sweep(0, 10).await.unwrap().is_empty(), "no running runs left");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

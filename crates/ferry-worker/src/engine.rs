@@ -22,9 +22,10 @@
 //! the attempt does not count).
 
 use crate::executor::{Attempt, Executor, Registry};
+use ferry_core::run::RunId;
 use ferry_core::time;
 use ferry_core::{Decision, ErrorType, ExecError, JobError, JobId, RetryState, decide_after_failure};
-use ferry_store::{ClaimRequest, ClaimedJob, Finish, FinishResult, Store, WorkerInfo, WorkerQueue};
+use ferry_store::{ClaimRequest, ClaimedJob, Finish, FinishResult, Planner, Store, WorkerInfo, WorkerQueue};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,12 @@ pub struct EngineConfig {
     pub claim_batch: usize,
     /// Largest serialized output of one attempt; a larger one fails the attempt.
     pub max_output_bytes: usize,
+    /// Limits the jobs a workflow run creates are validated against.
+    pub job_limits: ferry_core::Limits,
+    /// How often runs that nobody advanced are looked for.
+    pub sweep_ms: u64,
+    /// A running run not advanced for this long is advanced by the sweep.
+    pub sweep_idle_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -71,6 +78,9 @@ impl Default for EngineConfig {
             reap_ms: 2_000,
             claim_batch: 256,
             max_output_bytes: 1024 * 1024,
+            job_limits: ferry_core::Limits::default(),
+            sweep_ms: 1_000,
+            sweep_idle_ms: 10_000,
         }
     }
 }
@@ -92,6 +102,9 @@ struct Inner {
     background: TaskTracker,
     /// Attempts' ends, gathered by the finisher into batched store calls.
     finisher: mpsc::UnboundedSender<(Finish, oneshot::Sender<bool>)>,
+    /// Node jobs that started or ended: their runs must advance.
+    advancer: mpsc::UnboundedSender<RunId>,
+    planner: Planner,
 }
 
 /// A running engine. Cheap to clone.
@@ -106,6 +119,8 @@ impl Engine {
     pub fn start(store: Arc<dyn Store>, registry: Registry, cfg: EngineConfig) -> Engine {
         let worker_id = format!("{}:{}:{:08x}", cfg.node, std::process::id(), fastrand::u32(..));
         let (finisher, finishes) = mpsc::unbounded_channel();
+        let (advancer, advances) = mpsc::unbounded_channel();
+        let planner = crate::planner(cfg.job_limits.clone(), registry.clone());
         let inner = Arc::new(Inner {
             store,
             registry,
@@ -118,8 +133,11 @@ impl Engine {
             attempts: TaskTracker::new(),
             background: TaskTracker::new(),
             finisher,
+            advancer,
+            planner,
         });
         inner.background.spawn(finish_batches(inner.clone(), finishes));
+        inner.background.spawn(advance_runs(inner.clone(), advances));
         if let Some(cancellations) = inner.store.cancellations() {
             inner.background.spawn(stop_cancelled(inner.clone(), cancellations));
         }
@@ -217,6 +235,9 @@ async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
             return;
         }
         for (job, permit) in jobs.into_iter().zip(permits.drain(..)) {
+            if let Some(run) = job.run_id {
+                let _ = inner.advancer.send(run);
+            }
             inner.attempts.spawn(run_attempt(inner.clone(), job, permit));
         }
         drop(permits);
@@ -366,11 +387,14 @@ async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphoreP
             _ => None,
         };
         let fin = Finish { id: job.id, attempt: job.attempt, queue: job.queue.clone(), result };
-        if finish(&inner, fin).await
-            && let Some(state) = final_state
-        {
-            metrics::counter!("ferry_jobs_finished_total", "queue" => job.queue.clone(), "kind" => job.kind.clone(), "state" => state)
-                .increment(1);
+        if finish(&inner, fin).await {
+            if let Some(run) = job.run_id {
+                let _ = inner.advancer.send(run);
+            }
+            if let Some(state) = final_state {
+                metrics::counter!("ferry_jobs_finished_total", "queue" => job.queue.clone(), "kind" => job.kind.clone(), "state" => state)
+                    .increment(1);
+            }
         }
     }
     inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
@@ -568,6 +592,9 @@ async fn reap(inner: Arc<Inner>) {
                     result: decide(&job, error, None, None),
                 };
                 if let Ok(true) = inner.store.finish(fin).await {
+                    if let Some(run) = job.run_id {
+                        let _ = inner.advancer.send(run);
+                    }
                     tracing::warn!(job = %job.id, worker = %who, "lease expired; attempt failed with worker_lost");
                     metrics::counter!("ferry_leases_expired_total", "queue" => job.queue.clone()).increment(1);
                 }
@@ -579,6 +606,55 @@ async fn reap(inner: Arc<Inner>) {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = inner.stop_background.cancelled() => return,
+        }
+    }
+}
+
+/// Advances the runs whose node jobs started or ended, batching whatever arrived
+/// together into one store call (one advance per run however many of its jobs moved).
+/// Every `sweep_ms` it also advances runs nobody did: past their deadline, or idle for
+/// `sweep_idle_ms` (a process died between a job's end and its run's advance).
+async fn advance_runs(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<RunId>) {
+    let sweep = Duration::from_millis(inner.cfg.sweep_ms);
+    let mut next_sweep = Instant::now() + sweep;
+    loop {
+        let first = tokio::select! {
+            got = rx.recv() => got,
+            _ = tokio::time::sleep_until(next_sweep.into()) => None,
+            _ = inner.stop_background.cancelled() => return,
+        };
+        let mut runs: HashSet<RunId> = HashSet::new();
+        if let Some(run) = first {
+            runs.insert(run);
+            while let Ok(run) = rx.try_recv() {
+                runs.insert(run);
+            }
+        }
+        if Instant::now() >= next_sweep {
+            next_sweep = Instant::now() + sweep;
+            match inner.store.runs_to_sweep(inner.cfg.sweep_idle_ms, 100).await {
+                Ok(ids) => runs.extend(ids),
+                Err(e) => tracing::warn!(error = %e, "cannot list runs to sweep"),
+            }
+        }
+        if runs.is_empty() {
+            continue;
+        }
+        match inner.store.advance_runs(runs.into_iter().collect(), inner.planner.clone()).await {
+            Ok(advanced) => {
+                let running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
+                for id in &advanced.stopped {
+                    if let Some(token) = running.get(id) {
+                        token.cancel();
+                    }
+                }
+                for (run, state) in &advanced.finished {
+                    tracing::debug!(%run, state = state.as_str(), "run finished");
+                    metrics::counter!("ferry_runs_finished_total", "state" => state.as_str()).increment(1);
+                }
+            }
+            // The sweep picks the runs up again once they have been idle for a while.
+            Err(e) => tracing::warn!(error = %e, "cannot advance runs; the sweep will retry"),
         }
     }
 }

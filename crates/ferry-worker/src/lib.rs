@@ -17,3 +17,15 @@ pub mod kinds;
 
 pub use engine::{Engine, EngineConfig, QueueConfig, prune_loop};
 pub use executor::{Attempt, CachePolicy, Executor, Registry};
+
+/// The planner of workflow runs: the jobs it creates are checked against `limits` and
+/// their kinds' own validation (a node whose resolved input its kind refuses fails).
+pub fn planner(limits: ferry_core::Limits, registry: Registry) -> ferry_store::Planner {
+    std::sync::Arc::new(move |snap| {
+        let check = |kind: &str, input: &serde_json::Value| match registry.get(kind) {
+            None => Err(format!("unknown kind `{kind}`")),
+            Some(executor) => executor.validate(input).map_err(|e| e.to_string()),
+        };
+        ferry_core::run::plan(snap, &limits, &check)
+    })
+}

@@ -58,6 +58,7 @@ fn engine_config(cfg: &Config, queues: Vec<QueueConfig>) -> EngineConfig {
         poll_ms: cfg.poll_ms,
         reap_ms: cfg.reap_ms,
         max_output_bytes: cfg.limits.max_output_bytes,
+        job_limits: cfg.job_limits(),
         ..EngineConfig::default()
     }
 }
@@ -136,7 +137,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     });
     let state = ApiState {
         store: store.clone(),
-        registry,
+        registry: registry.clone(),
         engine: engine.clone(),
         cfg: Arc::new(ApiConfig {
             limits: cfg.job_limits(),
@@ -144,8 +145,10 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
             max_batch: cfg.limits.max_batch,
             queues: cfg.queues.keys().cloned().collect(),
             worker_seen_within_ms: cfg.lease_ms,
+            sse_keep_alive: Duration::from_millis(cfg.sse_keep_alive_ms),
         }),
         metrics: ferry_server::metrics_handle(),
+        planner: ferry_worker::planner(cfg.job_limits(), registry.clone()),
     };
     let server = serve(cfg, cfg.listen, store.clone(), engine, ferry_server::router(state)).await?;
     tracing::info!(addr = %server.addr, store = store.backend(), "Ferry is serving");

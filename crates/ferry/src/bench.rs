@@ -63,6 +63,10 @@ pub struct BenchArgs {
     /// sandboxed against a bare spawn, `--samples` runs each
     #[arg(long)]
     pub sandbox: bool,
+    /// Measure the workflow engine's overhead instead: a 20-step chain and a 1,000-wide
+    /// fan-out of `noop` nodes, `--samples` rounds (3 to 50)
+    #[arg(long)]
+    pub workflow: bool,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -238,6 +242,9 @@ async fn drop_schema(url: &str, schema: &str) {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.sandbox {
         return crate::bench_sandbox::run(&args).await;
+    }
+    if args.workflow {
+        return crate::bench_workflow::run(&args).await;
     }
     let durability = match args.durability.as_str() {
         "process" => Durability::Process,

@@ -4,7 +4,7 @@ use crate::config::{Config, FlagOverrides};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use ferry_store::sqlite::Durability;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +41,14 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Register and inspect workflows.
+    Workflow {
+        #[command(subcommand)]
+        command: WorkflowCommand,
+    },
+    /// Start a run of a workflow; with --follow, watch each node until the run ends (the
+    /// exit status says whether it succeeded).
+    Run(RunArgs),
     /// The dead-letter queue.
     Dlq {
         #[command(subcommand)]
@@ -53,6 +61,46 @@ pub enum Command {
     },
     /// Measure throughput and pickup latency on a fresh, temporary store.
     Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// Register a workflow from a YAML or JSON file (a new version of its name).
+    Apply {
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the workflows and their latest versions.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a workflow's versions and definitions.
+    Show {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The workflow's name
+    pub name: String,
+    /// The version to run (default: the latest)
+    #[arg(long)]
+    pub workflow_version: Option<u32>,
+    /// The run's input: JSON text, or @FILE to read it from a file
+    #[arg(long)]
+    pub input: Option<String>,
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Show each node live until the run ends
+    #[arg(long)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -278,7 +326,94 @@ pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
             println!("deleted {id}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Workflow { command: WorkflowCommand::Apply { file, client } } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            // YAML is a superset of JSON: one parser reads both.
+            let def: Value =
+                yaml_serde::from_str(&text).with_context(|| format!("{} is not valid YAML or JSON", file.display()))?;
+            print(&Client::new(&client)?.call(reqwest::Method::POST, "/v1/workflows", Some(&def)).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Workflow { command: WorkflowCommand::List { client } } => {
+            print(&Client::new(&client)?.call(reqwest::Method::GET, "/v1/workflows", None).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Workflow { command: WorkflowCommand::Show { name, client } } => {
+            print(&Client::new(&client)?.call(reqwest::Method::GET, &format!("/v1/workflows/{name}"), None).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => run(args).await,
         other => bail!("not a client command: {other:?}"),
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.client)?;
+    let mut req = json!({ "workflow": args.name });
+    if let Some(v) = args.workflow_version {
+        req["version"] = json!(v);
+    }
+    if let Some(raw) = &args.input {
+        req["input"] = read_input(raw)?;
+    }
+    if let Some(k) = &args.idempotency_key {
+        req["idempotency_key"] = json!(k);
+    }
+    let accepted = client.call(reqwest::Method::POST, "/v1/runs", Some(&req)).await?;
+    if !args.follow {
+        print(&accepted);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let id = accepted["id"].as_str().context("the server answered without an id")?.to_string();
+    println!("run {id} of {} v{}", args.name, accepted["version"]);
+    // One line per node, redrawn in place as the run moves.
+    let lines = MultiProgress::new();
+    let style = ProgressStyle::with_template("{spinner} {prefix:<24} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let mut bars: Vec<(String, ProgressBar)> = Vec::new();
+    loop {
+        let run = client.call(reqwest::Method::GET, &format!("/v1/runs/{id}"), None).await?;
+        for node in run["nodes"].as_array().into_iter().flatten() {
+            let name = node["id"].as_str().unwrap_or("?").to_string();
+            let bar = match bars.iter().find(|(n, _)| *n == name) {
+                Some((_, bar)) => bar.clone(),
+                None => {
+                    let bar = lines.add(ProgressBar::new_spinner().with_style(style.clone()).with_prefix(name.clone()));
+                    bar.enable_steady_tick(Duration::from_millis(100));
+                    bars.push((name, bar.clone()));
+                    bar
+                }
+            };
+            let state = node["state"].as_str().unwrap_or("?");
+            let mut msg = state.to_string();
+            if let Some(items) = node["items"].as_u64() {
+                let done =
+                    node["jobs"].as_array().map_or(0, |j| j.iter().filter(|j| j["state"] == "succeeded").count());
+                msg.push_str(&format!("  {done}/{items} elements"));
+            }
+            if node["attempts"].as_u64().unwrap_or(0) > 1 {
+                msg.push_str(&format!("  ({} attempts)", node["attempts"]));
+            }
+            if let Some(err) = node["error"]["message"].as_str() {
+                msg.push_str(&format!("  {err}"));
+            }
+            bar.set_message(msg);
+            if !matches!(state, "pending" | "running") && !bar.is_finished() {
+                bar.finish();
+            }
+        }
+        let state = run["state"].as_str().unwrap_or("?").to_string();
+        if state != "running" {
+            for (_, bar) in &bars {
+                bar.finish();
+            }
+            println!("run {id}: {state}");
+            if let Some(err) = run["error"]["message"].as_str() {
+                println!("  {err}");
+            }
+            return Ok(if state == "succeeded" { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -112,6 +112,8 @@ pub struct Config {
     pub retention_ms: u64,
     /// How often old jobs are pruned.
     pub prune_ms: u64,
+    /// Interval of the keep-alive comments on event streams.
+    pub sse_keep_alive_ms: u64,
     /// The `exec` kind: interpreters, limits and their ceilings, the result cache.
     pub exec: ExecConfig,
     /// The program run as the sandbox helper (`PROGRAM sandbox-helper SPEC`); default:
@@ -149,6 +151,7 @@ impl Default for Config {
             database_max_connections: 16,
             retention_ms: 7 * 86_400_000,
             prune_ms: 60_000,
+            sse_keep_alive_ms: 15_000,
             exec: ExecConfig::default(),
             exec_helper: None,
             config_file: None,

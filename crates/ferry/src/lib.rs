@@ -5,5 +5,6 @@
 pub mod app;
 pub mod bench;
 pub mod bench_sandbox;
+pub mod bench_workflow;
 pub mod cli;
 pub mod config;

@@ -4,18 +4,20 @@
 -- concurrent insert of the same key to commit first) and is absent from RETURNING.
 INSERT INTO jobs (id, workspace, user_id, kind, queue, state, priority, input, labels, max_attempts,
                   backoff, timeout_ms, total_timeout_ms, idempotency_key, request_hash, created_at,
-                  run_at, deadline_at, updated_at, soft_timeout_ms, cache_key)
+                  run_at, deadline_at, updated_at, soft_timeout_ms, cache_key, run_id, node_id, item)
 SELECT u.id, u.workspace, u.user_id, u.kind, u.queue,
        CASE WHEN u.run_at > $1 THEN 'scheduled' ELSE 'queued' END,
        u.priority, u.input::jsonb, u.labels::jsonb, u.max_attempts, u.backoff::jsonb, u.timeout_ms,
        u.total_timeout_ms, u.idempotency_key, u.request_hash, $1,
        GREATEST(COALESCE(u.run_at, $1), $1),
        GREATEST(COALESCE(u.run_at, $1), $1) + u.total_timeout_ms * 1000,
-       $1, u.soft_timeout_ms, u.cache_key
+       $1, u.soft_timeout_ms, u.cache_key, u.run_id, u.node_id, u.item
 FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[],
             $9::text[], $10::int[], $11::text[], $12::bigint[], $13::bigint[], $14::text[],
-            $15::text[], $16::bigint[], $17::bigint[], $18::text[])
+            $15::text[], $16::bigint[], $17::bigint[], $18::text[],
+            $19::uuid[], $20::text[], $21::bigint[])
      AS u(id, workspace, user_id, kind, queue, priority, input, labels, max_attempts, backoff,
-          timeout_ms, total_timeout_ms, idempotency_key, request_hash, run_at, soft_timeout_ms, cache_key)
+          timeout_ms, total_timeout_ms, idempotency_key, request_hash, run_at, soft_timeout_ms, cache_key,
+          run_id, node_id, item)
 ON CONFLICT (workspace, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id, state, queue, run_at

@@ -53,19 +53,22 @@ impl ExecServer {
     async fn assert_clean(&self, marker: &str) {
         let (status, _) = self.srv.get("/healthz").await;
         assert_eq!(status, StatusCode::OK);
-        let left: Vec<_> = match std::fs::read_dir(&self.scratch) {
-            Ok(dir) => dir.map(|e| e.expect("entry").path()).filter(|p| !p.ends_with("other-job")).collect(),
-            Err(_) => Vec::new(),
-        };
-        assert!(left.is_empty(), "scratch directories left behind: {left:?}");
-        // The namespace is torn down as the attempt ends; allow the kernel a moment.
+        // A cancelled attempt is torn down just after the job's state changed: allow the
+        // sandbox (and the kernel, for the namespace) a moment.
         let started = Instant::now();
         loop {
+            let left: Vec<_> = match std::fs::read_dir(&self.scratch) {
+                Ok(dir) => dir.map(|e| e.expect("entry").path()).filter(|p| !p.ends_with("other-job")).collect(),
+                Err(_) => Vec::new(),
+            };
             let survivors = processes_with(marker);
-            if survivors.is_empty() {
+            if left.is_empty() && survivors.is_empty() {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(5), "sandbox processes survived: {survivors:?}");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "left behind: scratch directories {left:?}, processes {survivors:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -267,6 +267,18 @@ impl TestServer {
         TestServer::open(cfg, schema, dir).await
     }
 
+    /// Another node on the same PostgreSQL schema (its own data directory and port), with
+    /// `tweak` applied; the schema stays this server's to drop.
+    pub async fn peer(&self, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        assert!(self.cfg.database_url.is_some(), "peers share a PostgreSQL schema");
+        let dir = tempfile::tempdir().expect("cannot create a temporary data directory");
+        let mut cfg = self.cfg.clone();
+        cfg.data_dir = dir.path().to_path_buf();
+        cfg.listen = "127.0.0.1:0".parse().expect("valid address");
+        tweak(&mut cfg);
+        TestServer::open(cfg, None, dir).await
+    }
+
     /// The server's configuration.
     pub fn cfg(&self) -> &Config {
         &self.cfg

@@ -17,3 +17,4 @@ mod retries;
 mod scheduling;
 mod system;
 mod validation;
+mod workflows;

@@ -14,7 +14,7 @@ async fn openapi_lists_every_endpoint(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{doc}");
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with('3')), "{}", doc["openapi"]);
     let paths = doc["paths"].as_object().expect("paths");
-    let expected: [(&str, &[&str]); 12] = [
+    let expected: [(&str, &[&str]); 18] = [
         ("/v1/jobs", &["get", "post"]),
         ("/v1/jobs/batch", &["post"]),
         ("/v1/jobs/{id}", &["get", "delete"]),
@@ -27,6 +27,12 @@ async fn openapi_lists_every_endpoint(backend: Backend) {
         ("/readyz", &["get"]),
         ("/metrics", &["get"]),
         ("/v1/openapi.json", &["get"]),
+        ("/v1/workflows", &["get", "post"]),
+        ("/v1/workflows/{name}", &["get"]),
+        ("/v1/runs", &["get", "post"]),
+        ("/v1/runs/{id}", &["get"]),
+        ("/v1/runs/{id}/cancel", &["post"]),
+        ("/v1/runs/{id}/events", &["get"]),
     ];
     for (path, methods) in expected {
         let item = paths.get(path).unwrap_or_else(|| panic!("{path} is missing; paths: {:?}", paths.keys()));

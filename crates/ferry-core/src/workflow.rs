@@ -1,0 +1,654 @@
+//! Workflows: named, versioned DAGs of job specs, and the templates that pass data along.
+//!
+//! A workflow is a list of nodes. Each node is a job spec (`kind`, `input`, `queue`,
+//! `priority`, `max_attempts`, `backoff`, `timeout_ms`, …) plus an `id` and the ids it
+//! `depends_on`. A node starts when all of them succeeded (see [`crate::run`]).
+//!
+//! **References.** A string in a node's `input` may refer to the run's input, to the output
+//! of a node upstream of it, or (in a `for_each` node) to its element:
+//! `{{ input.url }}`, `{{ nodes.fetch.output.body }}`, `{{ nodes.list.output.items[0] }}`,
+//! `{{ item }}`. A path is names (letters, digits, `_`, `-`) joined by `.`, each
+//! optionally followed by `[n]` indexes. A string that is exactly one reference takes the
+//! referenced value with its JSON type; a reference inside other text is replaced by the
+//! value (a string as is, anything else as compact JSON). A reference that resolves to
+//! nothing when the node starts is the node's error, never a crash. Object keys are never
+//! templated.
+//!
+//! **Validation** ([`WorkflowSpec::validate`]) refuses, naming the node and field
+//! (`nodes[2].depends_on[0]`): a bad name; no nodes or more than [`MAX_NODES`]; bad or
+//! duplicate node ids; unknown or self dependencies; cycles; unknown kinds; job fields
+//! out of range; malformed references, references to a node that is not upstream, and
+//! `item` outside a `for_each` node; a `for_each` that is not one reference; a
+//! `concurrency` without `for_each` or out of 1..=1000.
+
+use crate::backoff::Backoff;
+use crate::job::{JobSpec, Limits, SpecError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use utoipa::ToSchema;
+
+/// Most nodes in one workflow.
+pub const MAX_NODES: usize = 1000;
+/// A run's timeout when its workflow gives none: one hour.
+pub const DEFAULT_TIMEOUT_MS: u64 = 3_600_000;
+/// Elements of a `for_each` node running at once when it gives no `concurrency`.
+pub const DEFAULT_CONCURRENCY: u32 = 10;
+/// Largest `concurrency` of a `for_each` node.
+pub const MAX_CONCURRENCY: u32 = 1000;
+
+/// What a run does when a node fails for good.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// The first failed node fails the run: running nodes are cancelled, waiting ones
+    /// skipped.
+    #[default]
+    FailFast,
+    /// Nodes downstream of a failed node are skipped; the others go on. The run fails.
+    Continue,
+}
+
+/// A workflow definition, as registered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowSpec {
+    /// 1 to 64 letters, digits, `_`, `-` or `.`; each registration makes a new version.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub nodes: Vec<NodeSpec>,
+    /// Default `fail_fast`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_policy: Option<FailurePolicy>,
+    /// The whole run's timeout (default one hour): then running nodes are stopped, waiting
+    /// ones skipped, and the run is `timed_out`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// One node: a job spec, its id and its dependencies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// 1 to 64 letters, digits, `_` or `-`, unique in the workflow.
+    pub id: String,
+    pub kind: String,
+    /// The job's input; strings may hold references (`{{ input.x }}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub input: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Ids of the nodes that must succeed first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    /// One reference to an array (`{{ input.items }}`): the node runs once per element,
+    /// which is `{{ item }}` in its input; its output is the list of the elements' outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<String>,
+    /// Elements running at once (default 10, at most 1000); only with `for_each`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+}
+
+impl NodeSpec {
+    /// The job spec of one instance of this node, with its resolved input.
+    pub fn job_spec(&self, input: Value) -> JobSpec {
+        JobSpec {
+            kind: self.kind.clone(),
+            input: Some(input),
+            queue: self.queue.clone(),
+            priority: self.priority,
+            max_attempts: self.max_attempts,
+            backoff: self.backoff.clone(),
+            timeout_ms: self.timeout_ms,
+            soft_timeout_ms: self.soft_timeout_ms,
+            labels: self.labels.clone(),
+            ..JobSpec::default()
+        }
+    }
+}
+
+/// A workflow that passed validation, with what the planner needs precomputed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    pub spec: WorkflowSpec,
+    /// Node indexes in an order where every node comes after its dependencies (ties in
+    /// declaration order).
+    pub order: Vec<usize>,
+}
+
+/// One reference: its root and the path below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    /// `input…`
+    Input(Vec<Step>),
+    /// `nodes.<id>.output…`
+    Node(String, Vec<Step>),
+    /// `item…`
+    Item(Vec<Step>),
+}
+
+/// One step of a path below a root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Key(String),
+    Index(usize),
+}
+
+fn valid_name_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+/// Parses the inside of `{{ … }}`.
+fn parse_reference(text: &str) -> Result<Reference, String> {
+    let bad = || format!("`{{{{ {text} }}}}` is not a reference (input…, nodes.<id>.output…, item…)");
+    let mut steps = Vec::new();
+    for segment in text.trim().split('.') {
+        let (name, mut rest) = match segment.find('[') {
+            Some(i) => (&segment[..i], &segment[i..]),
+            None => (segment, ""),
+        };
+        if name.is_empty() || !name.bytes().all(valid_name_char) {
+            return Err(bad());
+        }
+        steps.push(Step::Key(name.to_string()));
+        while !rest.is_empty() {
+            let close = rest.find(']').ok_or_else(bad)?;
+            let n: usize = rest[1..close].parse().map_err(|_| bad())?;
+            if !rest.starts_with('[') {
+                return Err(bad());
+            }
+            steps.push(Step::Index(n));
+            rest = &rest[close + 1..];
+        }
+    }
+    let mut steps = steps.into_iter();
+    match steps.next() {
+        Some(Step::Key(k)) if k == "input" => Ok(Reference::Input(steps.collect())),
+        Some(Step::Key(k)) if k == "item" => Ok(Reference::Item(steps.collect())),
+        Some(Step::Key(k)) if k == "nodes" => match (steps.next(), steps.next()) {
+            (Some(Step::Key(id)), Some(Step::Key(out))) if out == "output" => Ok(Reference::Node(id, steps.collect())),
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
+    }
+}
+
+/// A piece of a templated string.
+enum Piece<'a> {
+    Text(&'a str),
+    Ref(Reference, &'a str),
+}
+
+/// Splits a string into text and references.
+fn pieces(s: &str) -> Result<Vec<Piece<'_>>, String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(open) = rest.find("{{") {
+        if open > 0 {
+            out.push(Piece::Text(&rest[..open]));
+        }
+        let close = rest[open..].find("}}").ok_or_else(|| format!("`{{{{` without `}}}}` in {s:?}"))? + open;
+        let inner = &rest[open + 2..close];
+        out.push(Piece::Ref(parse_reference(inner)?, &rest[open..close + 2]));
+        rest = &rest[close + 2..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest));
+    }
+    Ok(out)
+}
+
+/// Every reference in the strings of `value`, with the JSON path (from `value`) where it
+/// is.
+pub fn references(value: &Value) -> Result<Vec<(String, Reference)>, (String, String)> {
+    fn walk(v: &Value, path: &str, out: &mut Vec<(String, Reference)>) -> Result<(), (String, String)> {
+        match v {
+            Value::String(s) if s.contains("{{") => {
+                for p in pieces(s).map_err(|e| (path.to_string(), e))? {
+                    if let Piece::Ref(r, _) = p {
+                        out.push((path.to_string(), r));
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, &format!("{path}[{i}]"), out)?;
+                }
+            }
+            Value::Object(map) => {
+                for (k, item) in map {
+                    walk(item, &format!("{path}.{k}"), out)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(value, "", &mut out)?;
+    Ok(out)
+}
+
+impl WorkflowSpec {
+    /// Checks the definition; see the module docs for the rules.
+    pub fn validate(&self, kind_exists: &dyn Fn(&str) -> bool, limits: &Limits) -> Result<Validated, SpecError> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        if !name_ok {
+            return Err(SpecError::invalid("name", "must be 1 to 64 characters of letters, digits, `_`, `-` or `.`"));
+        }
+        if self.nodes.is_empty() || self.nodes.len() > MAX_NODES {
+            return Err(SpecError::invalid("nodes", format!("must hold 1 to {MAX_NODES} nodes")));
+        }
+        if let Some(t) = self.timeout_ms
+            && (t == 0 || t > limits.max_timeout_ms)
+        {
+            return Err(SpecError::invalid("timeout_ms", format!("must be between 1 and {}", limits.max_timeout_ms)));
+        }
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let field = format!("nodes[{i}].id");
+            if node.id.is_empty() || node.id.len() > 64 || !node.id.bytes().all(valid_name_char) {
+                return Err(SpecError::invalid(field, "must be 1 to 64 characters of letters, digits, `_` or `-`"));
+            }
+            if let Some(first) = index.insert(&node.id, i) {
+                return Err(SpecError::invalid(field, format!("duplicate id `{}` (also nodes[{first}])", node.id)));
+            }
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            let mut seen = BTreeSet::new();
+            for (j, dep) in node.depends_on.iter().enumerate() {
+                let field = format!("nodes[{i}].depends_on[{j}]");
+                if dep == &node.id {
+                    return Err(SpecError::invalid(field, "a node cannot depend on itself"));
+                }
+                if !index.contains_key(dep.as_str()) {
+                    return Err(SpecError::invalid(field, format!("unknown node `{dep}`")));
+                }
+                if !seen.insert(dep) {
+                    return Err(SpecError::invalid(field, format!("`{dep}` is listed twice")));
+                }
+            }
+        }
+        let order = topological(self, &index)?;
+        let ancestors = ancestors(self, &index, &order);
+        for (i, node) in self.nodes.iter().enumerate() {
+            let at = |f: &str| format!("nodes[{i}].{f}");
+            if !kind_exists(&node.kind) {
+                return Err(SpecError::invalid(at("kind"), format!("unknown kind `{}`", node.kind)));
+            }
+            node.job_spec(node.input.clone().unwrap_or(Value::Null))
+                .validate("", "", 0, limits)
+                .map_err(|e| SpecError { field: at(&e.field), ..e })?;
+            match (&node.for_each, node.concurrency) {
+                (None, Some(_)) => return Err(SpecError::invalid(at("concurrency"), "is only allowed with for_each")),
+                (_, Some(c)) if c == 0 || c > MAX_CONCURRENCY => {
+                    return Err(SpecError::invalid(at("concurrency"), format!("must be 1 to {MAX_CONCURRENCY}")));
+                }
+                _ => {}
+            }
+            let check = |r: &Reference, field: String| -> Result<(), SpecError> {
+                match r {
+                    Reference::Input(_) => Ok(()),
+                    Reference::Item(_) if node.for_each.is_some() => Ok(()),
+                    Reference::Item(_) => Err(SpecError::invalid(field, "`item` is only defined in a for_each node")),
+                    Reference::Node(id, _) => match index.get(id.as_str()) {
+                        None => Err(SpecError::invalid(field, format!("refers to unknown node `{id}`"))),
+                        Some(j) if !ancestors[i].contains(j) => Err(SpecError::invalid(
+                            field,
+                            format!(
+                                "refers to node `{id}`, which is not upstream of `{}` (add it to depends_on)",
+                                node.id
+                            ),
+                        )),
+                        Some(_) => Ok(()),
+                    },
+                }
+            };
+            if let Some(input) = &node.input {
+                let refs = references(input).map_err(|(p, m)| SpecError::invalid(format!("{}{p}", at("input")), m))?;
+                for (p, r) in refs {
+                    check(&r, format!("{}{p}", at("input")))?;
+                }
+            }
+            if let Some(fe) = &node.for_each {
+                let field = at("for_each");
+                let parts = pieces(fe).map_err(|m| SpecError::invalid(field.clone(), m))?;
+                match parts.as_slice() {
+                    [Piece::Ref(Reference::Item(_), _)] => {
+                        return Err(SpecError::invalid(field, "cannot iterate over `item`"));
+                    }
+                    [Piece::Ref(r, _)] => check(r, field)?,
+                    _ => {
+                        return Err(SpecError::invalid(
+                            field,
+                            "must be exactly one reference, like `{{ input.items }}`",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(Validated { spec: self.clone(), order })
+    }
+}
+
+/// Kahn's algorithm, taking ready nodes in declaration order; a cycle is an error that
+/// names one node on it and the cycle.
+fn topological(spec: &WorkflowSpec, index: &HashMap<&str, usize>) -> Result<Vec<usize>, SpecError> {
+    let n = spec.nodes.len();
+    let mut indegree: Vec<usize> = spec.nodes.iter().map(|node| node.depends_on.len()).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, node) in spec.nodes.iter().enumerate() {
+        for dep in &node.depends_on {
+            dependents[index[dep.as_str()]].push(i);
+        }
+    }
+    let mut ready: BTreeSet<usize> = (0..n).filter(|i| indegree[*i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for &d in &dependents[i] {
+            indegree[d] -= 1;
+            if indegree[d] == 0 {
+                ready.insert(d);
+            }
+        }
+    }
+    if order.len() == n {
+        return Ok(order);
+    }
+    // Walk dependencies from a node left over until one repeats: that is a cycle.
+    let left: BTreeSet<usize> = (0..n).filter(|i| indegree[*i] > 0).collect();
+    let start = *left.first().expect("a node is left over");
+    let mut path = vec![start];
+    let mut at = start;
+    loop {
+        let next = spec.nodes[at]
+            .depends_on
+            .iter()
+            .map(|d| index[d.as_str()])
+            .find(|d| left.contains(d))
+            .expect("a node in a cycle depends on another one");
+        if let Some(pos) = path.iter().position(|p| *p == next) {
+            let mut cycle: Vec<&str> = path[pos..].iter().map(|i| spec.nodes[*i].id.as_str()).collect();
+            cycle.reverse();
+            cycle.push(cycle[0]);
+            return Err(SpecError::invalid(
+                format!("nodes[{next}].depends_on"),
+                format!("cycle: {}", cycle.join(" -> ")),
+            ));
+        }
+        path.push(next);
+        at = next;
+    }
+}
+
+/// For each node, every node upstream of it (transitively).
+fn ancestors(spec: &WorkflowSpec, index: &HashMap<&str, usize>, order: &[usize]) -> Vec<BTreeSet<usize>> {
+    let mut up: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); spec.nodes.len()];
+    for &i in order {
+        let mut mine = BTreeSet::new();
+        for dep in &spec.nodes[i].depends_on {
+            let d = index[dep.as_str()];
+            mine.insert(d);
+            mine.extend(up[d].iter().copied());
+        }
+        up[i] = mine;
+    }
+    up
+}
+
+/// What references resolve against when a node starts.
+pub struct Context<'a> {
+    /// The run's input.
+    pub input: &'a Value,
+    /// A node's output by id (`None`: no such node, or it has not succeeded).
+    pub nodes: &'a dyn Fn(&str) -> Option<&'a Value>,
+    /// The element, in a `for_each` node.
+    pub item: Option<&'a Value>,
+}
+
+/// A reference that resolved to nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reference} {message}")]
+pub struct ResolveError {
+    /// Where in the node's input (`input.url`).
+    pub field: String,
+    /// The reference as written.
+    pub reference: String,
+    pub message: String,
+}
+
+fn follow<'v>(mut value: &'v Value, steps: &[Step]) -> Option<&'v Value> {
+    for step in steps {
+        value = match step {
+            Step::Key(k) => value.as_object()?.get(k)?,
+            Step::Index(i) => value.as_array()?.get(*i)?,
+        };
+    }
+    Some(value)
+}
+
+fn lookup<'a>(r: &Reference, ctx: &Context<'a>) -> Result<&'a Value, String> {
+    match r {
+        Reference::Input(steps) => {
+            follow(ctx.input, steps).ok_or_else(|| "resolves to nothing in the run's input".into())
+        }
+        Reference::Item(steps) => {
+            let item = ctx.item.ok_or("has no element here")?;
+            follow(item, steps).ok_or_else(|| "resolves to nothing in the element".into())
+        }
+        Reference::Node(id, steps) => {
+            let out = (ctx.nodes)(id).ok_or_else(|| format!("names node `{id}`, which has no output"))?;
+            follow(out, steps).ok_or_else(|| format!("resolves to nothing in the output of `{id}`"))
+        }
+    }
+}
+
+/// Resolves every reference in `template` (see the module docs).
+pub fn resolve(template: &Value, ctx: &Context) -> Result<Value, ResolveError> {
+    fn walk(v: &Value, path: String, ctx: &Context) -> Result<Value, ResolveError> {
+        Ok(match v {
+            Value::String(s) if s.contains("{{") => {
+                let parts =
+                    pieces(s).map_err(|m| ResolveError { field: path.clone(), reference: s.clone(), message: m })?;
+                let fail = |written: &str, message: String| ResolveError {
+                    field: path.clone(),
+                    reference: written.to_string(),
+                    message,
+                };
+                if let [Piece::Ref(r, written)] = parts.as_slice() {
+                    return lookup(r, ctx).cloned().map_err(|m| fail(written, m));
+                }
+                let mut out = String::new();
+                for p in parts {
+                    match p {
+                        Piece::Text(t) => out.push_str(t),
+                        Piece::Ref(r, written) => match lookup(&r, ctx).map_err(|m| fail(written, m))? {
+                            Value::String(s) => out.push_str(s),
+                            other => out.push_str(&other.to_string()),
+                        },
+                    }
+                }
+                Value::String(out)
+            }
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| walk(x, format!("{path}[{i}]"), ctx))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, x)| Ok((k.clone(), walk(x, format!("{path}.{k}"), ctx)?)))
+                    .collect::<Result<_, ResolveError>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
+    walk(template, "input".into(), ctx)
+}
+
+/// The elements a `for_each` node runs over: its reference must resolve to an array.
+pub fn for_each_items(reference: &str, ctx: &Context) -> Result<Vec<Value>, ResolveError> {
+    let fail = |message: String| ResolveError { field: "for_each".into(), reference: reference.into(), message };
+    match resolve(&Value::String(reference.to_string()), ctx).map_err(|e| fail(e.message))? {
+        Value::Array(items) => Ok(items),
+        other => Err(fail(format!("is not an array but {}", kind_of(&other)))),
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(nodes: Value) -> WorkflowSpec {
+        serde_json::from_value(json!({"name": "w", "nodes": nodes})).unwrap()
+    }
+
+    fn validate(nodes: Value) -> Result<Validated, SpecError> {
+        spec(nodes).validate(&|k| k != "teleport", &Limits::default())
+    }
+
+    fn field(nodes: Value) -> (String, String) {
+        let e = validate(nodes).unwrap_err();
+        (e.field, e.message)
+    }
+
+    #[test]
+    fn a_diamond_is_ordered() {
+        let v = validate(json!([
+            {"id": "d", "kind": "noop", "depends_on": ["b", "c"]},
+            {"id": "a", "kind": "noop"},
+            {"id": "c", "kind": "noop", "depends_on": ["a"], "input": "{{ nodes.a.output }}"},
+            {"id": "b", "kind": "noop", "depends_on": ["a"]},
+        ]))
+        .unwrap();
+        assert_eq!(v.order, vec![1, 2, 3, 0]);
+    }
+
+    #[test]
+    fn each_error_names_its_field() {
+        let n = |id: &str, deps: Value| json!({"id": id, "kind": "noop", "depends_on": deps});
+        let cases = [
+            (json!([n("a", json!([])), n("a", json!([]))]), "nodes[1].id", "duplicate"),
+            (json!([n("a", json!(["x"]))]), "nodes[0].depends_on[0]", "unknown node"),
+            (json!([n("a", json!(["a"]))]), "nodes[0].depends_on[0]", "itself"),
+            (json!([n("a", json!(["b", "b"])), n("b", json!([]))]), "nodes[0].depends_on[1]", "twice"),
+            (json!([n("a", json!(["b"])), n("b", json!(["a"]))]), "nodes[", "cycle: "),
+            (json!([n("a", json!(["c"])), n("b", json!(["a"])), n("c", json!(["b"]))]), "depends_on", "cycle: "),
+            (json!([{"id": "a", "kind": "teleport"}]), "nodes[0].kind", "unknown kind"),
+            (json!([{"id": "a", "kind": "noop", "timeout_ms": 0}]), "nodes[0].timeout_ms", "between"),
+            (json!([{"id": "a b", "kind": "noop"}]), "nodes[0].id", "letters"),
+            (
+                json!([n("a", json!([])), {"id": "b", "kind": "noop", "input": {"x": "{{ nodes.a.output }}"}}]),
+                "nodes[1].input.x",
+                "not upstream",
+            ),
+            (
+                json!([{"id": "b", "kind": "noop", "input": ["{{ nodes.zz.output }}"]}]),
+                "nodes[0].input[0]",
+                "unknown node",
+            ),
+            (json!([{"id": "b", "kind": "noop", "input": "{{ item }}"}]), "nodes[0].input", "for_each"),
+            (json!([{"id": "b", "kind": "noop", "input": "{{ input.x"}]), "nodes[0].input", "without"),
+            (json!([{"id": "b", "kind": "noop", "input": "{{ inputs.x }}"}]), "nodes[0].input", "not a reference"),
+            (json!([{"id": "b", "kind": "noop", "for_each": "items"}]), "nodes[0].for_each", "exactly one"),
+            (json!([{"id": "b", "kind": "noop", "for_each": "{{ item }}"}]), "nodes[0].for_each", "item"),
+            (json!([{"id": "b", "kind": "noop", "concurrency": 2}]), "nodes[0].concurrency", "only"),
+            (
+                json!([{"id": "b", "kind": "noop", "for_each": "{{ input.i }}", "concurrency": 1001}]),
+                "nodes[0].concurrency",
+                "1 to",
+            ),
+            (json!([]), "nodes", "1 to"),
+        ];
+        for (nodes, want_field, word) in cases {
+            let (f, m) = field(nodes.clone());
+            assert!(f.starts_with(want_field) || f.contains(want_field), "{nodes}: field {f}");
+            assert!(m.contains(word), "{nodes}: message {m}");
+        }
+    }
+
+    #[test]
+    fn the_node_limit_is_at_its_edge() {
+        let nodes =
+            |n: usize| json!((0..n).map(|i| json!({"id": format!("n{i}"), "kind": "noop"})).collect::<Vec<_>>());
+        assert!(validate(nodes(MAX_NODES)).is_ok());
+        assert_eq!(field(nodes(MAX_NODES + 1)).0, "nodes");
+    }
+
+    fn ctx_resolve(template: Value, item: Option<&Value>) -> Result<Value, ResolveError> {
+        let input = json!({"url": "http://x", "n": 3, "list": [1, {"k": "v"}]});
+        let fetch = json!({"body": {"a": [10, 20]}, "status": 200});
+        let nodes = |id: &str| if id == "fetch" { Some(&fetch) } else { None };
+        let ctx = Context { input: &input, nodes: &nodes, item };
+        resolve(&template, &ctx)
+    }
+
+    #[test]
+    fn resolution_keeps_types_and_interpolates_text() {
+        let out = ctx_resolve(
+            json!({
+                "n": "{{ input.n }}", "obj": "{{ nodes.fetch.output.body }}", "idx": "{{ input.list[1].k }}",
+                "deep": ["{{nodes.fetch.output.body.a[1]}}"], "text": "GET {{ input.url }} -> {{ nodes.fetch.output.status }}",
+                "plain": "no refs", "num": 7, "k{{x}}": 1
+            }),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            json!({"n": 3, "obj": {"a": [10, 20]}, "idx": "v", "deep": [20], "text": "GET http://x -> 200",
+                   "plain": "no refs", "num": 7, "k{{x}}": 1})
+        );
+        assert_eq!(ctx_resolve(json!("{{ item.x }}"), Some(&json!({"x": null}))).unwrap(), json!(null));
+    }
+
+    #[test]
+    fn a_reference_to_nothing_is_an_error_with_its_place() {
+        let e = ctx_resolve(json!({"a": {"b": "{{ input.missing }}"}}), None).unwrap_err();
+        assert_eq!((e.field.as_str(), e.reference.as_str()), ("input.a.b", "{{ input.missing }}"));
+        assert!(ctx_resolve(json!("{{ input.list[5] }}"), None).is_err(), "index out of range");
+        assert!(ctx_resolve(json!("x {{ nodes.other.output }}"), None).unwrap_err().message.contains("other"));
+        assert!(ctx_resolve(json!("{{ item }}"), None).is_err());
+    }
+
+    #[test]
+    fn for_each_needs_an_array() {
+        let input = json!({"items": [1, 2], "n": 1});
+        let nodes = |_: &str| None;
+        let ctx = Context { input: &input, nodes: &nodes, item: None };
+        assert_eq!(for_each_items("{{ input.items }}", &ctx).unwrap(), vec![json!(1), json!(2)]);
+        assert!(for_each_items("{{ input.n }}", &ctx).unwrap_err().message.contains("not an array"));
+    }
+}

@@ -1,0 +1,591 @@
+//! `/v1/workflows` and `/v1/runs`: register versioned workflows, start runs, watch them.
+
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::JsonBody;
+use crate::sse;
+use crate::{ApiState, Caller};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use ferry_core::run::{NodeState, RunId, RunState};
+use ferry_core::time::to_datetime;
+use ferry_core::workflow::WorkflowSpec;
+use ferry_core::{JobError, JobState};
+use ferry_store::{CreateRunOutcome, NewRun, RunDetail, RunEvent, RunFilter, RunRow};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Most events one read returns (a stream reads again at once when it got this many).
+const EVENT_PAGE: usize = 500;
+
+/// A registered workflow version.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowAccepted {
+    pub name: String,
+    pub version: u32,
+}
+
+/// A workflow in a listing.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowSummaryView {
+    pub name: String,
+    pub latest_version: u32,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The workspace's workflows.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowList {
+    pub workflows: Vec<WorkflowSummaryView>,
+}
+
+/// One version of a workflow.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowVersionView {
+    pub version: u32,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    #[schema(value_type = Object)]
+    pub definition: Value,
+}
+
+/// A workflow and all its versions, oldest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowVersions {
+    pub name: String,
+    pub versions: Vec<WorkflowVersionView>,
+}
+
+/// Start a run.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// The workflow's name.
+    pub workflow: String,
+    /// The version to run (default: the latest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// The run's input, `{{ input.… }}` in node inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub input: Option<Value>,
+    /// Makes starting exactly-once within the workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// A started (or found) run.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RunAccepted {
+    pub id: Uuid,
+    pub workflow: String,
+    pub version: u32,
+    pub state: RunState,
+    /// `false` when an idempotency key matched an existing run.
+    pub created: bool,
+}
+
+/// One job of a node.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NodeJobView {
+    pub id: Uuid,
+    /// The element's index, for a `for_each` node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<u32>,
+    pub state: JobState,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+}
+
+/// One node of a run.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NodeView {
+    pub id: String,
+    pub state: NodeState,
+    /// For a `for_each` node: how many elements.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<u32>,
+    /// Attempts of the node's jobs that counted, summed.
+    pub attempts: u32,
+    #[schema(value_type = Object)]
+    pub output: Option<Value>,
+    pub error: Option<JobError>,
+    pub jobs: Vec<NodeJobView>,
+}
+
+/// A run.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RunView {
+    pub id: Uuid,
+    pub workflow: String,
+    pub version: u32,
+    pub state: RunState,
+    #[schema(value_type = Object)]
+    pub input: Value,
+    pub idempotency_key: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub deadline_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<JobError>,
+    /// Every node in the workflow's order (omitted in listings).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<NodeView>>,
+}
+
+impl RunView {
+    fn summary(r: RunRow) -> Self {
+        RunView {
+            id: r.id,
+            workflow: r.workflow,
+            version: r.version,
+            state: r.state,
+            input: r.input,
+            idempotency_key: r.idempotency_key,
+            created_at: to_datetime(r.created_at),
+            deadline_at: to_datetime(r.deadline_at),
+            finished_at: r.finished_at.map(to_datetime),
+            error: r.error,
+            nodes: None,
+        }
+    }
+
+    fn detail(d: RunDetail) -> Self {
+        let order: Vec<String> = d
+            .definition
+            .as_ref()
+            .and_then(|def| def.get("nodes"))
+            .and_then(Value::as_array)
+            .map(|nodes| nodes.iter().filter_map(|n| n.get("id")?.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        let mut recorded: BTreeMap<String, ferry_store::RunNodeRow> =
+            d.nodes.into_iter().map(|n| (n.node.clone(), n)).collect();
+        let mut jobs: BTreeMap<String, Vec<ferry_store::RunJobRow>> = BTreeMap::new();
+        for j in d.jobs {
+            jobs.entry(j.node.clone()).or_default().push(j);
+        }
+        let nodes = order
+            .into_iter()
+            .map(|id| {
+                let rec = recorded.remove(&id);
+                let node_jobs = jobs.remove(&id).unwrap_or_default();
+                NodeView {
+                    state: rec.as_ref().map(|r| r.state).unwrap_or(NodeState::Pending),
+                    items: rec.as_ref().and_then(|r| r.items),
+                    attempts: node_jobs.iter().map(|j| j.attempts).sum(),
+                    output: rec.as_ref().and_then(|r| r.output.clone()),
+                    error: rec.and_then(|r| r.error),
+                    jobs: node_jobs
+                        .into_iter()
+                        .map(|j| NodeJobView {
+                            id: j.id,
+                            item: j.item,
+                            state: j.state,
+                            attempts: j.attempts,
+                            error: j.error,
+                        })
+                        .collect(),
+                    id,
+                }
+            })
+            .collect();
+        RunView { nodes: Some(nodes), ..RunView::summary(d.run) }
+    }
+}
+
+/// One page of runs, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RunPageView {
+    pub items: Vec<RunView>,
+    pub next_cursor: Option<Uuid>,
+}
+
+/// One entry of a run's event log.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RunEventView {
+    /// Increases with every event of the run, in commit order: resume after it.
+    pub id: i64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<Uuid>,
+    #[schema(value_type = Object)]
+    pub data: Value,
+}
+
+impl From<RunEvent> for RunEventView {
+    fn from(e: RunEvent) -> Self {
+        RunEventView {
+            id: e.id,
+            event_type: e.event_type,
+            at: to_datetime(e.at),
+            node: e.node,
+            item: e.item,
+            job_id: e.job_id,
+            data: e.data,
+        }
+    }
+}
+
+/// A run's events, in order.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RunEventList {
+    pub events: Vec<RunEventView>,
+}
+
+/// A run's id and its state after a cancel.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RunStateView {
+    pub id: Uuid,
+    pub state: RunState,
+}
+
+fn parse_run_id(raw: &str) -> Result<RunId, ApiError> {
+    RunId::parse_str(raw).map_err(|_| ApiError::bad_field("id", format!("`{raw}` is not a run id (a UUID)")))
+}
+
+/// Register a workflow: a new version of its name (the first is 1). Old versions stay
+/// runnable.
+#[utoipa::path(
+    post, path = "/v1/workflows", tag = "workflows",
+    request_body = WorkflowSpec,
+    responses(
+        (status = 201, body = WorkflowAccepted),
+        (status = 400, description = "Invalid definition, naming the node and field", body = ErrorBody),
+    )
+)]
+pub async fn register(
+    State(st): State<ApiState>,
+    JsonBody(spec): JsonBody<WorkflowSpec>,
+) -> Result<(StatusCode, Json<WorkflowAccepted>), ApiError> {
+    let caller = Caller::local();
+    let registry = st.registry.clone();
+    spec.validate(&|kind| registry.get(kind).is_some(), &st.cfg.limits)?;
+    // An input without references is final: its kind can check it now. One with
+    // references is checked when the node starts (a refusal then fails the node).
+    for (i, node) in spec.nodes.iter().enumerate() {
+        let input = node.input.clone().unwrap_or(Value::Null);
+        if ferry_core::workflow::references(&input).is_ok_and(|r| r.is_empty())
+            && let Some(executor) = registry.get(&node.kind)
+        {
+            executor.validate(&input).map_err(|e| e.within(&format!("nodes[{i}]")))?;
+        }
+    }
+    let definition = serde_json::to_value(&spec)
+        .map_err(|e| ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e))?;
+    let version = st.store.put_workflow(&caller.workspace, &caller.user, &spec.name, definition).await?;
+    Ok((StatusCode::CREATED, Json(WorkflowAccepted { name: spec.name, version })))
+}
+
+/// The workspace's workflows, by name, with their latest versions.
+#[utoipa::path(get, path = "/v1/workflows", tag = "workflows", responses((status = 200, body = WorkflowList)))]
+pub async fn list_workflows(State(st): State<ApiState>) -> Result<Json<WorkflowList>, ApiError> {
+    let caller = Caller::local();
+    let workflows = st.store.workflows(&caller.workspace).await?;
+    Ok(Json(WorkflowList {
+        workflows: workflows
+            .into_iter()
+            .map(|w| WorkflowSummaryView {
+                name: w.name,
+                latest_version: w.latest_version,
+                updated_at: to_datetime(w.created_at),
+            })
+            .collect(),
+    }))
+}
+
+/// A workflow's versions, oldest first, with their definitions.
+#[utoipa::path(
+    get, path = "/v1/workflows/{name}", tag = "workflows",
+    params(("name" = String, Path, description = "Workflow name")),
+    responses((status = 200, body = WorkflowVersions), (status = 404, body = ErrorBody))
+)]
+pub async fn get_workflow(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<WorkflowVersions>, ApiError> {
+    let caller = Caller::local();
+    let versions = st.store.workflow_versions(&caller.workspace, &name).await?;
+    if versions.is_empty() {
+        return Err(ApiError::not_found("workflow"));
+    }
+    Ok(Json(WorkflowVersions {
+        name,
+        versions: versions
+            .into_iter()
+            .map(|v| WorkflowVersionView {
+                version: v.version,
+                created_at: to_datetime(v.created_at),
+                created_by: v.created_by,
+                definition: v.definition,
+            })
+            .collect(),
+    }))
+}
+
+/// Start a run of a workflow (its latest version unless one is named). A missing workflow
+/// or version is answered 404 and nothing starts. The first nodes' jobs exist when this
+/// answers.
+#[utoipa::path(
+    post, path = "/v1/runs", tag = "workflows",
+    request_body = RunRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same as the body's `idempotency_key`")),
+    responses(
+        (status = 201, body = RunAccepted),
+        (status = 200, description = "Idempotency key matched an existing run", body = RunAccepted),
+        (status = 400, body = ErrorBody),
+        (status = 404, description = "No such workflow or version", body = ErrorBody),
+        (status = 409, description = "Idempotency key used with another request", body = ErrorBody),
+        (status = 413, description = "Input over its limit", body = ErrorBody),
+    )
+)]
+pub async fn start(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    JsonBody(mut req): JsonBody<RunRequest>,
+) -> Result<(StatusCode, Json<RunAccepted>), ApiError> {
+    if let Some(h) = headers.get("idempotency-key") {
+        let h = h.to_str().map_err(|_| ApiError::bad_field("Idempotency-Key", "must be visible ASCII"))?;
+        match &req.idempotency_key {
+            Some(k) if k != h => {
+                return Err(ApiError::bad_field(
+                    "idempotency_key",
+                    "differs from the Idempotency-Key header; give one or make them equal",
+                ));
+            }
+            _ => req.idempotency_key = Some(h.to_string()),
+        }
+    }
+    if let Some(key) = &req.idempotency_key
+        && (key.is_empty() || key.len() > 255)
+    {
+        return Err(ApiError::bad_field("idempotency_key", "must be 1 to 255 bytes"));
+    }
+    let input = req.input.clone().unwrap_or(Value::Null);
+    let size = serde_json::to_vec(&input).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > st.cfg.limits.max_input_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("is {size} bytes; the limit is {} bytes", st.cfg.limits.max_input_bytes),
+        )
+        .field("input"));
+    }
+    let request_hash = req.idempotency_key.as_ref().map(|_| {
+        let unkeyed = RunRequest { idempotency_key: None, ..req.clone() };
+        format!("{:x}", Sha256::digest(serde_json::to_vec(&unkeyed).unwrap_or_default()))
+    });
+    let caller = Caller::local();
+    let run = NewRun {
+        id: Uuid::now_v7(),
+        workspace: caller.workspace.clone(),
+        user: caller.user.clone(),
+        workflow: req.workflow.clone(),
+        version: req.version,
+        input,
+        idempotency_key: req.idempotency_key.clone(),
+        request_hash,
+    };
+    let (outcome, advanced) = st.store.create_run(run, st.planner.clone()).await?;
+    st.stop_attempts(&advanced.stopped);
+    let accepted =
+        |id, version, state, created| RunAccepted { id, workflow: req.workflow.clone(), version, state, created };
+    match outcome {
+        CreateRunOutcome::Created { id, version, state } => {
+            metrics::counter!("ferry_runs_started_total", "workflow" => req.workflow.clone()).increment(1);
+            Ok((StatusCode::CREATED, Json(accepted(id, version, state, true))))
+        }
+        CreateRunOutcome::Existing { id, version, state } => {
+            Ok((StatusCode::OK, Json(accepted(id, version, state, false))))
+        }
+        CreateRunOutcome::Conflict { id } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_conflict",
+            format!("the idempotency key was used for run {id} with a different request"),
+        )
+        .field("idempotency_key")),
+        CreateRunOutcome::NoWorkflow => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("workflow `{}` not found", req.workflow))
+                .field("workflow"))
+        }
+        CreateRunOutcome::NoVersion { latest } => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("workflow `{}` has no version {}; the latest is {latest}", req.workflow, req.version.unwrap_or(0)),
+        )
+        .field("version")),
+    }
+}
+
+/// A run: its state, and every node's state, attempts, output and error.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}", tag = "workflows",
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, body = RunView), (status = 404, body = ErrorBody))
+)]
+pub async fn get_run(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Json<RunView>, ApiError> {
+    let id = parse_run_id(&id)?;
+    let caller = Caller::local();
+    let run = st.store.get_run(&caller.workspace, id).await?.ok_or_else(|| ApiError::not_found("run"))?;
+    Ok(Json(RunView::detail(run)))
+}
+
+/// Runs, newest first, with optional filters.
+#[utoipa::path(
+    get, path = "/v1/runs", tag = "workflows",
+    params(
+        ("state" = Option<RunState>, Query, description = "Only runs in this state"),
+        ("workflow" = Option<String>, Query, description = "Only runs of this workflow"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1 to 1000 (default 50)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses((status = 200, body = RunPageView), (status = 400, body = ErrorBody))
+)]
+pub async fn list_runs(
+    State(st): State<ApiState>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Json<RunPageView>, ApiError> {
+    let mut filter = RunFilter { limit: 50, ..RunFilter::default() };
+    for (key, value) in q {
+        match key.as_str() {
+            "state" => filter.state = Some(value.parse().map_err(|e: String| ApiError::bad_field("state", e))?),
+            "workflow" => filter.workflow = Some(value),
+            "limit" => {
+                filter.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| ApiError::bad_field("limit", "must be an integer from 1 to 1000"))?;
+            }
+            "cursor" => {
+                filter.cursor = Some(
+                    RunId::parse_str(&value)
+                        .map_err(|_| ApiError::bad_field("cursor", "is not a cursor from a previous page"))?,
+                );
+            }
+            other => return Err(ApiError::bad_field(other, "unknown query parameter")),
+        }
+    }
+    let caller = Caller::local();
+    let page = st.store.list_runs(&caller.workspace, filter).await?;
+    Ok(Json(RunPageView {
+        items: page.items.into_iter().map(RunView::summary).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Cancel a run: running nodes stop, waiting ones never start.
+#[utoipa::path(
+    post, path = "/v1/runs/{id}/cancel", tag = "workflows",
+    params(("id" = String, Path, description = "Run id")),
+    responses(
+        (status = 200, body = RunStateView),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The run already ended", body = ErrorBody),
+    )
+)]
+pub async fn cancel_run(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Json<RunStateView>, ApiError> {
+    let id = parse_run_id(&id)?;
+    let caller = Caller::local();
+    let (state, advanced) = st.store.cancel_run(&caller.workspace, id, st.planner.clone()).await?;
+    st.stop_attempts(&advanced.stopped);
+    match state {
+        None => Err(ApiError::not_found("run")),
+        Some(RunState::Cancelled) if advanced.finished.iter().any(|f| f.0 == id) => {
+            Ok(Json(RunStateView { id, state: RunState::Cancelled }))
+        }
+        Some(state) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_state",
+            format!("the run already ended: it is {}", state.as_str()),
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    after: Option<i64>,
+}
+
+/// A run's events in order: JSON, or Server-Sent Events when asked for
+/// `text/event-stream` (replay after `Last-Event-ID` or `?after=`, then live, closing
+/// after `run_finished`).
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/events", tag = "workflows",
+    params(
+        ("id" = String, Path, description = "Run id"),
+        ("after" = Option<i64>, Query, description = "Only events after this id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume a stream after this id"),
+    ),
+    responses(
+        (status = 200, body = RunEventList),
+        (status = 200, description = "The event stream", content_type = "text/event-stream"),
+        (status = 404, body = ErrorBody)
+    )
+)]
+pub async fn run_events(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<EventQuery>,
+) -> Result<Response, ApiError> {
+    let id = parse_run_id(&id)?;
+    let caller = Caller::local();
+    let after = sse::resume_from(&headers, q.after)?;
+    if !sse::wants_stream(&headers) {
+        let mut all = Vec::new();
+        let mut cursor = after;
+        loop {
+            let page = st
+                .store
+                .run_events(&caller.workspace, id, cursor, EVENT_PAGE)
+                .await?
+                .ok_or_else(|| ApiError::not_found("run"))?;
+            let n = page.len();
+            cursor = page.last().map(|e| e.id).unwrap_or(cursor);
+            all.extend(page.into_iter().map(RunEventView::from));
+            if n < EVENT_PAGE {
+                break;
+            }
+        }
+        return Ok(Json(RunEventList { events: all }).into_response());
+    }
+    // 404 before the stream starts, not as an empty stream.
+    st.store.get_run(&caller.workspace, id).await?.ok_or_else(|| ApiError::not_found("run"))?;
+    let store = st.store.clone();
+    let workspace = caller.workspace.clone();
+    let fetch = move |cursor: i64| {
+        let (store, workspace) = (store.clone(), workspace.clone());
+        async move {
+            // "Ended" first: then the final event is in what is read next.
+            let ended = store.get_run(&workspace, id).await.ok()??.run.state.is_terminal();
+            let events = store.run_events(&workspace, id, cursor, EVENT_PAGE).await.ok()??;
+            let ended = ended && events.len() < EVENT_PAGE;
+            let items = events
+                .into_iter()
+                .map(|e| {
+                    let view = RunEventView::from(e);
+                    sse::Item {
+                        id: view.id,
+                        event_type: view.event_type.clone(),
+                        data: serde_json::to_string(&view).unwrap_or_default(),
+                    }
+                })
+                .collect();
+            Some((items, ended))
+        }
+    };
+    Ok(sse::stream(after, st.cfg.sse_keep_alive, fetch).into_response())
+}

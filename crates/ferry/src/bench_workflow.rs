@@ -1,0 +1,135 @@
+//! `ferry bench --workflow`: the engine's overhead per workflow step. Runs, on a fresh
+//! temporary store, a chain of 20 `noop` nodes and a 1,000-wide `for_each` of `noop`s,
+//! each `--samples`-times (at least 3), and reports the run time from the start request to
+//! the run's end as the API reports it (`finished_at - created_at`). `noop` does no work,
+//! so the run time is all overhead: divided by the steps for the chain, by the elements
+//! for the fan-out.
+
+use crate::app;
+use crate::bench::BenchArgs;
+use crate::config::{Config, QueueSettings};
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const CHAIN: usize = 20;
+const WIDTH: usize = 1000;
+
+async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let mut req = http.request(method, url);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    let v: Value = resp.json().await?;
+    if !status.is_success() {
+        bail!("{status}: {v}");
+    }
+    Ok(v)
+}
+
+/// Starts a run and waits for its end; returns the run time the server recorded.
+async fn time_run(http: &reqwest::Client, base: &str, workflow: &str, input: Value) -> anyhow::Result<Duration> {
+    let started = call(
+        http,
+        reqwest::Method::POST,
+        format!("{base}/v1/runs"),
+        Some(json!({"workflow": workflow, "input": input})),
+    )
+    .await?;
+    let id = started["id"].as_str().context("no run id")?.to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let run = call(http, reqwest::Method::GET, format!("{base}/v1/runs/{id}"), None).await?;
+        if run["state"] != "running" {
+            if run["state"] != "succeeded" {
+                bail!("run {id} ended {}: {}", run["state"], run["error"]);
+            }
+            let at = |k: &str| run[k].as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+            let (Some(a), Some(b)) = (at("created_at"), at("finished_at")) else { bail!("run {id} has no times") };
+            return Ok((b - a).to_std().unwrap_or_default());
+        }
+        if Instant::now() > deadline {
+            bail!("run {id} did not end within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Measures and prints.
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = Config { listen: "127.0.0.1:0".parse()?, data_dir: dir.path().join("engine"), ..Config::default() };
+    cfg.queues.insert("default".into(), QueueSettings { concurrency: Some(args.concurrency) });
+    if let Some(url) = &args.database_url {
+        cfg.database_url = Some(url.clone());
+        cfg.database_schema = Some(format!("b_{:016x}", fastrand::u64(..)));
+    }
+    let server = app::start(&cfg).await?;
+    let base = server.url();
+    let http = reqwest::Client::new();
+    let chain: Vec<Value> = (0..CHAIN)
+        .map(|i| {
+            let deps = if i == 0 { json!([]) } else { json!([format!("s{}", i - 1)]) };
+            json!({"id": format!("s{i}"), "kind": "noop", "depends_on": deps, "input": {"step": i}})
+        })
+        .collect();
+    call(&http, reqwest::Method::POST, format!("{base}/v1/workflows"), Some(json!({"name": "chain", "nodes": chain})))
+        .await?;
+    let fan = json!({"name": "fan", "nodes": [
+        {"id": "each", "kind": "noop", "for_each": "{{ input.items }}", "concurrency": 1000, "input": {"n": "{{ item }}"}},
+        {"id": "join", "kind": "noop", "depends_on": ["each"], "input": {"count": "{{ nodes.each.output }}"}}
+    ]});
+    call(&http, reqwest::Method::POST, format!("{base}/v1/workflows"), Some(fan)).await?;
+    let items: Vec<usize> = (0..WIDTH).collect();
+    let rounds = args.samples.clamp(3, 50);
+    // One warm-up of each.
+    time_run(&http, &base, "chain", json!(null)).await?;
+    time_run(&http, &base, "fan", json!({"items": items})).await?;
+    let (mut chain_ms, mut fan_ms) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        chain_ms.push(time_run(&http, &base, "chain", json!(null)).await?.as_secs_f64() * 1e3);
+        fan_ms.push(time_run(&http, &base, "fan", json!({"items": items})).await?.as_secs_f64() * 1e3);
+    }
+    server.stop().await?;
+    let spread = |v: &[f64]| {
+        let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+        (lo, hi)
+    };
+    let (c, f) = (median(chain_ms.clone()), median(fan_ms.clone()));
+    let report = json!({
+        "backend": if args.database_url.is_some() { "postgres" } else { "sqlite" },
+        "rounds": rounds,
+        "chain_steps": CHAIN,
+        "chain_run_ms_median": c,
+        "chain_overhead_ms_per_step": c / CHAIN as f64,
+        "chain_run_ms_range": spread(&chain_ms),
+        "fanout_width": WIDTH,
+        "fanout_run_ms_median": f,
+        "fanout_overhead_ms_per_element": f / WIDTH as f64,
+        "fanout_run_ms_range": spread(&fan_ms),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("workflow overhead ({} rounds, medians; noop nodes do no work)", rounds);
+        println!("  {CHAIN}-step chain:        {c:8.1} ms per run, {:.2} ms per step (target < 2)", c / CHAIN as f64);
+        println!(
+            "  {WIDTH}-wide for_each + join: {f:8.1} ms per run, {:.3} ms per element (target: run < 1000 ms)",
+            f / WIDTH as f64
+        );
+        println!("  ranges: chain {:?} ms, fan-out {:?} ms", spread(&chain_ms), spread(&fan_ms));
+    }
+    Ok(())
+}
