@@ -265,6 +265,47 @@ async fn cli_submits_waits_and_manages_the_dead_letter_queue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_applies_a_yaml_workflow_follows_runs_and_runs_exec_in_the_binary_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn_server(dir.path(), 2, &[]);
+    let url = server.url.clone();
+    let file = dir.path().join("greet.yaml");
+    std::fs::write(
+        &file,
+        "name: greet\nnodes:\n  - id: hello\n    kind: noop\n    input:\n      who: \"{{ input.who }}\"\n  \
+         - id: shout\n    kind: noop\n    depends_on: [hello]\n    input: \"HELLO {{ nodes.hello.output.who }}\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = cli(&url, &["workflow", "apply", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "stderr: {err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"name": "greet", "version": 1}));
+    let (code, out, err) = cli(&url, &["run", "greet", "--input", r#"{"who": "ferry"}"#, "--follow"]);
+    assert_eq!(code, 0, "stdout: {out} stderr: {err}");
+    assert!(out.contains("succeeded"), "{out}");
+    let (code, out, _) = cli(&url, &["workflow", "list"]);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["workflows"][0]["latest_version"], 1);
+
+    std::fs::write(&file, "name: doomed\nnodes:\n  - id: bad\n    kind: fail\n    input: {retryable: false}\n").unwrap();
+    assert_eq!(cli(&url, &["workflow", "apply", file.to_str().unwrap()]).0, 0);
+    let (code, out, _) = cli(&url, &["run", "doomed", "--follow"]);
+    assert_eq!(code, 1, "a failed run is a failed command: {out}");
+    assert!(out.contains("failed"), "{out}");
+    std::fs::write(&file, "name: [unclosed\n").unwrap();
+    let (code, _, err) = cli(&url, &["workflow", "apply", file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("YAML"), "{err}");
+
+    // `exec` in the real binary: the server re-executes itself as the sandbox helper.
+    let input = r#"{"language": "sh", "code": "echo sandboxed; hostname"}"#;
+    let (code, out, err) = cli(&url, &["submit", "exec", "--input", input, "--wait"]);
+    assert_eq!(code, 0, "stdout: {out} stderr: {err}");
+    let job: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(job["output"]["stdout"], "sandboxed\nferry-sandbox\n", "{job}");
+    stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_durability_serves_and_survives_kill_dash_nine() {
     let dir = tempfile::tempdir().unwrap();
     let http = client();
