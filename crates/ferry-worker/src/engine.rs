@@ -366,8 +366,14 @@ async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphoreP
     let elapsed = started.elapsed().as_secs_f64();
 
     let result = match outcome {
-        // Cancelled by a user or the lease is gone: the store already moved the job on.
-        Err(Stop::Cancelled) => None,
+        // Cancelled by a user or the lease is gone: the store already moved the job on
+        // (a node job's run learns it now rather than at the next sweep).
+        Err(Stop::Cancelled) => {
+            if let Some(run) = job.run_id {
+                let _ = inner.advancer.send(run);
+            }
+            None
+        }
         Err(Stop::Shutdown) => Some(FinishResult::Released),
         Ok(Ok(output)) => Some(succeeded(&inner, &job, output)),
         Ok(Err(e)) => Some(failed(&job, e)),

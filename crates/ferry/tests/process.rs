@@ -286,7 +286,8 @@ async fn cli_applies_a_yaml_workflow_follows_runs_and_runs_exec_in_the_binary_sa
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["workflows"][0]["latest_version"], 1);
 
-    std::fs::write(&file, "name: doomed\nnodes:\n  - id: bad\n    kind: fail\n    input: {retryable: false}\n").unwrap();
+    std::fs::write(&file, "name: doomed\nnodes:\n  - id: bad\n    kind: fail\n    input: {retryable: false}\n")
+        .unwrap();
     assert_eq!(cli(&url, &["workflow", "apply", file.to_str().unwrap()]).0, 0);
     let (code, out, _) = cli(&url, &["run", "doomed", "--follow"]);
     assert_eq!(code, 1, "a failed run is a failed command: {out}");
