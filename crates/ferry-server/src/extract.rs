@@ -124,3 +124,9 @@ impl Shape for crate::runs::RunRequest {
         must_be_object(body, "")
     }
 }
+
+impl Shape for crate::tokens::TokenRequest {
+    fn check(body: &Value) -> Result<(), ApiError> {
+        must_be_object(body, "")
+    }
+}

@@ -38,6 +38,7 @@ fn status_of(created: bool) -> StatusCode {
 )]
 pub async fn submit(
     State(st): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     JsonBody(mut spec): JsonBody<JobSpec>,
 ) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
@@ -53,7 +54,6 @@ pub async fn submit(
             _ => spec.idempotency_key = Some(h.to_string()),
         }
     }
-    let caller = Caller::local();
     let job = st.validate(spec, &caller, now_micros())?;
     let queue = job.queue.clone();
     let submitted = st.store.submit(vec![job]).await?;
@@ -83,6 +83,7 @@ pub async fn submit(
 )]
 pub async fn submit_batch(
     State(st): State<ApiState>,
+    caller: Caller,
     JsonBody(batch): JsonBody<BatchRequest>,
 ) -> Result<(StatusCode, Json<BatchAccepted>), ApiError> {
     let max = st.cfg.max_batch;
@@ -97,7 +98,6 @@ pub async fn submit_batch(
         )
         .field("jobs"));
     }
-    let caller = Caller::local();
     let now = now_micros();
     let mut jobs = Vec::with_capacity(batch.jobs.len());
     for (i, spec) in batch.jobs.into_iter().enumerate() {
@@ -134,9 +134,12 @@ pub async fn submit_batch(
     params(("id" = String, Path, description = "Job id")),
     responses((status = 200, body = JobView), (status = 404, body = ErrorBody))
 )]
-pub async fn get(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+pub async fn get(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
     let id = parse_id(&id)?;
-    let caller = Caller::local();
     let job = st.store.get_job(&caller.workspace, id).await?.ok_or_else(|| ApiError::not_found("job"))?;
     Ok(Json(JobView::new(job, true)))
 }
@@ -155,6 +158,7 @@ pub async fn get(State(st): State<ApiState>, Path(id): Path<String>) -> Result<J
 )]
 pub async fn list(
     State(st): State<ApiState>,
+    caller: Caller,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Result<Json<JobPage>, ApiError> {
     let mut filter = JobFilter { limit: 50, ..JobFilter::default() };
@@ -181,7 +185,6 @@ pub async fn list(
             other => return Err(ApiError::bad_field(other, "unknown query parameter")),
         }
     }
-    let caller = Caller::local();
     let page = st.store.list_jobs(&caller.workspace, filter).await?;
     Ok(Json(JobPage {
         items: page.items.into_iter().map(|j| JobView::new(j, false)).collect(),
@@ -199,9 +202,12 @@ pub async fn list(
         (status = 409, description = "The job already finished", body = ErrorBody),
     )
 )]
-pub async fn cancel(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Json<JobStateView>, ApiError> {
+pub async fn cancel(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobStateView>, ApiError> {
     let id = parse_id(&id)?;
-    let caller = Caller::local();
     match st.store.cancel(&caller.workspace, id).await? {
         CancelOutcome::Cancelled { was_running, queue, kind } => {
             if was_running && let Some(engine) = &st.engine {
@@ -230,9 +236,12 @@ pub async fn cancel(State(st): State<ApiState>, Path(id): Path<String>) -> Resul
         (status = 409, description = "The job is not dead or cancelled", body = ErrorBody),
     )
 )]
-pub async fn replay(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Json<JobStateView>, ApiError> {
+pub async fn replay(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobStateView>, ApiError> {
     let id = parse_id(&id)?;
-    let caller = Caller::local();
     match st.store.replay(&caller.workspace, id).await? {
         ReplayOutcome::Replayed => Ok(Json(JobStateView { id, state: JobState::Queued })),
         ReplayOutcome::NotFound => Err(ApiError::not_found("job")),
@@ -256,9 +265,12 @@ pub async fn replay(State(st): State<ApiState>, Path(id): Path<String>) -> Resul
         (status = 409, description = "The job has not finished", body = ErrorBody),
     )
 )]
-pub async fn delete(State(st): State<ApiState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
-    let caller = Caller::local();
     match st.store.delete(&caller.workspace, id).await? {
         DeleteOutcome::Deleted => Ok(StatusCode::NO_CONTENT),
         DeleteOutcome::NotFound => Err(ApiError::not_found("job")),
@@ -294,13 +306,13 @@ pub struct EventQuery {
 )]
 pub async fn events(
     State(st): State<ApiState>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
     Query(q): Query<EventQuery>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse as _;
     let id = parse_id(&id)?;
-    let caller = Caller::local();
     let after = crate::sse::resume_from(&headers, q.after)?;
     let events = st.store.job_events(&caller.workspace, id).await?.ok_or_else(|| ApiError::not_found("job"))?;
     if !crate::sse::wants_stream(&headers) {

@@ -8,12 +8,14 @@
 //! **Invariant:** only this crate knows HTTP. Status codes, headers and the error format
 //! live here; the store and the engine speak in typed results.
 
+pub mod auth;
 mod error;
 mod extract;
 mod jobs;
 pub mod runs;
 mod sse;
 mod system;
+pub mod tokens;
 pub mod views;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
@@ -71,19 +73,22 @@ pub struct ApiState {
     pub metrics: PrometheusHandle,
     /// Decides what a workflow run does next (`ferry_worker::planner`).
     pub planner: ferry_store::Planner,
+    /// Checks tokens.
+    pub auth: Arc<auth::Auth>,
 }
 
-/// Who is calling. Until tokens exist every request acts as user `local` of workspace
-/// `default`; the store already scopes everything by workspace.
+/// Who is calling (see [`auth`]): a token's workspace, user and role, or, in open mode
+/// while no token exists, user `local` of workspace `default` with every right.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub workspace: String,
     pub user: String,
+    pub role: ferry_core::auth::Role,
 }
 
 impl Caller {
     pub fn local() -> Self {
-        Caller { workspace: "default".into(), user: "local".into() }
+        Caller { workspace: "default".into(), user: "local".into(), role: ferry_core::auth::Role::Admin }
     }
 }
 
@@ -137,6 +142,7 @@ impl ApiState {
     ),
     tags((name = "jobs", description = "Submit, inspect, cancel and replay jobs"),
           (name = "workflows", description = "Versioned workflows, their runs and run events"),
+          (name = "tokens", description = "API tokens of the workspace (admin)"),
           (name = "system", description = "Queues, health and metrics"))
 )]
 struct ApiDoc;
@@ -176,6 +182,8 @@ fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(runs::get_run))
         .routes(routes!(runs::cancel_run))
         .routes(routes!(runs::run_events))
+        .routes(routes!(tokens::create, tokens::list))
+        .routes(routes!(tokens::revoke))
         .routes(routes!(system::queues))
         .routes(routes!(system::workers))
         .routes(routes!(system::healthz))
@@ -214,6 +222,7 @@ pub fn router(state: ApiState) -> Router {
             }),
         )
         .fallback(system::not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require))
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

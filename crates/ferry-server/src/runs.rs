@@ -267,9 +267,9 @@ fn parse_run_id(raw: &str) -> Result<RunId, ApiError> {
 )]
 pub async fn register(
     State(st): State<ApiState>,
+    caller: Caller,
     JsonBody(spec): JsonBody<WorkflowSpec>,
 ) -> Result<(StatusCode, Json<WorkflowAccepted>), ApiError> {
-    let caller = Caller::local();
     let registry = st.registry.clone();
     spec.validate(&|kind| registry.get(kind).is_some(), &st.cfg.limits)?;
     // An input without references is final: its kind can check it now. One with
@@ -290,8 +290,7 @@ pub async fn register(
 
 /// The workspace's workflows, by name, with their latest versions.
 #[utoipa::path(get, path = "/v1/workflows", tag = "workflows", responses((status = 200, body = WorkflowList)))]
-pub async fn list_workflows(State(st): State<ApiState>) -> Result<Json<WorkflowList>, ApiError> {
-    let caller = Caller::local();
+pub async fn list_workflows(State(st): State<ApiState>, caller: Caller) -> Result<Json<WorkflowList>, ApiError> {
     let workflows = st.store.workflows(&caller.workspace).await?;
     Ok(Json(WorkflowList {
         workflows: workflows
@@ -313,9 +312,9 @@ pub async fn list_workflows(State(st): State<ApiState>) -> Result<Json<WorkflowL
 )]
 pub async fn get_workflow(
     State(st): State<ApiState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<WorkflowVersions>, ApiError> {
-    let caller = Caller::local();
     let versions = st.store.workflow_versions(&caller.workspace, &name).await?;
     if versions.is_empty() {
         return Err(ApiError::not_found("workflow"));
@@ -352,6 +351,7 @@ pub async fn get_workflow(
 )]
 pub async fn start(
     State(st): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     JsonBody(mut req): JsonBody<RunRequest>,
 ) -> Result<(StatusCode, Json<RunAccepted>), ApiError> {
@@ -386,7 +386,6 @@ pub async fn start(
         let unkeyed = RunRequest { idempotency_key: None, ..req.clone() };
         format!("{:x}", Sha256::digest(serde_json::to_vec(&unkeyed).unwrap_or_default()))
     });
-    let caller = Caller::local();
     let run = NewRun {
         id: Uuid::now_v7(),
         workspace: caller.workspace.clone(),
@@ -434,9 +433,12 @@ pub async fn start(
     params(("id" = String, Path, description = "Run id")),
     responses((status = 200, body = RunView), (status = 404, body = ErrorBody))
 )]
-pub async fn get_run(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Json<RunView>, ApiError> {
+pub async fn get_run(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RunView>, ApiError> {
     let id = parse_run_id(&id)?;
-    let caller = Caller::local();
     let run = st.store.get_run(&caller.workspace, id).await?.ok_or_else(|| ApiError::not_found("run"))?;
     Ok(Json(RunView::detail(run)))
 }
@@ -454,6 +456,7 @@ pub async fn get_run(State(st): State<ApiState>, Path(id): Path<String>) -> Resu
 )]
 pub async fn list_runs(
     State(st): State<ApiState>,
+    caller: Caller,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Result<Json<RunPageView>, ApiError> {
     let mut filter = RunFilter { limit: 50, ..RunFilter::default() };
@@ -477,7 +480,6 @@ pub async fn list_runs(
             other => return Err(ApiError::bad_field(other, "unknown query parameter")),
         }
     }
-    let caller = Caller::local();
     let page = st.store.list_runs(&caller.workspace, filter).await?;
     Ok(Json(RunPageView {
         items: page.items.into_iter().map(RunView::summary).collect(),
@@ -495,9 +497,12 @@ pub async fn list_runs(
         (status = 409, description = "The run already ended", body = ErrorBody),
     )
 )]
-pub async fn cancel_run(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Json<RunStateView>, ApiError> {
+pub async fn cancel_run(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RunStateView>, ApiError> {
     let id = parse_run_id(&id)?;
-    let caller = Caller::local();
     let (state, advanced) = st.store.cancel_run(&caller.workspace, id, st.planner.clone()).await?;
     st.stop_attempts(&advanced.stopped);
     match state {
@@ -537,12 +542,12 @@ pub struct EventQuery {
 )]
 pub async fn run_events(
     State(st): State<ApiState>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
     Query(q): Query<EventQuery>,
 ) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
-    let caller = Caller::local();
     let after = sse::resume_from(&headers, q.after)?;
     if !sse::wants_stream(&headers) {
         let mut all = Vec::new();

@@ -17,6 +17,7 @@ pub mod postgres;
 mod row;
 pub mod runs;
 pub mod sqlite;
+pub mod tokens;
 mod transition;
 mod types;
 
@@ -25,6 +26,7 @@ pub use runs::{
     Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunJobRow, RunNodeRow, RunPage,
     RunRow, WorkflowSummary, WorkflowVersion,
 };
+pub use tokens::{NewToken, TokenRecord};
 pub use types::*;
 
 use async_trait::async_trait;
@@ -211,6 +213,27 @@ pub trait Store: Send + Sync + 'static {
     /// Running runs that need an advance nobody triggered: past their deadline, or not
     /// advanced for `idle_ms` (a crash between a job's end and its run's advance).
     async fn runs_to_sweep(&self, idle_ms: u64, limit: usize) -> Result<Vec<RunId>, StoreError>;
+
+    /// Stores a new API token (its hash).
+    async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError>;
+
+    /// The workspace's tokens, revoked ones included, oldest first.
+    async fn tokens(&self, workspace: &str) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Revokes a token of the workspace; `false` when there is no such unrevoked token.
+    async fn revoke_token(&self, workspace: &str, id: uuid::Uuid) -> Result<bool, StoreError>;
+
+    /// The unrevoked token with this hash.
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// How many unrevoked tokens exist, in every workspace.
+    async fn active_tokens(&self) -> Result<u64, StoreError>;
+
+    /// Fires whenever tokens may have changed (through this store, or, on PostgreSQL, in
+    /// another process), so caches of them can be dropped at once.
+    fn token_changes(&self) -> Option<tokio::sync::broadcast::Receiver<()>> {
+        None
+    }
 
     /// Notified whenever the queue may have new ready or newly scheduled work.
     fn wakeup(&self, queue: &str) -> Arc<Notify>;

@@ -34,7 +34,8 @@ use crate::runs::{
     Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunPage, WorkflowSummary,
     WorkflowVersion,
 };
-use crate::{row, transition};
+use crate::tokens::TOKEN_COLUMNS;
+use crate::{NewToken, TokenRecord, row, transition};
 use async_trait::async_trait;
 use ferry_core::run::{RunId, RunState};
 use ferry_core::time::{self, Micros};
@@ -54,6 +55,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../sql/postgres/migrations/0002_rfc3339.sql")),
     (3, include_str!("../sql/postgres/migrations/0003_exec.sql")),
     (4, include_str!("../sql/postgres/migrations/0004_workflows.sql")),
+    (5, include_str!("../sql/postgres/migrations/0005_tokens.sql")),
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
@@ -90,6 +92,8 @@ pub struct PgStore {
     channel: String,
     cancel_channel: String,
     cancelled: broadcast::Sender<JobId>,
+    token_channel: String,
+    token_changes: broadcast::Sender<()>,
     listener: JoinHandle<()>,
 }
 
@@ -165,15 +169,19 @@ impl PgStore {
         let wakeups = Arc::new(Wakeups::default());
         let channel = format!("ferry_wakeup_{schema}");
         let cancel_channel = format!("ferry_cancel_{schema}");
+        let token_channel = format!("ferry_tokens_{schema}");
         let (cancelled, _) = broadcast::channel(1024);
+        let (token_changes, _) = broadcast::channel(16);
         let listening = Listening {
             wakeups: channel.clone(),
             cancels: cancel_channel.clone(),
+            tokens: token_channel.clone(),
+            token_changes: token_changes.clone(),
             queues: wakeups.clone(),
             cancelled: cancelled.clone(),
         };
         let listener = tokio::spawn(listen(pool.clone(), listening));
-        Ok(PgStore { pool, wakeups, channel, cancel_channel, cancelled, listener })
+        Ok(PgStore { pool, wakeups, channel, cancel_channel, cancelled, token_channel, token_changes, listener })
     }
 
     /// A transaction and the database's clock at its start.
@@ -270,6 +278,9 @@ struct Listening {
     cancels: String,
     queues: Arc<Wakeups>,
     cancelled: broadcast::Sender<JobId>,
+    /// Payload: none; tokens were created or revoked.
+    tokens: String,
+    token_changes: broadcast::Sender<()>,
 }
 
 /// Wakes local dispatchers and stops local attempts on notifications from any node.
@@ -284,15 +295,19 @@ async fn listen(pool: PgPool, l: Listening) {
                 continue;
             }
         };
-        if let Err(e) = listener.listen_all([l.wakeups.as_str(), l.cancels.as_str()]).await {
+        if let Err(e) = listener.listen_all([l.wakeups.as_str(), l.cancels.as_str(), l.tokens.as_str()]).await {
             tracing::warn!(error = %e, "cannot LISTEN; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
         // Anything may have happened while we were not listening.
         wakeups.all();
+        let _ = l.token_changes.send(());
         loop {
             match listener.try_recv().await {
+                Ok(Some(n)) if n.channel() == l.tokens => {
+                    let _ = l.token_changes.send(());
+                }
                 Ok(Some(n)) if n.channel() == l.cancels => {
                     if let Ok(id) = JobId::parse_str(n.payload()) {
                         let _ = l.cancelled.send(id);
@@ -942,6 +957,69 @@ impl Store for PgStore {
 
     async fn runs_to_sweep(&self, idle_ms: u64, limit: usize) -> Result<Vec<RunId>, StoreError> {
         self.runs_to_sweep_q(idle_ms, limit).await
+    }
+
+    async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError> {
+        let (mut tx, now) = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO tokens (id, workspace, user_id, role, hash, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(token.id)
+        .bind(&token.workspace)
+        .bind(&token.user)
+        .bind(token.role.as_str())
+        .bind(&token.hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, '')").bind(&self.token_channel).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(TokenRecord {
+            id: token.id,
+            workspace: token.workspace,
+            user: token.user,
+            role: token.role,
+            created_at: now,
+            revoked_at: None,
+        })
+    }
+
+    async fn tokens(&self, workspace: &str) -> Result<Vec<TokenRecord>, StoreError> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE workspace = $1 ORDER BY created_at, id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(workspace).fetch_all(&self.pool).await?;
+        rows.iter().map(crate::tokens::token_row).collect::<Result<_, sqlx::Error>>().map_err(err)
+    }
+
+    async fn revoke_token(&self, workspace: &str, id: uuid::Uuid) -> Result<bool, StoreError> {
+        let (mut tx, now) = self.begin().await?;
+        let n =
+            sqlx::query("UPDATE tokens SET revoked_at = $3 WHERE id = $1 AND workspace = $2 AND revoked_at IS NULL")
+                .bind(id)
+                .bind(workspace)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        // Every node drops its cached view of the token when this commits.
+        sqlx::query("SELECT pg_notify($1, '')").bind(&self.token_channel).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = $1 AND revoked_at IS NULL");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(hash).fetch_optional(&self.pool).await?;
+        row.as_ref().map(crate::tokens::token_row).transpose().map_err(err)
+    }
+
+    async fn active_tokens(&self) -> Result<u64, StoreError> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE revoked_at IS NULL").fetch_one(&self.pool).await?;
+        Ok(n.max(0) as u64)
+    }
+
+    fn token_changes(&self) -> Option<broadcast::Receiver<()>> {
+        Some(self.token_changes.subscribe())
     }
 
     async fn next_due(&self, queue: &str) -> Result<Option<Micros>, StoreError> {

@@ -32,7 +32,8 @@ use crate::runs::{
     Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunPage, WorkflowSummary,
     WorkflowVersion,
 };
-use crate::{row, transition};
+use crate::tokens::TOKEN_COLUMNS;
+use crate::{NewToken, TokenRecord, row, transition};
 use async_trait::async_trait;
 use ferry_core::run::{RunId, RunState};
 use ferry_core::time::{self, Micros};
@@ -51,6 +52,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../sql/sqlite/migrations/0002_workers.sql")),
     (3, include_str!("../sql/sqlite/migrations/0003_exec.sql")),
     (4, include_str!("../sql/sqlite/migrations/0004_workflows.sql")),
+    (5, include_str!("../sql/sqlite/migrations/0005_tokens.sql")),
 ];
 const PRUNE: &str = include_str!("../sql/sqlite/prune.sql");
 const INSERT_JOB: &str = include_str!("../sql/sqlite/insert_job.sql");
@@ -112,6 +114,8 @@ enum Cmd {
     CreateRun(Box<NewRun>, Planner, Reply<(CreateRunOutcome, Advanced)>),
     AdvanceRuns(Vec<RunId>, Planner, Reply<Advanced>),
     CancelRun(String, RunId, Planner, Reply<(Option<RunState>, Advanced)>),
+    CreateToken(NewToken, Reply<TokenRecord>),
+    RevokeToken(String, uuid::Uuid, Reply<bool>),
     Close(Reply<()>),
 }
 
@@ -148,6 +152,8 @@ pub struct SqliteStore {
     wakeups: Arc<Wakeups>,
     path: PathBuf,
     _lock: std::fs::File,
+    /// Fired after tokens changed (see [`Store::token_changes`]).
+    token_changes: tokio::sync::broadcast::Sender<()>,
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -237,6 +243,7 @@ impl SqliteStore {
             .spawn(move || Writer { conn, woken: HashSet::new(), now: 0, poisoned: None }.run(rx, &writer_wakeups))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
+            token_changes: tokio::sync::broadcast::channel(16).0,
             tx,
             readers: Arc::new(ReadPool { path: path.clone(), idle: Mutex::new(Vec::new()) }),
             wakeups,
@@ -362,6 +369,30 @@ impl Writer {
                 Ok(all)
             }),
             Cmd::CancelRun(ws, id, planner, reply) => self.step(reply, |w| w.cancel_run(&ws, id, &planner)),
+            Cmd::CreateToken(t, reply) => self.step(reply, |w| {
+                w.conn
+                    .prepare_cached(
+                        "INSERT INTO tokens (id, workspace, user_id, role, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![t.id, t.workspace, t.user, t.role.as_str(), t.hash, w.now])?;
+                Ok(TokenRecord {
+                    id: t.id,
+                    workspace: t.workspace,
+                    user: t.user,
+                    role: t.role,
+                    created_at: w.now,
+                    revoked_at: None,
+                })
+            }),
+            Cmd::RevokeToken(ws, id, reply) => self.step(reply, |w| {
+                let n = w
+                    .conn
+                    .prepare_cached(
+                        "UPDATE tokens SET revoked_at = ?3 WHERE id = ?1 AND workspace = ?2 AND revoked_at IS NULL",
+                    )?
+                    .execute(params![id, ws, w.now])?;
+                Ok(n == 1)
+            }),
             Cmd::Close(_) => unreachable!("handled by the loop"),
         }
     }
@@ -961,6 +992,50 @@ impl Store for SqliteStore {
         let now = time::now_micros();
         let idle_since = now.saturating_sub(time::ms(idle_ms));
         self.read(move |c| runs::runs_to_sweep(c, now, idle_since, limit)).await
+    }
+
+    async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError> {
+        let created = self.write(|r| Cmd::CreateToken(token, r)).await?;
+        let _ = self.token_changes.send(());
+        Ok(created)
+    }
+
+    fn token_changes(&self) -> Option<tokio::sync::broadcast::Receiver<()>> {
+        Some(self.token_changes.subscribe())
+    }
+
+    async fn tokens(&self, workspace: &str) -> Result<Vec<TokenRecord>, StoreError> {
+        let ws = workspace.to_string();
+        self.read(move |c| {
+            let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE workspace = ?1 ORDER BY created_at, id");
+            c.prepare_cached(&sql)?.query_map(params![ws], |r| crate::tokens::token_row(r))?.collect()
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, workspace: &str, id: uuid::Uuid) -> Result<bool, StoreError> {
+        let ws = workspace.to_string();
+        let revoked = self.write(|r| Cmd::RevokeToken(ws, id, r)).await?;
+        let _ = self.token_changes.send(());
+        Ok(revoked)
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let hash = hash.to_string();
+        self.read(move |c| {
+            let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1 AND revoked_at IS NULL");
+            c.prepare_cached(&sql)?.query_row(params![hash], |r| crate::tokens::token_row(r)).optional()
+        })
+        .await
+    }
+
+    async fn active_tokens(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT COUNT(*) FROM tokens WHERE revoked_at IS NULL")?
+                .query_row([], |r| r.get::<_, i64>(0))
+        })
+        .await
+        .map(|n| n.max(0) as u64)
     }
 
     async fn next_due(&self, queue: &str) -> Result<Option<Micros>, StoreError> {

@@ -92,6 +92,31 @@ async fn serve(
     })
 }
 
+/// Whether the API may serve unauthenticated requests while no token exists: only on
+/// loopback (zero setup on a laptop), or when the operator said `--insecure`. Anywhere
+/// else a server without tokens refuses to start.
+async fn open_mode(cfg: &Config, store: &dyn Store) -> anyhow::Result<bool> {
+    let tokens = store.active_tokens().await.context("cannot read the API tokens")?;
+    let loopback = cfg.listen.ip().is_loopback();
+    if tokens > 0 {
+        tracing::info!(tokens, "API tokens exist: every /v1 request needs one");
+    } else if loopback {
+        tracing::info!(
+            "no API tokens: serving unauthenticated requests as user `local` of workspace `default` \
+             (loopback only; `ferry token create` to require tokens)"
+        );
+    } else if cfg.insecure {
+        tracing::warn!(listen = %cfg.listen, "no API tokens and --insecure: ANYONE who can reach this address acts as admin of workspace `default`");
+    } else {
+        anyhow::bail!(
+            "refusing to listen on {} without API tokens: create one first (`ferry token create --workspace W \
+             --user U --role admin`), listen on loopback, or pass --insecure",
+            cfg.listen
+        );
+    }
+    Ok(loopback || cfg.insecure)
+}
+
 /// The argument that makes the `ferry` binary act as the sandbox helper.
 pub const SANDBOX_HELPER_ARG: &str = "sandbox-helper";
 
@@ -126,6 +151,7 @@ pub async fn registry(cfg: &Config) -> anyhow::Result<Registry> {
 /// Opens the store, starts the embedded workers and serves the API.
 pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let store = open_store(cfg).await?;
+    let open = open_mode(cfg, store.as_ref()).await?;
     let registry = registry(cfg).await?;
     let engine = (cfg.workers > 0).then(|| {
         let queues = cfg
@@ -149,6 +175,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         }),
         metrics: ferry_server::metrics_handle(),
         planner: ferry_worker::planner(cfg.job_limits(), registry.clone()),
+        auth: ferry_server::auth::Auth::new(store.clone(), open),
     };
     let server = serve(cfg, cfg.listen, store.clone(), engine, ferry_server::router(state)).await?;
     tracing::info!(addr = %server.addr, store = store.backend(), "Ferry is serving");

@@ -41,6 +41,12 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// API tokens: create one directly in the store (the first admin token, before any
+    /// server runs), or list and revoke them through the API.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Register and inspect workflows.
     Workflow {
         #[command(subcommand)]
@@ -61,6 +67,38 @@ pub enum Command {
     },
     /// Measure throughput and pickup latency on a fresh, temporary store.
     Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token in the store (`--data-dir` or `--database`) and print it once, alone
+    /// on the last line. A SQLite data directory must not be in use by a running server:
+    /// use `POST /v1/tokens` as an admin then.
+    Create {
+        #[arg(long)]
+        workspace: String,
+        #[arg(long)]
+        user: String,
+        /// admin, submitter or viewer
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Data directory holding the SQLite file [env: FERRY_DATA_DIR] [default: ./ferry-data]
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// List the workspace's tokens (without their secrets).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a token: refused from the next request on.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,6 +200,10 @@ pub struct ServerArgs {
     /// fsync per group commit) [env: FERRY_DURABILITY] [default: process]
     #[arg(long, value_parser = parse_durability)]
     pub durability: Option<Durability>,
+    /// Serve unauthenticated requests on a non-loopback address while no API token
+    /// exists (anyone who reaches it is admin of workspace `default`) [env: FERRY_INSECURE]
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// Flags of `ferry worker`.
@@ -211,6 +253,7 @@ impl ServerArgs {
             workers: self.workers,
             durability: self.durability,
             database_url: None,
+            insecure: self.insecure.then_some(true),
         })
     }
 }
@@ -221,6 +264,9 @@ pub struct ClientArgs {
     /// The server's base URL
     #[arg(long, env = "FERRY_SERVER", default_value = "http://127.0.0.1:7700")]
     pub server: String,
+    /// API token, sent as `Authorization: Bearer …`
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -255,18 +301,22 @@ pub struct SubmitArgs {
 struct Client {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl Client {
     fn new(args: &ClientArgs) -> anyhow::Result<Client> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
-        Ok(Client { base: args.server.trim_end_matches('/').to_string(), http })
+        Ok(Client { base: args.server.trim_end_matches('/').to_string(), http, token: args.token.clone() })
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -343,6 +393,44 @@ pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(args).await,
+        Command::Token { command: TokenCommand::List { client } } => {
+            print(&Client::new(&client)?.call(reqwest::Method::GET, "/v1/tokens", None).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { command: TokenCommand::Revoke { id, client } } => {
+            Client::new(&client)?.call(reqwest::Method::DELETE, &format!("/v1/tokens/{id}"), None).await?;
+            println!("revoked {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { command: TokenCommand::Create { workspace, user, role, store, data_dir } } => {
+            let cfg = store.load(FlagOverrides { data_dir, ..FlagOverrides::default() })?;
+            let role: ferry_core::auth::Role = role.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let ok_name = |s: &str| {
+                !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.@".contains(&b))
+            };
+            if !ok_name(&workspace) || !ok_name(&user) {
+                bail!("--workspace and --user must be 1 to 64 letters, digits, `_`, `-`, `.` or `@`");
+            }
+            let store = crate::app::open_store(&cfg).await?;
+            let secret = ferry_core::auth::new_token();
+            let token = store
+                .create_token(ferry_store::NewToken {
+                    id: uuid::Uuid::now_v7(),
+                    workspace,
+                    user,
+                    role,
+                    hash: ferry_core::auth::token_hash(&secret),
+                })
+                .await?;
+            store.close().await;
+            println!(
+                "token {} for user `{}` of workspace `{}`, role {}",
+                token.id, token.user, token.workspace, token.role
+            );
+            println!("it is shown once; keep it secret (send it as `Authorization: Bearer …`):");
+            println!("{secret}");
+            Ok(ExitCode::SUCCESS)
+        }
         other => bail!("not a client command: {other:?}"),
     }
 }

@@ -114,6 +114,8 @@ pub struct Config {
     pub prune_ms: u64,
     /// Interval of the keep-alive comments on event streams.
     pub sse_keep_alive_ms: u64,
+    /// Serve unauthenticated requests on a non-loopback address while no token exists.
+    pub insecure: bool,
     /// The `exec` kind: interpreters, limits and their ceilings, the result cache.
     pub exec: ExecConfig,
     /// The program run as the sandbox helper (`PROGRAM sandbox-helper SPEC`); default:
@@ -152,6 +154,7 @@ impl Default for Config {
             retention_ms: 7 * 86_400_000,
             prune_ms: 60_000,
             sse_keep_alive_ms: 15_000,
+            insecure: false,
             exec: ExecConfig::default(),
             exec_helper: None,
             config_file: None,
@@ -172,6 +175,8 @@ pub struct FlagOverrides {
     pub durability: Option<Durability>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
 }
 
 impl Config {

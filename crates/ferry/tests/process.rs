@@ -307,6 +307,39 @@ async fn cli_applies_a_yaml_workflow_follows_runs_and_runs_exec_in_the_binary_sa
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_admin_token_is_made_before_the_server_and_then_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let (code, out, err) = cli(
+        "http://unused",
+        &["token", "create", "--data-dir", &data, "--workspace", "acme", "--user", "ops", "--role", "admin"],
+    );
+    assert_eq!(code, 0, "stderr: {err}");
+    let token = out.lines().last().expect("the token on the last line").to_string();
+    assert!(token.starts_with("ferry_"), "{out}");
+    let (code, _, err) = cli(
+        "http://unused",
+        &["token", "create", "--data-dir", &data, "--workspace", "acme", "--user", "x", "--role", "root"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown role"), "{err}");
+
+    let server = spawn_server(dir.path(), 1, &[]);
+    let url = server.url.clone();
+    let (code, _, err) = cli(&url, &["token", "list"]);
+    assert_eq!(code, 1, "no token, no access");
+    assert!(err.contains("unauthenticated"), "{err}");
+    let (code, out, err) = cli(&url, &["token", "list", "--token", &token]);
+    assert_eq!(code, 0, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["tokens"][0]["user"], "ops");
+    assert_eq!(list["tokens"][0]["workspace"], "acme");
+    let (code, out, err) = cli(&url, &["submit", "noop", "--wait", "--token", &token]);
+    assert_eq!(code, 0, "{out} {err}");
+    stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_durability_serves_and_survives_kill_dash_nine() {
     let dir = tempfile::tempdir().unwrap();
     let http = client();

@@ -279,6 +279,39 @@ impl TestServer {
         TestServer::open(cfg, None, dir).await
     }
 
+    /// Creates an API token straight in the store (as `ferry token create` does) and
+    /// returns (its id, its secret).
+    pub async fn token(&self, workspace: &str, user: &str, role: ferry_core::auth::Role) -> (String, String) {
+        let secret = ferry_core::auth::new_token();
+        let t = self
+            .store
+            .create_token(ferry_store::NewToken {
+                id: uuid::Uuid::now_v7(),
+                workspace: workspace.into(),
+                user: user.into(),
+                role,
+                hash: ferry_core::auth::token_hash(&secret),
+            })
+            .await
+            .expect("the token is stored");
+        (t.id.to_string(), secret)
+    }
+
+    /// A request with a bearer token.
+    pub async fn call_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.url)).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        answer(req.send().await.expect("the server answers")).await
+    }
+
     /// The server's configuration.
     pub fn cfg(&self) -> &Config {
         &self.cfg

@@ -1,0 +1,116 @@
+//! `/v1/tokens`: an admin creates, lists and revokes its workspace's API tokens.
+
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::JsonBody;
+use crate::{ApiState, Caller};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use ferry_core::auth::{Role, new_token, token_hash};
+use ferry_core::time::to_datetime;
+use ferry_store::{NewToken, TokenRecord};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Create a token for a user of the caller's workspace.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub user: String,
+    pub role: Role,
+}
+
+/// A token, without its secret.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    pub id: Uuid,
+    pub workspace: String,
+    pub user: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// The secret: in the creation's answer only, never again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl From<TokenRecord> for TokenView {
+    fn from(t: TokenRecord) -> Self {
+        TokenView {
+            id: t.id,
+            workspace: t.workspace,
+            user: t.user,
+            role: t.role,
+            created_at: to_datetime(t.created_at),
+            revoked_at: t.revoked_at.map(to_datetime),
+            token: None,
+        }
+    }
+}
+
+/// The workspace's tokens.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    pub tokens: Vec<TokenView>,
+}
+
+fn check_user(user: &str) -> Result<(), ApiError> {
+    let ok =
+        !user.is_empty() && user.len() <= 64 && user.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.@".contains(&b));
+    if ok { Ok(()) } else { Err(ApiError::bad_field("user", "must be 1 to 64 letters, digits, `_`, `-`, `.` or `@`")) }
+}
+
+/// Create a token (admin). The answer holds the secret, shown this once.
+#[utoipa::path(
+    post, path = "/v1/tokens", tag = "tokens",
+    request_body = TokenRequest,
+    responses((status = 201, body = TokenView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub async fn create(
+    State(st): State<ApiState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<TokenRequest>,
+) -> Result<(StatusCode, Json<TokenView>), ApiError> {
+    check_user(&req.user)?;
+    let secret = new_token();
+    let record = st
+        .store
+        .create_token(NewToken {
+            id: Uuid::now_v7(),
+            workspace: caller.workspace.clone(),
+            user: req.user,
+            role: req.role,
+            hash: token_hash(&secret),
+        })
+        .await?;
+    st.auth.invalidate();
+    Ok((StatusCode::CREATED, Json(TokenView { token: Some(secret), ..TokenView::from(record) })))
+}
+
+/// The workspace's tokens, revoked ones included (admin).
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses((status = 200, body = TokenList)))]
+pub async fn list(State(st): State<ApiState>, caller: Caller) -> Result<Json<TokenList>, ApiError> {
+    let tokens = st.store.tokens(&caller.workspace).await?;
+    Ok(Json(TokenList { tokens: tokens.into_iter().map(TokenView::from).collect() }))
+}
+
+/// Revoke a token (admin): refused from the next request on, on every node.
+#[utoipa::path(
+    delete, path = "/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "Token id")),
+    responses((status = 204), (status = 404, body = ErrorBody))
+)]
+pub async fn revoke(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::bad_field("id", format!("`{id}` is not a token id")))?;
+    if !st.store.revoke_token(&caller.workspace, id).await? {
+        return Err(ApiError::not_found("token"));
+    }
+    st.auth.invalidate();
+    Ok(StatusCode::NO_CONTENT)
+}
