@@ -8,6 +8,7 @@
 //! **Invariant:** this crate does no I/O. It reads no clock except through the explicit
 //! [`time::now_micros`] helper that callers pass in, touches no file and knows no HTTP.
 
+pub mod admission;
 pub mod auth;
 pub mod backoff;
 pub mod error;

@@ -93,6 +93,9 @@ impl From<StoreError> for ApiError {
                 format!("idempotency key `{key}` was already used with a different request"),
             )
             .field("idempotency_key"),
+            StoreError::LimitReached(limit) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_reached", limit.to_string())
+            }
             StoreError::Unavailable(_) => ApiError::internal(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e),
             StoreError::Locked(_) | StoreError::Database(_) => {
                 ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e)
@@ -113,7 +116,7 @@ impl IntoResponse for ApiError {
             },
         };
         let mut resp = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE || self.status == StatusCode::TOO_MANY_REQUESTS {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp

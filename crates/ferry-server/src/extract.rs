@@ -130,3 +130,9 @@ impl Shape for crate::tokens::TokenRequest {
         must_be_object(body, "")
     }
 }
+
+impl Shape for ferry_store::WorkspaceLimits {
+    fn check(body: &Value) -> Result<(), ApiError> {
+        must_be_object(body, "")
+    }
+}

@@ -56,7 +56,8 @@ pub async fn submit(
     }
     let job = st.validate(spec, &caller, now_micros())?;
     let queue = job.queue.clone();
-    let submitted = st.store.submit(vec![job]).await?;
+    let admission = st.limits_of(&caller.workspace).await?.jobs_for(&caller.user);
+    let submitted = st.store.submit_admitted(vec![job], admission).await?;
     let accepted = JobAccepted::from(submitted.into_iter().next().ok_or_else(|| {
         ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "internal", &"the store returned no job")
     })?);
@@ -110,7 +111,8 @@ pub async fn submit_batch(
     for j in &jobs {
         *per_queue.entry(j.queue.clone()).or_default() += 1;
     }
-    let submitted = st.store.submit(jobs).await.map_err(|e| match e {
+    let admission = st.limits_of(&caller.workspace).await?.jobs_for(&caller.user);
+    let submitted = st.store.submit_admitted(jobs, admission).await.map_err(|e| match e {
         StoreError::IdempotencyConflict { index, .. } => {
             let mut err = ApiError::from(e);
             err.field = Some(format!("jobs[{index}].idempotency_key"));

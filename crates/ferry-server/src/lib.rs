@@ -12,6 +12,7 @@ pub mod auth;
 mod error;
 mod extract;
 mod jobs;
+pub mod limits;
 pub mod runs;
 mod sse;
 mod system;
@@ -47,6 +48,8 @@ pub struct ApiConfig {
     pub worker_seen_within_ms: u64,
     /// Interval of the keep-alive comments of event streams.
     pub sse_keep_alive: std::time::Duration,
+    /// Concurrency limits of a workspace that set none.
+    pub default_limits: ferry_store::WorkspaceLimits,
 }
 
 impl Default for ApiConfig {
@@ -58,6 +61,7 @@ impl Default for ApiConfig {
             queues: vec!["default".into()],
             worker_seen_within_ms: 30_000,
             sse_keep_alive: std::time::Duration::from_secs(15),
+            default_limits: ferry_store::WorkspaceLimits::default(),
         }
     }
 }
@@ -75,6 +79,8 @@ pub struct ApiState {
     pub planner: ferry_store::Planner,
     /// Checks tokens.
     pub auth: Arc<auth::Auth>,
+    /// Workspaces' concurrency limits, read through.
+    pub limits: Arc<limits::LimitsCache>,
 }
 
 /// Who is calling (see [`auth`]): a token's workspace, user and role, or, in open mode
@@ -143,6 +149,7 @@ impl ApiState {
     tags((name = "jobs", description = "Submit, inspect, cancel and replay jobs"),
           (name = "workflows", description = "Versioned workflows, their runs and run events"),
           (name = "tokens", description = "API tokens of the workspace (admin)"),
+          (name = "limits", description = "Concurrency limits of the workspace (admin)"),
           (name = "system", description = "Queues, health and metrics"))
 )]
 struct ApiDoc;
@@ -184,6 +191,7 @@ fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(runs::run_events))
         .routes(routes!(tokens::create, tokens::list))
         .routes(routes!(tokens::revoke))
+        .routes(routes!(limits::get, limits::put))
         .routes(routes!(system::queues))
         .routes(routes!(system::workers))
         .routes(routes!(system::healthz))

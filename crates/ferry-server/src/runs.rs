@@ -395,6 +395,7 @@ pub async fn start(
         input,
         idempotency_key: req.idempotency_key.clone(),
         request_hash,
+        admission: st.limits_of(&caller.workspace).await?.runs_for(&caller.user),
     };
     let (outcome, advanced) = st.store.create_run(run, st.planner.clone()).await?;
     st.stop_attempts(&advanced.stopped);

@@ -21,6 +21,7 @@ pub mod tokens;
 mod transition;
 mod types;
 
+pub use ferry_core::admission::{Admission, LimitPair, LimitReached, WorkspaceLimits};
 use ferry_core::run::{RunId, RunState};
 pub use runs::{
     Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunJobRow, RunNodeRow, RunPage,
@@ -70,6 +71,9 @@ pub enum StoreError {
     /// The store cannot be reached or is closed.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A concurrency limit refused the submission; nothing was written.
+    #[error(transparent)]
+    LimitReached(#[from] LimitReached),
     /// A database error.
     #[error("database error: {0}")]
     Database(String),
@@ -213,6 +217,18 @@ pub trait Store: Send + Sync + 'static {
     /// Running runs that need an advance nobody triggered: past their deadline, or not
     /// advanced for `idle_ms` (a crash between a job's end and its run's advance).
     async fn runs_to_sweep(&self, idle_ms: u64, limit: usize) -> Result<Vec<RunId>, StoreError>;
+
+    /// Like [`Store::submit`], but first checks, in the same transaction, that the
+    /// batch's new standalone jobs fit in `admission` beside those of the workspace and of
+    /// the batch's user already in flight ([`StoreError::LimitReached`] otherwise, and
+    /// nothing is written). All jobs of the batch belong to one workspace and user.
+    async fn submit_admitted(&self, jobs: Vec<NewJob>, admission: Admission) -> Result<Vec<Submitted>, StoreError>;
+
+    /// The workspace's own concurrency limits, if it set any.
+    async fn workspace_limits(&self, workspace: &str) -> Result<Option<WorkspaceLimits>, StoreError>;
+
+    /// Sets the workspace's concurrency limits.
+    async fn set_workspace_limits(&self, workspace: &str, limits: WorkspaceLimits) -> Result<(), StoreError>;
 
     /// Stores a new API token (its hash).
     async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError>;

@@ -35,7 +35,7 @@ use crate::runs::{
     WorkflowVersion,
 };
 use crate::tokens::TOKEN_COLUMNS;
-use crate::{NewToken, TokenRecord, row, transition};
+use crate::{Admission, NewToken, TokenRecord, WorkspaceLimits, row, transition};
 use async_trait::async_trait;
 use ferry_core::run::{RunId, RunState};
 use ferry_core::time::{self, Micros};
@@ -56,6 +56,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../sql/postgres/migrations/0003_exec.sql")),
     (4, include_str!("../sql/postgres/migrations/0004_workflows.sql")),
     (5, include_str!("../sql/postgres/migrations/0005_tokens.sql")),
+    (6, include_str!("../sql/postgres/migrations/0006_admission.sql")),
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
@@ -227,6 +228,34 @@ async fn lock_job(
     let Some(row) = row else { return Ok(None) };
     let state = parse_enum(&row.try_get::<String, _>(0)?)?;
     Ok(Some((state, row.try_get::<i32, _>(1)?.max(0) as u32, row.try_get(2)?, row.try_get(3)?)))
+}
+
+/// Takes the workspace's admission lock for `table` (`runs` or `jobs`) for the rest of the
+/// transaction, then counts what `user` and the whole workspace have in flight.
+pub(crate) async fn in_flight(
+    tx: &mut Transaction<'static, Postgres>,
+    table: &str,
+    workspace: &str,
+    user: &str,
+) -> Result<(u64, u64), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('ferry-admit:' || $1 || ':' || $2))")
+        .bind(table)
+        .bind(workspace)
+        .execute(&mut **tx)
+        .await?;
+    // One pass over the workspace's part of the index counts both.
+    let sql = match table {
+        "runs" => {
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE user_id = $2) FROM runs WHERE workspace = $1 AND state = 'running'"
+        }
+        _ => {
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE user_id = $2) FROM jobs WHERE workspace = $1 AND run_id IS NULL \
+             AND state IN ('queued', 'scheduled', 'running', 'retrying')"
+        }
+    };
+    let (workspace_now, user_now): (i64, i64) =
+        sqlx::query_as(sql).bind(workspace).bind(user).fetch_one(&mut **tx).await?;
+    Ok((user_now.max(0) as u64, workspace_now.max(0) as u64))
 }
 
 /// The database's clock, in microseconds.
@@ -496,7 +525,29 @@ impl Store for PgStore {
     }
 
     async fn submit(&self, jobs: Vec<NewJob>) -> Result<Vec<Submitted>, StoreError> {
+        self.submit_admitted(jobs, Admission::default()).await
+    }
+
+    async fn submit_admitted(&self, jobs: Vec<NewJob>, admission: Admission) -> Result<Vec<Submitted>, StoreError> {
         let (mut tx, now) = self.begin().await?;
+        if !admission.is_unlimited()
+            && let Some(first) = jobs.first()
+        {
+            // Admissions of one workspace take turns, so counts and inserts never race.
+            let (user_now, workspace_now) = in_flight(&mut tx, "jobs", &first.workspace, &first.user).await?;
+            let keys: Vec<String> = jobs.iter().filter_map(|j| j.idempotency_key.clone()).collect();
+            let known: i64 = if keys.is_empty() {
+                0
+            } else {
+                sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE workspace = $1 AND idempotency_key = ANY($2)")
+                    .bind(&first.workspace)
+                    .bind(&keys)
+                    .fetch_one(&mut *tx)
+                    .await?
+            };
+            let adding = (jobs.len() as u64).saturating_sub(known.max(0) as u64);
+            admission.check("job", user_now, workspace_now, adding)?;
+        }
         let n = jobs.len();
         let rows = insert_jobs(&mut tx, now, &jobs, &[]).await?;
         let mut created: HashMap<JobId, (JobState, String, Micros)> = HashMap::with_capacity(rows.len());
@@ -957,6 +1008,27 @@ impl Store for PgStore {
 
     async fn runs_to_sweep(&self, idle_ms: u64, limit: usize) -> Result<Vec<RunId>, StoreError> {
         self.runs_to_sweep_q(idle_ms, limit).await
+    }
+
+    async fn workspace_limits(&self, workspace: &str) -> Result<Option<WorkspaceLimits>, StoreError> {
+        let text: Option<String> = sqlx::query_scalar("SELECT limits FROM workspace_limits WHERE workspace = $1")
+            .bind(workspace)
+            .fetch_optional(&self.pool)
+            .await?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Database(e.to_string()))).transpose()
+    }
+
+    async fn set_workspace_limits(&self, workspace: &str, limits: WorkspaceLimits) -> Result<(), StoreError> {
+        let text = serde_json::to_string(&limits).map_err(|e| StoreError::Database(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO workspace_limits (workspace, limits, updated_at) VALUES ($1, $2, ferry_now()) \
+             ON CONFLICT (workspace) DO UPDATE SET limits = excluded.limits, updated_at = excluded.updated_at",
+        )
+        .bind(workspace)
+        .bind(text)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError> {

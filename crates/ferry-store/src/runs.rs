@@ -54,6 +54,8 @@ pub struct NewRun {
     /// SHA-256 of the request without its key: the same key with another request is a
     /// conflict.
     pub request_hash: Option<String>,
+    /// The concurrency limits the run must fit in (checked unless the key matched).
+    pub admission: crate::Admission,
 }
 
 /// What starting a run did.

@@ -33,7 +33,7 @@ use crate::runs::{
     WorkflowVersion,
 };
 use crate::tokens::TOKEN_COLUMNS;
-use crate::{NewToken, TokenRecord, row, transition};
+use crate::{Admission, NewToken, TokenRecord, WorkspaceLimits, row, transition};
 use async_trait::async_trait;
 use ferry_core::run::{RunId, RunState};
 use ferry_core::time::{self, Micros};
@@ -53,6 +53,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../sql/sqlite/migrations/0003_exec.sql")),
     (4, include_str!("../sql/sqlite/migrations/0004_workflows.sql")),
     (5, include_str!("../sql/sqlite/migrations/0005_tokens.sql")),
+    (6, include_str!("../sql/sqlite/migrations/0006_admission.sql")),
 ];
 const PRUNE: &str = include_str!("../sql/sqlite/prune.sql");
 const INSERT_JOB: &str = include_str!("../sql/sqlite/insert_job.sql");
@@ -100,7 +101,8 @@ pub struct SqliteOptions {
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Cmd {
-    Submit(Vec<NewJob>, Reply<Vec<Submitted>>),
+    Submit(Vec<NewJob>, Admission, Reply<Vec<Submitted>>),
+    SetLimits(String, WorkspaceLimits, Reply<()>),
     Claim(ClaimRequest, Reply<Vec<ClaimedJob>>),
     FinishMany(Vec<Finish>, Reply<Vec<bool>>),
     Heartbeat(String, u64, Vec<JobId>, Reply<Vec<JobId>>),
@@ -342,7 +344,17 @@ impl Writer {
     /// fate is known.
     fn apply(&mut self, cmd: Cmd) -> Answer {
         match cmd {
-            Cmd::Submit(jobs, reply) => self.step(reply, |w| w.submit(jobs)),
+            Cmd::Submit(jobs, admission, reply) => self.step(reply, |w| w.submit(jobs, admission)),
+            Cmd::SetLimits(ws, limits, reply) => self.step(reply, |w| {
+                let text = serde_json::to_string(&limits).map_err(|e| StoreError::Database(e.to_string()))?;
+                w.conn
+                    .prepare_cached(
+                        "INSERT INTO workspace_limits (workspace, limits, updated_at) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT (workspace) DO UPDATE SET limits = excluded.limits, updated_at = excluded.updated_at",
+                    )?
+                    .execute(params![ws, text, w.now])?;
+                Ok(())
+            }),
             Cmd::Claim(req, reply) => self.step(reply, |w| w.claim(&req)),
             Cmd::FinishMany(fins, reply) => self.step(reply, |w| fins.iter().map(|f| w.finish(f)).collect()),
             Cmd::Heartbeat(worker, lease_ms, running, reply) => {
@@ -413,7 +425,7 @@ impl Writer {
             None => f(self),
         };
         if let Err(e) = &result
-            && !matches!(e, StoreError::IdempotencyConflict { .. })
+            && !matches!(e, StoreError::IdempotencyConflict { .. } | StoreError::LimitReached(_))
         {
             self.poisoned = Some(e.to_string());
         }
@@ -430,7 +442,7 @@ impl Writer {
         Ok(())
     }
 
-    fn submit(&mut self, jobs: Vec<NewJob>) -> Result<Vec<Submitted>, StoreError> {
+    fn submit(&mut self, jobs: Vec<NewJob>, admission: Admission) -> Result<Vec<Submitted>, StoreError> {
         // First pass, read only: resolve every idempotency key, so that a conflict is
         // refused before anything of the batch is written.
         let mut existing: Vec<Option<Submitted>> = Vec::with_capacity(jobs.len());
@@ -466,6 +478,14 @@ impl Writer {
                 }
             }
         }
+        // Still before any write: the jobs this batch would add must fit the limits.
+        if !admission.is_unlimited()
+            && let Some(first) = jobs.first()
+        {
+            let adding = existing.iter().filter(|e| e.is_none()).count() as u64;
+            let (user_now, workspace_now) = self.in_flight("jobs", &first.workspace, &first.user)?;
+            admission.check("job", user_now, workspace_now, adding)?;
+        }
         let mut out = Vec::with_capacity(jobs.len());
         let mut first_state: HashMap<JobId, JobState> = HashMap::new();
         for (job, known) in jobs.iter().zip(existing) {
@@ -481,6 +501,24 @@ impl Writer {
             out.push(Submitted { id: job.id, state, created: true });
         }
         Ok(out)
+    }
+
+    /// What `user` and their whole workspace have in flight: running runs (`table` =
+    /// `runs`) or unfinished standalone jobs (`jobs`), counted through the partial indexes.
+    fn in_flight(&self, table: &str, workspace: &str, user: &str) -> Result<(u64, u64), StoreError> {
+        // One pass over the workspace's part of the index counts both.
+        let sql = match table {
+            "runs" => {
+                "SELECT COUNT(*), COALESCE(SUM(user_id = ?2), 0) FROM runs WHERE workspace = ?1 AND state = 'running'"
+            }
+            _ => {
+                "SELECT COUNT(*), COALESCE(SUM(user_id = ?2), 0) FROM jobs WHERE workspace = ?1 AND run_id IS NULL \
+                 AND state IN ('queued', 'scheduled', 'running', 'retrying')"
+            }
+        };
+        let (workspace_now, user_now): (i64, i64) =
+            self.conn.prepare_cached(sql)?.query_row(params![workspace, user], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok((user_now.max(0) as u64, workspace_now.max(0) as u64))
     }
 
     /// Inserts one new job (a node instance when `run` is given) with its first event.
@@ -743,7 +781,7 @@ impl Store for SqliteStore {
     }
 
     async fn submit(&self, jobs: Vec<NewJob>) -> Result<Vec<Submitted>, StoreError> {
-        self.write(|r| Cmd::Submit(jobs, r)).await
+        self.write(|r| Cmd::Submit(jobs, Admission::default(), r)).await
     }
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
@@ -994,6 +1032,29 @@ impl Store for SqliteStore {
         self.read(move |c| runs::runs_to_sweep(c, now, idle_since, limit)).await
     }
 
+    async fn submit_admitted(&self, jobs: Vec<NewJob>, admission: Admission) -> Result<Vec<Submitted>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|r| Cmd::Submit(jobs, admission, r)).await
+    }
+
+    async fn workspace_limits(&self, workspace: &str) -> Result<Option<WorkspaceLimits>, StoreError> {
+        let ws = workspace.to_string();
+        self.read(move |c| {
+            use row::Columns;
+            c.prepare_cached("SELECT limits FROM workspace_limits WHERE workspace = ?1")?
+                .query_row(params![ws], |r| r.json(0))
+                .optional()
+        })
+        .await
+    }
+
+    async fn set_workspace_limits(&self, workspace: &str, limits: WorkspaceLimits) -> Result<(), StoreError> {
+        let ws = workspace.to_string();
+        self.write(|r| Cmd::SetLimits(ws, limits, r)).await
+    }
+
     async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError> {
         let created = self.write(|r| Cmd::CreateToken(token, r)).await?;
         let _ = self.token_changes.send(());
@@ -1103,7 +1164,7 @@ pub fn raw_baseline(dir: &Path, jobs: usize, batch: usize, durability: Durabilit
                 cache_key: None,
             })
             .collect();
-        w.submit(new)?;
+        w.submit(new, Admission::default())?;
         w.conn.execute_batch("COMMIT")?;
         w.now = time::now_micros();
         w.conn.execute_batch("BEGIN IMMEDIATE")?;

@@ -114,6 +114,7 @@ conformance!(
     only_finished_jobs_can_be_deleted,
     the_result_cache_finds_recent_successes_of_the_workspace,
     runs_start_advance_and_end_with_an_ordered_log,
+    fifty_racing_submits_admit_exactly_the_limit,
 );
 
 fn job(key: Option<&str>, priority: i32) -> NewJob {
@@ -473,6 +474,54 @@ async fn the_result_cache_finds_recent_successes_of_the_workspace(store: Arc<dyn
     assert_eq!(rec.soft_timeout_ms, Some(1500));
 }
 
+async fn fifty_racing_submits_admit_exactly_the_limit(store: Arc<dyn Store>) {
+    use ferry_store::{Admission, StoreError};
+    let by = |user: &str| {
+        let mut j = job(None, 0);
+        j.user = user.into();
+        j
+    };
+    let limit = Admission { per_workspace: Some(8), per_user: Some(5) };
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (store, j) = (store.clone(), by("ann"));
+        tasks.push(tokio::spawn(async move { store.submit_admitted(vec![j], limit).await }));
+    }
+    let (mut admitted, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => admitted += 1,
+            Err(StoreError::LimitReached(l)) => {
+                assert_eq!(l.to_string(), "user concurrent job limit reached (5)");
+                refused += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((admitted, refused), (5, 45), "exactly the user's limit");
+    // The workspace's limit holds across users; a batch is whole or nothing.
+    let batch = |n: usize| (0..n).map(|_| by("bob")).collect::<Vec<_>>();
+    assert!(
+        matches!(store.submit_admitted(batch(4), limit).await, Err(StoreError::LimitReached(l)) if l.scope == "workspace")
+    );
+    assert_eq!(store.submit_admitted(batch(3), limit).await.unwrap().len(), 3);
+    assert_eq!(store.queue_stats().await.unwrap()[0].queued, 8, "nothing of the refused batch was written");
+    // A finished job frees its slot.
+    let claimed = store.claim(claim_req("w", 1)).await.unwrap();
+    store.finish(succeed(claimed[0].id, claimed[0].attempt)).await.unwrap();
+    assert_eq!(
+        store.submit_admitted(vec![by(&claimed_user(&store, claimed[0].id).await)], limit).await.unwrap().len(),
+        1
+    );
+    assert!(store.submit_admitted(vec![by("cat")], limit).await.is_err(), "the workspace is full again");
+    // Jobs of a run and unlimited submissions are not held back.
+    assert!(store.submit_admitted(vec![by("cat")], Admission::default()).await.is_ok());
+}
+
+async fn claimed_user(store: &Arc<dyn Store>, id: JobId) -> String {
+    store.get_job("default", id).await.unwrap().unwrap().user
+}
+
 fn planner() -> ferry_store::Planner {
     Arc::new(|snap| ferry_core::run::plan(snap, &Limits::default(), &|_, _| Ok(())))
 }
@@ -487,6 +536,7 @@ fn new_run(workflow: &str, version: Option<u32>, key: Option<&str>, input: serde
         input,
         idempotency_key: key.map(Into::into),
         request_hash: key.map(|_| "h1".into()),
+        admission: Default::default(),
     }
 }
 

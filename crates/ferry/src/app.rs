@@ -172,10 +172,12 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
             queues: cfg.queues.keys().cloned().collect(),
             worker_seen_within_ms: cfg.lease_ms,
             sse_keep_alive: Duration::from_millis(cfg.sse_keep_alive_ms),
+            default_limits: cfg.default_limits.clone(),
         }),
         metrics: ferry_server::metrics_handle(),
         planner: ferry_worker::planner(cfg.job_limits(), registry.clone()),
         auth: ferry_server::auth::Auth::new(store.clone(), open),
+        limits: Default::default(),
     };
     let server = serve(cfg, cfg.listen, store.clone(), engine, ferry_server::router(state)).await?;
     tracing::info!(addr = %server.addr, store = store.backend(), "Ferry is serving");

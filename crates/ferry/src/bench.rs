@@ -59,6 +59,10 @@ pub struct BenchArgs {
     /// Skip the raw store measurement
     #[arg(long)]
     pub skip_raw: bool,
+    /// Admission control on: a standalone-job limit of this many per user and per
+    /// workspace (high enough never to refuse), so every submission is counted and checked
+    #[arg(long)]
+    pub job_limit: Option<u64>,
     /// Measure the `exec` sandbox's overhead instead: hello world in Python and sh,
     /// sandboxed against a bare spawn, `--samples` runs each
     #[arg(long)]
@@ -265,6 +269,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         cfg.database_max_connections = 32;
     }
     cfg.queues.insert("default".into(), QueueSettings { concurrency: Some(args.concurrency) });
+    if let Some(n) = args.job_limit {
+        cfg.default_limits.per_user.jobs = Some(n);
+        cfg.default_limits.per_workspace.jobs = Some(n);
+    }
     let result = measure(&args, &cfg, &schema).await;
     if let Some(url) = &args.database_url {
         drop_schema(url, &schema).await;

@@ -116,6 +116,9 @@ pub struct Config {
     pub sse_keep_alive_ms: u64,
     /// Serve unauthenticated requests on a non-loopback address while no token exists.
     pub insecure: bool,
+    /// Concurrency limits of workspaces that set none (`PUT /v1/limits` sets a
+    /// workspace's own): runs 10 per workspace and 5 per user; standalone jobs unlimited.
+    pub default_limits: ferry_store::WorkspaceLimits,
     /// The `exec` kind: interpreters, limits and their ceilings, the result cache.
     pub exec: ExecConfig,
     /// The program run as the sandbox helper (`PROGRAM sandbox-helper SPEC`); default:
@@ -155,6 +158,7 @@ impl Default for Config {
             prune_ms: 60_000,
             sse_keep_alive_ms: 15_000,
             insecure: false,
+            default_limits: ferry_store::WorkspaceLimits::default(),
             exec: ExecConfig::default(),
             exec_helper: None,
             config_file: None,

@@ -174,6 +174,10 @@ impl PgStore {
         let Some(def) = definition(&mut tx, &run.workspace, &run.workflow, version).await? else {
             return Ok((CreateRunOutcome::NoVersion { latest }, Advanced::default()));
         };
+        if !run.admission.is_unlimited() {
+            let (user_now, workspace_now) = super::in_flight(&mut tx, "runs", &run.workspace, &run.user).await?;
+            run.admission.check("run", user_now, workspace_now, 1)?;
+        }
         sqlx::query(
             "INSERT INTO runs (id, workspace, user_id, workflow, version, state, input, idempotency_key, \
              request_hash, created_at, deadline_at, updated_at) \

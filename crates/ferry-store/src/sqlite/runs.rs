@@ -93,6 +93,10 @@ impl Writer {
         let Some(definition) = self.definition(&run.workspace, &run.workflow, version)? else {
             return Ok((CreateRunOutcome::NoVersion { latest }, Advanced::default()));
         };
+        if !run.admission.is_unlimited() {
+            let (user_now, workspace_now) = self.in_flight("runs", &run.workspace, &run.user)?;
+            run.admission.check("run", user_now, workspace_now, 1)?;
+        }
         let deadline = runs::deadline(&definition, self.now);
         self.conn
             .prepare_cached(

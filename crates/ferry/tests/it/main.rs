@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod admission;
 mod auth;
 mod cancel_replay;
 mod consistency;

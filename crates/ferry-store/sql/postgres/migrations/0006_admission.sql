@@ -1,0 +1,11 @@
+-- Concurrency limits: what each workspace and user has in flight is counted at
+-- admission through these partial indexes (runs until they end; standalone jobs until a
+-- final state), and each workspace's own limits, when it set any.
+CREATE INDEX runs_inflight ON runs (workspace, user_id) WHERE state = 'running';
+CREATE INDEX jobs_inflight ON jobs (workspace, user_id)
+    WHERE run_id IS NULL AND state IN ('queued', 'scheduled', 'running', 'retrying');
+CREATE TABLE workspace_limits (
+    workspace   text PRIMARY KEY,
+    limits      text NOT NULL,
+    updated_at  bigint NOT NULL
+);

@@ -1,0 +1,198 @@
+//! Concurrency limits at their edge, on both backends (and on two API nodes on
+//! PostgreSQL): racing submissions admit exactly the limit, the rest get 429 with
+//! `Retry-After` and a message naming the limit, and a slot comes back when work ends.
+
+use crate::harness::{Backend, TestServer, both};
+use ferry_core::auth::Role;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+both!(
+    fifty_racing_run_starts_admit_exactly_five,
+    fifty_racing_job_submits_admit_exactly_five,
+    the_workspace_limit_holds_across_its_users,
+    limits_are_read_and_set_by_admins,
+);
+
+/// Sends `n` concurrent POSTs of `body` to `path`, spread over `servers`; returns the
+/// statuses with their `Retry-After` and error message.
+async fn race(
+    servers: &[&TestServer],
+    token: Option<&str>,
+    path: &str,
+    body: Value,
+    n: usize,
+) -> Vec<(StatusCode, Option<String>, String)> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let srv = servers[i % servers.len()];
+        let mut req = srv.client().post(format!("{}{path}", srv.url())).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        tasks.push(tokio::spawn(async move {
+            let resp = req.send().await.expect("answer");
+            let status = resp.status();
+            let retry = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(String::from);
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            (status, retry, body["error"]["message"].as_str().unwrap_or("").to_string())
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("task"));
+    }
+    out
+}
+
+fn tally(results: &[(StatusCode, Option<String>, String)], message: &str) -> usize {
+    let admitted = results.iter().filter(|r| r.0.is_success()).count();
+    for (status, retry, msg) in results.iter().filter(|r| !r.0.is_success()) {
+        assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS, "{msg}");
+        assert_eq!(retry.as_deref(), Some("1"), "429 carries Retry-After");
+        assert_eq!(msg, message);
+    }
+    admitted
+}
+
+async fn sleepy_workflow(srv: &TestServer) {
+    let (status, body) = srv
+        .post("/v1/workflows", json!({"name": "nap", "nodes": [{"id": "z", "kind": "sleep", "input": {"ms": 60_000}}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+async fn fifty_racing_run_starts_admit_exactly_five(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    sleepy_workflow(&srv).await;
+    // On PostgreSQL the starts race through two API nodes.
+    let peer = match backend {
+        Backend::Postgres => Some(srv.peer(|cfg| cfg.workers = 0).await),
+        Backend::Sqlite => None,
+    };
+    let mut servers = vec![&srv];
+    if let Some(p) = &peer {
+        servers.push(p);
+    }
+    let results = race(&servers, None, "/v1/runs", json!({"workflow": "nap"}), 50).await;
+    assert_eq!(tally(&results, "user concurrent run limit reached (5)"), 5, "the default per-user run limit");
+    let (_, runs) = srv.get("/v1/runs?state=running").await;
+    let running: Vec<String> =
+        runs["items"].as_array().expect("items").iter().map(|r| r["id"].as_str().expect("id").to_string()).collect();
+    assert_eq!(running.len(), 5);
+    // A cancelled run gives its slot back at once.
+    let (status, _) = srv.post(&format!("/v1/runs/{}/cancel", running[0]), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = srv.post("/v1/runs", json!({"workflow": "nap"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = srv.post("/v1/runs", json!({"workflow": "nap"})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let (_, runs) = srv.get("/v1/runs?state=running").await;
+    for r in runs["items"].as_array().expect("items") {
+        srv.post(&format!("/v1/runs/{}/cancel", r["id"].as_str().expect("id")), json!({})).await;
+    }
+    if let Some(p) = peer {
+        p.stop().await;
+    }
+    srv.stop().await;
+}
+
+async fn fifty_racing_job_submits_admit_exactly_five(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let (status, body) = srv
+        .client()
+        .put(format!("{}/v1/limits", srv.url()))
+        .json(&json!({"per_user": {"runs": 5, "jobs": 5}}))
+        .send()
+        .await
+        .map(|r| (r.status(), ()))
+        .expect("answer");
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let results = race(&[&srv], None, "/v1/jobs", json!({"kind": "sleep", "input": {"ms": 60_000}}), 50).await;
+    assert_eq!(tally(&results, "user concurrent job limit reached (5)"), 5);
+    // A batch is admitted whole or not at all: 2 do not fit beside 5 of 5.
+    let (status, body) = srv.post("/v1/jobs/batch", json!({"jobs": [{"kind": "noop"}, {"kind": "noop"}]})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(srv.count_jobs().await, 5, "nothing of the refused batch was stored");
+    // Every way out frees a slot: here, a cancel.
+    let (_, page) = srv.get("/v1/jobs?limit=1").await;
+    let id = page["items"][0]["id"].as_str().expect("id").to_string();
+    let (status, _) = srv.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = srv.post("/v1/jobs", json!({"kind": "noop"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    srv.stop().await;
+}
+
+async fn the_workspace_limit_holds_across_its_users(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let (_, admin) = srv.token("w", "root", Role::Admin).await;
+    let (_, ann) = srv.token("w", "ann", Role::Submitter).await;
+    let (_, bob) = srv.token("w", "bob", Role::Submitter).await;
+    let limits = json!({"per_workspace": {"runs": 3, "jobs": null}, "per_user": {"runs": 5, "jobs": null},
+                        "users": {"bob": {"runs": 1, "jobs": null}}});
+    let (status, body) = srv.call_as(&admin, Method::PUT, "/v1/limits", Some(limits.clone())).await;
+    assert_eq!((status, &body), (StatusCode::OK, &limits));
+    let (status, _) = srv
+        .call_as(
+            &admin,
+            Method::POST,
+            "/v1/workflows",
+            Some(json!({"name": "nap", "nodes": [{"id": "z", "kind": "sleep", "input": {"ms": 60_000}}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    async fn start(srv: &TestServer, token: &str) -> (StatusCode, Value) {
+        srv.call_as(token, Method::POST, "/v1/runs", Some(json!({"workflow": "nap"}))).await
+    }
+    assert_eq!(start(&srv, &bob).await.0, StatusCode::CREATED);
+    let (status, body) = start(&srv, &bob).await;
+    assert_eq!(
+        (status, body["error"]["message"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("user concurrent run limit reached (1)")),
+        "bob's own limit"
+    );
+    assert_eq!(start(&srv, &ann).await.0, StatusCode::CREATED);
+    assert_eq!(start(&srv, &ann).await.0, StatusCode::CREATED);
+    let (status, body) = start(&srv, &ann).await;
+    assert_eq!(
+        (status, body["error"]["message"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("workspace concurrent run limit reached (3)")),
+        "ann is under her own limit, the workspace is full"
+    );
+    let (_, runs) = srv.call_as(&admin, Method::GET, "/v1/runs?state=running", None).await;
+    for r in runs["items"].as_array().expect("items") {
+        srv.call_as(&admin, Method::POST, &format!("/v1/runs/{}/cancel", r["id"].as_str().expect("id")), None).await;
+    }
+    srv.stop().await;
+}
+
+async fn limits_are_read_and_set_by_admins(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let (status, body) = srv.get("/v1/limits").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({"per_workspace": {"runs": 10, "jobs": null}, "per_user": {"runs": 5, "jobs": null}, "users": {}}),
+        "the server's defaults"
+    );
+    let (_, viewer) = srv.token("default", "v", Role::Viewer).await;
+    let (_, submitter) = srv.token("default", "s", Role::Submitter).await;
+    let (_, admin) = srv.token("default", "a", Role::Admin).await;
+    assert_eq!(srv.call_as(&viewer, Method::GET, "/v1/limits", None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(srv.call_as(&submitter, Method::PUT, "/v1/limits", Some(json!({}))).await.0, StatusCode::FORBIDDEN);
+    for (bad, field) in [
+        (json!({"per_user": {"runs": -1}}), "per_user.runs"),
+        (json!({"per_user": {"cpus": 1}}), "per_user"),
+        (json!({"users": {"bad name": {"runs": 1}}}), "users.bad name"),
+    ] {
+        let (status, body) = srv.call_as(&admin, Method::PUT, "/v1/limits", Some(bad.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(body["error"]["field"].as_str().unwrap_or("").starts_with(field), "{bad}: {body}");
+    }
+    let (status, _) = srv.call_as(&admin, Method::PUT, "/v1/limits", Some(json!({"per_user": {"jobs": 7}}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, body) = srv.call_as(&admin, Method::GET, "/v1/limits", None).await;
+    assert_eq!(body["per_user"], json!({"runs": null, "jobs": 7}), "what was set, with null for no limit");
+    srv.stop().await;
+}
