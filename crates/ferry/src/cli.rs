@@ -47,6 +47,11 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// The workspace's concurrency limits (admin).
+    Limits {
+        #[command(subcommand)]
+        command: LimitsCommand,
+    },
     /// Register and inspect workflows.
     Workflow {
         #[command(subcommand)]
@@ -96,6 +101,21 @@ pub enum TokenCommand {
     /// Revoke a token: refused from the next request on.
     Revoke {
         id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LimitsCommand {
+    /// Show the limits in force.
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Replace them: JSON text, or @FILE (see `PUT /v1/limits`).
+    Set {
+        limits: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -393,6 +413,15 @@ pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(args).await,
+        Command::Limits { command: LimitsCommand::Get { client } } => {
+            print(&Client::new(&client)?.call(reqwest::Method::GET, "/v1/limits", None).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Limits { command: LimitsCommand::Set { limits, client } } => {
+            let body = read_input(&limits)?;
+            print(&Client::new(&client)?.call(reqwest::Method::PUT, "/v1/limits", Some(&body)).await?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Token { command: TokenCommand::List { client } } => {
             print(&Client::new(&client)?.call(reqwest::Method::GET, "/v1/tokens", None).await?);
             Ok(ExitCode::SUCCESS)

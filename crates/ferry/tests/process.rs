@@ -336,6 +336,12 @@ async fn the_first_admin_token_is_made_before_the_server_and_then_required() {
     assert_eq!(list["tokens"][0]["workspace"], "acme");
     let (code, out, err) = cli(&url, &["submit", "noop", "--wait", "--token", &token]);
     assert_eq!(code, 0, "{out} {err}");
+    let (code, out, err) = cli(&url, &["limits", "set", r#"{"per_user": {"runs": 2, "jobs": 3}}"#, "--token", &token]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["per_user"], json!({"runs": 2, "jobs": 3}));
+    let (code, out, _) = cli(&url, &["limits", "get", "--token", &token]);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["per_user"]["jobs"], 3);
     stop(server).await;
 }
 
