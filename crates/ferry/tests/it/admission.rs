@@ -12,6 +12,7 @@ both!(
     fifty_racing_job_submits_admit_exactly_five,
     the_workspace_limit_holds_across_its_users,
     limits_are_read_and_set_by_admins,
+    slots_come_back_whichever_way_jobs_end,
 );
 
 /// Sends `n` concurrent POSTs of `body` to `path`, spread over `servers`; returns the
@@ -194,5 +195,61 @@ async fn limits_are_read_and_set_by_admins(backend: Backend) {
     assert_eq!(status, StatusCode::OK);
     let (_, body) = srv.call_as(&admin, Method::GET, "/v1/limits", None).await;
     assert_eq!(body["per_user"], json!({"runs": null, "jobs": 7}), "what was set, with null for no limit");
+    srv.stop().await;
+}
+
+async fn slots_come_back_whichever_way_jobs_end(backend: Backend) {
+    let srv = TestServer::start_with(backend, |cfg| {
+        cfg.workers = 50;
+        // Nobody serves `lost`: a ghost worker claims there and vanishes.
+        cfg.queues.insert("lost".into(), ferry::config::QueueSettings { concurrency: Some(0) });
+    })
+    .await;
+    let (status, _) = srv
+        .client()
+        .put(format!("{}/v1/limits", srv.url()))
+        .json(&json!({"per_user": {"runs": 5, "jobs": 41}}))
+        .send()
+        .await
+        .map(|r| (r.status(), ()))
+        .expect("answer");
+    assert_eq!(status, StatusCode::OK);
+    // Ten each: succeed, die, time out, get cancelled; one more loses its worker.
+    let mut specs = Vec::new();
+    for _ in 0..10 {
+        specs.push(json!({"kind": "noop"}));
+        specs.push(json!({"kind": "fail", "input": {"retryable": false}}));
+        specs.push(json!({"kind": "sleep", "input": {"ms": 60_000}, "timeout_ms": 200, "max_attempts": 1}));
+        specs.push(json!({"kind": "sleep", "input": {"ms": 60_000}, "labels": {"end": "cancel"}}));
+    }
+    let mut ids = srv.submit_batch(specs).await;
+    // And one whose worker is lost mid-attempt (no more attempts: it dies).
+    let ghost = srv.submit(json!({"kind": "noop", "queue": "lost", "max_attempts": 1})).await;
+    let claimed = crate::harness::poll("the ghost to claim", async || {
+        let req = ferry_store::ClaimRequest { queue: "lost".into(), limit: 1, worker: "ghost".into(), lease_ms: 200 };
+        let got = srv.store.claim(req).await.expect("claim");
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    assert_eq!(claimed[0].id.to_string(), ghost);
+    for (i, id) in ids.iter().enumerate() {
+        if i % 4 == 3 {
+            let (status, _) = srv.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+    ids.push(ghost.clone());
+    for id in &ids {
+        srv.wait_state(id, &["succeeded", "dead", "cancelled"]).await;
+    }
+    assert_eq!(srv.job(&ghost).await["error"]["type"], "worker_lost");
+    // Every slot is back: a whole new batch of 41 fits, one more does not.
+    let again = srv.submit_batch((0..41).map(|_| json!({"kind": "sleep", "input": {"ms": 60_000}})).collect()).await;
+    assert_eq!(again.len(), 41);
+    let (status, _) = srv.post("/v1/jobs", json!({"kind": "noop"})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    for id in again {
+        srv.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
+    }
     srv.stop().await;
 }
