@@ -136,3 +136,20 @@ impl Shape for ferry_store::WorkspaceLimits {
         must_be_object(body, "")
     }
 }
+
+/// Merges the `Idempotency-Key` header into a body's `idempotency_key`: either may be
+/// given, or both when they are equal.
+pub fn idempotency_key(headers: &axum::http::HeaderMap, body: &mut Option<String>) -> Result<(), ApiError> {
+    let Some(h) = headers.get("idempotency-key") else { return Ok(()) };
+    let h = h.to_str().map_err(|_| ApiError::bad_field("Idempotency-Key", "must be visible ASCII"))?;
+    match body {
+        Some(k) if k != h => Err(ApiError::bad_field(
+            "idempotency_key",
+            "differs from the Idempotency-Key header; give one or make them equal",
+        )),
+        _ => {
+            *body = Some(h.to_string());
+            Ok(())
+        }
+    }
+}

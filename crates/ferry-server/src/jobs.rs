@@ -42,18 +42,7 @@ pub async fn submit(
     headers: HeaderMap,
     JsonBody(mut spec): JsonBody<JobSpec>,
 ) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
-    if let Some(h) = headers.get("idempotency-key") {
-        let h = h.to_str().map_err(|_| ApiError::bad_field("Idempotency-Key", "must be visible ASCII"))?;
-        match &spec.idempotency_key {
-            Some(k) if k != h => {
-                return Err(ApiError::bad_field(
-                    "idempotency_key",
-                    "differs from the Idempotency-Key header; give one or make them equal",
-                ));
-            }
-            _ => spec.idempotency_key = Some(h.to_string()),
-        }
-    }
+    crate::extract::idempotency_key(&headers, &mut spec.idempotency_key)?;
     let job = st.validate(spec, &caller, now_micros())?;
     let queue = job.queue.clone();
     let admission = st.limits_of(&caller.workspace).await?.jobs_for(&caller.user);
@@ -334,11 +323,7 @@ pub async fn events(
                 .filter(|e| e.id > cursor)
                 .map(|e| {
                     let view = EventView::from(e);
-                    crate::sse::Item {
-                        id: view.id,
-                        event_type: view.event_type.clone(),
-                        data: serde_json::to_string(&view).unwrap_or_default(),
-                    }
+                    crate::sse::Item::new(view.id, &view.event_type, &view)
                 })
                 .collect();
             Some((items, ended))

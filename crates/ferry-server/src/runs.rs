@@ -355,18 +355,7 @@ pub async fn start(
     headers: HeaderMap,
     JsonBody(mut req): JsonBody<RunRequest>,
 ) -> Result<(StatusCode, Json<RunAccepted>), ApiError> {
-    if let Some(h) = headers.get("idempotency-key") {
-        let h = h.to_str().map_err(|_| ApiError::bad_field("Idempotency-Key", "must be visible ASCII"))?;
-        match &req.idempotency_key {
-            Some(k) if k != h => {
-                return Err(ApiError::bad_field(
-                    "idempotency_key",
-                    "differs from the Idempotency-Key header; give one or make them equal",
-                ));
-            }
-            _ => req.idempotency_key = Some(h.to_string()),
-        }
-    }
+    crate::extract::idempotency_key(&headers, &mut req.idempotency_key)?;
     if let Some(key) = &req.idempotency_key
         && (key.is_empty() || key.len() > 255)
     {
@@ -583,11 +572,7 @@ pub async fn run_events(
                 .into_iter()
                 .map(|e| {
                     let view = RunEventView::from(e);
-                    sse::Item {
-                        id: view.id,
-                        event_type: view.event_type.clone(),
-                        data: serde_json::to_string(&view).unwrap_or_default(),
-                    }
+                    sse::Item::new(view.id, &view.event_type, &view)
                 })
                 .collect();
             Some((items, ended))

@@ -27,6 +27,13 @@ pub struct Item {
     pub data: String,
 }
 
+impl Item {
+    /// An event whose data is `view` as JSON.
+    pub fn new(id: i64, event_type: &str, view: &impl serde::Serialize) -> Item {
+        Item { id, event_type: event_type.to_string(), data: serde_json::to_string(view).unwrap_or_default() }
+    }
+}
+
 /// Whether the client asked for an event stream.
 pub fn wants_stream(headers: &HeaderMap) -> bool {
     headers
