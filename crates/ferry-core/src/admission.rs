@@ -42,25 +42,28 @@ impl WorkspaceLimits {
     /// The limits one user's submission of runs must fit in.
     pub fn runs_for(&self, user: &str) -> Admission {
         let mine = self.users.get(user).unwrap_or(&self.per_user);
-        Admission { per_workspace: self.per_workspace.runs, per_user: mine.runs }
+        Admission { per_workspace: self.per_workspace.runs, per_user: mine.runs, ..Admission::default() }
     }
 
     /// The limits one user's submission of standalone jobs must fit in.
     pub fn jobs_for(&self, user: &str) -> Admission {
         let mine = self.users.get(user).unwrap_or(&self.per_user);
-        Admission { per_workspace: self.per_workspace.jobs, per_user: mine.jobs }
+        Admission { per_workspace: self.per_workspace.jobs, per_user: mine.jobs, ..Admission::default() }
     }
 }
 
 /// The limits a submission must fit in.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Admission {
     pub per_workspace: Option<u64>,
     pub per_user: Option<u64>,
+    /// The most jobs each named queue may hold waiting (queued, scheduled or retrying);
+    /// a queue not named has no cap.
+    pub queue_caps: Vec<(String, u64)>,
 }
 
 impl Admission {
-    /// Nothing to check.
+    /// No concurrency limit to check (queue caps aside).
     pub fn is_unlimited(&self) -> bool {
         self.per_workspace.is_none() && self.per_user.is_none()
     }
@@ -104,7 +107,7 @@ mod tests {
 
     #[test]
     fn limits_at_their_edge() {
-        let a = Admission { per_workspace: Some(10), per_user: Some(5) };
+        let a = Admission { per_workspace: Some(10), per_user: Some(5), ..Admission::default() };
         assert!(a.check("run", 4, 4, 1).is_ok(), "the fifth fits");
         assert_eq!(a.check("run", 5, 5, 1).unwrap_err().to_string(), "user concurrent run limit reached (5)");
         assert_eq!(a.check("run", 0, 10, 1).unwrap_err().scope, "workspace");

@@ -94,7 +94,13 @@ impl From<StoreError> for ApiError {
             )
             .field("idempotency_key"),
             StoreError::LimitReached(limit) => {
+                metrics::counter!("ferry_admission_refused_total", "reason" => format!("{}_{}_limit", limit.scope, limit.what))
+                    .increment(1);
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_reached", limit.to_string())
+            }
+            StoreError::QueueFull { .. } => {
+                metrics::counter!("ferry_admission_refused_total", "reason" => "queue_full").increment(1);
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", e.to_string()).field("queue")
             }
             StoreError::Unavailable(_) => ApiError::internal(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e),
             StoreError::Locked(_) | StoreError::Database(_) => {

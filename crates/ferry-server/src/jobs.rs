@@ -45,8 +45,9 @@ pub async fn submit(
     crate::extract::idempotency_key(&headers, &mut spec.idempotency_key)?;
     let job = st.validate(spec, &caller, now_micros())?;
     let queue = job.queue.clone();
-    let admission = st.limits_of(&caller.workspace).await?.jobs_for(&caller.user);
-    let submitted = st.store.submit_admitted(vec![job], admission).await?;
+    let jobs = vec![job];
+    let admission = st.job_admission(&caller, &jobs).await?;
+    let submitted = st.store.submit_admitted(jobs, admission).await?;
     let accepted = JobAccepted::from(submitted.into_iter().next().ok_or_else(|| {
         ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "internal", &"the store returned no job")
     })?);
@@ -100,7 +101,7 @@ pub async fn submit_batch(
     for j in &jobs {
         *per_queue.entry(j.queue.clone()).or_default() += 1;
     }
-    let admission = st.limits_of(&caller.workspace).await?.jobs_for(&caller.user);
+    let admission = st.job_admission(&caller, &jobs).await?;
     let submitted = st.store.submit_admitted(jobs, admission).await.map_err(|e| match e {
         StoreError::IdempotencyConflict { index, .. } => {
             let mut err = ApiError::from(e);

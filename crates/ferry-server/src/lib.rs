@@ -50,6 +50,8 @@ pub struct ApiConfig {
     pub sse_keep_alive: std::time::Duration,
     /// Concurrency limits of a workspace that set none.
     pub default_limits: ferry_store::WorkspaceLimits,
+    /// The most waiting jobs each capped queue may hold.
+    pub queue_caps: std::collections::BTreeMap<String, u64>,
 }
 
 impl Default for ApiConfig {
@@ -62,6 +64,7 @@ impl Default for ApiConfig {
             worker_seen_within_ms: 30_000,
             sse_keep_alive: std::time::Duration::from_secs(15),
             default_limits: ferry_store::WorkspaceLimits::default(),
+            queue_caps: Default::default(),
         }
     }
 }
@@ -99,6 +102,20 @@ impl Caller {
 }
 
 impl ApiState {
+    /// What a user's batch of standalone jobs must fit in: the workspace's limits and the
+    /// caps of the queues it goes to.
+    pub async fn job_admission(
+        &self,
+        caller: &Caller,
+        jobs: &[ferry_core::NewJob],
+    ) -> Result<ferry_store::Admission, error::ApiError> {
+        let mut admission = self.limits_of(&caller.workspace).await?.jobs_for(&caller.user);
+        let queues: std::collections::BTreeSet<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+        admission.queue_caps =
+            queues.into_iter().filter_map(|q| Some((q.to_string(), *self.cfg.queue_caps.get(q)?))).collect();
+        Ok(admission)
+    }
+
     /// Stops this process's attempts of jobs a run transition cancelled (other
     /// processes learn it from the store).
     pub fn stop_attempts(&self, ids: &[ferry_core::JobId]) {

@@ -74,6 +74,9 @@ pub enum StoreError {
     /// A concurrency limit refused the submission; nothing was written.
     #[error(transparent)]
     LimitReached(#[from] LimitReached),
+    /// A queue holds as many waiting jobs as it may; nothing was written.
+    #[error("queue `{queue}` is full: it holds {max_depth} waiting jobs at most")]
+    QueueFull { queue: String, max_depth: u64 },
     /// A database error.
     #[error("database error: {0}")]
     Database(String),

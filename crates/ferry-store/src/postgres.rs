@@ -258,6 +258,24 @@ pub(crate) async fn in_flight(
     Ok((user_now.max(0) as u64, workspace_now.max(0) as u64))
 }
 
+/// Below `max_depth - DEPTH_SLACK` waiting jobs a submission needs no lock: the batches
+/// being admitted at the same moment (at most the batch limit each, from a handful of
+/// API nodes) fit in the slack.
+const DEPTH_SLACK: u64 = 4_000;
+
+/// The queue's waiting jobs, counted up to `cap + 1` at most.
+async fn count_waiting(tx: &mut Transaction<'static, Postgres>, queue: &str, cap: u64) -> Result<u64, StoreError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'queued' LIMIT $2) q) \
+         + (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE queue = $1 AND state IN ('scheduled', 'retrying') LIMIT $2) d)",
+    )
+    .bind(queue)
+    .bind(cap.saturating_add(1) as i64)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(n.max(0) as u64)
+}
+
 /// The database's clock, in microseconds.
 async fn clock(tx: &mut Transaction<'static, Postgres>) -> Result<Micros, StoreError> {
     Ok(sqlx::query_scalar("SELECT ferry_now()").fetch_one(&mut **tx).await?)
@@ -547,6 +565,26 @@ impl Store for PgStore {
             };
             let adding = (jobs.len() as u64).saturating_sub(known.max(0) as u64);
             admission.check("job", user_now, workspace_now, adding)?;
+        }
+        for (queue, cap) in &admission.queue_caps {
+            let adding = jobs.iter().filter(|j| j.queue == *queue).count() as u64;
+            if adding == 0 {
+                continue;
+            }
+            // Far from the cap, concurrent submissions cannot overshoot it together; near
+            // it, submissions to the queue take turns and count again.
+            let mut waiting = count_waiting(&mut tx, queue, *cap).await?;
+            if waiting + adding + DEPTH_SLACK > *cap {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext('ferry-depth:' || $1))")
+                    .bind(queue)
+                    .execute(&mut *tx)
+                    .await?;
+                // READ COMMITTED: this statement sees what committed before the lock.
+                waiting = count_waiting(&mut tx, queue, *cap).await?;
+            }
+            if waiting + adding > *cap {
+                return Err(StoreError::QueueFull { queue: queue.clone(), max_depth: *cap });
+            }
         }
         let n = jobs.len();
         let rows = insert_jobs(&mut tx, now, &jobs, &[]).await?;

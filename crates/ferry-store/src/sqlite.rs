@@ -425,7 +425,10 @@ impl Writer {
             None => f(self),
         };
         if let Err(e) = &result
-            && !matches!(e, StoreError::IdempotencyConflict { .. } | StoreError::LimitReached(_))
+            && !matches!(
+                e,
+                StoreError::IdempotencyConflict { .. } | StoreError::LimitReached(_) | StoreError::QueueFull { .. }
+            )
         {
             self.poisoned = Some(e.to_string());
         }
@@ -486,6 +489,12 @@ impl Writer {
             let (user_now, workspace_now) = self.in_flight("jobs", &first.workspace, &first.user)?;
             admission.check("job", user_now, workspace_now, adding)?;
         }
+        for (queue, cap) in &admission.queue_caps {
+            let adding = jobs.iter().zip(&existing).filter(|(j, e)| e.is_none() && j.queue == *queue).count() as u64;
+            if adding > 0 && self.waiting(queue, *cap)? + adding > *cap {
+                return Err(StoreError::QueueFull { queue: queue.clone(), max_depth: *cap });
+            }
+        }
         let mut out = Vec::with_capacity(jobs.len());
         let mut first_state: HashMap<JobId, JobState> = HashMap::new();
         for (job, known) in jobs.iter().zip(existing) {
@@ -501,6 +510,20 @@ impl Writer {
             out.push(Submitted { id: job.id, state, created: true });
         }
         Ok(out)
+    }
+
+    /// The queue's waiting jobs (queued, scheduled, retrying), counted up to `cap + 1` at
+    /// most through the partial indexes of each state.
+    fn waiting(&self, queue: &str, cap: u64) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE queue = ?1 AND state = 'queued' LIMIT ?2)) \
+                 + (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE queue = ?1 \
+                    AND state IN ('scheduled', 'retrying') LIMIT ?2))",
+            )?
+            .query_row(params![queue, cap.saturating_add(1) as i64], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
     }
 
     /// What `user` and their whole workspace have in flight: running runs (`table` =

@@ -481,10 +481,11 @@ async fn fifty_racing_submits_admit_exactly_the_limit(store: Arc<dyn Store>) {
         j.user = user.into();
         j
     };
-    let limit = Admission { per_workspace: Some(8), per_user: Some(5) };
+    let limit = Admission { per_workspace: Some(8), per_user: Some(5), ..Admission::default() };
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let (store, j) = (store.clone(), by("ann"));
+        let limit = limit.clone();
         tasks.push(tokio::spawn(async move { store.submit_admitted(vec![j], limit).await }));
     }
     let (mut admitted, mut refused) = (0, 0);
@@ -502,15 +503,15 @@ async fn fifty_racing_submits_admit_exactly_the_limit(store: Arc<dyn Store>) {
     // The workspace's limit holds across users; a batch is whole or nothing.
     let batch = |n: usize| (0..n).map(|_| by("bob")).collect::<Vec<_>>();
     assert!(
-        matches!(store.submit_admitted(batch(4), limit).await, Err(StoreError::LimitReached(l)) if l.scope == "workspace")
+        matches!(store.submit_admitted(batch(4), limit.clone()).await, Err(StoreError::LimitReached(l)) if l.scope == "workspace")
     );
-    assert_eq!(store.submit_admitted(batch(3), limit).await.unwrap().len(), 3);
+    assert_eq!(store.submit_admitted(batch(3), limit.clone()).await.unwrap().len(), 3);
     assert_eq!(store.queue_stats().await.unwrap()[0].queued, 8, "nothing of the refused batch was written");
     // A finished job frees its slot.
     let claimed = store.claim(claim_req("w", 1)).await.unwrap();
     store.finish(succeed(claimed[0].id, claimed[0].attempt)).await.unwrap();
     assert_eq!(
-        store.submit_admitted(vec![by(&claimed_user(&store, claimed[0].id).await)], limit).await.unwrap().len(),
+        store.submit_admitted(vec![by(&claimed_user(&store, claimed[0].id).await)], limit.clone()).await.unwrap().len(),
         1
     );
     assert!(store.submit_admitted(vec![by("cat")], limit).await.is_err(), "the workspace is full again");

@@ -173,6 +173,12 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
             worker_seen_within_ms: cfg.lease_ms,
             sse_keep_alive: Duration::from_millis(cfg.sse_keep_alive_ms),
             default_limits: cfg.default_limits.clone(),
+            queue_caps: cfg
+                .queues
+                .iter()
+                .map(|(name, q)| (name.clone(), q.max_depth.unwrap_or(crate::config::DEFAULT_MAX_DEPTH)))
+                .filter(|(_, cap)| *cap > 0)
+                .collect(),
         }),
         metrics: ferry_server::metrics_handle(),
         planner: ferry_worker::planner(cfg.job_limits(), registry.clone()),

@@ -268,7 +268,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         cfg.database_schema = Some(schema.clone());
         cfg.database_max_connections = 32;
     }
-    cfg.queues.insert("default".into(), QueueSettings { concurrency: Some(args.concurrency) });
+    cfg.queues.insert("default".into(), QueueSettings { concurrency: Some(args.concurrency), max_depth: Some(0) });
     if let Some(n) = args.job_limit {
         cfg.default_limits.per_user.jobs = Some(n);
         cfg.default_limits.per_workspace.jobs = Some(n);

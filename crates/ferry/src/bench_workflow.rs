@@ -71,7 +71,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut cfg = Config { listen: "127.0.0.1:0".parse()?, data_dir: dir.path().join("engine"), ..Config::default() };
-    cfg.queues.insert("default".into(), QueueSettings { concurrency: Some(args.concurrency) });
+    cfg.queues.insert("default".into(), QueueSettings { concurrency: Some(args.concurrency), max_depth: Some(0) });
     if let Some(url) = &args.database_url {
         cfg.database_url = Some(url.clone());
         cfg.database_schema = Some(format!("b_{:016x}", fastrand::u64(..)));

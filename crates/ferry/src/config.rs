@@ -28,7 +28,14 @@ pub struct QueueSettings {
     /// Attempts running at once in this process; defaults to `workers`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<usize>,
+    /// The most jobs the queue may hold waiting (queued, scheduled or retrying); a
+    /// submission past it is refused with 503. Default 10,000; 0 for no cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_depth: Option<u64>,
 }
+
+/// The default of [`QueueSettings::max_depth`].
+pub const DEFAULT_MAX_DEPTH: u64 = 10_000;
 
 /// Size and range limits, stated up front and enforced with a 4xx at the door.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,7 +154,7 @@ impl Default for Config {
             // they cannot take every slot of `default`.
             queues: BTreeMap::from([
                 ("default".to_string(), QueueSettings::default()),
-                ("heavy".to_string(), QueueSettings { concurrency: Some(2) }),
+                ("heavy".to_string(), QueueSettings { concurrency: Some(2), max_depth: None }),
             ]),
             limits: LimitsConfig::default(),
             log: "info".into(),

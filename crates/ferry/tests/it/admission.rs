@@ -13,6 +13,7 @@ both!(
     the_workspace_limit_holds_across_its_users,
     limits_are_read_and_set_by_admins,
     slots_come_back_whichever_way_jobs_end,
+    a_full_queue_refuses_with_503_and_a_batch_whole,
 );
 
 /// Sends `n` concurrent POSTs of `body` to `path`, spread over `servers`; returns the
@@ -202,7 +203,7 @@ async fn slots_come_back_whichever_way_jobs_end(backend: Backend) {
     let srv = TestServer::start_with(backend, |cfg| {
         cfg.workers = 50;
         // Nobody serves `lost`: a ghost worker claims there and vanishes.
-        cfg.queues.insert("lost".into(), ferry::config::QueueSettings { concurrency: Some(0) });
+        cfg.queues.insert("lost".into(), ferry::config::QueueSettings { concurrency: Some(0), max_depth: None });
     })
     .await;
     let (status, _) = srv
@@ -251,5 +252,43 @@ async fn slots_come_back_whichever_way_jobs_end(backend: Backend) {
     for id in again {
         srv.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
     }
+    srv.stop().await;
+}
+
+async fn a_full_queue_refuses_with_503_and_a_batch_whole(backend: Backend) {
+    let srv = TestServer::start_with(backend, |cfg| {
+        // Nobody serves `small`, so what is submitted stays waiting.
+        cfg.queues.insert("small".into(), ferry::config::QueueSettings { concurrency: Some(0), max_depth: Some(5) });
+    })
+    .await;
+    let job = |delay: u64| json!({"kind": "noop", "queue": "small", "delay_ms": delay});
+    for i in 0..4 {
+        // Scheduled jobs wait too, and count.
+        srv.submit(job(if i % 2 == 0 { 0 } else { 60_000 })).await;
+    }
+    // Two do not fit beside four of five: the batch is refused whole, nothing is stored.
+    let (status, body) = srv.post("/v1/jobs/batch", json!({"jobs": [job(0), job(0)]})).await;
+    assert_eq!((status, &body["error"]["code"]), (StatusCode::SERVICE_UNAVAILABLE, &json!("queue_full")), "{body}");
+    let (status, body) = srv.post("/v1/jobs/batch", json!({"jobs": [{"kind": "noop"}, job(0), job(0)]})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "a batch over two queues is whole too: {body}");
+    assert_eq!(srv.count_jobs().await, 4);
+    // The fifth fits, at the edge; the sixth is refused with Retry-After.
+    srv.submit(job(0)).await;
+    let resp = srv.client().post(format!("{}/v1/jobs", srv.url())).json(&job(0)).send().await.expect("answer");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["field"], "queue");
+    assert!(body["error"]["message"].as_str().unwrap_or("").contains("`small` is full"), "{body}");
+    // Other queues are not affected; a cancelled job frees its place.
+    let (status, _) = srv.post("/v1/jobs", json!({"kind": "noop"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, page) = srv.get("/v1/jobs?queue=small&limit=1").await;
+    let id = page["items"][0]["id"].as_str().expect("id").to_string();
+    srv.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
+    let (status, body) = srv.post("/v1/jobs", job(0)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, metrics) = srv.get_text("/metrics").await;
+    assert!(metrics.contains("ferry_admission_refused_total{reason=\"queue_full\"}"), "refusals are counted by reason");
     srv.stop().await;
 }

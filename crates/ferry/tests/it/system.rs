@@ -105,7 +105,7 @@ async fn health_readiness_and_metrics(backend: Backend) {
 
 async fn queue_counts_reflect_jobs(backend: Backend) {
     let server = TestServer::start_with(backend, |cfg| {
-        cfg.queues.insert("other".into(), QueueSettings { concurrency: Some(0) });
+        cfg.queues.insert("other".into(), QueueSettings { concurrency: Some(0), max_depth: None });
     })
     .await;
     let dead = server.submit(json!({"kind": "fail", "input": {"retryable": false}})).await;
