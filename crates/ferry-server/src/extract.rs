@@ -153,3 +153,9 @@ pub fn idempotency_key(headers: &axum::http::HeaderMap, body: &mut Option<String
         }
     }
 }
+
+impl Shape for Value {
+    fn check(body: &Value) -> Result<(), ApiError> {
+        must_be_object(body, "")
+    }
+}

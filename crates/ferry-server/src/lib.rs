@@ -111,8 +111,12 @@ impl ApiState {
     ) -> Result<ferry_store::Admission, error::ApiError> {
         let mut admission = self.limits_of(&caller.workspace).await?.jobs_for(&caller.user);
         let queues: std::collections::BTreeSet<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
-        admission.queue_caps =
-            queues.into_iter().filter_map(|q| Some((q.to_string(), *self.cfg.queue_caps.get(q)?))).collect();
+        for q in queues {
+            let cap = self.queue_cap(q).await?;
+            if cap > 0 {
+                admission.queue_caps.push((q.to_string(), cap));
+            }
+        }
         Ok(admission)
     }
 
@@ -210,6 +214,7 @@ fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(tokens::revoke))
         .routes(routes!(limits::get, limits::put))
         .routes(routes!(system::queues))
+        .routes(routes!(system::set_queue))
         .routes(routes!(system::workers))
         .routes(routes!(system::healthz))
         .routes(routes!(system::readyz))

@@ -15,13 +15,37 @@ use std::time::{Duration, Instant};
 /// on another node applies here within this time (on the node that made it, at once).
 const FRESH_FOR: Duration = Duration::from_secs(1);
 
-/// Workspaces' limits, read through.
+/// Workspaces' limits and queues' run-time settings, read through.
 #[derive(Debug, Default)]
 pub struct LimitsCache {
     entries: Mutex<HashMap<String, (Instant, WorkspaceLimits)>>,
+    queues: Mutex<Option<(Instant, Vec<ferry_store::QueueSettings>)>>,
+}
+
+impl LimitsCache {
+    /// Forgets the queue settings (after this node changed them).
+    pub fn forget_queues(&self) {
+        *self.queues.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 impl ApiState {
+    /// The most waiting jobs a queue may hold (0: no cap): its run-time setting, else
+    /// the configured one.
+    pub async fn queue_cap(&self, queue: &str) -> Result<u64, ApiError> {
+        let cached = self.limits.queues.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let settings = match cached {
+            Some((at, s)) if at.elapsed() < FRESH_FOR => s,
+            _ => {
+                let s = self.store.queue_settings().await?;
+                *self.limits.queues.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), s.clone()));
+                s
+            }
+        };
+        let set = settings.iter().find(|s| s.name == queue).and_then(|s| s.max_depth);
+        Ok(set.or_else(|| self.cfg.queue_caps.get(queue).copied()).unwrap_or(0))
+    }
+
     /// The limits in force for a workspace.
     pub async fn limits_of(&self, workspace: &str) -> Result<WorkspaceLimits, ApiError> {
         if let Some((at, limits)) = self.limits.entries.lock().unwrap_or_else(|e| e.into_inner()).get(workspace)

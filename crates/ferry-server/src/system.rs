@@ -2,9 +2,11 @@
 
 use crate::ApiState;
 use crate::error::ApiError;
-use crate::views::{Health, QueueList, QueueView, WorkerList, WorkerView};
+use crate::error::ErrorBody;
+use crate::extract::JsonBody;
+use crate::views::{Health, QueueList, QueueSettingsView, QueueView, WorkerList, WorkerView};
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use std::collections::BTreeMap;
@@ -22,7 +24,72 @@ pub async fn queues(State(st): State<ApiState>) -> Result<Json<QueueList>, ApiEr
     for s in stats {
         map.insert(s.queue.clone(), s.into());
     }
+    for s in st.store.queue_settings().await? {
+        if let Some(view) = map.get_mut(&s.name) {
+            view.settings = Some(s.into());
+        }
+    }
     Ok(Json(QueueList { queues: map.into_values().collect() }))
+}
+
+/// Change a queue at run time (admin): any of `concurrency` (per worker process),
+/// `max_depth`, `rate` (attempts started per second, per worker process), `paused`. Fields
+/// left out keep their value; `null` returns a field to the configured value. Worker
+/// processes apply it within `poll_ms`; the API's depth check within a second.
+#[utoipa::path(
+    put, path = "/v1/queues/{name}", tag = "system",
+    params(("name" = String, Path, description = "Queue name")),
+    request_body = QueueSettingsView,
+    responses((status = 200, body = QueueSettingsView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+pub async fn set_queue(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> Result<Json<QueueSettingsView>, ApiError> {
+    if !st.cfg.queues.contains(&name) {
+        return Err(ApiError::not_found("queue"));
+    }
+    let current = st.store.queue_settings().await?.into_iter().find(|s| s.name == name);
+    let mut s = current.unwrap_or(ferry_store::QueueSettings { name: name.clone(), ..Default::default() });
+    let obj = body.as_object().ok_or_else(|| ApiError::bad_field("", "the body must be a JSON object"))?;
+    let int = |k: &str, v: &serde_json::Value, max: u64| -> Result<Option<u64>, ApiError> {
+        match v {
+            serde_json::Value::Null => Ok(None),
+            v => v
+                .as_u64()
+                .filter(|n| *n <= max)
+                .map(Some)
+                .ok_or_else(|| ApiError::bad_field(k, format!("must be an integer from 0 to {max}, or null"))),
+        }
+    };
+    for (k, v) in obj {
+        match k.as_str() {
+            "concurrency" => s.concurrency = int(k, v, 10_000)?.map(|n| n as u32),
+            "max_depth" => s.max_depth = int(k, v, 1_000_000_000)?,
+            "rate" => {
+                s.rate = match v {
+                    serde_json::Value::Null => None,
+                    v => Some(v.as_f64().filter(|r| *r > 0.0 && *r <= 1_000_000.0).ok_or_else(|| {
+                        ApiError::bad_field(
+                            "rate",
+                            "must be a number of jobs per second above 0, at most 1000000, or null",
+                        )
+                    })?),
+                }
+            }
+            "paused" => s.paused = v.as_bool().ok_or_else(|| ApiError::bad_field("paused", "must be true or false"))?,
+            other => {
+                return Err(ApiError::bad_field(
+                    other,
+                    "unknown field; expected concurrency, max_depth, rate or paused",
+                ));
+            }
+        }
+    }
+    st.store.set_queue_settings(s.clone()).await?;
+    st.limits.forget_queues();
+    Ok(Json(s.into()))
 }
 
 /// The process is alive.

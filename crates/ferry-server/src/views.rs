@@ -170,6 +170,28 @@ pub struct QueueView {
     pub retrying: u64,
     /// Jobs in the dead-letter queue.
     pub dead: u64,
+    /// What an admin set at run time (`PUT /v1/queues/{name}`), if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<QueueSettingsView>,
+}
+
+/// A queue's run-time settings; `null` keeps the configured value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueueSettingsView {
+    /// Attempts running at once in each worker process.
+    pub concurrency: Option<u32>,
+    /// Most waiting jobs (0: no cap).
+    pub max_depth: Option<u64>,
+    /// Most attempts started per second in each worker process.
+    pub rate: Option<f64>,
+    /// Nothing is dispatched while paused; submissions are still accepted.
+    pub paused: bool,
+}
+
+impl From<ferry_store::QueueSettings> for QueueSettingsView {
+    fn from(s: ferry_store::QueueSettings) -> Self {
+        QueueSettingsView { concurrency: s.concurrency, max_depth: s.max_depth, rate: s.rate, paused: s.paused }
+    }
 }
 
 impl From<QueueStats> for QueueView {
@@ -181,6 +203,7 @@ impl From<QueueStats> for QueueView {
             scheduled: s.scheduled,
             retrying: s.retrying,
             dead: s.dead,
+            settings: None,
         }
     }
 }

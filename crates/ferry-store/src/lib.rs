@@ -233,6 +233,12 @@ pub trait Store: Send + Sync + 'static {
     /// Sets the workspace's concurrency limits.
     async fn set_workspace_limits(&self, workspace: &str, limits: WorkspaceLimits) -> Result<(), StoreError>;
 
+    /// Every queue's run-time settings.
+    async fn queue_settings(&self) -> Result<Vec<QueueSettings>, StoreError>;
+
+    /// Sets a queue's run-time settings (replacing what was set before).
+    async fn set_queue_settings(&self, settings: QueueSettings) -> Result<(), StoreError>;
+
     /// Stores a new API token (its hash).
     async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError>;
 

@@ -35,7 +35,7 @@ use crate::runs::{
     WorkflowVersion,
 };
 use crate::tokens::TOKEN_COLUMNS;
-use crate::{Admission, NewToken, TokenRecord, WorkspaceLimits, row, transition};
+use crate::{Admission, NewToken, QueueSettings, TokenRecord, WorkspaceLimits, row, transition};
 use async_trait::async_trait;
 use ferry_core::run::{RunId, RunState};
 use ferry_core::time::{self, Micros};
@@ -57,6 +57,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../sql/postgres/migrations/0004_workflows.sql")),
     (5, include_str!("../sql/postgres/migrations/0005_tokens.sql")),
     (6, include_str!("../sql/postgres/migrations/0006_admission.sql")),
+    (7, include_str!("../sql/postgres/migrations/0007_queue_settings.sql")),
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
@@ -1064,6 +1065,41 @@ impl Store for PgStore {
         )
         .bind(workspace)
         .bind(text)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn queue_settings(&self) -> Result<Vec<QueueSettings>, StoreError> {
+        let rows = sqlx::query("SELECT name, concurrency, max_depth, rate, paused FROM queue_settings ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QueueSettings {
+                    name: r.try_get(0)?,
+                    concurrency: r.try_get::<Option<i64>, _>(1)?.map(|c| c.clamp(0, u32::MAX as i64) as u32),
+                    max_depth: r.try_get::<Option<i64>, _>(2)?.map(|d| d.max(0) as u64),
+                    rate: r.try_get(3)?,
+                    paused: r.try_get(4)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(err)
+    }
+
+    async fn set_queue_settings(&self, q: QueueSettings) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO queue_settings (name, concurrency, max_depth, rate, paused, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, ferry_now()) ON CONFLICT (name) DO UPDATE SET \
+             concurrency = excluded.concurrency, max_depth = excluded.max_depth, rate = excluded.rate, \
+             paused = excluded.paused, updated_at = excluded.updated_at",
+        )
+        .bind(&q.name)
+        .bind(q.concurrency.map(i64::from))
+        .bind(q.max_depth.map(|d| d as i64))
+        .bind(q.rate)
+        .bind(q.paused)
         .execute(&self.pool)
         .await?;
         Ok(())

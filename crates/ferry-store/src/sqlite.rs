@@ -33,7 +33,7 @@ use crate::runs::{
     WorkflowVersion,
 };
 use crate::tokens::TOKEN_COLUMNS;
-use crate::{Admission, NewToken, TokenRecord, WorkspaceLimits, row, transition};
+use crate::{Admission, NewToken, QueueSettings, TokenRecord, WorkspaceLimits, row, transition};
 use async_trait::async_trait;
 use ferry_core::run::{RunId, RunState};
 use ferry_core::time::{self, Micros};
@@ -54,6 +54,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../sql/sqlite/migrations/0004_workflows.sql")),
     (5, include_str!("../sql/sqlite/migrations/0005_tokens.sql")),
     (6, include_str!("../sql/sqlite/migrations/0006_admission.sql")),
+    (7, include_str!("../sql/sqlite/migrations/0007_queue_settings.sql")),
 ];
 const PRUNE: &str = include_str!("../sql/sqlite/prune.sql");
 const INSERT_JOB: &str = include_str!("../sql/sqlite/insert_job.sql");
@@ -103,6 +104,7 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 enum Cmd {
     Submit(Vec<NewJob>, Admission, Reply<Vec<Submitted>>),
     SetLimits(String, WorkspaceLimits, Reply<()>),
+    SetQueue(QueueSettings, Reply<()>),
     Claim(ClaimRequest, Reply<Vec<ClaimedJob>>),
     FinishMany(Vec<Finish>, Reply<Vec<bool>>),
     Heartbeat(String, u64, Vec<JobId>, Reply<Vec<JobId>>),
@@ -345,6 +347,17 @@ impl Writer {
     fn apply(&mut self, cmd: Cmd) -> Answer {
         match cmd {
             Cmd::Submit(jobs, admission, reply) => self.step(reply, |w| w.submit(jobs, admission)),
+            Cmd::SetQueue(q, reply) => self.step(reply, |w| {
+                w.conn
+                    .prepare_cached(
+                        "INSERT INTO queue_settings (name, concurrency, max_depth, rate, paused, updated_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO UPDATE SET \
+                         concurrency = excluded.concurrency, max_depth = excluded.max_depth, rate = excluded.rate, \
+                         paused = excluded.paused, updated_at = excluded.updated_at",
+                    )?
+                    .execute(params![q.name, q.concurrency, q.max_depth.map(|d| d as i64), q.rate, q.paused, w.now])?;
+                Ok(())
+            }),
             Cmd::SetLimits(ws, limits, reply) => self.step(reply, |w| {
                 let text = serde_json::to_string(&limits).map_err(|e| StoreError::Database(e.to_string()))?;
                 w.conn
@@ -1076,6 +1089,27 @@ impl Store for SqliteStore {
     async fn set_workspace_limits(&self, workspace: &str, limits: WorkspaceLimits) -> Result<(), StoreError> {
         let ws = workspace.to_string();
         self.write(|r| Cmd::SetLimits(ws, limits, r)).await
+    }
+
+    async fn queue_settings(&self) -> Result<Vec<QueueSettings>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT name, concurrency, max_depth, rate, paused FROM queue_settings ORDER BY name")?
+                .query_map([], |r| {
+                    Ok(QueueSettings {
+                        name: r.get(0)?,
+                        concurrency: r.get(1)?,
+                        max_depth: r.get::<_, Option<i64>>(2)?.map(|d| d.max(0) as u64),
+                        rate: r.get(3)?,
+                        paused: r.get(4)?,
+                    })
+                })?
+                .collect()
+        })
+        .await
+    }
+
+    async fn set_queue_settings(&self, settings: QueueSettings) -> Result<(), StoreError> {
+        self.write(|r| Cmd::SetQueue(settings, r)).await
     }
 
     async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError> {

@@ -128,6 +128,21 @@ pub struct AttemptRecord {
     pub error: Option<JobError>,
 }
 
+/// A queue's settings changed at run time; `None` keeps the configured value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueueSettings {
+    pub name: String,
+    /// Attempts of the queue running at once in each worker process.
+    pub concurrency: Option<u32>,
+    /// Most waiting jobs (0: no cap).
+    pub max_depth: Option<u64>,
+    /// Most attempts started per second, in each worker process (a token bucket with a
+    /// burst of one second's worth).
+    pub rate: Option<f64>,
+    /// Nothing of the queue is dispatched while paused; submissions are still accepted.
+    pub paused: bool,
+}
+
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobRecord {

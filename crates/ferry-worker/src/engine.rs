@@ -105,6 +105,122 @@ struct Inner {
     /// Node jobs that started or ended: their runs must advance.
     advancer: mpsc::UnboundedSender<RunId>,
     planner: Planner,
+    /// Each served queue's run-time controls (pause, rate, concurrency).
+    controls: HashMap<String, Arc<QueueControl>>,
+}
+
+/// A queue's run-time settings as this process applies them; refreshed from the store
+/// every `poll_ms` by [`watch_queues`].
+struct QueueControl {
+    /// The configured concurrency, used when the store says nothing.
+    configured: usize,
+    /// The slots: one permit per attempt that may run at once.
+    slots: Arc<Semaphore>,
+    /// How many permits the semaphore was sized to.
+    sized: Mutex<usize>,
+    paused: std::sync::atomic::AtomicBool,
+    /// Attempts started per second at most, if limited.
+    rate: Mutex<Option<f64>>,
+    /// Notified when the settings change.
+    changed: tokio::sync::Notify,
+}
+
+impl QueueControl {
+    fn new(configured: usize) -> Self {
+        QueueControl {
+            configured,
+            slots: Arc::new(Semaphore::new(configured)),
+            sized: Mutex::new(configured),
+            paused: Default::default(),
+            rate: Mutex::new(None),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn apply(&self, settings: Option<&ferry_store::QueueSettings>) {
+        let paused = settings.is_some_and(|s| s.paused);
+        let rate = settings.and_then(|s| s.rate).filter(|r| *r > 0.0);
+        let target = settings.and_then(|s| s.concurrency).map_or(self.configured, |c| c as usize);
+        let mut changed = self.paused.swap(paused, std::sync::atomic::Ordering::Relaxed) != paused;
+        {
+            let mut r = self.rate.lock().unwrap_or_else(|e| e.into_inner());
+            changed |= *r != rate;
+            *r = rate;
+        }
+        let mut sized = self.sized.lock().unwrap_or_else(|e| e.into_inner());
+        if target > *sized {
+            self.slots.add_permits(target - *sized);
+            changed = true;
+        } else if target < *sized {
+            // Fewer slots: take the surplus as attempts end, and keep them.
+            let (slots, surplus) = (self.slots.clone(), (*sized - target) as u32);
+            tokio::spawn(async move {
+                if let Ok(p) = slots.acquire_many_owned(surplus).await {
+                    p.forget();
+                }
+            });
+            changed = true;
+        }
+        *sized = target;
+        if changed {
+            self.changed.notify_waiters();
+        }
+    }
+}
+
+/// A token bucket: `rate` per second, a burst of one second's worth (at least one).
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new() -> Self {
+        Bucket { tokens: 0.0, last: Instant::now() }
+    }
+
+    fn refill(&mut self, rate: f64) {
+        let now = Instant::now();
+        self.tokens = (self.tokens + rate * (now - self.last).as_secs_f64()).min(rate.max(1.0));
+        self.last = now;
+    }
+
+    /// Takes up to `n` whole tokens.
+    fn take(&mut self, rate: f64, n: usize) -> usize {
+        self.refill(rate);
+        let k = (self.tokens.floor().max(0.0) as usize).min(n);
+        self.tokens -= k as f64;
+        k
+    }
+
+    /// Gives back tokens taken but not used.
+    fn give_back(&mut self, rate: f64, n: usize) {
+        self.tokens = (self.tokens + n as f64).min(rate.max(1.0));
+    }
+
+    /// How long until a whole token is there.
+    fn wait(&self, rate: f64) -> Duration {
+        Duration::from_secs_f64(((1.0 - self.tokens).max(0.0) / rate).max(0.001))
+    }
+}
+
+/// Applies the store's queue settings to this process's dispatchers, every `poll_ms`.
+async fn watch_queues(inner: Arc<Inner>) {
+    let every = Duration::from_millis(inner.cfg.poll_ms);
+    loop {
+        match inner.store.queue_settings().await {
+            Ok(all) => {
+                for (name, control) in &inner.controls {
+                    control.apply(all.iter().find(|s| &s.name == name));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read queue settings; keeping the last ones"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = inner.stop_background.cancelled() => return,
+        }
+    }
 }
 
 /// A running engine. Cheap to clone.
@@ -121,6 +237,12 @@ impl Engine {
         let (finisher, finishes) = mpsc::unbounded_channel();
         let (advancer, advances) = mpsc::unbounded_channel();
         let planner = crate::planner(cfg.job_limits.clone(), registry.clone());
+        let cfg_controls = cfg
+            .queues
+            .iter()
+            .filter(|q| q.concurrency > 0)
+            .map(|q| (q.name.clone(), Arc::new(QueueControl::new(q.concurrency))))
+            .collect();
         let inner = Arc::new(Inner {
             store,
             registry,
@@ -135,6 +257,7 @@ impl Engine {
             finisher,
             advancer,
             planner,
+            controls: cfg_controls,
         });
         inner.background.spawn(finish_batches(inner.clone(), finishes));
         inner.background.spawn(advance_runs(inner.clone(), advances));
@@ -145,6 +268,7 @@ impl Engine {
             inner.background.spawn(dispatch(inner.clone(), q.clone()));
         }
         inner.background.spawn(heartbeat(inner.clone()));
+        inner.background.spawn(watch_queues(inner.clone()));
         inner.background.spawn(reap(inner.clone()));
         tracing::info!(worker = %inner.worker_id, queues = ?inner.cfg.queues, "engine started");
         Engine { inner }
@@ -192,10 +316,21 @@ impl Engine {
 }
 
 async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
-    let slots = Arc::new(Semaphore::new(queue.concurrency));
+    let control =
+        inner.controls.get(&queue.name).cloned().unwrap_or_else(|| Arc::new(QueueControl::new(queue.concurrency)));
+    let slots = control.slots.clone();
     let wake = inner.store.wakeup(&queue.name);
     let poll = Duration::from_millis(inner.cfg.poll_ms);
+    let mut bucket = Bucket::new();
     loop {
+        if control.paused.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::select! {
+                _ = control.changed.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+                _ = inner.stop_claiming.cancelled() => return,
+            }
+            continue;
+        }
         let first = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = inner.stop_claiming.cancelled() => return,
@@ -206,6 +341,20 @@ async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
                 Ok(p) => permits.push(p),
                 Err(_) => break,
             }
+        }
+        let rate = *control.rate.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rate) = rate {
+            let allowed = bucket.take(rate, permits.len());
+            if allowed == 0 {
+                drop(permits);
+                tokio::select! {
+                    _ = tokio::time::sleep(bucket.wait(rate)) => {}
+                    _ = control.changed.notified() => {}
+                    _ = inner.stop_claiming.cancelled() => return,
+                }
+                continue;
+            }
+            permits.truncate(allowed);
         }
         let asked = permits.len();
         let req = ClaimRequest {
@@ -227,6 +376,9 @@ async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
             }
         };
         let got = jobs.len();
+        if let Some(rate) = rate {
+            bucket.give_back(rate, asked - got);
+        }
         if inner.stop_claiming.is_cancelled() && got > 0 {
             // Claimed while shutting down: hand them straight back.
             for job in jobs {

@@ -47,6 +47,11 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Queues: counts and run-time settings.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
     /// The workspace's concurrency limits (admin).
     Limits {
         #[command(subcommand)]
@@ -101,6 +106,36 @@ pub enum TokenCommand {
     /// Revoke a token: refused from the next request on.
     Revoke {
         id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Every queue with its counts and run-time settings.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a queue at run time (admin); what is not given keeps its value.
+    Set {
+        name: String,
+        /// Attempts at once per worker process
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Most waiting jobs (0: no cap)
+        #[arg(long)]
+        max_depth: Option<u64>,
+        /// Most attempts started per second per worker process
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Stop dispatching (submissions are still accepted)
+        #[arg(long, conflicts_with = "resume")]
+        pause: bool,
+        /// Dispatch again
+        #[arg(long)]
+        resume: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -413,6 +448,28 @@ pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(args).await,
+        Command::Queue { command: QueueCommand::List { client } } => {
+            print(&Client::new(&client)?.call(reqwest::Method::GET, "/v1/queues", None).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Queue { command: QueueCommand::Set { name, concurrency, max_depth, rate, pause, resume, client } } => {
+            let mut body = serde_json::Map::new();
+            if let Some(c) = concurrency {
+                body.insert("concurrency".into(), json!(c));
+            }
+            if let Some(d) = max_depth {
+                body.insert("max_depth".into(), json!(d));
+            }
+            if let Some(r) = rate {
+                body.insert("rate".into(), json!(r));
+            }
+            if pause || resume {
+                body.insert("paused".into(), json!(pause));
+            }
+            let path = format!("/v1/queues/{name}");
+            print(&Client::new(&client)?.call(reqwest::Method::PUT, &path, Some(&Value::Object(body))).await?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Limits { command: LimitsCommand::Get { client } } => {
             print(&Client::new(&client)?.call(reqwest::Method::GET, "/v1/limits", None).await?);
             Ok(ExitCode::SUCCESS)

@@ -339,6 +339,15 @@ async fn the_first_admin_token_is_made_before_the_server_and_then_required() {
     let (code, out, err) = cli(&url, &["limits", "set", r#"{"per_user": {"runs": 2, "jobs": 3}}"#, "--token", &token]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["per_user"], json!({"runs": 2, "jobs": 3}));
+    let (code, out, err) = cli(&url, &["queue", "set", "default", "--rate", "5", "--pause", "--token", &token]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"concurrency": null, "max_depth": null, "rate": 5.0, "paused": true})
+    );
+    let (code, out, _) = cli(&url, &["queue", "list", "--token", &token]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"paused\": true"), "{out}");
     let (code, out, _) = cli(&url, &["limits", "get", "--token", &token]);
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["per_user"]["jobs"], 3);

@@ -1,0 +1,129 @@
+//! Queue administration at run time: pause and resume, a rate that dispatch respects,
+//! a smaller concurrency, a depth cap set by an admin.
+
+use crate::harness::{Backend, DEADLINE, TestServer, both};
+use chrono::DateTime;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+both!(
+    a_paused_queue_dispatches_nothing_until_resumed,
+    dispatch_respects_a_queue_rate,
+    a_smaller_concurrency_and_a_depth_cap_apply_at_run_time,
+    bad_queue_settings_are_refused,
+);
+
+async fn put(srv: &TestServer, queue: &str, body: Value) -> (StatusCode, Value) {
+    let resp = srv.client().put(format!("{}/v1/queues/{queue}", srv.url())).json(&body).send().await.expect("answer");
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn a_paused_queue_dispatches_nothing_until_resumed(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let (status, body) = put(&srv, "default", json!({"paused": true})).await;
+    assert_eq!((status, &body["paused"]), (StatusCode::OK, &json!(true)), "{body}");
+    // Workers apply settings within poll_ms (200 ms in tests): wait a few of those.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let id = srv.submit(json!({"kind": "noop"})).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(srv.job(&id).await["state"], "queued", "a paused queue accepts but does not dispatch");
+    let (_, queues) = srv.get("/v1/queues").await;
+    let default =
+        queues["queues"].as_array().expect("queues").iter().find(|q| q["name"] == "default").cloned().expect("default");
+    assert_eq!(default["settings"]["paused"], true, "{default}");
+    let (status, _) = put(&srv, "default", json!({"paused": false})).await;
+    assert_eq!(status, StatusCode::OK);
+    srv.wait_state(&id, &["succeeded"]).await;
+    srv.stop().await;
+}
+
+async fn dispatch_respects_a_queue_rate(backend: Backend) {
+    let srv = TestServer::start_with(backend, |cfg| cfg.workers = 50).await;
+    let (status, _) = put(&srv, "default", json!({"rate": 10})).await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let ids = srv.submit_batch((0..40).map(|_| json!({"kind": "noop"})).collect()).await;
+    let mut starts = Vec::new();
+    for id in &ids {
+        let job = srv.wait_state(id, &["succeeded"]).await;
+        let at = job["attempts"][0]["started_at"].as_str().expect("started_at");
+        starts.push(DateTime::parse_from_rfc3339(at).expect("time").timestamp_micros());
+    }
+    starts.sort();
+    // A bucket of 10 per second with a burst of 10: any one-second window holds at most
+    // 20 starts (slack: 1), and 40 starts cannot take less than 3 s (slack: 0.5 s).
+    let most = starts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| starts[i..].iter().take_while(|u| **u < t + 1_000_000).count())
+        .max()
+        .unwrap_or(0);
+    assert!(most <= 21, "{most} starts within one second at a rate of 10/s");
+    let span = (starts[starts.len() - 1] - starts[0]) as f64 / 1e6;
+    assert!(span >= 2.5, "40 starts at 10/s took only {span} s");
+    srv.stop().await;
+}
+
+async fn a_smaller_concurrency_and_a_depth_cap_apply_at_run_time(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let (status, body) = put(&srv, "default", json!({"concurrency": 1, "max_depth": 3})).await;
+    assert_eq!(
+        (status, &body),
+        (StatusCode::OK, &json!({"concurrency": 1, "max_depth": 3, "rate": null, "paused": false}))
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let ids = srv.submit_batch((0..3).map(|_| json!({"kind": "sleep", "input": {"ms": 300}})).collect()).await;
+    // The depth cap set at run time holds (3 waiting at most, one may already run).
+    let (status, body) = srv.post("/v1/jobs/batch", json!({"jobs": [{"kind": "noop"}, {"kind": "noop"}]})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let started = Instant::now();
+    loop {
+        let (_, queues) = srv.get("/v1/queues").await;
+        let q =
+            queues["queues"].as_array().expect("queues").iter().find(|q| q["name"] == "default").cloned().expect("q");
+        assert!(q["running"].as_u64().unwrap_or(0) <= 1, "one at a time: {q}");
+        let done = all_succeeded(&srv, &ids).await;
+        if done {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "the jobs did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // null returns a field to the configured value.
+    let (_, body) = put(&srv, "default", json!({"concurrency": null, "max_depth": null})).await;
+    assert_eq!(body["concurrency"], Value::Null);
+    srv.stop().await;
+}
+
+async fn all_succeeded(srv: &TestServer, ids: &[String]) -> bool {
+    for id in ids {
+        if srv.job(id).await["state"] != "succeeded" {
+            return false;
+        }
+    }
+    true
+}
+
+async fn bad_queue_settings_are_refused(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    for (body, field) in [
+        (json!({"rate": 0}), "rate"),
+        (json!({"rate": "fast"}), "rate"),
+        (json!({"concurrency": -1}), "concurrency"),
+        (json!({"paused": "yes"}), "paused"),
+        (json!({"colour": 1}), "colour"),
+    ] {
+        let (status, answer) = put(&srv, "default", body.clone()).await;
+        assert_eq!((status, &answer["error"]["field"]), (StatusCode::BAD_REQUEST, &json!(field)), "{body}: {answer}");
+    }
+    let (status, _) = put(&srv, "nope", json!({"paused": true})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, queues) = srv.get("/v1/queues").await;
+    assert!(
+        queues["queues"].as_array().expect("queues").iter().all(|q| q.get("settings").is_none()),
+        "nothing was set"
+    );
+    srv.stop().await;
+}
