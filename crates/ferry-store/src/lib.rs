@@ -131,9 +131,10 @@ pub trait Store: Send + Sync + 'static {
     async fn expired(&self, limit: usize) -> Result<Vec<ClaimedJob>, StoreError>;
 
     /// Deletes up to `limit` succeeded or cancelled jobs that finished more than
-    /// `older_than_ms` ago, with their events, and forgets workers not seen for a day.
-    /// Dead jobs are kept. Returns how many jobs were deleted; callers repeat while it
-    /// returns `limit`, so each transaction stays small.
+    /// `older_than_ms` ago, with their events (not the jobs of a run still running), up to
+    /// `limit` ended runs with their nodes and logs, and forgets workers not seen for a
+    /// day. Dead jobs are kept. Returns the larger of the jobs and runs deleted; callers
+    /// repeat while it returns `limit`, so each transaction stays small.
     async fn prune(&self, older_than_ms: u64, limit: usize) -> Result<usize, StoreError>;
 
     /// Cancels a job that has not finished.

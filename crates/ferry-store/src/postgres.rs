@@ -803,12 +803,27 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        // Ended runs, with their nodes and logs, likewise (their dead jobs stay).
+        let runs: Vec<JobId> = sqlx::query_scalar(
+            "SELECT id FROM runs WHERE id < $1 AND state != 'running' AND finished_at < $2 \
+             ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(crate::id_floor(cut / 1000))
+        .bind(cut)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !runs.is_empty() {
+            sqlx::query("DELETE FROM run_events WHERE run_id = ANY($1)").bind(&runs).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM run_nodes WHERE run_id = ANY($1)").bind(&runs).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM runs WHERE id = ANY($1)").bind(&runs).execute(&mut *tx).await?;
+        }
         sqlx::query("DELETE FROM workers WHERE last_heartbeat < $1")
             .bind(now.saturating_sub(time::ms(86_400_000)))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(gone as usize)
+        Ok((gone as usize).max(runs.len()))
     }
 
     async fn cancel(&self, workspace: &str, id: JobId) -> Result<CancelOutcome, StoreError> {

@@ -684,9 +684,26 @@ impl Writer {
             self.conn.prepare_cached("DELETE FROM events WHERE job_id = ?1")?.execute(params![id])?;
             self.conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute(params![id])?;
         }
+        // Ended runs, with their nodes and logs, likewise (their dead jobs stay).
+        let runs = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM runs WHERE id < ?1 AND state != 'running' AND finished_at < ?2 ORDER BY id LIMIT ?3",
+            )?
+            .query_map(params![crate::id_floor(cut / 1000), cut, limit as i64], |r| r.get::<_, JobId>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for id in &runs {
+            for sql in [
+                "DELETE FROM run_events WHERE run_id = ?1",
+                "DELETE FROM run_nodes WHERE run_id = ?1",
+                "DELETE FROM runs WHERE id = ?1",
+            ] {
+                self.conn.prepare_cached(sql)?.execute(params![id])?;
+            }
+        }
         let day_ago = self.now.saturating_sub(time::ms(86_400_000));
         self.conn.prepare_cached("DELETE FROM workers WHERE last_heartbeat < ?1")?.execute(params![day_ago])?;
-        Ok(ids.len())
+        Ok(ids.len().max(runs.len()))
     }
 
     fn cancel(&mut self, workspace: &str, id: JobId) -> Result<CancelOutcome, StoreError> {

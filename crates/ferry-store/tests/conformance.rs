@@ -624,6 +624,21 @@ async fn runs_start_advance_and_end_with_an_ordered_log(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(page.items.iter().map(|r| r.id).collect::<Vec<_>>(), vec![sid]);
     assert!(store.runs_to_sweep(0, 10).await.unwrap().is_empty(), "no running runs left");
+
+    // Retention: ended runs go with their nodes and logs; a running run keeps its jobs.
+    let third = new_run("w", None, None, json!({"x": 7}));
+    let tid = third.id;
+    store.create_run(third, planner()).await.unwrap();
+    let first = store.claim(claim_req("w", 10)).await.unwrap();
+    store.finish(done(&first[0], json!(7))).await.unwrap();
+    store.advance_runs(vec![tid], planner()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    while store.prune(0, 100).await.unwrap() == 100 {}
+    assert!(store.get_run("default", id).await.unwrap().is_none(), "the ended run is gone");
+    assert!(store.run_events("default", id, 0, 10).await.unwrap().is_none());
+    assert!(store.get_job("default", claimed[0].id).await.unwrap().is_none(), "and its finished jobs");
+    let kept = store.get_run("default", tid).await.unwrap().expect("the running run stays");
+    assert_eq!(kept.jobs.len(), 2, "with its finished node job, whose output it may still read");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 WITH doomed AS (
     SELECT id FROM jobs
     WHERE id < $1 AND state IN ('succeeded', 'cancelled') AND finished_at < $2
+      AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = jobs.run_id AND r.state = 'running')
     ORDER BY id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
