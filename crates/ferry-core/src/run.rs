@@ -39,6 +39,9 @@ pub type RunId = uuid::Uuid;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
+    /// Admitted with `on_limit: "queue"` beyond a concurrency limit: starts when a slot
+    /// frees, in the order runs were queued.
+    Queued,
     Running,
     Succeeded,
     Failed,
@@ -49,6 +52,7 @@ pub enum RunState {
 impl RunState {
     pub fn as_str(self) -> &'static str {
         match self {
+            RunState::Queued => "queued",
             RunState::Running => "running",
             RunState::Succeeded => "succeeded",
             RunState::Failed => "failed",
@@ -58,7 +62,7 @@ impl RunState {
     }
 
     pub fn is_terminal(self) -> bool {
-        self != RunState::Running
+        !matches!(self, RunState::Queued | RunState::Running)
     }
 }
 
@@ -66,6 +70,7 @@ impl std::str::FromStr for RunState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         Ok(match s {
+            "queued" => RunState::Queued,
             "running" => RunState::Running,
             "succeeded" => RunState::Succeeded,
             "failed" => RunState::Failed,
@@ -260,7 +265,7 @@ pub type InputCheck<'a> = &'a dyn Fn(&str, &Value) -> Result<(), String>;
 pub fn plan(snap: &RunSnapshot, limits: &Limits, check: InputCheck) -> Plan {
     let limits = &Checks { limits, check };
     let mut out = Plan::default();
-    if snap.run.state.is_terminal() {
+    if snap.run.state != RunState::Running {
         return out;
     }
     let spec = &snap.workflow;

@@ -78,6 +78,18 @@ pub struct RunRequest {
     /// Makes starting exactly-once within the workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Beyond a concurrency limit: `refuse` (429, the default) or `queue` (admitted as
+    /// `queued`; it starts when a slot frees, in the order runs were queued).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_limit: Option<OnLimit>,
+}
+
+/// What a submission beyond a concurrency limit gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLimit {
+    Refuse,
+    Queue,
 }
 
 /// A started (or found) run.
@@ -385,6 +397,7 @@ pub async fn start(
         idempotency_key: req.idempotency_key.clone(),
         request_hash,
         admission: st.limits_of(&caller.workspace).await?.runs_for(&caller.user),
+        queue_on_limit: req.on_limit == Some(OnLimit::Queue),
     };
     let (outcome, advanced) = st.store.create_run(run, st.planner.clone()).await?;
     st.stop_attempts(&advanced.stopped);

@@ -203,6 +203,10 @@ pub trait Store: Send + Sync + 'static {
         planner: Planner,
     ) -> Result<(Option<RunState>, Advanced), StoreError>;
 
+    /// Starts runs waiting with `on_limit: "queue"` that fit their limits now, in the
+    /// order they were queued (`defaults`: the limits of a workspace that set none).
+    async fn release_queued_runs(&self, defaults: WorkspaceLimits, planner: Planner) -> Result<Advanced, StoreError>;
+
     /// A run with its nodes and jobs.
     async fn get_run(&self, workspace: &str, id: RunId) -> Result<Option<RunDetail>, StoreError>;
 

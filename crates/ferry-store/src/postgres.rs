@@ -1042,6 +1042,10 @@ impl Store for PgStore {
         self.cancel_run_tx(workspace, id, &planner).await
     }
 
+    async fn release_queued_runs(&self, defaults: WorkspaceLimits, planner: Planner) -> Result<Advanced, StoreError> {
+        self.release_queued_tx(&defaults, &planner).await
+    }
+
     async fn get_run(&self, workspace: &str, id: RunId) -> Result<Option<RunDetail>, StoreError> {
         self.get_run_q(workspace, id).await
     }

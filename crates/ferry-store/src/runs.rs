@@ -56,6 +56,9 @@ pub struct NewRun {
     pub request_hash: Option<String>,
     /// The concurrency limits the run must fit in (checked unless the key matched).
     pub admission: crate::Admission,
+    /// Beyond a limit, store the run `queued` (it starts when a slot frees) instead of
+    /// refusing it.
+    pub queue_on_limit: bool,
 }
 
 /// What starting a run did.

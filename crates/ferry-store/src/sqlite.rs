@@ -118,6 +118,7 @@ enum Cmd {
     CreateRun(Box<NewRun>, Planner, Reply<(CreateRunOutcome, Advanced)>),
     AdvanceRuns(Vec<RunId>, Planner, Reply<Advanced>),
     CancelRun(String, RunId, Planner, Reply<(Option<RunState>, Advanced)>),
+    ReleaseRuns(Box<WorkspaceLimits>, Planner, Reply<Advanced>),
     CreateToken(NewToken, Reply<TokenRecord>),
     RevokeToken(String, uuid::Uuid, Reply<bool>),
     Close(Reply<()>),
@@ -394,6 +395,7 @@ impl Writer {
                 Ok(all)
             }),
             Cmd::CancelRun(ws, id, planner, reply) => self.step(reply, |w| w.cancel_run(&ws, id, &planner)),
+            Cmd::ReleaseRuns(defaults, planner, reply) => self.step(reply, |w| w.release_queued(&defaults, &planner)),
             Cmd::CreateToken(t, reply) => self.step(reply, |w| {
                 w.conn
                     .prepare_cached(
@@ -1056,6 +1058,10 @@ impl Store for SqliteStore {
     ) -> Result<(Option<RunState>, Advanced), StoreError> {
         let ws = workspace.to_string();
         self.write(|r| Cmd::CancelRun(ws, id, planner, r)).await
+    }
+
+    async fn release_queued_runs(&self, defaults: WorkspaceLimits, planner: Planner) -> Result<Advanced, StoreError> {
+        self.write(|r| Cmd::ReleaseRuns(Box::new(defaults), planner, r)).await
     }
 
     async fn get_run(&self, workspace: &str, id: RunId) -> Result<Option<RunDetail>, StoreError> {

@@ -538,6 +538,7 @@ fn new_run(workflow: &str, version: Option<u32>, key: Option<&str>, input: serde
         idempotency_key: key.map(Into::into),
         request_hash: key.map(|_| "h1".into()),
         admission: Default::default(),
+        queue_on_limit: false,
     }
 }
 

@@ -65,6 +65,8 @@ pub struct EngineConfig {
     pub sweep_ms: u64,
     /// A running run not advanced for this long is advanced by the sweep.
     pub sweep_idle_ms: u64,
+    /// Concurrency limits of workspaces that set none, for starting queued runs.
+    pub default_limits: ferry_store::WorkspaceLimits,
 }
 
 impl Default for EngineConfig {
@@ -81,6 +83,7 @@ impl Default for EngineConfig {
             job_limits: ferry_core::Limits::default(),
             sweep_ms: 1_000,
             sweep_idle_ms: 10_000,
+            default_limits: ferry_store::WorkspaceLimits::default(),
         }
     }
 }
@@ -788,17 +791,29 @@ async fn advance_runs(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<RunId>)
                 runs.insert(run);
             }
         }
-        if Instant::now() >= next_sweep {
+        let sweeping = Instant::now() >= next_sweep;
+        if sweeping {
             next_sweep = Instant::now() + sweep;
             match inner.store.runs_to_sweep(inner.cfg.sweep_idle_ms, 100).await {
                 Ok(ids) => runs.extend(ids),
                 Err(e) => tracing::warn!(error = %e, "cannot list runs to sweep"),
             }
         }
-        if runs.is_empty() {
+        if runs.is_empty() && !sweeping {
             continue;
         }
-        match inner.store.advance_runs(runs.into_iter().collect(), inner.planner.clone()).await {
+        let mut result = inner.store.advance_runs(runs.into_iter().collect(), inner.planner.clone()).await;
+        // A run that ended frees a slot: start runs waiting for one (and on every sweep).
+        if sweeping || result.as_ref().is_ok_and(|a| !a.finished.is_empty()) {
+            let released =
+                inner.store.release_queued_runs(inner.cfg.default_limits.clone(), inner.planner.clone()).await;
+            match (&mut result, released) {
+                (Ok(a), Ok(b)) => a.merge(b),
+                (_, Err(e)) => tracing::warn!(error = %e, "cannot start queued runs; the sweep will retry"),
+                _ => {}
+            }
+        }
+        match result {
             Ok(advanced) => {
                 let running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
                 for id in &advanced.stopped {

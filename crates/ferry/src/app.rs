@@ -59,6 +59,7 @@ fn engine_config(cfg: &Config, queues: Vec<QueueConfig>) -> EngineConfig {
         reap_ms: cfg.reap_ms,
         max_output_bytes: cfg.limits.max_output_bytes,
         job_limits: cfg.job_limits(),
+        default_limits: cfg.default_limits.clone(),
         ..EngineConfig::default()
     }
 }

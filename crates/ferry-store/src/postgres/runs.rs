@@ -174,14 +174,32 @@ impl PgStore {
         let Some(def) = definition(&mut tx, &run.workspace, &run.workflow, version).await? else {
             return Ok((CreateRunOutcome::NoVersion { latest }, Advanced::default()));
         };
-        if !run.admission.is_unlimited() {
+        let mut refused = None;
+        if !run.admission.is_unlimited() || run.queue_on_limit {
             let (user_now, workspace_now) = super::in_flight(&mut tx, "runs", &run.workspace, &run.user).await?;
-            run.admission.check("run", user_now, workspace_now, 1)?;
+            if let Err(limit) = run.admission.check("run", user_now, workspace_now, 1) {
+                if !run.queue_on_limit {
+                    return Err(limit.into());
+                }
+                refused = Some(limit);
+            }
         }
+        // A run that may wait never overtakes the workspace's runs already waiting.
+        if refused.is_none() && run.queue_on_limit {
+            let waiting: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE workspace = $1 AND state = 'queued'")
+                    .bind(&run.workspace)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if waiting > 0 {
+                refused = Some(ferry_core::admission::LimitReached { scope: "workspace", what: "run", limit: 0 });
+            }
+        }
+        let state = if refused.is_some() { RunState::Queued } else { RunState::Running };
         sqlx::query(
             "INSERT INTO runs (id, workspace, user_id, workflow, version, state, input, idempotency_key, \
              request_hash, created_at, deadline_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, 'running', $6::jsonb, $7, $8, $9, $10, $9)",
+             VALUES ($1, $2, $3, $4, $5, $11, $6::jsonb, $7, $8, $9, $10, $9)",
         )
         .bind(run.id)
         .bind(&run.workspace)
@@ -193,8 +211,15 @@ impl PgStore {
         .bind(&run.request_hash)
         .bind(now)
         .bind(runs::deadline(&def, now))
+        .bind(state.as_str())
         .execute(&mut *tx)
         .await?;
+        if let Some(why) = refused {
+            let reason = if why.limit == 0 { "runs of the workspace are waiting".to_string() } else { why.to_string() };
+            run_event(&mut tx, now, run.id, "run_queued", None, &json!({"reason": reason})).await?;
+            tx.commit().await?;
+            return Ok((CreateRunOutcome::Created { id: run.id, version, state }, Advanced::default()));
+        }
         run_event(&mut tx, now, run.id, "run_started", None, &json!({"workflow": run.workflow, "version": version}))
             .await?;
         let (advanced, woken) = self.advance_tx(&mut tx, run.id, planner).await?;
@@ -235,12 +260,84 @@ impl PgStore {
         if state.is_terminal() {
             return Ok((Some(state), Advanced::default()));
         }
+        if state == RunState::Queued {
+            // Nothing of it ever started.
+            let now = clock(&mut tx).await?;
+            sqlx::query("UPDATE runs SET state = 'cancelled', finished_at = $2, updated_at = $2 WHERE id = $1")
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            run_event(&mut tx, now, id, "run_finished", None, &json!({"state": "cancelled", "error": null})).await?;
+            tx.commit().await?;
+            return Ok((
+                Some(RunState::Cancelled),
+                Advanced { finished: vec![(id, RunState::Cancelled)], ..Advanced::default() },
+            ));
+        }
         sqlx::query("UPDATE runs SET cancel_requested = true WHERE id = $1").bind(id).execute(&mut *tx).await?;
         let (advanced, woken) = self.advance_tx(&mut tx, id, planner).await?;
         tx.commit().await?;
         self.wake_locally(&woken);
         let state = advanced.finished.iter().find(|f| f.0 == id).map(|f| f.1).unwrap_or(state);
         Ok((Some(state), advanced))
+    }
+
+    /// Starts waiting runs that fit now, oldest first per workspace, one workspace per
+    /// transaction under its admission lock.
+    pub(super) async fn release_queued_tx(
+        &self,
+        defaults: &crate::WorkspaceLimits,
+        planner: &Planner,
+    ) -> Result<Advanced, StoreError> {
+        let mut out = Advanced::default();
+        let workspaces: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT workspace FROM runs WHERE state = 'queued' LIMIT 100")
+                .fetch_all(&self.pool)
+                .await?;
+        for ws in workspaces {
+            let mut tx = self.pool.begin().await?;
+            let stored: Option<String> = sqlx::query_scalar("SELECT limits FROM workspace_limits WHERE workspace = $1")
+                .bind(&ws)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let limits: crate::WorkspaceLimits =
+                stored.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| defaults.clone());
+            let waiting = sqlx::query(
+                "SELECT id, user_id, workflow, version FROM runs WHERE workspace = $1 AND state = 'queued' \
+                 ORDER BY id LIMIT 1000",
+            )
+            .bind(&ws)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut woken = BTreeSet::new();
+            for row in &waiting {
+                let (id, user, workflow): (RunId, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                let version = row.try_get::<i64, _>(3)? as u32;
+                let (user_now, workspace_now) = super::in_flight(&mut tx, "runs", &ws, &user).await?;
+                match limits.runs_for(&user).check("run", user_now, workspace_now, 1) {
+                    Err(l) if l.scope == "workspace" => break,
+                    Err(_) => continue,
+                    Ok(()) => {}
+                }
+                let now = clock(&mut tx).await?;
+                let def = definition(&mut tx, &ws, &workflow, version).await?.unwrap_or(Value::Null);
+                sqlx::query("UPDATE runs SET state = 'running', deadline_at = $2, updated_at = $3 WHERE id = $1")
+                    .bind(id)
+                    .bind(runs::deadline(&def, now))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                run_event(&mut tx, now, id, "run_started", None, &json!({"workflow": workflow, "version": version}))
+                    .await?;
+                let (advanced, w) = self.advance_tx(&mut tx, id, planner).await?;
+                woken.extend(w);
+                out.merge(advanced);
+            }
+            tx.commit().await?;
+            self.wake_locally(&woken);
+        }
+        Ok(out)
     }
 
     /// Locks the run, asks the planner, applies the plan (see [`crate::runs`]). Returns

@@ -6,7 +6,7 @@ use crate::runs::{
     self, Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunNodeRow, RunPage, RunRow,
     WorkflowSummary, WorkflowVersion,
 };
-use crate::{StoreError, transition};
+use crate::{StoreError, WorkspaceLimits, transition};
 use ferry_core::run::{RunId, RunState};
 use ferry_core::{JobId, JobState};
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
@@ -93,16 +93,33 @@ impl Writer {
         let Some(definition) = self.definition(&run.workspace, &run.workflow, version)? else {
             return Ok((CreateRunOutcome::NoVersion { latest }, Advanced::default()));
         };
+        let mut refused = None;
         if !run.admission.is_unlimited() {
             let (user_now, workspace_now) = self.in_flight("runs", &run.workspace, &run.user)?;
-            run.admission.check("run", user_now, workspace_now, 1)?;
+            if let Err(limit) = run.admission.check("run", user_now, workspace_now, 1) {
+                if !run.queue_on_limit {
+                    return Err(limit.into());
+                }
+                refused = Some(limit);
+            }
         }
+        // A run that may wait never overtakes the workspace's runs already waiting.
+        if refused.is_none() && run.queue_on_limit {
+            let waiting: i64 = self
+                .conn
+                .prepare_cached("SELECT COUNT(*) FROM runs WHERE workspace = ?1 AND state = 'queued'")?
+                .query_row(params![run.workspace], |r| r.get(0))?;
+            if waiting > 0 {
+                refused = Some(ferry_core::admission::LimitReached { scope: "workspace", what: "run", limit: 0 });
+            }
+        }
+        let state = if refused.is_some() { RunState::Queued } else { RunState::Running };
         let deadline = runs::deadline(&definition, self.now);
         self.conn
             .prepare_cached(
                 "INSERT INTO runs (id, workspace, user_id, workflow, version, state, input, idempotency_key, \
                  request_hash, created_at, deadline_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9, ?10, ?9)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?11, ?6, ?7, ?8, ?9, ?10, ?9)",
             )?
             .execute(params![
                 run.id,
@@ -115,7 +132,13 @@ impl Writer {
                 run.request_hash,
                 self.now,
                 deadline,
+                state.as_str(),
             ])?;
+        if let Some(why) = refused {
+            let reason = if why.limit == 0 { "runs of the workspace are waiting".to_string() } else { why.to_string() };
+            self.run_event(run.id, "run_queued", None, json!({"reason": reason}))?;
+            return Ok((CreateRunOutcome::Created { id: run.id, version, state }, Advanced::default()));
+        }
         self.run_event(run.id, "run_started", None, json!({"workflow": run.workflow, "version": version}))?;
         let advanced = self.advance(run.id, planner)?;
         let state = advanced.finished.iter().find(|f| f.0 == run.id).map(|f| f.1).unwrap_or(RunState::Running);
@@ -138,12 +161,69 @@ impl Writer {
         if state.is_terminal() {
             return Ok((Some(state), Advanced::default()));
         }
+        if state == RunState::Queued {
+            // Nothing of it ever started.
+            self.conn
+                .prepare_cached("UPDATE runs SET state = 'cancelled', finished_at = ?2, updated_at = ?2 WHERE id = ?1")?
+                .execute(params![id, self.now])?;
+            self.run_event(id, "run_finished", None, json!({"state": "cancelled", "error": null}))?;
+            let advanced = Advanced { finished: vec![(id, RunState::Cancelled)], ..Advanced::default() };
+            return Ok((Some(RunState::Cancelled), advanced));
+        }
         self.conn
             .prepare_cached("UPDATE runs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1")?
             .execute(params![id, self.now])?;
         let advanced = self.advance(id, planner)?;
         let state = advanced.finished.iter().find(|f| f.0 == id).map(|f| f.1).unwrap_or(state);
         Ok((Some(state), advanced))
+    }
+
+    /// Starts waiting runs that fit now, oldest first per workspace, each under its
+    /// workspace's limits (`defaults` where it set none).
+    pub(super) fn release_queued(
+        &mut self,
+        defaults: &WorkspaceLimits,
+        planner: &Planner,
+    ) -> Result<Advanced, StoreError> {
+        let mut out = Advanced::default();
+        let workspaces: Vec<String> = self
+            .conn
+            .prepare_cached("SELECT DISTINCT workspace FROM runs WHERE state = 'queued' LIMIT 100")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for ws in workspaces {
+            let stored: Option<String> = self
+                .conn
+                .prepare_cached("SELECT limits FROM workspace_limits WHERE workspace = ?1")?
+                .query_row(params![ws], |r| r.get(0))
+                .optional()?;
+            let limits = stored.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| defaults.clone());
+            let waiting: Vec<(RunId, String, String, u32)> = self
+                .conn
+                .prepare_cached(
+                    "SELECT id, user_id, workflow, version FROM runs WHERE workspace = ?1 AND state = 'queued' \
+                     ORDER BY id LIMIT 1000",
+                )?
+                .query_map(params![ws], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (id, user, workflow, version) in waiting {
+                let (user_now, workspace_now) = self.in_flight("runs", &ws, &user)?;
+                match limits.runs_for(&user).check("run", user_now, workspace_now, 1) {
+                    Err(l) if l.scope == "workspace" => break,
+                    Err(_) => continue,
+                    Ok(()) => {}
+                }
+                let definition = self.definition(&ws, &workflow, version)?.unwrap_or(Value::Null);
+                self.conn
+                    .prepare_cached(
+                        "UPDATE runs SET state = 'running', deadline_at = ?2, updated_at = ?3 WHERE id = ?1",
+                    )?
+                    .execute(params![id, runs::deadline(&definition, self.now), self.now])?;
+                self.run_event(id, "run_started", None, json!({"workflow": workflow, "version": version}))?;
+                out.merge(self.advance(id, planner)?);
+            }
+        }
+        Ok(out)
     }
 
     fn run_event(&self, run: RunId, kind: &str, node: Option<&str>, data: Value) -> rusqlite::Result<()> {

@@ -14,6 +14,7 @@ both!(
     limits_are_read_and_set_by_admins,
     slots_come_back_whichever_way_jobs_end,
     a_full_queue_refuses_with_503_and_a_batch_whole,
+    runs_that_may_wait_all_start_in_order_and_never_exceed_the_limit,
 );
 
 /// Sends `n` concurrent POSTs of `body` to `path`, spread over `servers`; returns the
@@ -302,5 +303,68 @@ async fn a_full_queue_refuses_with_503_and_a_batch_whole(backend: Backend) {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (_, metrics) = srv.get_text("/metrics").await;
     assert!(metrics.contains("ferry_admission_refused_total{reason=\"queue_full\"}"), "refusals are counted by reason");
+    srv.stop().await;
+}
+
+async fn runs_that_may_wait_all_start_in_order_and_never_exceed_the_limit(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let (status, _) = srv
+        .client()
+        .put(format!("{}/v1/limits", srv.url()))
+        .json(&json!({"per_user": {"runs": 2, "jobs": null}}))
+        .send()
+        .await
+        .map(|r| (r.status(), ()))
+        .expect("answer");
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = srv
+        .post("/v1/workflows", json!({"name": "short", "nodes": [{"id": "z", "kind": "sleep", "input": {"ms": 300}}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let (status, body) = srv.post("/v1/runs", json!({"workflow": "short", "on_limit": "queue"})).await;
+        assert_eq!(status, StatusCode::CREATED, "every run is admitted: {body}");
+        assert_eq!(body["state"], if i < 2 { "running" } else { "queued" }, "run {i}: {body}");
+        ids.push(body["id"].as_str().expect("id").to_string());
+    }
+    // One more, then cancelled while it waits: it never starts.
+    let (_, extra) = srv.post("/v1/runs", json!({"workflow": "short", "on_limit": "queue"})).await;
+    let extra = extra["id"].as_str().expect("id").to_string();
+    let (status, body) = srv.post(&format!("/v1/runs/{extra}/cancel"), json!({})).await;
+    assert_eq!((status, &body["state"]), (StatusCode::OK, &json!("cancelled")), "{body}");
+    // Without on_limit the limit still refuses.
+    let (status, _) = srv.post("/v1/runs", json!({"workflow": "short"})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let started = std::time::Instant::now();
+    loop {
+        let (_, running) = srv.get("/v1/runs?state=running").await;
+        let n = running["items"].as_array().map(Vec::len).unwrap_or(0);
+        assert!(n <= 2, "never more than the limit running: {n}");
+        let (_, done) = srv.get("/v1/runs?state=succeeded").await;
+        if done["items"].as_array().map(Vec::len) == Some(6) {
+            break;
+        }
+        assert!(started.elapsed() < crate::harness::DEADLINE, "the queued runs did not all run");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // They started in the order they were queued.
+    let mut starts = Vec::new();
+    for id in &ids {
+        let (_, events) = srv.get(&format!("/v1/runs/{id}/events")).await;
+        let ev = events["events"].as_array().expect("events");
+        let start = ev.iter().find(|e| e["type"] == "run_started").expect("run_started")["at"]
+            .as_str()
+            .expect("at")
+            .to_string();
+        starts.push(start);
+    }
+    let mut sorted = starts.clone();
+    sorted.sort();
+    assert_eq!(starts, sorted, "queued runs start in order");
+    let (_, extra_events) = srv.get(&format!("/v1/runs/{extra}/events")).await;
+    let types: Vec<&str> =
+        extra_events["events"].as_array().expect("events").iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, vec!["run_queued", "run_finished"], "the cancelled waiting run never started");
     srv.stop().await;
 }

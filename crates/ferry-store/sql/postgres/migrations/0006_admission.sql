@@ -2,6 +2,8 @@
 -- admission through these partial indexes (runs until they end; standalone jobs until a
 -- final state), and each workspace's own limits, when it set any.
 CREATE INDEX runs_inflight ON runs (workspace, user_id) WHERE state = 'running';
+-- Runs admitted with on_limit "queue", waiting for a slot in the order they came.
+CREATE INDEX runs_queued ON runs (workspace, id) WHERE state = 'queued';
 CREATE INDEX jobs_inflight ON jobs (workspace, user_id)
     WHERE run_id IS NULL AND state IN ('queued', 'scheduled', 'running', 'retrying');
 CREATE TABLE workspace_limits (
