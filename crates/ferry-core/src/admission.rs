@@ -60,6 +60,8 @@ pub struct Admission {
     /// The most jobs each named queue may hold waiting (queued, scheduled or retrying);
     /// a queue not named has no cap.
     pub queue_caps: Vec<(String, u64)>,
+    /// Beyond a limit, hold the jobs (or queue the run) instead of refusing.
+    pub queue_on_limit: bool,
 }
 
 impl Admission {

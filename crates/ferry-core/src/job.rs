@@ -37,6 +37,9 @@ pub type JobId = Uuid;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
+    /// Admitted with `on_limit: "queue"` beyond a concurrency limit: waits for a slot,
+    /// in the order jobs were held.
+    Held,
     /// Waits for its `run_at`.
     Scheduled,
     /// Ready; waits for a worker.
@@ -55,7 +58,8 @@ pub enum JobState {
 
 impl JobState {
     /// Every state.
-    pub const ALL: [JobState; 7] = [
+    pub const ALL: [JobState; 8] = [
+        JobState::Held,
         JobState::Scheduled,
         JobState::Queued,
         JobState::Running,
@@ -68,6 +72,7 @@ impl JobState {
     /// The stable snake_case name, as stored and served.
     pub fn as_str(self) -> &'static str {
         match self {
+            JobState::Held => "held",
             JobState::Scheduled => "scheduled",
             JobState::Queued => "queued",
             JobState::Running => "running",
@@ -88,7 +93,8 @@ impl JobState {
         use JobState::*;
         matches!(
             (self, next),
-            (Scheduled, Queued | Cancelled)
+            (Held, Scheduled | Queued | Cancelled)
+                | (Scheduled, Queued | Cancelled)
                 | (Queued, Running | Cancelled)
                 | (Running, Succeeded | Retrying | Dead | Cancelled | Queued)
                 | (Retrying, Queued | Cancelled)
@@ -191,6 +197,20 @@ pub struct JobSpec {
     /// Makes submission exactly-once within a workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Beyond a concurrency limit: `refuse` (429, the default) or `queue` (admitted as
+    /// `held`; it is queued when a slot frees, in order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_limit: Option<OnLimit>,
+}
+
+/// What a submission beyond a concurrency limit gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLimit {
+    /// 429 (the default).
+    Refuse,
+    /// Admitted, and held until a slot frees, in order.
+    Queue,
 }
 
 /// Limits applied when a spec is validated. Each is stated in the README.
@@ -534,7 +554,8 @@ mod tests {
     fn transitions_are_closed() {
         for s in JobState::ALL {
             assert!(!JobState::Succeeded.can_become(s), "succeeded is final");
-            assert!(!s.can_become(JobState::Scheduled), "nothing returns to scheduled");
+            assert!(s == JobState::Held || !s.can_become(JobState::Scheduled), "nothing returns to scheduled");
+            assert!(!s.can_become(JobState::Held), "a job is held only at submission");
             assert_eq!(s.as_str().parse::<JobState>().unwrap(), s);
         }
         assert!(JobState::Running.can_become(JobState::Retrying));

@@ -20,5 +20,6 @@ pub mod workflow;
 pub use backoff::{Backoff, Jitter};
 pub use error::{ErrorType, ExecError, JobError};
 pub use job::{
-    AttemptOutcome, Decision, JobId, JobSpec, JobState, Limits, NewJob, RetryState, SpecError, decide_after_failure,
+    AttemptOutcome, Decision, JobId, JobSpec, JobState, Limits, NewJob, OnLimit, RetryState, SpecError,
+    decide_after_failure,
 };

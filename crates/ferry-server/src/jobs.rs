@@ -43,10 +43,12 @@ pub async fn submit(
     JsonBody(mut spec): JsonBody<JobSpec>,
 ) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
     crate::extract::idempotency_key(&headers, &mut spec.idempotency_key)?;
+    let may_wait = spec.on_limit == Some(ferry_core::OnLimit::Queue);
     let job = st.validate(spec, &caller, now_micros())?;
     let queue = job.queue.clone();
     let jobs = vec![job];
-    let admission = st.job_admission(&caller, &jobs).await?;
+    let mut admission = st.job_admission(&caller, &jobs).await?;
+    admission.queue_on_limit = may_wait;
     let submitted = st.store.submit_admitted(jobs, admission).await?;
     let accepted = JobAccepted::from(submitted.into_iter().next().ok_or_else(|| {
         ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "internal", &"the store returned no job")
@@ -91,6 +93,8 @@ pub async fn submit_batch(
     }
     let now = now_micros();
     let mut jobs = Vec::with_capacity(batch.jobs.len());
+    // A batch waits for a slot only if every job in it may.
+    let may_wait = batch.jobs.iter().all(|s| s.on_limit == Some(ferry_core::OnLimit::Queue));
     for (i, spec) in batch.jobs.into_iter().enumerate() {
         jobs.push(st.validate(spec, &caller, now).map_err(|mut e| {
             e.field = Some(format!("jobs[{i}].{}", e.field.as_deref().unwrap_or("")).trim_end_matches('.').to_string());
@@ -101,7 +105,8 @@ pub async fn submit_batch(
     for j in &jobs {
         *per_queue.entry(j.queue.clone()).or_default() += 1;
     }
-    let admission = st.job_admission(&caller, &jobs).await?;
+    let mut admission = st.job_admission(&caller, &jobs).await?;
+    admission.queue_on_limit = may_wait;
     let submitted = st.store.submit_admitted(jobs, admission).await.map_err(|e| match e {
         StoreError::IdempotencyConflict { index, .. } => {
             let mut err = ApiError::from(e);

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use ferry_core::run::{NodeState, RunId, RunState};
 use ferry_core::time::to_datetime;
 use ferry_core::workflow::WorkflowSpec;
-use ferry_core::{JobError, JobState};
+use ferry_core::{JobError, JobState, OnLimit};
 use ferry_store::{CreateRunOutcome, NewRun, RunDetail, RunEvent, RunFilter, RunRow};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -82,14 +82,6 @@ pub struct RunRequest {
     /// `queued`; it starts when a slot frees, in the order runs were queued).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_limit: Option<OnLimit>,
-}
-
-/// What a submission beyond a concurrency limit gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OnLimit {
-    Refuse,
-    Queue,
 }
 
 /// A started (or found) run.

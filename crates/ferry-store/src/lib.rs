@@ -207,6 +207,10 @@ pub trait Store: Send + Sync + 'static {
     /// order they were queued (`defaults`: the limits of a workspace that set none).
     async fn release_queued_runs(&self, defaults: WorkspaceLimits, planner: Planner) -> Result<Advanced, StoreError>;
 
+    /// Queues (or schedules) standalone jobs held by `on_limit: "queue"` that fit their
+    /// limits now, in the order they were held. Returns how many were released.
+    async fn release_held_jobs(&self, defaults: WorkspaceLimits) -> Result<usize, StoreError>;
+
     /// A run with its nodes and jobs.
     async fn get_run(&self, workspace: &str, id: RunId) -> Result<Option<RunDetail>, StoreError>;
 

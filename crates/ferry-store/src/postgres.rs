@@ -549,7 +549,8 @@ impl Store for PgStore {
 
     async fn submit_admitted(&self, jobs: Vec<NewJob>, admission: Admission) -> Result<Vec<Submitted>, StoreError> {
         let (mut tx, now) = self.begin().await?;
-        if !admission.is_unlimited()
+        let mut hold: Option<String> = None;
+        if (!admission.is_unlimited() || admission.queue_on_limit)
             && let Some(first) = jobs.first()
         {
             // Admissions of one workspace take turns, so counts and inserts never race.
@@ -565,7 +566,22 @@ impl Store for PgStore {
                     .await?
             };
             let adding = (jobs.len() as u64).saturating_sub(known.max(0) as u64);
-            admission.check("job", user_now, workspace_now, adding)?;
+            if let Err(limit) = admission.check("job", user_now, workspace_now, adding) {
+                if !admission.queue_on_limit {
+                    return Err(limit.into());
+                }
+                hold = Some(limit.to_string());
+            }
+            // Jobs that may wait never overtake the workspace's jobs already held.
+            if hold.is_none() && admission.queue_on_limit {
+                let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE workspace = $1 AND state = 'held'")
+                    .bind(&first.workspace)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if held > 0 {
+                    hold = Some("jobs of the workspace are held".into());
+                }
+            }
         }
         for (queue, cap) in &admission.queue_caps {
             let adding = jobs.iter().filter(|j| j.queue == *queue).count() as u64;
@@ -594,14 +610,27 @@ impl Store for PgStore {
             let state: String = r.try_get(1)?;
             created.insert(r.try_get(0)?, (parse_enum(&state)?, r.try_get(2)?, r.try_get(3)?));
         }
+        if let Some(reason) = &hold {
+            // Held until a slot frees: no worker may see them before.
+            let ids: Vec<JobId> = created.keys().copied().collect();
+            sqlx::query("UPDATE jobs SET state = 'held' WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
+            let mut events = Vec::with_capacity(ids.len());
+            for (id, (state, queue, _)) in created.iter_mut() {
+                *state = JobState::Held;
+                events.push((*id, "held", serde_json::json!({"queue": queue, "reason": reason})));
+            }
+            insert_events(&mut tx, now, events).await?;
+        }
         let mut out = Vec::with_capacity(n);
         let mut events = Vec::with_capacity(created.len());
         let mut touched = BTreeSet::new();
         for (index, j) in jobs.iter().enumerate() {
             if let Some((state, queue, at)) = created.get(&j.id) {
-                let (kind, data) = transition::submit_event(*state, queue, *at);
-                events.push((j.id, kind, data));
-                touched.insert(queue.clone());
+                if hold.is_none() {
+                    let (kind, data) = transition::submit_event(*state, queue, *at);
+                    events.push((j.id, kind, data));
+                    touched.insert(queue.clone());
+                }
                 out.push(Submitted { id: j.id, state: *state, created: true });
                 continue;
             }
@@ -1044,6 +1073,59 @@ impl Store for PgStore {
 
     async fn release_queued_runs(&self, defaults: WorkspaceLimits, planner: Planner) -> Result<Advanced, StoreError> {
         self.release_queued_tx(&defaults, &planner).await
+    }
+
+    async fn release_held_jobs(&self, defaults: WorkspaceLimits) -> Result<usize, StoreError> {
+        let workspaces: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT workspace FROM jobs WHERE state = 'held' LIMIT 100")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut released = 0;
+        for ws in workspaces {
+            let (mut tx, now) = self.begin().await?;
+            let stored: Option<String> = sqlx::query_scalar("SELECT limits FROM workspace_limits WHERE workspace = $1")
+                .bind(&ws)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let limits: WorkspaceLimits =
+                stored.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| defaults.clone());
+            let held = sqlx::query(
+                "SELECT id, user_id, queue, run_at FROM jobs WHERE workspace = $1 AND state = 'held' ORDER BY id LIMIT 1000",
+            )
+            .bind(&ws)
+            .fetch_all(&mut *tx)
+            .await?;
+            let (mut events, mut woken) = (Vec::new(), BTreeSet::new());
+            for row in &held {
+                let (id, user, queue, run_at): (JobId, String, String, Micros) =
+                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+                let (user_now, workspace_now) = in_flight(&mut tx, "jobs", &ws, &user).await?;
+                match limits.jobs_for(&user).check("job", user_now, workspace_now, 1) {
+                    Err(l) if l.scope == "workspace" => break,
+                    Err(_) => continue,
+                    Ok(()) => {}
+                }
+                let (state, at) = if run_at > now { (JobState::Scheduled, run_at) } else { (JobState::Queued, now) };
+                sqlx::query(
+                    "UPDATE jobs SET state = $2, run_at = $3, updated_at = $4 WHERE id = $1 AND state = 'held'",
+                )
+                .bind(id)
+                .bind(state.as_str())
+                .bind(at)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let (kind, data) = transition::submit_event(state, &queue, at);
+                events.push((id, kind, data));
+                woken.insert(queue);
+                released += 1;
+            }
+            insert_events(&mut tx, now, events).await?;
+            self.notify(&mut tx, &woken).await?;
+            tx.commit().await?;
+            self.wake_locally(&woken);
+        }
+        Ok(released)
     }
 
     async fn get_run(&self, workspace: &str, id: RunId) -> Result<Option<RunDetail>, StoreError> {

@@ -119,6 +119,7 @@ enum Cmd {
     AdvanceRuns(Vec<RunId>, Planner, Reply<Advanced>),
     CancelRun(String, RunId, Planner, Reply<(Option<RunState>, Advanced)>),
     ReleaseRuns(Box<WorkspaceLimits>, Planner, Reply<Advanced>),
+    ReleaseJobs(Box<WorkspaceLimits>, Reply<usize>),
     CreateToken(NewToken, Reply<TokenRecord>),
     RevokeToken(String, uuid::Uuid, Reply<bool>),
     Close(Reply<()>),
@@ -396,6 +397,7 @@ impl Writer {
             }),
             Cmd::CancelRun(ws, id, planner, reply) => self.step(reply, |w| w.cancel_run(&ws, id, &planner)),
             Cmd::ReleaseRuns(defaults, planner, reply) => self.step(reply, |w| w.release_queued(&defaults, &planner)),
+            Cmd::ReleaseJobs(defaults, reply) => self.step(reply, |w| w.release_held(&defaults)),
             Cmd::CreateToken(t, reply) => self.step(reply, |w| {
                 w.conn
                     .prepare_cached(
@@ -497,12 +499,31 @@ impl Writer {
             }
         }
         // Still before any write: the jobs this batch would add must fit the limits.
+        let mut hold = None;
         if !admission.is_unlimited()
             && let Some(first) = jobs.first()
         {
             let adding = existing.iter().filter(|e| e.is_none()).count() as u64;
             let (user_now, workspace_now) = self.in_flight("jobs", &first.workspace, &first.user)?;
-            admission.check("job", user_now, workspace_now, adding)?;
+            if let Err(limit) = admission.check("job", user_now, workspace_now, adding) {
+                if !admission.queue_on_limit {
+                    return Err(limit.into());
+                }
+                hold = Some(limit.to_string());
+            }
+        }
+        // Jobs that may wait never overtake the workspace's jobs already held.
+        if hold.is_none()
+            && admission.queue_on_limit
+            && let Some(first) = jobs.first()
+        {
+            let held: i64 = self
+                .conn
+                .prepare_cached("SELECT COUNT(*) FROM jobs WHERE workspace = ?1 AND state = 'held'")?
+                .query_row(params![first.workspace], |r| r.get(0))?;
+            if held > 0 {
+                hold = Some("jobs of the workspace are held".into());
+            }
         }
         for (queue, cap) in &admission.queue_caps {
             let adding = jobs.iter().zip(&existing).filter(|(j, e)| e.is_none() && j.queue == *queue).count() as u64;
@@ -520,11 +541,58 @@ impl Writer {
                 out.push(s);
                 continue;
             }
-            let state = self.insert_job(job, None)?;
+            let state = self.insert_job(job, None, hold.as_deref())?;
             first_state.insert(job.id, state);
             out.push(Submitted { id: job.id, state, created: true });
         }
         Ok(out)
+    }
+
+    /// Queues held jobs that fit their limits now, oldest first per workspace (`defaults`:
+    /// the limits of a workspace that set none). Returns how many were released.
+    fn release_held(&mut self, defaults: &WorkspaceLimits) -> Result<usize, StoreError> {
+        let workspaces: Vec<String> = self
+            .conn
+            .prepare_cached("SELECT DISTINCT workspace FROM jobs WHERE state = 'held' LIMIT 100")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut released = 0;
+        for ws in workspaces {
+            let stored: Option<String> = self
+                .conn
+                .prepare_cached("SELECT limits FROM workspace_limits WHERE workspace = ?1")?
+                .query_row(params![ws], |r| r.get(0))
+                .optional()?;
+            let limits: WorkspaceLimits =
+                stored.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| defaults.clone());
+            let held: Vec<(JobId, String, String, Micros)> = self
+                .conn
+                .prepare_cached(
+                    "SELECT id, user_id, queue, run_at FROM jobs WHERE workspace = ?1 AND state = 'held' ORDER BY id LIMIT 1000",
+                )?
+                .query_map(params![ws], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (id, user, queue, run_at) in held {
+                let (user_now, workspace_now) = self.in_flight("jobs", &ws, &user)?;
+                match limits.jobs_for(&user).check("job", user_now, workspace_now, 1) {
+                    Err(l) if l.scope == "workspace" => break,
+                    Err(_) => continue,
+                    Ok(()) => {}
+                }
+                let (state, at) =
+                    if run_at > self.now { (JobState::Scheduled, run_at) } else { (JobState::Queued, self.now) };
+                self.conn
+                    .prepare_cached(
+                        "UPDATE jobs SET state = ?2, run_at = ?3, updated_at = ?4 WHERE id = ?1 AND state = 'held'",
+                    )?
+                    .execute(params![id, state.as_str(), at, self.now])?;
+                let (kind, data) = transition::submit_event(state, &queue, at);
+                self.event(id, kind, data)?;
+                self.woken.insert(queue);
+                released += 1;
+            }
+        }
+        Ok(released)
     }
 
     /// The queue's waiting jobs (queued, scheduled, retrying), counted up to `cap + 1` at
@@ -560,8 +628,14 @@ impl Writer {
     }
 
     /// Inserts one new job (a node instance when `run` is given) with its first event.
-    fn insert_job(&mut self, job: &NewJob, run: Option<(RunId, &str, Option<u32>)>) -> Result<JobState, StoreError> {
+    fn insert_job(
+        &mut self,
+        job: &NewJob,
+        run: Option<(RunId, &str, Option<u32>)>,
+        held: Option<&str>,
+    ) -> Result<JobState, StoreError> {
         let (state, run_at) = match job.run_at {
+            _ if held.is_some() => (JobState::Held, job.run_at.unwrap_or(self.now).max(self.now)),
             Some(at) if at > self.now => (JobState::Scheduled, at),
             _ => (JobState::Queued, self.now),
         };
@@ -593,6 +667,10 @@ impl Writer {
             run.map(|r| r.1),
             run.and_then(|r| r.2),
         ])?;
+        if let Some(reason) = held {
+            self.event(job.id, "held", json!({"queue": job.queue, "reason": reason}))?;
+            return Ok(state);
+        }
         let (kind, data) = transition::submit_event(state, &job.queue, run_at);
         self.event(job.id, kind, data)?;
         self.woken.insert(job.queue.clone());
@@ -1062,6 +1140,10 @@ impl Store for SqliteStore {
 
     async fn release_queued_runs(&self, defaults: WorkspaceLimits, planner: Planner) -> Result<Advanced, StoreError> {
         self.write(|r| Cmd::ReleaseRuns(Box::new(defaults), planner, r)).await
+    }
+
+    async fn release_held_jobs(&self, defaults: WorkspaceLimits) -> Result<usize, StoreError> {
+        self.write(|r| Cmd::ReleaseJobs(Box::new(defaults), r)).await
     }
 
     async fn get_run(&self, workspace: &str, id: RunId) -> Result<Option<RunDetail>, StoreError> {

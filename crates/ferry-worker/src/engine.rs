@@ -110,6 +110,8 @@ struct Inner {
     planner: Planner,
     /// Each served queue's run-time controls (pause, rate, concurrency).
     controls: HashMap<String, Arc<QueueControl>>,
+    /// Notified when a standalone job ended: jobs held for a slot may go now.
+    freed: tokio::sync::Notify,
 }
 
 /// A queue's run-time settings as this process applies them; refreshed from the store
@@ -261,6 +263,7 @@ impl Engine {
             advancer,
             planner,
             controls: cfg_controls,
+            freed: tokio::sync::Notify::new(),
         });
         inner.background.spawn(finish_batches(inner.clone(), finishes));
         inner.background.spawn(advance_runs(inner.clone(), advances));
@@ -549,8 +552,11 @@ async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphoreP
         };
         let fin = Finish { id: job.id, attempt: job.attempt, queue: job.queue.clone(), result };
         if finish(&inner, fin).await {
-            if let Some(run) = job.run_id {
-                let _ = inner.advancer.send(run);
+            match job.run_id {
+                Some(run) => {
+                    let _ = inner.advancer.send(run);
+                }
+                None => inner.freed.notify_one(),
             }
             if let Some(state) = final_state {
                 metrics::counter!("ferry_jobs_finished_total", "queue" => job.queue.clone(), "kind" => job.kind.clone(), "state" => state)
@@ -779,9 +785,14 @@ async fn advance_runs(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<RunId>)
     let sweep = Duration::from_millis(inner.cfg.sweep_ms);
     let mut next_sweep = Instant::now() + sweep;
     loop {
+        let mut freed = false;
         let first = tokio::select! {
             got = rx.recv() => got,
             _ = tokio::time::sleep_until(next_sweep.into()) => None,
+            _ = inner.freed.notified() => {
+                freed = true;
+                None
+            }
             _ = inner.stop_background.cancelled() => return,
         };
         let mut runs: HashSet<RunId> = HashSet::new();
@@ -797,6 +808,12 @@ async fn advance_runs(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<RunId>)
             match inner.store.runs_to_sweep(inner.cfg.sweep_idle_ms, 100).await {
                 Ok(ids) => runs.extend(ids),
                 Err(e) => tracing::warn!(error = %e, "cannot list runs to sweep"),
+            }
+        }
+        if freed || sweeping {
+            // Held jobs whose slot is free now go to their queues.
+            if let Err(e) = inner.store.release_held_jobs(inner.cfg.default_limits.clone()).await {
+                tracing::warn!(error = %e, "cannot release held jobs; the sweep will retry");
             }
         }
         if runs.is_empty() && !sweeping {

@@ -258,7 +258,7 @@ impl Writer {
         let snap = runs::snapshot(&run, &definition, nodes, jobs, self.now).map_err(StoreError::Database)?;
         let plan = planner(&snap);
         for new in &plan.create {
-            self.insert_job(&new.job, Some((id, &new.node, new.item)))?;
+            self.insert_job(&new.job, Some((id, &new.node, new.item)), None)?;
         }
         for job in &plan.cancel {
             if self.cancel_run_job(*job)? {

@@ -15,6 +15,7 @@ both!(
     slots_come_back_whichever_way_jobs_end,
     a_full_queue_refuses_with_503_and_a_batch_whole,
     runs_that_may_wait_all_start_in_order_and_never_exceed_the_limit,
+    jobs_that_may_wait_are_held_then_run_in_order,
 );
 
 /// Sends `n` concurrent POSTs of `body` to `path`, spread over `servers`; returns the
@@ -366,5 +367,62 @@ async fn runs_that_may_wait_all_start_in_order_and_never_exceed_the_limit(backen
     let types: Vec<&str> =
         extra_events["events"].as_array().expect("events").iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(types, vec!["run_queued", "run_finished"], "the cancelled waiting run never started");
+    srv.stop().await;
+}
+
+async fn jobs_that_may_wait_are_held_then_run_in_order(backend: Backend) {
+    let srv = TestServer::start_with(backend, |cfg| cfg.workers = 20).await;
+    let (status, _) = srv
+        .client()
+        .put(format!("{}/v1/limits", srv.url()))
+        .json(&json!({"per_user": {"runs": 5, "jobs": 2}}))
+        .send()
+        .await
+        .map(|r| (r.status(), ()))
+        .expect("answer");
+    assert_eq!(status, StatusCode::OK);
+    let spec = json!({"kind": "sleep", "input": {"ms": 200}, "on_limit": "queue"});
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let (status, body) = srv.post("/v1/jobs", spec.clone()).await;
+        assert_eq!(status, StatusCode::CREATED, "every job is admitted: {body}");
+        if i >= 2 {
+            assert_eq!(body["state"], "held", "job {i}: {body}");
+        }
+        ids.push(body["id"].as_str().expect("id").to_string());
+    }
+    let (_, extra) = srv.post("/v1/jobs", spec.clone()).await;
+    let extra = extra["id"].as_str().expect("id").to_string();
+    let (status, _) = srv.post(&format!("/v1/jobs/{extra}/cancel"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "a held job can be cancelled");
+    let (status, _) = srv.post("/v1/jobs", json!({"kind": "noop"})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "without on_limit the limit still refuses");
+    let started = std::time::Instant::now();
+    loop {
+        let mut in_flight = 0;
+        let mut done = 0;
+        for id in &ids {
+            match srv.job(id).await["state"].as_str() {
+                Some("succeeded") => done += 1,
+                Some("held") => {}
+                _ => in_flight += 1,
+            }
+        }
+        assert!(in_flight <= 2, "never more than the limit in flight: {in_flight}");
+        if done == ids.len() {
+            break;
+        }
+        assert!(started.elapsed() < crate::harness::DEADLINE, "the held jobs did not all run");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut starts = Vec::new();
+    for id in &ids {
+        starts.push(srv.job(id).await["attempts"][0]["started_at"].as_str().expect("started").to_string());
+    }
+    let mut sorted = starts.clone();
+    sorted.sort();
+    assert_eq!(starts, sorted, "held jobs run in the order they were held");
+    let types = srv.event_types(&extra).await;
+    assert_eq!(types, vec!["held", "cancelled"], "the cancelled held job never ran");
     srv.stop().await;
 }

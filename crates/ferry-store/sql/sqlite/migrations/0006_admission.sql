@@ -4,6 +4,8 @@
 CREATE INDEX runs_inflight ON runs (workspace, user_id) WHERE state = 'running';
 -- Runs admitted with on_limit "queue", waiting for a slot in the order they came.
 CREATE INDEX runs_queued ON runs (workspace, id) WHERE state = 'queued';
+-- Standalone jobs held by on_limit "queue", likewise.
+CREATE INDEX jobs_held ON jobs (workspace, id) WHERE state = 'held';
 CREATE INDEX jobs_inflight ON jobs (workspace, user_id)
     WHERE run_id IS NULL AND state IN ('queued', 'scheduled', 'running', 'retrying');
 CREATE TABLE workspace_limits (
