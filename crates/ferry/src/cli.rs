@@ -259,6 +259,18 @@ pub struct ServerArgs {
     /// exists (anyone who reaches it is admin of workspace `default`) [env: FERRY_INSECURE]
     #[arg(long)]
     pub insecure: bool,
+    /// Default limit on each user's running workflow runs, for workspaces that set none [default: 5]
+    #[arg(long)]
+    pub user_runs: Option<u64>,
+    /// Default limit on each workspace's running workflow runs [default: 10]
+    #[arg(long)]
+    pub workspace_runs: Option<u64>,
+    /// Default limit on each user's unfinished standalone jobs [default: none]
+    #[arg(long)]
+    pub user_jobs: Option<u64>,
+    /// Default limit on each workspace's unfinished standalone jobs [default: none]
+    #[arg(long)]
+    pub workspace_jobs: Option<u64>,
 }
 
 /// Flags of `ferry worker`.
@@ -309,7 +321,25 @@ impl ServerArgs {
             durability: self.durability,
             database_url: None,
             insecure: self.insecure.then_some(true),
+            default_limits: self.default_limits(),
         })
+    }
+
+    /// The default-limit flags that were given, shaped like `default_limits`.
+    fn default_limits(&self) -> Option<Value> {
+        let mut limits = serde_json::Map::new();
+        for (scope, key, value) in [
+            ("per_user", "runs", self.user_runs),
+            ("per_workspace", "runs", self.workspace_runs),
+            ("per_user", "jobs", self.user_jobs),
+            ("per_workspace", "jobs", self.workspace_jobs),
+        ] {
+            if let Some(v) = value {
+                let entry = limits.entry(scope).or_insert_with(|| json!({}));
+                entry[key] = json!(v);
+            }
+        }
+        (!limits.is_empty()).then_some(Value::Object(limits))
     }
 }
 

@@ -188,6 +188,9 @@ pub struct FlagOverrides {
     pub database_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub insecure: Option<bool>,
+    /// Only the limits given (`{"per_user": {"runs": 3}}`), merged into the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_limits: Option<serde_json::Value>,
 }
 
 impl Config {

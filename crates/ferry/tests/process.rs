@@ -261,6 +261,11 @@ async fn cli_submits_waits_and_manages_the_dead_letter_queue() {
     let (code, out, _) = cli(&url, &["config", "show", "--workers", "3"]);
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["workers"], 3);
+    let (code, out, _) = cli(&url, &["config", "show", "--user-runs", "7", "--workspace-jobs", "100"]);
+    assert_eq!(code, 0);
+    let limits = &serde_json::from_str::<Value>(&out).unwrap()["default_limits"];
+    assert_eq!(limits["per_user"], json!({"runs": 7, "jobs": null}), "a flag sets its limit only: {limits}");
+    assert_eq!(limits["per_workspace"], json!({"runs": 10, "jobs": 100}), "{limits}");
     stop(server).await;
 }
 
