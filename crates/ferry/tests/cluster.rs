@@ -543,6 +543,10 @@ async fn two_api_nodes_two_workers_survive_kill_dash_nine() {
     let victim_id = workers[&nodes[0]]["id"].as_str().unwrap().to_string();
     let survivor_id = workers[&nodes[1]]["id"].as_str().unwrap().to_string();
 
+    // A job limit of exactly the 10,000 jobs: all of them fit only if no slot leaks.
+    let limits = json!({"per_user": {"runs": 5, "jobs": 10_000}});
+    let resp = http.put(format!("{}/v1/limits", apis[0])).json(&limits).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
     let spec = json!({"kind": "sleep", "input": {"ms": 5}, "max_attempts": 5});
     let acknowledged = submit(&http, &apis, spec, 10_000).await;
     assert_eq!(acknowledged.iter().collect::<HashSet<_>>().len(), 10_000, "ids are distinct");
@@ -629,6 +633,11 @@ async fn two_api_nodes_two_workers_survive_kill_dash_nine() {
         orphans.len()
     );
     assert!(lost_by.get(&victim_id).copied().unwrap_or(0) >= orphans.len());
+
+    // Every slot came back, those of the killed worker's jobs too: 10,000 fit again.
+    let again = submit(&http, &apis, json!({"kind": "noop"}), 10_000).await;
+    assert_eq!(again.len(), 10_000);
+    wait_until_all_finished(&http, apis[0]).await;
 
     // The victim no longer heartbeats: after one lease it is not listed any more.
     poll("the killed worker to drop out of /v1/workers", async |last| {
