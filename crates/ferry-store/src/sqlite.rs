@@ -548,6 +548,16 @@ impl Writer {
         Ok(out)
     }
 
+    /// The workspace's own limits, else `defaults`.
+    pub(super) fn limits_or(&self, workspace: &str, defaults: &WorkspaceLimits) -> Result<WorkspaceLimits, StoreError> {
+        let stored: Option<String> = self
+            .conn
+            .prepare_cached("SELECT limits FROM workspace_limits WHERE workspace = ?1")?
+            .query_row(params![workspace], |r| r.get(0))
+            .optional()?;
+        Ok(stored.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| defaults.clone()))
+    }
+
     /// Queues held jobs that fit their limits now, oldest first per workspace (`defaults`:
     /// the limits of a workspace that set none). Returns how many were released.
     fn release_held(&mut self, defaults: &WorkspaceLimits) -> Result<usize, StoreError> {
@@ -558,13 +568,7 @@ impl Writer {
             .collect::<rusqlite::Result<_>>()?;
         let mut released = 0;
         for ws in workspaces {
-            let stored: Option<String> = self
-                .conn
-                .prepare_cached("SELECT limits FROM workspace_limits WHERE workspace = ?1")?
-                .query_row(params![ws], |r| r.get(0))
-                .optional()?;
-            let limits: WorkspaceLimits =
-                stored.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| defaults.clone());
+            let limits = self.limits_or(&ws, defaults)?;
             let held: Vec<(JobId, String, String, Micros)> = self
                 .conn
                 .prepare_cached(

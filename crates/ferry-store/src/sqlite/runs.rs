@@ -192,12 +192,7 @@ impl Writer {
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         for ws in workspaces {
-            let stored: Option<String> = self
-                .conn
-                .prepare_cached("SELECT limits FROM workspace_limits WHERE workspace = ?1")?
-                .query_row(params![ws], |r| r.get(0))
-                .optional()?;
-            let limits = stored.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| defaults.clone());
+            let limits = self.limits_or(&ws, defaults)?;
             let waiting: Vec<(RunId, String, String, u32)> = self
                 .conn
                 .prepare_cached(

@@ -18,6 +18,12 @@ both!(
     jobs_that_may_wait_are_held_then_run_in_order,
 );
 
+/// Sets the workspace's limits (the server is open: no token), expecting 200.
+async fn set_limits(srv: &TestServer, limits: Value) {
+    let resp = srv.client().put(format!("{}/v1/limits", srv.url())).json(&limits).send().await.expect("answer");
+    assert_eq!(resp.status(), StatusCode::OK, "setting {limits}");
+}
+
 /// Sends `n` concurrent POSTs of `body` to `path`, spread over `servers`; returns the
 /// statuses with their `Retry-After` and error message.
 async fn race(
@@ -103,15 +109,7 @@ async fn fifty_racing_run_starts_admit_exactly_five(backend: Backend) {
 
 async fn fifty_racing_job_submits_admit_exactly_five(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let (status, body) = srv
-        .client()
-        .put(format!("{}/v1/limits", srv.url()))
-        .json(&json!({"per_user": {"runs": 5, "jobs": 5}}))
-        .send()
-        .await
-        .map(|r| (r.status(), ()))
-        .expect("answer");
-    assert_eq!(status, StatusCode::OK, "{body:?}");
+    set_limits(&srv, json!({"per_user": {"runs": 5, "jobs": 5}})).await;
     // On PostgreSQL the submits race through two API nodes.
     let peer = match backend {
         Backend::Postgres => Some(srv.peer(|cfg| cfg.workers = 0).await),
@@ -220,15 +218,7 @@ async fn slots_come_back_whichever_way_jobs_end(backend: Backend) {
         cfg.queues.insert("lost".into(), ferry::config::QueueSettings { concurrency: Some(0), max_depth: None });
     })
     .await;
-    let (status, _) = srv
-        .client()
-        .put(format!("{}/v1/limits", srv.url()))
-        .json(&json!({"per_user": {"runs": 5, "jobs": 41}}))
-        .send()
-        .await
-        .map(|r| (r.status(), ()))
-        .expect("answer");
-    assert_eq!(status, StatusCode::OK);
+    set_limits(&srv, json!({"per_user": {"runs": 5, "jobs": 41}})).await;
     // Ten each: succeed, die, time out, get cancelled; one more loses its worker.
     let mut specs = Vec::new();
     for _ in 0..10 {
@@ -309,15 +299,7 @@ async fn a_full_queue_refuses_with_503_and_a_batch_whole(backend: Backend) {
 
 async fn runs_that_may_wait_all_start_in_order_and_never_exceed_the_limit(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let (status, _) = srv
-        .client()
-        .put(format!("{}/v1/limits", srv.url()))
-        .json(&json!({"per_user": {"runs": 2, "jobs": null}}))
-        .send()
-        .await
-        .map(|r| (r.status(), ()))
-        .expect("answer");
-    assert_eq!(status, StatusCode::OK);
+    set_limits(&srv, json!({"per_user": {"runs": 2, "jobs": null}})).await;
     let (status, _) = srv
         .post("/v1/workflows", json!({"name": "short", "nodes": [{"id": "z", "kind": "sleep", "input": {"ms": 300}}]}))
         .await;
@@ -372,15 +354,7 @@ async fn runs_that_may_wait_all_start_in_order_and_never_exceed_the_limit(backen
 
 async fn jobs_that_may_wait_are_held_then_run_in_order(backend: Backend) {
     let srv = TestServer::start_with(backend, |cfg| cfg.workers = 20).await;
-    let (status, _) = srv
-        .client()
-        .put(format!("{}/v1/limits", srv.url()))
-        .json(&json!({"per_user": {"runs": 5, "jobs": 2}}))
-        .send()
-        .await
-        .map(|r| (r.status(), ()))
-        .expect("answer");
-    assert_eq!(status, StatusCode::OK);
+    set_limits(&srv, json!({"per_user": {"runs": 5, "jobs": 2}})).await;
     let spec = json!({"kind": "sleep", "input": {"ms": 200}, "on_limit": "queue"});
     let mut ids = Vec::new();
     for i in 0..6 {
