@@ -563,14 +563,14 @@ pub async fn run_events(
         return Ok(Json(RunEventList { events: all }).into_response());
     }
     // 404 before the stream starts, not as an empty stream.
-    st.store.get_run(&caller.workspace, id).await?.ok_or_else(|| ApiError::not_found("run"))?;
+    st.store.run_state(&caller.workspace, id).await?.ok_or_else(|| ApiError::not_found("run"))?;
     let store = st.store.clone();
     let workspace = caller.workspace.clone();
     let fetch = move |cursor: i64| {
         let (store, workspace) = (store.clone(), workspace.clone());
         async move {
             // "Ended" first: then the final event is in what is read next.
-            let ended = store.get_run(&workspace, id).await.ok()??.run.state.is_terminal();
+            let ended = store.run_state(&workspace, id).await.ok()??.is_terminal();
             let events = store.run_events(&workspace, id, cursor, EVENT_PAGE).await.ok()??;
             let ended = ended && events.len() < EVENT_PAGE;
             let items = events

@@ -211,6 +211,9 @@ pub trait Store: Send + Sync + 'static {
     /// limits now, in the order they were held. Returns how many were released.
     async fn release_held_jobs(&self, defaults: WorkspaceLimits) -> Result<usize, StoreError>;
 
+    /// Just a run's state (cheap: for event streams polling whether the run ended).
+    async fn run_state(&self, workspace: &str, id: RunId) -> Result<Option<RunState>, StoreError>;
+
     /// A run with its nodes and jobs.
     async fn get_run(&self, workspace: &str, id: RunId) -> Result<Option<RunDetail>, StoreError>;
 

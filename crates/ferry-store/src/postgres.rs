@@ -1128,6 +1128,15 @@ impl Store for PgStore {
         Ok(released)
     }
 
+    async fn run_state(&self, workspace: &str, id: RunId) -> Result<Option<RunState>, StoreError> {
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1 AND workspace = $2")
+            .bind(id)
+            .bind(workspace)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(state.map(|s| parse_enum(&s)).transpose()?)
+    }
+
     async fn get_run(&self, workspace: &str, id: RunId) -> Result<Option<RunDetail>, StoreError> {
         self.get_run_q(workspace, id).await
     }

@@ -1150,6 +1150,18 @@ impl Store for SqliteStore {
         self.write(|r| Cmd::ReleaseJobs(Box::new(defaults), r)).await
     }
 
+    async fn run_state(&self, workspace: &str, id: RunId) -> Result<Option<RunState>, StoreError> {
+        let ws = workspace.to_string();
+        self.read(move |c| {
+            let state: Option<String> = c
+                .prepare_cached("SELECT state FROM runs WHERE id = ?1 AND workspace = ?2")?
+                .query_row(params![id, ws], |r| r.get(0))
+                .optional()?;
+            state.map(|s| parse_enum(&s)).transpose()
+        })
+        .await
+    }
+
     async fn get_run(&self, workspace: &str, id: RunId) -> Result<Option<RunDetail>, StoreError> {
         let ws = workspace.to_string();
         self.read(move |c| runs::get_run(c, &ws, id)).await

@@ -596,6 +596,8 @@ async fn runs_start_advance_and_end_with_an_ordered_log(store: Arc<dyn Store>) {
     assert_eq!(detail.nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
     assert_eq!(detail.jobs.len(), 2);
     assert!(store.get_run("other", id).await.unwrap().is_none());
+    assert_eq!(store.run_state("default", id).await.unwrap(), Some(RunState::Succeeded));
+    assert_eq!(store.run_state("other", id).await.unwrap(), None);
     let events = store.run_events("default", id, 0, 1000).await.unwrap().unwrap();
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(
