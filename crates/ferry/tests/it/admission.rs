@@ -232,7 +232,7 @@ async fn slots_come_back_whichever_way_jobs_end(backend: Backend) {
     let ghost = srv.submit(json!({"kind": "noop", "queue": "lost", "max_attempts": 1})).await;
     let claimed = crate::harness::poll("the ghost to claim", async || {
         let req = ferry_store::ClaimRequest { queue: "lost".into(), limit: 1, worker: "ghost".into(), lease_ms: 200 };
-        let got = srv.store.claim(req).await.expect("claim");
+        let got = srv.store.claim(req).await.expect("claim").jobs;
         (!got.is_empty()).then_some(got)
     })
     .await;
@@ -373,10 +373,12 @@ async fn jobs_that_may_wait_are_held_then_run_in_order(backend: Backend) {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "without on_limit the limit still refuses");
     let started = std::time::Instant::now();
     loop {
-        let mut in_flight = 0;
-        let mut done = 0;
-        for id in &ids {
-            match srv.job(id).await["state"].as_str() {
+        // One listing is one snapshot of every job's state (reading the jobs one by one
+        // could see a job still running and the one released after it already queued).
+        let (_, page) = srv.get("/v1/jobs?limit=100").await;
+        let (mut in_flight, mut done) = (0, 0);
+        for job in page["items"].as_array().expect("items").iter().filter(|j| ids.iter().any(|id| j["id"] == *id)) {
+            match job["state"].as_str() {
                 Some("succeeded") => done += 1,
                 Some("held") => {}
                 _ => in_flight += 1,
