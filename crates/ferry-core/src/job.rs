@@ -296,11 +296,14 @@ pub struct NewJob {
     pub cache_key: Option<String>,
 }
 
+/// Whether `value` is a valid name of a kind, queue or label key: 1 to 64 letters,
+/// digits, `_`, `-` or `.`.
+pub fn valid_name(value: &str) -> bool {
+    !value.is_empty() && value.len() <= 64 && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
 fn check_name(field: &str, value: &str) -> Result<(), SpecError> {
-    let ok = !value.is_empty()
-        && value.len() <= 64
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-    if ok {
+    if valid_name(value) {
         Ok(())
     } else {
         Err(SpecError::invalid(field, "must be 1 to 64 characters of letters, digits, `_`, `-` or `.`"))

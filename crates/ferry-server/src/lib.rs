@@ -213,6 +213,8 @@ fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(tokens::create, tokens::list))
         .routes(routes!(tokens::revoke))
         .routes(routes!(limits::get, limits::put))
+        .routes(routes!(limits::rates))
+        .routes(routes!(limits::set_rate, limits::delete_rate))
         .routes(routes!(system::queues))
         .routes(routes!(system::set_queue))
         .routes(routes!(system::workers))

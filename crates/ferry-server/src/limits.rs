@@ -1,11 +1,15 @@
 //! `/v1/limits`: a workspace's concurrency limits (admin). A workspace that never set
 //! any has the server's defaults (`default_limits` in the configuration).
+//! `/v1/limits/rates`: the workspace's rates on label keys (admin; see
+//! `ferry_store::rate`).
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::JsonBody;
+use crate::views::{LabelRateList, LabelRateView};
 use crate::{ApiState, Caller};
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use ferry_store::WorkspaceLimits;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -97,4 +101,66 @@ pub async fn put(
     st.store.set_workspace_limits(&caller.workspace, limits.clone()).await?;
     st.limits.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(&caller.workspace);
     Ok(Json(limits))
+}
+
+/// The workspace's rates on label keys.
+#[utoipa::path(
+    get, path = "/v1/limits/rates", tag = "limits",
+    responses((status = 200, body = LabelRateList), (status = 403, body = ErrorBody))
+)]
+pub async fn rates(State(st): State<ApiState>, caller: Caller) -> Result<Json<LabelRateList>, ApiError> {
+    let rates = st.store.label_rates(&caller.workspace).await?;
+    Ok(Json(LabelRateList { rates: rates.into_iter().map(Into::into).collect() }))
+}
+
+fn label_key(label: &str) -> Result<(), ApiError> {
+    if ferry_core::job::valid_name(label) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_field("label", "must be 1 to 64 characters of letters, digits, `_`, `-` or `.`"))
+    }
+}
+
+/// Set the workspace's rate on a label key (admin), body `{"rate": 5}`: its jobs that
+/// carry the label start at most that many times a second for each value of the label,
+/// across every worker process; the others pass them by. Applies within a second.
+#[utoipa::path(
+    put, path = "/v1/limits/rates/{label}", tag = "limits",
+    params(("label" = String, Path, description = "Label key")),
+    request_body = LabelRateView,
+    responses((status = 200, body = LabelRateView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub async fn set_rate(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Path(label): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> Result<Json<LabelRateView>, ApiError> {
+    label_key(&label)?;
+    let obj = body.as_object().ok_or_else(|| ApiError::bad_field("", "the body must be a JSON object"))?;
+    if let Some(other) = obj.keys().find(|k| *k != "rate") {
+        return Err(ApiError::bad_field(other.as_str(), "unknown field; expected rate"));
+    }
+    let rate = crate::system::rate_field(obj.get("rate").unwrap_or(&serde_json::Value::Null), "")?;
+    st.store.set_label_rate(&caller.workspace, &label, Some(rate)).await?;
+    Ok(Json(LabelRateView { label, rate }))
+}
+
+/// Remove the workspace's rate on a label key (admin).
+#[utoipa::path(
+    delete, path = "/v1/limits/rates/{label}", tag = "limits",
+    params(("label" = String, Path, description = "Label key")),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub async fn delete_rate(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Path(label): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    label_key(&label)?;
+    if st.store.set_label_rate(&caller.workspace, &label, None).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("rate on this label"))
+    }
 }

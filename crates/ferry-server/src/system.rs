@@ -33,9 +33,10 @@ pub async fn queues(State(st): State<ApiState>) -> Result<Json<QueueList>, ApiEr
 }
 
 /// Change a queue at run time (admin): any of `concurrency` (per worker process),
-/// `max_depth`, `rate` (attempts started per second, per worker process), `paused`. Fields
-/// left out keep their value; `null` returns a field to the configured value. Worker
-/// processes apply it within `poll_ms`; the API's depth check within a second.
+/// `max_depth`, `rate` (attempts started per second, across every worker process), `paused`.
+/// Fields left out keep their value; `null` returns a field to the configured value.
+/// Worker processes apply it within `poll_ms`, a rate and the API's depth check within a
+/// second.
 #[utoipa::path(
     put, path = "/v1/queues/{name}", tag = "system",
     params(("name" = String, Path, description = "Queue name")),
@@ -70,12 +71,7 @@ pub async fn set_queue(
             "rate" => {
                 s.rate = match v {
                     serde_json::Value::Null => None,
-                    v => Some(v.as_f64().filter(|r| *r > 0.0 && *r <= 1_000_000.0).ok_or_else(|| {
-                        ApiError::bad_field(
-                            "rate",
-                            "must be a number of jobs per second above 0, at most 1000000, or null",
-                        )
-                    })?),
+                    v => Some(rate_field(v, ", or null")?),
                 }
             }
             "paused" => s.paused = v.as_bool().ok_or_else(|| ApiError::bad_field("paused", "must be true or false"))?,
@@ -90,6 +86,13 @@ pub async fn set_queue(
     st.store.set_queue_settings(s.clone()).await?;
     st.limits.forget_queues();
     Ok(Json(s.into()))
+}
+
+/// A `rate` field: jobs per second, above 0 and at most a million.
+pub(crate) fn rate_field(v: &serde_json::Value, or: &str) -> Result<f64, ApiError> {
+    v.as_f64().filter(|r| *r > 0.0 && *r <= 1_000_000.0).ok_or_else(|| {
+        ApiError::bad_field("rate", format!("must be a number of jobs per second above 0, at most 1000000{or}"))
+    })
 }
 
 /// The process is alive.

@@ -182,10 +182,31 @@ pub struct QueueSettingsView {
     pub concurrency: Option<u32>,
     /// Most waiting jobs (0: no cap).
     pub max_depth: Option<u64>,
-    /// Most attempts started per second in each worker process.
+    /// Most attempts started per second, across every worker process.
     pub rate: Option<f64>,
     /// Nothing is dispatched while paused; submissions are still accepted.
     pub paused: bool,
+}
+
+/// A workspace's rate on a label key: its jobs carrying the label start at most `rate`
+/// times a second for each value of the label, across every worker process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LabelRateView {
+    pub label: String,
+    /// Attempts started per second, for each value of the label.
+    pub rate: f64,
+}
+
+/// The workspace's rates on label keys, by label.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LabelRateList {
+    pub rates: Vec<LabelRateView>,
+}
+
+impl From<ferry_store::LabelRate> for LabelRateView {
+    fn from(r: ferry_store::LabelRate) -> Self {
+        LabelRateView { label: r.label, rate: r.rate }
+    }
 }
 
 impl From<ferry_store::QueueSettings> for QueueSettingsView {

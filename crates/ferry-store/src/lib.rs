@@ -14,6 +14,7 @@
 //! API answers 2xx only after that, so an acknowledged job is durable.
 
 pub mod postgres;
+pub mod rate;
 mod row;
 pub mod runs;
 pub mod sqlite;
@@ -94,8 +95,10 @@ pub trait Store: Send + Sync + 'static {
     async fn submit(&self, jobs: Vec<NewJob>) -> Result<Vec<Submitted>, StoreError>;
 
     /// Makes due scheduled and retrying jobs of the queue ready, then leases up to `limit`
-    /// ready jobs to `worker`, highest priority and oldest `run_at` first.
-    async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError>;
+    /// ready jobs to `worker`, highest priority and oldest `run_at` first, each taking a
+    /// token from the rate buckets it draws on (see [`rate`]); a job whose bucket is empty
+    /// waits.
+    async fn claim(&self, req: ClaimRequest) -> Result<Claimed, StoreError>;
 
     /// Ends a running attempt. Returns `false` (changing nothing) when the job is no longer
     /// running under that attempt number: its lease was taken over or it was cancelled.
@@ -250,6 +253,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Sets a queue's run-time settings (replacing what was set before).
     async fn set_queue_settings(&self, settings: QueueSettings) -> Result<(), StoreError>;
+
+    /// The workspace's rates on label keys, by label.
+    async fn label_rates(&self, workspace: &str) -> Result<Vec<LabelRate>, StoreError>;
+
+    /// Sets (`Some`) or removes (`None`) the workspace's rate on a label key. Returns
+    /// whether the label had a rate before.
+    async fn set_label_rate(&self, workspace: &str, label: &str, rate: Option<f64>) -> Result<bool, StoreError>;
 
     /// Stores a new API token (its hash).
     async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError>;

@@ -25,11 +25,12 @@
 //! one database.
 
 use crate::{
-    CancelOutcome, ClaimRequest, ClaimedJob, DeleteOutcome, Event, Finish, JobFilter, JobRecord, Page, QueueStats,
-    ReplayOutcome, Store, StoreError, Submitted, Wakeups, WorkerInfo,
+    CancelOutcome, ClaimRequest, Claimed, ClaimedJob, DeleteOutcome, Event, Finish, JobFilter, JobRecord, LabelRate,
+    Page, QueueStats, ReplayOutcome, Store, StoreError, Submitted, Wakeups, WorkerInfo,
 };
 mod runs;
 
+use crate::rate::{self, Rates};
 use crate::runs::{
     Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunPage, WorkflowSummary,
     WorkflowVersion,
@@ -58,11 +59,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../sql/postgres/migrations/0005_tokens.sql")),
     (6, include_str!("../sql/postgres/migrations/0006_admission.sql")),
     (7, include_str!("../sql/postgres/migrations/0007_queue_settings.sql")),
+    (8, include_str!("../sql/postgres/migrations/0008_rates.sql")),
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
 const PROMOTE_DUE: &str = include_str!("../sql/postgres/promote_due.sql");
 const CLAIM: &str = include_str!("../sql/postgres/claim.sql");
+const CLAIM_IDS: &str = include_str!("../sql/postgres/claim_ids.sql");
+/// How long a process reuses the rates it read (see [`crate::rate`]): a change made
+/// elsewhere applies here within this time, and the one made here at once.
+const RATES_FRESH_FOR: Duration = Duration::from_secs(1);
 const FINISH: &str = include_str!("../sql/postgres/finish.sql");
 const HEARTBEAT: &str = include_str!("../sql/postgres/heartbeat.sql");
 const PRUNE: &str = include_str!("../sql/postgres/prune.sql");
@@ -97,6 +103,8 @@ pub struct PgStore {
     token_channel: String,
     token_changes: broadcast::Sender<()>,
     listener: JoinHandle<()>,
+    /// Every rate in force, and when it was read.
+    rates: std::sync::Mutex<Option<(std::time::Instant, Arc<Rates>)>>,
 }
 
 impl Drop for PgStore {
@@ -183,7 +191,122 @@ impl PgStore {
             cancelled: cancelled.clone(),
         };
         let listener = tokio::spawn(listen(pool.clone(), listening));
-        Ok(PgStore { pool, wakeups, channel, cancel_channel, cancelled, token_channel, token_changes, listener })
+        Ok(PgStore {
+            pool,
+            wakeups,
+            channel,
+            cancel_channel,
+            cancelled,
+            token_channel,
+            token_changes,
+            listener,
+            rates: Default::default(),
+        })
+    }
+
+    /// Every rate in force, read through a cache of [`RATES_FRESH_FOR`].
+    async fn rates(&self) -> Result<Arc<Rates>, StoreError> {
+        if let Some((at, rates)) = &*self.rates.lock().unwrap_or_else(|e| e.into_inner())
+            && at.elapsed() < RATES_FRESH_FOR
+        {
+            return Ok(rates.clone());
+        }
+        let mut rates = Rates::default();
+        for r in sqlx::query("SELECT name, rate FROM queue_settings WHERE rate > 0").fetch_all(&self.pool).await? {
+            rates.queues.insert(r.try_get(0)?, r.try_get(1)?);
+        }
+        for r in
+            sqlx::query("SELECT workspace, label, rate FROM label_rates WHERE rate > 0").fetch_all(&self.pool).await?
+        {
+            rates.labels.entry(r.try_get(0)?).or_default().insert(r.try_get(1)?, r.try_get(2)?);
+        }
+        let rates = Arc::new(rates);
+        *self.rates.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), rates.clone()));
+        Ok(rates)
+    }
+
+    fn forget_rates(&self) {
+        *self.rates.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// A claim through the rate buckets (see [`crate::rate`]), in one transaction: the
+    /// candidates locked with `SKIP LOCKED`, the buckets they draw on locked in key order
+    /// (created full if missing), the choice, the chosen jobs leased, the buckets written.
+    async fn claim_rated(&self, req: &ClaimRequest, rates: &Rates) -> Result<Claimed, StoreError> {
+        let (mut tx, now) = self.begin().await?;
+        let rows = sqlx::query(
+            "SELECT id, workspace, labels::text FROM jobs WHERE queue = $1 AND state = 'queued' \
+             ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&req.queue)
+        .bind(rates.window(req.limit) as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut candidates = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let labels: Option<String> = r.try_get(2)?;
+            candidates.push(rate::Candidate {
+                id: r.try_get(0)?,
+                workspace: r.try_get(1)?,
+                labels: labels.and_then(|l| serde_json::from_str(&l).ok()).unwrap_or_default(),
+            });
+        }
+        let needed = rates.buckets_for(&req.queue, &candidates);
+        let keys: Vec<&str> = needed.iter().map(|(k, _)| k.as_str()).collect();
+        let fulls: Vec<f64> = needed.iter().map(|(_, r)| rate::burst(*r)).collect();
+        sqlx::query(
+            "INSERT INTO rate_buckets (bucket, tokens, refilled_at) \
+             SELECT k, t, $3 FROM unnest($1::text[], $2::float8[]) AS u(k, t) ORDER BY k \
+             ON CONFLICT (bucket) DO NOTHING",
+        )
+        .bind(&keys)
+        .bind(&fulls)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let mut buckets = std::collections::HashMap::new();
+        for r in sqlx::query(
+            "SELECT bucket, tokens, refilled_at FROM rate_buckets WHERE bucket = ANY($1) ORDER BY bucket FOR UPDATE",
+        )
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            buckets
+                .insert(r.try_get::<String, _>(0)?, rate::Bucket { tokens: r.try_get(1)?, refilled_at: r.try_get(2)? });
+        }
+        let choice = rate::choose(rates, &req.queue, &candidates, req.limit, &needed, &mut buckets, now);
+        let (mut bkeys, mut tokens, mut ats) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, b) in &buckets {
+            bkeys.push(k.as_str());
+            tokens.push(b.tokens);
+            ats.push(b.refilled_at);
+        }
+        sqlx::query(
+            "UPDATE rate_buckets SET tokens = u.t, refilled_at = u.at \
+             FROM unnest($1::text[], $2::float8[], $3::int8[]) AS u(k, t, at) WHERE rate_buckets.bucket = u.k",
+        )
+        .bind(&bkeys)
+        .bind(&tokens)
+        .bind(&ats)
+        .execute(&mut *tx)
+        .await?;
+        let mut claimed = Vec::with_capacity(choice.chosen.len());
+        if !choice.chosen.is_empty() {
+            for r in sqlx::query(CLAIM_IDS)
+                .bind(&choice.chosen)
+                .bind(&req.worker)
+                .bind(time::ms(req.lease_ms))
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                let mut job = claimed_from_row(&r, r.try_get(16)?)?;
+                job.worker = Some(req.worker.clone());
+                claimed.push((job, r.try_get::<i32, _>(15)?));
+            }
+        }
+        tx.commit().await?;
+        Ok(Claimed { jobs: in_claim_order(claimed), rate_wait_ms: choice.wait_us.map(|us| (us as u64).div_ceil(1000)) })
     }
 
     /// A transaction and the database's clock at its start.
@@ -409,6 +532,12 @@ impl row::Columns for PgRow {
     fn invalid(&self, _i: usize, why: String) -> sqlx::Error {
         decode(why)
     }
+}
+
+/// Claimed jobs with their priorities, sorted into claim order (RETURNING has none).
+fn in_claim_order(mut claimed: Vec<(ClaimedJob, i32)>) -> Vec<ClaimedJob> {
+    claimed.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.run_at.cmp(&b.0.run_at)).then(a.0.id.cmp(&b.0.id)));
+    claimed.into_iter().map(|(j, _)| j).collect()
 }
 
 fn claimed_from_row(r: &PgRow, started_at: Micros) -> Result<ClaimedJob, sqlx::Error> {
@@ -663,10 +792,14 @@ impl Store for PgStore {
         Ok(out)
     }
 
-    async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
+    async fn claim(&self, req: ClaimRequest) -> Result<Claimed, StoreError> {
         // Two statements, each atomic on its own: promotion is idempotent, and the claim
         // logs its events in the same statement.
         sqlx::query(PROMOTE_DUE).bind(&req.queue).execute(&self.pool).await?;
+        let rates = self.rates().await?;
+        if rates.applies_to(&req.queue) {
+            return self.claim_rated(&req, &rates).await;
+        }
         let rows = sqlx::query(CLAIM)
             .bind(&req.queue)
             .bind(req.limit as i64)
@@ -680,8 +813,7 @@ impl Store for PgStore {
             job.worker = Some(req.worker.clone());
             claimed.push((job, r.try_get::<i32, _>(15)?));
         }
-        claimed.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.run_at.cmp(&b.0.run_at)).then(a.0.id.cmp(&b.0.id)));
-        Ok(claimed.into_iter().map(|(j, _)| j).collect())
+        Ok(Claimed { jobs: in_claim_order(claimed), rate_wait_ms: None })
     }
 
     async fn finish(&self, fin: Finish) -> Result<bool, StoreError> {
@@ -849,6 +981,10 @@ impl Store for PgStore {
         }
         sqlx::query("DELETE FROM workers WHERE last_heartbeat < $1")
             .bind(now.saturating_sub(time::ms(86_400_000)))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM rate_buckets WHERE refilled_at < $1")
+            .bind(now.saturating_sub(rate::IDLE_BUCKET_US))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -1212,7 +1348,42 @@ impl Store for PgStore {
         .bind(q.paused)
         .execute(&self.pool)
         .await?;
+        self.forget_rates();
         Ok(())
+    }
+
+    async fn label_rates(&self, workspace: &str) -> Result<Vec<LabelRate>, StoreError> {
+        let rows = sqlx::query("SELECT label, rate FROM label_rates WHERE workspace = $1 ORDER BY label")
+            .bind(workspace)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(LabelRate { label: r.try_get(0)?, rate: r.try_get(1)? }))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(err)
+    }
+
+    async fn set_label_rate(&self, workspace: &str, label: &str, rate: Option<f64>) -> Result<bool, StoreError> {
+        let (mut tx, now) = self.begin().await?;
+        let existed = sqlx::query("DELETE FROM label_rates WHERE workspace = $1 AND label = $2")
+            .bind(workspace)
+            .bind(label)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
+        if let Some(rate) = rate {
+            sqlx::query("INSERT INTO label_rates (workspace, label, rate, updated_at) VALUES ($1, $2, $3, $4)")
+                .bind(workspace)
+                .bind(label)
+                .bind(rate)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.forget_rates();
+        Ok(existed)
     }
 
     async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError> {

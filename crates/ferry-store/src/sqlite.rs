@@ -23,11 +23,12 @@
 //! them with `worker_lost`, without waiting for the lease to run out.
 
 use crate::{
-    CancelOutcome, ClaimRequest, ClaimedJob, DeleteOutcome, Event, Finish, FinishResult, JobFilter, JobRecord, Page,
-    QueueStats, ReplayOutcome, Store, StoreError, Submitted, Wakeups, WorkerInfo,
+    CancelOutcome, ClaimRequest, Claimed, ClaimedJob, DeleteOutcome, Event, Finish, FinishResult, JobFilter, JobRecord,
+    LabelRate, Page, QueueStats, ReplayOutcome, Store, StoreError, Submitted, Wakeups, WorkerInfo,
 };
 mod runs;
 
+use crate::rate::{self, Rates};
 use crate::runs::{
     Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunPage, WorkflowSummary,
     WorkflowVersion,
@@ -55,11 +56,13 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../sql/sqlite/migrations/0005_tokens.sql")),
     (6, include_str!("../sql/sqlite/migrations/0006_admission.sql")),
     (7, include_str!("../sql/sqlite/migrations/0007_queue_settings.sql")),
+    (8, include_str!("../sql/sqlite/migrations/0008_rates.sql")),
 ];
 const PRUNE: &str = include_str!("../sql/sqlite/prune.sql");
 const INSERT_JOB: &str = include_str!("../sql/sqlite/insert_job.sql");
 const PROMOTE_DUE: &str = include_str!("../sql/sqlite/promote_due.sql");
 const CLAIM: &str = include_str!("../sql/sqlite/claim.sql");
+const CLAIM_ONE: &str = include_str!("../sql/sqlite/claim_one.sql");
 const FINISH: &str = include_str!("../sql/sqlite/finish.sql");
 const HEARTBEAT: &str = include_str!("../sql/sqlite/heartbeat.sql");
 const QUEUE_STATS: &str = include_str!("../sql/sqlite/queue_stats.sql");
@@ -105,7 +108,8 @@ enum Cmd {
     Submit(Vec<NewJob>, Admission, Reply<Vec<Submitted>>),
     SetLimits(String, WorkspaceLimits, Reply<()>),
     SetQueue(QueueSettings, Reply<()>),
-    Claim(ClaimRequest, Reply<Vec<ClaimedJob>>),
+    Claim(ClaimRequest, Reply<Claimed>),
+    SetLabelRate(String, String, Option<f64>, Reply<bool>),
     FinishMany(Vec<Finish>, Reply<Vec<bool>>),
     Heartbeat(String, u64, Vec<JobId>, Reply<Vec<JobId>>),
     RegisterWorker(WorkerInfo, Reply<()>),
@@ -246,7 +250,9 @@ impl SqliteStore {
         let writer_wakeups = wakeups.clone();
         std::thread::Builder::new()
             .name("ferry-sqlite-writer".into())
-            .spawn(move || Writer { conn, woken: HashSet::new(), now: 0, poisoned: None }.run(rx, &writer_wakeups))
+            .spawn(move || {
+                Writer { conn, woken: HashSet::new(), now: 0, poisoned: None, rates: None }.run(rx, &writer_wakeups)
+            })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             token_changes: tokio::sync::broadcast::channel(16).0,
@@ -289,6 +295,9 @@ struct Writer {
     now: Micros,
     /// A request of this group failed with a database error: roll the group back.
     poisoned: Option<String>,
+    /// Every rate in force, as of the last read (`None`: read again before the next claim,
+    /// after a change or a rolled-back group).
+    rates: Option<Rates>,
 }
 
 type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
@@ -323,6 +332,7 @@ impl Writer {
             };
             if outcome.is_err() {
                 let _ = self.conn.execute_batch("ROLLBACK");
+                self.rates = None;
                 tracing::error!(error = ?outcome, "SQLite group commit failed");
             }
             metrics::counter!("ferry_store_transactions_total").increment(1);
@@ -358,7 +368,24 @@ impl Writer {
                          paused = excluded.paused, updated_at = excluded.updated_at",
                     )?
                     .execute(params![q.name, q.concurrency, q.max_depth.map(|d| d as i64), q.rate, q.paused, w.now])?;
+                w.rates = None;
                 Ok(())
+            }),
+            Cmd::SetLabelRate(ws, label, rate, reply) => self.step(reply, |w| {
+                let existed = w
+                    .conn
+                    .prepare_cached("DELETE FROM label_rates WHERE workspace = ?1 AND label = ?2")?
+                    .execute(params![ws, label])?
+                    > 0;
+                if let Some(rate) = rate {
+                    w.conn
+                        .prepare_cached(
+                            "INSERT INTO label_rates (workspace, label, rate, updated_at) VALUES (?1, ?2, ?3, ?4)",
+                        )?
+                        .execute(params![ws, label, rate, w.now])?;
+                }
+                w.rates = None;
+                Ok(existed)
             }),
             Cmd::SetLimits(ws, limits, reply) => self.step(reply, |w| {
                 let text = serde_json::to_string(&limits).map_err(|e| StoreError::Database(e.to_string()))?;
@@ -681,9 +708,18 @@ impl Writer {
         Ok(state)
     }
 
-    fn claim(&mut self, req: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
+    fn claim(&mut self, req: &ClaimRequest) -> Result<Claimed, StoreError> {
         let now = self.now;
         self.conn.prepare_cached(PROMOTE_DUE).map_err(db)?.execute(params![req.queue, now]).map_err(db)?;
+        let rates = match self.rates.take() {
+            Some(r) => r,
+            None => load_rates(&self.conn)?,
+        };
+        let rated = rates.applies_to(&req.queue).then(|| self.claim_rated(req, &rates));
+        self.rates = Some(rates);
+        if let Some(claimed) = rated {
+            return claimed;
+        }
         let lease_until = now.saturating_add(time::ms(req.lease_ms));
         let mut claimed = self
             .conn
@@ -702,7 +738,62 @@ impl Writer {
             job.worker = Some(req.worker.clone());
             out.push(job);
         }
-        Ok(out)
+        Ok(Claimed { jobs: out, rate_wait_ms: None })
+    }
+
+    /// A claim through the rate buckets (see [`crate::rate`]): the candidates in claim
+    /// order, the buckets they draw on, the choice, then the chosen jobs leased and the
+    /// buckets written back, all in the writer's transaction.
+    fn claim_rated(&mut self, req: &ClaimRequest, rates: &Rates) -> Result<Claimed, StoreError> {
+        let now = self.now;
+        let candidates = self
+            .conn
+            .prepare_cached(
+                "SELECT id, workspace, labels FROM jobs WHERE queue = ?1 AND state = 'queued' \
+                 ORDER BY priority DESC, run_at, id LIMIT ?2",
+            )?
+            .query_map(params![req.queue, rates.window(req.limit) as i64], |r| {
+                use row::Columns;
+                Ok(rate::Candidate {
+                    id: r.uuid(0)?,
+                    workspace: r.text(1)?,
+                    labels: r.opt_json(2)?.unwrap_or_default(),
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let needed = rates.buckets_for(&req.queue, &candidates);
+        let mut buckets = HashMap::new();
+        for (key, _) in &needed {
+            let stored = self
+                .conn
+                .prepare_cached("SELECT tokens, refilled_at FROM rate_buckets WHERE bucket = ?1")?
+                .query_row(params![key], |r| Ok(rate::Bucket { tokens: r.get(0)?, refilled_at: r.get(1)? }))
+                .optional()?;
+            if let Some(b) = stored {
+                buckets.insert(key.clone(), b);
+            }
+        }
+        let choice = rate::choose(rates, &req.queue, &candidates, req.limit, &needed, &mut buckets, now);
+        for (key, b) in &buckets {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO rate_buckets (bucket, tokens, refilled_at) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (bucket) DO UPDATE SET tokens = excluded.tokens, refilled_at = excluded.refilled_at",
+                )?
+                .execute(params![key, b.tokens, b.refilled_at])?;
+        }
+        let lease_until = now.saturating_add(time::ms(req.lease_ms));
+        let mut jobs = Vec::with_capacity(choice.chosen.len());
+        for id in &choice.chosen {
+            let mut job = self
+                .conn
+                .prepare_cached(CLAIM_ONE)?
+                .query_row(params![id, now, req.worker, lease_until], |r| claimed_from_row(r, now))?;
+            self.event(job.id, "started", json!({"attempt": job.attempt, "worker": req.worker}))?;
+            job.worker = Some(req.worker.clone());
+            jobs.push(job);
+        }
+        Ok(Claimed { jobs, rate_wait_ms: choice.wait_us.map(|us| (us as u64).div_ceil(1000)) })
     }
 
     fn finish(&mut self, fin: &Finish) -> Result<bool, StoreError> {
@@ -787,6 +878,8 @@ impl Writer {
         }
         let day_ago = self.now.saturating_sub(time::ms(86_400_000));
         self.conn.prepare_cached("DELETE FROM workers WHERE last_heartbeat < ?1")?.execute(params![day_ago])?;
+        let idle = self.now.saturating_sub(rate::IDLE_BUCKET_US);
+        self.conn.prepare_cached("DELETE FROM rate_buckets WHERE refilled_at < ?1")?.execute(params![idle])?;
         Ok(ids.len().max(runs.len()))
     }
 
@@ -894,6 +987,22 @@ impl row::Columns for Row<'_> {
 }
 
 /// Reads a row of [`CLAIMED_COLUMNS`] (the claim's RETURNING list has the same order).
+/// Every rate in force: queues' and workspaces' label keys'.
+fn load_rates(c: &Connection) -> Result<Rates, StoreError> {
+    let mut rates = Rates::default();
+    let mut q = c.prepare_cached("SELECT name, rate FROM queue_settings WHERE rate > 0")?;
+    for row in q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?)))? {
+        let (name, rate) = row?;
+        rates.queues.insert(name, rate);
+    }
+    let mut l = c.prepare_cached("SELECT workspace, label, rate FROM label_rates WHERE rate > 0")?;
+    for row in l.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, f64>(2)?)))? {
+        let (ws, label, rate) = row?;
+        rates.labels.entry(ws).or_default().insert(label, rate);
+    }
+    Ok(rates)
+}
+
 fn claimed_from_row(r: &Row<'_>, started_at: Micros) -> rusqlite::Result<ClaimedJob> {
     row::claimed(r, started_at)
 }
@@ -921,7 +1030,7 @@ impl Store for SqliteStore {
         self.write(|r| Cmd::Submit(jobs, Admission::default(), r)).await
     }
 
-    async fn claim(&self, req: ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
+    async fn claim(&self, req: ClaimRequest) -> Result<Claimed, StoreError> {
         self.write(|r| Cmd::Claim(req, r)).await
     }
 
@@ -1233,6 +1342,20 @@ impl Store for SqliteStore {
         self.write(|r| Cmd::SetQueue(settings, r)).await
     }
 
+    async fn label_rates(&self, workspace: &str) -> Result<Vec<LabelRate>, StoreError> {
+        let ws = workspace.to_string();
+        self.read(move |c| {
+            c.prepare_cached("SELECT label, rate FROM label_rates WHERE workspace = ?1 ORDER BY label")?
+                .query_map(params![ws], |r| Ok(LabelRate { label: r.get(0)?, rate: r.get(1)? }))?
+                .collect()
+        })
+        .await
+    }
+
+    async fn set_label_rate(&self, workspace: &str, label: &str, rate: Option<f64>) -> Result<bool, StoreError> {
+        self.write(|r| Cmd::SetLabelRate(workspace.to_string(), label.to_string(), rate, r)).await
+    }
+
     async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError> {
         let created = self.write(|r| Cmd::CreateToken(token, r)).await?;
         let _ = self.token_changes.send(());
@@ -1313,7 +1436,7 @@ pub fn raw_baseline(dir: &Path, jobs: usize, batch: usize, durability: Durabilit
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA cache_size = -{WRITER_CACHE_KIB};"
     ))?;
-    let mut w = Writer { conn, woken: HashSet::new(), now: 0, poisoned: None };
+    let mut w = Writer { conn, woken: HashSet::new(), now: 0, poisoned: None, rates: None };
     let backoff = ferry_core::Backoff::default();
     let started = std::time::Instant::now();
     let mut done = 0;
@@ -1351,7 +1474,7 @@ pub fn raw_baseline(dir: &Path, jobs: usize, batch: usize, durability: Durabilit
         w.conn.execute_batch("COMMIT")?;
         w.now = time::now_micros();
         w.conn.execute_batch("BEGIN IMMEDIATE")?;
-        for job in claimed {
+        for job in claimed.jobs {
             w.finish(&Finish {
                 id: job.id,
                 attempt: job.attempt,

@@ -24,6 +24,24 @@ pub struct ClaimRequest {
     pub lease_ms: u64,
 }
 
+/// What a claim leased, and whether a rate held work back.
+#[derive(Debug, Clone, Default)]
+pub struct Claimed {
+    /// The jobs leased, in claim order.
+    pub jobs: Vec<ClaimedJob>,
+    /// Set when a rate limit held back work this claim could otherwise have taken:
+    /// milliseconds until a token is back (see [`crate::rate`]). Claiming sooner is futile.
+    pub rate_wait_ms: Option<u64>,
+}
+
+/// A rate on a label key, set by a workspace for its own jobs (see [`crate::rate`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelRate {
+    pub label: String,
+    /// Attempts started per second, for each value of the label.
+    pub rate: f64,
+}
+
 /// A job leased to a worker: what the worker needs to run it and to decide what follows.
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
@@ -136,8 +154,8 @@ pub struct QueueSettings {
     pub concurrency: Option<u32>,
     /// Most waiting jobs (0: no cap).
     pub max_depth: Option<u64>,
-    /// Most attempts started per second, in each worker process (a token bucket with a
-    /// burst of one second's worth).
+    /// Most attempts started per second, across every worker process (a token bucket in
+    /// the store with a burst of one second's worth; see [`crate::rate`]).
     pub rate: Option<f64>,
     /// Nothing of the queue is dispatched while paused; submissions are still accepted.
     pub paused: bool,

@@ -12,8 +12,8 @@ use ferry_core::{AttemptOutcome, ErrorType, JobError, JobId, JobSpec, JobState, 
 use ferry_store::postgres::{PgOptions, PgStore};
 use ferry_store::sqlite::{Durability, SqliteOptions, SqliteStore};
 use ferry_store::{
-    CancelOutcome, ClaimRequest, DeleteOutcome, Finish, FinishResult, JobFilter, ReplayOutcome, Store, StoreError,
-    WorkerInfo, WorkerQueue,
+    CancelOutcome, ClaimRequest, DeleteOutcome, Finish, FinishResult, JobFilter, LabelRate, QueueSettings,
+    ReplayOutcome, Store, StoreError, WorkerInfo, WorkerQueue,
 };
 use serde_json::json;
 use std::collections::HashSet;
@@ -115,6 +115,8 @@ conformance!(
     the_result_cache_finds_recent_successes_of_the_workspace,
     runs_start_advance_and_end_with_an_ordered_log,
     fifty_racing_submits_admit_exactly_the_limit,
+    a_queue_rate_is_one_bucket_for_every_claimer,
+    label_rates_hold_per_value_and_per_workspace,
 );
 
 fn job(key: Option<&str>, priority: i32) -> NewJob {
@@ -152,7 +154,7 @@ async fn racing_claimers_never_get_the_same_job(store: Arc<dyn Store>) {
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let got = store.claim(claim_req(&format!("w{w}"), 7)).await.unwrap();
+                let got = store.claim(claim_req(&format!("w{w}"), 7)).await.unwrap().jobs;
                 if got.is_empty() {
                     return mine;
                 }
@@ -174,7 +176,7 @@ async fn claims_follow_priority_and_the_fence_refuses_stale_workers(store: Arc<d
     let high = job(None, 9);
     let mid = job(None, 5);
     store.submit(vec![low.clone(), high.clone(), mid.clone()]).await.unwrap();
-    let first = store.claim(claim_req("a", 2)).await.unwrap();
+    let first = store.claim(claim_req("a", 2)).await.unwrap().jobs;
     assert_eq!(first.iter().map(|j| j.id).collect::<Vec<_>>(), vec![high.id, mid.id], "higher priority first");
     let claimed = &first[0];
     assert_eq!(claimed.attempt, 1);
@@ -234,7 +236,7 @@ async fn retry_release_and_dead_record_their_attempts(store: Arc<dyn Store>) {
     let j = job(None, 0);
     store.submit(vec![j.clone()]).await.unwrap();
     let net = JobError::new(ErrorType::Network, "down");
-    let c = store.claim(claim_req("a", 1)).await.unwrap().remove(0);
+    let c = store.claim(claim_req("a", 1)).await.unwrap().jobs.remove(0);
     let retry = FinishResult::Retry { retry_in: 0, error: net.clone(), output: Some(json!("partial")) };
     assert!(store.finish(end(j.id, c.attempt, retry)).await.unwrap());
     let rec = store.get_job("default", j.id).await.unwrap().unwrap();
@@ -242,10 +244,10 @@ async fn retry_release_and_dead_record_their_attempts(store: Arc<dyn Store>) {
     assert_eq!(rec.error.as_ref(), Some(&net));
     assert_eq!(rec.output, Some(json!("partial")), "a failed attempt's output is kept");
     // Due at once: the next claim promotes and takes it.
-    let c = store.claim(claim_req("b", 1)).await.unwrap().remove(0);
+    let c = store.claim(claim_req("b", 1)).await.unwrap().jobs.remove(0);
     assert_eq!((c.attempt, c.attempts_counted), (2, 2));
     assert!(store.finish(end(j.id, c.attempt, FinishResult::Released)).await.unwrap());
-    let c = store.claim(claim_req("c", 1)).await.unwrap().remove(0);
+    let c = store.claim(claim_req("c", 1)).await.unwrap().jobs.remove(0);
     assert_eq!((c.attempt, c.attempts_counted), (3, 2), "a released attempt does not count");
     let budget = JobError::new(ErrorType::BudgetExhausted, "budget");
     let dead = FinishResult::Dead { error: budget.clone(), attempt_error: net.clone(), output: None };
@@ -287,7 +289,7 @@ async fn cancel_and_replay(store: Arc<dyn Store>) {
     let running = job(None, 0);
     store.submit(vec![waiting.clone(), running.clone()]).await.unwrap();
     assert_eq!(store.get_job("default", waiting.id).await.unwrap().unwrap().state, JobState::Scheduled);
-    let c = store.claim(claim_req("a", 5)).await.unwrap();
+    let c = store.claim(claim_req("a", 5)).await.unwrap().jobs;
     assert_eq!(c.len(), 1, "a scheduled job is not claimed before its time");
     match store.cancel("default", waiting.id).await.unwrap() {
         CancelOutcome::Cancelled { was_running, .. } => assert!(!was_running),
@@ -306,7 +308,7 @@ async fn cancel_and_replay(store: Arc<dyn Store>) {
     let rec = store.get_job("default", running.id).await.unwrap().unwrap();
     assert_eq!(rec.attempts[0].outcome, Some(AttemptOutcome::Cancelled));
     assert_eq!(store.replay("default", running.id).await.unwrap(), ReplayOutcome::Replayed);
-    let again = store.claim(claim_req("b", 5)).await.unwrap();
+    let again = store.claim(claim_req("b", 5)).await.unwrap().jobs;
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].attempt, again[0].attempts_counted), (2, 1), "replay gives fresh attempts");
     assert!(store.finish(succeed(running.id, 2)).await.unwrap());
@@ -318,8 +320,8 @@ async fn heartbeats_renew_only_held_leases_and_expired_ones_are_visible(store: A
     let b = job(None, 0);
     store.submit(vec![a.clone(), b.clone()]).await.unwrap();
     let short = ClaimRequest { queue: "default".into(), limit: 1, worker: "w1".into(), lease_ms: 1 };
-    let mine = store.claim(short).await.unwrap().remove(0);
-    let other = store.claim(claim_req("w2", 1)).await.unwrap().remove(0);
+    let mine = store.claim(short).await.unwrap().jobs.remove(0);
+    let other = store.claim(claim_req("w2", 1)).await.unwrap().jobs.remove(0);
     // Wait for the 1 ms lease to run out, polling with a deadline.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let expired = loop {
@@ -368,7 +370,7 @@ async fn workers_register_and_leave(store: Arc<dyn Store>) {
 async fn pruning_deletes_old_finished_jobs_only(store: Arc<dyn Store>) {
     let jobs: Vec<NewJob> = (0..5).map(|_| job(None, 0)).collect();
     store.submit(jobs.clone()).await.unwrap();
-    let claimed = store.claim(claim_req("a", 3)).await.unwrap();
+    let claimed = store.claim(claim_req("a", 3)).await.unwrap().jobs;
     // Two succeed, one dies, two stay queued.
     store.finish(succeed(claimed[0].id, 1)).await.unwrap();
     store.finish(succeed(claimed[1].id, 1)).await.unwrap();
@@ -397,7 +399,7 @@ async fn queue_counts_and_listing(store: Arc<dyn Store>) {
     jobs.push(spec(JobSpec { delay_ms: Some(60_000), ..noop() }));
     jobs.push(spec(JobSpec { queue: Some("other".into()), ..noop() }));
     store.submit(jobs.clone()).await.unwrap();
-    store.claim(claim_req("a", 1)).await.unwrap();
+    store.claim(claim_req("a", 1)).await.unwrap().jobs;
     let stats = store.queue_stats().await.unwrap();
     let default = stats.iter().find(|s| s.queue == "default").unwrap();
     assert_eq!((default.queued, default.running, default.scheduled, default.dead), (3, 1, 1, 0));
@@ -426,7 +428,7 @@ async fn only_finished_jobs_can_be_deleted(store: Arc<dyn Store>) {
     let running = job(None, 0);
     let queued = job(None, 0);
     store.submit(vec![running.clone(), queued.clone()]).await.unwrap();
-    let c = store.claim(claim_req("a", 1)).await.unwrap().remove(0);
+    let c = store.claim(claim_req("a", 1)).await.unwrap().jobs.remove(0);
     assert_eq!(c.id, running.id);
     assert_eq!(store.delete("default", queued.id).await.unwrap(), DeleteOutcome::NotFinished(JobState::Queued));
     assert_eq!(store.delete("default", running.id).await.unwrap(), DeleteOutcome::NotFinished(JobState::Running));
@@ -453,7 +455,7 @@ async fn the_result_cache_finds_recent_successes_of_the_workspace(store: Arc<dyn
     store.submit(vec![ok.clone(), failing.clone(), running.clone(), other_ws.clone()]).await.unwrap();
     let before = time::now_micros();
     assert!(store.cached_output("default", "key-1", 0).await.unwrap().is_none(), "nothing succeeded yet");
-    let claimed = store.claim(claim_req("w", 4)).await.unwrap();
+    let claimed = store.claim(claim_req("w", 4)).await.unwrap().jobs;
     let by_id = |id| claimed.iter().find(|j| j.id == id).unwrap();
     assert_eq!(by_id(ok.id).soft_timeout_ms, Some(1500), "the claim carries the soft timeout");
     assert_eq!((by_id(ok.id).cache_key.as_deref(), by_id(ok.id).workspace.as_str()), (Some("key-1"), "default"));
@@ -508,7 +510,7 @@ async fn fifty_racing_submits_admit_exactly_the_limit(store: Arc<dyn Store>) {
     assert_eq!(store.submit_admitted(batch(3), limit.clone()).await.unwrap().len(), 3);
     assert_eq!(store.queue_stats().await.unwrap()[0].queued, 8, "nothing of the refused batch was written");
     // A finished job frees its slot.
-    let claimed = store.claim(claim_req("w", 1)).await.unwrap();
+    let claimed = store.claim(claim_req("w", 1)).await.unwrap().jobs;
     store.finish(succeed(claimed[0].id, claimed[0].attempt)).await.unwrap();
     assert_eq!(
         store.submit_admitted(vec![by(&claimed_user(&store, claimed[0].id).await)], limit.clone()).await.unwrap().len(),
@@ -517,6 +519,74 @@ async fn fifty_racing_submits_admit_exactly_the_limit(store: Arc<dyn Store>) {
     assert!(store.submit_admitted(vec![by("cat")], limit).await.is_err(), "the workspace is full again");
     // Jobs of a run and unlimited submissions are not held back.
     assert!(store.submit_admitted(vec![by("cat")], Admission::default()).await.is_ok());
+}
+
+async fn a_queue_rate_is_one_bucket_for_every_claimer(store: Arc<dyn Store>) {
+    let rated = QueueSettings { name: "default".into(), rate: Some(5.0), ..Default::default() };
+    store.set_queue_settings(rated).await.unwrap();
+    store.submit((0..30).map(|i| job(None, i)).collect()).await.unwrap();
+    // Three claimers at once share one bucket: its burst (5) in all, not 5 each.
+    let tasks: Vec<_> = (0..3)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim(claim_req(&format!("w{w}"), 30)).await.unwrap() })
+        })
+        .collect();
+    let mut claims = Vec::new();
+    for t in tasks {
+        claims.push(t.await.unwrap());
+    }
+    let got: usize = claims.iter().map(|c| c.jobs.len()).sum();
+    assert_eq!(got, 5, "a burst of one second's worth, across claimers");
+    // A claimer that saw work it could not take is told when a token is back (on
+    // PostgreSQL another may have seen none: the first one had locked the candidates).
+    let waits: Vec<u64> = claims.iter().filter_map(|c| c.rate_wait_ms).collect();
+    assert!(!waits.is_empty() && waits.iter().all(|w| (1..=200).contains(w)), "a token every 200 ms: {waits:?}");
+    let again = store.claim(claim_req("w0", 30)).await.unwrap();
+    assert!(again.jobs.is_empty() && again.rate_wait_ms.is_some(), "the bucket is empty");
+    tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+    let later = store.claim(claim_req("w0", 30)).await.unwrap();
+    assert!((2..=5).contains(&later.jobs.len()), "450 ms refill 2.25 tokens: {}", later.jobs.len());
+    // Without the rate, everything left goes at once.
+    store.set_queue_settings(QueueSettings { name: "default".into(), ..Default::default() }).await.unwrap();
+    let rest = store.claim(claim_req("w0", 30)).await.unwrap();
+    assert_eq!((rest.jobs.len(), rest.rate_wait_ms), (30 - 5 - later.jobs.len(), None));
+}
+
+fn labelled(workspace: &str, labels: &[(&str, &str)]) -> NewJob {
+    let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    JobSpec { labels: Some(labels), ..noop() }
+        .validate(workspace, "test", time::now_micros(), &Limits::default())
+        .unwrap()
+}
+
+async fn label_rates_hold_per_value_and_per_workspace(store: Arc<dyn Store>) {
+    assert!(!store.set_label_rate("default", "api", Some(2.0)).await.unwrap(), "no rate before");
+    assert_eq!(store.label_rates("default").await.unwrap(), vec![LabelRate { label: "api".into(), rate: 2.0 }]);
+    assert!(store.label_rates("other").await.unwrap().is_empty(), "rates belong to their workspace");
+    let mut jobs = Vec::new();
+    for _ in 0..4 {
+        jobs.push(labelled("default", &[("api", "a")]));
+        jobs.push(labelled("default", &[("api", "b"), ("team", "x")]));
+        jobs.push(labelled("default", &[("team", "x")]));
+        jobs.push(labelled("other", &[("api", "a")]));
+    }
+    store.submit(jobs).await.unwrap();
+    let first = store.claim(claim_req("w", 100)).await.unwrap();
+    let mut by = std::collections::BTreeMap::new();
+    for j in &first.jobs {
+        let rec = store.get_job(&j.workspace, j.id).await.unwrap().unwrap();
+        let key = format!("{}:{}", rec.workspace, rec.labels.get("api").map_or("-", String::as_str));
+        *by.entry(key).or_insert(0) += 1;
+    }
+    let want: std::collections::BTreeMap<String, i32> =
+        [("default:a", 2), ("default:b", 2), ("default:-", 4), ("other:a", 4)].map(|(k, n)| (k.to_string(), n)).into();
+    assert_eq!(by, want, "two per label value; unlabelled and other workspaces' jobs are not held back");
+    assert!(first.rate_wait_ms.is_some());
+    // Held back jobs keep their place and go once the rate is gone.
+    assert!(store.set_label_rate("default", "api", None).await.unwrap(), "it had a rate");
+    let rest = store.claim(claim_req("w", 100)).await.unwrap();
+    assert_eq!((rest.jobs.len(), rest.rate_wait_ms), (4, None));
 }
 
 async fn claimed_user(store: &Arc<dyn Store>, id: JobId) -> String {
@@ -572,7 +642,7 @@ async fn runs_start_advance_and_end_with_an_ordered_log(store: Arc<dyn Store>) {
     assert!(matches!(store.create_run(again, planner()).await.unwrap().0, CreateRunOutcome::Conflict { .. }));
 
     // The first node's job exists, linked to the run.
-    let claimed = store.claim(claim_req("w", 10)).await.unwrap();
+    let claimed = store.claim(claim_req("w", 10)).await.unwrap().jobs;
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].run_id, Some(id));
     let done = |c: &ferry_store::ClaimedJob, out: serde_json::Value| Finish {
@@ -583,7 +653,7 @@ async fn runs_start_advance_and_end_with_an_ordered_log(store: Arc<dyn Store>) {
     };
     store.finish(done(&claimed[0], json!(41))).await.unwrap();
     store.advance_runs(vec![id], planner()).await.unwrap();
-    let next = store.claim(claim_req("w", 10)).await.unwrap();
+    let next = store.claim(claim_req("w", 10)).await.unwrap().jobs;
     assert_eq!(next.len(), 1);
     let input: serde_json::Value = serde_json::from_str(&next[0].input).unwrap();
     assert_eq!(input, json!({"from_a": 41}), "the upstream output, resolved");
@@ -632,7 +702,7 @@ async fn runs_start_advance_and_end_with_an_ordered_log(store: Arc<dyn Store>) {
     let third = new_run("w", None, None, json!({"x": 7}));
     let tid = third.id;
     store.create_run(third, planner()).await.unwrap();
-    let first = store.claim(claim_req("w", 10)).await.unwrap();
+    let first = store.claim(claim_req("w", 10)).await.unwrap().jobs;
     store.finish(done(&first[0], json!(7))).await.unwrap();
     store.advance_runs(vec![tid], planner()).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -650,7 +720,7 @@ async fn postgres_claim_query_uses_the_ready_index() {
     // A table that looks like production: many finished jobs, a few ready ones.
     for _ in 0..10 {
         b.store.submit((0..500).map(|_| job(None, 0)).collect()).await.unwrap();
-        let claimed = b.store.claim(claim_req("a", 500)).await.unwrap();
+        let claimed = b.store.claim(claim_req("a", 500)).await.unwrap().jobs;
         b.store.finish_many(claimed.iter().map(|c| succeed(c.id, c.attempt)).collect()).await.unwrap();
     }
     b.store.submit((0..20).map(|_| job(None, 0)).collect()).await.unwrap();

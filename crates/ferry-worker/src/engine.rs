@@ -108,7 +108,7 @@ struct Inner {
     /// Node jobs that started or ended: their runs must advance.
     advancer: mpsc::UnboundedSender<RunId>,
     planner: Planner,
-    /// Each served queue's run-time controls (pause, rate, concurrency).
+    /// Each served queue's run-time controls (pause, concurrency).
     controls: HashMap<String, Arc<QueueControl>>,
     /// Notified when a standalone job ended: jobs held for a slot may go now.
     freed: tokio::sync::Notify,
@@ -124,8 +124,6 @@ struct QueueControl {
     /// How many permits the semaphore was sized to.
     sized: Mutex<usize>,
     paused: std::sync::atomic::AtomicBool,
-    /// Attempts started per second at most, if limited.
-    rate: Mutex<Option<f64>>,
     /// Notified when the settings change.
     changed: tokio::sync::Notify,
 }
@@ -137,21 +135,14 @@ impl QueueControl {
             slots: Arc::new(Semaphore::new(configured)),
             sized: Mutex::new(configured),
             paused: Default::default(),
-            rate: Mutex::new(None),
             changed: tokio::sync::Notify::new(),
         }
     }
 
     fn apply(&self, settings: Option<&ferry_store::QueueSettings>) {
         let paused = settings.is_some_and(|s| s.paused);
-        let rate = settings.and_then(|s| s.rate).filter(|r| *r > 0.0);
         let target = settings.and_then(|s| s.concurrency).map_or(self.configured, |c| c as usize);
         let mut changed = self.paused.swap(paused, std::sync::atomic::Ordering::Relaxed) != paused;
-        {
-            let mut r = self.rate.lock().unwrap_or_else(|e| e.into_inner());
-            changed |= *r != rate;
-            *r = rate;
-        }
         let mut sized = self.sized.lock().unwrap_or_else(|e| e.into_inner());
         if target > *sized {
             self.slots.add_permits(target - *sized);
@@ -170,42 +161,6 @@ impl QueueControl {
         if changed {
             self.changed.notify_waiters();
         }
-    }
-}
-
-/// A token bucket: `rate` per second, a burst of one second's worth (at least one).
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new() -> Self {
-        Bucket { tokens: 0.0, last: Instant::now() }
-    }
-
-    fn refill(&mut self, rate: f64) {
-        let now = Instant::now();
-        self.tokens = (self.tokens + rate * (now - self.last).as_secs_f64()).min(rate.max(1.0));
-        self.last = now;
-    }
-
-    /// Takes up to `n` whole tokens.
-    fn take(&mut self, rate: f64, n: usize) -> usize {
-        self.refill(rate);
-        let k = (self.tokens.floor().max(0.0) as usize).min(n);
-        self.tokens -= k as f64;
-        k
-    }
-
-    /// Gives back tokens taken but not used.
-    fn give_back(&mut self, rate: f64, n: usize) {
-        self.tokens = (self.tokens + n as f64).min(rate.max(1.0));
-    }
-
-    /// How long until a whole token is there.
-    fn wait(&self, rate: f64) -> Duration {
-        Duration::from_secs_f64(((1.0 - self.tokens).max(0.0) / rate).max(0.001))
     }
 }
 
@@ -327,7 +282,6 @@ async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
     let slots = control.slots.clone();
     let wake = inner.store.wakeup(&queue.name);
     let poll = Duration::from_millis(inner.cfg.poll_ms);
-    let mut bucket = Bucket::new();
     loop {
         if control.paused.load(std::sync::atomic::Ordering::Relaxed) {
             tokio::select! {
@@ -348,20 +302,6 @@ async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
                 Err(_) => break,
             }
         }
-        let rate = *control.rate.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(rate) = rate {
-            let allowed = bucket.take(rate, permits.len());
-            if allowed == 0 {
-                drop(permits);
-                tokio::select! {
-                    _ = tokio::time::sleep(bucket.wait(rate)) => {}
-                    _ = control.changed.notified() => {}
-                    _ = inner.stop_claiming.cancelled() => return,
-                }
-                continue;
-            }
-            permits.truncate(allowed);
-        }
         let asked = permits.len();
         let req = ClaimRequest {
             queue: queue.name.clone(),
@@ -369,8 +309,8 @@ async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
             worker: inner.worker_id.clone(),
             lease_ms: inner.cfg.lease_ms,
         };
-        let jobs = match inner.store.claim(req).await {
-            Ok(jobs) => jobs,
+        let claimed = match inner.store.claim(req).await {
+            Ok(claimed) => claimed,
             Err(e) => {
                 tracing::warn!(queue = %queue.name, error = %e, "claim failed; will retry");
                 drop(permits);
@@ -381,10 +321,8 @@ async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
                 continue;
             }
         };
+        let jobs = claimed.jobs;
         let got = jobs.len();
-        if let Some(rate) = rate {
-            bucket.give_back(rate, asked - got);
-        }
         if inner.stop_claiming.is_cancelled() && got > 0 {
             // Claimed while shutting down: hand them straight back.
             for job in jobs {
@@ -399,7 +337,15 @@ async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
             inner.attempts.spawn(run_attempt(inner.clone(), job, permit));
         }
         drop(permits);
-        if got < asked {
+        if let Some(wait) = claimed.rate_wait_ms {
+            // A rate held work back: new jobs bring no tokens, so only time (or a
+            // change of settings) can help.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(wait).min(poll)) => {}
+                _ = control.changed.notified() => {}
+                _ = inner.stop_claiming.cancelled() => return,
+            }
+        } else if got < asked {
             let now = time::now_micros();
             let wait = match inner.store.next_due(&queue.name).await {
                 Ok(Some(due)) => Duration::from_micros(due.saturating_sub(now).max(0) as u64).min(poll),

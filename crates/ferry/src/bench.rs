@@ -217,6 +217,7 @@ async fn raw_postgres(cfg: &Config, jobs: usize) -> anyhow::Result<f64> {
         let claimed =
             store.claim(ClaimRequest { queue: "raw".into(), limit: n, worker: "raw".into(), lease_ms: 30_000 }).await?;
         let fins = claimed
+            .jobs
             .into_iter()
             .map(|c| Finish {
                 id: c.id,

@@ -52,7 +52,7 @@ pub enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
-    /// The workspace's concurrency limits (admin).
+    /// The workspace's concurrency limits and label rates (admin).
     Limits {
         #[command(subcommand)]
         command: LimitsCommand,
@@ -127,7 +127,7 @@ pub enum QueueCommand {
         /// Most waiting jobs (0: no cap)
         #[arg(long)]
         max_depth: Option<u64>,
-        /// Most attempts started per second per worker process
+        /// Most attempts started per second, across every worker process
         #[arg(long)]
         rate: Option<f64>,
         /// Stop dispatching (submissions are still accepted)
@@ -151,6 +151,25 @@ pub enum LimitsCommand {
     /// Replace them: JSON text, or @FILE (see `PUT /v1/limits`).
     Set {
         limits: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The workspace's rates on label keys.
+    Rates {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Rate-limit the workspace's jobs that carry a label: at most RATE starts per second
+    /// for each value of the label, across every worker process.
+    SetRate {
+        label: String,
+        rate: f64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove the workspace's rate on a label key.
+    UnsetRate {
+        label: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -507,6 +526,21 @@ pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
         Command::Limits { command: LimitsCommand::Set { limits, client } } => {
             let body = read_input(&limits)?;
             print(&Client::new(&client)?.call(reqwest::Method::PUT, "/v1/limits", Some(&body)).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Limits { command: LimitsCommand::Rates { client } } => {
+            print(&Client::new(&client)?.call(reqwest::Method::GET, "/v1/limits/rates", None).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Limits { command: LimitsCommand::SetRate { label, rate, client } } => {
+            let path = format!("/v1/limits/rates/{label}");
+            print(&Client::new(&client)?.call(reqwest::Method::PUT, &path, Some(&json!({"rate": rate}))).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Limits { command: LimitsCommand::UnsetRate { label, client } } => {
+            let path = format!("/v1/limits/rates/{label}");
+            Client::new(&client)?.call(reqwest::Method::DELETE, &path, None).await?;
+            println!("removed the rate on `{label}`");
             Ok(ExitCode::SUCCESS)
         }
         Command::Token { command: TokenCommand::List { client } } => {

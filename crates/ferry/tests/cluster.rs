@@ -872,3 +872,56 @@ async fn a_cancel_reaches_the_worker_process_at_once() {
     stop(work).await;
     stop(api).await;
 }
+
+/// A queue's rate is one token bucket in the database, shared by every worker process:
+/// two workers together start no more than the rate, where a bucket of their own each
+/// would start twice as many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_rate_holds_across_worker_processes() {
+    let Some(db) = database().await else { return };
+    let http = client();
+    let api = api_node(&db, &format!("{}-api", db.schema), &[]);
+    let nodes = [format!("{}-w1", db.schema), format!("{}-w2", db.schema)];
+    let w1 = worker(&db, &nodes[0], 20, &[]);
+    let w2 = worker(&db, &nodes[1], 20, &[]);
+    poll("both workers to register", async |last| {
+        let w = workers_by_node(&http, &api.url).await;
+        *last = format!("{w:?}");
+        nodes.iter().all(|n| w.contains_key(n))
+    })
+    .await;
+    let resp =
+        http.put(format!("{}/v1/queues/default", api.url)).json(&json!({"rate": 10})).send().await.expect("answer");
+    assert_eq!(resp.status(), 200);
+    // Worker processes re-read rates within a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let acknowledged = submit(&http, &[&api.url], json!({"kind": "noop"}), 40).await;
+    wait_until_all_finished(&http, &api.url).await;
+    let jobs = get_jobs(&http, &[&api.url], &acknowledged).await;
+    let mut starts = Vec::new();
+    let mut workers = HashSet::new();
+    for job in &jobs {
+        assert_one_success(job);
+        let attempt = &job["attempts"][0];
+        workers.insert(attempt["worker"].as_str().unwrap().to_string());
+        let at = chrono::DateTime::parse_from_rfc3339(attempt["started_at"].as_str().unwrap()).unwrap();
+        starts.push(at.timestamp_micros());
+    }
+    starts.sort();
+    assert_eq!(workers.len(), 2, "both workers took part: {workers:?}");
+    // 10 per second with a burst of 10: at most 20 in any second (slack: 1); a bucket per
+    // process would allow 40. And 40 starts take at least 3 s (slack: 0.5 s).
+    let most = starts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| starts[i..].iter().take_while(|u| **u < t + 1_000_000).count())
+        .max()
+        .unwrap_or(0);
+    assert!(most <= 21, "{most} starts within one second at a rate of 10/s over two workers");
+    let span = (starts[starts.len() - 1] - starts[0]) as f64 / 1e6;
+    assert!(span >= 2.5, "40 starts at 10/s took only {span} s");
+    stop(w1).await;
+    stop(w2).await;
+    stop(api).await;
+}

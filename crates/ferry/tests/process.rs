@@ -356,6 +356,20 @@ async fn the_first_admin_token_is_made_before_the_server_and_then_required() {
     let (code, out, _) = cli(&url, &["limits", "get", "--token", &token]);
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["per_user"]["jobs"], 3);
+    let (code, out, err) = cli(&url, &["limits", "set-rate", "api", "2.5", "--token", &token]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"label": "api", "rate": 2.5}));
+    let (code, out, _) = cli(&url, &["limits", "rates", "--token", &token]);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"rates": [{"label": "api", "rate": 2.5}]}));
+    let (code, _, err) = cli(&url, &["limits", "set-rate", "api", "0", "--token", &token]);
+    assert_ne!(code, 0);
+    assert!(err.contains("rate"), "the error names the field: {err}");
+    let (code, _, err) = cli(&url, &["limits", "unset-rate", "api", "--token", &token]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(&url, &["limits", "unset-rate", "api", "--token", &token]);
+    assert_ne!(code, 0, "nothing left to remove");
+    assert!(err.contains("404"), "{err}");
     stop(server).await;
 }
 

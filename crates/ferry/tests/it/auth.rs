@@ -99,7 +99,16 @@ async fn every_endpoint_keeps_to_the_token_workspace(backend: Backend) {
     let a_id = a_tokens["tokens"][0]["id"].as_str().expect("id").to_string();
     let (status, _) = srv.call_as(&b, Method::DELETE, &format!("/v1/tokens/{a_id}"), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "B cannot revoke A's token");
+    // Label rates belong to their workspace: B neither sees nor removes A's.
+    let (status, _) = srv.call_as(&a, Method::PUT, "/v1/limits/rates/api", Some(json!({"rate": 3}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, rates) = srv.call_as(&b, Method::GET, "/v1/limits/rates", None).await;
+    assert_eq!(rates["rates"], json!([]), "B lists none of A's rates");
+    let (status, _) = srv.call_as(&b, Method::DELETE, "/v1/limits/rates/api", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "B cannot remove A's rate");
     // A still has everything.
+    let (_, rates) = srv.call_as(&a, Method::GET, "/v1/limits/rates", None).await;
+    assert_eq!(rates["rates"], json!([{"label": "api", "rate": 3.0}]));
     let (status, _) = srv.call_as(&a, Method::GET, &format!("/v1/jobs/{job}"), None).await;
     assert_eq!(status, StatusCode::OK);
     srv.stop().await;
@@ -117,6 +126,10 @@ async fn roles_limit_what_a_token_may_do(backend: Backend) {
         (&viewer, Method::GET, "/v1/tokens", json!(null)),
         (&submitter, Method::GET, "/v1/tokens", json!(null)),
         (&submitter, Method::POST, "/v1/tokens", json!({"user": "x", "role": "admin"})),
+        (&submitter, Method::GET, "/v1/limits/rates", json!(null)),
+        (&submitter, Method::PUT, "/v1/limits/rates/api", json!({"rate": 1})),
+        (&submitter, Method::DELETE, "/v1/limits/rates/api", json!(null)),
+        (&submitter, Method::PUT, "/v1/queues/default", json!({"rate": 1})),
     ];
     for (token, method, path, body) in forbidden {
         let (status, answer) = srv.call_as(token, method.clone(), path, Some(body)).await;

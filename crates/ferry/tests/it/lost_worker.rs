@@ -21,7 +21,8 @@ async fn reaper_fails_a_lost_attempt_and_fences_the_ghost(backend: Backend) {
             .store
             .claim(ClaimRequest { queue: "other".into(), limit: 1, worker: "ghost".into(), lease_ms: 200 })
             .await
-            .expect("claim");
+            .expect("claim")
+            .jobs;
         (!got.is_empty()).then_some(got)
     })
     .await;

@@ -1,5 +1,5 @@
-//! Queue administration at run time: pause and resume, a rate that dispatch respects,
-//! a smaller concurrency, a depth cap set by an admin.
+//! Queue administration at run time: pause and resume, a rate that dispatch respects (on
+//! a queue, or on a label key), a smaller concurrency, a depth cap set by an admin.
 
 use crate::harness::{Backend, DEADLINE, TestServer, both};
 use chrono::DateTime;
@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 both!(
     a_paused_queue_dispatches_nothing_until_resumed,
     dispatch_respects_a_queue_rate,
+    dispatch_respects_a_label_rate_and_lets_other_work_pass,
+    bad_label_rates_are_refused,
     a_smaller_concurrency_and_a_depth_cap_apply_at_run_time,
     bad_queue_settings_are_refused,
 );
@@ -45,24 +47,103 @@ async fn dispatch_respects_a_queue_rate(backend: Backend) {
     assert_eq!(status, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(600)).await;
     let ids = srv.submit_batch((0..40).map(|_| json!({"kind": "noop"})).collect()).await;
+    let starts = start_times(&srv, &ids).await;
+    // A bucket of 10 per second with a burst of 10: any one-second window holds at most
+    // 20 starts (slack: 1), and 40 starts cannot take less than 3 s (slack: 0.5 s).
+    let most = most_in_a_second(&starts);
+    assert!(most <= 21, "{most} starts within one second at a rate of 10/s");
+    let span = (starts[starts.len() - 1] - starts[0]) as f64 / 1e6;
+    assert!(span >= 2.5, "40 starts at 10/s took only {span} s");
+    srv.stop().await;
+}
+
+/// The first attempts' start times of these jobs, in microseconds, sorted.
+async fn start_times(srv: &TestServer, ids: &[String]) -> Vec<i64> {
     let mut starts = Vec::new();
-    for id in &ids {
+    for id in ids {
         let job = srv.wait_state(id, &["succeeded"]).await;
         let at = job["attempts"][0]["started_at"].as_str().expect("started_at");
         starts.push(DateTime::parse_from_rfc3339(at).expect("time").timestamp_micros());
     }
     starts.sort();
-    // A bucket of 10 per second with a burst of 10: any one-second window holds at most
-    // 20 starts (slack: 1), and 40 starts cannot take less than 3 s (slack: 0.5 s).
-    let most = starts
+    starts
+}
+
+/// The most starts within any one second.
+fn most_in_a_second(starts: &[i64]) -> usize {
+    starts
         .iter()
         .enumerate()
         .map(|(i, t)| starts[i..].iter().take_while(|u| **u < t + 1_000_000).count())
         .max()
-        .unwrap_or(0);
-    assert!(most <= 21, "{most} starts within one second at a rate of 10/s");
-    let span = (starts[starts.len() - 1] - starts[0]) as f64 / 1e6;
-    assert!(span >= 2.5, "40 starts at 10/s took only {span} s");
+        .unwrap_or(0)
+}
+
+async fn dispatch_respects_a_label_rate_and_lets_other_work_pass(backend: Backend) {
+    let srv = TestServer::start_with(backend, |cfg| cfg.workers = 50).await;
+    let resp = srv
+        .client()
+        .put(format!("{}/v1/limits/rates/api", srv.url()))
+        .json(&json!({"rate": 5}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (_, rates) = srv.get("/v1/limits/rates").await;
+    assert_eq!(rates, json!({"rates": [{"label": "api", "rate": 5.0}]}));
+    // 20 jobs aimed at one API, then 20 that are not, all queued at once.
+    let limited =
+        srv.submit_batch((0..20).map(|_| json!({"kind": "noop", "labels": {"api": "github"}})).collect()).await;
+    let others = srv.submit_batch((0..20).map(|_| json!({"kind": "noop", "labels": {"team": "x"}})).collect()).await;
+    let limited = start_times(&srv, &limited).await;
+    let others = start_times(&srv, &others).await;
+    // 5 per second with a burst of 5: at most 10 in any second (slack: 1), and 20 take
+    // at least 3 s (slack: 0.5 s).
+    let most = most_in_a_second(&limited);
+    assert!(most <= 11, "{most} starts of `api=github` within one second at 5/s");
+    let span = (limited[limited.len() - 1] - limited[0]) as f64 / 1e6;
+    assert!(span >= 2.5, "20 starts at 5/s took only {span} s");
+    // The unlabelled jobs queued behind them did not wait for them.
+    assert!(others[others.len() - 1] < limited[limited.len() - 1], "other work passed the rate-limited work");
+    // Removing the rate lets the label's work go at once.
+    let resp = srv.client().delete(format!("{}/v1/limits/rates/api", srv.url())).send().await.expect("answer");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let ids = srv.submit_batch((0..30).map(|_| json!({"kind": "noop", "labels": {"api": "github"}})).collect()).await;
+    assert_eq!(start_times(&srv, &ids).await.len(), 30);
+    srv.stop().await;
+}
+
+async fn bad_label_rates_are_refused(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let put = |label: &'static str, body: Value| {
+        let req = srv.client().put(format!("{}/v1/limits/rates/{label}", srv.url())).json(&body);
+        async move {
+            let resp = req.send().await.expect("answer");
+            let status = resp.status();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    for (label, body, field) in [
+        ("api", json!({"rate": 0}), "rate"),
+        ("api", json!({"rate": -1}), "rate"),
+        ("api", json!({"rate": 1_000_001}), "rate"),
+        ("api", json!({"rate": "fast"}), "rate"),
+        ("api", json!({}), "rate"),
+        ("api", json!({"rate": 1, "burst": 3}), "burst"),
+        ("a%20b", json!({"rate": 1}), "label"),
+    ] {
+        let (status, answer) = put(label, body.clone()).await;
+        assert_eq!((status, &answer["error"]["field"]), (StatusCode::BAD_REQUEST, &json!(field)), "{body}: {answer}");
+    }
+    // The edges are accepted.
+    for rate in [0.001, 1_000_000.0] {
+        let (status, answer) = put("api", json!({"rate": rate})).await;
+        assert_eq!((status, &answer["rate"]), (StatusCode::OK, &json!(rate)), "{answer}");
+    }
+    let resp = srv.client().delete(format!("{}/v1/limits/rates/nope", srv.url())).send().await.expect("answer");
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let (_, rates) = srv.get("/v1/limits/rates").await;
+    assert_eq!(rates, json!({"rates": [{"label": "api", "rate": 1_000_000.0}]}), "only the accepted rate is set");
     srv.stop().await;
 }
 

@@ -66,7 +66,8 @@ async fn jobs_left_running_by_a_crashed_process_are_retried(backend: Backend) {
         .store
         .claim(ClaimRequest { queue: "default".into(), limit: 1, worker: "ghost".into(), lease_ms })
         .await
-        .expect("claim");
+        .expect("claim")
+        .jobs;
     assert_eq!(claimed.len(), 1);
     assert_eq!(server.job(&id).await["state"], "running");
 

@@ -14,7 +14,7 @@ async fn openapi_lists_every_endpoint(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{doc}");
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with('3')), "{}", doc["openapi"]);
     let paths = doc["paths"].as_object().expect("paths");
-    let expected: [(&str, &[&str]); 22] = [
+    let expected: [(&str, &[&str]); 24] = [
         ("/v1/jobs", &["get", "post"]),
         ("/v1/jobs/batch", &["post"]),
         ("/v1/jobs/{id}", &["get", "delete"]),
@@ -36,6 +36,8 @@ async fn openapi_lists_every_endpoint(backend: Backend) {
         ("/v1/tokens", &["get", "post"]),
         ("/v1/tokens/{id}", &["delete"]),
         ("/v1/limits", &["get", "put"]),
+        ("/v1/limits/rates", &["get"]),
+        ("/v1/limits/rates/{label}", &["put", "delete"]),
         ("/v1/queues/{name}", &["put"]),
     ];
     for (path, methods) in expected {

@@ -1,0 +1,269 @@
+//! Rate limits, kept in the store so that a rate holds across every worker process.
+//!
+//! A rate is set on a queue (`queue_settings.rate`, for every workspace's jobs of that
+//! queue) or, by a workspace, on a label key (`label_rates`, for that workspace's jobs
+//! only: a tenant cannot slow another one down). Each rate is a token bucket in the
+//! `rate_buckets` table: it holds at most one second's worth of tokens (at least one),
+//! refills continuously by the store's clock, and starts full. A label key's rate keeps one
+//! bucket per label value, so with a rate of 5 on `api`, jobs labelled `api=github` and
+//! jobs labelled `api=openai` may each start 5 times a second.
+//!
+//! Every attempt a claim starts takes one token from its queue's bucket (if the queue has a
+//! rate) and one from the bucket of each rated label it carries, in the claim's own
+//! transaction: the SQLite writer, or on PostgreSQL with the buckets' rows locked, so two
+//! processes never spend the same token. A job whose label bucket is empty is passed
+//! over, and the jobs behind it, within a window of [`MAX_WINDOW`] candidates, may start
+//! before it; it keeps its place and goes when its bucket has a token again. The claim
+//! reports how long until a token it lacked is back, so the dispatcher sleeps that long
+//! instead of polling.
+//!
+//! A claim takes this path only when a rate could apply: its queue has one, or some
+//! workspace rated a label key (then every queue's claims do, since any job may carry the
+//! label). It reads the candidates and leases them one statement each, where an unrated
+//! claim is one statement in all; that costs throughput on busy queues, not correctness.
+//!
+//! Rates are read through a cache (the SQLite writer reloads after a change; a PostgreSQL
+//! process re-reads them every second), so a change applies within a second everywhere.
+
+use ferry_core::JobId;
+use ferry_core::time::Micros;
+use std::collections::{BTreeMap, HashMap};
+
+/// The most queued jobs one rated claim looks at to find some whose buckets have tokens.
+pub const MAX_WINDOW: usize = 1000;
+
+/// A bucket that was not used for this long is full again for any rate worth setting
+/// (one token per day or more); pruning deletes it, and a missing bucket is a full one.
+pub const IDLE_BUCKET_US: Micros = 24 * 3600 * 1_000_000;
+
+/// Every rate in force.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rates {
+    /// Queue name → jobs per second.
+    pub queues: HashMap<String, f64>,
+    /// Workspace → label key → jobs per second.
+    pub labels: HashMap<String, HashMap<String, f64>>,
+}
+
+impl Rates {
+    /// Whether a claim of this queue must go through the buckets.
+    pub fn applies_to(&self, queue: &str) -> bool {
+        self.queues.contains_key(queue) || !self.labels.is_empty()
+    }
+
+    /// How many queued jobs a rated claim of `limit` looks at.
+    pub fn window(&self, limit: usize) -> usize {
+        if self.labels.is_empty() { limit } else { (limit.saturating_mul(4)).clamp(64, MAX_WINDOW) }
+    }
+
+    /// The buckets a claim of `queue` over these candidates may draw on, with their rates,
+    /// sorted by key (PostgreSQL locks them in this order, so claimers cannot deadlock).
+    pub fn buckets_for(&self, queue: &str, candidates: &[Candidate]) -> Vec<(String, f64)> {
+        let mut keys: BTreeMap<String, f64> = BTreeMap::new();
+        if let Some(rate) = self.queues.get(queue) {
+            keys.insert(queue_bucket(queue), *rate);
+        }
+        for c in candidates {
+            keys.extend(self.label_buckets(c));
+        }
+        keys.into_iter().collect()
+    }
+
+    /// The label buckets one job draws on.
+    fn label_buckets(&self, c: &Candidate) -> Vec<(String, f64)> {
+        let Some(rated) = self.labels.get(&c.workspace) else { return Vec::new() };
+        c.labels
+            .iter()
+            .filter_map(|(k, v)| rated.get(k).map(|rate| (label_bucket(&c.workspace, k, v), *rate)))
+            .collect()
+    }
+}
+
+/// The bucket of a queue's rate.
+pub fn queue_bucket(queue: &str) -> String {
+    format!("queue:{queue}")
+}
+
+/// The bucket of one value of a workspace's rated label key. JSON quoting keeps the three
+/// parts apart whatever they contain.
+pub fn label_bucket(workspace: &str, key: &str, value: &str) -> String {
+    format!("label:{}", serde_json::json!([workspace, key, value]))
+}
+
+/// The most tokens a bucket of this rate holds: one second's worth, at least one.
+pub fn burst(rate: f64) -> f64 {
+    rate.max(1.0)
+}
+
+/// A token bucket as stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    pub tokens: f64,
+    /// When `tokens` was computed (the store's clock).
+    pub refilled_at: Micros,
+}
+
+impl Bucket {
+    /// A bucket nobody used yet: full.
+    pub fn full(rate: f64, now: Micros) -> Self {
+        Bucket { tokens: burst(rate), refilled_at: now }
+    }
+
+    fn refill(&mut self, rate: f64, now: Micros) {
+        let elapsed = now.saturating_sub(self.refilled_at).max(0) as f64 / 1e6;
+        self.tokens = (self.tokens + rate * elapsed).min(burst(rate));
+        self.refilled_at = self.refilled_at.max(now);
+    }
+
+    /// Microseconds until the bucket holds a whole token.
+    fn wait_us(&self, rate: f64) -> Micros {
+        (((1.0 - self.tokens).max(0.0) / rate) * 1e6).ceil().max(1000.0) as Micros
+    }
+}
+
+/// A queued job a rated claim may start, in claim order.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub id: JobId,
+    pub workspace: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What a rated claim decided.
+#[derive(Debug, Default, PartialEq)]
+pub struct Choice {
+    /// The jobs to start, in claim order.
+    pub chosen: Vec<JobId>,
+    /// Set when a bucket held back work: microseconds until it has a token again.
+    pub wait_us: Option<Micros>,
+}
+
+/// Picks up to `limit` candidates whose buckets all hold a token, in order, and spends
+/// their tokens. `buckets` holds the stored state of the buckets in `needed` (from
+/// [`Rates::buckets_for`]); missing ones start full. On return it holds every needed
+/// bucket's new state, to be written back in the same transaction.
+pub fn choose(
+    rates: &Rates,
+    queue: &str,
+    candidates: &[Candidate],
+    limit: usize,
+    needed: &[(String, f64)],
+    buckets: &mut HashMap<String, Bucket>,
+    now: Micros,
+) -> Choice {
+    for (key, rate) in needed {
+        buckets.entry(key.clone()).or_insert_with(|| Bucket::full(*rate, now)).refill(*rate, now);
+    }
+    let mut choice = Choice::default();
+    let held_back = |wait: Micros, choice: &mut Choice| {
+        choice.wait_us = Some(choice.wait_us.map_or(wait, |w| w.min(wait)));
+    };
+    let queue_rate = rates.queues.get(queue).map(|r| (queue_bucket(queue), *r));
+    for c in candidates {
+        if choice.chosen.len() == limit {
+            break;
+        }
+        if let Some((key, rate)) = &queue_rate {
+            let b = buckets.get(key).copied().unwrap_or_else(|| Bucket::full(*rate, now));
+            if b.tokens < 1.0 {
+                held_back(b.wait_us(*rate), &mut choice);
+                break;
+            }
+        }
+        let labels = rates.label_buckets(c);
+        let blocked: Vec<Micros> = labels
+            .iter()
+            .filter_map(|(key, rate)| buckets.get(key).filter(|b| b.tokens < 1.0).map(|b| b.wait_us(*rate)))
+            .collect();
+        if let Some(wait) = blocked.into_iter().min() {
+            held_back(wait, &mut choice);
+            continue;
+        }
+        for (key, _) in queue_rate.iter().chain(labels.iter()) {
+            if let Some(b) = buckets.get_mut(key) {
+                b.tokens -= 1.0;
+            }
+        }
+        choice.chosen.push(c.id);
+    }
+    choice
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(n: u128, ws: &str, labels: &[(&str, &str)]) -> Candidate {
+        Candidate {
+            id: JobId::from_u128(n),
+            workspace: ws.into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    fn rates(queue: Option<f64>, labels: &[(&str, &str, f64)]) -> Rates {
+        let mut r = Rates::default();
+        if let Some(q) = queue {
+            r.queues.insert("q".into(), q);
+        }
+        for (ws, key, rate) in labels {
+            r.labels.entry(ws.to_string()).or_default().insert(key.to_string(), *rate);
+        }
+        r
+    }
+
+    fn run(r: &Rates, cands: &[Candidate], limit: usize, b: &mut HashMap<String, Bucket>, now: Micros) -> Choice {
+        let needed = r.buckets_for("q", cands);
+        choose(r, "q", cands, limit, &needed, b, now)
+    }
+
+    #[test]
+    fn a_queue_rate_starts_full_then_refills_at_its_rate() {
+        let r = rates(Some(5.0), &[]);
+        let cands: Vec<_> = (0..20).map(|i| cand(i, "w", &[])).collect();
+        let mut b = HashMap::new();
+        let first = run(&r, &cands, 20, &mut b, 0);
+        assert_eq!(first.chosen.len(), 5, "a burst of one second's worth");
+        let wait = first.wait_us.expect("held back");
+        assert!((199_000..=201_000).contains(&wait), "one token every 200 ms: {wait}");
+        assert!(run(&r, &cands, 20, &mut b, 100_000).chosen.is_empty(), "half a token is not one");
+        assert_eq!(run(&r, &cands, 20, &mut b, 600_000).chosen.len(), 3, "0.5 left + 2.5 refilled");
+        // Idle for a long time: never more than the burst.
+        assert_eq!(run(&r, &cands, 20, &mut b, 100_000_000).chosen.len(), 5);
+    }
+
+    #[test]
+    fn a_label_rate_holds_per_value_and_per_workspace_and_lets_others_pass() {
+        let r = rates(None, &[("w", "api", 2.0)]);
+        let mut cands = Vec::new();
+        for i in 0..5 {
+            cands.push(cand(i, "w", &[("api", "a")]));
+            cands.push(cand(100 + i, "w", &[("api", "b")]));
+            cands.push(cand(200 + i, "other", &[("api", "a")]));
+            cands.push(cand(300 + i, "w", &[("team", "x")]));
+        }
+        let mut b = HashMap::new();
+        let choice = run(&r, &cands, 100, &mut b, 0);
+        let count = |lo: u128| choice.chosen.iter().filter(|id| (lo..lo + 100).contains(&id.as_u128())).count();
+        assert_eq!((count(0), count(100), count(200), count(300)), (2, 2, 5, 5));
+        assert!(choice.wait_us.is_some());
+        let order: Vec<u128> = choice.chosen.iter().map(|id| id.as_u128()).collect();
+        let mut sorted = order.clone();
+        sorted.sort_by_key(|n| cands.iter().position(|c| c.id.as_u128() == *n));
+        assert_eq!(order, sorted, "claim order is kept");
+    }
+
+    #[test]
+    fn nothing_held_back_means_no_wait() {
+        let r = rates(Some(100.0), &[]);
+        let cands: Vec<_> = (0..3).map(|i| cand(i, "w", &[])).collect();
+        let choice = run(&r, &cands, 10, &mut HashMap::new(), 0);
+        assert_eq!((choice.chosen.len(), choice.wait_us), (3, None));
+    }
+
+    #[test]
+    fn bucket_keys_cannot_collide() {
+        assert_ne!(label_bucket("a\",\"b", "c", "d"), label_bucket("a", "b\",\"c", "d"));
+        assert_ne!(queue_bucket("x"), label_bucket("x", "", ""));
+    }
+}
