@@ -216,28 +216,26 @@ def free_port():
             return port
 
 
-def pss_kb(pid):
-    """Proportional set size now (shared pages split between their users), in KiB."""
+def proc_kb(path, key):
+    """The `key:` line of a /proc file, in KiB; 0 if the process is gone."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("Pss:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def pss_kb(pid):
+    """Proportional set size now (shared pages split between their users), in KiB."""
+    return proc_kb(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
 def vm_hwm_kb(pid):
     """Peak resident set size (VmHWM) of a process, in KiB; 0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return proc_kb(f"/proc/{pid}/status", "VmHWM")
 
 
 def descendants(pid):
