@@ -296,6 +296,9 @@ pub struct NewJob {
     pub cache_key: Option<String>,
 }
 
+/// What [`valid_name`] accepts, in an error message's words.
+pub const NAME_RULE: &str = "must be 1 to 64 characters of letters, digits, `_`, `-` or `.`";
+
 /// Whether `value` is a valid name of a kind, queue or label key: 1 to 64 letters,
 /// digits, `_`, `-` or `.`.
 pub fn valid_name(value: &str) -> bool {
@@ -303,11 +306,7 @@ pub fn valid_name(value: &str) -> bool {
 }
 
 fn check_name(field: &str, value: &str) -> Result<(), SpecError> {
-    if valid_name(value) {
-        Ok(())
-    } else {
-        Err(SpecError::invalid(field, "must be 1 to 64 characters of letters, digits, `_`, `-` or `.`"))
-    }
+    if valid_name(value) { Ok(()) } else { Err(SpecError::invalid(field, NAME_RULE)) }
 }
 
 impl JobSpec {

@@ -117,7 +117,7 @@ fn label_key(label: &str) -> Result<(), ApiError> {
     if ferry_core::job::valid_name(label) {
         Ok(())
     } else {
-        Err(ApiError::bad_field("label", "must be 1 to 64 characters of letters, digits, `_`, `-` or `.`"))
+        Err(ApiError::bad_field("label", ferry_core::job::NAME_RULE))
     }
 }
 

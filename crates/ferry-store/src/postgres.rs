@@ -306,7 +306,7 @@ impl PgStore {
             }
         }
         tx.commit().await?;
-        Ok(Claimed { jobs: in_claim_order(claimed), rate_wait_ms: choice.wait_us.map(|us| (us as u64).div_ceil(1000)) })
+        Ok(Claimed { jobs: in_claim_order(claimed), rate_wait_ms: choice.wait_ms() })
     }
 
     /// A transaction and the database's clock at its start.

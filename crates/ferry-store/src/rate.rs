@@ -138,6 +138,13 @@ pub struct Choice {
     pub wait_us: Option<Micros>,
 }
 
+impl Choice {
+    /// [`Choice::wait_us`] in whole milliseconds, rounded up (what a claim reports).
+    pub fn wait_ms(&self) -> Option<u64> {
+        self.wait_us.map(|us| (us.max(0) as u64).div_ceil(1000))
+    }
+}
+
 /// Picks up to `limit` candidates whose buckets all hold a token, in order, and spends
 /// their tokens. `buckets` holds the stored state of the buckets in `needed` (from
 /// [`Rates::buckets_for`]); missing ones start full. On return it holds every needed

@@ -830,7 +830,7 @@ impl Writer {
             job.worker = Some(req.worker.clone());
             jobs.push(job);
         }
-        Ok(Claimed { jobs, rate_wait_ms: choice.wait_us.map(|us| (us as u64).div_ceil(1000)) })
+        Ok(Claimed { jobs, rate_wait_ms: choice.wait_ms() })
     }
 
     fn finish(&mut self, fin: &Finish) -> Result<bool, StoreError> {
