@@ -1218,7 +1218,7 @@ impl Store for PgStore {
                 .await?;
         let mut released = 0;
         for ws in workspaces {
-            let (mut tx, now) = self.begin().await?;
+            let (mut tx, mut now) = self.begin().await?;
             let stored: Option<String> = sqlx::query_scalar("SELECT limits FROM workspace_limits WHERE workspace = $1")
                 .bind(&ws)
                 .fetch_optional(&mut *tx)
@@ -1232,17 +1232,31 @@ impl Store for PgStore {
             .fetch_all(&mut *tx)
             .await?;
             let (mut events, mut woken) = (Vec::new(), BTreeSet::new());
+            // A user refused once stays refused for this pass: each count is a fresh
+            // snapshot, and a slot freed meanwhile must not let a later job jump ahead.
+            let mut refused = std::collections::HashSet::new();
             for row in &held {
                 let (id, user, queue, run_at): (JobId, String, String, Micros) =
                     (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+                if refused.contains(&user) {
+                    continue;
+                }
                 let (user_now, workspace_now) = in_flight(&mut tx, "jobs", &ws, &user).await?;
                 match limits.jobs_for(&user).check("job", user_now, workspace_now, 1) {
                     Err(l) if l.scope == "workspace" => break,
-                    Err(_) => continue,
+                    Err(_) => {
+                        refused.insert(user);
+                        continue;
+                    }
                     Ok(()) => {}
                 }
+                // Read after the admission lock, so jobs released by passes that waited
+                // for each other are due in the order they were released.
+                now = clock(&mut tx).await?;
                 let (state, at) = if run_at > now { (JobState::Scheduled, run_at) } else { (JobState::Queued, now) };
-                sqlx::query(
+                // The list was read before the admission lock: another pass may have
+                // released this job since.
+                let moved = sqlx::query(
                     "UPDATE jobs SET state = $2, run_at = $3, updated_at = $4 WHERE id = $1 AND state = 'held'",
                 )
                 .bind(id)
@@ -1251,6 +1265,9 @@ impl Store for PgStore {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+                if moved.rows_affected() == 0 {
+                    continue;
+                }
                 let (kind, data) = transition::submit_event(state, &queue, at);
                 events.push((id, kind, data));
                 woken.insert(queue);

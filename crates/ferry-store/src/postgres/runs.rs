@@ -311,23 +311,39 @@ impl PgStore {
             .fetch_all(&mut *tx)
             .await?;
             let mut woken = BTreeSet::new();
+            // A user refused once stays refused for this pass: each count is a fresh
+            // snapshot, and a slot freed meanwhile must not let a later run jump ahead.
+            let mut refused = std::collections::HashSet::new();
             for row in &waiting {
                 let (id, user, workflow): (RunId, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
                 let version = row.try_get::<i64, _>(3)? as u32;
+                if refused.contains(&user) {
+                    continue;
+                }
                 let (user_now, workspace_now) = super::in_flight(&mut tx, "runs", &ws, &user).await?;
                 match limits.runs_for(&user).check("run", user_now, workspace_now, 1) {
                     Err(l) if l.scope == "workspace" => break,
-                    Err(_) => continue,
+                    Err(_) => {
+                        refused.insert(user);
+                        continue;
+                    }
                     Ok(()) => {}
                 }
                 let now = clock(&mut tx).await?;
                 let def = definition(&mut tx, &ws, &workflow, version).await?.unwrap_or(Value::Null);
-                sqlx::query("UPDATE runs SET state = 'running', deadline_at = $2, updated_at = $3 WHERE id = $1")
-                    .bind(id)
-                    .bind(runs::deadline(&def, now))
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                // The list was read before the admission lock: another pass may have
+                // started this run since.
+                let started = sqlx::query(
+                    "UPDATE runs SET state = 'running', deadline_at = $2, updated_at = $3 WHERE id = $1 AND state = 'queued'",
+                )
+                .bind(id)
+                .bind(runs::deadline(&def, now))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if started.rows_affected() == 0 {
+                    continue;
+                }
                 run_event(&mut tx, now, id, "run_started", None, &json!({"workflow": workflow, "version": version}))
                     .await?;
                 let (advanced, w) = self.advance_tx(&mut tx, id, planner).await?;
