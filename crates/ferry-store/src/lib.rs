@@ -13,6 +13,7 @@
 //! **Invariant:** a call that writes returns only after its transaction committed. The
 //! API answers 2xx only after that, so an acknowledged job is durable.
 
+pub mod park;
 pub mod postgres;
 pub mod rate;
 mod row;
@@ -24,6 +25,7 @@ mod types;
 
 pub use ferry_core::admission::{Admission, LimitPair, LimitReached, WorkspaceLimits};
 use ferry_core::run::{RunId, RunState};
+pub use park::Parked;
 pub use runs::{
     Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunJobRow, RunNodeRow, RunPage,
     RunRow, WorkflowSummary, WorkflowVersion,
@@ -99,6 +101,14 @@ pub trait Store: Send + Sync + 'static {
     /// token from the rate buckets it draws on (see [`rate`]); a job whose bucket is empty
     /// waits.
     async fn claim(&self, req: ClaimRequest) -> Result<Claimed, StoreError>;
+
+    /// Leaves a claim waiting in the store until this process makes work ready in its
+    /// queue; that transaction runs the claim before it commits and delivers what it
+    /// leased (see [`park`]). For a dispatcher whose last claim came back short. `None`
+    /// when the backend does not park.
+    fn park(&self, _req: ClaimRequest) -> Option<Parked> {
+        None
+    }
 
     /// Ends a running attempt. Returns `false` (changing nothing) when the job is no longer
     /// running under that attempt number: its lease was taken over or it was cancelled.

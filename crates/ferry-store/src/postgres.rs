@@ -26,10 +26,11 @@
 
 use crate::{
     CancelOutcome, ClaimRequest, Claimed, ClaimedJob, DeleteOutcome, Event, Finish, JobFilter, JobRecord, LabelRate,
-    Page, QueueStats, ReplayOutcome, Store, StoreError, Submitted, Wakeups, WorkerInfo,
+    Page, Parked, QueueStats, ReplayOutcome, Store, StoreError, Submitted, Wakeups, WorkerInfo,
 };
 mod runs;
 
+use crate::park::Parks;
 use crate::rate::{self, Rates};
 use crate::runs::{
     Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunPage, WorkflowSummary,
@@ -63,12 +64,21 @@ const MIGRATIONS: &[(i64, &str)] = &[
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
+/// `insert_events.sql` and the queues' wake-ups in one statement (one round trip less on
+/// every submission); $5 is the channel, $6 the queues.
+const INSERT_EVENTS_NOTIFY: &str = concat!(
+    "WITH logged AS (\n",
+    include_str!("../sql/postgres/insert_events.sql"),
+    "\n)\nSELECT pg_notify($5, q) FROM UNNEST($6::text[]) AS q"
+);
 const PROMOTE_DUE: &str = include_str!("../sql/postgres/promote_due.sql");
 const CLAIM: &str = include_str!("../sql/postgres/claim.sql");
 const CLAIM_IDS: &str = include_str!("../sql/postgres/claim_ids.sql");
 /// How long a process reuses the rates it read (see [`crate::rate`]): a change made
 /// elsewhere applies here within this time, and the one made here at once.
 const RATES_FRESH_FOR: Duration = Duration::from_secs(1);
+/// A pooled connection idle at least this long is pinged before it is handed out.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 const FINISH: &str = include_str!("../sql/postgres/finish.sql");
 const HEARTBEAT: &str = include_str!("../sql/postgres/heartbeat.sql");
 const PRUNE: &str = include_str!("../sql/postgres/prune.sql");
@@ -105,6 +115,8 @@ pub struct PgStore {
     listener: JoinHandle<()>,
     /// Every rate in force, and when it was read.
     rates: std::sync::Mutex<Option<(std::time::Instant, Arc<Rates>)>>,
+    /// This process's claims waiting for work (see [`crate::park`]).
+    parks: Arc<Parks>,
 }
 
 impl Drop for PgStore {
@@ -170,9 +182,22 @@ impl PgStore {
             pool.close().await;
             connect = connect.options([("search_path", s.as_str())]);
         }
+        // sqlx pings every connection it hands out, a round trip before each query on
+        // the hottest paths (submit, claim, finish). Only a connection idle for a while
+        // is pinged here; one that broke in use fails its query, is dropped by the ping
+        // sqlx makes when it comes back, and its caller retries.
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections.max(2))
             .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE_FOR {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(connect)
             .await?;
         migrate(&pool).await?;
@@ -201,22 +226,37 @@ impl PgStore {
             token_changes,
             listener,
             rates: Default::default(),
+            parks: Default::default(),
         })
     }
 
     /// Every rate in force, read through a cache of [`RATES_FRESH_FOR`].
     async fn rates(&self) -> Result<Arc<Rates>, StoreError> {
-        if let Some((at, rates)) = &*self.rates.lock().unwrap_or_else(|e| e.into_inner())
-            && at.elapsed() < RATES_FRESH_FOR
-        {
-            return Ok(rates.clone());
+        if let Some(rates) = self.fresh_rates() {
+            return Ok(rates);
+        }
+        self.rates_on(&mut *self.pool.acquire().await?).await
+    }
+
+    fn fresh_rates(&self) -> Option<Arc<Rates>> {
+        match &*self.rates.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((at, rates)) if at.elapsed() < RATES_FRESH_FOR => Some(rates.clone()),
+            _ => None,
+        }
+    }
+
+    /// Reads the rates on `conn` (inside a transaction, so as to need no second
+    /// connection from the pool) unless the cache is fresh.
+    async fn rates_on(&self, conn: &mut sqlx::PgConnection) -> Result<Arc<Rates>, StoreError> {
+        if let Some(rates) = self.fresh_rates() {
+            return Ok(rates);
         }
         let mut rates = Rates::default();
-        for r in sqlx::query("SELECT name, rate FROM queue_settings WHERE rate > 0").fetch_all(&self.pool).await? {
+        for r in sqlx::query("SELECT name, rate FROM queue_settings WHERE rate > 0").fetch_all(&mut *conn).await? {
             rates.queues.insert(r.try_get(0)?, r.try_get(1)?);
         }
         for r in
-            sqlx::query("SELECT workspace, label, rate FROM label_rates WHERE rate > 0").fetch_all(&self.pool).await?
+            sqlx::query("SELECT workspace, label, rate FROM label_rates WHERE rate > 0").fetch_all(&mut *conn).await?
         {
             rates.labels.entry(r.try_get(0)?).or_default().insert(r.try_get(1)?, r.try_get(2)?);
         }
@@ -401,6 +441,25 @@ async fn count_waiting(tx: &mut Transaction<'static, Postgres>, queue: &str, cap
 }
 
 /// The database's clock, in microseconds.
+/// The claim of a queue no rate applies to (`claim.sql`): on the pool, or inside the
+/// transaction of a submission that runs a parked claim.
+async fn claim_plain<'e>(ex: impl sqlx::PgExecutor<'e>, req: &ClaimRequest) -> Result<Claimed, StoreError> {
+    let rows = sqlx::query(CLAIM)
+        .bind(&req.queue)
+        .bind(req.limit as i64)
+        .bind(&req.worker)
+        .bind(time::ms(req.lease_ms))
+        .fetch_all(ex)
+        .await?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let mut job = claimed_from_row(r, r.try_get(16)?)?;
+        job.worker = Some(req.worker.clone());
+        claimed.push((job, r.try_get::<i32, _>(15)?));
+    }
+    Ok(Claimed { jobs: in_claim_order(claimed), rate_wait_ms: None })
+}
+
 async fn clock(tx: &mut Transaction<'static, Postgres>) -> Result<Micros, StoreError> {
     Ok(sqlx::query_scalar("SELECT ferry_now()").fetch_one(&mut **tx).await?)
 }
@@ -557,6 +616,13 @@ async fn insert_events(
     if events.is_empty() {
         return Ok(());
     }
+    let (ids, kinds, data) = event_columns(events);
+    sqlx::query(INSERT_EVENTS).bind(now).bind(ids).bind(kinds).bind(data).execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// The id, type and data arrays of an events insert.
+fn event_columns(events: Vec<(JobId, &'static str, Value)>) -> (Vec<JobId>, Vec<&'static str>, Vec<String>) {
     let mut ids = Vec::with_capacity(events.len());
     let mut kinds = Vec::with_capacity(events.len());
     let mut data = Vec::with_capacity(events.len());
@@ -565,8 +631,7 @@ async fn insert_events(
         kinds.push(kind);
         data.push(d.to_string());
     }
-    sqlx::query(INSERT_EVENTS).bind(now).bind(ids).bind(kinds).bind(data).execute(&mut **tx).await?;
-    Ok(())
+    (ids, kinds, data)
 }
 
 async fn read_events(tx: &mut Transaction<'static, Postgres>, id: JobId) -> Result<Vec<Event>, StoreError> {
@@ -785,9 +850,47 @@ impl Store for PgStore {
             };
             out.push(Submitted { id, state, created: false });
         }
-        insert_events(&mut tx, now, events).await?;
-        self.notify(&mut tx, &touched).await?;
-        tx.commit().await?;
+        if touched.is_empty() {
+            insert_events(&mut tx, now, events).await?;
+        } else {
+            let (ids, kinds, data) = event_columns(events);
+            let queues: Vec<&String> = touched.iter().collect();
+            sqlx::query(INSERT_EVENTS_NOTIFY)
+                .bind(now)
+                .bind(ids)
+                .bind(kinds)
+                .bind(data)
+                .bind(&self.channel)
+                .bind(queues)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Idle dispatchers of this process lease the new jobs in this very transaction
+        // (see [`crate::park`]); a rated queue's claims keep to the rated path.
+        let parks = match self.parks.waiting(&touched) {
+            false => Vec::new(),
+            true => {
+                let rates = self.rates_on(&mut tx).await?;
+                self.parks.take(&touched, |q| rates.applies_to(q))
+            }
+        };
+        let mut parked = Vec::with_capacity(parks.len());
+        for park in parks {
+            let claimed = claim_plain(&mut *tx, &park.req).await;
+            parked.push((park, claimed));
+        }
+        let committed = match parked.iter().any(|(_, c)| c.is_err()) {
+            false => tx.commit().await.map_err(StoreError::from),
+            true => Err(StoreError::Database("a parked claim failed".into())),
+        };
+        // Exactly one delivery per taken park, empty when nothing committed.
+        for (park, claimed) in parked {
+            park.deliver(match (&committed, claimed) {
+                (Ok(()), Ok(claimed)) => claimed,
+                _ => Claimed::default(),
+            });
+        }
+        committed?;
         self.wake_locally(&touched);
         Ok(out)
     }
@@ -800,20 +903,11 @@ impl Store for PgStore {
         if rates.applies_to(&req.queue) {
             return self.claim_rated(&req, &rates).await;
         }
-        let rows = sqlx::query(CLAIM)
-            .bind(&req.queue)
-            .bind(req.limit as i64)
-            .bind(&req.worker)
-            .bind(time::ms(req.lease_ms))
-            .fetch_all(&self.pool)
-            .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let mut job = claimed_from_row(r, r.try_get(16)?)?;
-            job.worker = Some(req.worker.clone());
-            claimed.push((job, r.try_get::<i32, _>(15)?));
-        }
-        Ok(Claimed { jobs: in_claim_order(claimed), rate_wait_ms: None })
+        claim_plain(&self.pool, &req).await
+    }
+
+    fn park(&self, req: ClaimRequest) -> Option<Parked> {
+        Some(self.parks.park(req))
     }
 
     async fn finish(&self, fin: Finish) -> Result<bool, StoreError> {

@@ -24,10 +24,11 @@
 
 use crate::{
     CancelOutcome, ClaimRequest, Claimed, ClaimedJob, DeleteOutcome, Event, Finish, FinishResult, JobFilter, JobRecord,
-    LabelRate, Page, QueueStats, ReplayOutcome, Store, StoreError, Submitted, Wakeups, WorkerInfo,
+    LabelRate, Page, Parked, QueueStats, ReplayOutcome, Store, StoreError, Submitted, Wakeups, WorkerInfo,
 };
 mod runs;
 
+use crate::park::{Park, Parks};
 use crate::rate::{self, Rates};
 use crate::runs::{
     Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunPage, WorkflowSummary,
@@ -165,6 +166,7 @@ pub struct SqliteStore {
     tx: mpsc::Sender<Cmd>,
     readers: Arc<ReadPool>,
     wakeups: Arc<Wakeups>,
+    parks: Arc<Parks>,
     path: PathBuf,
     _lock: std::fs::File,
     /// Fired after tokens changed (see [`Store::token_changes`]).
@@ -280,10 +282,13 @@ impl SqliteStore {
         let wakeups = Arc::new(Wakeups::default());
         let (tx, rx) = mpsc::channel(8192);
         let writer_wakeups = wakeups.clone();
+        let parks = Arc::new(Parks::default());
+        let writer_parks = parks.clone();
         std::thread::Builder::new()
             .name("ferry-sqlite-writer".into())
             .spawn(move || {
-                Writer { conn, woken: HashSet::new(), now: 0, poisoned: None, rates: None }.run(rx, &writer_wakeups)
+                Writer { conn, woken: HashSet::new(), now: 0, poisoned: None, rates: None, parks: writer_parks }
+                    .run(rx, &writer_wakeups)
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         let (weak, checkpoint_path) = (tx.downgrade(), path.clone());
@@ -296,6 +301,7 @@ impl SqliteStore {
             tx,
             readers: Arc::new(ReadPool { path: path.clone(), idle: Mutex::new(Vec::new()) }),
             wakeups,
+            parks,
             path,
             _lock: lock,
         })
@@ -335,6 +341,8 @@ struct Writer {
     /// Every rate in force, as of the last read (`None`: read again before the next claim,
     /// after a change or a rolled-back group).
     rates: Option<Rates>,
+    /// Claims waiting for work (see [`crate::park`]), run by the group that wakes their queue.
+    parks: Arc<Parks>,
 }
 
 type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
@@ -363,6 +371,7 @@ impl Writer {
                     cmd => answers.push(self.apply(cmd)),
                 }
             }
+            let parked = self.run_parked();
             let outcome = match self.poisoned.take() {
                 None => self.conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
                 Some(e) => Err(e),
@@ -374,6 +383,11 @@ impl Writer {
             }
             metrics::counter!("ferry_store_transactions_total").increment(1);
             metrics::counter!("ferry_store_requests_total").increment(answers.len() as u64);
+            // The leased jobs first: their dispatchers start them while the requests are
+            // answered.
+            for (park, claimed) in parked {
+                park.deliver(if outcome.is_ok() { claimed } else { Claimed::default() });
+            }
             for answer in answers {
                 answer(outcome.as_ref().err().map(String::as_str));
             }
@@ -389,6 +403,40 @@ impl Writer {
         if let Some(reply) = closing {
             let _ = reply.send(Ok(()));
         }
+    }
+
+    /// Runs, inside the group's transaction, the parked claims of the queues it woke and
+    /// no rate applies to (see [`crate::park`]). A claim that fails poisons the group, as
+    /// any request's would.
+    fn run_parked(&mut self) -> Vec<(Park, Claimed)> {
+        if self.poisoned.is_some() || self.woken.is_empty() {
+            return Vec::new();
+        }
+        let rates = match self.rates.take() {
+            Some(r) => r,
+            None => match load_rates(&self.conn) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.poisoned = Some(e.to_string());
+                    return Vec::new();
+                }
+            },
+        };
+        // As on PostgreSQL, a rated queue's dispatcher is woken and claims on its own.
+        let parks = self.parks.take(&self.woken, |q| rates.applies_to(q));
+        self.rates = Some(rates);
+        let mut out = Vec::with_capacity(parks.len());
+        for park in parks {
+            let claimed = match &self.poisoned {
+                Some(_) => Claimed::default(),
+                None => self.claim(&park.req).unwrap_or_else(|e| {
+                    self.poisoned = Some(e.to_string());
+                    Claimed::default()
+                }),
+            };
+            out.push((park, claimed));
+        }
+        out
     }
 
     /// Runs one request of the group and returns how to answer it once the transaction's
@@ -1450,6 +1498,10 @@ impl Store for SqliteStore {
         self.wakeups.get(queue)
     }
 
+    fn park(&self, req: ClaimRequest) -> Option<Parked> {
+        Some(self.parks.park(req))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
     }
@@ -1473,7 +1525,7 @@ pub fn raw_baseline(dir: &Path, jobs: usize, batch: usize, durability: Durabilit
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA cache_size = -{WRITER_CACHE_KIB};"
     ))?;
-    let mut w = Writer { conn, woken: HashSet::new(), now: 0, poisoned: None, rates: None };
+    let mut w = Writer { conn, woken: HashSet::new(), now: 0, poisoned: None, rates: None, parks: Default::default() };
     let backoff = ferry_core::Backoff::default();
     let started = std::time::Instant::now();
     let mut done = 0;

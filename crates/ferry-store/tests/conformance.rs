@@ -117,6 +117,7 @@ conformance!(
     fifty_racing_submits_admit_exactly_the_limit,
     a_queue_rate_is_one_bucket_for_every_claimer,
     label_rates_hold_per_value_and_per_workspace,
+    a_parked_claim_leases_new_work_in_the_submitting_transaction,
 );
 
 fn job(key: Option<&str>, priority: i32) -> NewJob {
@@ -551,6 +552,41 @@ async fn a_queue_rate_is_one_bucket_for_every_claimer(store: Arc<dyn Store>) {
     store.set_queue_settings(QueueSettings { name: "default".into(), ..Default::default() }).await.unwrap();
     let rest = store.claim(claim_req("w0", 30)).await.unwrap();
     assert_eq!((rest.jobs.len(), rest.rate_wait_ms), (30 - 5 - later.jobs.len(), None));
+}
+
+async fn a_parked_claim_leases_new_work_in_the_submitting_transaction(store: Arc<dyn Store>) {
+    let within = std::time::Duration::from_secs(30);
+    // Work for another queue leaves the claim parked: withdrawn, it leased nothing.
+    let parked = store.park(claim_req("idle", 2)).expect("both backends park claims");
+    let elsewhere = spec(JobSpec { queue: Some("other".into()), ..noop() });
+    store.submit(vec![elsewhere.clone()]).await.unwrap();
+    assert!(parked.withdraw().await.is_none(), "no work came for its queue");
+    let other = ClaimRequest { queue: "other".into(), ..claim_req("w", 5) };
+    assert_eq!(store.claim(other).await.unwrap().jobs.len(), 1, "the other queue's job was left queued");
+
+    // The submission that brings work leases it, in priority order, up to the claim's limit.
+    let mut parked = store.park(claim_req("idle", 2)).unwrap();
+    let (low, high, mid) = (job(None, 1), job(None, 9), job(None, 5));
+    store.submit(vec![low.clone(), high.clone(), mid.clone()]).await.unwrap();
+    let got = tokio::time::timeout(within, parked.delivered()).await.expect("delivered");
+    assert_eq!(got.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![high.id, mid.id]);
+    assert!(got.jobs.iter().all(|j| j.attempt == 1 && j.worker.as_deref() == Some("idle")));
+    let rec = store.get_job("default", high.id).await.unwrap().unwrap();
+    assert_eq!(rec.state, JobState::Running);
+    assert_eq!(rec.attempts.len(), 1);
+    assert_eq!(rec.attempts[0].worker, "idle");
+    assert!(rec.attempts[0].started_at >= rec.created_at);
+    assert!(store.finish(succeed(high.id, 1)).await.unwrap(), "the lease is an ordinary one");
+    let rest = store.claim(claim_req("w", 5)).await.unwrap().jobs;
+    assert_eq!(rest.iter().map(|j| j.id).collect::<Vec<_>>(), vec![low.id], "the third stayed queued");
+
+    // A rated queue's claim is left parked: its dispatcher claims through the rated path.
+    let rated = QueueSettings { name: "default".into(), rate: Some(5.0), ..Default::default() };
+    store.set_queue_settings(rated).await.unwrap();
+    let parked = store.park(claim_req("idle", 2)).unwrap();
+    store.submit(vec![job(None, 0)]).await.unwrap();
+    assert!(parked.withdraw().await.is_none(), "not taken under a rate");
+    assert_eq!(store.claim(claim_req("w", 5)).await.unwrap().jobs.len(), 1);
 }
 
 fn labelled(workspace: &str, labels: &[(&str, &str)]) -> NewJob {

@@ -25,7 +25,7 @@ use crate::executor::{Attempt, Executor, Registry};
 use ferry_core::run::RunId;
 use ferry_core::time;
 use ferry_core::{Decision, ErrorType, ExecError, JobError, JobId, RetryState, decide_after_failure};
-use ferry_store::{ClaimRequest, ClaimedJob, Finish, FinishResult, Planner, Store, WorkerInfo, WorkerQueue};
+use ferry_store::{ClaimRequest, Claimed, ClaimedJob, Finish, FinishResult, Planner, Store, WorkerInfo, WorkerQueue};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -282,45 +282,58 @@ async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
     let slots = control.slots.clone();
     let wake = inner.store.wakeup(&queue.name);
     let poll = Duration::from_millis(inner.cfg.poll_ms);
+    let request = |limit: usize| ClaimRequest {
+        queue: queue.name.clone(),
+        limit,
+        worker: inner.worker_id.clone(),
+        lease_ms: inner.cfg.lease_ms,
+    };
+    // What a parked claim leased while the dispatcher waited, with the slots it held.
+    let mut delivered: Option<(Claimed, Vec<OwnedSemaphorePermit>)> = None;
     loop {
-        if control.paused.load(std::sync::atomic::Ordering::Relaxed) {
-            tokio::select! {
-                _ = control.changed.notified() => {}
-                _ = tokio::time::sleep(poll) => {}
-                _ = inner.stop_claiming.cancelled() => return,
-            }
-            continue;
-        }
-        let first = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = inner.stop_claiming.cancelled() => return,
-        };
-        let mut permits = vec![first];
-        while permits.len() < inner.cfg.claim_batch {
-            match slots.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
-            }
-        }
-        let asked = permits.len();
-        let req = ClaimRequest {
-            queue: queue.name.clone(),
-            limit: asked,
-            worker: inner.worker_id.clone(),
-            lease_ms: inner.cfg.lease_ms,
-        };
-        let claimed = match inner.store.claim(req).await {
-            Ok(claimed) => claimed,
-            Err(e) => {
-                tracing::warn!(queue = %queue.name, error = %e, "claim failed; will retry");
-                drop(permits);
-                tokio::select! {
-                    _ = tokio::time::sleep(poll) => {}
-                    _ = inner.stop_claiming.cancelled() => return,
+        let (claimed, mut permits) = match delivered.take() {
+            Some(d) => {
+                if !d.0.jobs.is_empty() {
+                    metrics::counter!("ferry_parked_claims_total", "queue" => queue.name.clone())
+                        .increment(d.0.jobs.len() as u64);
                 }
-                continue;
+                d
+            }
+            None => {
+                if control.paused.load(std::sync::atomic::Ordering::Relaxed) {
+                    tokio::select! {
+                        _ = control.changed.notified() => {}
+                        _ = tokio::time::sleep(poll) => {}
+                        _ = inner.stop_claiming.cancelled() => return,
+                    }
+                    continue;
+                }
+                let first = tokio::select! {
+                    p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                    _ = inner.stop_claiming.cancelled() => return,
+                };
+                let mut permits = vec![first];
+                while permits.len() < inner.cfg.claim_batch {
+                    match slots.clone().try_acquire_owned() {
+                        Ok(p) => permits.push(p),
+                        Err(_) => break,
+                    }
+                }
+                match inner.store.claim(request(permits.len())).await {
+                    Ok(claimed) => (claimed, permits),
+                    Err(e) => {
+                        tracing::warn!(queue = %queue.name, error = %e, "claim failed; will retry");
+                        drop(permits);
+                        tokio::select! {
+                            _ = tokio::time::sleep(poll) => {}
+                            _ = inner.stop_claiming.cancelled() => return,
+                        }
+                        continue;
+                    }
+                }
             }
         };
+        let asked = permits.len();
         let jobs = claimed.jobs;
         let got = jobs.len();
         if inner.stop_claiming.is_cancelled() && got > 0 {
@@ -330,16 +343,17 @@ async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
             }
             return;
         }
-        for (job, permit) in jobs.into_iter().zip(permits.drain(..)) {
+        let spare = permits.split_off(got.min(asked));
+        for (job, permit) in jobs.into_iter().zip(permits) {
             if let Some(run) = job.run_id {
                 let _ = inner.advancer.send(run);
             }
             inner.attempts.spawn(run_attempt(inner.clone(), job, permit));
         }
-        drop(permits);
         if let Some(wait) = claimed.rate_wait_ms {
             // A rate held work back: new jobs bring no tokens, so only time (or a
             // change of settings) can help.
+            drop(spare);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(wait).min(poll)) => {}
                 _ = control.changed.notified() => {}
@@ -351,10 +365,33 @@ async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
                 Ok(Some(due)) => Duration::from_micros(due.saturating_sub(now).max(0) as u64).min(poll),
                 _ => poll,
             };
-            tokio::select! {
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = inner.stop_claiming.cancelled() => return,
+            // The queue is empty: leave a claim for the free slots in the store, so the
+            // transaction that brings work leases it at once (see `ferry_store::park`).
+            let Some(mut parked) = inner.store.park(request(spare.len())) else {
+                drop(spare);
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = inner.stop_claiming.cancelled() => return,
+                }
+                continue;
+            };
+            let stopping = tokio::select! {
+                claimed = parked.delivered() => {
+                    delivered = Some((claimed, spare));
+                    continue;
+                }
+                _ = wake.notified() => false,
+                _ = tokio::time::sleep(wait) => false,
+                _ = control.changed.notified() => false,
+                _ = inner.stop_claiming.cancelled() => true,
+            };
+            // A transaction may have taken the claim meanwhile: its jobs are ours to run
+            // (or, when stopping, to hand back at the top of the loop).
+            if let Some(claimed) = parked.withdraw().await {
+                delivered = Some((claimed, spare));
+            } else if stopping {
+                return;
             }
         }
     }

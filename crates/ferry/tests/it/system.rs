@@ -6,7 +6,12 @@ use ferry::config::QueueSettings;
 use reqwest::StatusCode;
 use serde_json::json;
 
-both!(openapi_lists_every_endpoint, health_readiness_and_metrics, queue_counts_reflect_jobs);
+both!(
+    openapi_lists_every_endpoint,
+    health_readiness_and_metrics,
+    queue_counts_reflect_jobs,
+    an_idle_queue_leases_a_job_in_its_submission
+);
 
 async fn openapi_lists_every_endpoint(backend: Backend) {
     let server = TestServer::start(backend).await;
@@ -136,5 +141,34 @@ async fn queue_counts_reflect_jobs(backend: Backend) {
         "configured out of the box"
     );
     assert_eq!(queues.len(), 3, "{body}");
+    server.stop().await;
+}
+
+async fn an_idle_queue_leases_a_job_in_its_submission(backend: Backend) {
+    // Its own queue, so that the counter is this test's alone in the shared registry.
+    let queue = format!("idle-{}", backend.name());
+    let q = queue.clone();
+    let server = TestServer::start_with(backend, move |cfg| {
+        cfg.queues.insert(q, QueueSettings { concurrency: Some(4), max_depth: None });
+    })
+    .await;
+    let parked = |text: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with("ferry_parked_claims_total{") && l.contains(&format!("queue=\"{queue}\"")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    // Once its dispatcher found the queue empty it parks a claim, and the next submission
+    // leases its job itself: one of a few jobs submitted one after another must be.
+    for n in 1.. {
+        let id = server.submit(json!({"kind": "noop", "queue": queue})).await;
+        server.wait_state(&id, &["succeeded"]).await;
+        let (_, text) = server.get_text("/metrics").await;
+        if parked(&text) >= 1.0 {
+            break;
+        }
+        assert!(n < 50, "none of {n} jobs was leased by a parked claim:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     server.stop().await;
 }
