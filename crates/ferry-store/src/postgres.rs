@@ -65,7 +65,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
 /// `insert_events.sql` and the queues' wake-ups in one statement (one round trip less on
-/// every submission); $5 is the channel, $6 the queues.
+/// every submission); $5 is the channel, $6 the payloads.
 const INSERT_EVENTS_NOTIFY: &str = concat!(
     "WITH logged AS (\n",
     include_str!("../sql/postgres/insert_events.sql"),
@@ -117,6 +117,8 @@ pub struct PgStore {
     rates: std::sync::Mutex<Option<(std::time::Instant, Arc<Rates>)>>,
     /// This process's claims waiting for work (see [`crate::park`]).
     parks: Arc<Parks>,
+    /// Marks this store's own wake-ups that its listener skips (see `wake_payload`).
+    origin: String,
 }
 
 impl Drop for PgStore {
@@ -207,7 +209,9 @@ impl PgStore {
         let token_channel = format!("ferry_tokens_{schema}");
         let (cancelled, _) = broadcast::channel(1024);
         let (token_changes, _) = broadcast::channel(16);
+        let origin = uuid::Uuid::new_v4().simple().to_string();
         let listening = Listening {
+            origin: origin.clone(),
             wakeups: channel.clone(),
             cancels: cancel_channel.clone(),
             tokens: token_channel.clone(),
@@ -227,6 +231,7 @@ impl PgStore {
             listener,
             rates: Default::default(),
             parks: Default::default(),
+            origin,
         })
     }
 
@@ -361,6 +366,15 @@ impl PgStore {
     fn wake_locally(&self, queues: &BTreeSet<String>) {
         for queue in queues {
             self.wakeups.get(queue).notify_one();
+        }
+    }
+
+    /// A wake-up's payload: the queue, and for a wake-up this store answered itself (by
+    /// the delivery of a parked claim) its origin, so that its own listener skips it.
+    fn wake_payload(&self, queue: &str, answered: bool) -> String {
+        match answered {
+            true => format!("{queue}\n{}", self.origin),
+            false => queue.to_string(),
         }
     }
 
@@ -502,8 +516,10 @@ async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
 
 /// What the notification connection listens to, and whom it tells.
 struct Listening {
-    /// Payload: a queue with new work.
+    /// Payload: a queue with new work, or `queue\norigin` (see `wake_payload`).
     wakeups: String,
+    /// Wake-ups marked with this origin are this store's own, already answered.
+    origin: String,
     /// Payload: the id of a running job that was cancelled.
     cancels: String,
     queues: Arc<Wakeups>,
@@ -543,7 +559,11 @@ async fn listen(pool: PgPool, l: Listening) {
                         let _ = l.cancelled.send(id);
                     }
                 }
-                Ok(Some(n)) => wakeups.get(n.payload()).notify_one(),
+                Ok(Some(n)) => match n.payload().split_once('\n') {
+                    Some((_, origin)) if origin == l.origin => {}
+                    Some((queue, _)) => wakeups.get(queue).notify_one(),
+                    None => wakeups.get(n.payload()).notify_one(),
+                },
                 Ok(None) => {
                     tracing::warn!("notification connection lost; reconnecting");
                     wakeups.all();
@@ -659,9 +679,11 @@ type IdentityColumns = (Vec<JobId>, Vec<String>, Vec<String>, Vec<String>, Vec<S
 /// Inserts new jobs (node instances where `links` says so) in one statement; returns the
 /// rows of those inserted (`id, state, queue, run_at`), not those an idempotency key
 /// skipped. Their first events are the caller's to write.
+/// `now: None` reads the clock in the statement; each row's column 4 (`created_at`)
+/// gives it back.
 async fn insert_jobs(
     tx: &mut Transaction<'static, Postgres>,
-    now: Micros,
+    now: Option<Micros>,
     jobs: &[NewJob],
     links: &[Option<(RunId, String, Option<u32>)>],
 ) -> Result<Vec<PgRow>, StoreError> {
@@ -742,11 +764,14 @@ impl Store for PgStore {
     }
 
     async fn submit_admitted(&self, jobs: Vec<NewJob>, admission: Admission) -> Result<Vec<Submitted>, StoreError> {
-        let (mut tx, now) = self.begin().await?;
+        let gated = !admission.is_unlimited() || admission.queue_on_limit;
+        // An ungated submission reads the clock in its insert, one round trip less.
+        let (mut tx, clock_read) = match gated {
+            true => self.begin().await.map(|(tx, now)| (tx, Some(now)))?,
+            false => (self.pool.begin().await?, None),
+        };
         let mut hold: Option<String> = None;
-        if (!admission.is_unlimited() || admission.queue_on_limit)
-            && let Some(first) = jobs.first()
-        {
+        if gated && let Some(first) = jobs.first() {
             // Admissions of one workspace take turns, so counts and inserts never race.
             let (user_now, workspace_now) = in_flight(&mut tx, "jobs", &first.workspace, &first.user).await?;
             let keys: Vec<String> = jobs.iter().filter_map(|j| j.idempotency_key.clone()).collect();
@@ -798,7 +823,13 @@ impl Store for PgStore {
             }
         }
         let n = jobs.len();
-        let rows = insert_jobs(&mut tx, now, &jobs, &[]).await?;
+        let rows = insert_jobs(&mut tx, clock_read, &jobs, &[]).await?;
+        // Without rows nothing was created, and nothing below needs the clock.
+        let now = match (clock_read, rows.first()) {
+            (Some(now), _) => now,
+            (None, Some(r)) => r.try_get(4)?,
+            (None, None) => 0,
+        };
         let mut created: HashMap<JobId, (JobState, String, Micros)> = HashMap::with_capacity(rows.len());
         for r in &rows {
             let state: String = r.try_get(1)?;
@@ -850,21 +881,6 @@ impl Store for PgStore {
             };
             out.push(Submitted { id, state, created: false });
         }
-        if touched.is_empty() {
-            insert_events(&mut tx, now, events).await?;
-        } else {
-            let (ids, kinds, data) = event_columns(events);
-            let queues: Vec<&String> = touched.iter().collect();
-            sqlx::query(INSERT_EVENTS_NOTIFY)
-                .bind(now)
-                .bind(ids)
-                .bind(kinds)
-                .bind(data)
-                .bind(&self.channel)
-                .bind(queues)
-                .execute(&mut *tx)
-                .await?;
-        }
         // Idle dispatchers of this process lease the new jobs in this very transaction
         // (see [`crate::park`]); a rated queue's claims keep to the rated path.
         let parks = match self.parks.waiting(&touched) {
@@ -874,6 +890,24 @@ impl Store for PgStore {
                 self.parks.take(&touched, |q| rates.applies_to(q))
             }
         };
+        // The delivery is the wake-up of a queue whose claims were taken: this store's
+        // listener skips the notification, and no local wake-up follows the commit.
+        let answered: BTreeSet<String> = parks.iter().map(|p| p.req.queue.clone()).collect();
+        if touched.is_empty() {
+            insert_events(&mut tx, now, events).await?;
+        } else {
+            let (ids, kinds, data) = event_columns(events);
+            let payloads: Vec<String> = touched.iter().map(|q| self.wake_payload(q, answered.contains(q))).collect();
+            sqlx::query(INSERT_EVENTS_NOTIFY)
+                .bind(now)
+                .bind(ids)
+                .bind(kinds)
+                .bind(data)
+                .bind(&self.channel)
+                .bind(payloads)
+                .execute(&mut *tx)
+                .await?;
+        }
         let mut parked = Vec::with_capacity(parks.len());
         for park in parks {
             let claimed = claim_plain(&mut *tx, &park.req).await;
@@ -891,7 +925,7 @@ impl Store for PgStore {
             });
         }
         committed?;
-        self.wake_locally(&touched);
+        self.wake_locally(&(&touched - &answered));
         Ok(out)
     }
 

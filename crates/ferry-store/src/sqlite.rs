@@ -385,6 +385,7 @@ impl Writer {
             metrics::counter!("ferry_store_requests_total").increment(answers.len() as u64);
             // The leased jobs first: their dispatchers start them while the requests are
             // answered.
+            let answered: HashSet<String> = parked.iter().map(|(p, _)| p.req.queue.clone()).collect();
             for (park, claimed) in parked {
                 park.deliver(if outcome.is_ok() { claimed } else { Claimed::default() });
             }
@@ -393,8 +394,9 @@ impl Writer {
             }
             let woken = std::mem::take(&mut self.woken);
             if outcome.is_ok() {
-                for queue in woken {
-                    wakeups.get(&queue).notify_one();
+                // The delivery is the wake-up of a queue whose parked claims ran.
+                for queue in woken.iter().filter(|q| !answered.contains(*q)) {
+                    wakeups.get(queue).notify_one();
                 }
             }
         }

@@ -387,7 +387,7 @@ impl PgStore {
         if !plan.create.is_empty() {
             let new: Vec<_> = plan.create.iter().map(|c| c.job.clone()).collect();
             let links: Vec<_> = plan.create.iter().map(|c| Some((id, c.node.clone(), c.item))).collect();
-            let inserted = insert_jobs(tx, now, &new, &links).await?;
+            let inserted = insert_jobs(tx, Some(now), &new, &links).await?;
             let mut events = Vec::with_capacity(inserted.len());
             for r in &inserted {
                 let job: JobId = r.try_get(0)?;
