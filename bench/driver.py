@@ -1092,7 +1092,7 @@ def scenario_params(opts):
     sz = lambda n, lo: max(lo, int(round(n * f)))  # noqa: E731
     return {
         "throughput": {"n": sz(50_000, 100)},
-        "pickup": {"n": sz(500, 20), "warmup": 5},
+        "pickup": {"n": sz(500, 20), "warmup": 20},
         "load": {"producers": 2, "threads": 4, "tick_s": 0.005, "per_tick": 25, "duration_s": max(1.0, 5.0 * f),
                  "sample_every": 10},
         "retry": {"n": sz(10_000, 100)},
@@ -1336,8 +1336,10 @@ def markdown(rows, systems, info, settings, params, opts, wall, results_all):
             desc = (f"Celery worker, `-P {st['pool']} -c {st['concurrency']}`, task_acks_late=True, "
                     "worker_prefetch_multiplier=4 (default), JSON, broker = Redis db 0, results = Redis db 1 "
                     "(own redis-server, default persistence: RDB snapshots, no AOF), `--without-gossip "
-                    f"--without-mingle --without-heartbeat`; bulk submits via apply_async from "
-                    f"{opts.celery_producers} producer processes (Celery has no batch publish)")
+                    "--without-mingle --without-heartbeat`; bulk backlogs (throughput, scale) are one "
+                    "apply_async message copied with fresh ids and LPUSHed in pipelines (Celery has no "
+                    f"batch publish), the retry storm is sent by apply_async from {opts.celery_producers} "
+                    "producer processes")
         out.append(f"- **{s}**: {desc}.")
     lp = params["load"]
     out.append(f"- Load scenario: {lp['per_tick']} jobs every {lp['tick_s'] * 1000:.0f} ms "

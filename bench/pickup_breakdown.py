@@ -4,10 +4,12 @@ Submits N no-op jobs one at a time to a running Ferry server (each after the pre
 finished), with Python's http.client on one keep-alive connection, and splits each job's
 pickup by the store's own stamps: client send -> the job's `created_at` (HTTP, JSON,
 validation, the insert), `created_at` -> the first attempt's `started_at` (the commit,
-the wake-up, the claim). With --requests it also times the same through a `requests`
-session, and GET /healthz through both, to show a client library's own cost.
+the wake-up, the claim). With --tail N it lists the N slowest jobs, each with its stages
+and when it was sent (seconds into the run), to tell a cold start from a periodic cost.
+With --requests it also times the same through a `requests` session, and GET /healthz
+through both, to show a client library's own cost.
 
-    bench/.venv/bin/python bench/pickup_breakdown.py --port 7700 [--jobs 500] [--requests]
+    bench/.venv/bin/python bench/pickup_breakdown.py --port 7700 [--jobs 500] [--tail 10] [--requests]
 """
 import argparse
 import datetime as dt
@@ -26,8 +28,9 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def breakdown(post, get, jobs, label, warmup=20):
+def breakdown(post, get, jobs, label, warmup=20, tail=0):
     rows = []
+    t_start = time.time()
     for i in range(warmup + jobs):
         t0 = time.time()
         jid = post()
@@ -35,11 +38,13 @@ def breakdown(post, get, jobs, label, warmup=20):
             time.sleep(0.0005)
         if i >= warmup:
             created, started = stamp(job["created_at"]), stamp(job["attempts"][0]["started_at"])
-            rows.append((created - t0, started - created, started - t0))
+            rows.append((created - t0, started - created, started - t0, t0 - t_start))
     print(f"## {label}, {jobs} jobs")
     for k, name in enumerate(["client send -> created_at", "created_at -> started_at", "client send -> started_at"]):
         xs = [r[k] * 1000 for r in rows]
         print(f"  {name:28s} p50 {statistics.median(xs):.3f} ms   p99 {pct(xs, 99):.3f} ms")
+    for r in sorted(rows, key=lambda r: r[2])[len(rows) - tail:] if tail else []:
+        print(f"  slow: {r[2] * 1000:.3f} ms = {r[0] * 1000:.3f} + {r[1] * 1000:.3f}, sent at {r[3]:.3f} s")
 
 
 def timed(f, n=500):
@@ -56,6 +61,7 @@ def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=7700)
     ap.add_argument("--jobs", type=int, default=500)
+    ap.add_argument("--tail", type=int, default=0, help="list the N slowest jobs")
     ap.add_argument("--requests", action="store_true", help="also time a `requests` session")
     opts = ap.parse_args()
     conn = http.client.HTTPConnection(opts.host, opts.port)
@@ -66,7 +72,7 @@ def main():
         return json.loads(conn.getresponse().read())
 
     breakdown(lambda: call("POST", "/v1/jobs", body)["id"], lambda j: call("GET", f"/v1/jobs/{j}"), opts.jobs,
-              "http.client")
+              "http.client", tail=opts.tail)
     print(f"## GET /healthz, http.client: {timed(lambda: call('GET', '/healthz'))}")
     if opts.requests:
         import requests  # noqa: PLC0415  (not in bench/requirements.txt: pip install requests)

@@ -64,13 +64,13 @@ const MIGRATIONS: &[(i64, &str)] = &[
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
-/// `insert_events.sql` and the queues' wake-ups in one statement (one round trip less on
-/// every submission); $5 is the channel, $6 the payloads.
-const INSERT_EVENTS_NOTIFY: &str = concat!(
-    "WITH logged AS (\n",
-    include_str!("../sql/postgres/insert_events.sql"),
-    "\n)\nSELECT pg_notify($5, q) FROM UNNEST($6::text[]) AS q"
-);
+/// A submission's one statement: `insert_jobs.sql` as the CTE `ins`, completed by
+/// `submit_tail.sql` (the jobs' first events and the wake-ups).
+static SUBMIT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let at = INSERT_JOBS.find("INSERT INTO jobs").expect("insert_jobs.sql inserts into jobs");
+    let (head, body) = INSERT_JOBS.split_at(at);
+    format!("{},\nins AS (\n{body}\n{}", head.trim_end(), include_str!("../sql/postgres/submit_tail.sql"))
+});
 const PROMOTE_DUE: &str = include_str!("../sql/postgres/promote_due.sql");
 const CLAIM: &str = include_str!("../sql/postgres/claim.sql");
 const CLAIM_IDS: &str = include_str!("../sql/postgres/claim_ids.sql");
@@ -366,15 +366,6 @@ impl PgStore {
     fn wake_locally(&self, queues: &BTreeSet<String>) {
         for queue in queues {
             self.wakeups.get(queue).notify_one();
-        }
-    }
-
-    /// A wake-up's payload: the queue, and for a wake-up this store answered itself (by
-    /// the delivery of a parked claim) its origin, so that its own listener skips it.
-    fn wake_payload(&self, queue: &str, answered: bool) -> String {
-        match answered {
-            true => format!("{queue}\n{}", self.origin),
-            false => queue.to_string(),
         }
     }
 
@@ -687,6 +678,16 @@ async fn insert_jobs(
     jobs: &[NewJob],
     links: &[Option<(RunId, String, Option<u32>)>],
 ) -> Result<Vec<PgRow>, StoreError> {
+    Ok(insert_query(INSERT_JOBS, now, jobs, links).fetch_all(&mut **tx).await?)
+}
+
+/// `sql` with `insert_jobs.sql`'s parameters bound ($1 to $21).
+fn insert_query(
+    sql: &'static str,
+    now: Option<Micros>,
+    jobs: &[NewJob],
+    links: &[Option<(RunId, String, Option<u32>)>],
+) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
     let n = jobs.len();
     let mut cols: IdentityColumns = Default::default();
     let mut prio = Vec::with_capacity(n);
@@ -726,7 +727,7 @@ async fn insert_jobs(
         soft.push(j.soft_timeout_ms.map(|t| t as i64));
         cache.push(j.cache_key.clone());
     }
-    let rows = sqlx::query(INSERT_JOBS)
+    sqlx::query(sql)
         .bind(now)
         .bind(cols.0)
         .bind(cols.1)
@@ -748,9 +749,6 @@ async fn insert_jobs(
         .bind(run_ids)
         .bind(node_ids)
         .bind(items)
-        .fetch_all(&mut **tx)
-        .await?;
-    Ok(rows)
 }
 
 #[async_trait]
@@ -823,7 +821,32 @@ impl Store for PgStore {
             }
         }
         let n = jobs.len();
-        let rows = insert_jobs(&mut tx, clock_read, &jobs, &[]).await?;
+        // Idle dispatchers of this process lease the new jobs in this very transaction
+        // (see [`crate::park`]); a rated queue's claims keep to the rated path. Held jobs
+        // are for nobody yet.
+        let queues: BTreeSet<String> = jobs.iter().map(|j| j.queue.clone()).collect();
+        let parks = match hold.is_none() && self.parks.waiting(&queues) {
+            false => Vec::new(),
+            true => {
+                let rates = self.rates_on(&mut tx).await?;
+                self.parks.take(&queues, |q| rates.applies_to(q))
+            }
+        };
+        // The delivery is the wake-up of a queue whose claims were taken: this store's
+        // listener skips the notification, and no local wake-up follows the commit.
+        let answered: BTreeSet<String> = parks.iter().map(|p| p.req.queue.clone()).collect();
+        let rows = match hold {
+            // The insert, the events and the wake-ups in one round trip.
+            None => {
+                insert_query(SUBMIT.as_str(), clock_read, &jobs, &[])
+                    .bind(&self.channel)
+                    .bind(answered.iter().collect::<Vec<_>>())
+                    .bind(&self.origin)
+                    .fetch_all(&mut *tx)
+                    .await?
+            }
+            Some(_) => insert_jobs(&mut tx, clock_read, &jobs, &[]).await?,
+        };
         // Without rows nothing was created, and nothing below needs the clock.
         let now = match (clock_read, rows.first()) {
             (Some(now), _) => now,
@@ -847,13 +870,10 @@ impl Store for PgStore {
             insert_events(&mut tx, now, events).await?;
         }
         let mut out = Vec::with_capacity(n);
-        let mut events = Vec::with_capacity(created.len());
         let mut touched = BTreeSet::new();
         for (index, j) in jobs.iter().enumerate() {
-            if let Some((state, queue, at)) = created.get(&j.id) {
+            if let Some((state, queue, _)) = created.get(&j.id) {
                 if hold.is_none() {
-                    let (kind, data) = transition::submit_event(*state, queue, *at);
-                    events.push((j.id, kind, data));
                     touched.insert(queue.clone());
                 }
                 out.push(Submitted { id: j.id, state: *state, created: true });
@@ -880,33 +900,6 @@ impl Store for PgStore {
                 None => parse_enum(&row.try_get::<String, _>(1)?)?,
             };
             out.push(Submitted { id, state, created: false });
-        }
-        // Idle dispatchers of this process lease the new jobs in this very transaction
-        // (see [`crate::park`]); a rated queue's claims keep to the rated path.
-        let parks = match self.parks.waiting(&touched) {
-            false => Vec::new(),
-            true => {
-                let rates = self.rates_on(&mut tx).await?;
-                self.parks.take(&touched, |q| rates.applies_to(q))
-            }
-        };
-        // The delivery is the wake-up of a queue whose claims were taken: this store's
-        // listener skips the notification, and no local wake-up follows the commit.
-        let answered: BTreeSet<String> = parks.iter().map(|p| p.req.queue.clone()).collect();
-        if touched.is_empty() {
-            insert_events(&mut tx, now, events).await?;
-        } else {
-            let (ids, kinds, data) = event_columns(events);
-            let payloads: Vec<String> = touched.iter().map(|q| self.wake_payload(q, answered.contains(q))).collect();
-            sqlx::query(INSERT_EVENTS_NOTIFY)
-                .bind(now)
-                .bind(ids)
-                .bind(kinds)
-                .bind(data)
-                .bind(&self.channel)
-                .bind(payloads)
-                .execute(&mut *tx)
-                .await?;
         }
         let mut parked = Vec::with_capacity(parks.len());
         for park in parks {

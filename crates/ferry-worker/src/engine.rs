@@ -360,14 +360,16 @@ async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
                 _ = inner.stop_claiming.cancelled() => return,
             }
         } else if got < asked {
+            // The queue is empty: leave a claim for the free slots in the store, so the
+            // transaction that brings work leases it at once (see `ferry_store::park`).
+            // Parked first, so that work arriving while the next due time is read finds it.
+            let parked = inner.store.park(request(spare.len()));
             let now = time::now_micros();
             let wait = match inner.store.next_due(&queue.name).await {
                 Ok(Some(due)) => Duration::from_micros(due.saturating_sub(now).max(0) as u64).min(poll),
                 _ => poll,
             };
-            // The queue is empty: leave a claim for the free slots in the store, so the
-            // transaction that brings work leases it at once (see `ferry_store::park`).
-            let Some(mut parked) = inner.store.park(request(spare.len())) else {
+            let Some(mut parked) = parked else {
                 drop(spare);
                 tokio::select! {
                     _ = wake.notified() => {}

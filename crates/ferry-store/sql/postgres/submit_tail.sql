@@ -1,0 +1,21 @@
+-- Completes insert_jobs.sql (the `ins` CTE before this) into one statement for a
+-- submission: each new job's first event and one wake-up per queue it touched, in the
+-- same round trip as the insert. Unlike SQLite, which writes the event from
+-- `transition::submit_event`, the event is built here, like finish.sql's: `queued` with
+-- the queue, or `scheduled` with the queue and the time it is due. A job skipped for its
+-- idempotency key is not in `ins`, so it gets neither. $22 is the wake-up channel; a queue
+-- in $23 (whose parked claims this transaction runs) carries origin $24 in its payload,
+-- so that the submitting store's own listener skips it.
+), logged AS (
+    INSERT INTO events (job_id, at, type, data)
+    SELECT ins.id, ins.created_at, ins.state,
+           CASE WHEN ins.state = 'scheduled'
+                THEN jsonb_build_object('queue', ins.queue, 'run_at', ferry_rfc3339(ins.run_at))
+                ELSE jsonb_build_object('queue', ins.queue) END
+    FROM ins
+    ORDER BY ins.id
+), woke AS (
+    SELECT pg_notify($22, CASE WHEN q.queue = ANY($23::text[]) THEN q.queue || E'\n' || $24 ELSE q.queue END)
+    FROM (SELECT DISTINCT queue FROM ins) q
+)
+SELECT ins.id, ins.state, ins.queue, ins.run_at, ins.created_at, (SELECT count(*) FROM woke) FROM ins
