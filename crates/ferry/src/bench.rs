@@ -146,10 +146,14 @@ async fn throughput(http: &reqwest::Client, base: &str, args: &BenchArgs) -> any
     Ok((args.jobs as f64 / elapsed.as_secs_f64(), elapsed, submitted_in))
 }
 
-/// Submit-to-start of jobs submitted one at a time on an idle server, in ms, sorted.
+/// Submit-to-start of jobs submitted one at a time on an idle server, in ms, sorted: from
+/// the client's clock just before the request to the first attempt's `started_at`, which
+/// the store stamps from the same machine's clock. (From the job's `created_at` instead,
+/// a job leased by its own submission, through a parked claim, would show 0.)
 async fn pickup(http: &reqwest::Client, base: &str, samples: usize) -> anyhow::Result<Vec<f64>> {
     let mut pickup_ms = Vec::with_capacity(samples);
     for _ in 0..samples {
+        let sent = chrono::Utc::now();
         let accepted: Value =
             http.post(format!("{base}/v1/jobs")).json(&json!({"kind": "noop"})).send().await?.json().await?;
         let id = accepted["id"].as_str().context("no id")?.to_string();
@@ -157,10 +161,9 @@ async fn pickup(http: &reqwest::Client, base: &str, samples: usize) -> anyhow::R
         loop {
             let job: Value = http.get(format!("{base}/v1/jobs/{id}")).send().await?.json().await?;
             if job["state"] == "succeeded" {
-                let created: chrono::DateTime<chrono::Utc> = serde_json::from_value(job["created_at"].clone())?;
                 let start: chrono::DateTime<chrono::Utc> =
                     serde_json::from_value(job["attempts"][0]["started_at"].clone())?;
-                pickup_ms.push((start - created).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                pickup_ms.push((start - sent).num_microseconds().unwrap_or(0) as f64 / 1000.0);
                 break;
             }
             if Instant::now() > deadline {
