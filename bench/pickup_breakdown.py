@@ -9,7 +9,7 @@ and when it was sent (seconds into the run), to tell a cold start from a periodi
 With --requests it also times the same through a `requests` session, and GET /healthz
 through both, to show a client library's own cost.
 
-    bench/.venv/bin/python bench/pickup_breakdown.py --port 7700 [--jobs 500] [--tail 10] [--requests]
+    bench/.venv/bin/python bench/pickup_breakdown.py --port 7700 [--jobs 500] [--warmup 20] [--tail 10] [--requests]
 """
 import argparse
 import datetime as dt
@@ -61,6 +61,7 @@ def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=7700)
     ap.add_argument("--jobs", type=int, default=500)
+    ap.add_argument("--warmup", type=int, default=20, help="jobs sent first and not counted")
     ap.add_argument("--tail", type=int, default=0, help="list the N slowest jobs")
     ap.add_argument("--requests", action="store_true", help="also time a `requests` session")
     opts = ap.parse_args()
@@ -72,7 +73,7 @@ def main():
         return json.loads(conn.getresponse().read())
 
     breakdown(lambda: call("POST", "/v1/jobs", body)["id"], lambda j: call("GET", f"/v1/jobs/{j}"), opts.jobs,
-              "http.client", tail=opts.tail)
+              "http.client", warmup=opts.warmup, tail=opts.tail)
     print(f"## GET /healthz, http.client: {timed(lambda: call('GET', '/healthz'))}")
     if opts.requests:
         import requests  # noqa: PLC0415  (not in bench/requirements.txt: pip install requests)
