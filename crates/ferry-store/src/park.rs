@@ -15,6 +15,12 @@
 //! or any label rate): that dispatcher is woken as usual and claims through the rated
 //! path, which may have to wait for tokens.
 //!
+//! The delivery is the queue's wake-up: a transaction that ran a queue's parked claims
+//! fires no local wake-up for it after the commit (on PostgreSQL its notification carries
+//! the store's origin, which that store's own listener skips; other nodes still wake).
+//! Otherwise every delivery would be followed by a redundant claim, and a submission
+//! arriving during it would find no park.
+//!
 //! Protocol: whoever takes a park from the registry sends exactly one [`Claimed`] on it,
 //! empty if its transaction failed (nothing was leased then). The dispatcher
 //! [`withdraw`](Parked::withdraw)s when it stops waiting; if a transaction took the park
