@@ -188,9 +188,20 @@ impl PgStore {
         // the hottest paths (submit, claim, finish). Only a connection idle for a while
         // is pinged here; one that broke in use fails its query, is dropped by the ping
         // sqlx makes when it comes back, and its caller retries.
+        let channel = format!("ferry_wakeup_{schema}");
+        let warm_channel = channel.clone();
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections.max(2))
             .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _meta| {
+                let channel = warm_channel.clone();
+                Box::pin(async move {
+                    if let Err(e) = warm(conn, &channel).await {
+                        tracing::debug!(error = %e, "a new connection was not warmed");
+                    }
+                    Ok(())
+                })
+            })
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
@@ -204,7 +215,6 @@ impl PgStore {
             .await?;
         migrate(&pool).await?;
         let wakeups = Arc::new(Wakeups::default());
-        let channel = format!("ferry_wakeup_{schema}");
         let cancel_channel = format!("ferry_cancel_{schema}");
         let token_channel = format!("ferry_tokens_{schema}");
         let (cancelled, _) = broadcast::channel(1024);
@@ -446,6 +456,34 @@ async fn count_waiting(tx: &mut Transaction<'static, Postgres>, queue: &str, cap
 }
 
 /// The database's clock, in microseconds.
+/// How many times [`warm`] runs each statement: PostgreSQL plans a prepared statement
+/// afresh for each of its first five executions on a connection, and only then settles
+/// on a plan.
+const WARM_RUNS: usize = 6;
+
+/// Runs a pickup's statements ([`WARM_RUNS`] times) on a new connection, in a transaction
+/// that is rolled back and would change nothing anyway (a submission of no jobs, a claim
+/// of none). The first requests to get the connection then find the statements prepared
+/// and past their first plans, instead of paying for that in their latency: on a fresh
+/// server, most of the slowest 1% of pickups were among its first hundred
+/// (`BENCHMARKS.md`). The pool calls it for every connection it opens and ignores a
+/// failure (before the first migration there are no tables); public for its test.
+pub async fn warm(conn: &mut sqlx::PgConnection, channel: &str) -> Result<(), StoreError> {
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let none = ClaimRequest { queue: String::new(), limit: 0, worker: String::new(), lease_ms: 0 };
+    for _ in 0..WARM_RUNS {
+        insert_query(SUBMIT.as_str(), None, &[], &[])
+            .bind(channel)
+            .bind(Vec::<String>::new())
+            .bind("")
+            .fetch_all(&mut *tx)
+            .await?;
+        claim_plain(&mut *tx, &none).await?;
+    }
+    tx.rollback().await?;
+    Ok(())
+}
+
 /// The claim of a queue no rate applies to (`claim.sql`): on the pool, or inside the
 /// transaction of a submission that runs a parked claim.
 async fn claim_plain<'e>(ex: impl sqlx::PgExecutor<'e>, req: &ClaimRequest) -> Result<Claimed, StoreError> {

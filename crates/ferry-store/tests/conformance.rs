@@ -751,6 +751,25 @@ async fn runs_start_advance_and_end_with_an_ordered_log(store: Arc<dyn Store>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_are_warmed_without_writing() {
+    let Some(b) = postgres().await else { return };
+    let schema = b.schema.clone().unwrap();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&pg_url()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("SET search_path = {schema}"))).execute(&mut conn).await.unwrap();
+    ferry_store::postgres::warm(&mut conn, "ferry_wakeup_test").await.expect("the statements run");
+    let prepared: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements").fetch_one(&mut conn).await.unwrap();
+    assert!(prepared >= 2, "the submission and the claim are prepared on the connection: {prepared}");
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&mut conn).await.unwrap();
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut conn).await.unwrap();
+    assert_eq!((jobs, events), (0, 0), "warming writes nothing");
+    // The store's own connections were warmed the same way: it works as before.
+    b.store.submit(vec![job(None, 0)]).await.unwrap();
+    assert_eq!(b.store.claim(claim_req("w", 5)).await.unwrap().jobs.len(), 1);
+    <sqlx::PgConnection as sqlx::Connection>::close(conn).await.unwrap();
+    b.cleanup().await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_claim_query_uses_the_ready_index() {
     let Some(b) = postgres().await else { return };
     // A table that looks like production: many finished jobs, a few ready ones.
