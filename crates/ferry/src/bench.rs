@@ -393,9 +393,13 @@ fn print_report(args: &BenchArgs, r: &Value) {
             args.concurrency
         );
     }
-    println!(
-        "  raw store    {:>9.0} jobs/s (same statements, no engine); engine at {:.0}% of raw",
-        f("raw_store_jobs_per_s"),
-        100.0 * f("engine_vs_raw")
-    );
+    if args.skip_raw {
+        println!("  raw store    skipped (--skip-raw)");
+    } else {
+        println!(
+            "  raw store    {:>9.0} jobs/s (same statements, no engine); engine at {:.0}% of raw",
+            f("raw_store_jobs_per_s"),
+            100.0 * f("engine_vs_raw")
+        );
+    }
 }
