@@ -102,6 +102,9 @@ struct Inner {
     /// Cancelled when heartbeats and the reaper must end.
     stop_background: CancellationToken,
     attempts: TaskTracker,
+    /// The queues' dispatchers: a drain waits for them to hand over what they hold
+    /// before it waits for the attempts.
+    dispatchers: TaskTracker,
     background: TaskTracker,
     /// Attempts' ends, gathered by the finisher into batched store calls.
     finisher: mpsc::UnboundedSender<(Finish, oneshot::Sender<bool>)>,
@@ -213,6 +216,7 @@ impl Engine {
             hard_stop: CancellationToken::new(),
             stop_background: CancellationToken::new(),
             attempts: TaskTracker::new(),
+            dispatchers: TaskTracker::new(),
             background: TaskTracker::new(),
             finisher,
             advancer,
@@ -226,7 +230,7 @@ impl Engine {
             inner.background.spawn(stop_cancelled(inner.clone(), cancellations));
         }
         for q in inner.cfg.queues.iter().filter(|q| q.concurrency > 0) {
-            inner.background.spawn(dispatch(inner.clone(), q.clone()));
+            inner.dispatchers.spawn(dispatch(inner.clone(), q.clone()));
         }
         inner.background.spawn(heartbeat(inner.clone()));
         inner.background.spawn(watch_queues(inner.clone()));
@@ -258,11 +262,20 @@ impl Engine {
         self.inner.running.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Drains: stops claiming, waits up to `grace` for running attempts, hands back the
-    /// rest, then stops heartbeats and the reaper.
+    /// Drains: stops claiming, waits for the dispatchers to hand over what they hold
+    /// (jobs a parked claim leased just before the stop start like any running attempt),
+    /// waits up to `grace` for running attempts, hands back the rest, then stops
+    /// heartbeats and the reaper.
     pub async fn shutdown(&self, grace: Duration) {
         let inner = &self.inner;
         inner.stop_claiming.cancel();
+        // A dispatcher may hold jobs a parked claim leased just before the stop: it starts
+        // them (they count as running here) or hands claimed ones back, and only then are
+        // the attempts waited for. A dispatcher stops within one store call.
+        inner.dispatchers.close();
+        if tokio::time::timeout(Duration::from_secs(30), inner.dispatchers.wait()).await.is_err() {
+            tracing::warn!("a dispatcher did not stop within 30 s");
+        }
         inner.attempts.close();
         if tokio::time::timeout(grace, inner.attempts.wait()).await.is_err() {
             tracing::warn!(running = self.running(), "grace period over; handing back running jobs");
@@ -291,6 +304,7 @@ async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
     // What a parked claim leased while the dispatcher waited, with the slots it held.
     let mut delivered: Option<(Claimed, Vec<OwnedSemaphorePermit>)> = None;
     loop {
+        let parked_jobs = delivered.is_some();
         let (claimed, mut permits) = match delivered.take() {
             Some(d) => {
                 if !d.0.jobs.is_empty() {
@@ -336,7 +350,7 @@ async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
         let asked = permits.len();
         let jobs = claimed.jobs;
         let got = jobs.len();
-        if inner.stop_claiming.is_cancelled() && got > 0 {
+        if inner.stop_claiming.is_cancelled() && got > 0 && !parked_jobs {
             // Claimed while shutting down: hand them straight back.
             for job in jobs {
                 release(&inner, &job).await;
@@ -349,6 +363,11 @@ async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
                 let _ = inner.advancer.send(run);
             }
             inner.attempts.spawn(run_attempt(inner.clone(), job, permit));
+        }
+        if inner.stop_claiming.is_cancelled() {
+            // Jobs a parked claim leased may have been reported running before the stop:
+            // they run (within the drain's grace) like the attempts already under way.
+            return;
         }
         if let Some(wait) = claimed.rate_wait_ms {
             // A rate held work back: new jobs bring no tokens, so only time (or a
