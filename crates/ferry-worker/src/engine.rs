@@ -407,8 +407,8 @@ async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
                 _ = control.changed.notified() => false,
                 _ = inner.stop_claiming.cancelled() => true,
             };
-            // A transaction may have taken the claim meanwhile: its jobs are ours to run
-            // (or, when stopping, to hand back at the top of the loop).
+            // A transaction may have taken the claim meanwhile: its jobs are ours to run,
+            // when stopping too (the top of the loop starts them, then returns).
             if let Some(claimed) = parked.withdraw().await {
                 delivered = Some((claimed, spare));
             } else if stopping {
