@@ -479,7 +479,26 @@ FERRY_FLAKY = {
 }
 
 
-class Ferry:
+class System:
+    """What every system under test does alike. A subclass provides `wait_done(n,
+    deadline, what)` (returns when n jobs finished, or raises BenchTimeout) and
+    `STAMP_KIND`, the job the load scenario samples for its start time."""
+
+    STAMP_KIND = None
+
+    def load(self, p, limit):
+        return run_load(self, self.STAMP_KIND, p, limit)
+
+    def wait_load_done(self, total, deadline):
+        try:
+            return self.wait_done(total, deadline, "load"), None
+        except BenchTimeout as e:
+            return None, e.partial.get("unfinished")
+
+
+class Ferry(System):
+    STAMP_KIND = "noop"  # its attempt's `started_at` is the stamp
+
     def __init__(self, name, opts, run_dir):
         self.name, self.opts, self.run_dir = name, opts, run_dir
         self.backend = "postgres" if name == "ferry-postgres" else "sqlite"
@@ -655,15 +674,6 @@ class Ferry:
     def producer_spec(self):
         return {"system": "ferry", "base": self.base, "jobs": {"noop": FERRY_NOOP}}
 
-    def load(self, p, limit):
-        return run_load(self, "noop", p, limit)
-
-    def wait_load_done(self, total, deadline):
-        try:
-            return self.wait_done(total, deadline, "load"), None
-        except BenchTimeout as e:
-            return None, e.partial.get("unfinished")
-
     def sample_starts(self, ids):
         """Start time of each job's first attempt (inf if it has not started)."""
         out = {}
@@ -765,7 +775,9 @@ class Ferry:
 # --------------------------------------------------------------------------------------
 # Celery.
 
-class CeleryPeer:
+class CeleryPeer(System):
+    STAMP_KIND = "bench.stamp"  # returns time.time() at the start of its body
+
     def __init__(self, name, opts, run_dir):
         self.name, self.opts, self.run_dir = name, opts, run_dir
         self.pool = name.split("-", 1)[1]
@@ -899,7 +911,7 @@ class CeleryPeer:
         pipe.execute()
         return t0, time.time()
 
-    def wait_results(self, n, deadline, what):
+    def wait_done(self, n, deadline, what):
         while True:
             got = self.r1.dbsize()
             if got >= n:
@@ -911,7 +923,7 @@ class CeleryPeer:
 
     def throughput(self, n, limit):
         t0, t_sub = self.backlog("bench.noop", n)
-        t1 = self.wait_results(n, t0 + limit, "throughput")
+        t1 = self.wait_done(n, t0 + limit, "throughput")
         return {"jobs": n, "seconds": t1 - t0, "jobs_per_s": n / (t1 - t0), "submit_seconds": t_sub - t0}
 
     def pickup(self, n, warmup, limit):
@@ -926,15 +938,6 @@ class CeleryPeer:
             if i >= warmup:
                 lat.append(started - t_sub)
         return latency_summary(lat)
-
-    def load(self, p, limit):
-        return run_load(self, "bench.stamp", p, limit)
-
-    def wait_load_done(self, total, deadline):
-        try:
-            return self.wait_results(total, deadline, "load"), None
-        except BenchTimeout as e:
-            return None, e.partial.get("unfinished")
 
     def sample_starts(self, ids):
         out = {}

@@ -117,7 +117,7 @@ pub struct PgStore {
     rates: std::sync::Mutex<Option<(std::time::Instant, Arc<Rates>)>>,
     /// This process's claims waiting for work (see [`crate::park`]).
     parks: Arc<Parks>,
-    /// Marks this store's own wake-ups that its listener skips (see `wake_payload`).
+    /// Marks this store's own wake-ups, which its listener skips (see `submit_tail.sql`).
     origin: String,
 }
 
@@ -455,7 +455,6 @@ async fn count_waiting(tx: &mut Transaction<'static, Postgres>, queue: &str, cap
     Ok(n.max(0) as u64)
 }
 
-/// The database's clock, in microseconds.
 /// How many times [`warm`] runs each statement: PostgreSQL plans a prepared statement
 /// afresh for each of its first five executions on a connection, and only then settles
 /// on a plan.
@@ -503,6 +502,7 @@ async fn claim_plain<'e>(ex: impl sqlx::PgExecutor<'e>, req: &ClaimRequest) -> R
     Ok(Claimed { jobs: in_claim_order(claimed), rate_wait_ms: None })
 }
 
+/// The database's clock, in microseconds.
 async fn clock(tx: &mut Transaction<'static, Postgres>) -> Result<Micros, StoreError> {
     Ok(sqlx::query_scalar("SELECT ferry_now()").fetch_one(&mut **tx).await?)
 }
@@ -545,7 +545,7 @@ async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
 
 /// What the notification connection listens to, and whom it tells.
 struct Listening {
-    /// Payload: a queue with new work, or `queue\norigin` (see `wake_payload`).
+    /// Payload: a queue with new work, or `queue\norigin` (see `submit_tail.sql`).
     wakeups: String,
     /// Wake-ups marked with this origin are this store's own, already answered.
     origin: String,
@@ -665,13 +665,6 @@ async fn insert_events(
     if events.is_empty() {
         return Ok(());
     }
-    let (ids, kinds, data) = event_columns(events);
-    sqlx::query(INSERT_EVENTS).bind(now).bind(ids).bind(kinds).bind(data).execute(&mut **tx).await?;
-    Ok(())
-}
-
-/// The id, type and data arrays of an events insert.
-fn event_columns(events: Vec<(JobId, &'static str, Value)>) -> (Vec<JobId>, Vec<&'static str>, Vec<String>) {
     let mut ids = Vec::with_capacity(events.len());
     let mut kinds = Vec::with_capacity(events.len());
     let mut data = Vec::with_capacity(events.len());
@@ -680,7 +673,8 @@ fn event_columns(events: Vec<(JobId, &'static str, Value)>) -> (Vec<JobId>, Vec<
         kinds.push(kind);
         data.push(d.to_string());
     }
-    (ids, kinds, data)
+    sqlx::query(INSERT_EVENTS).bind(now).bind(ids).bind(kinds).bind(data).execute(&mut **tx).await?;
+    Ok(())
 }
 
 async fn read_events(tx: &mut Transaction<'static, Postgres>, id: JobId) -> Result<Vec<Event>, StoreError> {
@@ -706,10 +700,9 @@ async fn read_events(tx: &mut Transaction<'static, Postgres>, id: JobId) -> Resu
 type IdentityColumns = (Vec<JobId>, Vec<String>, Vec<String>, Vec<String>, Vec<String>);
 
 /// Inserts new jobs (node instances where `links` says so) in one statement; returns the
-/// rows of those inserted (`id, state, queue, run_at`), not those an idempotency key
+/// rows of those inserted (`id, state, queue, run_at, created_at`), not those an idempotency key
 /// skipped. Their first events are the caller's to write.
-/// `now: None` reads the clock in the statement; each row's column 4 (`created_at`)
-/// gives it back.
+/// `now: None` reads the clock in the statement.
 async fn insert_jobs(
     tx: &mut Transaction<'static, Postgres>,
     now: Option<Micros>,
@@ -885,23 +878,18 @@ impl Store for PgStore {
             }
             Some(_) => insert_jobs(&mut tx, clock_read, &jobs, &[]).await?,
         };
-        // Without rows nothing was created, and nothing below needs the clock.
-        let now = match (clock_read, rows.first()) {
-            (Some(now), _) => now,
-            (None, Some(r)) => r.try_get(4)?,
-            (None, None) => 0,
-        };
-        let mut created: HashMap<JobId, (JobState, String, Micros)> = HashMap::with_capacity(rows.len());
+        let mut created: HashMap<JobId, (JobState, String)> = HashMap::with_capacity(rows.len());
         for r in &rows {
             let state: String = r.try_get(1)?;
-            created.insert(r.try_get(0)?, (parse_enum(&state)?, r.try_get(2)?, r.try_get(3)?));
+            created.insert(r.try_get(0)?, (parse_enum(&state)?, r.try_get(2)?));
         }
-        if let Some(reason) = &hold {
+        // Only a gated submission holds jobs, and it read the clock.
+        if let (Some(reason), Some(now)) = (&hold, clock_read) {
             // Held until a slot frees: no worker may see them before.
             let ids: Vec<JobId> = created.keys().copied().collect();
             sqlx::query("UPDATE jobs SET state = 'held' WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
             let mut events = Vec::with_capacity(ids.len());
-            for (id, (state, queue, _)) in created.iter_mut() {
+            for (id, (state, queue)) in created.iter_mut() {
                 *state = JobState::Held;
                 events.push((*id, "held", serde_json::json!({"queue": queue, "reason": reason})));
             }
@@ -910,7 +898,7 @@ impl Store for PgStore {
         let mut out = Vec::with_capacity(n);
         let mut touched = BTreeSet::new();
         for (index, j) in jobs.iter().enumerate() {
-            if let Some((state, queue, _)) = created.get(&j.id) {
+            if let Some((state, queue)) = created.get(&j.id) {
                 if hold.is_none() {
                     touched.insert(queue.clone());
                 }

@@ -411,7 +411,7 @@ impl Writer {
     /// no rate applies to (see [`crate::park`]). A claim that fails poisons the group, as
     /// any request's would.
     fn run_parked(&mut self) -> Vec<(Park, Claimed)> {
-        if self.poisoned.is_some() || self.woken.is_empty() {
+        if self.poisoned.is_some() || !self.parks.waiting(&self.woken) {
             return Vec::new();
         }
         let rates = match self.rates.take() {
