@@ -1,6 +1,6 @@
 //! Starting and stopping a server: store, engine and HTTP API wired from one [`Config`].
 
-use crate::config::Config;
+use crate::config::{Config, ListenAddr};
 use anyhow::Context;
 use ferry_server::{ApiConfig, ApiState};
 use ferry_store::Store;
@@ -11,6 +11,7 @@ use ferry_worker::{Engine, EngineConfig, QueueConfig, Registry};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -64,14 +65,20 @@ fn engine_config(cfg: &Config, queues: Vec<QueueConfig>) -> EngineConfig {
     }
 }
 
+/// Binds the API's address. Called before the store opens, so that a port in use is
+/// reported at once, before migrations run or the data directory is locked.
+async fn bind(listen: &ListenAddr) -> anyhow::Result<TcpListener> {
+    let addr = listen.resolve().await.with_context(|| format!("cannot resolve the listen address {listen}"))?;
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {listen}"))
+}
+
 async fn serve(
     cfg: &Config,
-    listen: SocketAddr,
+    listener: TcpListener,
     store: Arc<dyn Store>,
     engine: Option<Engine>,
     app: axum::Router,
 ) -> anyhow::Result<Server> {
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let stop_http = CancellationToken::new();
     let stop = stop_http.clone();
@@ -96,9 +103,9 @@ async fn serve(
 /// Whether the API may serve unauthenticated requests while no token exists: only on
 /// loopback (zero setup on a laptop), or when the operator said `--insecure`. Anywhere
 /// else a server without tokens refuses to start.
-async fn open_mode(cfg: &Config, store: &dyn Store) -> anyhow::Result<bool> {
+async fn open_mode(cfg: &Config, addr: SocketAddr, store: &dyn Store) -> anyhow::Result<bool> {
     let tokens = store.active_tokens().await.context("cannot read the API tokens")?;
-    let loopback = cfg.listen.ip().is_loopback();
+    let loopback = addr.ip().is_loopback();
     if tokens > 0 {
         tracing::info!(tokens, "API tokens exist: every /v1 request needs one");
     } else if loopback {
@@ -151,8 +158,9 @@ pub async fn registry(cfg: &Config) -> anyhow::Result<Registry> {
 
 /// Opens the store, starts the embedded workers and serves the API.
 pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
+    let listener = bind(&cfg.listen).await?;
     let store = open_store(cfg).await?;
-    let open = open_mode(cfg, store.as_ref()).await?;
+    let open = open_mode(cfg, listener.local_addr()?, store.as_ref()).await?;
     let registry = registry(cfg).await?;
     let engine = (cfg.workers > 0).then(|| {
         let queues = cfg
@@ -186,7 +194,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         auth: ferry_server::auth::Auth::new(store.clone(), open),
         limits: Default::default(),
     };
-    let server = serve(cfg, cfg.listen, store.clone(), engine, ferry_server::router(state)).await?;
+    let server = serve(cfg, listener, store.clone(), engine, ferry_server::router(state)).await?;
     tracing::info!(addr = %server.addr, store = store.backend(), "Ferry is serving");
     Ok(server)
 }
@@ -197,19 +205,20 @@ pub async fn start_worker(
     cfg: &Config,
     queues: &[String],
     concurrency: usize,
-    listen: SocketAddr,
+    listen: &ListenAddr,
 ) -> anyhow::Result<Server> {
     if cfg.database_url.is_none() {
         anyhow::bail!(
             "`ferry worker` needs --database postgres://…: a SQLite data directory belongs to one `ferry server`"
         );
     }
+    let listener = bind(listen).await?;
     let store = open_store(cfg).await?;
     let queues: Vec<QueueConfig> = queues.iter().map(|name| QueueConfig { name: name.clone(), concurrency }).collect();
     let registry = registry(cfg).await?;
     let engine = Engine::start(store.clone(), registry.clone(), engine_config(cfg, queues));
     let app = ferry_server::worker_router(store.clone(), registry, engine.clone(), ferry_server::metrics_handle());
-    let server = serve(cfg, listen, store, Some(engine), app).await?;
+    let server = serve(cfg, listener, store, Some(engine), app).await?;
     tracing::info!(addr = %server.addr, worker = server.engine.as_ref().map(|e| e.worker_id()).unwrap_or(""), "Ferry worker running");
     Ok(server)
 }

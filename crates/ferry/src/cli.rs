@@ -1,14 +1,22 @@
 //! The command line: `ferry server`, client commands that talk to the API, `ferry bench`.
+//!
+//! Client commands print a short view for people ([`crate::view`]) and, with `--json`,
+//! the server's whole answer for scripts. They reach the server at `--server`
+//! (`FERRY_SERVER`; the scheme may be left out) with `--token` (`FERRY_TOKEN`).
 
-use crate::config::{Config, FlagOverrides};
+use crate::client::Client;
+use crate::config::{Config, FlagOverrides, ListenAddr};
+use crate::view;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use ferry_store::sqlite::Durability;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use reqwest::Method;
 use serde_json::{Value, json};
-use std::net::SocketAddr;
+use std::fmt::Display;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::time::Duration;
 
 /// Ferry: a durable job and workflow engine.
@@ -29,7 +37,7 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Submit a job.
     Submit(SubmitArgs),
-    /// Show a job: state, attempts, output, error.
+    /// Show a job: kind, queue, state, attempts, last error, output (all of it with --json).
     Status {
         id: String,
         #[command(flatten)]
@@ -41,8 +49,8 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// API tokens: create one directly in the store (the first admin token, before any
-    /// server runs), or list and revoke them through the API.
+    /// API tokens: create one directly in the store (the first admin token, while no
+    /// server uses the data directory), or list and revoke them through the API.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -65,6 +73,11 @@ pub enum Command {
     /// Start a run of a workflow; with --follow, watch each node until the run ends (the
     /// exit status says whether it succeeded).
     Run(RunArgs),
+    /// Workflow runs: show, cancel and list them.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
     /// The dead-letter queue.
     Dlq {
         #[command(subcommand)]
@@ -83,7 +96,7 @@ pub enum Command {
 pub enum TokenCommand {
     /// Create a token in the store (`--data-dir` or `--database`) and print it once, alone
     /// on the last line. A SQLite data directory must not be in use by a running server:
-    /// use `POST /v1/tokens` as an admin then.
+    /// stop it first, or have an admin use `POST /v1/tokens` while it runs.
     Create {
         #[arg(long)]
         workspace: String,
@@ -118,18 +131,19 @@ pub enum QueueCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Change a queue at run time (admin); what is not given keeps its value.
+    /// Change a queue at run time (admin); what is not given keeps its value, and `null`
+    /// returns a setting to the configured value (`--rate null`: no rate).
     Set {
         name: String,
-        /// Attempts at once per worker process
-        #[arg(long)]
-        concurrency: Option<u32>,
-        /// Most waiting jobs (0: no cap)
-        #[arg(long)]
-        max_depth: Option<u64>,
-        /// Most attempts started per second, across every worker process
-        #[arg(long)]
-        rate: Option<f64>,
+        /// Attempts at once per worker process, or null
+        #[arg(long, value_parser = parse_setting::<u32>)]
+        concurrency: Option<Setting<u32>>,
+        /// Most waiting jobs (0: no cap), or null
+        #[arg(long, value_parser = parse_setting::<u64>)]
+        max_depth: Option<Setting<u64>>,
+        /// Most attempts started per second, across every worker process, or null
+        #[arg(long, value_parser = parse_setting::<f64>)]
+        rate: Option<Setting<f64>>,
         /// Stop dispatching (submissions are still accepted)
         #[arg(long, conflicts_with = "resume")]
         pause: bool,
@@ -148,7 +162,10 @@ pub enum LimitsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Replace them: JSON text, or @FILE (see `PUT /v1/limits`).
+    /// Replace them with a whole limits object: JSON text, or @FILE (`PUT /v1/limits`).
+    /// Nothing is merged: a part left out (`per_workspace`, `per_user`, `users`) takes its
+    /// built-in default, and a number left out inside a part is null (no limit). To change
+    /// one value, start from `ferry limits get --json`.
     Set {
         limits: String,
         #[command(flatten)]
@@ -216,6 +233,35 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Show a run: its state and each node's (all of it with --json).
+    Show {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a run: running nodes stop, waiting ones never start.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List runs, newest first.
+    List {
+        /// Only runs in this state (queued, running, succeeded, failed, cancelled, timed_out)
+        #[arg(long)]
+        state: Option<String>,
+        /// Only runs of this workflow
+        #[arg(long)]
+        workflow: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// List dead jobs, newest first.
     List {
@@ -260,9 +306,9 @@ pub struct StoreArgs {
 pub struct ServerArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// API address [env: FERRY_LISTEN] [default: 127.0.0.1:7700]
+    /// API address, IP:PORT or HOST:PORT (`localhost:7803`) [env: FERRY_LISTEN] [default: 127.0.0.1:7700]
     #[arg(long)]
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<ListenAddr>,
     /// Data directory holding the SQLite file [env: FERRY_DATA_DIR] [default: ./ferry-data]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -303,9 +349,9 @@ pub struct WorkerArgs {
     /// Attempts run at once per queue [default: the `workers` setting, 10]
     #[arg(long)]
     pub concurrency: Option<usize>,
-    /// Address of /healthz, /readyz and /metrics
+    /// Address of /healthz, /readyz and /metrics, IP:PORT or HOST:PORT
     #[arg(long, default_value = "127.0.0.1:7701")]
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
 }
 
 impl StoreArgs {
@@ -334,7 +380,7 @@ impl ServerArgs {
     /// The merged, validated configuration.
     pub fn load(&self) -> anyhow::Result<Config> {
         self.store.load(FlagOverrides {
-            listen: self.listen,
+            listen: self.listen.clone(),
             data_dir: self.data_dir.clone(),
             workers: self.workers,
             durability: self.durability,
@@ -362,20 +408,64 @@ impl ServerArgs {
     }
 }
 
-/// Where the API is.
+/// Where the API is, who is asking, and how to print the answer.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// The server's base URL
+    /// The server's base URL; without a scheme, http:// is assumed (`127.0.0.1:7899`)
     #[arg(long, env = "FERRY_SERVER", default_value = "http://127.0.0.1:7700")]
     pub server: String,
     /// API token, sent as `Authorization: Bearer …`
     #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Print the server's whole JSON answer instead of the short view
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ClientArgs {
+    fn client(&self) -> anyhow::Result<Client> {
+        Client::new(&self.server, self.token.clone())
+    }
+
+    /// Prints `answer`: whole as JSON with `--json`, else `short`'s view of it.
+    fn print(&self, answer: &Value, short: impl FnOnce(&Value) -> String) {
+        if self.json {
+            print(answer);
+        } else {
+            print!("{}", short(answer));
+        }
+    }
+}
+
+/// A queue setting on the command line: a value, or `null` to return to the configured one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Setting<T> {
+    Value(T),
+    Null,
+}
+
+fn parse_setting<T: FromStr>(s: &str) -> Result<Setting<T>, String>
+where
+    T::Err: Display,
+{
+    if s == "null" {
+        return Ok(Setting::Null);
+    }
+    s.parse().map(Setting::Value).map_err(|e| format!("{e} (give a number, or null for the configured value)"))
+}
+
+impl<T: serde::Serialize> Setting<T> {
+    fn to_json(&self) -> Value {
+        match self {
+            Setting::Value(v) => json!(v),
+            Setting::Null => Value::Null,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct SubmitArgs {
-    /// The job's kind (noop, sleep, fail, http)
+    /// The job's kind: noop, sleep, fail, http or exec (see the README's "Kinds")
     pub kind: String,
     /// The input: JSON text, or @FILE to read it from a file
     #[arg(long)]
@@ -394,50 +484,12 @@ pub struct SubmitArgs {
     pub delay_ms: Option<u64>,
     #[arg(long)]
     pub idempotency_key: Option<String>,
-    /// Wait for the job to finish, showing progress; exit status 0 only if it succeeded
+    /// Wait for the job to finish, showing progress, then show it; exit status 0 only if
+    /// it succeeded
     #[arg(long)]
     pub wait: bool,
     #[command(flatten)]
     pub client: ClientArgs,
-}
-
-/// A thin API client for the CLI.
-struct Client {
-    base: String,
-    http: reqwest::Client,
-    token: Option<String>,
-}
-
-impl Client {
-    fn new(args: &ClientArgs) -> anyhow::Result<Client> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
-        Ok(Client { base: args.server.trim_end_matches('/').to_string(), http, token: args.token.clone() })
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method, &url);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.with_context(|| format!("cannot reach the Ferry server at {}", self.base))?;
-        let status = resp.status();
-        let value: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let e = &value["error"];
-            let field = e["field"].as_str().map(|f| format!(" (field `{f}`)")).unwrap_or_default();
-            bail!(
-                "{status}: {}: {}{field}",
-                e["code"].as_str().unwrap_or("error"),
-                e["message"].as_str().unwrap_or("")
-            );
-        }
-        Ok(value)
-    }
 }
 
 fn print(v: &Value) {
@@ -457,26 +509,26 @@ pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Submit(args) => submit(args).await,
         Command::Status { id, client } => {
-            print(&Client::new(&client)?.call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None).await?);
+            client.print(&client.client()?.call(Method::GET, &format!("/v1/jobs/{id}"), None).await?, view::job);
             Ok(ExitCode::SUCCESS)
         }
         Command::Cancel { id, client } => {
-            print(&Client::new(&client)?.call(reqwest::Method::POST, &format!("/v1/jobs/{id}/cancel"), None).await?);
+            let answer = client.client()?.call(Method::POST, &format!("/v1/jobs/{id}/cancel"), None).await?;
+            client.print(&answer, |a| view::accepted("job", a));
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { command: DlqCommand::List { limit, client } } => {
-            let page = Client::new(&client)?
-                .call(reqwest::Method::GET, &format!("/v1/jobs?state=dead&limit={limit}"), None)
-                .await?;
-            print(&page);
+            let page = client.client()?.call(Method::GET, &format!("/v1/jobs?state=dead&limit={limit}"), None).await?;
+            client.print(&page, view::job_list);
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { command: DlqCommand::Replay { id, client } } => {
-            print(&Client::new(&client)?.call(reqwest::Method::POST, &format!("/v1/jobs/{id}/replay"), None).await?);
+            let answer = client.client()?.call(Method::POST, &format!("/v1/jobs/{id}/replay"), None).await?;
+            client.print(&answer, |a| view::accepted("job", a));
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { command: DlqCommand::Delete { id, client } } => {
-            Client::new(&client)?.call(reqwest::Method::DELETE, &format!("/v1/jobs/{id}"), None).await?;
+            client.client()?.call(Method::DELETE, &format!("/v1/jobs/{id}"), None).await?;
             println!("deleted {id}");
             Ok(ExitCode::SUCCESS)
         }
@@ -485,108 +537,161 @@ pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
             // YAML is a superset of JSON: one parser reads both.
             let def: Value =
                 yaml_serde::from_str(&text).with_context(|| format!("{} is not valid YAML or JSON", file.display()))?;
-            print(&Client::new(&client)?.call(reqwest::Method::POST, "/v1/workflows", Some(&def)).await?);
+            print(&client.client()?.call(Method::POST, "/v1/workflows", Some(&def)).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Workflow { command: WorkflowCommand::List { client } } => {
-            print(&Client::new(&client)?.call(reqwest::Method::GET, "/v1/workflows", None).await?);
+            print(&client.client()?.call(Method::GET, "/v1/workflows", None).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Workflow { command: WorkflowCommand::Show { name, client } } => {
-            print(&Client::new(&client)?.call(reqwest::Method::GET, &format!("/v1/workflows/{name}"), None).await?);
+            print(&client.client()?.call(Method::GET, &format!("/v1/workflows/{name}"), None).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(args).await,
+        Command::Runs { command: RunsCommand::Show { id, client } } => {
+            client.print(&client.client()?.call(Method::GET, &format!("/v1/runs/{id}"), None).await?, view::run);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runs { command: RunsCommand::Cancel { id, client } } => {
+            let answer = client.client()?.call(Method::POST, &format!("/v1/runs/{id}/cancel"), None).await?;
+            client.print(&answer, |a| view::accepted("run", a));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runs { command: RunsCommand::List { state, workflow, limit, client } } => {
+            let mut path = format!("/v1/runs?limit={limit}");
+            for (key, value) in [("state", state), ("workflow", workflow)] {
+                if let Some(v) = value {
+                    path.push_str(&format!("&{key}={v}"));
+                }
+            }
+            client.print(&client.client()?.call(Method::GET, &path, None).await?, view::run_list);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Queue { command: QueueCommand::List { client } } => {
-            print(&Client::new(&client)?.call(reqwest::Method::GET, "/v1/queues", None).await?);
+            print(&client.client()?.call(Method::GET, "/v1/queues", None).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue { command: QueueCommand::Set { name, concurrency, max_depth, rate, pause, resume, client } } => {
             let mut body = serde_json::Map::new();
             if let Some(c) = concurrency {
-                body.insert("concurrency".into(), json!(c));
+                body.insert("concurrency".into(), c.to_json());
             }
             if let Some(d) = max_depth {
-                body.insert("max_depth".into(), json!(d));
+                body.insert("max_depth".into(), d.to_json());
             }
             if let Some(r) = rate {
-                body.insert("rate".into(), json!(r));
+                body.insert("rate".into(), r.to_json());
             }
             if pause || resume {
                 body.insert("paused".into(), json!(pause));
             }
             let path = format!("/v1/queues/{name}");
-            print(&Client::new(&client)?.call(reqwest::Method::PUT, &path, Some(&Value::Object(body))).await?);
+            print(&client.client()?.call(Method::PUT, &path, Some(&Value::Object(body))).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Limits { command: LimitsCommand::Get { client } } => {
-            print(&Client::new(&client)?.call(reqwest::Method::GET, "/v1/limits", None).await?);
+            print(&client.client()?.call(Method::GET, "/v1/limits", None).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Limits { command: LimitsCommand::Set { limits, client } } => {
             let body = read_input(&limits)?;
-            print(&Client::new(&client)?.call(reqwest::Method::PUT, "/v1/limits", Some(&body)).await?);
+            let answer = client.client()?.call(Method::PUT, "/v1/limits", Some(&body)).await?;
+            print(&answer);
+            // PUT replaces: say which parts went back to their defaults, since a reader of
+            // the command may have meant a merge.
+            let left_out: Vec<&str> =
+                ["per_workspace", "per_user", "users"].into_iter().filter(|k| body.get(*k).is_none()).collect();
+            if !left_out.is_empty() {
+                eprintln!(
+                    "note: the limits were replaced as a whole; {} took the default (left out)",
+                    left_out.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Limits { command: LimitsCommand::Rates { client } } => {
-            print(&Client::new(&client)?.call(reqwest::Method::GET, "/v1/limits/rates", None).await?);
+            print(&client.client()?.call(Method::GET, "/v1/limits/rates", None).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Limits { command: LimitsCommand::SetRate { label, rate, client } } => {
             let path = format!("/v1/limits/rates/{label}");
-            print(&Client::new(&client)?.call(reqwest::Method::PUT, &path, Some(&json!({"rate": rate}))).await?);
+            print(&client.client()?.call(Method::PUT, &path, Some(&json!({"rate": rate}))).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Limits { command: LimitsCommand::UnsetRate { label, client } } => {
             let path = format!("/v1/limits/rates/{label}");
-            Client::new(&client)?.call(reqwest::Method::DELETE, &path, None).await?;
+            client.client()?.call(Method::DELETE, &path, None).await?;
             println!("removed the rate on `{label}`");
             Ok(ExitCode::SUCCESS)
         }
         Command::Token { command: TokenCommand::List { client } } => {
-            print(&Client::new(&client)?.call(reqwest::Method::GET, "/v1/tokens", None).await?);
+            print(&client.client()?.call(Method::GET, "/v1/tokens", None).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Token { command: TokenCommand::Revoke { id, client } } => {
-            Client::new(&client)?.call(reqwest::Method::DELETE, &format!("/v1/tokens/{id}"), None).await?;
+            client.client()?.call(Method::DELETE, &format!("/v1/tokens/{id}"), None).await?;
             println!("revoked {id}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Token { command: TokenCommand::Create { workspace, user, role, store, data_dir } } => {
-            let cfg = store.load(FlagOverrides { data_dir, ..FlagOverrides::default() })?;
-            let role: ferry_core::auth::Role = role.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-            let ok_name = |s: &str| {
-                !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.@".contains(&b))
-            };
-            if !ok_name(&workspace) || !ok_name(&user) {
-                bail!("--workspace and --user must be 1 to 64 letters, digits, `_`, `-`, `.` or `@`");
-            }
-            let store = crate::app::open_store(&cfg).await?;
-            let secret = ferry_core::auth::new_token();
-            let token = store
-                .create_token(ferry_store::NewToken {
-                    id: uuid::Uuid::now_v7(),
-                    workspace,
-                    user,
-                    role,
-                    hash: ferry_core::auth::token_hash(&secret),
-                })
-                .await?;
-            store.close().await;
-            println!(
-                "token {} for user `{}` of workspace `{}`, role {}",
-                token.id, token.user, token.workspace, token.role
-            );
-            println!("it is shown once; keep it secret (send it as `Authorization: Bearer …`):");
-            println!("{secret}");
-            Ok(ExitCode::SUCCESS)
+            create_token(workspace, user, role, store, data_dir).await
         }
         other => bail!("not a client command: {other:?}"),
     }
 }
 
+/// `ferry token create`: straight into the store, which must not be in use.
+async fn create_token(
+    workspace: String,
+    user: String,
+    role: String,
+    store: StoreArgs,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let cfg = store.load(FlagOverrides { data_dir, ..FlagOverrides::default() })?;
+    let role: ferry_core::auth::Role = role.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let ok_name = |s: &str| {
+        !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.@".contains(&b))
+    };
+    if !ok_name(&workspace) || !ok_name(&user) {
+        bail!("--workspace and --user must be 1 to 64 letters, digits, `_`, `-`, `.` or `@`");
+    }
+    let store = match crate::app::open_store(&cfg).await {
+        Ok(store) => store,
+        Err(e) if e.chain().any(|c| matches!(c.downcast_ref(), Some(ferry_store::StoreError::Locked(_)))) => {
+            bail!(
+                "{e:#}\n`ferry token create` writes to the store directly, so the server must not be running: \
+                 stop it (Ctrl-C or SIGTERM), create the token, and start it again; or, while it runs, create \
+                 the token through the API as an admin: `curl -X POST localhost:7700/v1/tokens -H \
+                 'Authorization: Bearer ADMIN_TOKEN' -d '{{\"user\": \"{user}\", \"role\": \"{role}\"}}'` \
+                 (in the admin's workspace; with no tokens yet, a loopback server needs no Authorization \
+                 header and the token is made in workspace `default`)"
+            );
+        }
+        Err(e) => return Err(e),
+    };
+    let secret = ferry_core::auth::new_token();
+    let token = store
+        .create_token(ferry_store::NewToken {
+            id: uuid::Uuid::now_v7(),
+            workspace,
+            user,
+            role,
+            hash: ferry_core::auth::token_hash(&secret),
+        })
+        .await?;
+    store.close().await;
+    println!("token {} for user `{}` of workspace `{}`, role {}", token.id, token.user, token.workspace, token.role);
+    println!(
+        "it is shown once; keep it secret (pass it with --token or FERRY_TOKEN, or send it as `Authorization: Bearer …`):"
+    );
+    println!("{secret}");
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
+    let client = args.client.client()?;
     let mut req = json!({ "workflow": args.name });
     if let Some(v) = args.workflow_version {
         req["version"] = json!(v);
@@ -597,9 +702,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(k) = &args.idempotency_key {
         req["idempotency_key"] = json!(k);
     }
-    let accepted = client.call(reqwest::Method::POST, "/v1/runs", Some(&req)).await?;
+    let accepted = client.call(Method::POST, "/v1/runs", Some(&req)).await?;
     if !args.follow {
-        print(&accepted);
+        args.client.print(&accepted, |a| view::accepted("run", a));
         return Ok(ExitCode::SUCCESS);
     }
     let id = accepted["id"].as_str().context("the server answered without an id")?.to_string();
@@ -610,7 +715,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|_| ProgressStyle::default_spinner());
     let mut bars: Vec<(String, ProgressBar)> = Vec::new();
     loop {
-        let run = client.call(reqwest::Method::GET, &format!("/v1/runs/{id}"), None).await?;
+        let run = client.call(Method::GET, &format!("/v1/runs/{id}"), None).await?;
         for node in run["nodes"].as_array().into_iter().flatten() {
             let name = node["id"].as_str().unwrap_or("?").to_string();
             let bar = match bars.iter().find(|(n, _)| *n == name) {
@@ -641,13 +746,18 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
         let state = run["state"].as_str().unwrap_or("?").to_string();
-        if state != "running" {
+        // A queued run waits for a concurrency slot: it has not ended.
+        if !matches!(state.as_str(), "queued" | "running") {
             for (_, bar) in &bars {
                 bar.finish();
             }
-            println!("run {id}: {state}");
-            if let Some(err) = run["error"]["message"].as_str() {
-                println!("  {err}");
+            if args.client.json {
+                print(&run);
+            } else {
+                println!("run {id}: {state}");
+                if let Some(err) = run["error"]["message"].as_str() {
+                    println!("  {err}");
+                }
             }
             return Ok(if state == "succeeded" { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
@@ -656,7 +766,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
+    let client = args.client.client()?;
     let mut spec = json!({ "kind": args.kind });
     if let Some(raw) = &args.input {
         spec["input"] = read_input(raw)?;
@@ -679,9 +789,9 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     if let Some(k) = args.idempotency_key {
         spec["idempotency_key"] = json!(k);
     }
-    let accepted = client.call(reqwest::Method::POST, "/v1/jobs", Some(&spec)).await?;
+    let accepted = client.call(Method::POST, "/v1/jobs", Some(&spec)).await?;
     if !args.wait {
-        print(&accepted);
+        args.client.print(&accepted, |a| view::accepted("job", a));
         return Ok(ExitCode::SUCCESS);
     }
     let id = accepted["id"].as_str().context("the server answered without an id")?.to_string();
@@ -692,12 +802,12 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     bar.enable_steady_tick(Duration::from_millis(100));
     let mut pause = Duration::from_millis(20);
     loop {
-        let job = client.call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None).await?;
+        let job = client.call(Method::GET, &format!("/v1/jobs/{id}"), None).await?;
         let state = job["state"].as_str().unwrap_or("?").to_string();
         bar.set_message(format!("job {id}: {state}, attempts used {}/{}", job["attempts_used"], job["max_attempts"]));
         if matches!(state.as_str(), "succeeded" | "dead" | "cancelled") {
             bar.finish_and_clear();
-            print(&job);
+            args.client.print(&job, view::job);
             return Ok(if state == "succeeded" { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
         tokio::time::sleep(pause).await;
@@ -713,6 +823,19 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn queue_settings_take_a_number_or_null() {
+        let cli =
+            Cli::try_parse_from(["ferry", "queue", "set", "q", "--concurrency", "null", "--rate", "2.5"]).unwrap();
+        let Command::Queue { command: QueueCommand::Set { concurrency, rate, max_depth, .. } } = cli.command else {
+            panic!("not queue set")
+        };
+        assert_eq!((concurrency, rate, max_depth), (Some(Setting::Null), Some(Setting::Value(2.5)), None));
+        assert_eq!(Setting::<u32>::Null.to_json(), Value::Null);
+        let err = Cli::try_parse_from(["ferry", "queue", "set", "q", "--max-depth", "lots"]).unwrap_err().to_string();
+        assert!(err.contains("null"), "the refusal says null is allowed: {err}");
     }
 
     #[test]

@@ -5,6 +5,15 @@
 //! `__`, e.g. `FERRY_QUEUES__HEAVY__CONCURRENCY=2`), then command-line flags. Every setting
 //! has a safe default; an unknown key or a bad value is an error that names its source.
 //! `ferry config show` prints the merged result.
+//!
+//! Not every `FERRY_*` variable is a setting: the CLI's `FERRY_SERVER` and `FERRY_TOKEN`,
+//! the test suite's `FERRY_TEST_DATABASE_URL` and a few others are read where they are
+//! used, and are left out of the merge by name ([`NOT_SETTINGS`]), so that a shell that
+//! exports them for the CLI can still start a server. Any other unknown `FERRY_*` variable
+//! is refused, like an unknown key in the file.
+//!
+//! A refusal names the setting as the user wrote it and where it came from: `FERRY_NOSUCH`
+//! for the environment, `key.path` and the file's name for the file, the flag otherwise.
 
 use anyhow::{Context, bail};
 use ferry_core::Limits;
@@ -14,12 +23,104 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 /// The default API address. 7700 collides with none of PostgreSQL (5432), Redis (6379),
 /// RabbitMQ (5672), NATS (4222), MariaDB (3306) or MQTT (1883).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+
+/// The prefix of the environment variables that hold settings.
+pub const ENV_PREFIX: &str = "FERRY_";
+
+/// `FERRY_*` variables that are not settings, without the prefix. They are read where they
+/// are used, never merged into [`Config`]; without this list, exporting `FERRY_TOKEN` for
+/// the CLI would stop `ferry server` from starting ("unknown field `token`"). Add a
+/// variable here when something other than the configuration reads it.
+pub const NOT_SETTINGS: &[&str] = &[
+    // The configuration file's location: read before the merge (`--config`).
+    "CONFIG",
+    // The CLI's server URL and API token (`--server`, `--token`).
+    "SERVER",
+    "TOKEN",
+    // Where the sandbox helper binary is (`ferry_sandbox`).
+    "SANDBOX_HELPER",
+    // The PostgreSQL server of the test suite.
+    "TEST_DATABASE_URL",
+];
+
+/// An address to listen on: `IP:PORT` or `HOST:PORT` (`localhost:7700`). A host name is
+/// resolved when the server starts ([`ListenAddr::resolve`]); `localhost` is loopback, so
+/// it keeps the unauthenticated open mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAddr(String);
+
+/// Why a text is not a [`ListenAddr`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAddrError(String);
+
+impl fmt::Display for ListenAddrError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` is not HOST:PORT (e.g. 127.0.0.1:7700, localhost:7700, [::1]:7700)", self.0)
+    }
+}
+
+impl std::error::Error for ListenAddrError {}
+
+impl FromStr for ListenAddr {
+    type Err = ListenAddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.parse::<SocketAddr>().is_ok() {
+            return Ok(ListenAddr(s.to_string()));
+        }
+        let bad = || ListenAddrError(s.to_string());
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let host_ok = !host.is_empty()
+            && host.len() <= 253
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b));
+        if !host_ok || port.parse::<u16>().is_err() {
+            return Err(bad());
+        }
+        Ok(ListenAddr(s.to_string()))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for ListenAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl ListenAddr {
+    /// The socket address to bind: an IP address as given, or the host name's first IPv4
+    /// address (IPv6 if it has none), so that `localhost` means 127.0.0.1 like the CLI's
+    /// default server URL.
+    pub async fn resolve(&self) -> std::io::Result<SocketAddr> {
+        if let Ok(addr) = self.0.parse() {
+            return Ok(addr);
+        }
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(self.0.as_str()).await?.collect();
+        addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} resolves to no address", self.0))
+        })
+    }
+}
 
 /// One queue's settings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -81,8 +182,8 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address of the HTTP API.
-    pub listen: SocketAddr,
+    /// Address of the HTTP API: `IP:PORT` or `HOST:PORT`.
+    pub listen: ListenAddr,
     /// Directory of the SQLite database.
     pub data_dir: PathBuf,
     /// Default concurrency of every queue's embedded worker pool; 0 runs the API only.
@@ -177,7 +278,7 @@ impl Default for Config {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FlagOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<ListenAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -203,10 +304,8 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig
-            .merge(Env::prefixed("FERRY_").split("__").ignore(&["config", "server"]))
-            .merge(Serialized::defaults(flags));
-        let mut cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(NOT_SETTINGS)).merge(Serialized::defaults(flags));
+        let mut cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {}", describe(e)))?;
         cfg.queues.entry("default".into()).or_default();
         cfg.config_file = file.cloned();
         cfg.validate()?;
@@ -282,6 +381,50 @@ impl Config {
     }
 }
 
+/// Settings that exist but are not documented for users (tests and benchmarks set them);
+/// a refusal does not offer them.
+const UNLISTED: &[&str] = &["exec_helper"];
+
+/// Figment's errors, each as one line that names the setting as the user wrote it and its
+/// source: `FERRY_NOSUCH` (environment), `nosuch` in FILE, or a flag.
+fn describe(errors: figment::Error) -> String {
+    use figment::error::Kind;
+    let lines: Vec<String> = errors
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let file = e.metadata.as_ref().and_then(|m| m.source.as_ref()).and_then(|s| s.file_path());
+            let from_env = e.metadata.as_ref().is_some_and(|m| m.name.contains("environment"));
+            let (name, source) = match file {
+                Some(path) => (format!("`{key}`"), format!(" in {}", path.display())),
+                None if from_env => {
+                    let var: Vec<String> = e.path.iter().map(|p| p.to_ascii_uppercase()).collect();
+                    (format!("`{key}`"), format!(" (environment variable {ENV_PREFIX}{})", var.join("__")))
+                }
+                None if e.metadata.is_some() => (format!("`{key}`"), " (command-line flag)".to_string()),
+                None => (format!("`{key}`"), String::new()),
+            };
+            let one_of = |names: &[&str]| {
+                let names: Vec<&str> = names.iter().copied().filter(|n| !UNLISTED.contains(n)).collect();
+                names.join(", ")
+            };
+            match &e.kind {
+                Kind::UnknownField(_, expected) => {
+                    format!("unknown setting {name}{source}; the settings here are: {}", one_of(expected))
+                }
+                Kind::UnknownVariant(value, expected) => {
+                    format!("{name}{source}: unknown value `{value}`; expected one of: {}", one_of(expected))
+                }
+                Kind::InvalidType(actual, expected) => format!("{name}{source}: expected {expected}, found {actual}"),
+                Kind::InvalidValue(actual, expected) => format!("{name}{source}: expected {expected}, found {actual}"),
+                Kind::Message(m) => format!("{name}{source}: {m}"),
+                other => format!("{name}{source}: {}", other.to_string().replace("``", "`")),
+            }
+        })
+        .collect();
+    lines.join("; ")
+}
+
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for showing a URL.
 pub fn redact_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
@@ -309,7 +452,7 @@ mod tests {
     fn defaults_are_valid_and_safe() {
         let c = Config::default();
         c.validate().unwrap();
-        assert_eq!(c.listen.to_string(), "127.0.0.1:7700");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert!(c.lease_ms >= 3 * c.heartbeat_ms);
     }
 
@@ -344,5 +487,54 @@ mod tests {
             assert!(err.to_string().contains("wrokers"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn client_and_test_variables_are_not_settings_but_unknown_ones_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FERRY_TOKEN", "ferry_secret");
+            jail.set_env("FERRY_SERVER", "127.0.0.1:7899");
+            jail.set_env("FERRY_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test");
+            Config::load(None, &FlagOverrides::default()).expect("client and test variables are ignored");
+            jail.set_env("FERRY_NOSUCH", "1");
+            let err = Config::load(None, &FlagOverrides::default()).unwrap_err().to_string();
+            assert!(err.contains("unknown setting `nosuch`") && err.contains("FERRY_NOSUCH"), "{err}");
+            assert!(!err.contains("``") && !err.contains("default.") && !err.contains("exec_helper"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_typo_in_the_file_is_named_with_its_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("typo.toml", "[queues.webhook]\nconcurency = 5\n")?;
+            let err = Config::load(Some(&PathBuf::from("typo.toml")), &FlagOverrides::default()).unwrap_err();
+            let err = err.to_string();
+            assert!(err.contains("`queues.webhook.concurency` in ") && err.contains("typo.toml"), "{err}");
+            assert!(err.contains("concurrency, max_depth"), "the settings it could be: {err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn listen_takes_an_address_or_a_host_name() {
+        for ok in ["127.0.0.1:7700", "[::1]:0", "localhost:7803", "ferry-1.internal:80"] {
+            assert_eq!(ok.parse::<ListenAddr>().expect(ok).to_string(), ok);
+        }
+        for bad in ["localhost", "localhost:http", ":7700", "local host:1", "127.0.0.1:70000"] {
+            assert!(bad.parse::<ListenAddr>().is_err(), "{bad}");
+        }
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FERRY_LISTEN", "nowhere");
+            let err = Config::load(None, &FlagOverrides::default()).unwrap_err().to_string();
+            assert!(err.contains("FERRY_LISTEN") && err.contains("HOST:PORT"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[tokio::test]
+    async fn localhost_resolves_to_loopback() {
+        let addr = "localhost:0".parse::<ListenAddr>().unwrap().resolve().await.unwrap();
+        assert!(addr.ip().is_loopback(), "{addr}");
     }
 }

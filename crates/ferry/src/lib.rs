@@ -7,4 +7,6 @@ pub mod bench;
 pub mod bench_sandbox;
 pub mod bench_workflow;
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod view;

@@ -14,7 +14,12 @@ async fn serve(args: ferry::cli::ServerArgs) -> anyhow::Result<()> {
     let cfg = args.load()?;
     init_logs(&cfg.log);
     let server = ferry::app::start(&cfg).await?;
-    println!("Ferry listening on {} (data in {})", server.url(), cfg.data_dir.display());
+    // The store it really uses: a PostgreSQL URL (password hidden) makes the data directory moot.
+    let store = match &cfg.database_url {
+        Some(url) => format!("PostgreSQL at {}", ferry::config::redact_password(url)),
+        None => format!("SQLite in {}", cfg.data_dir.display()),
+    };
+    println!("Ferry listening on {} ({store})", server.url());
     ferry::app::shutdown_signal().await;
     tracing::info!("signal received; draining");
     server.stop().await
@@ -27,7 +32,7 @@ async fn work(args: ferry::cli::WorkerArgs) -> anyhow::Result<()> {
     if concurrency == 0 {
         anyhow::bail!("--concurrency must be at least 1");
     }
-    let worker = ferry::app::start_worker(&cfg, &args.queues, concurrency, args.listen).await?;
+    let worker = ferry::app::start_worker(&cfg, &args.queues, concurrency, &args.listen).await?;
     println!("Ferry worker on {} serving {} (health on http://{})", cfg.node, args.queues.join(","), worker.addr);
     ferry::app::shutdown_signal().await;
     tracing::info!("signal received; draining");

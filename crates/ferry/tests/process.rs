@@ -204,7 +204,7 @@ async fn cli_submits_waits_and_manages_the_dead_letter_queue() {
     let server = spawn_server(dir.path(), 2, &[]);
     let url = server.url.clone();
 
-    let (code, out, err) = cli(&url, &["submit", "noop", "--input", r#"{"x": 1}"#, "--wait"]);
+    let (code, out, err) = cli(&url, &["submit", "noop", "--input", r#"{"x": 1}"#, "--wait", "--json"]);
     assert_eq!(code, 0, "stderr: {err}");
     let job: Value = serde_json::from_str(&out).expect("the result is JSON on stdout");
     assert_eq!(job["state"], "succeeded");
@@ -212,7 +212,8 @@ async fn cli_submits_waits_and_manages_the_dead_letter_queue() {
 
     let input = dir.path().join("input.json");
     std::fs::write(&input, r#"{"type": "validation", "retryable": false}"#).unwrap();
-    let (code, out, _) = cli(&url, &["submit", "fail", "--input", &format!("@{}", input.display()), "--wait"]);
+    let (code, out, _) =
+        cli(&url, &["submit", "fail", "--input", &format!("@{}", input.display()), "--wait", "--json"]);
     assert_eq!(code, 1, "a dead job is a failed command");
     let dead: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(dead["state"], "dead");
@@ -223,7 +224,7 @@ async fn cli_submits_waits_and_manages_the_dead_letter_queue() {
     assert_eq!(code, 0);
     assert!(out.contains(dead_id), "the dead job is in the DLQ listing: {out}");
 
-    let (code, out, _) = cli(&url, &["dlq", "replay", dead_id]);
+    let (code, out, _) = cli(&url, &["dlq", "replay", dead_id, "--json"]);
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["state"], "queued");
     // Replayed, it fails for good again; then it can be deleted from the DLQ.
@@ -238,7 +239,7 @@ async fn cli_submits_waits_and_manages_the_dead_letter_queue() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(http.get(&dead_url).send().await.unwrap().status(), 404);
 
-    let (code, out, _) = cli(&url, &["status", job["id"].as_str().unwrap()]);
+    let (code, out, _) = cli(&url, &["status", job["id"].as_str().unwrap(), "--json"]);
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["attempts"].as_array().unwrap().len(), 1);
 
@@ -250,11 +251,11 @@ async fn cli_submits_waits_and_manages_the_dead_letter_queue() {
     assert_eq!(code, 1);
     assert!(err.contains("unknown_kind") && err.contains("kind"), "stderr: {err}");
 
-    let (code, out, _) = cli(&url, &["submit", "sleep", "--input", r#"{"ms": 1}"#, "--delay-ms", "60000"]);
+    let (code, out, _) = cli(&url, &["submit", "sleep", "--input", r#"{"ms": 1}"#, "--delay-ms", "60000", "--json"]);
     assert_eq!(code, 0);
     let scheduled: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(scheduled["state"], "scheduled");
-    let (code, out, _) = cli(&url, &["cancel", scheduled["id"].as_str().unwrap()]);
+    let (code, out, _) = cli(&url, &["cancel", scheduled["id"].as_str().unwrap(), "--json"]);
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["state"], "cancelled");
 
@@ -304,7 +305,7 @@ async fn cli_applies_a_yaml_workflow_follows_runs_and_runs_exec_in_the_binary_sa
 
     // `exec` in the real binary: the server re-executes itself as the sandbox helper.
     let input = r#"{"language": "sh", "code": "echo sandboxed; hostname"}"#;
-    let (code, out, err) = cli(&url, &["submit", "exec", "--input", input, "--wait"]);
+    let (code, out, err) = cli(&url, &["submit", "exec", "--input", input, "--wait", "--json"]);
     assert_eq!(code, 0, "stdout: {out} stderr: {err}");
     let job: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(job["output"]["stdout"], "sandboxed\nferry-sandbox\n", "{job}");
