@@ -48,26 +48,25 @@ struct Block {
     mode: Mode,
 }
 
-fn parse_marker(line: &str, at: usize) -> Option<Mode> {
-    let inner = line.trim().strip_prefix("<!--")?.strip_suffix("-->")?.trim();
+/// The mode an HTML comment line asks for; an error for a comment that is not a marker.
+fn parse_marker(line: &str) -> Result<Mode, String> {
+    let unknown = || format!("unknown marker `{}`", line.trim());
+    let inner = line.trim().strip_prefix("<!--").and_then(|l| l.strip_suffix("-->")).ok_or_else(unknown)?.trim();
     if let Some(reason) = inner.strip_prefix("not run:") {
-        return Some(Mode::Skip(reason.trim().to_string()));
+        return Ok(Mode::Skip(reason.trim().to_string()));
     }
     if inner == "run without a server" {
-        return Some(Mode::RunWithoutServer);
+        return Ok(Mode::RunWithoutServer);
     }
     if let Some(vars) = inner.strip_prefix("server env:") {
         let server_env = vars
             .split_whitespace()
-            .map(|kv| {
-                let (k, v) =
-                    kv.split_once('=').unwrap_or_else(|| panic!("README.md line {at}: `{kv}` is not NAME=VALUE"));
-                (k.to_string(), v.to_string())
-            })
-            .collect();
-        return Some(Mode::Run { server_env });
+            .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| format!("`{}`: expected NAME=VALUE pairs", line.trim()))?;
+        return Ok(Mode::Run { server_env });
     }
-    panic!("README.md line {at}: unknown marker `{line}` before a code block");
+    Err(unknown())
 }
 
 /// Every fenced block, with the marker on the line before it.
@@ -76,22 +75,27 @@ fn blocks(readme: &str) -> Vec<Block> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < lines.len() {
-        let Some(lang) = lines[i].strip_prefix("```").map(str::trim) else {
+        let Some(lang) = lines[i].trim_start().strip_prefix("```").map(str::trim) else {
             i += 1;
             continue;
         };
         let start = i;
         let mut end = i + 1;
-        while end < lines.len() && lines[end].trim_end() != "```" {
+        while end < lines.len() && lines[end].trim() != "```" {
             end += 1;
         }
+        // Only a shell block is steered; a comment before another block is the README's own.
         let before = start.checked_sub(1).map(|b| lines[b]).unwrap_or("");
-        let mode = if before.trim_start().starts_with("<!--") { parse_marker(before, start) } else { None };
+        let mode = if lang == "sh" && before.trim_start().starts_with("<!--") {
+            parse_marker(before).unwrap_or_else(|e| panic!("README.md line {start}: {e} before a ```sh block"))
+        } else {
+            Mode::Run { server_env: Vec::new() }
+        };
         out.push(Block {
             line: start + 1,
             lang: lang.to_string(),
             text: lines[start + 1..end.min(lines.len())].join("\n"),
-            mode: mode.unwrap_or(Mode::Run { server_env: Vec::new() }),
+            mode,
         });
         i = end + 1;
     }
@@ -278,13 +282,9 @@ fn every_shell_example_in_the_readme_runs() {
             failures.push(report);
         }
     }
-    println!("README.md: ran {ran} shell blocks, skipped {}: {}", skipped.len(), skipped.join(", "));
-    assert!(
-        failures.is_empty(),
-        "{} of {ran} README shell blocks failed:\n\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
+    let summary = format!("README.md: ran {ran} shell blocks, skipped {}: {}", skipped.len(), skipped.join(", "));
+    println!("{summary}");
+    assert!(failures.is_empty(), "{summary}\n{} of them failed:\n\n{}", failures.len(), failures.join("\n\n"));
     assert!(ran >= 5, "only {ran} shell blocks ran: is the README parsed right?");
 }
 
@@ -300,4 +300,12 @@ fn markers_and_files_are_read_from_the_line_before_a_block() {
     assert_eq!(b[1].mode, Mode::Run { server_env: env });
     assert_eq!(files(&b), vec![("enrich.yaml".to_string(), "# enrich.yaml\nname: enrich\n".to_string())]);
     assert_eq!(rewrite(&b[3].text, Some(41234)), "ferry status x; curl localhost:41234/healthz");
+    assert_eq!(parse_marker("<!-- run without a server -->"), Ok(Mode::RunWithoutServer));
+    assert!(parse_marker("<!-- not-run: typo -->").is_err(), "a misspelt marker is an error, not a silent run");
+    let other = blocks("<!-- a note -->\n```json\n{}\n```\n");
+    assert_eq!(
+        other[0].mode,
+        Mode::Run { server_env: Vec::new() },
+        "a comment before another block is the README's own"
+    );
 }
