@@ -395,14 +395,15 @@ fn describe(errors: figment::Error) -> String {
             let key = e.path.join(".");
             let file = e.metadata.as_ref().and_then(|m| m.source.as_ref()).and_then(|s| s.file_path());
             let from_env = e.metadata.as_ref().is_some_and(|m| m.name.contains("environment"));
-            let (name, source) = match file {
-                Some(path) => (format!("`{key}`"), format!(" in {}", path.display())),
+            let name = if key.is_empty() { "the configuration".to_string() } else { format!("`{key}`") };
+            let source = match file {
+                Some(path) => format!(" in {}", path.display()),
                 None if from_env => {
                     let var: Vec<String> = e.path.iter().map(|p| p.to_ascii_uppercase()).collect();
-                    (format!("`{key}`"), format!(" (environment variable {ENV_PREFIX}{})", var.join("__")))
+                    format!(" (environment variable {ENV_PREFIX}{})", var.join("__"))
                 }
-                None if e.metadata.is_some() => (format!("`{key}`"), " (command-line flag)".to_string()),
-                None => (format!("`{key}`"), String::new()),
+                None if e.metadata.is_some() => " (command-line flag)".to_string(),
+                None => String::new(),
             };
             let one_of = |names: &[&str]| {
                 let names: Vec<&str> = names.iter().copied().filter(|n| !UNLISTED.contains(n)).collect();

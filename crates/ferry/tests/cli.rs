@@ -116,6 +116,9 @@ fn listen_takes_a_host_name_and_server_takes_an_address_without_a_scheme() {
     let (code, out, err) = cli(bare, &["submit", "noop", "--input", r#"{"x": 1}"#, "--wait"]);
     assert_eq!(code, 0, "{out} {err}");
     assert!(out.contains("succeeded"), "{out}");
+    let by_name = bare.replace("127.0.0.1", "localhost");
+    let (code, out, err) = cli(&by_name, &["status", out.split_whitespace().nth(1).unwrap()]);
+    assert_eq!(code, 0, "--server {by_name}: {out} {err}");
 
     let (code, _, err) = ferry(&["server", "--listen", "localhost", "--data-dir", dir.path().to_str().unwrap()], &[]);
     assert_eq!(code, 2, "a listen address without a port is refused by the parser: {err}");
