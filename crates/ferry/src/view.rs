@@ -138,6 +138,22 @@ mod tests {
     }
 
     #[test]
+    fn a_run_is_a_line_per_node_with_its_failures() {
+        let r = json!({"id": "r1", "workflow": "enrich", "version": 2, "state": "failed",
+                       "error": {"type": "validation", "message": "node `each` failed"},
+                       "nodes": [{"id": "fetch", "state": "succeeded", "attempts": 1, "error": null, "jobs": []},
+                                 {"id": "each", "state": "failed", "items": 2, "attempts": 3,
+                                  "error": {"type": "exit_status", "message": "exit 1"},
+                                  "jobs": [{"state": "succeeded"}, {"state": "dead"}]}]});
+        let shown = run(&r);
+        assert_eq!(shown.lines().count(), 4, "{shown}");
+        assert!(shown.starts_with("run r1  enrich v2: failed\n"), "{shown}");
+        assert!(shown.contains("1/2 elements  (3 attempts)  exit_status: exit 1"), "{shown}");
+        let again = json!({"id": "j", "state": "queued", "created": false});
+        assert_eq!(accepted("job", &again), "job j: queued (an existing one: its idempotency key matched)\n");
+    }
+
+    #[test]
     fn lists_say_when_empty_or_cut() {
         assert_eq!(job_list(&json!({"items": [], "next_cursor": null})), "no jobs\n");
         let page = json!({"items": [{"id": "a", "kind": "fail", "queue": "default", "state": "dead",
