@@ -10,14 +10,12 @@ use crate::view;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use ferry_store::sqlite::Durability;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::fmt::Display;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
-use std::time::Duration;
 
 /// Ferry: a durable job and workflow engine.
 #[derive(Debug, Parser)]
@@ -423,12 +421,12 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
         Client::new(&self.server, self.token.clone())
     }
 
     /// Prints `answer`: whole as JSON with `--json`, else `short`'s view of it.
-    fn print(&self, answer: &Value, short: impl FnOnce(&Value) -> String) {
+    pub(crate) fn print(&self, answer: &Value, short: impl FnOnce(&Value) -> String) {
         if self.json {
             print(answer);
         } else {
@@ -492,11 +490,11 @@ pub struct SubmitArgs {
     pub client: ClientArgs,
 }
 
-fn print(v: &Value) {
+pub(crate) fn print(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn read_input(raw: &str) -> anyhow::Result<Value> {
+pub(crate) fn read_input(raw: &str) -> anyhow::Result<Value> {
     let text = match raw.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?,
         None => raw.to_string(),
@@ -507,7 +505,7 @@ fn read_input(raw: &str) -> anyhow::Result<Value> {
 /// Runs a client command; returns the process exit code.
 pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Submit(args) => submit(args).await,
+        Command::Submit(args) => crate::watch::submit(args).await,
         Command::Status { id, client } => {
             client.print(&client.client()?.call(Method::GET, &format!("/v1/jobs/{id}"), None).await?, view::job);
             Ok(ExitCode::SUCCESS)
@@ -548,7 +546,7 @@ pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
             print(&client.client()?.call(Method::GET, &format!("/v1/workflows/{name}"), None).await?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => crate::watch::run(args).await,
         Command::Runs { command: RunsCommand::Show { id, client } } => {
             client.print(&client.client()?.call(Method::GET, &format!("/v1/runs/{id}"), None).await?, view::run);
             Ok(ExitCode::SUCCESS)
@@ -688,131 +686,6 @@ async fn create_token(
     );
     println!("{secret}");
     Ok(ExitCode::SUCCESS)
-}
-
-async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let client = args.client.client()?;
-    let mut req = json!({ "workflow": args.name });
-    if let Some(v) = args.workflow_version {
-        req["version"] = json!(v);
-    }
-    if let Some(raw) = &args.input {
-        req["input"] = read_input(raw)?;
-    }
-    if let Some(k) = &args.idempotency_key {
-        req["idempotency_key"] = json!(k);
-    }
-    let accepted = client.call(Method::POST, "/v1/runs", Some(&req)).await?;
-    if !args.follow {
-        args.client.print(&accepted, |a| view::accepted("run", a));
-        return Ok(ExitCode::SUCCESS);
-    }
-    let id = accepted["id"].as_str().context("the server answered without an id")?.to_string();
-    println!("run {id} of {} v{}", args.name, accepted["version"]);
-    // One line per node, redrawn in place as the run moves.
-    let lines = MultiProgress::new();
-    let style = ProgressStyle::with_template("{spinner} {prefix:<24} {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_spinner());
-    let mut bars: Vec<(String, ProgressBar)> = Vec::new();
-    loop {
-        let run = client.call(Method::GET, &format!("/v1/runs/{id}"), None).await?;
-        for node in run["nodes"].as_array().into_iter().flatten() {
-            let name = node["id"].as_str().unwrap_or("?").to_string();
-            let bar = match bars.iter().find(|(n, _)| *n == name) {
-                Some((_, bar)) => bar.clone(),
-                None => {
-                    let bar = lines.add(ProgressBar::new_spinner().with_style(style.clone()).with_prefix(name.clone()));
-                    bar.enable_steady_tick(Duration::from_millis(100));
-                    bars.push((name, bar.clone()));
-                    bar
-                }
-            };
-            let state = node["state"].as_str().unwrap_or("?");
-            let mut msg = state.to_string();
-            if let Some(items) = node["items"].as_u64() {
-                let done =
-                    node["jobs"].as_array().map_or(0, |j| j.iter().filter(|j| j["state"] == "succeeded").count());
-                msg.push_str(&format!("  {done}/{items} elements"));
-            }
-            if node["attempts"].as_u64().unwrap_or(0) > 1 {
-                msg.push_str(&format!("  ({} attempts)", node["attempts"]));
-            }
-            if let Some(err) = node["error"]["message"].as_str() {
-                msg.push_str(&format!("  {err}"));
-            }
-            bar.set_message(msg);
-            if !matches!(state, "pending" | "running") && !bar.is_finished() {
-                bar.finish();
-            }
-        }
-        let state = run["state"].as_str().unwrap_or("?").to_string();
-        // A queued run waits for a concurrency slot: it has not ended.
-        if !matches!(state.as_str(), "queued" | "running") {
-            for (_, bar) in &bars {
-                bar.finish();
-            }
-            if args.client.json {
-                print(&run);
-            } else {
-                println!("run {id}: {state}");
-                if let Some(err) = run["error"]["message"].as_str() {
-                    println!("  {err}");
-                }
-            }
-            return Ok(if state == "succeeded" { ExitCode::SUCCESS } else { ExitCode::FAILURE });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let client = args.client.client()?;
-    let mut spec = json!({ "kind": args.kind });
-    if let Some(raw) = &args.input {
-        spec["input"] = read_input(raw)?;
-    }
-    if let Some(q) = args.queue {
-        spec["queue"] = json!(q);
-    }
-    if let Some(p) = args.priority {
-        spec["priority"] = json!(p);
-    }
-    if let Some(m) = args.max_attempts {
-        spec["max_attempts"] = json!(m);
-    }
-    if let Some(t) = args.timeout_ms {
-        spec["timeout_ms"] = json!(t);
-    }
-    if let Some(d) = args.delay_ms {
-        spec["delay_ms"] = json!(d);
-    }
-    if let Some(k) = args.idempotency_key {
-        spec["idempotency_key"] = json!(k);
-    }
-    let accepted = client.call(Method::POST, "/v1/jobs", Some(&spec)).await?;
-    if !args.wait {
-        args.client.print(&accepted, |a| view::accepted("job", a));
-        return Ok(ExitCode::SUCCESS);
-    }
-    let id = accepted["id"].as_str().context("the server answered without an id")?.to_string();
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    bar.enable_steady_tick(Duration::from_millis(100));
-    let mut pause = Duration::from_millis(20);
-    loop {
-        let job = client.call(Method::GET, &format!("/v1/jobs/{id}"), None).await?;
-        let state = job["state"].as_str().unwrap_or("?").to_string();
-        bar.set_message(format!("job {id}: {state}, attempts used {}/{}", job["attempts_used"], job["max_attempts"]));
-        if matches!(state.as_str(), "succeeded" | "dead" | "cancelled") {
-            bar.finish_and_clear();
-            args.client.print(&job, view::job);
-            return Ok(if state == "succeeded" { ExitCode::SUCCESS } else { ExitCode::FAILURE });
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(500));
-    }
 }
 
 #[cfg(test)]

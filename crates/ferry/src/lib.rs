@@ -10,3 +10,4 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod view;
+pub mod watch;
