@@ -29,9 +29,11 @@
 //! not read) and are served in order as served ones close. A client therefore waits
 //! rather than being refused; when the backlog itself is full, the kernel drops new
 //! connection attempts (the client's connect times out or is retried by its TCP stack).
-//! Each connection holds a file descriptor: the process's open-file limit (`ulimit -n`)
-//! must be above `max_connections` plus the database connections, or accepting fails
-//! first (Ferry then logs the error and retries every second).
+//! Each connection holds a file descriptor, so [`serve`] first makes room: when the
+//! process's soft open-file limit (`ulimit -n`) is below `max_connections` plus
+//! [`RESERVED_FDS`], it raises it, up to the hard limit, and warns if that is not enough.
+//! Then accepting fails before the cap is reached (Ferry logs the error and retries every
+//! second; the header and idle timeouts free descriptors held by idle clients).
 //!
 //! # Sizes of the request head
 //!
@@ -84,6 +86,10 @@ pub const HYPER_MAX_HEAD_BYTES: usize = 64 * 1024;
 /// header parsing from the stack to the heap): past it hyper answers a bare 431 and closes.
 pub const HYPER_MAX_HEADERS: usize = 100;
 
+/// Descriptors kept for all but connections (the store, sandboxes' pipes, files) when
+/// the open-file limit is fitted to `max_connections`.
+pub const RESERVED_FDS: u64 = 1024;
+
 /// The limits of the HTTP server (`[http]` in the configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpLimits {
@@ -102,9 +108,10 @@ impl Default for HttpLimits {
     /// 10 s for a head (a few hundred bytes: a slow mobile link needs well under a
     /// second), 60 s for a body (the default 16 MiB body limit at about 2.2 Mbit/s), 60 s
     /// idle (long enough for clients' connection pools to reuse connections between
-    /// bursts, short enough that idle sockets do not pile up), 10,000 connections (a
-    /// slowloris from one machine runs out of ports or patience long before a server
-    /// with the usual open-file limit of 64 Ki or more runs out of descriptors).
+    /// bursts, short enough that idle sockets do not pile up), 10,000 connections (far
+    /// more than an API's clients and proxies keep open, and with the timeouts above a
+    /// slowloris must open and keep feeding thousands of connections to fill it; the
+    /// open-file limit is raised to fit, see the module docs).
     fn default() -> Self {
         HttpLimits {
             header_timeout: Duration::from_secs(10),
@@ -121,6 +128,7 @@ pub async fn serve<F>(listener: TcpListener, app: Router, limits: HttpLimits, sh
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    make_room_for(limits.max_connections);
     let limits = Arc::new(limits);
     // Semaphores count permits in `u32` batches: the configuration keeps the cap below it.
     let cap = limits.max_connections.clamp(1, u32::MAX as usize);
@@ -160,6 +168,32 @@ where
     // Every slot back: every connection has closed.
     let _all = slots.acquire_many(cap as u32).await;
     Ok(())
+}
+
+/// Raises the soft open-file limit, up to the hard one, to fit `max_connections` plus
+/// [`RESERVED_FDS`]; warns when it cannot. (The sandbox sets its own limit per job.)
+fn make_room_for(max_connections: usize) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let want = max_connections as u64 + RESERVED_FDS;
+    let limit = getrlimit(Resource::Nofile);
+    // `None` is unlimited.
+    let soft = limit.current.unwrap_or(u64::MAX);
+    if soft >= want {
+        return;
+    }
+    let raised = want.min(limit.maximum.unwrap_or(u64::MAX));
+    if raised > soft && setrlimit(Resource::Nofile, Rlimit { current: Some(raised), maximum: limit.maximum }).is_ok() {
+        tracing::info!(from = soft, to = raised, "raised the open-file limit to fit http.max_connections");
+    }
+    let soft = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    if soft < want {
+        tracing::warn!(
+            open_files = soft,
+            max_connections,
+            "the open-file limit is below http.max_connections plus {RESERVED_FDS} kept for the rest: \
+             accepting may fail before the cap is reached (raise `ulimit -n` or lower http.max_connections)"
+        );
+    }
 }
 
 /// Errors of one connection that the listener shrugs off.
