@@ -3,6 +3,14 @@
 //! `{"error": {"code": "invalid_field", "message": "…", "field": "jobs[3].priority"}}`.
 //! Client mistakes are 4xx and change nothing. A store failure is a 500 (or 503 when the
 //! store is unreachable) carrying a `request_id` that is also logged, never a 400.
+//!
+//! Refusals that are not about a request's content have this shape too: a bad path or
+//! query parameter (`invalid_path`, `invalid_query`, see `extract`), a method a path does
+//! not have (`405 method_not_allowed`, with `Allow`), a head over Ferry's size limits
+//! (`414 uri_too_long`, `431 headers_too_large`) and a body that does not arrive in time
+//! (`408 request_timeout`, see `listener`). The only answers that do not are hyper's own,
+//! for heads it cannot parse or past its limits: a status line and no body (see
+//! `listener`).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -72,6 +80,15 @@ impl ApiError {
             request_id: Some(id),
         }
     }
+}
+
+/// The answer to a method a path does not have (the router keeps the `Allow` header).
+pub(crate) async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on this path; the Allow header lists the methods that are"),
+    )
 }
 
 impl From<SpecError> for ApiError {

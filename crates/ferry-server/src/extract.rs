@@ -1,20 +1,35 @@
-//! A JSON body extractor whose refusals speak the API's error format.
+//! Extractors whose refusals speak the API's error format: a JSON body ([`JsonBody`]),
+//! path parameters and query strings ([`Path`], [`Query`]).
 //!
 //! The body is parsed into a JSON value, checked for objects where the request types need
 //! them ([`Shape`]), then converted.
 //!
-//! Axum's own `Json` answers in plain text. This one reads the body (bounded by the
-//! router's body limit: over it is a 413 that names the limit), then deserializes with
-//! `serde_path_to_error`, so a wrong type deep in a batch is reported as
-//! `jobs[3].priority`, not as a line and column. The body is parsed as JSON whatever its
-//! content type says: `curl -d` sends a form content type by default.
+//! Axum's own `Json` answers in plain text. This one checks the head first: a
+//! `Content-Length` over the router's body limit is `413 payload_too_large` at once,
+//! before a byte of the body is read, and a `Content-Type` other than JSON is
+//! `415 unsupported_media_type`. Accepted are no `Content-Type`, `application/json`
+//! and any `application/…+json`, and `application/x-www-form-urlencoded`, which is what
+//! `curl -d` sends by default: whatever the content type says, the body is parsed as
+//! JSON. A `charset` parameter other than UTF-8 is refused (JSON is UTF-8).
+//!
+//! Then it reads the body (bounded by the body limit: a body without `Content-Length`
+//! that runs over it is a 413 too; bounded in time by the listener: a body that does not
+//! arrive within `http.body_timeout_ms` is `408 request_timeout`), parses it in one pass
+//! refusing duplicate keys (`400 duplicate_key` naming the path, see [`strict`]), and
+//! deserializes with `serde_path_to_error`, so a wrong type deep in a batch is reported as
+//! `jobs[3].priority`, not as a line and column.
+
+mod params;
+mod strict;
+
+pub use params::{Path, Query};
 
 use crate::ApiState;
 use crate::error::ApiError;
 use crate::views::BatchRequest;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use ferry_core::JobSpec;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -27,19 +42,73 @@ impl<T: DeserializeOwned + Shape> FromRequest<ApiState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &ApiState) -> Result<Self, ApiError> {
         let limit = state.cfg.max_body_bytes;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the request body is over the limit of {limit} bytes"),
+            )
+        };
+        content_type(req.headers())?;
+        if content_length(req.headers()).is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
-            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!("the request body is over the limit of {limit} bytes"),
-                )
+            if let Some(timeout) = find_source::<crate::listener::BodyTimedOut>(&rej) {
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", timeout.to_string())
+            } else if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
             } else {
                 ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", rej.body_text())
             }
         })?;
         parse(&bytes).map(JsonBody)
     }
+}
+
+/// The declared body length, if it is one number.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Refuses a body whose `Content-Type` is not one Ferry reads as JSON (module docs).
+fn content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else { return Ok(()) };
+    let refuse = |why: String| {
+        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", why).field("Content-Type")
+    };
+    let text = value.to_str().map_err(|_| refuse("the Content-Type is not visible ASCII".into()))?;
+    let mut parts = text.split(';');
+    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let json = essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if !json && essence != "application/x-www-form-urlencoded" {
+        return Err(refuse(format!(
+            "`{essence}` is not accepted; send JSON as application/json (or with no Content-Type)"
+        )));
+    }
+    for param in parts {
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        let value = value.trim().trim_matches('"');
+        if name.trim().eq_ignore_ascii_case("charset")
+            && !value.eq_ignore_ascii_case("utf-8")
+            && !value.eq_ignore_ascii_case("utf8")
+        {
+            return Err(refuse(format!("charset `{value}` is not accepted; JSON is UTF-8")));
+        }
+    }
+    Ok(())
+}
+
+/// The first error of type `E` in `err`'s chain of sources.
+fn find_source<'a, E: std::error::Error + 'static>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a E> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// Objects where the request's types expect them. Serde's derived structs also accept a
@@ -88,8 +157,16 @@ impl Shape for BatchRequest {
 
 /// Parses JSON into `T`, naming the field at fault.
 pub fn parse<T: DeserializeOwned + Shape>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}"))
+    let value = strict::parse_value(bytes).map_err(|e| match e {
+        strict::ParseError::Malformed(e) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}"))
+        }
+        strict::ParseError::Duplicate(path) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "duplicate_key",
+            format!("`{path}` appears twice in its object; give each key once"),
+        )
+        .field(path),
     })?;
     T::check(&value)?;
     serde_path_to_error::deserialize(&value).map_err(|e| {

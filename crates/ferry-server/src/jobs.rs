@@ -1,11 +1,11 @@
 //! `/v1/jobs`: submit, read, list, cancel, replay, events.
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, Path, Query};
 use crate::views::{BatchAccepted, BatchRequest, EventList, EventView, JobAccepted, JobPage, JobStateView, JobView};
 use crate::{ApiState, Caller};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use ferry_core::time::now_micros;
 use ferry_core::{JobId, JobSpec, JobState};

@@ -13,6 +13,7 @@ mod error;
 mod extract;
 mod jobs;
 pub mod limits;
+pub mod listener;
 pub mod runs;
 mod sse;
 mod system;
@@ -253,6 +254,7 @@ pub fn router(state: ApiState) -> Router {
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
+        .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(system::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require))
         .layer(DefaultBodyLimit::max(limit))
@@ -285,5 +287,6 @@ pub fn worker_router(store: Arc<dyn Store>, registry: Registry, engine: Engine, 
                 }
             }),
         )
+        .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(system::not_found)
 }

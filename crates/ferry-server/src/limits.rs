@@ -4,11 +4,11 @@
 //! `ferry_store::rate`).
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, Path};
 use crate::views::{LabelRateList, LabelRateView};
 use crate::{ApiState, Caller};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use ferry_store::WorkspaceLimits;
 use std::collections::HashMap;
@@ -67,7 +67,17 @@ impl ApiState {
     }
 }
 
+/// The most users with limits of their own in one workspace (`users` of
+/// `PUT /v1/limits`): every admission reads the workspace's limits, so they stay small.
+pub const MAX_LIMIT_USERS: usize = 10_000;
+
 fn check(limits: &WorkspaceLimits) -> Result<(), ApiError> {
+    if limits.users.len() > MAX_LIMIT_USERS {
+        return Err(ApiError::bad_field(
+            "users",
+            format!("names {} users; the limit is {MAX_LIMIT_USERS}", limits.users.len()),
+        ));
+    }
     for user in limits.users.keys() {
         let ok = !user.is_empty()
             && user.len() <= 64

@@ -1,11 +1,11 @@
 //! `/v1/workflows` and `/v1/runs`: register versioned workflows, start runs, watch them.
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, Path, Query};
 use crate::sse;
 use crate::{ApiState, Caller};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -364,6 +364,10 @@ pub async fn start(
         && (key.is_empty() || key.len() > 255)
     {
         return Err(ApiError::bad_field("idempotency_key", "must be 1 to 255 bytes"));
+    }
+    // An object, or nothing (absent or `null`: the run has no input).
+    if req.input.as_ref().is_some_and(|i| !i.is_object() && !i.is_null()) {
+        return Err(ApiError::bad_field("input", "must be a JSON object (or absent)"));
     }
     let input = req.input.clone().unwrap_or(Value::Null);
     let size = serde_json::to_vec(&input).map(|v| v.len()).unwrap_or(usize::MAX);

@@ -53,7 +53,12 @@ pub fn resume_from(headers: &HeaderMap, after: Option<i64>) -> Result<i64, crate
             .filter(|n| *n >= 0)
             .ok_or_else(|| crate::error::ApiError::bad_field("Last-Event-ID", "must be an event id (an integer)"));
     }
-    Ok(after.unwrap_or(0))
+    match after {
+        Some(n) if n < 0 => {
+            Err(crate::error::ApiError::bad_field("after", "must be an event id (an integer, 0 or more)"))
+        }
+        _ => Ok(after.unwrap_or(0)),
+    }
 }
 
 struct State<F> {

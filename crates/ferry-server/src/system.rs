@@ -3,10 +3,10 @@
 use crate::ApiState;
 use crate::error::ApiError;
 use crate::error::ErrorBody;
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, Path};
 use crate::views::{Health, QueueList, QueueSettingsView, QueueView, WorkerList, WorkerView};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use std::collections::BTreeMap;

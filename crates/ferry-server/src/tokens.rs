@@ -1,10 +1,10 @@
 //! `/v1/tokens`: an admin creates, lists and revokes its workspace's API tokens.
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, Path};
 use crate::{ApiState, Caller};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use ferry_core::auth::{Role, new_token, token_hash};

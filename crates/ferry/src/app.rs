@@ -82,8 +82,9 @@ async fn serve(
     let addr = listener.local_addr()?;
     let stop_http = CancellationToken::new();
     let stop = stop_http.clone();
+    let limits = cfg.http.limits();
     let http = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
+        ferry_server::listener::serve(listener, app, limits, async move { stop.cancelled().await }).await
     });
     let stop_pruner = CancellationToken::new();
     let pruner =

@@ -178,6 +178,53 @@ impl Default for LimitsConfig {
     }
 }
 
+/// The HTTP server's timeouts and connection cap (`[http]`; see
+/// `ferry_server::listener` for what each one cuts and why the defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// How long a client has to send a request's line and headers (from the connection's
+    /// start, or from the request's first byte); then the connection is closed.
+    pub header_timeout_ms: u64,
+    /// How long a client has to send a request's whole body, from the end of its head;
+    /// then the request is answered 408 and the connection closed.
+    pub body_timeout_ms: u64,
+    /// How long a kept-alive connection may wait for its next request. An answer being
+    /// sent (an event stream) is never cut by it.
+    pub idle_timeout_ms: u64,
+    /// The most connections served at once; past it, connections wait in the accept
+    /// backlog until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        let l = ferry_server::listener::HttpLimits::default();
+        HttpSettings {
+            header_timeout_ms: l.header_timeout.as_millis() as u64,
+            body_timeout_ms: l.body_timeout.as_millis() as u64,
+            idle_timeout_ms: l.idle_timeout.as_millis() as u64,
+            max_connections: l.max_connections,
+        }
+    }
+}
+
+impl HttpSettings {
+    /// The listener's limits.
+    pub fn limits(&self) -> ferry_server::listener::HttpLimits {
+        use std::time::Duration;
+        ferry_server::listener::HttpLimits {
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            max_connections: self.max_connections,
+        }
+    }
+}
+
+/// The largest `http.max_connections`.
+pub const MAX_HTTP_CONNECTIONS: usize = 1_000_000;
+
 /// Everything `ferry server` needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -205,6 +252,8 @@ pub struct Config {
     /// Queues and their settings; `default` always exists.
     pub queues: BTreeMap<String, QueueSettings>,
     pub limits: LimitsConfig,
+    /// The HTTP server's timeouts and connection cap.
+    pub http: HttpSettings,
     /// Log filter (`info`, `ferry=debug`, …).
     pub log: String,
     /// `postgres://…` to use PostgreSQL; unset uses SQLite in `data_dir`.
@@ -258,6 +307,7 @@ impl Default for Config {
                 ("heavy".to_string(), QueueSettings { concurrency: Some(2), max_depth: None }),
             ]),
             limits: LimitsConfig::default(),
+            http: HttpSettings::default(),
             log: "info".into(),
             database_url: None,
             database_schema: None,
@@ -346,6 +396,13 @@ impl Config {
             if q.concurrency.is_some_and(|c| c > 10_000) {
                 bail!("queues.{name}.concurrency must be at most 10000");
             }
+        }
+        let h = &self.http;
+        if h.header_timeout_ms == 0 || h.body_timeout_ms == 0 || h.idle_timeout_ms == 0 {
+            bail!("http.header_timeout_ms, http.body_timeout_ms and http.idle_timeout_ms must be positive");
+        }
+        if h.max_connections == 0 || h.max_connections > MAX_HTTP_CONNECTIONS {
+            bail!("http.max_connections must be between 1 and {MAX_HTTP_CONNECTIONS}");
         }
         let l = &self.limits;
         if l.max_batch == 0 || l.max_body_bytes == 0 || l.max_input_bytes == 0 || l.max_output_bytes == 0 {
@@ -469,6 +526,32 @@ mod tests {
             assert_eq!(cfg.node, "from-env", "env beats file");
             assert_eq!(cfg.queues["heavy"].concurrency, Some(4), "nested env key");
             assert!(cfg.queues.contains_key("default"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn http_settings_come_from_the_http_table_and_env() {
+        figment::Jail::expect_with(|jail| {
+            let cfg = Config::load(None, &FlagOverrides::default()).unwrap();
+            assert_eq!(cfg.http.limits(), ferry_server::listener::HttpLimits::default());
+            jail.create_file("http.toml", "[http]\nheader_timeout_ms = 2000\nmax_connections = 50\n")?;
+            jail.set_env("FERRY_HTTP__IDLE_TIMEOUT_MS", "5000");
+            let cfg = Config::load(Some(&PathBuf::from("http.toml")), &FlagOverrides::default()).unwrap();
+            let want = HttpSettings {
+                header_timeout_ms: 2000,
+                idle_timeout_ms: 5000,
+                max_connections: 50,
+                ..HttpSettings::default()
+            };
+            assert_eq!(cfg.http, want);
+            jail.set_env("FERRY_HTTP__MAX_CONNECTIONS", "0");
+            let err = Config::load(None, &FlagOverrides::default()).unwrap_err();
+            assert!(err.to_string().contains("http.max_connections"), "{err}");
+            jail.set_env("FERRY_HTTP__MAX_CONNECTIONS", "10");
+            jail.set_env("FERRY_HTTP__BODY_TIMEOUT_MS", "0");
+            let err = Config::load(None, &FlagOverrides::default()).unwrap_err();
+            assert!(err.to_string().contains("http.body_timeout_ms"), "{err}");
             Ok(())
         });
     }
