@@ -18,6 +18,7 @@ mod restart;
 mod retention;
 mod retries;
 mod scheduling;
+mod streams;
 mod system;
 mod validation;
 mod workflows;
