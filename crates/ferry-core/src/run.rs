@@ -460,7 +460,11 @@ fn instance(
     nodes: &Nodes,
 ) -> Result<RunJobNew, JobError> {
     let template = node.input.clone().unwrap_or(Value::Null);
-    let input = with_context(snap, nodes, item.map(|(_, v)| v), |ctx| workflow::resolve(&template, ctx))
+    // Bounded as it goes (see `workflow::resolve`): an input past the limit fails the node
+    // as a `validation` error, like the over-limit input of a literal spec below, without
+    // ever being built in full.
+    let max = limits.limits.max_input_bytes;
+    let input = with_context(snap, nodes, item.map(|(_, v)| v), |ctx| workflow::resolve(&template, ctx, max))
         .map_err(|e| node_error(ErrorType::Validation, e.to_string()))?;
     (limits.check)(&node.kind, &input).map_err(|m| node_error(ErrorType::Validation, m))?;
     let spec: JobSpec = node.job_spec(input);

@@ -424,7 +424,7 @@ pub struct Context<'a> {
     pub item: Option<&'a Value>,
 }
 
-/// A reference that resolved to nothing.
+/// A reference that resolved to nothing, or a resolution that grew past its limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reference} {message}")]
 pub struct ResolveError {
@@ -433,6 +433,8 @@ pub struct ResolveError {
     /// The reference as written.
     pub reference: String,
     pub message: String,
+    /// The resolution stopped because its result passed the size limit.
+    pub too_large: bool,
 }
 
 fn follow<'v>(mut value: &'v Value, steps: &[Step]) -> Option<&'v Value> {
@@ -461,55 +463,162 @@ fn lookup<'a>(r: &Reference, ctx: &Context<'a>) -> Result<&'a Value, String> {
     }
 }
 
-/// Resolves every reference in `template` (see the module docs).
-pub fn resolve(template: &Value, ctx: &Context) -> Result<Value, ResolveError> {
-    fn walk(v: &Value, path: String, ctx: &Context) -> Result<Value, ResolveError> {
+/// What is left of a resolution's size limit, in bytes of compact JSON (the measure of
+/// `limits.max_input_bytes`). Every piece of the result is taken from it before the piece
+/// is built, so a resolution holds at most the limit in memory, whatever the template.
+struct Budget {
+    left: usize,
+}
+
+impl Budget {
+    fn take(&mut self, n: usize) -> bool {
+        self.left.checked_sub(n).map(|left| self.left = left).is_some()
+    }
+
+    /// The compact JSON size of `v`, if it fits in what is left. Measuring stops as soon
+    /// as it passes that, so it costs at most the budget, not the value's size.
+    fn measure(&self, v: &(impl Serialize + ?Sized)) -> Option<usize> {
+        let mut meter = Meter { n: 0, cap: self.left };
+        serde_json::to_writer(&mut meter, v).ok().map(|_| meter.n)
+    }
+
+    fn take_value(&mut self, v: &(impl Serialize + ?Sized)) -> bool {
+        self.measure(v).is_some_and(|n| self.take(n))
+    }
+}
+
+/// A writer that only counts, and fails past `cap`.
+struct Meter {
+    n: usize,
+    cap: usize,
+}
+
+impl std::io::Write for Meter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.n += buf.len();
+        if self.n > self.cap { Err(std::io::Error::other("over the limit")) } else { Ok(buf.len()) }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Resolves every reference in `template` (see the module docs) into a value whose compact
+/// JSON is at most `max_bytes` long.
+///
+/// The limit is enforced as the result is built, not after: a template that repeats a
+/// large reference (800 × `{{ input.big }}`) stops at the first piece that passes it, so
+/// the work and the memory of one resolution are O(`max_bytes` + the template), never
+/// O(references × value size). That matters because resolution runs inside the store's
+/// transaction that holds the run (on SQLite, on its one writer thread). A result of
+/// exactly `max_bytes` passes; one byte more is a [`ResolveError`] with `too_large` set.
+pub fn resolve(template: &Value, ctx: &Context, max_bytes: usize) -> Result<Value, ResolveError> {
+    fn walk(v: &Value, path: String, ctx: &Context, budget: &mut Budget, max: usize) -> Result<Value, ResolveError> {
+        let too_large = |path: &str, written: &str| ResolveError {
+            field: path.to_string(),
+            reference: written.to_string(),
+            message: format!("takes the input past its limit of {max} bytes"),
+            too_large: true,
+        };
         Ok(match v {
             Value::String(s) if s.contains("{{") => {
-                let parts =
-                    pieces(s).map_err(|m| ResolveError { field: path.clone(), reference: s.clone(), message: m })?;
+                let parts = pieces(s).map_err(|m| ResolveError {
+                    field: path.clone(),
+                    reference: s.clone(),
+                    message: m,
+                    too_large: false,
+                })?;
                 let fail = |written: &str, message: String| ResolveError {
                     field: path.clone(),
                     reference: written.to_string(),
                     message,
+                    too_large: false,
                 };
                 if let [Piece::Ref(r, written)] = parts.as_slice() {
-                    return lookup(r, ctx).cloned().map_err(|m| fail(written, m));
+                    let value = lookup(r, ctx).map_err(|m| fail(written, m))?;
+                    if !budget.take_value(value) {
+                        return Err(too_large(&path, written));
+                    }
+                    return Ok(value.clone());
                 }
+                // The text is at least as long as its JSON minus the two quotes, so a
+                // piece that would take it past what is left fails before it is copied.
+                let room = budget.left.saturating_sub(2);
                 let mut out = String::new();
                 for p in parts {
-                    match p {
-                        Piece::Text(t) => out.push_str(t),
+                    let (piece, written) = match p {
+                        Piece::Text(t) => (std::borrow::Cow::Borrowed(t), t),
                         Piece::Ref(r, written) => match lookup(&r, ctx).map_err(|m| fail(written, m))? {
-                            Value::String(s) => out.push_str(s),
-                            other => out.push_str(&other.to_string()),
+                            Value::String(s) => (std::borrow::Cow::Borrowed(s.as_str()), written),
+                            other => {
+                                let fits = Budget { left: room - out.len() }.measure(other).is_some();
+                                if !fits {
+                                    return Err(too_large(&path, written));
+                                }
+                                (std::borrow::Cow::Owned(other.to_string()), written)
+                            }
                         },
+                    };
+                    if out.len() + piece.len() > room {
+                        return Err(too_large(&path, written));
                     }
+                    out.push_str(&piece);
+                }
+                if !budget.take_value(&out) {
+                    return Err(too_large(&path, s));
                 }
                 Value::String(out)
             }
-            Value::Array(items) => Value::Array(
-                items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, x)| walk(x, format!("{path}[{i}]"), ctx))
-                    .collect::<Result<_, _>>()?,
-            ),
-            Value::Object(map) => Value::Object(
-                map.iter()
-                    .map(|(k, x)| Ok((k.clone(), walk(x, format!("{path}.{k}"), ctx)?)))
-                    .collect::<Result<_, ResolveError>>()?,
-            ),
-            other => other.clone(),
+            Value::Array(items) => {
+                if !budget.take(2 + items.len().saturating_sub(1)) {
+                    return Err(too_large(&path, ""));
+                }
+                Value::Array(
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, x)| walk(x, format!("{path}[{i}]"), ctx, budget, max))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            Value::Object(map) => {
+                if !budget.take(2 + map.len().saturating_sub(1)) {
+                    return Err(too_large(&path, ""));
+                }
+                let mut out = serde_json::Map::new();
+                for (k, x) in map {
+                    let field = format!("{path}.{k}");
+                    // The key and its colon.
+                    if !(budget.take_value(k.as_str()) && budget.take(1)) {
+                        return Err(too_large(&field, ""));
+                    }
+                    out.insert(k.clone(), walk(x, field, ctx, budget, max)?);
+                }
+                Value::Object(out)
+            }
+            other => {
+                if !budget.take_value(other) {
+                    return Err(too_large(&path, ""));
+                }
+                other.clone()
+            }
         })
     }
-    walk(template, "input".into(), ctx)
+    walk(template, "input".into(), ctx, &mut Budget { left: max_bytes }, max_bytes)
 }
 
 /// The elements a `for_each` node runs over: its reference must resolve to an array.
 pub fn for_each_items(reference: &str, ctx: &Context) -> Result<Vec<Value>, ResolveError> {
-    let fail = |message: String| ResolveError { field: "for_each".into(), reference: reference.into(), message };
-    match resolve(&Value::String(reference.to_string()), ctx).map_err(|e| fail(e.message))? {
+    let fail = |message: String| ResolveError {
+        field: "for_each".into(),
+        reference: reference.into(),
+        message,
+        too_large: false,
+    };
+    // Validation made `for_each` exactly one reference: its value is one stored value (the
+    // run's input or an output, each already under its own limit), copied once.
+    match resolve(&Value::String(reference.to_string()), ctx, usize::MAX).map_err(|e| fail(e.message))? {
         Value::Array(items) => Ok(items),
         other => Err(fail(format!("is not an array but {}", kind_of(&other)))),
     }
@@ -612,7 +721,7 @@ mod tests {
         let fetch = json!({"body": {"a": [10, 20]}, "status": 200});
         let nodes = |id: &str| if id == "fetch" { Some(&fetch) } else { None };
         let ctx = Context { input: &input, nodes: &nodes, item };
-        resolve(&template, &ctx)
+        resolve(&template, &ctx, usize::MAX)
     }
 
     #[test]
@@ -641,6 +750,34 @@ mod tests {
         assert!(ctx_resolve(json!("{{ input.list[5] }}"), None).is_err(), "index out of range");
         assert!(ctx_resolve(json!("x {{ nodes.other.output }}"), None).unwrap_err().message.contains("other"));
         assert!(ctx_resolve(json!("{{ item }}"), None).is_err());
+    }
+
+    #[test]
+    fn the_size_limit_is_exact_and_holds_as_it_goes() {
+        let input = json!({"s": "ab\"c", "n": 12, "o": {"k": [1, true, null]}, "big": "x".repeat(4096)});
+        let nodes = |_: &str| None;
+        let ctx = Context { input: &input, nodes: &nodes, item: None };
+        // Every shape the size is counted over: literals, keys, arrays, objects, whole
+        // references, and text with references of every type (escapes included).
+        let template = json!({
+            "whole": "{{ input.o }}", "text": "say {{ input.s }} {{ input.n }} {{ input.o }}!",
+            "list": [1, "lit\n", {"x": "{{ input.n }}"}, []], "num": 1.5, "nothing": null, "e": {}
+        });
+        let full = resolve(&template, &ctx, usize::MAX).unwrap();
+        let size = serde_json::to_vec(&full).unwrap().len();
+        assert_eq!(resolve(&template, &ctx, size).unwrap(), full, "exactly the limit passes");
+        for max in [size - 1, size / 2, 1, 0] {
+            let e = resolve(&template, &ctx, max).unwrap_err();
+            assert!(e.too_large, "{max}: {e}");
+        }
+        // One reference repeated far past the limit fails at the piece that passes it.
+        let many = json!({"a": (0..800).map(|_| "{{ input.big }}").collect::<Vec<_>>(), "t": "{{ input.big }}"});
+        let e = resolve(&many, &ctx, 64 * 1024).unwrap_err();
+        assert!(e.too_large && e.field == "input.a[15]" && e.reference == "{{ input.big }}", "{e}");
+        let text = json!("{{ input.big }}{{ input.big }}");
+        let joined = serde_json::to_vec(&resolve(&text, &ctx, usize::MAX).unwrap()).unwrap().len();
+        assert!(resolve(&text, &ctx, joined).is_ok());
+        assert!(resolve(&text, &ctx, joined - 1).unwrap_err().too_large);
     }
 
     #[test]

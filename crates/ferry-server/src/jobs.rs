@@ -210,6 +210,9 @@ pub async fn cancel(
             if was_running && let Some(engine) = &st.engine {
                 engine.stop_attempt(id);
             }
+            // A job of a queue no longer configured is counted without naming it: labels
+            // take operator-set values only.
+            let queue = if st.cfg.queues.contains(&queue) { queue } else { "other".to_string() };
             metrics::counter!("ferry_jobs_finished_total", "queue" => queue, "kind" => kind, "state" => "cancelled")
                 .increment(1);
             Ok(Json(JobStateView { id, state: JobState::Cancelled }))
@@ -298,7 +301,8 @@ pub struct EventQuery {
     responses(
         (status = 200, body = EventList),
         (status = 200, description = "The event stream", content_type = "text/event-stream"),
-        (status = 404, body = ErrorBody)
+        (status = 404, body = ErrorBody),
+        (status = 429, description = "Too many event streams open (`too_many_streams`)", body = ErrorBody)
     )
 )]
 pub async fn events(
@@ -316,6 +320,8 @@ pub async fn events(
         let events = events.into_iter().filter(|e| e.id > after).map(EventView::from).collect();
         return Ok(Json(EventList { events }).into_response());
     }
+    let permit = st.streams.open(&headers, &caller).await?;
+    let watch = st.store.event_signal().watch(ferry_store::Subject::Job(id));
     let store = st.store.clone();
     let workspace = caller.workspace.clone();
     let fetch = move |cursor: i64| {
@@ -335,5 +341,5 @@ pub async fn events(
             Some((items, ended))
         }
     };
-    Ok(crate::sse::stream(after, st.cfg.sse_keep_alive, fetch).into_response())
+    Ok(crate::sse::stream(after, st.cfg.sse_keep_alive, watch, permit, fetch).into_response())
 }

@@ -15,7 +15,7 @@ mod jobs;
 pub mod limits;
 pub mod listener;
 pub mod runs;
-mod sse;
+pub mod sse;
 mod system;
 pub mod tokens;
 pub mod views;
@@ -85,6 +85,8 @@ pub struct ApiState {
     pub auth: Arc<auth::Auth>,
     /// Workspaces' concurrency limits, read through.
     pub limits: Arc<limits::LimitsCache>,
+    /// This node's open event streams, within their caps (`sse::Streams::new`).
+    pub streams: Arc<sse::Streams>,
 }
 
 /// Who is calling (see [`auth`]): a token's workspace, user and role, or, in open mode

@@ -279,6 +279,18 @@ pub async fn register(
     // An input without references is final: its kind can check it now. One with
     // references is checked when the node starts (a refusal then fails the node).
     for (i, node) in spec.nodes.iter().enumerate() {
+        // As for a job: only configured queues (which also keeps tenant-chosen names out
+        // of the queue label of `/metrics`).
+        if let Some(queue) = &node.queue
+            && !st.cfg.queues.contains(queue)
+        {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_queue",
+                format!("unknown queue `{queue}`; configured queues: {}", st.cfg.queues.join(", ")),
+            )
+            .field(format!("nodes[{i}].queue")));
+        }
         let input = node.input.clone().unwrap_or(Value::Null);
         if ferry_core::workflow::references(&input).is_ok_and(|r| r.is_empty())
             && let Some(executor) = registry.get(&node.kind)
@@ -401,7 +413,9 @@ pub async fn start(
         |id, version, state, created| RunAccepted { id, workflow: req.workflow.clone(), version, state, created };
     match outcome {
         CreateRunOutcome::Created { id, version, state } => {
-            metrics::counter!("ferry_runs_started_total", "workflow" => req.workflow.clone()).increment(1);
+            // No `workflow` label: `/metrics` is open to all, and workflow names are chosen
+            // by tenants (see the README's Metrics section).
+            metrics::counter!("ferry_runs_started_total").increment(1);
             Ok((StatusCode::CREATED, Json(accepted(id, version, state, true))))
         }
         CreateRunOutcome::Existing { id, version, state } => {
@@ -536,7 +550,8 @@ pub struct EventQuery {
     responses(
         (status = 200, body = RunEventList),
         (status = 200, description = "The event stream", content_type = "text/event-stream"),
-        (status = 404, body = ErrorBody)
+        (status = 404, body = ErrorBody),
+        (status = 429, description = "Too many event streams open (`too_many_streams`)", body = ErrorBody)
     )
 )]
 pub async fn run_events(
@@ -568,6 +583,8 @@ pub async fn run_events(
     }
     // 404 before the stream starts, not as an empty stream.
     st.store.run_state(&caller.workspace, id).await?.ok_or_else(|| ApiError::not_found("run"))?;
+    let permit = st.streams.open(&headers, &caller).await?;
+    let watch = st.store.event_signal().watch(ferry_store::Subject::Run(id));
     let store = st.store.clone();
     let workspace = caller.workspace.clone();
     let fetch = move |cursor: i64| {
@@ -587,5 +604,5 @@ pub async fn run_events(
             Some((items, ended))
         }
     };
-    Ok(sse::stream(after, st.cfg.sse_keep_alive, fetch).into_response())
+    Ok(sse::stream(after, st.cfg.sse_keep_alive, watch, permit, fetch).into_response())
 }

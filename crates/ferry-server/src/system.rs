@@ -142,7 +142,9 @@ pub async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
     // and after a restart.
     if let Ok(stats) = st.store.queue_stats().await {
         let mut seen: Vec<String> = st.cfg.queues.clone();
-        for s in &stats {
+        // Configured queues only: a label's values are the operator's, never a name
+        // stored by a tenant.
+        for s in stats.iter().filter(|s| st.cfg.queues.contains(&s.queue)) {
             set_queue_gauges(&s.queue, s.queued, s.running, s.scheduled, s.retrying, s.dead);
             seen.retain(|q| q != &s.queue);
         }

@@ -13,6 +13,7 @@
 //! **Invariant:** a call that writes returns only after its transaction committed. The
 //! API answers 2xx only after that, so an acknowledged job is durable.
 
+pub mod event_signal;
 pub mod park;
 pub mod postgres;
 pub mod rate;
@@ -23,6 +24,7 @@ pub mod tokens;
 mod transition;
 mod types;
 
+pub use event_signal::{EventSignal, EventWatch, Subject};
 pub use ferry_core::admission::{Admission, LimitPair, LimitReached, WorkspaceLimits};
 use ferry_core::run::{RunId, RunState};
 pub use park::Parked;
@@ -291,6 +293,11 @@ pub trait Store: Send + Sync + 'static {
     fn token_changes(&self) -> Option<tokio::sync::broadcast::Receiver<()>> {
         None
     }
+
+    /// Fires after commits that wrote events, by the job or run whose log they went to
+    /// (see [`event_signal`]): what event streams wait on. Events written by another
+    /// process reach it too (PostgreSQL: by notification).
+    fn event_signal(&self) -> Arc<EventSignal>;
 
     /// Notified whenever the queue may have new ready or newly scheduled work.
     fn wakeup(&self, queue: &str) -> Arc<Notify>;

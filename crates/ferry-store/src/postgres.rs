@@ -12,6 +12,10 @@
 //!   commit). Each process listens on one connection and wakes its dispatchers. When that
 //!   connection drops, every queue is woken (notifications may have been missed) and it
 //!   reconnects by itself; dispatchers also poll slowly as a safety net.
+//! - **Event streams** are woken the same way: a transaction that writes to logs a stream
+//!   may follow sends one notification naming the jobs or runs it touched (or `*` when
+//!   they are many), and the listener fires the store's [`EventSignal`] (see
+//!   `postgres/events.rs`); this process's own commits fire it directly.
 //! - **Time** comes from the database (`ferry_now()`), so leases and due times do not
 //!   depend on nodes' clocks agreeing.
 //! - **Migrations** run under an advisory lock, so nodes starting together apply each
@@ -25,9 +29,10 @@
 //! one database.
 
 use crate::{
-    CancelOutcome, ClaimRequest, Claimed, ClaimedJob, DeleteOutcome, Event, Finish, JobFilter, JobRecord, LabelRate,
-    Page, Parked, QueueStats, ReplayOutcome, Store, StoreError, Submitted, Wakeups, WorkerInfo,
+    CancelOutcome, ClaimRequest, Claimed, ClaimedJob, DeleteOutcome, Event, EventSignal, Finish, JobFilter, JobRecord,
+    LabelRate, Page, Parked, QueueStats, ReplayOutcome, Store, StoreError, Subject, Submitted, Wakeups, WorkerInfo,
 };
+mod events;
 mod runs;
 
 use crate::park::Parks;
@@ -119,6 +124,11 @@ pub struct PgStore {
     parks: Arc<Parks>,
     /// Marks this store's own wake-ups, which its listener skips (see `submit_tail.sql`).
     origin: String,
+    /// Where transactions tell other processes' event streams (see `postgres/events.rs`).
+    events_channel: String,
+    /// Fired after this process's commits that wrote events and on other processes'
+    /// notifications (see [`Store::event_signal`]).
+    events: Arc<EventSignal>,
 }
 
 impl Drop for PgStore {
@@ -220,7 +230,11 @@ impl PgStore {
         let (cancelled, _) = broadcast::channel(1024);
         let (token_changes, _) = broadcast::channel(16);
         let origin = uuid::Uuid::new_v4().simple().to_string();
+        let events_channel = format!("ferry_events_{schema}");
+        let events = Arc::new(EventSignal::default());
         let listening = Listening {
+            events_channel: events_channel.clone(),
+            events: events.clone(),
             origin: origin.clone(),
             wakeups: channel.clone(),
             cancels: cancel_channel.clone(),
@@ -242,6 +256,8 @@ impl PgStore {
             rates: Default::default(),
             parks: Default::default(),
             origin,
+            events_channel,
+            events,
         })
     }
 
@@ -352,6 +368,8 @@ impl PgStore {
                 .bind(&choice.chosen)
                 .bind(&req.worker)
                 .bind(time::ms(req.lease_ms))
+                .bind(&self.events_channel)
+                .bind(&self.origin)
                 .fetch_all(&mut *tx)
                 .await?
             {
@@ -362,6 +380,17 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(Claimed { jobs: in_claim_order(claimed), rate_wait_ms: choice.wait_ms() })
+    }
+
+    /// The events channel and this store's origin, for the statements that notify streams.
+    fn tell(&self) -> (&str, &str) {
+        (&self.events_channel, &self.origin)
+    }
+
+    /// Tells other processes' event streams, when the transaction commits, that it wrote
+    /// to these subjects' logs; the caller fires this process's own after the commit.
+    async fn announce(&self, tx: &mut Transaction<'static, Postgres>, subjects: &[Subject]) -> Result<(), StoreError> {
+        Ok(events::announce(tx, &self.events_channel, &self.origin, subjects).await?)
     }
 
     /// A transaction and the database's clock at its start.
@@ -477,7 +506,7 @@ pub async fn warm(conn: &mut sqlx::PgConnection, channel: &str) -> Result<(), St
             .bind("")
             .fetch_all(&mut *tx)
             .await?;
-        claim_plain(&mut *tx, &none).await?;
+        claim_plain(&mut *tx, &none, ("", "")).await?;
     }
     tx.rollback().await?;
     Ok(())
@@ -485,12 +514,19 @@ pub async fn warm(conn: &mut sqlx::PgConnection, channel: &str) -> Result<(), St
 
 /// The claim of a queue no rate applies to (`claim.sql`): on the pool, or inside the
 /// transaction of a submission that runs a parked claim.
-async fn claim_plain<'e>(ex: impl sqlx::PgExecutor<'e>, req: &ClaimRequest) -> Result<Claimed, StoreError> {
+/// `tell` is the events channel and this store's origin (see `postgres/events.rs`).
+async fn claim_plain<'e>(
+    ex: impl sqlx::PgExecutor<'e>,
+    req: &ClaimRequest,
+    tell: (&str, &str),
+) -> Result<Claimed, StoreError> {
     let rows = sqlx::query(CLAIM)
         .bind(&req.queue)
         .bind(req.limit as i64)
         .bind(&req.worker)
         .bind(time::ms(req.lease_ms))
+        .bind(tell.0)
+        .bind(tell.1)
         .fetch_all(ex)
         .await?;
     let mut claimed = Vec::with_capacity(rows.len());
@@ -556,6 +592,9 @@ struct Listening {
     /// Payload: none; tokens were created or revoked.
     tokens: String,
     token_changes: broadcast::Sender<()>,
+    /// Payload: see `postgres/events.rs`.
+    events_channel: String,
+    events: Arc<EventSignal>,
 }
 
 /// Wakes local dispatchers and stops local attempts on notifications from any node.
@@ -570,7 +609,8 @@ async fn listen(pool: PgPool, l: Listening) {
                 continue;
             }
         };
-        if let Err(e) = listener.listen_all([l.wakeups.as_str(), l.cancels.as_str(), l.tokens.as_str()]).await {
+        let channels = [l.wakeups.as_str(), l.cancels.as_str(), l.tokens.as_str(), l.events_channel.as_str()];
+        if let Err(e) = listener.listen_all(channels).await {
             tracing::warn!(error = %e, "cannot LISTEN; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -578,8 +618,14 @@ async fn listen(pool: PgPool, l: Listening) {
         // Anything may have happened while we were not listening.
         wakeups.all();
         let _ = l.token_changes.send(());
+        l.events.committed_all();
         loop {
             match listener.try_recv().await {
+                Ok(Some(n)) if n.channel() == l.events_channel => match events::parse(n.payload(), &l.origin) {
+                    events::Told::Own => {}
+                    events::Told::Subjects(subjects) => l.events.committed(subjects),
+                    events::Told::All => l.events.committed_all(),
+                },
                 Ok(Some(n)) if n.channel() == l.tokens => {
                     let _ = l.token_changes.send(());
                 }
@@ -596,10 +642,12 @@ async fn listen(pool: PgPool, l: Listening) {
                 Ok(None) => {
                     tracing::warn!("notification connection lost; reconnecting");
                     wakeups.all();
+                    l.events.committed_all();
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "notification connection failed; reconnecting");
                     wakeups.all();
+                    l.events.committed_all();
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     break;
                 }
@@ -929,7 +977,7 @@ impl Store for PgStore {
         }
         let mut parked = Vec::with_capacity(parks.len());
         for park in parks {
-            let claimed = claim_plain(&mut *tx, &park.req).await;
+            let claimed = claim_plain(&mut *tx, &park.req, self.tell()).await;
             parked.push((park, claimed));
         }
         let committed = match parked.iter().any(|(_, c)| c.is_err()) {
@@ -938,6 +986,11 @@ impl Store for PgStore {
         };
         // Exactly one delivery per taken park, empty when nothing committed.
         for (park, claimed) in parked {
+            if committed.is_ok()
+                && let Ok(c) = &claimed
+            {
+                self.events.committed(c.jobs.iter().map(|j| Subject::Job(j.id)));
+            }
             park.deliver(match (&committed, claimed) {
                 (Ok(()), Ok(claimed)) => claimed,
                 _ => Claimed::default(),
@@ -953,10 +1006,12 @@ impl Store for PgStore {
         // logs its events in the same statement.
         sqlx::query(PROMOTE_DUE).bind(&req.queue).execute(&self.pool).await?;
         let rates = self.rates().await?;
-        if rates.applies_to(&req.queue) {
-            return self.claim_rated(&req, &rates).await;
-        }
-        claim_plain(&self.pool, &req).await
+        let claimed = match rates.applies_to(&req.queue) {
+            true => self.claim_rated(&req, &rates).await?,
+            false => claim_plain(&self.pool, &req, self.tell()).await?,
+        };
+        self.events.committed(claimed.jobs.iter().map(|j| Subject::Job(j.id)));
+        Ok(claimed)
     }
 
     fn park(&self, req: ClaimRequest) -> Option<Parked> {
@@ -1018,10 +1073,13 @@ impl Store for PgStore {
             .bind(ev_data)
             .bind(ev_retry)
             .bind(&self.channel)
+            .bind(&self.events_channel)
+            .bind(&self.origin)
             .fetch_all(&self.pool)
             .await?
             .into_iter()
             .collect();
+        self.events.committed(applied.iter().map(|(id, _)| Subject::Job(*id)));
         Ok(fins.iter().map(|f| applied.contains(&(f.id, f.attempt as i32))).collect())
     }
 
@@ -1168,7 +1226,9 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        self.announce(&mut tx, &[Subject::Job(id)]).await?;
         tx.commit().await?;
+        self.events.committed([Subject::Job(id)]);
         Ok(CancelOutcome::Cancelled { was_running: state == JobState::Running, queue, kind })
     }
 
@@ -1211,8 +1271,10 @@ impl Store for PgStore {
         insert_events(&mut tx, now, events).await?;
         let touched = BTreeSet::from([queue]);
         self.notify(&mut tx, &touched).await?;
+        self.announce(&mut tx, &[Subject::Job(id)]).await?;
         tx.commit().await?;
         self.wake_locally(&touched);
+        self.events.committed([Subject::Job(id)]);
         Ok(ReplayOutcome::Replayed)
     }
 
@@ -1420,10 +1482,13 @@ impl Store for PgStore {
                 woken.insert(queue);
                 released += 1;
             }
+            let touched: Vec<Subject> = events.iter().map(|(id, ..)| Subject::Job(*id)).collect();
             insert_events(&mut tx, now, events).await?;
             self.notify(&mut tx, &woken).await?;
+            self.announce(&mut tx, &touched).await?;
             tx.commit().await?;
             self.wake_locally(&woken);
+            self.events.committed(touched);
         }
         Ok(released)
     }
@@ -1618,6 +1683,10 @@ impl Store for PgStore {
             .bind(queue)
             .fetch_one(&self.pool)
             .await?)
+    }
+
+    fn event_signal(&self) -> Arc<EventSignal> {
+        self.events.clone()
     }
 
     fn wakeup(&self, queue: &str) -> Arc<Notify> {

@@ -23,8 +23,9 @@
 //! them with `worker_lost`, without waiting for the lease to run out.
 
 use crate::{
-    CancelOutcome, ClaimRequest, Claimed, ClaimedJob, DeleteOutcome, Event, Finish, FinishResult, JobFilter, JobRecord,
-    LabelRate, Page, Parked, QueueStats, ReplayOutcome, Store, StoreError, Submitted, Wakeups, WorkerInfo,
+    CancelOutcome, ClaimRequest, Claimed, ClaimedJob, DeleteOutcome, Event, EventSignal, Finish, FinishResult,
+    JobFilter, JobRecord, LabelRate, Page, Parked, QueueStats, ReplayOutcome, Store, StoreError, Subject, Submitted,
+    Wakeups, WorkerInfo,
 };
 mod runs;
 
@@ -43,6 +44,7 @@ use ferry_core::{JobId, JobState, NewJob};
 use rusqlite::types::Type;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, ToSql, params};
 use serde_json::json;
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -171,6 +173,8 @@ pub struct SqliteStore {
     _lock: std::fs::File,
     /// Fired after tokens changed (see [`Store::token_changes`]).
     token_changes: tokio::sync::broadcast::Sender<()>,
+    /// Fired by the writer after a commit that wrote events (see [`Store::event_signal`]).
+    events: Arc<EventSignal>,
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -284,11 +288,21 @@ impl SqliteStore {
         let writer_wakeups = wakeups.clone();
         let parks = Arc::new(Parks::default());
         let writer_parks = parks.clone();
+        let events = Arc::new(EventSignal::default());
+        let writer_events = events.clone();
         std::thread::Builder::new()
             .name("ferry-sqlite-writer".into())
             .spawn(move || {
-                Writer { conn, woken: HashSet::new(), now: 0, poisoned: None, rates: None, parks: writer_parks }
-                    .run(rx, &writer_wakeups)
+                Writer {
+                    conn,
+                    woken: HashSet::new(),
+                    now: 0,
+                    poisoned: None,
+                    rates: None,
+                    parks: writer_parks,
+                    touched: RefCell::default(),
+                }
+                .run(rx, &writer_wakeups, &writer_events)
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         let (weak, checkpoint_path) = (tx.downgrade(), path.clone());
@@ -298,6 +312,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(SqliteStore {
             token_changes: tokio::sync::broadcast::channel(16).0,
+            events,
             tx,
             readers: Arc::new(ReadPool { path: path.clone(), idle: Mutex::new(Vec::new()) }),
             wakeups,
@@ -343,12 +358,15 @@ struct Writer {
     rates: Option<Rates>,
     /// Claims waiting for work (see [`crate::park`]), run by the group that wakes their queue.
     parks: Arc<Parks>,
+    /// The jobs and runs whose logs this transaction wrote: their event streams are
+    /// woken once it commits.
+    touched: RefCell<Vec<Subject>>,
 }
 
 type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Cmd>, wakeups: &Wakeups) {
+    fn run(mut self, mut rx: mpsc::Receiver<Cmd>, wakeups: &Wakeups, events: &EventSignal) {
         let mut batch = Vec::with_capacity(64);
         let mut closing: Option<Reply<()>> = None;
         while closing.is_none() {
@@ -393,7 +411,10 @@ impl Writer {
                 answer(outcome.as_ref().err().map(String::as_str));
             }
             let woken = std::mem::take(&mut self.woken);
+            let touched = std::mem::take(self.touched.get_mut());
             if outcome.is_ok() {
+                // After the commit, so that a woken stream finds the events.
+                events.committed(touched);
                 // The delivery is the wake-up of a queue whose parked claims ran.
                 for queue in woken.iter().filter(|q| !answered.contains(*q)) {
                     wakeups.get(queue).notify_one();
@@ -573,7 +594,13 @@ impl Writer {
 
     fn event(&self, job: JobId, kind: &str, data: serde_json::Value) -> rusqlite::Result<()> {
         self.conn.prepare_cached(INSERT_EVENT)?.execute(params![job, self.now, kind, data.to_string()])?;
+        self.touched(Subject::Job(job));
         Ok(())
+    }
+
+    /// Notes that the transaction wrote to a job's or a run's log, if any stream watches.
+    pub(super) fn touched(&self, subject: Subject) {
+        self.touched.borrow_mut().push(subject);
     }
 
     fn submit(&mut self, jobs: Vec<NewJob>, admission: Admission) -> Result<Vec<Submitted>, StoreError> {
@@ -1500,6 +1527,10 @@ impl Store for SqliteStore {
         self.wakeups.get(queue)
     }
 
+    fn event_signal(&self) -> Arc<EventSignal> {
+        self.events.clone()
+    }
+
     fn park(&self, req: ClaimRequest) -> Option<Parked> {
         Some(self.parks.park(req))
     }
@@ -1527,12 +1558,22 @@ pub fn raw_baseline(dir: &Path, jobs: usize, batch: usize, durability: Durabilit
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA cache_size = -{WRITER_CACHE_KIB};"
     ))?;
-    let mut w = Writer { conn, woken: HashSet::new(), now: 0, poisoned: None, rates: None, parks: Default::default() };
+    let mut w = Writer {
+        conn,
+        woken: HashSet::new(),
+        now: 0,
+        poisoned: None,
+        rates: None,
+        parks: Default::default(),
+        touched: RefCell::default(),
+    };
     let backoff = ferry_core::Backoff::default();
     let started = std::time::Instant::now();
     let mut done = 0;
     while done < jobs {
         let n = batch.min(jobs - done);
+        // No stream watches here: forget the logs written, as the writer does per group.
+        w.touched.get_mut().clear();
         w.now = time::now_micros();
         w.conn.execute_batch("BEGIN IMMEDIATE")?;
         let new: Vec<NewJob> = (0..n)

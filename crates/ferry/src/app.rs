@@ -194,6 +194,13 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         planner: ferry_worker::planner(cfg.job_limits(), registry.clone()),
         auth: ferry_server::auth::Auth::new(store.clone(), open),
         limits: Default::default(),
+        streams: ferry_server::sse::Streams::new(
+            store.clone(),
+            ferry_server::sse::StreamLimits {
+                max_streams: cfg.sse_max_streams,
+                max_per_token: cfg.sse_max_streams_per_token,
+            },
+        ),
     };
     let server = serve(cfg, listener, store.clone(), engine, ferry_server::router(state)).await?;
     tracing::info!(addr = %server.addr, store = store.backend(), "Ferry is serving");

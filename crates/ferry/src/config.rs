@@ -271,6 +271,14 @@ pub struct Config {
     pub prune_ms: u64,
     /// Interval of the keep-alive comments on event streams.
     pub sse_keep_alive_ms: u64,
+    /// Most event streams open at once on this node. Each idle stream holds a connection
+    /// and a little memory, no CPU; the cap keeps a node's file descriptors and memory
+    /// for the rest of the API.
+    pub sse_max_streams: usize,
+    /// Most event streams one token (one workspace user, without tokens) may hold open on
+    /// this node: a dashboard following a few dozen runs fits; a client leaking streams
+    /// is stopped long before it can take the node's whole `sse_max_streams`.
+    pub sse_max_streams_per_token: usize,
     /// Serve unauthenticated requests on a non-loopback address while no token exists.
     pub insecure: bool,
     /// Concurrency limits of workspaces that set none (`PUT /v1/limits` sets a
@@ -315,6 +323,8 @@ impl Default for Config {
             retention_ms: 7 * 86_400_000,
             prune_ms: 60_000,
             sse_keep_alive_ms: 15_000,
+            sse_max_streams: 1_000,
+            sse_max_streams_per_token: 50,
             insecure: false,
             default_limits: ferry_store::WorkspaceLimits::default(),
             exec: ExecConfig::default(),
@@ -385,6 +395,9 @@ impl Config {
         }
         if self.workers > 10_000 {
             bail!("workers must be at most 10000");
+        }
+        if self.sse_max_streams == 0 || self.sse_max_streams_per_token == 0 {
+            bail!("sse_max_streams and sse_max_streams_per_token must be at least 1");
         }
         for (name, q) in &self.queues {
             let ok = !name.is_empty()

@@ -7,7 +7,7 @@ use crate::runs::{
     self, Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunNodeRow, RunPage, RunRow,
     WorkflowSummary, WorkflowVersion,
 };
-use crate::{StoreError, transition};
+use crate::{StoreError, Subject, transition};
 use ferry_core::run::{NodeState, RunId, RunState};
 use ferry_core::time::Micros;
 use ferry_core::{JobId, JobState};
@@ -74,10 +74,20 @@ async fn run_event(
     Ok(())
 }
 
-async fn mirror(tx: &mut Tx, run: RunId) -> Result<(), StoreError> {
-    sqlx::query(MIRROR).bind(run).execute(&mut **tx).await?;
+/// Returns whether it copied anything.
+async fn mirror(tx: &mut Tx, run: RunId) -> Result<bool, StoreError> {
+    let copied = sqlx::query(MIRROR).bind(run).execute(&mut **tx).await?.rows_affected();
     sqlx::query(SYNCED).bind(run).execute(&mut **tx).await?;
-    Ok(())
+    Ok(copied > 0)
+}
+
+/// What an advance changed, beyond its [`Advanced`].
+#[derive(Default)]
+struct Touched {
+    /// Queues that got new work.
+    woken: BTreeSet<String>,
+    /// Logs it wrote to that an open event stream may follow.
+    logs: Vec<Subject>,
 }
 
 async fn read_nodes(tx: &mut Tx, id: RunId) -> Result<Vec<RunNodeRow>, StoreError> {
@@ -222,9 +232,10 @@ impl PgStore {
         }
         run_event(&mut tx, now, run.id, "run_started", None, &json!({"workflow": run.workflow, "version": version}))
             .await?;
-        let (advanced, woken) = self.advance_tx(&mut tx, run.id, planner).await?;
+        // A new run's log has no stream yet: no events notification.
+        let (advanced, touched) = self.advance_tx(&mut tx, run.id, planner).await?;
         tx.commit().await?;
-        self.wake_locally(&woken);
+        self.wake_locally(&touched.woken);
         let state = advanced.finished.iter().find(|f| f.0 == run.id).map(|f| f.1).unwrap_or(RunState::Running);
         Ok((CreateRunOutcome::Created { id: run.id, version, state }, advanced))
     }
@@ -234,9 +245,11 @@ impl PgStore {
         // One transaction per run: a run's lock is held only for its own advance.
         for id in list {
             let mut tx = self.pool.begin().await?;
-            let (advanced, woken) = self.advance_tx(&mut tx, id, planner).await?;
+            let (advanced, touched) = self.advance_tx(&mut tx, id, planner).await?;
+            self.announce(&mut tx, &touched.logs).await?;
             tx.commit().await?;
-            self.wake_locally(&woken);
+            self.wake_locally(&touched.woken);
+            self.events.committed(touched.logs);
             all.merge(advanced);
         }
         Ok(all)
@@ -269,16 +282,20 @@ impl PgStore {
                 .execute(&mut *tx)
                 .await?;
             run_event(&mut tx, now, id, "run_finished", None, &json!({"state": "cancelled", "error": null})).await?;
+            self.announce(&mut tx, &[Subject::Run(id)]).await?;
             tx.commit().await?;
+            self.events.committed([Subject::Run(id)]);
             return Ok((
                 Some(RunState::Cancelled),
                 Advanced { finished: vec![(id, RunState::Cancelled)], ..Advanced::default() },
             ));
         }
         sqlx::query("UPDATE runs SET cancel_requested = true WHERE id = $1").bind(id).execute(&mut *tx).await?;
-        let (advanced, woken) = self.advance_tx(&mut tx, id, planner).await?;
+        let (advanced, touched) = self.advance_tx(&mut tx, id, planner).await?;
+        self.announce(&mut tx, &touched.logs).await?;
         tx.commit().await?;
-        self.wake_locally(&woken);
+        self.wake_locally(&touched.woken);
+        self.events.committed(touched.logs);
         let state = advanced.finished.iter().find(|f| f.0 == id).map(|f| f.1).unwrap_or(state);
         Ok((Some(state), advanced))
     }
@@ -310,7 +327,7 @@ impl PgStore {
             .bind(&ws)
             .fetch_all(&mut *tx)
             .await?;
-            let mut woken = BTreeSet::new();
+            let mut all = Touched::default();
             // A user refused once stays refused for this pass: each count is a fresh
             // snapshot, and a slot freed meanwhile must not let a later run jump ahead.
             let mut refused = std::collections::HashSet::new();
@@ -346,36 +363,39 @@ impl PgStore {
                 }
                 run_event(&mut tx, now, id, "run_started", None, &json!({"workflow": workflow, "version": version}))
                     .await?;
-                let (advanced, w) = self.advance_tx(&mut tx, id, planner).await?;
-                woken.extend(w);
+                let (advanced, touched) = self.advance_tx(&mut tx, id, planner).await?;
+                all.woken.extend(touched.woken);
+                // A queued run's stream follows `run_queued` with `run_started`.
+                all.logs.push(Subject::Run(id));
+                all.logs.extend(touched.logs);
                 out.merge(advanced);
             }
+            self.announce(&mut tx, &all.logs).await?;
             tx.commit().await?;
-            self.wake_locally(&woken);
+            self.wake_locally(&all.woken);
+            self.events.committed(all.logs);
         }
         Ok(out)
     }
 
     /// Locks the run, asks the planner, applies the plan (see [`crate::runs`]). Returns
-    /// what happened and the queues that got new work.
-    async fn advance_tx(
-        &self,
-        tx: &mut Tx,
-        id: RunId,
-        planner: &Planner,
-    ) -> Result<(Advanced, BTreeSet<String>), StoreError> {
+    /// what happened, the queues that got new work and the logs it wrote to.
+    async fn advance_tx(&self, tx: &mut Tx, id: RunId, planner: &Planner) -> Result<(Advanced, Touched), StoreError> {
         let mut out = Advanced::default();
-        let mut woken = BTreeSet::new();
+        let mut touched = Touched::default();
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 FOR UPDATE");
         let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&mut **tx).await? else {
-            return Ok((out, woken));
+            return Ok((out, touched));
         };
         let run: RunRow = runs::run_row(&row)?;
         // The clock is read once the run is locked: after whatever advanced it last.
         let now = clock(tx).await?;
-        mirror(tx, id).await?;
+        let mut wrote = mirror(tx, id).await?;
         if run.state.is_terminal() {
-            return Ok((out, woken));
+            if wrote {
+                touched.logs.push(Subject::Run(id));
+            }
+            return Ok((out, touched));
         }
         let Some(def) = definition(tx, &run.workspace, &run.workflow, run.version).await? else {
             return Err(StoreError::Database(format!("run {id}: its workflow version is gone")));
@@ -395,17 +415,18 @@ impl PgStore {
                 let queue: String = r.try_get(2)?;
                 let (kind, data) = transition::submit_event(state, &queue, r.try_get(3)?);
                 events.push((job, kind, data));
-                woken.insert(queue);
+                touched.woken.insert(queue);
             }
             insert_events(tx, now, events).await?;
-            self.notify(tx, &woken).await?;
+            self.notify(tx, &touched.woken).await?;
         }
         for job in &plan.cancel {
             if self.cancel_run_job(tx, now, *job).await? {
                 out.stopped.push(*job);
             }
+            touched.logs.push(Subject::Job(*job));
         }
-        mirror(tx, id).await?;
+        wrote |= mirror(tx, id).await?;
         for (node, rec) in &plan.nodes {
             sqlx::query(
                 "INSERT INTO run_nodes (run_id, node_id, state, items, output, error, updated_at) \
@@ -425,6 +446,10 @@ impl PgStore {
         }
         for e in &plan.events {
             run_event(tx, now, id, &e.event_type, e.node.as_deref(), &e.data).await?;
+            wrote = true;
+        }
+        if wrote {
+            touched.logs.push(Subject::Run(id));
         }
         if let Some((state, error)) = &plan.finish {
             sqlx::query("UPDATE runs SET state = $2, error = $3, finished_at = $4, updated_at = $4 WHERE id = $1")
@@ -438,7 +463,7 @@ impl PgStore {
         } else if !plan.is_empty() {
             sqlx::query("UPDATE runs SET updated_at = $2 WHERE id = $1").bind(id).bind(now).execute(&mut **tx).await?;
         }
-        Ok((out, woken))
+        Ok((out, touched))
     }
 
     /// Cancels an unfinished job of a run; returns whether it was running (its process is

@@ -6,7 +6,7 @@ use crate::runs::{
     self, Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunNodeRow, RunPage, RunRow,
     WorkflowSummary, WorkflowVersion,
 };
-use crate::{StoreError, WorkspaceLimits, transition};
+use crate::{StoreError, Subject, WorkspaceLimits, transition};
 use ferry_core::run::{RunId, RunState};
 use ferry_core::{JobId, JobState};
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
@@ -225,11 +225,14 @@ impl Writer {
         self.conn
             .prepare_cached("INSERT INTO run_events (run_id, at, type, node_id, data) VALUES (?1, ?2, ?3, ?4, ?5)")?
             .execute(params![run, self.now, kind, node, data.to_string()])?;
+        self.touched(Subject::Run(run));
         Ok(())
     }
 
     fn mirror(&self, run: RunId) -> rusqlite::Result<()> {
-        self.conn.prepare_cached(MIRROR)?.execute(params![run])?;
+        if self.conn.prepare_cached(MIRROR)?.execute(params![run])? > 0 {
+            self.touched(Subject::Run(run));
+        }
         self.conn.prepare_cached(SYNCED)?.execute(params![run])?;
         Ok(())
     }
@@ -323,6 +326,7 @@ impl Writer {
             .execute(params![id, state.as_str(), serde_json::to_string(&error).unwrap_or_default(), self.now])?;
         let (event, data) = transition::cancel_event(state, attempt, &error);
         self.conn.prepare_cached(INSERT_EVENT)?.execute(params![id, self.now, event, data.to_string()])?;
+        self.touched(Subject::Job(id));
         Ok(state == JobState::Running)
     }
 }

@@ -19,6 +19,7 @@ mod restart;
 mod retention;
 mod retries;
 mod scheduling;
+mod streams;
 mod system;
 mod transport;
 mod validation;
