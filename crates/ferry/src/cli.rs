@@ -42,7 +42,8 @@ pub enum Command {
         client: ClientArgs,
     },
     /// API tokens: create one directly in the store (the first admin token, before any
-    /// server runs), or list and revoke them through the API.
+    /// server runs; any operator token), list and revoke them through the API, or reopen a
+    /// store whose tokens were all revoked.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -89,9 +90,20 @@ pub enum TokenCommand {
         workspace: String,
         #[arg(long)]
         user: String,
-        /// admin, submitter or viewer
+        /// viewer, submitter, admin, or operator (every right of an admin in its workspace,
+        /// plus the server-wide queue settings; made only here, never through the API)
         #[arg(long)]
         role: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Data directory holding the SQLite file [env: FERRY_DATA_DIR] [default: ./ferry-data]
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Reopen a store whose tokens were all revoked: a server on it serves unauthenticated
+    /// requests again on loopback (or with --insecure), as the operator. Refused while any
+    /// unrevoked token exists. A SQLite data directory must not be in use by a running server.
+    Reopen {
         #[command(flatten)]
         store: StoreArgs,
         /// Data directory holding the SQLite file [env: FERRY_DATA_DIR] [default: ./ferry-data]
@@ -579,6 +591,27 @@ pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
             );
             println!("it is shown once; keep it secret (send it as `Authorization: Bearer …`):");
             println!("{secret}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { command: TokenCommand::Reopen { store, data_dir } } => {
+            let cfg = store.load(FlagOverrides { data_dir, ..FlagOverrides::default() })?;
+            let store = crate::app::open_store(&cfg).await?;
+            let outcome = store.reopen().await;
+            store.close().await;
+            match outcome? {
+                ferry_store::ReopenOutcome::Reopened => println!(
+                    "reopened: while no API token exists, a server on this store serves unauthenticated requests \
+                     (on loopback, or with --insecure) as user `local` of workspace `default`, with every right, \
+                     the operator's included; the first new token closes it again"
+                ),
+                ferry_store::ReopenOutcome::AlreadyOpen => {
+                    println!("nothing to do: the store was not closed (it has had no token since it was last opened)")
+                }
+                ferry_store::ReopenOutcome::TokensRemain(n) => bail!(
+                    "refused: {n} unrevoked API token(s) exist; revoke them first (`ferry token revoke ID`), \
+                     the store stays closed"
+                ),
+            }
             Ok(ExitCode::SUCCESS)
         }
         other => bail!("not a client command: {other:?}"),

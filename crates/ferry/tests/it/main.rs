@@ -19,5 +19,6 @@ mod retention;
 mod retries;
 mod scheduling;
 mod system;
+mod tenancy;
 mod validation;
 mod workflows;
