@@ -125,14 +125,22 @@ pub enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
-    /// Every queue with its counts and run-time settings.
+    /// Every queue with its counts and settings: an operator's are every workspace's,
+    /// anyone else's its own workspace's.
     List {
+        /// Operator: only this workspace's counts and share
+        #[arg(long)]
+        workspace: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Change a queue at run time (admin); what is not given keeps its value.
+    /// Change a queue at run time; what is not given keeps its value. An operator changes
+    /// the whole queue; a workspace admin only pauses or resumes its own jobs on it.
     Set {
         name: String,
+        /// Operator: pause or resume this workspace's jobs only
+        #[arg(long)]
+        workspace: Option<String>,
         /// Attempts at once per worker process
         #[arg(long)]
         concurrency: Option<u32>,
@@ -509,11 +517,17 @@ pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(args).await,
-        Command::Queue { command: QueueCommand::List { client } } => {
-            print(&Client::new(&client)?.call(reqwest::Method::GET, "/v1/queues", None).await?);
+        Command::Queue { command: QueueCommand::List { workspace, client } } => {
+            let path = match workspace {
+                Some(w) => format!("/v1/queues?workspace={w}"),
+                None => "/v1/queues".to_string(),
+            };
+            print(&Client::new(&client)?.call(reqwest::Method::GET, &path, None).await?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Queue { command: QueueCommand::Set { name, concurrency, max_depth, rate, pause, resume, client } } => {
+        Command::Queue {
+            command: QueueCommand::Set { name, workspace, concurrency, max_depth, rate, pause, resume, client },
+        } => {
             let mut body = serde_json::Map::new();
             if let Some(c) = concurrency {
                 body.insert("concurrency".into(), json!(c));
@@ -527,7 +541,10 @@ pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
             if pause || resume {
                 body.insert("paused".into(), json!(pause));
             }
-            let path = format!("/v1/queues/{name}");
+            let path = match workspace {
+                Some(w) => format!("/v1/queues/{name}?workspace={w}"),
+                None => format!("/v1/queues/{name}"),
+            };
             print(&Client::new(&client)?.call(reqwest::Method::PUT, &path, Some(&Value::Object(body))).await?);
             Ok(ExitCode::SUCCESS)
         }
