@@ -2,6 +2,21 @@
 //!
 //! A token belongs to one user of one workspace and carries one role. Every request acts
 //! within the token's workspace only: another workspace's objects do not exist for it.
+//!
+//! The roles form a ladder, each with every right of the ones below it:
+//!
+//! | role | may |
+//! |---|---|
+//! | `viewer` | read the workspace's jobs, runs, workflows, its own share of the queues, workers |
+//! | `submitter` | also submit, cancel, replay and delete work, register workflows, start runs |
+//! | `admin` | also manage the workspace's tokens, limits, label rates, and pause its own jobs on a queue |
+//! | `operator` | also the server-wide settings of every queue (`concurrency`, `max_depth`, `rate`, `paused`) and server-wide queue counts |
+//!
+//! Queues are shared by every workspace, so only the operator of the server may change
+//! them as a whole. An operator token is created only on the store itself (`ferry token
+//! create --role operator`), never through the API ([`Role::issuable_through_api`]): a
+//! workspace admin must not be able to mint a token that reaches beyond its workspace.
+//! On loopback without any token (zero setup on a laptop) the local caller is the operator.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -14,8 +29,11 @@ pub enum Role {
     Viewer,
     /// Also submit, cancel, replay and delete work, register workflows, start runs.
     Submitter,
-    /// Also manage tokens, limits and queues.
+    /// Also manage the workspace's tokens, limits and label rates, and its own share of a
+    /// queue (pause its own jobs there).
     Admin,
+    /// Also the server-wide settings and counts of every queue. Only from the store.
+    Operator,
 }
 
 impl Role {
@@ -24,7 +42,14 @@ impl Role {
             Role::Viewer => "viewer",
             Role::Submitter => "submitter",
             Role::Admin => "admin",
+            Role::Operator => "operator",
         }
+    }
+
+    /// Whether `POST /v1/tokens` may hand out this role. An operator token reaches past its
+    /// workspace, so it is made only by whoever holds the store (`ferry token create`).
+    pub fn issuable_through_api(self) -> bool {
+        self != Role::Operator
     }
 
     /// Whether this role may do what `needed` may.
@@ -40,7 +65,8 @@ impl std::str::FromStr for Role {
             "viewer" => Ok(Role::Viewer),
             "submitter" => Ok(Role::Submitter),
             "admin" => Ok(Role::Admin),
-            _ => Err(format!("unknown role `{s}`: viewer, submitter or admin")),
+            "operator" => Ok(Role::Operator),
+            _ => Err(format!("unknown role `{s}`: viewer, submitter, admin or operator")),
         }
     }
 }
@@ -77,6 +103,9 @@ mod tests {
         assert!(!Role::Viewer.allows(Role::Submitter) && !Role::Submitter.allows(Role::Admin));
         assert_eq!("admin".parse::<Role>(), Ok(Role::Admin));
         assert!("root".parse::<Role>().is_err());
+        assert!(Role::Operator.allows(Role::Admin) && !Role::Admin.allows(Role::Operator));
+        assert_eq!("operator".parse::<Role>(), Ok(Role::Operator));
+        assert!(!Role::Operator.issuable_through_api() && Role::Admin.issuable_through_api());
         assert_ne!(token_hash("a"), token_hash("b"));
         assert_eq!(token_hash("a").len(), 64);
     }

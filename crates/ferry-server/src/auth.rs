@@ -2,18 +2,26 @@
 //! zero-setup mode.
 //!
 //! Rules, for every path under `/v1` except the OpenAPI document:
-//! - Once any unrevoked token exists, a request needs one: 401 without, or with a token
-//!   that is unknown or revoked.
-//! - While none exists, a server in open mode (listening on loopback, or started with
+//! - Once the store has had a token, a request needs one: 401 without, or with a token
+//!   that is unknown or revoked. Revoking every token does not change that: the store
+//!   stays closed ([`Store::auth_closed`]) until whoever holds the store reopens it with
+//!   `ferry token reopen` (never through the API), which refuses while a token is live.
+//!   Otherwise a stolen admin token could revoke every token and leave a server that
+//!   anyone on the host may use as operator.
+//! - Until then, a server in open mode (listening on loopback, or started with
 //!   `--insecure`) serves requests as user `local` of workspace `default`, with every
-//!   right; the server says so at start.
+//!   right, the operator's included; the server says so at start.
 //! - A token acts in its own workspace only (another workspace's objects answer 404, as
 //!   if they did not exist) and within its role: `viewer` reads; `submitter` also
-//!   writes work; `admin` also manages tokens, limits and queues (403 otherwise).
+//!   writes work; `admin` also manages tokens, limits and its workspace's share of the
+//!   queues; `operator` also the queues themselves (403 otherwise; see
+//!   [`ferry_core::auth`]). The handlers check what depends on the body (an operator-only
+//!   field of `PUT /v1/queues/{name}`, an operator token asked of `POST /v1/tokens`).
 //!
-//! Tokens are looked up by their SHA-256, through a cache that is dropped whenever tokens
-//! change: here, after the API changed them; on PostgreSQL also when another process did
-//! (the store's notification), so a revocation is effective at once on every node.
+//! Tokens, and whether the store is closed, are looked up through a cache that is dropped
+//! whenever tokens change: here, after the API changed them; on PostgreSQL also when
+//! another process did (the store's notification), so a revocation, or a reopening, is
+//! effective at once on every node.
 
 use crate::error::ApiError;
 use crate::{ApiState, Caller};
@@ -33,7 +41,8 @@ const MAX_CACHED: usize = 10_000;
 
 #[derive(Default)]
 struct Cache {
-    any: Option<bool>,
+    /// [`Store::auth_closed`], as last read.
+    closed: Option<bool>,
     by_hash: HashMap<String, Option<TokenRecord>>,
 }
 
@@ -77,13 +86,13 @@ impl Auth {
         *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = Cache::default();
     }
 
-    async fn any_tokens(&self) -> Result<bool, ApiError> {
-        if let Some(any) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).any {
-            return Ok(any);
+    async fn closed(&self) -> Result<bool, ApiError> {
+        if let Some(closed) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).closed {
+            return Ok(closed);
         }
-        let any = self.store.active_tokens().await? > 0;
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).any = Some(any);
-        Ok(any)
+        let closed = self.store.auth_closed().await?;
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).closed = Some(closed);
+        Ok(closed)
     }
 
     async fn lookup(&self, hash: &str) -> Result<Option<TokenRecord>, ApiError> {
@@ -117,7 +126,7 @@ impl Auth {
                     .ok_or_else(|| unauthenticated("the token is unknown or revoked"))?;
                 Ok(Caller { workspace: token.workspace, user: token.user, role: token.role })
             }
-            None if self.open && !self.any_tokens().await? => Ok(Caller::local()),
+            None if self.open && !self.closed().await? => Ok(Caller::local()),
             None => Err(unauthenticated("a token is required: send `Authorization: Bearer <token>`")),
         }
     }

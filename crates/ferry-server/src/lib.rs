@@ -99,8 +99,15 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The caller of a server in open mode (no token yet, loopback or `--insecure`): the
+    /// one local user, who is also the operator (zero setup on a laptop).
     pub fn local() -> Self {
-        Caller { workspace: "default".into(), user: "local".into(), role: ferry_core::auth::Role::Admin }
+        Caller { workspace: "default".into(), user: "local".into(), role: ferry_core::auth::Role::Operator }
+    }
+
+    /// Whether this caller may change and see the queues server-wide.
+    pub fn is_operator(&self) -> bool {
+        self.role == ferry_core::auth::Role::Operator
     }
 }
 

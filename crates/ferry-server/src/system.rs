@@ -1,20 +1,64 @@
 //! Queues, health and metrics.
+//!
+//! Queues are shared by every workspace and belong to the server's operator: only an
+//! `operator` sees them server-wide and changes their settings (`concurrency`,
+//! `max_depth`, `rate`, `paused`). Every other caller sees, and its admin changes, only
+//! its workspace's share of each queue: counts of its own jobs, and `paused` for its own
+//! jobs (held back by the claim statements themselves, so a pause holds from its 200 on
+//! every node, parked claims included, and never stops another workspace's work).
 
-use crate::ApiState;
 use crate::error::ApiError;
 use crate::error::ErrorBody;
-use crate::extract::{JsonBody, Path};
-use crate::views::{Health, QueueList, QueueSettingsView, QueueView, WorkerList, WorkerView};
+use crate::extract::{JsonBody, Path, Query};
+use crate::views::{Health, QueueList, QueueSettingsView, QueueShareView, QueueView, WorkerList, WorkerView};
+use crate::{ApiState, Caller};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
-/// Every queue with its counts: configured queues and any queue that holds jobs.
-#[utoipa::path(get, path = "/v1/queues", tag = "system", responses((status = 200, body = QueueList)))]
-pub async fn queues(State(st): State<ApiState>) -> Result<Json<QueueList>, ApiError> {
-    let stats = st.store.queue_stats().await?;
+/// The workspace a queue request is about: `?workspace=` (any, for an operator; only its
+/// own, for anyone else), else the caller's own, or `None` (server-wide) for an operator
+/// who named none. Any other query parameter is refused.
+fn scope(caller: &Caller, query: &BTreeMap<String, String>) -> Result<Option<String>, ApiError> {
+    if let Some(other) = query.keys().find(|k| k.as_str() != "workspace") {
+        return Err(ApiError::bad_field(other.as_str(), "unknown query parameter; expected workspace"));
+    }
+    match query.get("workspace") {
+        None if caller.is_operator() => Ok(None),
+        None => Ok(Some(caller.workspace.clone())),
+        Some(w) if caller.is_operator() || *w == caller.workspace => Ok(Some(w.clone())),
+        Some(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only the operator may name another workspace; leave `workspace` out for your own",
+        )
+        .field("workspace")),
+    }
+}
+
+/// Every queue with its counts: configured queues and any queue that holds jobs. An
+/// operator sees every workspace's jobs and the queue-wide settings (or, with
+/// `?workspace=`, one workspace's counts and share); anyone else sees its own
+/// workspace's counts and share only.
+#[utoipa::path(
+    get, path = "/v1/queues", tag = "system",
+    params(("workspace" = Option<String>, Query, description = "Operator: only this workspace's counts and share")),
+    responses((status = 200, body = QueueList), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+pub async fn queues(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Result<Json<QueueList>, ApiError> {
+    let workspace = scope(&caller, &query)?;
+    let stats = match &workspace {
+        None => st.store.queue_stats().await?,
+        Some(w) => st.store.workspace_queue_stats(w).await?,
+    };
     let mut map: BTreeMap<String, QueueView> = st
         .cfg
         .queues
@@ -24,36 +68,82 @@ pub async fn queues(State(st): State<ApiState>) -> Result<Json<QueueList>, ApiEr
     for s in stats {
         map.insert(s.queue.clone(), s.into());
     }
-    for s in st.store.queue_settings().await? {
-        if let Some(view) = map.get_mut(&s.name) {
-            view.settings = Some(s.into());
+    let settings = st.store.queue_settings().await?;
+    if caller.is_operator() {
+        for s in &settings {
+            if let Some(view) = map.get_mut(&s.name) {
+                view.settings = Some(s.clone().into());
+            }
+        }
+    }
+    if let Some(w) = &workspace {
+        let shares = st.store.queue_shares(w).await?;
+        for (name, view) in map.iter_mut() {
+            view.workspace = Some(w.clone());
+            view.share = Some(QueueShareView {
+                paused: shares.iter().any(|s| &s.queue == name && s.paused),
+                queue_paused: settings.iter().any(|s| &s.name == name && s.paused),
+            });
         }
     }
     Ok(Json(QueueList { queues: map.into_values().collect() }))
 }
 
-/// Change a queue at run time (admin): any of `concurrency` (per worker process),
-/// `max_depth`, `rate` (attempts started per second, across every worker process), `paused`.
-/// Fields left out keep their value; `null` returns a field to the configured value.
-/// Worker processes apply it within `poll_ms`, a rate and the API's depth check within a
-/// second.
+/// What `PUT /v1/queues/{name}` changed: the queue-wide settings (an operator), or a
+/// workspace's share (a workspace admin, or an operator with `?workspace=`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum QueueChange {
+    Queue(QueueSettingsView),
+    Share(QueueShareView),
+}
+
+/// Change a queue at run time. An operator changes the whole queue: any of
+/// `concurrency` (per worker process), `max_depth`, `rate` (attempts started per second,
+/// across every worker process), `paused`; fields left out keep their value, `null`
+/// returns a field to the configured value; worker processes apply it within `poll_ms`,
+/// a rate and the API's depth check within a second. A workspace admin changes only its
+/// workspace's share: `paused` holds back its own jobs on the queue (from this answer on,
+/// on every node) and not other workspaces'; a queue-wide field is refused with 403
+/// naming it. An operator sets a workspace's share with `?workspace=`.
 #[utoipa::path(
     put, path = "/v1/queues/{name}", tag = "system",
-    params(("name" = String, Path, description = "Queue name")),
+    params(
+        ("name" = String, Path, description = "Queue name"),
+        ("workspace" = Option<String>, Query, description = "Operator: change this workspace's share instead of the queue"),
+    ),
     request_body = QueueSettingsView,
-    responses((status = 200, body = QueueSettingsView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+    responses(
+        (status = 200, body = QueueChange, description = "The queue's settings, or the workspace's share"),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)
+    )
 )]
 pub async fn set_queue(
     State(st): State<ApiState>,
+    caller: Caller,
     Path(name): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
     JsonBody(body): JsonBody<serde_json::Value>,
-) -> Result<Json<QueueSettingsView>, ApiError> {
+) -> Result<Json<QueueChange>, ApiError> {
     if !st.cfg.queues.contains(&name) {
         return Err(ApiError::not_found("queue"));
     }
+    let workspace = scope(&caller, &query)?;
+    let obj = body.as_object().ok_or_else(|| ApiError::bad_field("", "the body must be a JSON object"))?;
+    match workspace {
+        None => set_queue_wide(&st, name, obj).await.map(|s| Json(QueueChange::Queue(s))),
+        Some(w) => set_share(&st, name, w, obj).await.map(|s| Json(QueueChange::Share(s))),
+    }
+}
+
+/// The operator's change of a whole queue.
+async fn set_queue_wide(
+    st: &ApiState,
+    name: String,
+    obj: &serde_json::Map<String, serde_json::Value>,
+) -> Result<QueueSettingsView, ApiError> {
     let current = st.store.queue_settings().await?.into_iter().find(|s| s.name == name);
     let mut s = current.unwrap_or(ferry_store::QueueSettings { name: name.clone(), ..Default::default() });
-    let obj = body.as_object().ok_or_else(|| ApiError::bad_field("", "the body must be a JSON object"))?;
     let int = |k: &str, v: &serde_json::Value, max: u64| -> Result<Option<u64>, ApiError> {
         match v {
             serde_json::Value::Null => Ok(None),
@@ -85,7 +175,46 @@ pub async fn set_queue(
     }
     st.store.set_queue_settings(s.clone()).await?;
     st.limits.forget_queues();
-    Ok(Json(s.into()))
+    Ok(s.into())
+}
+
+/// A change of one workspace's share of a queue. Every field is checked before anything
+/// is written: a queue-wide field is 403, an unknown one 400.
+async fn set_share(
+    st: &ApiState,
+    name: String,
+    workspace: String,
+    obj: &serde_json::Map<String, serde_json::Value>,
+) -> Result<QueueShareView, ApiError> {
+    let mut share = st
+        .store
+        .queue_shares(&workspace)
+        .await?
+        .into_iter()
+        .find(|s| s.queue == name)
+        .unwrap_or(ferry_store::QueueShare { queue: name.clone(), workspace, paused: false });
+    for (k, v) in obj {
+        match k.as_str() {
+            "paused" => {
+                share.paused = v.as_bool().ok_or_else(|| ApiError::bad_field("paused", "must be true or false"))?
+            }
+            "concurrency" | "max_depth" | "rate" => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!(
+                        "`{k}` is a setting of the whole queue, shared by every workspace: only the server's \
+                         operator may change it (a workspace admin may set `paused` for its own jobs)"
+                    ),
+                )
+                .field(k.as_str()));
+            }
+            other => return Err(ApiError::bad_field(other, "unknown field; a workspace's share has only paused")),
+        }
+    }
+    st.store.set_queue_share(share.clone()).await?;
+    let queue_paused = st.store.queue_settings().await?.iter().any(|s| s.name == name && s.paused);
+    Ok(QueueShareView { paused: share.paused, queue_paused })
 }
 
 /// A `rate` field: jobs per second, above 0 and at most a million.

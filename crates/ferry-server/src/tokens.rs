@@ -1,4 +1,9 @@
 //! `/v1/tokens`: an admin creates, lists and revokes its workspace's API tokens.
+//!
+//! An `operator` token is never made here: it reaches past its workspace (the queues of
+//! every workspace), so it comes only from whoever holds the store (`ferry token create
+//! --role operator`). For the same reason only an operator may revoke one: a workspace
+//! admin must not be able to take the server's operator away.
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, Path};
@@ -56,13 +61,19 @@ pub struct TokenList {
     pub tokens: Vec<TokenView>,
 }
 
+fn forbidden_role(message: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message.to_string()).field("role")
+}
+
 fn check_user(user: &str) -> Result<(), ApiError> {
     let ok =
         !user.is_empty() && user.len() <= 64 && user.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.@".contains(&b));
     if ok { Ok(()) } else { Err(ApiError::bad_field("user", "must be 1 to 64 letters, digits, `_`, `-`, `.` or `@`")) }
 }
 
-/// Create a token (admin). The answer holds the secret, shown this once.
+/// Create a token (admin) with role `viewer`, `submitter` or `admin`; `operator` is
+/// refused (403): operator tokens come only from `ferry token create` on the store. The
+/// answer holds the secret, shown this once.
 #[utoipa::path(
     post, path = "/v1/tokens", tag = "tokens",
     request_body = TokenRequest,
@@ -74,6 +85,11 @@ pub async fn create(
     JsonBody(req): JsonBody<TokenRequest>,
 ) -> Result<(StatusCode, Json<TokenView>), ApiError> {
     check_user(&req.user)?;
+    if !req.role.issuable_through_api() {
+        return Err(forbidden_role(
+            "an operator token is created only on the store: `ferry token create --role operator`",
+        ));
+    }
     let secret = new_token();
     let record = st
         .store
@@ -96,11 +112,12 @@ pub async fn list(State(st): State<ApiState>, caller: Caller) -> Result<Json<Tok
     Ok(Json(TokenList { tokens: tokens.into_iter().map(TokenView::from).collect() }))
 }
 
-/// Revoke a token (admin): refused from the next request on, on every node.
+/// Revoke a token (admin; an operator token: operator only): refused from the next
+/// request on, on every node. Revoking the last token does not reopen the server.
 #[utoipa::path(
     delete, path = "/v1/tokens/{id}", tag = "tokens",
     params(("id" = String, Path, description = "Token id")),
-    responses((status = 204), (status = 404, body = ErrorBody))
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
 pub async fn revoke(
     State(st): State<ApiState>,
@@ -108,6 +125,12 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::bad_field("id", format!("`{id}` is not a token id")))?;
+    if !caller.is_operator() {
+        let tokens = st.store.tokens(&caller.workspace).await?;
+        if tokens.iter().any(|t| t.id == id && t.role == Role::Operator && t.revoked_at.is_none()) {
+            return Err(forbidden_role("only an operator may revoke an operator token"));
+        }
+    }
     if !st.store.revoke_token(&caller.workspace, id).await? {
         return Err(ApiError::not_found("token"));
     }

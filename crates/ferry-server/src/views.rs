@@ -157,7 +157,8 @@ pub struct EventList {
     pub events: Vec<EventView>,
 }
 
-/// A queue's counts.
+/// A queue's counts: of every workspace's jobs for an operator, of the caller's own
+/// workspace's jobs otherwise.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct QueueView {
     pub name: String,
@@ -170,9 +171,26 @@ pub struct QueueView {
     pub retrying: u64,
     /// Jobs in the dead-letter queue.
     pub dead: u64,
-    /// What an admin set at run time (`PUT /v1/queues/{name}`), if anything.
+    /// What the operator set at run time for the whole queue (`PUT /v1/queues/{name}`),
+    /// if anything. Shown to an operator only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<QueueSettingsView>,
+    /// The workspace whose jobs the counts are; absent when they are every workspace's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// That workspace's share of the queue; absent in a server-wide view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<QueueShareView>,
+}
+
+/// A workspace's share of a queue: what its admin set for its own jobs there.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueueShareView {
+    /// The workspace's jobs on this queue are not dispatched (other workspaces' are);
+    /// submissions are still accepted. Set by the workspace's admin.
+    pub paused: bool,
+    /// The operator paused the whole queue: no workspace's jobs are dispatched. Read-only.
+    pub queue_paused: bool,
 }
 
 /// A queue's run-time settings; `null` keeps the configured value.
@@ -225,6 +243,8 @@ impl From<QueueStats> for QueueView {
             retrying: s.retrying,
             dead: s.dead,
             settings: None,
+            workspace: None,
+            share: None,
         }
     }
 }

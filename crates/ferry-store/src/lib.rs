@@ -183,6 +183,10 @@ pub trait Store: Send + Sync + 'static {
     /// Per-queue counts of unfinished and dead jobs.
     async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError>;
 
+    /// Per-queue counts of one workspace's unfinished and dead jobs: what that workspace
+    /// may see of the queues it shares with others.
+    async fn workspace_queue_stats(&self, workspace: &str) -> Result<Vec<QueueStats>, StoreError>;
+
     /// The earliest `run_at` of the queue's scheduled and retrying jobs.
     async fn next_due(&self, queue: &str) -> Result<Option<Micros>, StoreError>;
 
@@ -266,6 +270,14 @@ pub trait Store: Send + Sync + 'static {
     /// Sets a queue's run-time settings (replacing what was set before).
     async fn set_queue_settings(&self, settings: QueueSettings) -> Result<(), StoreError>;
 
+    /// The workspace's shares of queues (only those ever set), by queue.
+    async fn queue_shares(&self, workspace: &str) -> Result<Vec<QueueShare>, StoreError>;
+
+    /// Sets a workspace's share of a queue. A pause holds for every claim that starts after
+    /// this returns, parked claims and other nodes included (the claim statements read the
+    /// shares themselves); a resume wakes the queue's dispatchers, here and on other nodes.
+    async fn set_queue_share(&self, share: QueueShare) -> Result<(), StoreError>;
+
     /// The workspace's rates on label keys, by label.
     async fn label_rates(&self, workspace: &str) -> Result<Vec<LabelRate>, StoreError>;
 
@@ -287,6 +299,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many unrevoked tokens exist, in every workspace.
     async fn active_tokens(&self) -> Result<u64, StoreError>;
+
+    /// Whether this store is closed to unauthenticated requests: it has had a token (the
+    /// flag is set in the transaction that stores a token) and was not reopened since.
+    /// Revoking every token does not reopen it.
+    async fn auth_closed(&self) -> Result<bool, StoreError>;
+
+    /// Clears the closed flag, so that a server on loopback (or `--insecure`) serves
+    /// unauthenticated requests again, unless unrevoked tokens exist (checked in the same
+    /// transaction; nothing changes then). Only for `ferry token reopen`, never the API.
+    /// Fires [`Store::token_changes`] on every node.
+    async fn reopen(&self) -> Result<ReopenOutcome, StoreError>;
 
     /// Fires whenever tokens may have changed (through this store, or, on PostgreSQL, in
     /// another process), so caches of them can be dropped at once.

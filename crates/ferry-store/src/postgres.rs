@@ -42,7 +42,9 @@ use crate::runs::{
     WorkflowVersion,
 };
 use crate::tokens::TOKEN_COLUMNS;
-use crate::{Admission, NewToken, QueueSettings, TokenRecord, WorkspaceLimits, row, transition};
+use crate::{
+    Admission, NewToken, QueueSettings, QueueShare, ReopenOutcome, TokenRecord, WorkspaceLimits, row, transition,
+};
 use async_trait::async_trait;
 use ferry_core::run::{RunId, RunState};
 use ferry_core::time::{self, Micros};
@@ -66,6 +68,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../sql/postgres/migrations/0006_admission.sql")),
     (7, include_str!("../sql/postgres/migrations/0007_queue_settings.sql")),
     (8, include_str!("../sql/postgres/migrations/0008_rates.sql")),
+    (9, include_str!("../sql/postgres/migrations/0009_tenancy.sql")),
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
@@ -88,6 +91,7 @@ const FINISH: &str = include_str!("../sql/postgres/finish.sql");
 const HEARTBEAT: &str = include_str!("../sql/postgres/heartbeat.sql");
 const PRUNE: &str = include_str!("../sql/postgres/prune.sql");
 const QUEUE_STATS: &str = include_str!("../sql/postgres/queue_stats.sql");
+const QUEUE_STATS_WORKSPACE: &str = include_str!("../sql/postgres/queue_stats_workspace.sql");
 const JOB_COLUMNS: &str = "id, workspace, user_id, kind, queue, state, priority, input::text, labels::text, \
      max_attempts, backoff::text, timeout_ms, total_timeout_ms, idempotency_key, created_at, run_at, deadline_at, \
      attempt, attempt_base, worker_id, lease_expires_at, finished_at, updated_at, output::text, error::text, \
@@ -307,6 +311,8 @@ impl PgStore {
         let (mut tx, now) = self.begin().await?;
         let rows = sqlx::query(
             "SELECT id, workspace, labels::text FROM jobs WHERE queue = $1 AND state = 'queued' \
+             AND workspace NOT IN (SELECT workspace FROM queue_shares WHERE queue = $1 AND paused) \
+             AND NOT EXISTS (SELECT 1 FROM queue_settings WHERE name = $1 AND paused) \
              ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
         )
         .bind(&req.queue)
@@ -1381,6 +1387,15 @@ impl Store for PgStore {
         Ok(row::queue_stats(counts))
     }
 
+    async fn workspace_queue_stats(&self, workspace: &str) -> Result<Vec<QueueStats>, StoreError> {
+        let rows = sqlx::query(QUEUE_STATS_WORKSPACE).bind(workspace).fetch_all(&self.pool).await?;
+        let counts = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<Vec<(String, String, i64)>, sqlx::Error>>()?;
+        Ok(row::queue_stats(counts))
+    }
+
     async fn put_workflow(
         &self,
         workspace: &str,
@@ -1581,6 +1596,36 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn queue_shares(&self, workspace: &str) -> Result<Vec<QueueShare>, StoreError> {
+        let rows = sqlx::query("SELECT queue, workspace, paused FROM queue_shares WHERE workspace = $1 ORDER BY queue")
+            .bind(workspace)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(QueueShare { queue: r.try_get(0)?, workspace: r.try_get(1)?, paused: r.try_get(2)? }))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(err)
+    }
+
+    async fn set_queue_share(&self, share: QueueShare) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO queue_shares (queue, workspace, paused, updated_at) VALUES ($1, $2, $3, ferry_now()) \
+             ON CONFLICT (queue, workspace) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
+        )
+        .bind(&share.queue)
+        .bind(&share.workspace)
+        .bind(share.paused)
+        .execute(&mut *tx)
+        .await?;
+        let woken: BTreeSet<String> = if share.paused { BTreeSet::new() } else { [share.queue.clone()].into() };
+        // Resumed jobs are ready work: every node's dispatchers look again.
+        self.notify(&mut tx, &woken).await?;
+        tx.commit().await?;
+        self.wake_locally(&woken);
+        Ok(())
+    }
+
     async fn label_rates(&self, workspace: &str) -> Result<Vec<LabelRate>, StoreError> {
         let rows = sqlx::query("SELECT label, rate FROM label_rates WHERE workspace = $1 ORDER BY label")
             .bind(workspace)
@@ -1628,6 +1673,9 @@ impl Store for PgStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        // From the first token on, the store stays closed (see `Store::auth_closed`). Always
+        // written, so that the row lock orders this against a concurrent `reopen`.
+        sqlx::query("UPDATE auth_state SET closed = true").execute(&mut *tx).await?;
         sqlx::query("SELECT pg_notify($1, '')").bind(&self.token_channel).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(TokenRecord {
@@ -1672,6 +1720,38 @@ impl Store for PgStore {
         let n: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE revoked_at IS NULL").fetch_one(&self.pool).await?;
         Ok(n.max(0) as u64)
+    }
+
+    async fn auth_closed(&self) -> Result<bool, StoreError> {
+        // The flag, or any unrevoked token: either keeps the store closed.
+        Ok(sqlx::query_scalar(
+            "SELECT closed OR EXISTS (SELECT 1 FROM tokens WHERE revoked_at IS NULL) FROM auth_state WHERE id = 1",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn reopen(&self) -> Result<ReopenOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The row lock orders this against a token's creation, which writes the row too:
+        // a token committed before it is counted below, one after it closes the store again.
+        let closed: bool =
+            sqlx::query_scalar("SELECT closed FROM auth_state WHERE id = 1 FOR UPDATE").fetch_one(&mut *tx).await?;
+        let active: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE revoked_at IS NULL").fetch_one(&mut *tx).await?;
+        if active > 0 {
+            tx.rollback().await?;
+            return Ok(ReopenOutcome::TokensRemain(active as u64));
+        }
+        if !closed {
+            tx.rollback().await?;
+            return Ok(ReopenOutcome::AlreadyOpen);
+        }
+        sqlx::query("UPDATE auth_state SET closed = false").execute(&mut *tx).await?;
+        // Every node drops its cached view of the flag when this commits.
+        sqlx::query("SELECT pg_notify($1, '')").bind(&self.token_channel).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(ReopenOutcome::Reopened)
     }
 
     fn token_changes(&self) -> Option<broadcast::Receiver<()>> {

@@ -36,7 +36,9 @@ use crate::runs::{
     WorkflowVersion,
 };
 use crate::tokens::TOKEN_COLUMNS;
-use crate::{Admission, NewToken, QueueSettings, TokenRecord, WorkspaceLimits, row, transition};
+use crate::{
+    Admission, NewToken, QueueSettings, QueueShare, ReopenOutcome, TokenRecord, WorkspaceLimits, row, transition,
+};
 use async_trait::async_trait;
 use ferry_core::run::{RunId, RunState};
 use ferry_core::time::{self, Micros};
@@ -60,6 +62,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../sql/sqlite/migrations/0006_admission.sql")),
     (7, include_str!("../sql/sqlite/migrations/0007_queue_settings.sql")),
     (8, include_str!("../sql/sqlite/migrations/0008_rates.sql")),
+    (9, include_str!("../sql/sqlite/migrations/0009_tenancy.sql")),
 ];
 const PRUNE: &str = include_str!("../sql/sqlite/prune.sql");
 const INSERT_JOB: &str = include_str!("../sql/sqlite/insert_job.sql");
@@ -69,6 +72,11 @@ const CLAIM_ONE: &str = include_str!("../sql/sqlite/claim_one.sql");
 const FINISH: &str = include_str!("../sql/sqlite/finish.sql");
 const HEARTBEAT: &str = include_str!("../sql/sqlite/heartbeat.sql");
 const QUEUE_STATS: &str = include_str!("../sql/sqlite/queue_stats.sql");
+/// The closed flag, or any unrevoked token: either keeps a store closed, so that no race
+/// between `reopen` and a token's creation can open a store that has a token.
+const AUTH_CLOSED: &str =
+    "SELECT closed OR EXISTS (SELECT 1 FROM tokens WHERE revoked_at IS NULL) FROM auth_state WHERE id = 1";
+const QUEUE_STATS_WORKSPACE: &str = include_str!("../sql/sqlite/queue_stats_workspace.sql");
 const CACHED_OUTPUT: &str = "SELECT id, output FROM jobs WHERE workspace = ?1 AND cache_key = ?2 \
      AND state = 'succeeded' AND finished_at >= ?3 AND output IS NOT NULL ORDER BY finished_at DESC LIMIT 1";
 const INSERT_EVENT: &str = "INSERT INTO events (job_id, at, type, data) VALUES (?1, ?2, ?3, ?4)";
@@ -134,6 +142,8 @@ enum Cmd {
     ReleaseJobs(Box<WorkspaceLimits>, Reply<usize>),
     CreateToken(NewToken, Reply<TokenRecord>),
     RevokeToken(String, uuid::Uuid, Reply<bool>),
+    SetShare(QueueShare, Reply<()>),
+    Reopen(Reply<ReopenOutcome>),
     Close(Reply<()>),
 }
 
@@ -539,6 +549,8 @@ impl Writer {
                         "INSERT INTO tokens (id, workspace, user_id, role, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     )?
                     .execute(params![t.id, t.workspace, t.user, t.role.as_str(), t.hash, w.now])?;
+                // From the first token on, the store stays closed (see `Store::auth_closed`).
+                w.conn.prepare_cached("UPDATE auth_state SET closed = 1")?.execute([])?;
                 Ok(TokenRecord {
                     id: t.id,
                     workspace: t.workspace,
@@ -556,6 +568,31 @@ impl Writer {
                     )?
                     .execute(params![id, ws, w.now])?;
                 Ok(n == 1)
+            }),
+            Cmd::SetShare(share, reply) => self.step(reply, |w| {
+                w.conn
+                    .prepare_cached(
+                        "INSERT INTO queue_shares (queue, workspace, paused, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                         ON CONFLICT (queue, workspace) DO UPDATE SET paused = excluded.paused, \
+                         updated_at = excluded.updated_at",
+                    )?
+                    .execute(params![share.queue, share.workspace, share.paused, w.now])?;
+                if !share.paused {
+                    // Resumed jobs are ready work: wake the queue (and run its parked claims).
+                    w.woken.insert(share.queue.clone());
+                }
+                Ok(())
+            }),
+            Cmd::Reopen(reply) => self.step(reply, |w| {
+                let active: i64 = w
+                    .conn
+                    .prepare_cached("SELECT COUNT(*) FROM tokens WHERE revoked_at IS NULL")?
+                    .query_row([], |r| r.get(0))?;
+                if active > 0 {
+                    return Ok(ReopenOutcome::TokensRemain(active as u64));
+                }
+                let n = w.conn.prepare_cached("UPDATE auth_state SET closed = 0 WHERE closed")?.execute([])?;
+                Ok(if n == 1 { ReopenOutcome::Reopened } else { ReopenOutcome::AlreadyOpen })
             }),
             Cmd::Close(_) => unreachable!("handled by the loop"),
         }
@@ -864,6 +901,8 @@ impl Writer {
             .conn
             .prepare_cached(
                 "SELECT id, workspace, labels FROM jobs WHERE queue = ?1 AND state = 'queued' \
+                 AND workspace NOT IN (SELECT workspace FROM queue_shares WHERE queue = ?1 AND paused) \
+                 AND NOT EXISTS (SELECT 1 FROM queue_settings WHERE name = ?1 AND paused) \
                  ORDER BY priority DESC, run_at, id LIMIT ?2",
             )?
             .query_map(params![req.queue, rates.window(req.limit) as i64], |r| {
@@ -1323,6 +1362,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn workspace_queue_stats(&self, workspace: &str) -> Result<Vec<QueueStats>, StoreError> {
+        let ws = workspace.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(QUEUE_STATS_WORKSPACE)?;
+            let rows = stmt
+                .query_map(params![ws], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(row::queue_stats(rows))
+        })
+        .await
+    }
+
     async fn put_workflow(
         &self,
         workspace: &str,
@@ -1456,6 +1507,22 @@ impl Store for SqliteStore {
         self.write(|r| Cmd::SetQueue(settings, r)).await
     }
 
+    async fn queue_shares(&self, workspace: &str) -> Result<Vec<QueueShare>, StoreError> {
+        let ws = workspace.to_string();
+        self.read(move |c| {
+            c.prepare_cached("SELECT queue, workspace, paused FROM queue_shares WHERE workspace = ?1 ORDER BY queue")?
+                .query_map(params![ws], |r| {
+                    Ok(QueueShare { queue: r.get(0)?, workspace: r.get(1)?, paused: r.get(2)? })
+                })?
+                .collect()
+        })
+        .await
+    }
+
+    async fn set_queue_share(&self, share: QueueShare) -> Result<(), StoreError> {
+        self.write(|r| Cmd::SetShare(share, r)).await
+    }
+
     async fn label_rates(&self, workspace: &str) -> Result<Vec<LabelRate>, StoreError> {
         let ws = workspace.to_string();
         self.read(move |c| {
@@ -1512,6 +1579,16 @@ impl Store for SqliteStore {
         })
         .await
         .map(|n| n.max(0) as u64)
+    }
+
+    async fn auth_closed(&self) -> Result<bool, StoreError> {
+        self.read(|c| c.prepare_cached(AUTH_CLOSED)?.query_row([], |r| r.get(0))).await
+    }
+
+    async fn reopen(&self) -> Result<ReopenOutcome, StoreError> {
+        let outcome = self.write(Cmd::Reopen).await?;
+        let _ = self.token_changes.send(());
+        Ok(outcome)
     }
 
     async fn next_due(&self, queue: &str) -> Result<Option<Micros>, StoreError> {
@@ -1648,6 +1725,8 @@ mod tests {
         let claim = plan(&conn, CLAIM, 5);
         assert!(claim.contains("jobs_ready"), "claim plan: {claim}");
         assert!(!claim.contains("SCAN jobs\n") && !claim.ends_with("SCAN jobs"), "claim plan scans the table: {claim}");
+        // The pauses' subqueries leave the claim in index order: no sort of the backlog.
+        assert!(!claim.contains("TEMP B-TREE FOR ORDER BY"), "claim plan sorts: {claim}");
         let promote = plan(&conn, PROMOTE_DUE, 2);
         assert!(promote.contains("jobs_due"), "promote plan: {promote}");
         let expired = plan(

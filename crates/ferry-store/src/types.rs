@@ -161,6 +161,29 @@ pub struct QueueSettings {
     pub paused: bool,
 }
 
+/// A workspace's share of a queue: what the workspace's admin set for its own jobs there
+/// (`PUT /v1/queues/{name}` by a workspace admin). Queue-wide settings ([`QueueSettings`])
+/// are the server operator's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueShare {
+    pub queue: String,
+    pub workspace: String,
+    /// The workspace's jobs on the queue are not dispatched (claims skip them, parked ones
+    /// included); other workspaces' jobs are. Submissions are still accepted.
+    pub paused: bool,
+}
+
+/// What `ferry token reopen` did (see [`crate::Store::reopen`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReopenOutcome {
+    /// The store had been closed; it is open again (no token, loopback: open mode).
+    Reopened,
+    /// The store was not closed: it never had a token, or was reopened already.
+    AlreadyOpen,
+    /// Unrevoked tokens exist (this many): nothing changed; revoke them first.
+    TokensRemain(u64),
+}
+
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobRecord {

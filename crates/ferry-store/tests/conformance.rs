@@ -400,7 +400,7 @@ async fn queue_counts_and_listing(store: Arc<dyn Store>) {
     jobs.push(spec(JobSpec { delay_ms: Some(60_000), ..noop() }));
     jobs.push(spec(JobSpec { queue: Some("other".into()), ..noop() }));
     store.submit(jobs.clone()).await.unwrap();
-    store.claim(claim_req("a", 1)).await.unwrap().jobs;
+    store.claim(claim_req("a", 1)).await.unwrap();
     let stats = store.queue_stats().await.unwrap();
     let default = stats.iter().find(|s| s.queue == "default").unwrap();
     assert_eq!((default.queued, default.running, default.scheduled, default.dead), (3, 1, 1, 0));
@@ -800,3 +800,7 @@ async fn postgres_claim_query_uses_the_ready_index() {
     pool.close().await;
     b.cleanup().await;
 }
+
+// Tenancy: queue shares, workspace counts and the closed flag (tests/conformance/tenancy.rs).
+#[path = "conformance/tenancy.rs"]
+mod tenancy;

@@ -106,9 +106,16 @@ async fn serve(
 /// else a server without tokens refuses to start.
 async fn open_mode(cfg: &Config, addr: SocketAddr, store: &dyn Store) -> anyhow::Result<bool> {
     let tokens = store.active_tokens().await.context("cannot read the API tokens")?;
+    let closed = store.auth_closed().await.context("cannot read the API tokens")?;
     let loopback = addr.ip().is_loopback();
     if tokens > 0 {
         tracing::info!(tokens, "API tokens exist: every /v1 request needs one");
+    } else if closed {
+        // Safe anywhere: nobody is served without a token.
+        tracing::warn!(
+            "every API token was revoked; the store stays closed, so every /v1 request needs a token \
+             (`ferry token create`, or `ferry token reopen` to serve unauthenticated requests again)"
+        );
     } else if loopback {
         tracing::info!(
             "no API tokens: serving unauthenticated requests as user `local` of workspace `default` \

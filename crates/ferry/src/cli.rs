@@ -47,8 +47,9 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// API tokens: create one directly in the store (the first admin token, while no
-    /// server uses the data directory), or list and revoke them through the API.
+    /// API tokens: create one directly in the store (the first admin token, before any
+    /// server runs; any operator token), list and revoke them through the API, or reopen a
+    /// store whose tokens were all revoked.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -100,9 +101,20 @@ pub enum TokenCommand {
         workspace: String,
         #[arg(long)]
         user: String,
-        /// admin, submitter or viewer
+        /// viewer, submitter, admin, or operator (every right of an admin in its workspace,
+        /// plus the server-wide queue settings; made only here, never through the API)
         #[arg(long)]
         role: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Data directory holding the SQLite file [env: FERRY_DATA_DIR] [default: ./ferry-data]
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Reopen a store whose tokens were all revoked: a server on it serves unauthenticated
+    /// requests again on loopback (or with --insecure), as the operator. Refused while any
+    /// unrevoked token exists. A SQLite data directory must not be in use by a running server.
+    Reopen {
         #[command(flatten)]
         store: StoreArgs,
         /// Data directory holding the SQLite file [env: FERRY_DATA_DIR] [default: ./ferry-data]
@@ -124,15 +136,23 @@ pub enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
-    /// Every queue with its counts and run-time settings.
+    /// Every queue with its counts and settings: an operator's are every workspace's,
+    /// anyone else's its own workspace's.
     List {
+        /// Operator: only this workspace's counts and share
+        #[arg(long)]
+        workspace: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Change a queue at run time (admin); what is not given keeps its value, and `null`
-    /// returns a setting to the configured value (`--rate null`: no rate).
+    /// Change a queue at run time; what is not given keeps its value, and `null` returns a
+    /// setting to the configured value (`--rate null`: no rate). An operator changes the
+    /// whole queue; a workspace admin only pauses or resumes its own jobs on it.
     Set {
         name: String,
+        /// Operator: pause or resume this workspace's jobs only
+        #[arg(long)]
+        workspace: Option<String>,
         /// Attempts at once per worker process, or null
         #[arg(long, value_parser = parse_setting::<u32>)]
         concurrency: Option<Setting<u32>>,
@@ -566,11 +586,17 @@ pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
             client.print(&client.client()?.call(Method::GET, &path, None).await?, view::run_list);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Queue { command: QueueCommand::List { client } } => {
-            print(&client.client()?.call(Method::GET, "/v1/queues", None).await?);
+        Command::Queue { command: QueueCommand::List { workspace, client } } => {
+            let path = match workspace {
+                Some(w) => format!("/v1/queues?workspace={w}"),
+                None => "/v1/queues".to_string(),
+            };
+            print(&client.client()?.call(Method::GET, &path, None).await?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Queue { command: QueueCommand::Set { name, concurrency, max_depth, rate, pause, resume, client } } => {
+        Command::Queue {
+            command: QueueCommand::Set { name, workspace, concurrency, max_depth, rate, pause, resume, client },
+        } => {
             let mut body = serde_json::Map::new();
             if let Some(c) = concurrency {
                 body.insert("concurrency".into(), c.to_json());
@@ -584,7 +610,10 @@ pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
             if pause || resume {
                 body.insert("paused".into(), json!(pause));
             }
-            let path = format!("/v1/queues/{name}");
+            let path = match workspace {
+                Some(w) => format!("/v1/queues/{name}?workspace={w}"),
+                None => format!("/v1/queues/{name}"),
+            };
             print(&client.client()?.call(Method::PUT, &path, Some(&Value::Object(body))).await?);
             Ok(ExitCode::SUCCESS)
         }
@@ -634,6 +663,27 @@ pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Token { command: TokenCommand::Create { workspace, user, role, store, data_dir } } => {
             create_token(workspace, user, role, store, data_dir).await
+        }
+        Command::Token { command: TokenCommand::Reopen { store, data_dir } } => {
+            let cfg = store.load(FlagOverrides { data_dir, ..FlagOverrides::default() })?;
+            let store = crate::app::open_store(&cfg).await?;
+            let outcome = store.reopen().await;
+            store.close().await;
+            match outcome? {
+                ferry_store::ReopenOutcome::Reopened => println!(
+                    "reopened: while no API token exists, a server on this store serves unauthenticated requests \
+                     (on loopback, or with --insecure) as user `local` of workspace `default`, with every right, \
+                     the operator's included; the first new token closes it again"
+                ),
+                ferry_store::ReopenOutcome::AlreadyOpen => {
+                    println!("nothing to do: the store was not closed (it has had no token since it was last opened)")
+                }
+                ferry_store::ReopenOutcome::TokensRemain(n) => bail!(
+                    "refused: {n} unrevoked API token(s) exist; revoke them first (`ferry token revoke ID`), \
+                     the store stays closed"
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         other => bail!("not a client command: {other:?}"),
     }

@@ -8,6 +8,8 @@
 WITH picked AS (
     SELECT id FROM jobs
     WHERE queue = $1 AND state = 'queued'
+      AND workspace NOT IN (SELECT workspace FROM queue_shares WHERE queue = $1 AND paused)
+      AND NOT EXISTS (SELECT 1 FROM queue_settings WHERE name = $1 AND paused)
     ORDER BY priority DESC, run_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED

@@ -2,12 +2,19 @@
 -- then oldest run_at). SQLite has one writer, so no row locking is needed: the writer
 -- thread runs this inside its group-commit transaction. RETURNING gives no order
 -- guarantee; the caller sorts.
+-- Nothing of a paused queue is claimed, and jobs of a workspace that paused its share of
+-- the queue are skipped: both pauses are read here, in the claiming statement, so they
+-- hold from their commit for every claim, parked ones included. The subqueries do not
+-- depend on the row: SQLite runs each once per statement, and the scan stays on
+-- jobs_ready.
 UPDATE jobs
 SET state = 'running', attempt = attempt + 1, worker_id = ?4,
     lease_expires_at = ?5, updated_at = ?2
 WHERE id IN (
     SELECT id FROM jobs
     WHERE queue = ?1 AND state = 'queued'
+      AND workspace NOT IN (SELECT workspace FROM queue_shares WHERE queue = ?1 AND paused)
+      AND NOT EXISTS (SELECT 1 FROM queue_settings WHERE name = ?1 AND paused)
     ORDER BY priority DESC, run_at, id
     LIMIT ?3
 )

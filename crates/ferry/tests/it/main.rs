@@ -21,6 +21,7 @@ mod retries;
 mod scheduling;
 mod streams;
 mod system;
+mod tenancy;
 mod transport;
 mod validation;
 mod workflows;
