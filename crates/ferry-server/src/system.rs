@@ -4,7 +4,7 @@ use crate::ApiState;
 use crate::error::ApiError;
 use crate::error::ErrorBody;
 use crate::extract::JsonBody;
-use crate::views::{Health, QueueList, QueueSettingsView, QueueView, WorkerList, WorkerView};
+use crate::views::{Health, QueueList, QueueSettingsRequest, QueueSettingsView, QueueView, WorkerList, WorkerView};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -12,7 +12,10 @@ use axum::response::IntoResponse;
 use std::collections::BTreeMap;
 
 /// Every queue with its counts: configured queues and any queue that holds jobs.
-#[utoipa::path(get, path = "/v1/queues", tag = "system", responses((status = 200, body = QueueList)))]
+#[utoipa::path(
+    get, path = "/v1/queues", tag = "system", operation_id = "listQueues",
+    responses((status = 200, body = QueueList))
+)]
 pub async fn queues(State(st): State<ApiState>) -> Result<Json<QueueList>, ApiError> {
     let stats = st.store.queue_stats().await?;
     let mut map: BTreeMap<String, QueueView> = st
@@ -38,9 +41,9 @@ pub async fn queues(State(st): State<ApiState>) -> Result<Json<QueueList>, ApiEr
 /// Worker processes apply it within `poll_ms`, a rate and the API's depth check within a
 /// second.
 #[utoipa::path(
-    put, path = "/v1/queues/{name}", tag = "system",
+    put, path = "/v1/queues/{name}", tag = "system", operation_id = "setQueue",
     params(("name" = String, Path, description = "Queue name")),
-    request_body = QueueSettingsView,
+    request_body = QueueSettingsRequest,
     responses((status = 200, body = QueueSettingsView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
 pub async fn set_queue(
@@ -96,14 +99,14 @@ pub(crate) fn rate_field(v: &serde_json::Value, or: &str) -> Result<f64, ApiErro
 }
 
 /// The process is alive.
-#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "system", operation_id = "getHealth", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok".into(), store: None, error: None, details: BTreeMap::new() })
 }
 
 /// The store answers: the node can take requests.
 #[utoipa::path(
-    get, path = "/readyz", tag = "system",
+    get, path = "/readyz", tag = "system", operation_id = "getReadiness",
     responses((status = 200, body = Health), (status = 503, body = Health))
 )]
 pub async fn readyz(State(st): State<ApiState>) -> (StatusCode, Json<Health>) {
@@ -126,7 +129,10 @@ pub async fn ready(store: &dyn ferry_store::Store, registry: &ferry_worker::Regi
 
 /// Every live worker process: its node, queues, concurrency, running attempts and last
 /// heartbeat. A worker is live while its last heartbeat is within one lease.
-#[utoipa::path(get, path = "/v1/workers", tag = "system", responses((status = 200, body = WorkerList)))]
+#[utoipa::path(
+    get, path = "/v1/workers", tag = "system", operation_id = "listWorkers",
+    responses((status = 200, body = WorkerList))
+)]
 pub async fn workers(State(st): State<ApiState>) -> Result<Json<WorkerList>, ApiError> {
     let workers = st.store.workers(st.cfg.worker_seen_within_ms).await?;
     Ok(Json(WorkerList { workers: workers.into_iter().map(WorkerView::from).collect() }))
@@ -134,7 +140,7 @@ pub async fn workers(State(st): State<ApiState>) -> Result<Json<WorkerList>, Api
 
 /// Prometheus metrics in the text exposition format.
 #[utoipa::path(
-    get, path = "/metrics", tag = "system",
+    get, path = "/metrics", tag = "system", operation_id = "getMetrics",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain"))
 )]
 pub async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {

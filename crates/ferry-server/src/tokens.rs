@@ -64,7 +64,7 @@ fn check_user(user: &str) -> Result<(), ApiError> {
 
 /// Create a token (admin). The answer holds the secret, shown this once.
 #[utoipa::path(
-    post, path = "/v1/tokens", tag = "tokens",
+    post, path = "/v1/tokens", tag = "tokens", operation_id = "createToken",
     request_body = TokenRequest,
     responses((status = 201, body = TokenView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
@@ -90,7 +90,10 @@ pub async fn create(
 }
 
 /// The workspace's tokens, revoked ones included (admin).
-#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses((status = 200, body = TokenList)))]
+#[utoipa::path(
+    get, path = "/v1/tokens", tag = "tokens", operation_id = "listTokens",
+    responses((status = 200, body = TokenList))
+)]
 pub async fn list(State(st): State<ApiState>, caller: Caller) -> Result<Json<TokenList>, ApiError> {
     let tokens = st.store.tokens(&caller.workspace).await?;
     Ok(Json(TokenList { tokens: tokens.into_iter().map(TokenView::from).collect() }))
@@ -98,8 +101,8 @@ pub async fn list(State(st): State<ApiState>, caller: Caller) -> Result<Json<Tok
 
 /// Revoke a token (admin): refused from the next request on, on every node.
 #[utoipa::path(
-    delete, path = "/v1/tokens/{id}", tag = "tokens",
-    params(("id" = String, Path, description = "Token id")),
+    delete, path = "/v1/tokens/{id}", tag = "tokens", operation_id = "revokeToken",
+    params(("id" = uuid::Uuid, Path, description = "Token id")),
     responses((status = 204), (status = 404, body = ErrorBody))
 )]
 pub async fn revoke(
