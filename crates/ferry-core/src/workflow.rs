@@ -74,9 +74,8 @@ pub struct NodeSpec {
     /// 1 to 64 letters, digits, `_` or `-`, unique in the workflow.
     pub id: String,
     pub kind: String,
-    /// The job's input; strings may hold references (`{{ input.x }}`).
+    /// The job's input (any JSON); strings may hold references (`{{ input.x }}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
     pub input: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,

@@ -108,6 +108,12 @@ impl Auth {
         Ok(found)
     }
 
+    /// Whether a `/v1` request without a token is refused right now: always, unless the
+    /// server is in open mode and no token exists (what [`Auth::caller`] decides).
+    pub async fn token_required(&self) -> Result<bool, ApiError> {
+        Ok(!self.open || self.any_tokens().await?)
+    }
+
     /// The caller of a request with these parts.
     async fn caller(&self, parts: &Parts) -> Result<Caller, ApiError> {
         let unauthenticated = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m.to_string());
@@ -132,8 +138,8 @@ impl Auth {
     }
 }
 
-/// The least role a request needs.
-fn needed(method: &Method, path: &str) -> Role {
+/// The least role a request needs (the OpenAPI document's 403s follow it too).
+pub(crate) fn needed(method: &Method, path: &str) -> Role {
     if path.starts_with("/v1/tokens")
         || path.starts_with("/v1/limits")
         || (path.starts_with("/v1/queues/") && method != Method::GET)

@@ -169,6 +169,7 @@ pub fn parse<T: DeserializeOwned + Shape>(bytes: &[u8]) -> Result<T, ApiError> {
         .field(path),
     })?;
     T::check(&value)?;
+    let value = crate::numbers::whole_floats_as_integers(value);
     serde_path_to_error::deserialize(&value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
@@ -189,7 +190,7 @@ impl Shape for ferry_core::workflow::WorkflowSpec {
         must_be_object(body, "")?;
         if let Some(Value::Array(nodes)) = body.get("nodes") {
             for (i, node) in nodes.iter().enumerate() {
-                must_be_object(node, &format!("nodes[{i}]"))?;
+                check_spec(node, &format!("nodes[{i}]"))?;
             }
         }
         Ok(())
@@ -210,7 +211,18 @@ impl Shape for crate::tokens::TokenRequest {
 
 impl Shape for ferry_store::WorkspaceLimits {
     fn check(body: &Value) -> Result<(), ApiError> {
-        must_be_object(body, "")
+        must_be_object(body, "")?;
+        for pair in ["per_workspace", "per_user"] {
+            if let Some(v) = body.get(pair).filter(|v| !v.is_null()) {
+                must_be_object(v, pair)?;
+            }
+        }
+        if let Some(Value::Object(users)) = body.get("users") {
+            for (user, v) in users {
+                must_be_object(v, &format!("users.{user}"))?;
+            }
+        }
+        Ok(())
     }
 }
 

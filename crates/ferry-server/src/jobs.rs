@@ -25,9 +25,9 @@ fn status_of(created: bool) -> StatusCode {
 /// Answers 201 with the new job's id, or 200 with the existing job when the idempotency
 /// key (body field or `Idempotency-Key` header) was already used with the same spec.
 #[utoipa::path(
-    post, path = "/v1/jobs", tag = "jobs",
+    post, path = "/v1/jobs", tag = "jobs", operation_id = "submitJob",
     request_body = JobSpec,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same as the body's `idempotency_key`")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$", description = "Same as the body's `idempotency_key` (give either, or both equal)")),
     responses(
         (status = 201, description = "Created", body = JobAccepted),
         (status = 200, description = "Idempotency key matched an existing job", body = JobAccepted),
@@ -64,7 +64,7 @@ pub async fn submit(
 /// Every spec is validated first; one bad spec refuses the whole batch, naming it
 /// (`jobs[3].kind`), and nothing is stored. Answers in the order given.
 #[utoipa::path(
-    post, path = "/v1/jobs/batch", tag = "jobs",
+    post, path = "/v1/jobs/batch", tag = "jobs", operation_id = "submitJobBatch",
     request_body = BatchRequest,
     responses(
         (status = 201, description = "Created", body = BatchAccepted),
@@ -127,8 +127,8 @@ pub async fn submit_batch(
 
 /// One job with its attempts, output and error.
 #[utoipa::path(
-    get, path = "/v1/jobs/{id}", tag = "jobs",
-    params(("id" = String, Path, description = "Job id")),
+    get, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "getJob",
+    params(("id" = uuid::Uuid, Path, description = "Job id")),
     responses((status = 200, body = JobView), (status = 404, body = ErrorBody))
 )]
 pub async fn get(
@@ -143,13 +143,13 @@ pub async fn get(
 
 /// Jobs, newest first, with optional filters. The dead-letter queue is `state=dead`.
 #[utoipa::path(
-    get, path = "/v1/jobs", tag = "jobs",
+    get, path = "/v1/jobs", tag = "jobs", operation_id = "listJobs",
     params(
         ("state" = Option<JobState>, Query, description = "Only jobs in this state"),
         ("queue" = Option<String>, Query, description = "Only jobs of this queue"),
         ("kind" = Option<String>, Query, description = "Only jobs of this kind"),
-        ("limit" = Option<usize>, Query, description = "Page size, 1 to 1000 (default 50)"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1 to 1000 (default 50)"),
+        ("cursor" = Option<uuid::Uuid>, Query, description = "`next_cursor` of the previous page"),
     ),
     responses((status = 200, body = JobPage), (status = 400, body = ErrorBody))
 )]
@@ -191,8 +191,8 @@ pub async fn list(
 
 /// Cancel a job. A queued or scheduled job never runs; a running attempt is stopped.
 #[utoipa::path(
-    post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
-    params(("id" = String, Path, description = "Job id")),
+    post, path = "/v1/jobs/{id}/cancel", tag = "jobs", operation_id = "cancelJob",
+    params(("id" = uuid::Uuid, Path, description = "Job id")),
     responses(
         (status = 200, body = JobStateView),
         (status = 404, body = ErrorBody),
@@ -228,8 +228,8 @@ pub async fn cancel(
 
 /// Run a dead or cancelled job again, with fresh attempts and a fresh retry budget.
 #[utoipa::path(
-    post, path = "/v1/jobs/{id}/replay", tag = "jobs",
-    params(("id" = String, Path, description = "Job id")),
+    post, path = "/v1/jobs/{id}/replay", tag = "jobs", operation_id = "replayJob",
+    params(("id" = uuid::Uuid, Path, description = "Job id")),
     responses(
         (status = 200, body = JobStateView),
         (status = 404, body = ErrorBody),
@@ -257,8 +257,8 @@ pub async fn replay(
 /// leaves the dead-letter queue without a replay. An unfinished job must be cancelled
 /// first.
 #[utoipa::path(
-    delete, path = "/v1/jobs/{id}", tag = "jobs",
-    params(("id" = String, Path, description = "Job id")),
+    delete, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "deleteJob",
+    params(("id" = uuid::Uuid, Path, description = "Job id")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, body = ErrorBody),
@@ -292,17 +292,19 @@ pub struct EventQuery {
 /// `text/event-stream` (replay after `Last-Event-ID` or `?after=`, then live, closing
 /// after the job's final event: `succeeded`, `dead` or `cancelled`).
 #[utoipa::path(
-    get, path = "/v1/jobs/{id}/events", tag = "jobs",
+    get, path = "/v1/jobs/{id}/events", tag = "jobs", operation_id = "listJobEvents",
     params(
-        ("id" = String, Path, description = "Job id"),
-        ("after" = Option<i64>, Query, description = "Only events after this id"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume a stream after this id"),
+        ("id" = uuid::Uuid, Path, description = "Job id"),
+        ("after" = Option<i64>, Query, minimum = 0, description = "Only events after this id"),
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "Resume after this event id (a reconnecting event stream sends it); wins over `after`"),
     ),
     responses(
-        (status = 200, body = EventList),
-        (status = 200, description = "The event stream", content_type = "text/event-stream"),
-        (status = 404, body = ErrorBody),
-        (status = 429, description = "Too many event streams open (`too_many_streams`)", body = ErrorBody)
+        (status = 200, description = "The events: JSON by default; Server-Sent Events (each event's data is an `EventView`) when the request's `Accept` names `text/event-stream`", content(
+            (EventList = "application/json"),
+            (String = "text/event-stream"),
+        )),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 429, description = "Too many event streams open (`too_many_streams`)", body = ErrorBody),
     )
 )]
 pub async fn events(

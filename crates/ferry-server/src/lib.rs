@@ -3,17 +3,20 @@
 //! [`router`] builds the whole API as one axum `Router` over an [`ApiState`]. Handlers
 //! are thin: parse and validate the request, make one store call, render the answer.
 //! Every `/v1` route is declared through `utoipa-axum`, so the OpenAPI document served at
-//! `/v1/openapi.json` is generated from the handlers themselves and cannot drift.
+//! `/v1/openapi.json` is generated from the handlers themselves and cannot drift; [`doc`]
+//! completes it with the rules every operation shares and this server's limits.
 //!
 //! **Invariant:** only this crate knows HTTP. Status codes, headers and the error format
 //! live here; the store and the engine speak in typed results.
 
 pub mod auth;
+pub mod doc;
 mod error;
 mod extract;
 mod jobs;
 pub mod limits;
 pub mod listener;
+mod numbers;
 pub mod runs;
 pub mod sse;
 mod system;
@@ -243,8 +246,18 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
             utoipa::openapi::HttpMethod::Get,
             utoipa::openapi::path::OperationBuilder::new()
                 .summary(Some("This document"))
+                .description(Some("Needs no token. While the server is in open mode, bearer auth is optional."))
+                .operation_id(Some("getOpenApi"))
                 .tag("system")
-                .response("200", utoipa::openapi::Response::new("The OpenAPI document")),
+                .response(
+                    "200",
+                    utoipa::openapi::ResponseBuilder::new().description("The OpenAPI document").content(
+                        "application/json",
+                        utoipa::openapi::content::Content::new(Some(
+                            utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::Object),
+                        )),
+                    ),
+                ),
         ),
     );
     doc
@@ -253,14 +266,18 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The whole HTTP API.
 pub fn router(state: ApiState) -> Router {
     let (routes, _) = api();
-    let doc = Arc::new(openapi());
+    let docs = Arc::new(doc::Documents::new(&state.cfg, &state.registry.kinds()));
     let limit = state.cfg.max_body_bytes;
     routes
         .route(
             "/v1/openapi.json",
-            axum::routing::get(move || {
-                let doc = doc.clone();
-                async move { axum::Json(doc.as_ref().clone()) }
+            axum::routing::get(move |axum::extract::State(st): axum::extract::State<ApiState>| {
+                let docs = docs.clone();
+                async move {
+                    // A store that cannot say whether tokens exist: describe the stricter server.
+                    let required = st.auth.token_required().await.unwrap_or(true);
+                    axum::Json(docs.get(required).clone())
+                }
             }),
         )
         .method_not_allowed_fallback(error::method_not_allowed)

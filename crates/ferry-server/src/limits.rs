@@ -5,7 +5,7 @@
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, Path};
-use crate::views::{LabelRateList, LabelRateView};
+use crate::views::{LabelRateList, LabelRateView, RateRequest};
 use crate::{ApiState, Caller};
 use axum::Json;
 use axum::extract::State;
@@ -90,7 +90,10 @@ fn check(limits: &WorkspaceLimits) -> Result<(), ApiError> {
 }
 
 /// The workspace's concurrency limits (`null`: no limit).
-#[utoipa::path(get, path = "/v1/limits", tag = "limits", responses((status = 200, body = WorkspaceLimits)))]
+#[utoipa::path(
+    get, path = "/v1/limits", tag = "limits", operation_id = "getLimits",
+    responses((status = 200, body = WorkspaceLimits))
+)]
 pub async fn get(State(st): State<ApiState>, caller: Caller) -> Result<Json<WorkspaceLimits>, ApiError> {
     Ok(Json(st.limits_of(&caller.workspace).await?))
 }
@@ -98,7 +101,7 @@ pub async fn get(State(st): State<ApiState>, caller: Caller) -> Result<Json<Work
 /// Set the workspace's concurrency limits (admin). Work already admitted is not affected;
 /// new submissions must fit.
 #[utoipa::path(
-    put, path = "/v1/limits", tag = "limits",
+    put, path = "/v1/limits", tag = "limits", operation_id = "setLimits",
     request_body = WorkspaceLimits,
     responses((status = 200, body = WorkspaceLimits), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
@@ -115,7 +118,7 @@ pub async fn put(
 
 /// The workspace's rates on label keys.
 #[utoipa::path(
-    get, path = "/v1/limits/rates", tag = "limits",
+    get, path = "/v1/limits/rates", tag = "limits", operation_id = "listLabelRates",
     responses((status = 200, body = LabelRateList), (status = 403, body = ErrorBody))
 )]
 pub async fn rates(State(st): State<ApiState>, caller: Caller) -> Result<Json<LabelRateList>, ApiError> {
@@ -135,9 +138,9 @@ fn label_key(label: &str) -> Result<(), ApiError> {
 /// carry the label start at most that many times a second for each value of the label,
 /// across every worker process; the others pass them by. Applies within a second.
 #[utoipa::path(
-    put, path = "/v1/limits/rates/{label}", tag = "limits",
-    params(("label" = String, Path, description = "Label key")),
-    request_body = LabelRateView,
+    put, path = "/v1/limits/rates/{label}", tag = "limits", operation_id = "setLabelRate",
+    params(("label" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,64}$", description = "Label key: 1 to 64 letters, digits, `_`, `-` or `.`")),
+    request_body = RateRequest,
     responses((status = 200, body = LabelRateView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
 pub async fn set_rate(
@@ -158,8 +161,8 @@ pub async fn set_rate(
 
 /// Remove the workspace's rate on a label key (admin).
 #[utoipa::path(
-    delete, path = "/v1/limits/rates/{label}", tag = "limits",
-    params(("label" = String, Path, description = "Label key")),
+    delete, path = "/v1/limits/rates/{label}", tag = "limits", operation_id = "deleteLabelRate",
+    params(("label" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,64}$", description = "Label key: 1 to 64 letters, digits, `_`, `-` or `.`")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
 pub async fn delete_rate(

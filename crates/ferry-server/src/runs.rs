@@ -71,9 +71,9 @@ pub struct RunRequest {
     /// The version to run (default: the latest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
-    /// The run's input, `{{ input.… }}` in node inputs.
+    /// The run's input, `{{ input.… }}` in node inputs: an object (absent or `null`: `{}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub input: Option<Value>,
     /// Makes starting exactly-once within the workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -118,7 +118,7 @@ pub struct NodeView {
     pub items: Option<u32>,
     /// Attempts of the node's jobs that counted, summed.
     pub attempts: u32,
-    #[schema(value_type = Object)]
+    /// The node's result (any JSON; `null` until it has one).
     pub output: Option<Value>,
     pub error: Option<JobError>,
     pub jobs: Vec<NodeJobView>,
@@ -131,7 +131,7 @@ pub struct RunView {
     pub workflow: String,
     pub version: u32,
     pub state: RunState,
-    #[schema(value_type = Object)]
+    /// The run's input as started (any JSON).
     pub input: Value,
     pub idempotency_key: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -224,7 +224,7 @@ pub struct RunEventView {
     pub item: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_id: Option<Uuid>,
-    #[schema(value_type = Object)]
+    /// What the event carries (any JSON).
     pub data: Value,
 }
 
@@ -262,7 +262,7 @@ fn parse_run_id(raw: &str) -> Result<RunId, ApiError> {
 /// Register a workflow: a new version of its name (the first is 1). Old versions stay
 /// runnable.
 #[utoipa::path(
-    post, path = "/v1/workflows", tag = "workflows",
+    post, path = "/v1/workflows", tag = "workflows", operation_id = "registerWorkflow",
     request_body = WorkflowSpec,
     responses(
         (status = 201, body = WorkflowAccepted),
@@ -305,7 +305,10 @@ pub async fn register(
 }
 
 /// The workspace's workflows, by name, with their latest versions.
-#[utoipa::path(get, path = "/v1/workflows", tag = "workflows", responses((status = 200, body = WorkflowList)))]
+#[utoipa::path(
+    get, path = "/v1/workflows", tag = "workflows", operation_id = "listWorkflows",
+    responses((status = 200, body = WorkflowList))
+)]
 pub async fn list_workflows(State(st): State<ApiState>, caller: Caller) -> Result<Json<WorkflowList>, ApiError> {
     let workflows = st.store.workflows(&caller.workspace).await?;
     Ok(Json(WorkflowList {
@@ -322,7 +325,7 @@ pub async fn list_workflows(State(st): State<ApiState>, caller: Caller) -> Resul
 
 /// A workflow's versions, oldest first, with their definitions.
 #[utoipa::path(
-    get, path = "/v1/workflows/{name}", tag = "workflows",
+    get, path = "/v1/workflows/{name}", tag = "workflows", operation_id = "getWorkflow",
     params(("name" = String, Path, description = "Workflow name")),
     responses((status = 200, body = WorkflowVersions), (status = 404, body = ErrorBody))
 )]
@@ -353,9 +356,9 @@ pub async fn get_workflow(
 /// or version is answered 404 and nothing starts. The first nodes' jobs exist when this
 /// answers.
 #[utoipa::path(
-    post, path = "/v1/runs", tag = "workflows",
+    post, path = "/v1/runs", tag = "workflows", operation_id = "startRun",
     request_body = RunRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same as the body's `idempotency_key`")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$", description = "Same as the body's `idempotency_key` (give either, or both equal)")),
     responses(
         (status = 201, body = RunAccepted),
         (status = 200, description = "Idempotency key matched an existing run", body = RunAccepted),
@@ -442,8 +445,8 @@ pub async fn start(
 
 /// A run: its state, and every node's state, attempts, output and error.
 #[utoipa::path(
-    get, path = "/v1/runs/{id}", tag = "workflows",
-    params(("id" = String, Path, description = "Run id")),
+    get, path = "/v1/runs/{id}", tag = "workflows", operation_id = "getRun",
+    params(("id" = uuid::Uuid, Path, description = "Run id")),
     responses((status = 200, body = RunView), (status = 404, body = ErrorBody))
 )]
 pub async fn get_run(
@@ -458,12 +461,12 @@ pub async fn get_run(
 
 /// Runs, newest first, with optional filters.
 #[utoipa::path(
-    get, path = "/v1/runs", tag = "workflows",
+    get, path = "/v1/runs", tag = "workflows", operation_id = "listRuns",
     params(
         ("state" = Option<RunState>, Query, description = "Only runs in this state"),
         ("workflow" = Option<String>, Query, description = "Only runs of this workflow"),
-        ("limit" = Option<usize>, Query, description = "Page size, 1 to 1000 (default 50)"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1 to 1000 (default 50)"),
+        ("cursor" = Option<uuid::Uuid>, Query, description = "`next_cursor` of the previous page"),
     ),
     responses((status = 200, body = RunPageView), (status = 400, body = ErrorBody))
 )]
@@ -502,8 +505,8 @@ pub async fn list_runs(
 
 /// Cancel a run: running nodes stop, waiting ones never start.
 #[utoipa::path(
-    post, path = "/v1/runs/{id}/cancel", tag = "workflows",
-    params(("id" = String, Path, description = "Run id")),
+    post, path = "/v1/runs/{id}/cancel", tag = "workflows", operation_id = "cancelRun",
+    params(("id" = uuid::Uuid, Path, description = "Run id")),
     responses(
         (status = 200, body = RunStateView),
         (status = 404, body = ErrorBody),
@@ -541,17 +544,19 @@ pub struct EventQuery {
 /// `text/event-stream` (replay after `Last-Event-ID` or `?after=`, then live, closing
 /// after `run_finished`).
 #[utoipa::path(
-    get, path = "/v1/runs/{id}/events", tag = "workflows",
+    get, path = "/v1/runs/{id}/events", tag = "workflows", operation_id = "listRunEvents",
     params(
-        ("id" = String, Path, description = "Run id"),
-        ("after" = Option<i64>, Query, description = "Only events after this id"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume a stream after this id"),
+        ("id" = uuid::Uuid, Path, description = "Run id"),
+        ("after" = Option<i64>, Query, minimum = 0, description = "Only events after this id"),
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "Resume after this event id (a reconnecting event stream sends it); wins over `after`"),
     ),
     responses(
-        (status = 200, body = RunEventList),
-        (status = 200, description = "The event stream", content_type = "text/event-stream"),
-        (status = 404, body = ErrorBody),
-        (status = 429, description = "Too many event streams open (`too_many_streams`)", body = ErrorBody)
+        (status = 200, description = "The events: JSON by default; Server-Sent Events (each event's data is a `RunEventView`) when the request's `Accept` names `text/event-stream`", content(
+            (RunEventList = "application/json"),
+            (String = "text/event-stream"),
+        )),
+        (status = 404, description = "No such run", body = ErrorBody),
+        (status = 429, description = "Too many event streams open (`too_many_streams`)", body = ErrorBody),
     )
 )]
 pub async fn run_events(

@@ -10,7 +10,9 @@
 use crate::error::ApiError;
 use crate::error::ErrorBody;
 use crate::extract::{JsonBody, Path, Query};
-use crate::views::{Health, QueueList, QueueSettingsView, QueueShareView, QueueView, WorkerList, WorkerView};
+use crate::views::{
+    Health, QueueList, QueueSettingsRequest, QueueSettingsView, QueueShareView, QueueView, WorkerList, WorkerView,
+};
 use crate::{ApiState, Caller};
 use axum::Json;
 use axum::extract::State;
@@ -45,7 +47,7 @@ fn scope(caller: &Caller, query: &BTreeMap<String, String>) -> Result<Option<Str
 /// `?workspace=`, one workspace's counts and share); anyone else sees its own
 /// workspace's counts and share only.
 #[utoipa::path(
-    get, path = "/v1/queues", tag = "system",
+    get, path = "/v1/queues", tag = "system", operation_id = "listQueues",
     params(("workspace" = Option<String>, Query, description = "Operator: only this workspace's counts and share")),
     responses((status = 200, body = QueueList), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
@@ -107,12 +109,12 @@ pub enum QueueChange {
 /// on every node) and not other workspaces'; a queue-wide field is refused with 403
 /// naming it. An operator sets a workspace's share with `?workspace=`.
 #[utoipa::path(
-    put, path = "/v1/queues/{name}", tag = "system",
+    put, path = "/v1/queues/{name}", tag = "system", operation_id = "setQueue",
     params(
         ("name" = String, Path, description = "Queue name"),
         ("workspace" = Option<String>, Query, description = "Operator: change this workspace's share instead of the queue"),
     ),
-    request_body = QueueSettingsView,
+    request_body = QueueSettingsRequest,
     responses(
         (status = 200, body = QueueChange, description = "The queue's settings, or the workspace's share"),
         (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)
@@ -225,14 +227,14 @@ pub(crate) fn rate_field(v: &serde_json::Value, or: &str) -> Result<f64, ApiErro
 }
 
 /// The process is alive.
-#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "system", operation_id = "getHealth", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok".into(), store: None, error: None, details: BTreeMap::new() })
 }
 
 /// The store answers: the node can take requests.
 #[utoipa::path(
-    get, path = "/readyz", tag = "system",
+    get, path = "/readyz", tag = "system", operation_id = "getReadiness",
     responses((status = 200, body = Health), (status = 503, body = Health))
 )]
 pub async fn readyz(State(st): State<ApiState>) -> (StatusCode, Json<Health>) {
@@ -255,7 +257,10 @@ pub async fn ready(store: &dyn ferry_store::Store, registry: &ferry_worker::Regi
 
 /// Every live worker process: its node, queues, concurrency, running attempts and last
 /// heartbeat. A worker is live while its last heartbeat is within one lease.
-#[utoipa::path(get, path = "/v1/workers", tag = "system", responses((status = 200, body = WorkerList)))]
+#[utoipa::path(
+    get, path = "/v1/workers", tag = "system", operation_id = "listWorkers",
+    responses((status = 200, body = WorkerList))
+)]
 pub async fn workers(State(st): State<ApiState>) -> Result<Json<WorkerList>, ApiError> {
     let workers = st.store.workers(st.cfg.worker_seen_within_ms).await?;
     Ok(Json(WorkerList { workers: workers.into_iter().map(WorkerView::from).collect() }))
@@ -263,7 +268,7 @@ pub async fn workers(State(st): State<ApiState>) -> Result<Json<WorkerList>, Api
 
 /// Prometheus metrics in the text exposition format.
 #[utoipa::path(
-    get, path = "/metrics", tag = "system",
+    get, path = "/metrics", tag = "system", operation_id = "getMetrics",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain"))
 )]
 pub async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {

@@ -75,7 +75,7 @@ fn check_user(user: &str) -> Result<(), ApiError> {
 /// refused (403): operator tokens come only from `ferry token create` on the store. The
 /// answer holds the secret, shown this once.
 #[utoipa::path(
-    post, path = "/v1/tokens", tag = "tokens",
+    post, path = "/v1/tokens", tag = "tokens", operation_id = "createToken",
     request_body = TokenRequest,
     responses((status = 201, body = TokenView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
@@ -106,7 +106,10 @@ pub async fn create(
 }
 
 /// The workspace's tokens, revoked ones included (admin).
-#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses((status = 200, body = TokenList)))]
+#[utoipa::path(
+    get, path = "/v1/tokens", tag = "tokens", operation_id = "listTokens",
+    responses((status = 200, body = TokenList))
+)]
 pub async fn list(State(st): State<ApiState>, caller: Caller) -> Result<Json<TokenList>, ApiError> {
     let tokens = st.store.tokens(&caller.workspace).await?;
     Ok(Json(TokenList { tokens: tokens.into_iter().map(TokenView::from).collect() }))
@@ -115,9 +118,9 @@ pub async fn list(State(st): State<ApiState>, caller: Caller) -> Result<Json<Tok
 /// Revoke a token (admin; an operator token: operator only): refused from the next
 /// request on, on every node. Revoking the last token does not reopen the server.
 #[utoipa::path(
-    delete, path = "/v1/tokens/{id}", tag = "tokens",
-    params(("id" = String, Path, description = "Token id")),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody))
+    delete, path = "/v1/tokens/{id}", tag = "tokens", operation_id = "revokeToken",
+    params(("id" = uuid::Uuid, Path, description = "Token id")),
+    responses((status = 204), (status = 404, body = ErrorBody))
 )]
 pub async fn revoke(
     State(st): State<ApiState>,

@@ -206,6 +206,38 @@ pub struct QueueSettingsView {
     pub paused: bool,
 }
 
+/// The body of `PUT /v1/queues/{name}`: fields left out keep their value; `null` returns
+/// `concurrency`, `max_depth` or `rate` to the configured value (`paused` is never null).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettingsRequest {
+    /// Attempts running at once in each worker process.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 10_000)]
+    pub concurrency: Option<u32>,
+    /// Most waiting jobs (0: no cap).
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    pub max_depth: Option<u64>,
+    /// Most attempts started per second, across every worker process.
+    #[serde(default)]
+    #[schema(exclusive_minimum = 0.0, maximum = 1_000_000.0)]
+    pub rate: Option<f64>,
+    /// Nothing is dispatched while paused; submissions are still accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = bool, required = false)]
+    pub paused: Option<bool>,
+}
+
+/// The body of `PUT /v1/limits/rates/{label}` (the label is the path's).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateRequest {
+    /// Attempts started per second, for each value of the label.
+    #[schema(exclusive_minimum = 0.0, maximum = 1_000_000.0)]
+    pub rate: f64,
+}
+
 /// A workspace's rate on a label key: its jobs carrying the label start at most `rate`
 /// times a second for each value of the label, across every worker process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

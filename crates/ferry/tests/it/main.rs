@@ -13,6 +13,7 @@ mod idempotency;
 mod lifecycle;
 mod listing;
 mod lost_worker;
+mod openapi;
 mod queues;
 mod refusals;
 mod restart;
