@@ -791,6 +791,9 @@ async fn postgres_claim_query_uses_the_ready_index() {
         .bind(10i64)
         .bind("w")
         .bind(30_000_000i64)
+        // The events channel and origin (EXPLAIN sends no notification).
+        .bind("ferry_events_explain")
+        .bind("explain")
         .fetch_all(&mut *conn)
         .await
         .unwrap();
