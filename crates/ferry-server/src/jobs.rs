@@ -27,7 +27,7 @@ fn status_of(created: bool) -> StatusCode {
 #[utoipa::path(
     post, path = "/v1/jobs", tag = "jobs", operation_id = "submitJob",
     request_body = JobSpec,
-    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$", description = "Same as the body's `idempotency_key` (give either, or both equal)")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\t\x20-\x7E]*[\x21-\x7E])?$", description = "Same as the body's `idempotency_key` (give either, or both equal)")),
     responses(
         (status = 201, description = "Created", body = JobAccepted),
         (status = 200, description = "Idempotency key matched an existing job", body = JobAccepted),

@@ -346,7 +346,7 @@ pub async fn get_workflow(
 #[utoipa::path(
     post, path = "/v1/runs", tag = "workflows", operation_id = "startRun",
     request_body = RunRequest,
-    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$", description = "Same as the body's `idempotency_key` (give either, or both equal)")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\t\x20-\x7E]*[\x21-\x7E])?$", description = "Same as the body's `idempotency_key` (give either, or both equal)")),
     responses(
         (status = 201, body = RunAccepted),
         (status = 200, description = "Idempotency key matched an existing run", body = RunAccepted),
