@@ -202,6 +202,9 @@ pub fn complete(doc: &mut Value) {
         add_ref(responses, "414", "UriTooLong");
         add_ref(responses, "431", "HeadersTooLarge");
         for (status, response) in responses.iter_mut() {
+            if response.get("description").and_then(Value::as_str) == Some("") {
+                response["description"] = json!(default_description(status));
+            }
             let is_error = response.pointer("/content/application~1json/schema/$ref")
                 == Some(&json!("#/components/schemas/ErrorBody"));
             if (status == "429" || status == "503") && is_error {
@@ -253,6 +256,20 @@ fn links(doc: &mut Value) {
             let response = doc.pointer_mut(&pointer).unwrap_or_else(|| panic!("no response at {pointer}"));
             response["links"] = Value::Object(links.clone());
         }
+    }
+}
+
+/// A response's description where its annotation gives none.
+fn default_description(status: &str) -> &'static str {
+    match status {
+        "200" => "OK",
+        "201" => "Created",
+        "204" => "Done; no content",
+        "400" => "The request is malformed or a field is invalid (`field` names it)",
+        "403" => "The token's role may not do this (`forbidden`)",
+        "404" => "No such object in the caller's workspace (`not_found`)",
+        "409" => "The object's state does not allow this",
+        _ => "See the error's `code`",
     }
 }
 

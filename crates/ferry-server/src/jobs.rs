@@ -34,6 +34,8 @@ fn status_of(created: bool) -> StatusCode {
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 409, description = "Idempotency key used with another spec", body = ErrorBody),
         (status = 413, description = "Body or input over its limit", body = ErrorBody),
+        (status = 429, description = "Beyond a concurrency limit of the workspace or user (`limit_reached`), unless `on_limit` is `queue`", body = ErrorBody),
+        (status = 503, description = "The queue holds its most waiting jobs (`queue_full`), or the store is unreachable (`unavailable`)", body = ErrorBody),
     )
 )]
 pub async fn submit(
@@ -72,6 +74,8 @@ pub async fn submit(
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 409, description = "Idempotency key used with another spec", body = ErrorBody),
         (status = 413, description = "Body or an input over its limit", body = ErrorBody),
+        (status = 429, description = "Beyond a concurrency limit of the workspace or user (`limit_reached`), unless every job's `on_limit` is `queue`", body = ErrorBody),
+        (status = 503, description = "A queue would hold more than its most waiting jobs (`queue_full`), or the store is unreachable (`unavailable`)", body = ErrorBody),
     )
 )]
 pub async fn submit_batch(
