@@ -71,6 +71,7 @@ impl Documents {
     pub fn new(cfg: &ApiConfig, kinds: &[&str]) -> Documents {
         let mut closed = serde_json::to_value(crate::openapi()).expect("the OpenAPI document is JSON");
         complete(&mut closed);
+        links(&mut closed);
         constrain(&mut closed, cfg, kinds);
         let mut open = closed.clone();
         for_each_operation(&mut open, |path, _, op| {
@@ -201,6 +202,9 @@ pub fn complete(doc: &mut Value) {
         add_ref(responses, "414", "UriTooLong");
         add_ref(responses, "431", "HeadersTooLarge");
         for (status, response) in responses.iter_mut() {
+            if response.get("description").and_then(Value::as_str) == Some("") {
+                response["description"] = json!(default_description(status));
+            }
             let is_error = response.pointer("/content/application~1json/schema/$ref")
                 == Some(&json!("#/components/schemas/ErrorBody"));
             if (status == "429" || status == "503") && is_error {
@@ -208,6 +212,65 @@ pub fn complete(doc: &mut Value) {
             }
         }
     });
+}
+
+/// A link from a created resource's answer: the source operation, the statuses that
+/// create or find it, the parameter and where its value is in the answer, the operations
+/// it feeds.
+type Link = (&'static str, &'static [&'static str], &'static str, &'static str, &'static [&'static str]);
+
+/// What a created resource's answer leads to.
+const LINKS: [Link; 4] = [
+    (
+        "submitJob",
+        &["200", "201"],
+        "id",
+        "$response.body#/id",
+        &["getJob", "listJobEvents", "cancelJob", "replayJob", "deleteJob"],
+    ),
+    ("startRun", &["200", "201"], "id", "$response.body#/id", &["getRun", "listRunEvents", "cancelRun"]),
+    ("registerWorkflow", &["201"], "name", "$response.body#/name", &["getWorkflow"]),
+    ("createToken", &["201"], "id", "$response.body#/id", &["revokeToken"]),
+];
+
+/// OpenAPI links from the answers that create resources to the operations on them.
+fn links(doc: &mut Value) {
+    let mut ops = Vec::new();
+    for_each_operation(doc, |path, method, op| {
+        if let Some(id) = op["operationId"].as_str() {
+            ops.push((id.to_string(), path.to_string(), method.to_string()));
+        }
+    });
+    let find = |id: &str| ops.iter().find(|(i, ..)| i == id).unwrap_or_else(|| panic!("no operation {id}")).clone();
+    for (source, statuses, param, value, targets) in LINKS {
+        let (_, path, method) = find(source);
+        let mut links = Map::new();
+        for target in targets {
+            find(target);
+            let mut name = target.to_string();
+            name[..1].make_ascii_uppercase();
+            links.insert(name, json!({"operationId": target, "parameters": {param: value}}));
+        }
+        for status in statuses {
+            let pointer = format!("/paths/{}/{method}/responses/{status}", path.replace('~', "~0").replace('/', "~1"));
+            let response = doc.pointer_mut(&pointer).unwrap_or_else(|| panic!("no response at {pointer}"));
+            response["links"] = Value::Object(links.clone());
+        }
+    }
+}
+
+/// A response's description where its annotation gives none.
+fn default_description(status: &str) -> &'static str {
+    match status {
+        "200" => "OK",
+        "201" => "Created",
+        "204" => "Done; no content",
+        "400" => "The request is malformed or a field is invalid (`field` names it)",
+        "403" => "The token's role may not do this (`forbidden`)",
+        "404" => "No such object in the caller's workspace (`not_found`)",
+        "409" => "The object's state does not allow this",
+        _ => "See the error's `code`",
+    }
 }
 
 /// Merges `extra` into the schema of `schema`'s property `prop` (panics if there is none:

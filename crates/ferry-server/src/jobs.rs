@@ -27,13 +27,15 @@ fn status_of(created: bool) -> StatusCode {
 #[utoipa::path(
     post, path = "/v1/jobs", tag = "jobs", operation_id = "submitJob",
     request_body = JobSpec,
-    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$", description = "Same as the body's `idempotency_key` (give either, or both equal)")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\t\x20-\x7E]*[\x21-\x7E])?$", description = "Same as the body's `idempotency_key` (give either, or both equal)")),
     responses(
         (status = 201, description = "Created", body = JobAccepted),
         (status = 200, description = "Idempotency key matched an existing job", body = JobAccepted),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 409, description = "Idempotency key used with another spec", body = ErrorBody),
         (status = 413, description = "Body or input over its limit", body = ErrorBody),
+        (status = 429, description = "Beyond a concurrency limit of the workspace or user (`limit_reached`), unless `on_limit` is `queue`", body = ErrorBody),
+        (status = 503, description = "The queue holds its most waiting jobs (`queue_full`), or the store is unreachable (`unavailable`)", body = ErrorBody),
     )
 )]
 pub async fn submit(
@@ -72,6 +74,8 @@ pub async fn submit(
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 409, description = "Idempotency key used with another spec", body = ErrorBody),
         (status = 413, description = "Body or an input over its limit", body = ErrorBody),
+        (status = 429, description = "Beyond a concurrency limit of the workspace or user (`limit_reached`), unless every job's `on_limit` is `queue`", body = ErrorBody),
+        (status = 503, description = "A queue would hold more than its most waiting jobs (`queue_full`), or the store is unreachable (`unavailable`)", body = ErrorBody),
     )
 )]
 pub async fn submit_batch(

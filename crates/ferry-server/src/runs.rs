@@ -358,14 +358,15 @@ pub async fn get_workflow(
 #[utoipa::path(
     post, path = "/v1/runs", tag = "workflows", operation_id = "startRun",
     request_body = RunRequest,
-    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$", description = "Same as the body's `idempotency_key` (give either, or both equal)")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\t\x20-\x7E]*[\x21-\x7E])?$", description = "Same as the body's `idempotency_key` (give either, or both equal)")),
     responses(
         (status = 201, body = RunAccepted),
         (status = 200, description = "Idempotency key matched an existing run", body = RunAccepted),
-        (status = 400, body = ErrorBody),
+        (status = 400, description = "Bad input, naming the field (an `input` that is not an object included)", body = ErrorBody),
         (status = 404, description = "No such workflow or version", body = ErrorBody),
         (status = 409, description = "Idempotency key used with another request", body = ErrorBody),
         (status = 413, description = "Input over its limit", body = ErrorBody),
+        (status = 429, description = "Beyond a concurrency limit of the workspace or user (`limit_reached`), unless `on_limit` is `queue`", body = ErrorBody),
     )
 )]
 pub async fn start(

@@ -78,6 +78,39 @@ async fn start(dir: &Path) -> ferry::app::Server {
     ferry::app::start(&cfg).await.expect("the server starts")
 }
 
+/// Gives the server something of each kind to show, so that the listings' answers are
+/// checked against their schemas with real objects: a workflow and a run of it, a job
+/// waiting for its time, a cancelled one, one with labels. Nothing runs (no workers).
+async fn furnish(url: &str, token: Option<&str>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder().no_proxy().build().expect("an HTTP client");
+    let post = async |path: &str, body: serde_json::Value| -> serde_json::Value {
+        let mut req = client.post(format!("{url}{path}")).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("the server answers");
+        let status = resp.status();
+        let answer: serde_json::Value = resp.json().await.expect("a JSON answer");
+        assert!(status.is_success(), "POST {path} {body} answered {status} {answer}");
+        answer
+    };
+    let workflow = serde_json::json!({
+        "name": "contract",
+        "nodes": [
+            {"id": "a", "kind": "noop", "input": {"n": "{{ input.n }}"}},
+            {"id": "b", "kind": "noop", "depends_on": ["a"], "input": "{{ nodes.a.output }}"},
+        ],
+    });
+    post("/v1/workflows", workflow).await;
+    post("/v1/runs", serde_json::json!({"workflow": "contract", "input": {"n": 1}})).await;
+    post("/v1/jobs", serde_json::json!({"kind": "sleep", "input": {"ms": 1}, "delay_ms": 3_600_000})).await;
+    post("/v1/jobs", serde_json::json!({"kind": "noop", "labels": {"team": "a"}, "priority": 5})).await;
+    let cancelled = post("/v1/jobs", serde_json::json!({"kind": "noop", "input": [1, "two", null]})).await;
+    let id = cancelled["id"].as_str().expect("an id");
+    post(&format!("/v1/jobs/{id}/cancel"), serde_json::json!({})).await;
+}
+
 /// Runs schemathesis against the server at `url` with `extra` arguments; panics with its
 /// report unless it exits 0.
 async fn run(exe: PathBuf, url: &str, what: &str, extra: Vec<String>) {
@@ -98,6 +131,9 @@ async fn run(exe: PathBuf, url: &str, what: &str, extra: Vec<String>) {
         "1".into(),
         "--generation-database".into(),
         "none".into(),
+        // The test's token is throwaway: show every value, so a failure can be replayed.
+        "--output-sanitize".into(),
+        "false".into(),
     ];
     args.extend(extra);
     let shown = format!("{} {}", exe.display(), args.join(" "));
@@ -151,6 +187,7 @@ async fn the_document_holds_in_open_mode() {
     let Some(exe) = schemathesis() else { return };
     let dir = tempfile::tempdir().expect("a data directory");
     let server = start(dir.path()).await;
+    furnish(&server.url(), None).await;
     // Creating a token would end open mode for the rest of the run: the run with a token
     // covers `createToken`.
     let extra = vec!["--exclude-operation-id".into(), "createToken".into()];
@@ -175,6 +212,7 @@ async fn the_document_holds_with_an_admin_token() {
         })
         .await
         .expect("the token is stored");
+    furnish(&server.url(), Some(&secret)).await;
     // Schemathesis reuses the ids it has seen: given `revokeToken`, it would revoke this
     // token (listed by `listTokens`) and spend the rest of the run on 401s. The open run
     // covers `revokeToken`.
