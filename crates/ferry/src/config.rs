@@ -582,6 +582,11 @@ mod tests {
             jail.create_file("typo.toml", "wrokers = 2\n")?;
             let err = Config::load(Some(&PathBuf::from("typo.toml")), &FlagOverrides::default()).unwrap_err();
             assert!(err.to_string().contains("wrokers"), "{err}");
+            jail.create_file("streams.toml", "sse_max_streams_per_token = 0\n")?;
+            let err = Config::load(Some(&PathBuf::from("streams.toml")), &FlagOverrides::default()).unwrap_err();
+            assert!(err.to_string().contains("sse_max_streams_per_token"), "{err}");
+            jail.create_file("streams.toml", "sse_max_streams = 1\nsse_max_streams_per_token = 1\n")?;
+            Config::load(Some(&PathBuf::from("streams.toml")), &FlagOverrides::default()).expect("1 is a cap");
             Ok(())
         });
     }
