@@ -111,7 +111,7 @@ impl Auth {
     /// Whether a `/v1` request without a token is refused right now: always, unless the
     /// server is in open mode and no token exists (what [`Auth::caller`] decides).
     pub async fn token_required(&self) -> Result<bool, ApiError> {
-        Ok(!self.open || self.any_tokens().await?)
+        Ok(!self.open || self.closed().await?)
     }
 
     /// The caller of a request with these parts.

@@ -52,8 +52,8 @@ const NODE_ID: &str = "^[A-Za-z0-9_-]{1,64}$";
 const USER: &str = "^[A-Za-z0-9_.@-]{1,64}$";
 /// Largest `backoff.max_ms` (and so `initial_ms`): seven days.
 const MAX_BACKOFF_MS: u64 = 7 * 24 * 3_600_000;
-/// Most users with limits of their own in one workspace (`PUT /v1/limits` refuses more).
-const MAX_LIMIT_USERS: usize = 10_000;
+// Most users with limits of their own in one workspace: `PUT /v1/limits` refuses more.
+use crate::limits::MAX_LIMIT_USERS;
 
 /// The methods an OpenAPI path item may hold.
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
