@@ -358,6 +358,13 @@ pub fn constrain(doc: &mut Value, cfg: &ApiConfig, kinds: &[&str]) {
         l.max_horizon_ms, l.max_input_bytes
     );
     set_schema(doc, "JobSpec", json!({ "description": job_rules }));
+    // A share's answer is also a valid queue-settings object (every field of those is
+    // optional), so "exactly one of" would be false: the answer is one or the other.
+    if let Some(change) = doc.pointer_mut("/components/schemas/QueueChange").and_then(Value::as_object_mut)
+        && let Some(one_of) = change.remove("oneOf")
+    {
+        change.insert("anyOf".into(), one_of);
+    }
     unsigned_formats(doc);
 }
 

@@ -83,6 +83,11 @@ pub fn wants_stream(headers: &HeaderMap) -> bool {
 /// The cursor to resume from: the `Last-Event-ID` header (sent by a reconnecting
 /// client), else `?after=`, else 0 (the whole log).
 pub fn resume_from(headers: &HeaderMap, after: Option<i64>) -> Result<i64, ApiError> {
+    // `after` is checked even when the header wins, so a bad request is refused whatever
+    // else it carries.
+    if after.is_some_and(|n| n < 0) {
+        return Err(ApiError::bad_field("after", "must be an event id (an integer, 0 or more)"));
+    }
     if let Some(v) = headers.get("last-event-id") {
         return v
             .to_str()
@@ -91,12 +96,7 @@ pub fn resume_from(headers: &HeaderMap, after: Option<i64>) -> Result<i64, ApiEr
             .filter(|n| *n >= 0)
             .ok_or_else(|| ApiError::bad_field("Last-Event-ID", "must be an event id (an integer)"));
     }
-    match after {
-        Some(n) if n < 0 => {
-            Err(crate::error::ApiError::bad_field("after", "must be an event id (an integer, 0 or more)"))
-        }
-        _ => Ok(after.unwrap_or(0)),
-    }
+    Ok(after.unwrap_or(0))
 }
 
 /// The caps on open streams (`sse_max_streams`, `sse_max_streams_per_token`).

@@ -29,6 +29,16 @@ fn scope(caller: &Caller, query: &BTreeMap<String, String>) -> Result<Option<Str
     if let Some(other) = query.keys().find(|k| k.as_str() != "workspace") {
         return Err(ApiError::bad_field(other.as_str(), "unknown query parameter; expected workspace"));
     }
+    // The rule of `ferry token create --workspace`.
+    let name_ok = |w: &str| {
+        !w.is_empty() && w.len() <= 64 && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.@".contains(&b))
+    };
+    if let Some(w) = query.get("workspace").filter(|w| !name_ok(w)) {
+        return Err(ApiError::bad_field(
+            "workspace",
+            format!("`{w}` is not a workspace name: 1 to 64 letters, digits, `_`, `-`, `.` or `@`"),
+        ));
+    }
     match query.get("workspace") {
         None if caller.is_operator() => Ok(None),
         None => Ok(Some(caller.workspace.clone())),
@@ -48,7 +58,7 @@ fn scope(caller: &Caller, query: &BTreeMap<String, String>) -> Result<Option<Str
 /// workspace's counts and share only.
 #[utoipa::path(
     get, path = "/v1/queues", tag = "system", operation_id = "listQueues",
-    params(("workspace" = Option<String>, Query, description = "Operator: only this workspace's counts and share")),
+    params(("workspace" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@-]{1,64}$", description = "Operator: only this workspace's counts and share")),
     responses((status = 200, body = QueueList), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
 pub async fn queues(
@@ -112,7 +122,7 @@ pub enum QueueChange {
     put, path = "/v1/queues/{name}", tag = "system", operation_id = "setQueue",
     params(
         ("name" = String, Path, description = "Queue name"),
-        ("workspace" = Option<String>, Query, description = "Operator: change this workspace's share instead of the queue"),
+        ("workspace" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@-]{1,64}$", description = "Operator: change this workspace's share instead of the queue"),
     ),
     request_body = QueueSettingsRequest,
     responses(
