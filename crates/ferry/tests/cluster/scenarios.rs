@@ -1,0 +1,408 @@
+//! The cluster's promises (see the crate doc of `cluster.rs`), each a scenario over real
+//! `ferry` processes on one PostgreSQL database.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_api_nodes_two_workers_survive_kill_dash_nine() {
+    let Some(db) = database().await else { return };
+    let http = client();
+    let nodes = [format!("{}-w1", db.schema), format!("{}-w2", db.schema)];
+    let api1 = api_node(&db, &format!("{}-a1", db.schema), FAST_LEASES);
+    let api2 = api_node(&db, &format!("{}-a2", db.schema), FAST_LEASES);
+    let mut victim = worker(&db, &nodes[0], 20, FAST_LEASES);
+    let survivor = worker(&db, &nodes[1], 20, FAST_LEASES);
+    let apis = [api1.url.as_str(), api2.url.as_str()];
+
+    poll("both workers to register", async |last| {
+        let w = workers_by_node(&http, apis[0]).await;
+        *last = format!("{w:?}");
+        nodes.iter().all(|n| w.contains_key(n))
+    })
+    .await;
+    let workers = workers_by_node(&http, apis[0]).await;
+    let victim_id = workers[&nodes[0]]["id"].as_str().unwrap().to_string();
+    let survivor_id = workers[&nodes[1]]["id"].as_str().unwrap().to_string();
+
+    // A job limit of exactly the 10,000 jobs: all of them fit only if no slot leaks.
+    let limits = json!({"per_user": {"runs": 5, "jobs": 10_000}});
+    let resp = http.put(format!("{}/v1/limits", apis[0])).json(&limits).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let spec = json!({"kind": "sleep", "input": {"ms": 5}, "max_attempts": 5});
+    let acknowledged = submit(&http, &apis, spec, 10_000).await;
+    assert_eq!(acknowledged.iter().collect::<HashSet<_>>().len(), 10_000, "ids are distinct");
+
+    // Kill while work is in flight: some jobs done, some running, the victim holding some.
+    poll("some jobs done and some running", async |last| {
+        let q = queue_counts(&http, apis[0]).await;
+        *last = q.to_string();
+        assert!(open(&q) > 0, "every job finished before the kill: the test needs slower jobs ({q})");
+        q["running"].as_u64().unwrap() > 0 && open(&q) < 9000
+    })
+    .await;
+    // A worker claims and finishes in waves, so it may briefly hold nothing: kill it right
+    // after the database shows it holding jobs.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let held: i64 =
+            sqlx::query_scalar(db.sql("SELECT count(*) FROM {s}.jobs WHERE state = 'running' AND worker_id = $1"))
+                .bind(&victim_id)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        if held > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the victim never held a running job");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    victim.child.kill().expect("kill -9");
+    victim.child.wait().unwrap();
+
+    // Once the database has closed the victim's connections, nothing it sent can still
+    // commit: the jobs it holds now are exactly the ones it lost.
+    poll("the database to drop the victim's connections", async |last| {
+        let n = db.backends(&nodes[0]).await;
+        *last = format!("{n} connections");
+        n == 0
+    })
+    .await;
+    let orphans: Vec<uuid::Uuid> =
+        sqlx::query_scalar(db.sql("SELECT id FROM {s}.jobs WHERE state = 'running' AND worker_id = $1"))
+            .bind(&victim_id)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    if orphans.is_empty() {
+        // Its last jobs finished between the check and the kill: nothing was lost.
+        eprintln!("note: the killed worker held no running job when it died; no worker_lost to check");
+    }
+
+    wait_until_all_finished(&http, apis[0]).await;
+    assert_all_succeeded(&http, apis[1], &acknowledged).await;
+
+    let jobs = get_jobs(&http, &apis, &acknowledged).await;
+    assert_eq!(jobs.len(), acknowledged.len());
+    let mut lost_by = HashMap::<String, usize>::new();
+    let mut succeeded_on = HashMap::<String, usize>::new();
+    for job in &jobs {
+        assert_one_success(job);
+        for a in job["attempts"].as_array().unwrap() {
+            let w = a["worker"].as_str().unwrap().to_string();
+            assert!(w == victim_id || w == survivor_id, "attempt by an unknown worker: {job}");
+            if a["outcome"] == "succeeded" {
+                *succeeded_on.entry(w).or_default() += 1;
+            } else {
+                assert_eq!(a["outcome"], "failed", "{job}");
+                assert_eq!(a["error"]["type"], "worker_lost", "the only failures are lost workers: {job}");
+                *lost_by.entry(w).or_default() += 1;
+            }
+        }
+    }
+    let by_id: HashMap<&str, &Value> = jobs.iter().map(|j| (j["id"].as_str().unwrap(), j)).collect();
+    for id in &orphans {
+        let job = by_id[id.to_string().as_str()];
+        let lost = job["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["worker"] == victim_id.as_str() && a["error"]["type"] == "worker_lost");
+        assert!(lost, "a job the killed worker held has a worker_lost attempt from it: {job}");
+    }
+    eprintln!(
+        "kill -9: {} jobs orphaned; lost attempts by worker {lost_by:?}; successes by worker {succeeded_on:?}",
+        orphans.len()
+    );
+    assert!(lost_by.get(&victim_id).copied().unwrap_or(0) >= orphans.len());
+
+    // Every slot came back, those of the killed worker's jobs too: 10,000 fit again.
+    let again = submit(&http, &apis, json!({"kind": "noop"}), 10_000).await;
+    assert_eq!(again.len(), 10_000);
+    wait_until_all_finished(&http, apis[0]).await;
+
+    // The victim no longer heartbeats: after one lease it is not listed any more.
+    poll("the killed worker to drop out of /v1/workers", async |last| {
+        let w = workers_by_node(&http, apis[0]).await;
+        *last = format!("{:?}", w.keys());
+        !w.contains_key(&nodes[0]) && w.contains_key(&nodes[1])
+    })
+    .await;
+
+    stop(survivor).await;
+    stop(api1).await;
+    stop(api2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_resume_after_the_database_cuts_their_connections() {
+    let Some(db) = database().await else { return };
+    let http = client();
+    // One node name for both processes: one statement cuts all their connections.
+    let node = db.schema.clone();
+    let api = api_node(&db, &node, FAST_LEASES);
+    let work = worker(&db, &node, 10, FAST_LEASES);
+
+    let spec = json!({"kind": "sleep", "input": {"ms": 2}, "max_attempts": 5});
+    let acknowledged = submit(&http, &[&api.url], spec, 2000).await;
+
+    wait_for_running(&http, &api.url).await;
+    let mut cut = 0;
+    for _ in 0..3 {
+        cut += db.terminate_backends(&node).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(cut > 0, "the processes' connections are named `ferry:{node}` and were cut");
+    let q = queue_counts(&http, &api.url).await;
+    eprintln!("cut {cut} connections; queue after the cuts: {q}");
+
+    // Without any restart, everything acknowledged still runs to success.
+    poll("every job to finish after the cuts", async |last| {
+        let q = queue_counts(&http, &api.url).await;
+        let stuck: Vec<(String, Option<String>)> = sqlx::query_as(db.sql(
+            "SELECT id::text, worker_id FROM {s}.jobs WHERE state = 'running' \
+             AND updated_at < {s}.ferry_now() - 10000000 LIMIT 5",
+        ))
+        .fetch_all(&db.pool)
+        .await
+        .unwrap_or_default();
+        *last = format!("{q}; running for over 10 s: {stuck:?}");
+        assert_eq!(q["dead"], 0, "no job may die: {q}");
+        open(&q) == 0
+    })
+    .await;
+    assert_all_succeeded(&http, &api.url, &acknowledged).await;
+
+    for p in [&api, &work] {
+        let r = http.get(format!("{}/readyz", p.url)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{} is ready again: {}", p.url, r.text().await.unwrap_or_default());
+    }
+    let w = workers_by_node(&http, &api.url).await;
+    assert!(w.contains_key(&node), "the worker still heartbeats: {w:?}");
+
+    stop(work).await;
+    stop(api).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_only_node_and_worker_process_share_work() {
+    let Some(db) = database().await else { return };
+    let http = client();
+    let api = api_node(&db, &format!("{}-api", db.schema), &[]);
+    let nodes = [format!("{}-w1", db.schema), format!("{}-w2", db.schema)];
+    let w1 = worker(&db, &nodes[0], 5, &[]);
+    let w2 = worker(&db, &nodes[1], 5, &[]);
+
+    poll("both workers to register", async |last| {
+        let w = workers_by_node(&http, &api.url).await;
+        *last = format!("{w:?}");
+        nodes.iter().all(|n| w.contains_key(n))
+    })
+    .await;
+    let workers = workers_by_node(&http, &api.url).await;
+    assert_eq!(workers.len(), 2, "only the two worker processes are workers: {workers:?}");
+    let mut ids = HashSet::new();
+    for (node, p) in nodes.iter().zip([&w1, &w2]) {
+        let w = &workers[node];
+        assert_eq!(w["queues"], json!([{"name": "default", "concurrency": 5}]), "{w}");
+        assert_eq!(w["concurrency"], 5, "{w}");
+        let id = w["id"].as_str().unwrap();
+        assert!(id.starts_with(&format!("{node}:{}:", p.child.id())), "worker id is node:pid:random: {id}");
+        ids.insert(id.to_string());
+    }
+
+    let acknowledged = submit(&http, &[&api.url], json!({"kind": "noop", "input": {"x": 1}}), 200).await;
+    wait_until_all_finished(&http, &api.url).await;
+    assert_all_succeeded(&http, &api.url, &acknowledged).await;
+
+    let jobs = get_jobs(&http, &[&api.url], &acknowledged).await;
+    let mut by_worker = HashMap::<String, usize>::new();
+    for job in &jobs {
+        assert_one_success(job);
+        assert_eq!(job["output"], json!({"x": 1}));
+        for a in job["attempts"].as_array().unwrap() {
+            *by_worker.entry(a["worker"].as_str().unwrap().to_string()).or_default() += 1;
+        }
+    }
+    let seen: HashSet<String> = by_worker.keys().cloned().collect();
+    assert_eq!(seen, ids, "both workers, and only they, ran attempts: {by_worker:?}");
+
+    for p in [&api, &w1, &w2] {
+        assert_eq!(http.get(format!("{}/readyz", p.url)).send().await.unwrap().status(), 200);
+        assert_eq!(http.get(format!("{}/healthz", p.url)).send().await.unwrap().status(), 200);
+    }
+    stop(w1).await;
+    stop(w2).await;
+    stop(api).await;
+}
+
+/// A job whose result its worker could not record within a lease (the database was away)
+/// must still finish: the worker gives up on it and leaves it to the reaper. The worker
+/// must then let that job's lease run out. Here the reaper runs rarely, so that after the
+/// outage the worker's heartbeat reaches the database before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_for_longer_than_its_lease_still_finishes_every_job() {
+    let Some(db) = database().await else { return };
+    let Some(proxy) = DbProxy::start(&db.url) else {
+        eprintln!("skipping: cannot put a proxy in front of {}", ferry::config::redact_password(&db.url));
+        return;
+    };
+    let http = client();
+    let node = format!("{}-w", db.schema);
+    let api = api_node(&db, &format!("{}-api", db.schema), FAST_LEASES);
+    let env = [("FERRY_LEASE_MS", "3000"), ("FERRY_HEARTBEAT_MS", "500"), ("FERRY_REAP_MS", "10000")];
+    let work = worker_via(&db, &proxy.url, &node, 20, &env);
+
+    let spec = json!({"kind": "sleep", "input": {"ms": 300}, "max_attempts": 5});
+    let acknowledged = submit(&http, &[&api.url], spec, 200).await;
+    wait_for_running(&http, &api.url).await;
+
+    // The worker loses the database for longer than a lease, while attempts finish. It
+    // keeps running and says it is not ready.
+    proxy.set_down(true);
+    let outage = Instant::now();
+    let worker_url = work.url.clone();
+    poll_within(Duration::from_secs(5), "the cut-off worker to answer 503 on /readyz", async |last| {
+        let r = http.get(format!("{worker_url}/readyz")).send().await.unwrap();
+        *last = format!("{}", r.status());
+        r.status() == 503
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(outage.elapsed())).await;
+    proxy.set_down(false);
+
+    // With a 3 s lease and a 10 s reaper, everything settles well within a minute; a job
+    // still running after that is held by a lease nobody will let expire.
+    poll_within(Duration::from_secs(90), "every job to finish after the outage", async |last| {
+        let q = queue_counts(&http, &api.url).await;
+        let stuck: Vec<(String, Option<String>, i64)> = sqlx::query_as(db.sql(
+            "SELECT id::text, worker_id, ({s}.ferry_now() - updated_at) / 1000000 FROM {s}.jobs \
+             WHERE state = 'running' AND updated_at < {s}.ferry_now() - 20000000 LIMIT 5",
+        ))
+        .fetch_all(&db.pool)
+        .await
+        .unwrap_or_default();
+        *last = format!("{q}; running for over 20 s (id, worker, seconds): {stuck:?}");
+        assert_eq!(q["dead"], 0, "no job may die: {q}");
+        open(&q) == 0
+    })
+    .await;
+    assert_all_succeeded(&http, &api.url, &acknowledged).await;
+    let r = http.get(format!("{}/readyz", work.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the worker is ready again");
+
+    stop(work).await;
+    stop(api).await;
+}
+
+/// Nodes started together on a fresh schema all start: one of them creates the schema and
+/// applies the migrations, the others wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_on_a_fresh_schema_all_start() {
+    let Some(db) = database().await else { return };
+    let http = client();
+    let launching: Vec<Launching> = (0..4)
+        .map(|i| launch(&db, &db.url, &["server", "--workers", "0"], &format!("{}-n{i}", db.schema), &[]))
+        .collect();
+    let nodes: Vec<Proc> = launching.into_iter().map(Launching::ready).collect();
+    for n in &nodes {
+        assert_eq!(http.get(format!("{}/readyz", n.url)).send().await.unwrap().status(), 200);
+    }
+    for n in nodes {
+        stop(n).await;
+    }
+}
+
+/// A running job cancelled through an API node is stopped on the worker process at once,
+/// by notification, not at the worker's next heartbeat: here heartbeats are a minute
+/// apart, so a worker that waited for one would still be running the attempt when the
+/// (generous, hang-only) deadline below runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_the_worker_process_at_once() {
+    let Some(db) = database().await else { return };
+    let http = client();
+    let slow = [("FERRY_HEARTBEAT_MS", "60000"), ("FERRY_LEASE_MS", "180000")];
+    let api = api_node(&db, &format!("{}-api", db.schema), &slow);
+    let work = worker(&db, &format!("{}-w", db.schema), 2, &slow);
+    let id = submit(&http, &[&api.url], json!({"kind": "sleep", "input": {"ms": 600_000}, "timeout_ms": 900_000}), 1)
+        .await
+        .remove(0);
+    let running_on_worker = async || {
+        let text = http.get(format!("{}/metrics", work.url)).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("ferry_worker_attempts_running "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    poll("the attempt to run on the worker process", async |last| {
+        let n = running_on_worker().await;
+        *last = format!("{n}");
+        n == 1.0
+    })
+    .await;
+    let resp = http.post(format!("{}/v1/jobs/{id}/cancel", api.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    poll_within(Duration::from_secs(30), "the worker to stop the cancelled attempt", async |last| {
+        let n = running_on_worker().await;
+        *last = format!("{n}");
+        n == 0.0
+    })
+    .await;
+    let job = get_json(&http, &format!("{}/v1/jobs/{id}", api.url)).await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert_eq!(job["attempts"][0]["outcome"], "cancelled", "{job}");
+    stop(work).await;
+    stop(api).await;
+}
+
+/// A queue's rate is one token bucket in the database, shared by every worker process:
+/// two workers together start no more than the rate, where a bucket of their own each
+/// would start twice as many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_rate_holds_across_worker_processes() {
+    let Some(db) = database().await else { return };
+    let http = client();
+    let api = api_node(&db, &format!("{}-api", db.schema), &[]);
+    let nodes = [format!("{}-w1", db.schema), format!("{}-w2", db.schema)];
+    let w1 = worker(&db, &nodes[0], 20, &[]);
+    let w2 = worker(&db, &nodes[1], 20, &[]);
+    poll("both workers to register", async |last| {
+        let w = workers_by_node(&http, &api.url).await;
+        *last = format!("{w:?}");
+        nodes.iter().all(|n| w.contains_key(n))
+    })
+    .await;
+    let resp =
+        http.put(format!("{}/v1/queues/default", api.url)).json(&json!({"rate": 10})).send().await.expect("answer");
+    assert_eq!(resp.status(), 200);
+    // Worker processes re-read rates within a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let acknowledged = submit(&http, &[&api.url], json!({"kind": "noop"}), 40).await;
+    wait_until_all_finished(&http, &api.url).await;
+    let jobs = get_jobs(&http, &[&api.url], &acknowledged).await;
+    let mut starts = Vec::new();
+    let mut workers = HashSet::new();
+    for job in &jobs {
+        assert_one_success(job);
+        let attempt = &job["attempts"][0];
+        workers.insert(attempt["worker"].as_str().unwrap().to_string());
+        let at = chrono::DateTime::parse_from_rfc3339(attempt["started_at"].as_str().unwrap()).unwrap();
+        starts.push(at.timestamp_micros());
+    }
+    starts.sort();
+    assert_eq!(workers.len(), 2, "both workers took part: {workers:?}");
+    // 10 per second with a burst of 10: at most 20 in any second (slack: 1); a bucket per
+    // process would allow 40. And 40 starts take at least 3 s (slack: 0.5 s).
+    let most = starts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| starts[i..].iter().take_while(|u| **u < t + 1_000_000).count())
+        .max()
+        .unwrap_or(0);
+    assert!(most <= 21, "{most} starts within one second at a rate of 10/s over two workers");
+    let span = (starts[starts.len() - 1] - starts[0]) as f64 / 1e6;
+    assert!(span >= 2.5, "40 starts at 10/s took only {span} s");
+    stop(w1).await;
+    stop(w2).await;
+    stop(api).await;
+}
