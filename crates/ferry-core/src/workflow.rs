@@ -28,6 +28,9 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use utoipa::ToSchema;
 
+mod start;
+pub use start::oversized_first_input;
+
 /// Most nodes in one workflow.
 pub const MAX_NODES: usize = 1000;
 /// A run's timeout when its workflow gives none: one hour.

@@ -352,6 +352,35 @@ pub async fn get_workflow(
     }))
 }
 
+/// Refuses (413, naming the node's field) a run whose first nodes' inputs, built from
+/// `input`, would pass the input limit, before anything is created (see
+/// `ferry_core::workflow::oversized_first_input`). The expansion is bounded by the limit
+/// and runs on a blocking thread. A missing workflow or version is left to the store,
+/// which answers it; so is a version registered between this read and the run's creation
+/// (its nodes are still bounded when they start, and fail instead).
+async fn first_inputs_fit(st: &ApiState, workspace: &str, req: &RunRequest, input: Value) -> Result<Value, ApiError> {
+    let Some(found) = st.store.workflow_version(workspace, &req.workflow, req.version).await? else {
+        return Ok(input);
+    };
+    let Ok(spec) = serde_json::from_value::<WorkflowSpec>(found.definition) else { return Ok(input) };
+    let max = st.cfg.limits.max_input_bytes;
+    let (input, over) = tokio::task::spawn_blocking(move || {
+        let over = ferry_core::workflow::oversized_first_input(&spec, &input, max);
+        (input, over)
+    })
+    .await
+    .map_err(|e| ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e))?;
+    match over {
+        None => Ok(input),
+        Some(e) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("{} {}: the node would start with an input over the limit", e.reference, e.message),
+        )
+        .field(e.field)),
+    }
+}
+
 /// Start a run of a workflow (its latest version unless one is named). A missing workflow
 /// or version is answered 404 and nothing starts. The first nodes' jobs exist when this
 /// answers.
@@ -365,7 +394,7 @@ pub async fn get_workflow(
         (status = 400, description = "Bad input, naming the field (an `input` that is not an object included)", body = ErrorBody),
         (status = 404, description = "No such workflow or version", body = ErrorBody),
         (status = 409, description = "Idempotency key used with another request", body = ErrorBody),
-        (status = 413, description = "Input over its limit", body = ErrorBody),
+        (status = 413, description = "Input over its limit, or a first node's input built from it would be (the field names the node)", body = ErrorBody),
         (status = 429, description = "Beyond a concurrency limit of the workspace or user (`limit_reached`), unless `on_limit` is `queue`", body = ErrorBody),
     )
 )]
@@ -395,6 +424,7 @@ pub async fn start(
         )
         .field("input"));
     }
+    let input = first_inputs_fit(&st, &caller.workspace, &req, input).await?;
     let request_hash = req.idempotency_key.as_ref().map(|_| {
         let unkeyed = RunRequest { idempotency_key: None, ..req.clone() };
         format!("{:x}", Sha256::digest(serde_json::to_vec(&unkeyed).unwrap_or_default()))

@@ -189,9 +189,11 @@ impl Streams {
         let permit = Permit { streams: self.clone(), key, revoked };
         // The token was checked before this stream was counted; a revocation handled in
         // between would not reach it, so look once more now that it is counted.
-        if let Some(hash) = &hash
-            && self.store.token_by_hash(hash).await?.is_none()
-        {
+        let gone = match &hash {
+            Some(hash) => self.store.token_by_hash(hash).await?.is_none(),
+            None => self.store.auth_closed().await?,
+        };
+        if gone {
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "the token is unknown or revoked"));
         }
         Ok(permit)
@@ -209,7 +211,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(str::trim).filter(|s| !s.is_empty())
 }
 
-/// On every token change, ends the streams of tokens that are now revoked.
+/// On every token change, ends the streams of tokens that are now revoked, and the
+/// tokenless streams of open mode once the store has had a token.
 async fn watch_revocations(streams: Weak<Streams>, mut changes: tokio::sync::broadcast::Receiver<()>) {
     use tokio::sync::broadcast::error::RecvError;
     loop {
@@ -218,10 +221,25 @@ async fn watch_revocations(streams: Weak<Streams>, mut changes: tokio::sync::bro
             return;
         }
         let Some(streams) = streams.upgrade() else { return };
-        let hashes: Vec<String> = {
+        let (hashes, tokenless): (Vec<String>, bool) = {
             let open = streams.open.lock().unwrap_or_else(|e| e.into_inner());
-            open.by_caller.values().filter_map(|c| c.token_hash.clone()).collect()
+            let hashes = open.by_caller.values().filter_map(|c| c.token_hash.clone()).collect();
+            (hashes, open.by_caller.values().any(|c| c.token_hash.is_none()))
         };
+        // Streams opened in open mode (no token) end once the store has had a token: from
+        // then on every caller needs one, and these callers have none.
+        if tokenless {
+            match streams.store.auth_closed().await {
+                Ok(false) => {}
+                Ok(true) => {
+                    let open = streams.open.lock().unwrap_or_else(|e| e.into_inner());
+                    for c in open.by_caller.values().filter(|c| c.token_hash.is_none()) {
+                        c.revoked.send_replace(true);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot check whether the store left open mode"),
+            }
+        }
         for hash in hashes {
             match streams.store.token_by_hash(&hash).await {
                 Ok(Some(_)) => {}
@@ -288,9 +306,10 @@ struct State<F> {
     fetch: F,
 }
 
-/// The final event of a stream whose token was revoked.
+/// The final event of a stream whose token was revoked (or, opened without a token, whose
+/// server has had its first token created since).
 fn revoked_event() -> Event {
-    let body = serde_json::json!({"error": {"code": "unauthenticated", "message": "the token was revoked; this stream is closed"}});
+    let body = serde_json::json!({"error": {"code": "unauthenticated", "message": "the token was revoked, or the server now requires one; this stream is closed"}});
     Event::default().event("revoked").data(body.to_string())
 }
 

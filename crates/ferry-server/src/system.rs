@@ -92,8 +92,10 @@ pub async fn queues(
         let shares = st.store.queue_shares(w).await?;
         for (name, view) in map.iter_mut() {
             view.workspace = Some(w.clone());
+            let share = shares.iter().find(|s| &s.queue == name);
             view.share = Some(QueueShareView {
-                paused: shares.iter().any(|s| &s.queue == name && s.paused),
+                paused: share.is_some_and(|s| s.paused),
+                rate: share.and_then(|s| s.rate),
                 queue_paused: settings.iter().any(|s| &s.name == name && s.paused),
             });
         }
@@ -115,9 +117,11 @@ pub enum QueueChange {
 /// across every worker process), `paused`; fields left out keep their value, `null`
 /// returns a field to the configured value; worker processes apply it within `poll_ms`,
 /// a rate and the API's depth check within a second. A workspace admin changes only its
-/// workspace's share: `paused` holds back its own jobs on the queue (from this answer on,
-/// on every node) and not other workspaces'; a queue-wide field is refused with 403
-/// naming it. An operator sets a workspace's share with `?workspace=`.
+/// workspace's share, whose two fields touch its own jobs on the queue and never another
+/// workspace's: `paused` holds them back (from this answer on, on every node), `rate` caps
+/// how many of them start per second across every worker process (`null`: no rate of its
+/// own; the queue's rate still holds). A queue-wide field is refused with 403 naming it.
+/// An operator sets a workspace's share with `?workspace=`.
 #[utoipa::path(
     put, path = "/v1/queues/{name}", tag = "system", operation_id = "setQueue",
     params(
@@ -204,29 +208,35 @@ async fn set_share(
         .await?
         .into_iter()
         .find(|s| s.queue == name)
-        .unwrap_or(ferry_store::QueueShare { queue: name.clone(), workspace, paused: false });
+        .unwrap_or(ferry_store::QueueShare { queue: name.clone(), workspace, paused: false, rate: None });
     for (k, v) in obj {
         match k.as_str() {
             "paused" => {
                 share.paused = v.as_bool().ok_or_else(|| ApiError::bad_field("paused", "must be true or false"))?
             }
-            "concurrency" | "max_depth" | "rate" => {
+            "rate" => {
+                share.rate = match v {
+                    serde_json::Value::Null => None,
+                    v => Some(rate_field(v, ", or null")?),
+                }
+            }
+            "concurrency" | "max_depth" => {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "forbidden",
                     format!(
                         "`{k}` is a setting of the whole queue, shared by every workspace: only the server's \
-                         operator may change it (a workspace admin may set `paused` for its own jobs)"
+                         operator may change it (a workspace admin may set `paused` and `rate` for its own jobs)"
                     ),
                 )
                 .field(k.as_str()));
             }
-            other => return Err(ApiError::bad_field(other, "unknown field; a workspace's share has only paused")),
+            other => return Err(ApiError::bad_field(other, "unknown field; a workspace's share has paused and rate")),
         }
     }
     st.store.set_queue_share(share.clone()).await?;
     let queue_paused = st.store.queue_settings().await?.iter().any(|s| s.name == name && s.paused);
-    Ok(QueueShareView { paused: share.paused, queue_paused })
+    Ok(QueueShareView { paused: share.paused, rate: share.rate, queue_paused })
 }
 
 /// A `rate` field: jobs per second, above 0 and at most a million.

@@ -189,6 +189,11 @@ pub struct QueueShareView {
     /// The workspace's jobs on this queue are not dispatched (other workspaces' are);
     /// submissions are still accepted. Set by the workspace's admin.
     pub paused: bool,
+    /// Attempts of the workspace's jobs on this queue started per second, across every
+    /// worker process; `null`: no rate of the workspace's own (the queue's rate, if any,
+    /// still holds). Set by the workspace's admin.
+    #[schema(minimum = 0, maximum = 1_000_000)]
+    pub rate: Option<f64>,
     /// The operator paused the whole queue: no workspace's jobs are dispatched. Read-only.
     pub queue_paused: bool,
 }

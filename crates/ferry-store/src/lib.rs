@@ -205,6 +205,15 @@ pub trait Store: Send + Sync + 'static {
     /// Every version of one workflow, oldest first (empty: no such workflow).
     async fn workflow_versions(&self, workspace: &str, name: &str) -> Result<Vec<WorkflowVersion>, StoreError>;
 
+    /// One version of a workflow: `version`, or the latest when `None`; `None` when there
+    /// is no such workflow or version.
+    async fn workflow_version(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<WorkflowVersion>, StoreError>;
+
     /// Starts a run (or finds the one its idempotency key names) and advances it once, in
     /// one transaction: its first nodes' jobs exist when this returns.
     async fn create_run(&self, run: NewRun, planner: Planner) -> Result<(CreateRunOutcome, Advanced), StoreError>;

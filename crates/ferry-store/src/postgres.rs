@@ -12,10 +12,11 @@
 //!   commit). Each process listens on one connection and wakes its dispatchers. When that
 //!   connection drops, every queue is woken (notifications may have been missed) and it
 //!   reconnects by itself; dispatchers also poll slowly as a safety net.
-//! - **Event streams** are woken the same way: a transaction that writes to logs a stream
-//!   may follow sends one notification naming the jobs or runs it touched (or `*` when
-//!   they are many), and the listener fires the store's [`EventSignal`] (see
-//!   `postgres/events.rs`); this process's own commits fire it directly.
+//! - **Event streams** are woken through the same listener, but not from inside the
+//!   transactions: after a commit that wrote to job or run logs, this process wakes its own
+//!   streams and a task sends one notification per few milliseconds naming the subjects
+//!   (or `*` when they are many), so claims and finishes never take `NOTIFY`'s commit lock
+//!   for them (see `postgres/events.rs`).
 //! - **Time** comes from the database (`ferry_now()`), so leases and due times do not
 //!   depend on nodes' clocks agreeing.
 //! - **Migrations** run under an advisory lock, so nodes starting together apply each
@@ -69,6 +70,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../sql/postgres/migrations/0007_queue_settings.sql")),
     (8, include_str!("../sql/postgres/migrations/0008_rates.sql")),
     (9, include_str!("../sql/postgres/migrations/0009_tenancy.sql")),
+    (10, include_str!("../sql/postgres/migrations/0010_share_rate.sql")),
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
@@ -128,16 +130,19 @@ pub struct PgStore {
     parks: Arc<Parks>,
     /// Marks this store's own wake-ups, which its listener skips (see `submit_tail.sql`).
     origin: String,
-    /// Where transactions tell other processes' event streams (see `postgres/events.rs`).
-    events_channel: String,
     /// Fired after this process's commits that wrote events and on other processes'
     /// notifications (see [`Store::event_signal`]).
     events: Arc<EventSignal>,
+    /// What this process's commits tell other processes' event streams, sent by a task
+    /// apart from the transactions (see `postgres/events.rs`).
+    outbox: Arc<events::Outbox>,
+    teller: JoinHandle<()>,
 }
 
 impl Drop for PgStore {
     fn drop(&mut self) {
         self.listener.abort();
+        self.teller.abort();
     }
 }
 
@@ -248,6 +253,8 @@ impl PgStore {
             cancelled: cancelled.clone(),
         };
         let listener = tokio::spawn(listen(pool.clone(), listening));
+        let outbox = Arc::new(events::Outbox::default());
+        let teller = tokio::spawn(events::send(Arc::downgrade(&outbox), pool.clone(), events_channel, origin.clone()));
         Ok(PgStore {
             pool,
             wakeups,
@@ -260,8 +267,9 @@ impl PgStore {
             rates: Default::default(),
             parks: Default::default(),
             origin,
-            events_channel,
             events,
+            outbox,
+            teller,
         })
     }
 
@@ -291,6 +299,11 @@ impl PgStore {
             rates.queues.insert(r.try_get(0)?, r.try_get(1)?);
         }
         for r in
+            sqlx::query("SELECT queue, workspace, rate FROM queue_shares WHERE rate > 0").fetch_all(&mut *conn).await?
+        {
+            rates.shares.entry(r.try_get(0)?).or_default().insert(r.try_get(1)?, r.try_get(2)?);
+        }
+        for r in
             sqlx::query("SELECT workspace, label, rate FROM label_rates WHERE rate > 0").fetch_all(&mut *conn).await?
         {
             rates.labels.entry(r.try_get(0)?).or_default().insert(r.try_get(1)?, r.try_get(2)?);
@@ -316,7 +329,7 @@ impl PgStore {
              ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
         )
         .bind(&req.queue)
-        .bind(rates.window(req.limit) as i64)
+        .bind(rates.window(&req.queue, req.limit) as i64)
         .fetch_all(&mut *tx)
         .await?;
         let mut candidates = Vec::with_capacity(rows.len());
@@ -374,8 +387,6 @@ impl PgStore {
                 .bind(&choice.chosen)
                 .bind(&req.worker)
                 .bind(time::ms(req.lease_ms))
-                .bind(&self.events_channel)
-                .bind(&self.origin)
                 .fetch_all(&mut *tx)
                 .await?
             {
@@ -388,15 +399,15 @@ impl PgStore {
         Ok(Claimed { jobs: in_claim_order(claimed), rate_wait_ms: choice.wait_ms() })
     }
 
-    /// The events channel and this store's origin, for the statements that notify streams.
-    fn tell(&self) -> (&str, &str) {
-        (&self.events_channel, &self.origin)
-    }
-
-    /// Tells other processes' event streams, when the transaction commits, that it wrote
-    /// to these subjects' logs; the caller fires this process's own after the commit.
-    async fn announce(&self, tx: &mut Transaction<'static, Postgres>, subjects: &[Subject]) -> Result<(), StoreError> {
-        Ok(events::announce(tx, &self.events_channel, &self.origin, subjects).await?)
+    /// Wakes the streams of subjects whose events just committed: this process's at once,
+    /// other processes' through the outbox.
+    fn committed(&self, subjects: impl IntoIterator<Item = Subject>) {
+        let subjects: Vec<Subject> = subjects.into_iter().collect();
+        if subjects.is_empty() {
+            return;
+        }
+        self.outbox.push(subjects.iter().copied());
+        self.events.committed(subjects);
     }
 
     /// A transaction and the database's clock at its start.
@@ -512,7 +523,7 @@ pub async fn warm(conn: &mut sqlx::PgConnection, channel: &str) -> Result<(), St
             .bind("")
             .fetch_all(&mut *tx)
             .await?;
-        claim_plain(&mut *tx, &none, ("", "")).await?;
+        claim_plain(&mut *tx, &none).await?;
     }
     tx.rollback().await?;
     Ok(())
@@ -521,18 +532,12 @@ pub async fn warm(conn: &mut sqlx::PgConnection, channel: &str) -> Result<(), St
 /// The claim of a queue no rate applies to (`claim.sql`): on the pool, or inside the
 /// transaction of a submission that runs a parked claim.
 /// `tell` is the events channel and this store's origin (see `postgres/events.rs`).
-async fn claim_plain<'e>(
-    ex: impl sqlx::PgExecutor<'e>,
-    req: &ClaimRequest,
-    tell: (&str, &str),
-) -> Result<Claimed, StoreError> {
+async fn claim_plain<'e>(ex: impl sqlx::PgExecutor<'e>, req: &ClaimRequest) -> Result<Claimed, StoreError> {
     let rows = sqlx::query(CLAIM)
         .bind(&req.queue)
         .bind(req.limit as i64)
         .bind(&req.worker)
         .bind(time::ms(req.lease_ms))
-        .bind(tell.0)
-        .bind(tell.1)
         .fetch_all(ex)
         .await?;
     let mut claimed = Vec::with_capacity(rows.len());
@@ -983,7 +988,7 @@ impl Store for PgStore {
         }
         let mut parked = Vec::with_capacity(parks.len());
         for park in parks {
-            let claimed = claim_plain(&mut *tx, &park.req, self.tell()).await;
+            let claimed = claim_plain(&mut *tx, &park.req).await;
             parked.push((park, claimed));
         }
         let committed = match parked.iter().any(|(_, c)| c.is_err()) {
@@ -995,7 +1000,7 @@ impl Store for PgStore {
             if committed.is_ok()
                 && let Ok(c) = &claimed
             {
-                self.events.committed(c.jobs.iter().map(|j| Subject::Job(j.id)));
+                self.committed(c.jobs.iter().map(|j| Subject::Job(j.id)));
             }
             park.deliver(match (&committed, claimed) {
                 (Ok(()), Ok(claimed)) => claimed,
@@ -1014,9 +1019,9 @@ impl Store for PgStore {
         let rates = self.rates().await?;
         let claimed = match rates.applies_to(&req.queue) {
             true => self.claim_rated(&req, &rates).await?,
-            false => claim_plain(&self.pool, &req, self.tell()).await?,
+            false => claim_plain(&self.pool, &req).await?,
         };
-        self.events.committed(claimed.jobs.iter().map(|j| Subject::Job(j.id)));
+        self.committed(claimed.jobs.iter().map(|j| Subject::Job(j.id)));
         Ok(claimed)
     }
 
@@ -1079,13 +1084,11 @@ impl Store for PgStore {
             .bind(ev_data)
             .bind(ev_retry)
             .bind(&self.channel)
-            .bind(&self.events_channel)
-            .bind(&self.origin)
             .fetch_all(&self.pool)
             .await?
             .into_iter()
             .collect();
-        self.events.committed(applied.iter().map(|(id, _)| Subject::Job(*id)));
+        self.committed(applied.iter().map(|(id, _)| Subject::Job(*id)));
         Ok(fins.iter().map(|f| applied.contains(&(f.id, f.attempt as i32))).collect())
     }
 
@@ -1232,9 +1235,8 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        self.announce(&mut tx, &[Subject::Job(id)]).await?;
         tx.commit().await?;
-        self.events.committed([Subject::Job(id)]);
+        self.committed([Subject::Job(id)]);
         Ok(CancelOutcome::Cancelled { was_running: state == JobState::Running, queue, kind })
     }
 
@@ -1277,10 +1279,9 @@ impl Store for PgStore {
         insert_events(&mut tx, now, events).await?;
         let touched = BTreeSet::from([queue]);
         self.notify(&mut tx, &touched).await?;
-        self.announce(&mut tx, &[Subject::Job(id)]).await?;
         tx.commit().await?;
         self.wake_locally(&touched);
-        self.events.committed([Subject::Job(id)]);
+        self.committed([Subject::Job(id)]);
         Ok(ReplayOutcome::Replayed)
     }
 
@@ -1414,6 +1415,15 @@ impl Store for PgStore {
         self.workflow_versions_q(workspace, name).await
     }
 
+    async fn workflow_version(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<WorkflowVersion>, StoreError> {
+        self.workflow_version_q(workspace, name, version).await
+    }
+
     async fn create_run(&self, run: NewRun, planner: Planner) -> Result<(CreateRunOutcome, Advanced), StoreError> {
         self.create_run_tx(run, &planner).await
     }
@@ -1500,10 +1510,9 @@ impl Store for PgStore {
             let touched: Vec<Subject> = events.iter().map(|(id, ..)| Subject::Job(*id)).collect();
             insert_events(&mut tx, now, events).await?;
             self.notify(&mut tx, &woken).await?;
-            self.announce(&mut tx, &touched).await?;
             tx.commit().await?;
             self.wake_locally(&woken);
-            self.events.committed(touched);
+            self.committed(touched);
         }
         Ok(released)
     }
@@ -1597,12 +1606,20 @@ impl Store for PgStore {
     }
 
     async fn queue_shares(&self, workspace: &str) -> Result<Vec<QueueShare>, StoreError> {
-        let rows = sqlx::query("SELECT queue, workspace, paused FROM queue_shares WHERE workspace = $1 ORDER BY queue")
-            .bind(workspace)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT queue, workspace, paused, rate FROM queue_shares WHERE workspace = $1 ORDER BY queue")
+                .bind(workspace)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
-            .map(|r| Ok(QueueShare { queue: r.try_get(0)?, workspace: r.try_get(1)?, paused: r.try_get(2)? }))
+            .map(|r| {
+                Ok(QueueShare {
+                    queue: r.try_get(0)?,
+                    workspace: r.try_get(1)?,
+                    paused: r.try_get(2)?,
+                    rate: r.try_get(3)?,
+                })
+            })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(err)
     }
@@ -1610,14 +1627,17 @@ impl Store for PgStore {
     async fn set_queue_share(&self, share: QueueShare) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO queue_shares (queue, workspace, paused, updated_at) VALUES ($1, $2, $3, ferry_now()) \
-             ON CONFLICT (queue, workspace) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
+            "INSERT INTO queue_shares (queue, workspace, paused, rate, updated_at) \
+             VALUES ($1, $2, $3, $4, ferry_now()) ON CONFLICT (queue, workspace) DO UPDATE SET \
+             paused = excluded.paused, rate = excluded.rate, updated_at = excluded.updated_at",
         )
         .bind(&share.queue)
         .bind(&share.workspace)
         .bind(share.paused)
+        .bind(share.rate)
         .execute(&mut *tx)
         .await?;
+        self.forget_rates();
         let woken: BTreeSet<String> = if share.paused { BTreeSet::new() } else { [share.queue.clone()].into() };
         // Resumed jobs are ready work: every node's dispatchers look again.
         self.notify(&mut tx, &woken).await?;

@@ -1,24 +1,26 @@
 //! Rate limits, kept in the store so that a rate holds across every worker process.
 //!
 //! A rate is set on a queue (`queue_settings.rate`, for every workspace's jobs of that
-//! queue) or, by a workspace, on a label key (`label_rates`, for that workspace's jobs
-//! only: a tenant cannot slow another one down). Each rate is a token bucket in the
+//! queue, by the operator), by a workspace on its share of a queue (`queue_shares.rate`,
+//! for that workspace's jobs of that queue only), or by a workspace on a label key
+//! (`label_rates`, for that workspace's jobs only): a tenant cannot slow another one down. Each rate is a token bucket in the
 //! `rate_buckets` table: it holds at most one second's worth of tokens (at least one),
 //! refills continuously by the store's clock, and starts full. A label key's rate keeps one
 //! bucket per label value, so with a rate of 5 on `api`, jobs labelled `api=github` and
 //! jobs labelled `api=openai` may each start 5 times a second.
 //!
 //! Every attempt a claim starts takes one token from its queue's bucket (if the queue has a
-//! rate) and one from the bucket of each rated label it carries, in the claim's own
+//! rate), one from its workspace's share bucket (if the share has a rate) and one from the
+//! bucket of each rated label it carries, in the claim's own
 //! transaction: the SQLite writer, or on PostgreSQL with the buckets' rows locked, so two
 //! processes never spend the same token. A job whose label bucket is empty is passed
-//! over, and the jobs behind it, within a window of [`MAX_WINDOW`] candidates, may start
+//! over (so is one whose workspace's share bucket is empty), and the jobs behind it, within a window of [`MAX_WINDOW`] candidates, may start
 //! before it; it keeps its place and goes when its bucket has a token again. The claim
 //! reports how long until a token it lacked is back, so the dispatcher sleeps that long
 //! instead of polling.
 //!
-//! A claim takes this path only when a rate could apply: its queue has one, or some
-//! workspace rated a label key (then every queue's claims do, since any job may carry the
+//! A claim takes this path only when a rate could apply: its queue has one, a workspace's
+//! share of it has one, or some workspace rated a label key (then every queue's claims do, since any job may carry the
 //! label). It reads the candidates and leases them one statement each, where an unrated
 //! claim is one statement in all; that costs throughput on busy queues, not correctness.
 //!
@@ -43,17 +45,25 @@ pub struct Rates {
     pub queues: HashMap<String, f64>,
     /// Workspace → label key → jobs per second.
     pub labels: HashMap<String, HashMap<String, f64>>,
+    /// Queue → workspace → jobs per second: a workspace's rate on its share of a queue.
+    pub shares: HashMap<String, HashMap<String, f64>>,
 }
 
 impl Rates {
     /// Whether a claim of this queue must go through the buckets.
     pub fn applies_to(&self, queue: &str) -> bool {
-        self.queues.contains_key(queue) || !self.labels.is_empty()
+        self.queues.contains_key(queue) || self.shares.contains_key(queue) || !self.labels.is_empty()
     }
 
-    /// How many queued jobs a rated claim of `limit` looks at.
-    pub fn window(&self, limit: usize) -> usize {
-        if self.labels.is_empty() { limit } else { (limit.saturating_mul(4)).clamp(64, MAX_WINDOW) }
+    /// How many queued jobs a rated claim of `limit` on `queue` looks at: the limit when
+    /// only a queue-wide rate applies (it holds every job alike), more when some jobs may
+    /// be held back while others pass.
+    pub fn window(&self, queue: &str, limit: usize) -> usize {
+        if self.labels.is_empty() && !self.shares.contains_key(queue) {
+            limit
+        } else {
+            (limit.saturating_mul(4)).clamp(64, MAX_WINDOW)
+        }
     }
 
     /// The buckets a claim of `queue` over these candidates may draw on, with their rates,
@@ -64,24 +74,34 @@ impl Rates {
             keys.insert(queue_bucket(queue), *rate);
         }
         for c in candidates {
-            keys.extend(self.label_buckets(c));
+            keys.extend(self.job_buckets(queue, c));
         }
         keys.into_iter().collect()
     }
 
-    /// The label buckets one job draws on.
-    fn label_buckets(&self, c: &Candidate) -> Vec<(String, f64)> {
-        let Some(rated) = self.labels.get(&c.workspace) else { return Vec::new() };
-        c.labels
-            .iter()
-            .filter_map(|(k, v)| rated.get(k).map(|rate| (label_bucket(&c.workspace, k, v), *rate)))
-            .collect()
+    /// The buckets one job draws on besides its queue's: its workspace's share of the
+    /// queue, and its workspace's rated labels.
+    fn job_buckets(&self, queue: &str, c: &Candidate) -> Vec<(String, f64)> {
+        let share = self.shares.get(queue).and_then(|ws| ws.get(&c.workspace));
+        let mut out: Vec<(String, f64)> =
+            share.map(|rate| (share_bucket(queue, &c.workspace), *rate)).into_iter().collect();
+        if let Some(rated) = self.labels.get(&c.workspace) {
+            out.extend(
+                c.labels.iter().filter_map(|(k, v)| rated.get(k).map(|rate| (label_bucket(&c.workspace, k, v), *rate))),
+            );
+        }
+        out
     }
 }
 
 /// The bucket of a queue's rate.
 pub fn queue_bucket(queue: &str) -> String {
     format!("queue:{queue}")
+}
+
+/// The bucket of a workspace's share of a queue.
+pub fn share_bucket(queue: &str, workspace: &str) -> String {
+    format!("share:{}", serde_json::json!([queue, workspace]))
 }
 
 /// The bucket of one value of a workspace's rated label key. JSON quoting keeps the three
@@ -177,7 +197,7 @@ pub fn choose(
                 break;
             }
         }
-        let labels = rates.label_buckets(c);
+        let labels = rates.job_buckets(queue, c);
         let blocked: Vec<Micros> = labels
             .iter()
             .filter_map(|(key, rate)| buckets.get(key).filter(|b| b.tokens < 1.0).map(|b| b.wait_us(*rate)))
@@ -261,6 +281,27 @@ mod tests {
     }
 
     #[test]
+    fn a_share_rate_holds_one_workspace_on_one_queue_and_lets_the_others_pass() {
+        let mut r = rates(None, &[]);
+        r.shares.entry("q".into()).or_default().insert("slow".into(), 3.0);
+        assert!(r.applies_to("q") && !r.applies_to("other"));
+        assert!(r.window("q", 10) > 10, "held-back jobs must not hide the others");
+        let mut cands = Vec::new();
+        for i in 0..10 {
+            cands.push(cand(i, "slow", &[]));
+            cands.push(cand(100 + i, "fast", &[]));
+        }
+        let mut b = HashMap::new();
+        let choice = run(&r, &cands, 100, &mut b, 0);
+        let count = |lo: u128| choice.chosen.iter().filter(|id| (lo..lo + 100).contains(&id.as_u128())).count();
+        assert_eq!((count(0), count(100)), (3, 10), "the slow workspace gets its burst, the other all");
+        assert!(choice.wait_us.is_some());
+        // The same workspace's share of another queue is not held.
+        let other = r.buckets_for("other", &cands);
+        assert!(other.is_empty(), "{other:?}");
+    }
+
+    #[test]
     fn nothing_held_back_means_no_wait() {
         let r = rates(Some(100.0), &[]);
         let cands: Vec<_> = (0..3).map(|i| cand(i, "w", &[])).collect();
@@ -272,5 +313,6 @@ mod tests {
     fn bucket_keys_cannot_collide() {
         assert_ne!(label_bucket("a\",\"b", "c", "d"), label_bucket("a", "b\",\"c", "d"));
         assert_ne!(queue_bucket("x"), label_bucket("x", "", ""));
+        assert_ne!(share_bucket("a\",\"b", "c"), share_bucket("a", "b\",\"c"));
     }
 }

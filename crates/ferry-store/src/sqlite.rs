@@ -63,6 +63,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../sql/sqlite/migrations/0007_queue_settings.sql")),
     (8, include_str!("../sql/sqlite/migrations/0008_rates.sql")),
     (9, include_str!("../sql/sqlite/migrations/0009_tenancy.sql")),
+    (10, include_str!("../sql/sqlite/migrations/0010_share_rate.sql")),
 ];
 const PRUNE: &str = include_str!("../sql/sqlite/prune.sql");
 const INSERT_JOB: &str = include_str!("../sql/sqlite/insert_job.sql");
@@ -572,11 +573,12 @@ impl Writer {
             Cmd::SetShare(share, reply) => self.step(reply, |w| {
                 w.conn
                     .prepare_cached(
-                        "INSERT INTO queue_shares (queue, workspace, paused, updated_at) VALUES (?1, ?2, ?3, ?4) \
-                         ON CONFLICT (queue, workspace) DO UPDATE SET paused = excluded.paused, \
-                         updated_at = excluded.updated_at",
+                        "INSERT INTO queue_shares (queue, workspace, paused, rate, updated_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (queue, workspace) DO UPDATE SET \
+                         paused = excluded.paused, rate = excluded.rate, updated_at = excluded.updated_at",
                     )?
-                    .execute(params![share.queue, share.workspace, share.paused, w.now])?;
+                    .execute(params![share.queue, share.workspace, share.paused, share.rate, w.now])?;
+                w.rates = None;
                 if !share.paused {
                     // Resumed jobs are ready work: wake the queue (and run its parked claims).
                     w.woken.insert(share.queue.clone());
@@ -905,7 +907,7 @@ impl Writer {
                  AND NOT EXISTS (SELECT 1 FROM queue_settings WHERE name = ?1 AND paused) \
                  ORDER BY priority DESC, run_at, id LIMIT ?2",
             )?
-            .query_map(params![req.queue, rates.window(req.limit) as i64], |r| {
+            .query_map(params![req.queue, rates.window(&req.queue, req.limit) as i64], |r| {
                 use row::Columns;
                 Ok(rate::Candidate {
                     id: r.uuid(0)?,
@@ -1147,6 +1149,11 @@ fn load_rates(c: &Connection) -> Result<Rates, StoreError> {
     for row in q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?)))? {
         let (name, rate) = row?;
         rates.queues.insert(name, rate);
+    }
+    let mut s = c.prepare_cached("SELECT queue, workspace, rate FROM queue_shares WHERE rate > 0")?;
+    for row in s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, f64>(2)?)))? {
+        let (queue, ws, rate) = row?;
+        rates.shares.entry(queue).or_default().insert(ws, rate);
     }
     let mut l = c.prepare_cached("SELECT workspace, label, rate FROM label_rates WHERE rate > 0")?;
     for row in l.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, f64>(2)?)))? {
@@ -1395,6 +1402,16 @@ impl Store for SqliteStore {
         self.read(move |c| runs::workflow_versions(c, &ws, &name)).await
     }
 
+    async fn workflow_version(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<WorkflowVersion>, StoreError> {
+        let (ws, name) = (workspace.to_string(), name.to_string());
+        self.read(move |c| runs::workflow_version(c, &ws, &name, version)).await
+    }
+
     async fn create_run(&self, run: NewRun, planner: Planner) -> Result<(CreateRunOutcome, Advanced), StoreError> {
         self.write(|r| Cmd::CreateRun(Box::new(run), planner, r)).await
     }
@@ -1510,11 +1527,13 @@ impl Store for SqliteStore {
     async fn queue_shares(&self, workspace: &str) -> Result<Vec<QueueShare>, StoreError> {
         let ws = workspace.to_string();
         self.read(move |c| {
-            c.prepare_cached("SELECT queue, workspace, paused FROM queue_shares WHERE workspace = ?1 ORDER BY queue")?
-                .query_map(params![ws], |r| {
-                    Ok(QueueShare { queue: r.get(0)?, workspace: r.get(1)?, paused: r.get(2)? })
-                })?
-                .collect()
+            c.prepare_cached(
+                "SELECT queue, workspace, paused, rate FROM queue_shares WHERE workspace = ?1 ORDER BY queue",
+            )?
+            .query_map(params![ws], |r| {
+                Ok(QueueShare { queue: r.get(0)?, workspace: r.get(1)?, paused: r.get(2)?, rate: r.get(3)? })
+            })?
+            .collect()
         })
         .await
     }

@@ -164,13 +164,17 @@ pub struct QueueSettings {
 /// A workspace's share of a queue: what the workspace's admin set for its own jobs there
 /// (`PUT /v1/queues/{name}` by a workspace admin). Queue-wide settings ([`QueueSettings`])
 /// are the server operator's.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct QueueShare {
     pub queue: String,
     pub workspace: String,
     /// The workspace's jobs on the queue are not dispatched (claims skip them, parked ones
     /// included); other workspaces' jobs are. Submissions are still accepted.
     pub paused: bool,
+    /// Attempts of the workspace's jobs on the queue started per second, across every
+    /// worker process (see [`crate::rate`]); `None`: no rate of its own. The queue's own
+    /// rate, if any, holds as well.
+    pub rate: Option<f64>,
 }
 
 /// What `ferry token reopen` did (see [`crate::Store::reopen`]).

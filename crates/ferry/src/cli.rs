@@ -147,10 +147,10 @@ pub enum QueueCommand {
     },
     /// Change a queue at run time; what is not given keeps its value, and `null` returns a
     /// setting to the configured value (`--rate null`: no rate). An operator changes the
-    /// whole queue; a workspace admin only pauses or resumes its own jobs on it.
+    /// whole queue; a workspace admin changes only its own jobs on it (pause, resume, rate).
     Set {
         name: String,
-        /// Operator: pause or resume this workspace's jobs only
+        /// Operator: change this workspace's share only (pause, resume, rate)
         #[arg(long)]
         workspace: Option<String>,
         /// Attempts at once per worker process, or null

@@ -347,12 +347,15 @@ async fn the_first_admin_token_is_made_before_the_server_and_then_required() {
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["per_user"], json!({"runs": 2, "jobs": 3}));
     // A workspace admin changes only its workspace's share of a queue; a queue-wide
     // setting is the operator's.
-    let (code, _, err) = cli(&url, &["queue", "set", "default", "--rate", "5", "--token", &token]);
-    assert_eq!(code, 1, "a rate is the operator's");
-    assert!(err.contains("403") && err.contains("rate"), "{err}");
-    let (code, out, err) = cli(&url, &["queue", "set", "default", "--pause", "--token", &token]);
+    let (code, _, err) = cli(&url, &["queue", "set", "default", "--concurrency", "5", "--token", &token]);
+    assert_eq!(code, 1, "a concurrency is the operator's");
+    assert!(err.contains("403") && err.contains("concurrency"), "{err}");
+    let (code, out, err) = cli(&url, &["queue", "set", "default", "--pause", "--rate", "5", "--token", &token]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"paused": true, "queue_paused": false}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"paused": true, "rate": 5.0, "queue_paused": false})
+    );
     let (code, out, _) = cli(&url, &["queue", "list", "--token", &token]);
     assert_eq!(code, 0);
     assert!(out.contains("\"paused\": true"), "{out}");

@@ -136,13 +136,34 @@ async fn template_references_cannot_blow_a_node_input_up() {
     let resp = http.post(format!("{}/v1/workflows", server.url)).json(&def).send().await.unwrap();
     assert_eq!(resp.status(), 201);
     let big = "x".repeat(512 * 1024);
-    let resp = http
-        .post(format!("{}/v1/runs", server.url))
-        .json(&json!({"workflow": "bomb", "input": {"big": big}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201, "the run starts; its node fails");
+    let start = |workflow: &'static str| {
+        let (http, url, big) = (&http, &server.url, &big);
+        async move {
+            http.post(format!("{url}/v1/runs"))
+                .json(&json!({"workflow": workflow, "input": {"big": big}}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // A first node starts with the run: the run is refused, and nothing is created.
+    let resp = start("bomb").await;
+    assert_eq!(resp.status(), 413);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
+    let field = body["error"]["field"].as_str().expect("a field");
+    assert!(field.starts_with("nodes[0].input.copies["), "{body}");
+    let runs: Value = http.get(format!("{}/v1/runs", server.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(runs["items"], json!([]), "the refused run was not created");
+    // A node that starts later is resolved when it starts, as bounded: it fails.
+    let later = json!({"name": "later", "nodes": [
+        {"id": "first", "kind": "noop"},
+        {"id": "boom", "kind": "noop", "depends_on": ["first"], "input": {"copies": refs}},
+    ]});
+    let resp = http.post(format!("{}/v1/workflows", server.url)).json(&later).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let resp = start("later").await;
+    assert_eq!(resp.status(), 201, "the run starts; its second node fails");
     let run: Value = resp.json().await.unwrap();
     let id = run["id"].as_str().expect("id");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -155,7 +176,7 @@ async fn template_references_cannot_blow_a_node_input_up() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(detail["state"], "failed", "{detail}");
-    let node = &detail["nodes"].as_array().expect("nodes")[0];
+    let node = detail["nodes"].as_array().expect("nodes").iter().find(|n| n["id"] == "boom").expect("boom");
     assert_eq!(node["state"], "failed", "{node}");
     assert_eq!(node["error"]["type"], "validation", "{node}");
     let message = node["error"]["message"].as_str().expect("a message");

@@ -16,10 +16,5 @@ WITH clock AS (
     SELECT id, now, 'started', jsonb_build_object('attempt', attempt, 'worker', $2::text)
     FROM claimed
     ORDER BY priority DESC, run_at, id
-), told AS (
-    -- One notification for event streams on other nodes (see `postgres/events.rs`): the
-    -- claimed jobs by id, or `*` past 20 of them. $4 is the events channel, $5 the origin.
-    SELECT pg_notify($4, $5::text || E'\n' || CASE WHEN count(*) <= 20 THEN 'j:' || string_agg(id::text, ',') ELSE '*' END)
-    FROM claimed HAVING count(*) > 0
 )
-SELECT claimed.*, n.count FROM claimed, (SELECT count(*) FROM told) n
+SELECT claimed.* FROM claimed

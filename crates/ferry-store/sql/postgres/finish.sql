@@ -30,10 +30,5 @@ WITH clock AS (
     SELECT pg_notify($14, q.queue) FROM (
         SELECT DISTINCT queue FROM done WHERE state IN ('retrying', 'queued')
     ) q
-), told AS (
-    -- One notification for event streams on other nodes (see `postgres/events.rs`): the
-    -- finished jobs by id, or `*` past 20 of them. $15 is the events channel, $16 the origin.
-    SELECT pg_notify($15, $16::text || E'\n' || CASE WHEN count(*) <= 20 THEN 'j:' || string_agg(id::text, ',') ELSE '*' END)
-    FROM done HAVING count(*) > 0
 )
-SELECT id, attempt FROM done, (SELECT count(*) FROM notified) n, (SELECT count(*) FROM told) t
+SELECT id, attempt FROM done, (SELECT count(*) FROM notified) n

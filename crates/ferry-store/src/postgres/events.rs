@@ -1,20 +1,28 @@
 //! Event-stream notifications between processes (see [`crate::event_signal`]).
 //!
-//! A transaction that writes to logs an open stream may be following sends **one**
-//! `pg_notify` on the events channel, never one per row: the statements that claim
-//! (`claim.sql`, `claim_ids.sql`) and finish (`finish.sql`) build it in SQL from the rows
-//! they logged, and the Rust-side transitions (cancel, replay, held jobs released, run
-//! advances) through [`announce`]. The payload is `origin\n` followed by the subjects when
-//! there are at most [`NAMED`] of them (`j:ID,ID` for jobs, `r:ID` for runs, `;` between
-//! the two), else `*`: then every stream on the receiving node reads once. The origin lets
-//! a store skip its own notifications, whose streams it woke right after the commit.
+//! After a commit that wrote to job or run logs, the store wakes this process's streams
+//! at once and hands the subjects to its [`Outbox`]. A task sends what the outbox holds as
+//! **one** `pg_notify` on the events channel, at most every [`COALESCE`], outside the
+//! transactions that wrote the events: a `NOTIFY` inside a transaction takes a global lock
+//! at its commit, which serialised every claim and finish of every node (about 9% of
+//! PostgreSQL throughput) for streams that are usually not even open. The notification
+//! follows the commit, so a stream it wakes always finds the events.
 //!
-//! A submission and a run's creation send none: a stream can only follow a job or run
+//! The payload is `origin\n` followed by the subjects when there are at most [`NAMED`] of
+//! them (`j:ID,ID` for jobs, `r:ID` for runs, `;` between the two), else `*`: then every
+//! stream on the receiving node reads once. The origin lets a store skip its own
+//! notifications. A process that dies between a commit and the send leaves other nodes'
+//! streams to their safety-net poll.
+//!
+//! A submission and a run's creation tell nothing: a stream can only follow a job or run
 //! that exists, so their first events are never news to one (an idempotent repeat writes
 //! nothing).
 
 use crate::Subject;
-use sqlx::{Postgres, Transaction};
+use sqlx::PgPool;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Most subjects a payload names (36 bytes each, far below the 8,000-byte payload limit).
 /// Keep in step with the SQL statements that build payloads.
@@ -30,19 +38,18 @@ pub(super) enum Told {
     All,
 }
 
-fn payload(origin: &str, subjects: &[Subject]) -> String {
-    if subjects.len() > NAMED {
-        return format!("{origin}\n*");
-    }
+/// `j:ID,ID;r:ID`: the named part of a payload.
+fn subjects_part(subjects: &[Subject]) -> String {
     let ids = |want_job: bool| {
-        subjects
+        let mut ids: Vec<String> = subjects
             .iter()
             .filter_map(|s| match (s, want_job) {
                 (Subject::Job(id), true) | (Subject::Run(id), false) => Some(id.to_string()),
                 _ => None,
             })
-            .collect::<Vec<_>>()
-            .join(",")
+            .collect();
+        ids.dedup();
+        ids.join(",")
     };
     let (jobs, runs) = (ids(true), ids(false));
     let mut parts = Vec::new();
@@ -52,7 +59,7 @@ fn payload(origin: &str, subjects: &[Subject]) -> String {
     if !runs.is_empty() {
         parts.push(format!("r:{runs}"));
     }
-    format!("{origin}\n{}", parts.join(";"))
+    parts.join(";")
 }
 
 pub(super) fn parse(payload: &str, own_origin: &str) -> Told {
@@ -77,18 +84,72 @@ pub(super) fn parse(payload: &str, own_origin: &str) -> Told {
     Told::Subjects(subjects)
 }
 
-/// Sends the transaction's one events notification, delivered when it commits.
-pub(super) async fn announce(
-    tx: &mut Transaction<'static, Postgres>,
-    channel: &str,
-    origin: &str,
-    subjects: &[Subject],
-) -> Result<(), sqlx::Error> {
-    if subjects.is_empty() {
-        return Ok(());
+/// How long the sender gathers subjects before one notification: short beside a
+/// stream's own coalescing (100 ms), long beside a claim.
+pub(super) const COALESCE: Duration = Duration::from_millis(5);
+
+/// The subjects this process committed events for, not yet told to other nodes.
+#[derive(Default)]
+pub(super) struct Outbox {
+    pending: Mutex<Pending>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    subjects: Vec<Subject>,
+    /// More than [`NAMED`]: the notification says `*`.
+    all: bool,
+}
+
+impl Outbox {
+    /// Queues subjects whose events just committed.
+    pub(super) fn push(&self, subjects: impl IntoIterator<Item = Subject>) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let before = (p.subjects.len(), p.all);
+        if !p.all {
+            p.subjects.extend(subjects);
+            if p.subjects.len() > NAMED {
+                p.all = true;
+                p.subjects = Vec::new();
+            }
+        }
+        if (p.subjects.len(), p.all) != before {
+            drop(p);
+            self.wake.notify_one();
+        }
     }
-    sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload(origin, subjects)).execute(&mut **tx).await?;
-    Ok(())
+
+    fn take(&self) -> Option<String> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = std::mem::take(&mut *p);
+        drop(p);
+        match (taken.all, taken.subjects.is_empty()) {
+            (true, _) => Some(String::new()),
+            (false, true) => None,
+            (false, false) => Some(subjects_part(&taken.subjects)),
+        }
+    }
+}
+
+/// Sends the outbox's notifications until the store is dropped (`outbox` is its only other
+/// owner). A failed send is logged and dropped: other nodes' streams then catch up on their
+/// safety-net poll.
+pub(super) async fn send(outbox: std::sync::Weak<Outbox>, pool: PgPool, channel: String, origin: String) {
+    loop {
+        let Some(o) = outbox.upgrade() else { return };
+        // Wake up now and then, to notice that the store is gone.
+        if tokio::time::timeout(Duration::from_secs(5), o.wake.notified()).await.is_err() {
+            continue;
+        }
+        tokio::time::sleep(COALESCE).await;
+        let Some(part) = o.take() else { continue };
+        drop(o);
+        let payload = if part.is_empty() { format!("{origin}\n*") } else { format!("{origin}\n{part}") };
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)").bind(&channel).bind(payload).execute(&pool).await {
+            tracing::warn!(error = %e, "cannot tell other nodes' event streams; they will catch up on their poll");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -98,13 +159,17 @@ mod tests {
     #[test]
     fn payloads_name_few_subjects_and_skip_their_origin() {
         let (j, r) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-        let p = payload("me", &[Subject::Job(j), Subject::Run(r)]);
+        let outbox = Outbox::default();
+        outbox.push([Subject::Job(j), Subject::Run(r)]);
+        let p = format!("me\n{}", outbox.take().expect("pending"));
+        assert_eq!(outbox.take(), None, "taken once");
         assert_eq!(parse(&p, "other"), Told::Subjects(vec![Subject::Job(j), Subject::Run(r)]));
         assert_eq!(parse(&p, "me"), Told::Own);
-        let many: Vec<Subject> = (0..=NAMED).map(|_| Subject::Job(uuid::Uuid::now_v7())).collect();
-        assert_eq!(parse(&payload("me", &many), "other"), Told::All);
+        outbox.push((0..=NAMED).map(|_| Subject::Job(uuid::Uuid::now_v7())));
+        outbox.push([Subject::Job(j)]);
+        assert_eq!(outbox.take().as_deref(), Some(""), "past NAMED: everything");
+        assert_eq!(parse("me\n*", "other"), Told::All);
         assert_eq!(parse("garbage", "other"), Told::All);
-        // What the SQL statements build: `j:` and the ids joined by commas.
         assert_eq!(parse(&format!("x\nj:{j},{r}"), "me"), Told::Subjects(vec![Subject::Job(j), Subject::Job(r)]));
     }
 }

@@ -246,10 +246,9 @@ impl PgStore {
         for id in list {
             let mut tx = self.pool.begin().await?;
             let (advanced, touched) = self.advance_tx(&mut tx, id, planner).await?;
-            self.announce(&mut tx, &touched.logs).await?;
             tx.commit().await?;
             self.wake_locally(&touched.woken);
-            self.events.committed(touched.logs);
+            self.committed(touched.logs);
             all.merge(advanced);
         }
         Ok(all)
@@ -282,9 +281,8 @@ impl PgStore {
                 .execute(&mut *tx)
                 .await?;
             run_event(&mut tx, now, id, "run_finished", None, &json!({"state": "cancelled", "error": null})).await?;
-            self.announce(&mut tx, &[Subject::Run(id)]).await?;
             tx.commit().await?;
-            self.events.committed([Subject::Run(id)]);
+            self.committed([Subject::Run(id)]);
             return Ok((
                 Some(RunState::Cancelled),
                 Advanced { finished: vec![(id, RunState::Cancelled)], ..Advanced::default() },
@@ -292,10 +290,9 @@ impl PgStore {
         }
         sqlx::query("UPDATE runs SET cancel_requested = true WHERE id = $1").bind(id).execute(&mut *tx).await?;
         let (advanced, touched) = self.advance_tx(&mut tx, id, planner).await?;
-        self.announce(&mut tx, &touched.logs).await?;
         tx.commit().await?;
         self.wake_locally(&touched.woken);
-        self.events.committed(touched.logs);
+        self.committed(touched.logs);
         let state = advanced.finished.iter().find(|f| f.0 == id).map(|f| f.1).unwrap_or(state);
         Ok((Some(state), advanced))
     }
@@ -370,10 +367,9 @@ impl PgStore {
                 all.logs.extend(touched.logs);
                 out.merge(advanced);
             }
-            self.announce(&mut tx, &all.logs).await?;
             tx.commit().await?;
             self.wake_locally(&all.woken);
-            self.events.committed(all.logs);
+            self.committed(all.logs);
         }
         Ok(out)
     }
@@ -515,6 +511,34 @@ impl PgStore {
                 created_at: r.try_get(2)?,
             })
         })
+    }
+
+    /// One version of a workflow: `version`, or the latest when `None`.
+    pub(super) async fn workflow_version_q(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<WorkflowVersion>, StoreError> {
+        let r = sqlx::query(
+            "SELECT name, version, definition::text, created_at, created_by FROM workflows \
+             WHERE workspace = $1 AND name = $2 AND ($3::int8 IS NULL OR version = $3) ORDER BY version DESC LIMIT 1",
+        )
+        .bind(workspace)
+        .bind(name)
+        .bind(version.map(i64::from))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows(&r, |r| {
+            Ok(WorkflowVersion {
+                name: r.try_get(0)?,
+                version: r.try_get::<i64, _>(1)? as u32,
+                definition: crate::row::Columns::json(r, 2)?,
+                created_at: r.try_get(3)?,
+                created_by: r.try_get(4)?,
+            })
+        })?
+        .pop())
     }
 
     pub(super) async fn workflow_versions_q(

@@ -369,6 +369,30 @@ pub(super) fn workflow_versions(c: &Connection, workspace: &str, name: &str) -> 
     .collect()
 }
 
+/// One version of a workflow: `version`, or the latest when `None`.
+pub(super) fn workflow_version(
+    c: &Connection,
+    workspace: &str,
+    name: &str,
+    version: Option<u32>,
+) -> rusqlite::Result<Option<WorkflowVersion>> {
+    use crate::row::Columns;
+    c.prepare_cached(
+        "SELECT name, version, definition, created_at, created_by FROM workflows \
+         WHERE workspace = ?1 AND name = ?2 AND (?3 IS NULL OR version = ?3) ORDER BY version DESC LIMIT 1",
+    )?
+    .query_row(params![workspace, name, version], |r| {
+        Ok(WorkflowVersion {
+            name: r.get(0)?,
+            version: r.get(1)?,
+            definition: r.json(2)?,
+            created_at: r.get(3)?,
+            created_by: r.get(4)?,
+        })
+    })
+    .optional()
+}
+
 pub(super) fn get_run(c: &Connection, workspace: &str, id: RunId) -> rusqlite::Result<Option<RunDetail>> {
     let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1 AND workspace = ?2");
     let Some(run) = c.prepare_cached(&sql)?.query_row(params![id, workspace], |r| runs::run_row(r)).optional()? else {

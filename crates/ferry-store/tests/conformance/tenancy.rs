@@ -15,6 +15,7 @@ use std::sync::Arc;
 conformance!(
     a_paused_share_holds_back_only_its_workspace_jobs,
     a_paused_share_holds_back_parked_and_rated_claims,
+    a_share_rate_holds_only_its_workspace_on_its_queue,
     workspace_counts_are_the_workspace_own,
     a_store_that_had_a_token_stays_closed_until_reopened,
 );
@@ -24,7 +25,7 @@ fn of(workspace: &str) -> NewJob {
 }
 
 fn share(workspace: &str, paused: bool) -> QueueShare {
-    QueueShare { queue: "default".into(), workspace: workspace.into(), paused }
+    QueueShare { queue: "default".into(), workspace: workspace.into(), paused, rate: None }
 }
 
 async fn a_paused_share_holds_back_only_its_workspace_jobs(store: Arc<dyn Store>) {
@@ -49,6 +50,42 @@ async fn a_paused_share_holds_back_only_its_workspace_jobs(store: Arc<dyn Store>
     store.set_queue_share(share("b", false)).await.unwrap();
     let got = store.claim(claim_req("w", 10)).await.unwrap().jobs;
     assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), b.iter().map(|j| j.id).collect::<Vec<_>>());
+}
+
+async fn a_share_rate_holds_only_its_workspace_on_its_queue(store: Arc<dyn Store>) {
+    let rated = QueueShare { rate: Some(2.0), ..share("b", false) };
+    store.set_queue_share(rated.clone()).await.unwrap();
+    assert_eq!(store.queue_shares("b").await.unwrap(), vec![rated]);
+    // A parked claim is not served under a rate: the submission leaves it parked.
+    let parked = store.park(claim_req("idle", 10)).expect("both backends park claims");
+    // B's jobs first in claim order: a claim must pass over the held ones to A's.
+    let b: Vec<NewJob> = (0..6).map(|_| of("b")).collect();
+    let a: Vec<NewJob> = (0..3).map(|_| of("a")).collect();
+    store.submit(b.clone()).await.unwrap();
+    store.submit(a.clone()).await.unwrap();
+    assert!(parked.withdraw().await.is_none(), "not taken under a rate");
+    let first = store.claim(claim_req("w", 100)).await.unwrap();
+    let ids: Vec<_> = first.jobs.iter().map(|j| j.id).collect();
+    let want: Vec<_> = b[..2].iter().chain(a.iter()).map(|j| j.id).collect();
+    assert_eq!(ids, want, "B's burst of two, then every job of A, in claim order");
+    assert!(first.rate_wait_ms.is_some_and(|w| (1..=500).contains(&w)), "a token every 500 ms: {first:?}");
+    // B's jobs on another queue are not held.
+    let elsewhere: Vec<NewJob> = (0..4)
+        .map(|_| {
+            JobSpec { queue: Some("other".into()), ..noop() }
+                .validate("b", "test", time::now_micros(), &Limits::default())
+                .unwrap()
+        })
+        .collect();
+    store.submit(elsewhere).await.unwrap();
+    let other = ferry_store::ClaimRequest { queue: "other".into(), ..claim_req("w", 10) };
+    let got = store.claim(other).await.unwrap();
+    assert_eq!((got.jobs.len(), got.rate_wait_ms), (4, None));
+    // The rate removed, the rest of B's jobs go at once, in their order.
+    store.set_queue_share(share("b", false)).await.unwrap();
+    let rest = store.claim(claim_req("w", 100)).await.unwrap();
+    assert_eq!(rest.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), b[2..].iter().map(|j| j.id).collect::<Vec<_>>());
+    assert_eq!(rest.rate_wait_ms, None);
 }
 
 async fn a_paused_share_holds_back_parked_and_rated_claims(store: Arc<dyn Store>) {

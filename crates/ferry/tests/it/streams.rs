@@ -13,6 +13,7 @@ both!(
     a_waiting_stream_gets_a_new_event_at_once,
     streams_are_capped_per_token_and_per_node,
     a_stream_ends_when_its_token_is_revoked,
+    an_open_mode_stream_ends_when_the_first_token_is_created,
     metrics_name_no_workflow_and_no_workspace,
 );
 
@@ -205,6 +206,33 @@ async fn a_stream_ends_when_its_token_is_revoked(backend: Backend) {
     let (status, body) = srv.call_as(&admin, Method::POST, &format!("/v1/jobs/{id}/cancel"), Some(json!({}))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(kept.next(DEADLINE).await.expect("the new event").kind, "cancelled");
+    if let Some(reader) = reader {
+        reader.stop().await;
+    }
+    srv.stop().await;
+}
+
+async fn an_open_mode_stream_ends_when_the_first_token_is_created(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    // On PostgreSQL the stream is on another node than the token's creation.
+    let reader = match backend {
+        Backend::Postgres => Some(srv.peer(|cfg| cfg.workers = 0).await),
+        Backend::Sqlite => None,
+    };
+    let watch = reader.as_ref().unwrap_or(&srv);
+    let id = waiting_job(&srv, None).await;
+    let path = format!("/v1/jobs/{id}/events");
+    let mut open = Stream::open(watch, &path, None).await.expect("a stream without a token, in open mode");
+    assert_eq!(open.next(DEADLINE).await.expect("its log").kind, "scheduled");
+    // The first token closes the store: a caller without one may no longer read.
+    let (_, admin) = srv.token("default", "root", Role::Admin).await;
+    let last = open.next(DEADLINE).await.expect("a final event");
+    assert_eq!(last.kind, "revoked");
+    assert!(open.next(DEADLINE).await.is_none(), "then the stream closes");
+    let Err((status, ..)) = Stream::open(watch, &path, None).await else { panic!("streams without a token") };
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let mut with_token = Stream::open(watch, &path, Some(&admin)).await.expect("a stream with the token");
+    assert_eq!(with_token.next(DEADLINE).await.expect("its log").kind, "scheduled");
     if let Some(reader) = reader {
         reader.stop().await;
     }

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 both!(
     a_workspace_pause_holds_back_only_that_workspace_jobs,
+    a_workspace_rate_holds_back_only_that_workspace_jobs,
     a_workspace_sees_only_its_own_queue_counts,
     queue_wide_settings_and_operator_tokens_are_the_operators,
     an_operator_pause_stops_every_workspace,
@@ -38,6 +39,18 @@ async fn wait_succeeded(srv: &TestServer, token: &str, ids: &[String]) {
     }
 }
 
+/// The first attempts' start times of these jobs, in microseconds, sorted.
+async fn start_times(srv: &TestServer, token: &str, ids: &[String]) -> Vec<i64> {
+    let mut at = Vec::new();
+    for id in ids {
+        let (_, job) = srv.call_as(token, Method::GET, &format!("/v1/jobs/{id}"), None).await;
+        let t = job["attempts"][0]["started_at"].as_str().expect("started_at");
+        at.push(chrono::DateTime::parse_from_rfc3339(t).expect("time").timestamp_micros());
+    }
+    at.sort();
+    at
+}
+
 /// One queue of `GET /v1/queues` as `token` (with `query`).
 async fn queue_view(srv: &TestServer, token: &str, query: &str, name: &str) -> Value {
     let (status, body) = srv.call_as(token, Method::GET, &format!("/v1/queues{query}"), None).await;
@@ -58,7 +71,7 @@ async fn a_workspace_pause_holds_back_only_that_workspace_jobs(backend: Backend)
     };
     let (status, body) =
         api.as_ref().unwrap_or(&srv).call_as(&b, Method::PUT, "/v1/queues/heavy", Some(json!({"paused": true}))).await;
-    assert_eq!((status, &body), (StatusCode::OK, &json!({"paused": true, "queue_paused": false})));
+    assert_eq!((status, &body), (StatusCode::OK, &json!({"paused": true, "rate": null, "queue_paused": false})));
     // B's jobs first, so that A's can only run if the claims pass over B's.
     let b_jobs = submit(&srv, &b, "heavy", 3).await;
     let a_jobs = submit(&srv, &a, "heavy", 4).await;
@@ -69,7 +82,7 @@ async fn a_workspace_pause_holds_back_only_that_workspace_jobs(backend: Backend)
     // What B sees of the queue: its own jobs and its own share, not the queue's settings.
     let heavy = queue_view(&srv, &b_viewer, "", "heavy").await;
     assert_eq!((&heavy["depth"], &heavy["running"], &heavy["workspace"]), (&json!(3), &json!(0), &json!("team-b")));
-    assert_eq!(heavy["share"], json!({"paused": true, "queue_paused": false}), "{heavy}");
+    assert_eq!(heavy["share"], json!({"paused": true, "rate": null, "queue_paused": false}), "{heavy}");
     assert!(heavy.get("settings").is_none(), "{heavy}");
     let heavy = queue_view(&srv, &a, "", "heavy").await;
     assert_eq!((&heavy["depth"], &heavy["share"]["paused"]), (&json!(0), &json!(false)), "A's share is not paused");
@@ -80,6 +93,34 @@ async fn a_workspace_pause_holds_back_only_that_workspace_jobs(backend: Backend)
     if let Some(api) = api {
         api.stop().await;
     }
+    srv.stop().await;
+}
+
+async fn a_workspace_rate_holds_back_only_that_workspace_jobs(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let (_, a) = srv.token("team-a", "alice", Role::Admin).await;
+    let (_, b) = srv.token("team-b", "bob", Role::Admin).await;
+    let (status, body) = srv.call_as(&b, Method::PUT, "/v1/queues/heavy", Some(json!({"rate": 2}))).await;
+    assert_eq!((status, body["rate"].as_f64(), &body["paused"]), (StatusCode::OK, Some(2.0), &json!(false)), "{body}");
+    let got = srv.call_as(&b, Method::PUT, "/v1/queues/heavy", Some(json!({"rate": 0}))).await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "invalid_field", Some("rate"));
+    assert_eq!(
+        queue_view(&srv, &b, "", "heavy").await["share"]["rate"].as_f64(),
+        Some(2.0),
+        "the refusal changed nothing"
+    );
+    assert_eq!(queue_view(&srv, &a, "", "heavy").await["share"]["rate"], json!(null), "A's share has no rate");
+    // B's jobs first, so that A's can only run at their own pace if claims pass over B's.
+    let b_jobs = submit(&srv, &b, "heavy", 8).await;
+    let a_jobs = submit(&srv, &a, "heavy", 4).await;
+    wait_succeeded(&srv, &a, &a_jobs).await;
+    let a_starts = start_times(&srv, &a, &a_jobs).await;
+    assert!(a_starts[3] - a_starts[0] < 1_000_000, "A's jobs are not held at B's rate: {a_starts:?}");
+    wait_succeeded(&srv, &b, &b_jobs).await;
+    let b_starts = start_times(&srv, &b, &b_jobs).await;
+    // A burst of 2 then 2 a second: 8 starts cannot take less than 3 s (slack: 0.5 s).
+    let span = (b_starts[7] - b_starts[0]) as f64 / 1e6;
+    assert!(span >= 2.5, "8 starts at 2/s took only {span} s");
     srv.stop().await;
 }
 
@@ -129,7 +170,7 @@ async fn queue_wide_settings_and_operator_tokens_are_the_operators(backend: Back
     let srv = TestServer::start(backend).await;
     let (operator_id, operator) = srv.token("team-b", "root", Role::Operator).await;
     let (_, b) = srv.token("team-b", "bob", Role::Admin).await;
-    for (field, value) in [("concurrency", json!(1)), ("max_depth", json!(5)), ("rate", json!(1))] {
+    for (field, value) in [("concurrency", json!(1)), ("max_depth", json!(5))] {
         let got = srv.call_as(&b, Method::PUT, "/v1/queues/heavy", Some(json!({field: value, "paused": true}))).await;
         assert_error(&got, StatusCode::FORBIDDEN, "forbidden", Some(field));
     }
@@ -177,7 +218,10 @@ async fn an_operator_pause_stops_every_workspace(backend: Backend) {
         }
     }
     // A workspace sees that the queue, not its share, is paused, and cannot resume it.
-    assert_eq!(queue_view(&srv, &b, "", "heavy").await["share"], json!({"paused": false, "queue_paused": true}));
+    assert_eq!(
+        queue_view(&srv, &b, "", "heavy").await["share"],
+        json!({"paused": false, "rate": null, "queue_paused": true})
+    );
     let (status, body) = srv.call_as(&b, Method::PUT, "/v1/queues/heavy", Some(json!({"paused": false}))).await;
     assert_eq!((status, &body["queue_paused"]), (StatusCode::OK, &json!(true)), "{body}");
     assert_eq!(state(&srv, &b, &held[1][0]).await, "queued");
