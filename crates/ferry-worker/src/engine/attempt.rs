@@ -1,0 +1,217 @@
+//! One attempt of one job, from its claim to its recorded end.
+//!
+//! [`run_attempt`] runs the kind's executor under the attempt's timeout (bounded by the
+//! retry budget, plus a grace period for a kind that enforces its own), the job's cancel
+//! token and the drain's hard stop; a job with a cache key may be answered from the result
+//! cache instead ([`run_or_reuse`]). The outcome becomes a [`FinishResult`]: a success,
+//! or through [`decide`] (the engine's one use of [`decide_after_failure`]) a retry or
+//! death; a hard stop hands the job back. The attempt holds its queue slot until the
+//! finisher reports its end committed.
+
+use super::{Inner, finisher};
+use crate::executor::{Attempt, Executor};
+use ferry_core::time;
+use ferry_core::{Decision, ErrorType, ExecError, JobError, RetryState, decide_after_failure};
+use ferry_store::{ClaimedJob, Finish, FinishResult};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+/// How long past its timeout the engine waits for a kind that enforces its own.
+const OWN_TIMEOUT_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the attempt, or answers it from the result cache: a job with a cache key whose
+/// workspace has a success under the same key within the kind's TTL gets that output,
+/// marked `"cached": true` and `"cached_from": <job id>`, without running. A failed
+/// lookup only means running.
+async fn run_or_reuse(
+    inner: &Inner,
+    job: &ClaimedJob,
+    executor: &dyn Executor,
+    attempt: &Attempt,
+    input: serde_json::Value,
+) -> Result<serde_json::Value, ExecError> {
+    if let (Some(key), Some(policy)) = (&job.cache_key, executor.cache(&input))
+        && !policy.ttl.is_zero()
+    {
+        let since =
+            time::now_micros().saturating_sub(time::ms(u64::try_from(policy.ttl.as_millis()).unwrap_or(u64::MAX)));
+        match inner.store.cached_output(&job.workspace, key, since).await {
+            Ok(Some((from, mut output))) => {
+                if let Some(obj) = output.as_object_mut() {
+                    obj.insert("cached".into(), true.into());
+                    obj.insert("cached_from".into(), from.to_string().into());
+                }
+                metrics::counter!("ferry_result_cache_total", "kind" => job.kind.clone(), "outcome" => "hit")
+                    .increment(1);
+                return Ok(output);
+            }
+            Ok(None) => {
+                metrics::counter!("ferry_result_cache_total", "kind" => job.kind.clone(), "outcome" => "miss")
+                    .increment(1);
+            }
+            Err(e) => tracing::warn!(job = %job.id, error = %e, "result cache lookup failed; running"),
+        }
+    }
+    executor.run(attempt, input).await
+}
+
+/// How an attempt stopped early.
+enum Stop {
+    Cancelled,
+    Shutdown,
+}
+
+/// Runs one claimed job's attempt and records its end; `permit` is the job's queue slot.
+pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+    let cancel = CancellationToken::new();
+    inner.running.lock().unwrap_or_else(|e| e.into_inner()).insert(job.id, cancel.clone());
+    let wait = (job.started_at - job.run_at).max(0) as f64 / 1e6;
+    metrics::histogram!("ferry_pickup_wait_seconds", "queue" => job.queue.clone()).record(wait);
+
+    let started = Instant::now();
+    // The attempt may not run past the retry budget either.
+    let mut timeout_ms = job.timeout_ms;
+    let mut cut_by_budget = false;
+    if let Some(deadline) = job.deadline_at {
+        let left = (deadline - job.started_at).max(0) as u64 / 1000;
+        if left < timeout_ms {
+            timeout_ms = left;
+            cut_by_budget = true;
+        }
+    }
+    let attempt = Attempt {
+        job_id: job.id,
+        number: job.attempt,
+        cancel: cancel.clone(),
+        timeout: Duration::from_millis(timeout_ms),
+        soft_timeout: job.soft_timeout_ms.map(|t| Duration::from_millis(t.min(timeout_ms))),
+    };
+    let budget_over = job.deadline_at.is_some_and(|d| d <= job.started_at);
+    let outcome: Result<Result<serde_json::Value, ExecError>, Stop> = match inner.registry.get(&job.kind) {
+        // Claimed too late to start within the budget: the executor does not run at all.
+        _ if budget_over => Ok(Err(ExecError::new(
+            ErrorType::BudgetExhausted,
+            "the retry budget ran out before the attempt could start",
+        ))),
+        // The API refuses unknown kinds, so this is a worker built without a kind another
+        // node accepts: retryable, so that a worker that has it can take the job.
+        None => Ok(Err(ExecError::new(
+            ErrorType::Validation,
+            format!("this worker has no executor for kind `{}`", job.kind),
+        )
+        .retryable(true))),
+        Some(executor) => match serde_json::from_str::<serde_json::Value>(&job.input) {
+            Err(e) => Ok(Err(ExecError::new(ErrorType::Internal, format!("stored input is not JSON: {e}")))),
+            Ok(input) => tokio::select! {
+                r = run_or_reuse(&inner, &job, executor.as_ref(), &attempt, input) => Ok(r),
+                // A kind that ends its own attempts gets a grace period to report.
+                _ = tokio::time::sleep(Duration::from_millis(timeout_ms) + if executor.enforces_timeout() {
+                    OWN_TIMEOUT_GRACE
+                } else {
+                    Duration::ZERO
+                }) => Ok(Err(ExecError::new(
+                    ErrorType::Timeout,
+                    if cut_by_budget {
+                        format!("the retry budget ran out after {timeout_ms} ms of this attempt")
+                    } else {
+                        format!("attempt timed out after {timeout_ms} ms")
+                    },
+                ))),
+                _ = cancel.cancelled() => Err(Stop::Cancelled),
+                _ = inner.hard_stop.cancelled() => Err(Stop::Shutdown),
+            },
+        },
+    };
+    // Executors holding resources outside their future watch the token.
+    cancel.cancel();
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let result = match outcome {
+        // Cancelled by a user or the lease is gone: the store already moved the job on
+        // (a node job's run learns it now rather than at the next sweep).
+        Err(Stop::Cancelled) => {
+            if let Some(run) = job.run_id {
+                let _ = inner.advancer.send(run);
+            }
+            None
+        }
+        Err(Stop::Shutdown) => Some(FinishResult::Released),
+        Ok(Ok(output)) => Some(succeeded(&inner, &job, output)),
+        Ok(Err(e)) => Some(failed(&job, e)),
+    };
+    let label = match &result {
+        None => "cancelled",
+        Some(FinishResult::Succeeded { .. }) => "succeeded",
+        Some(FinishResult::Released) => "released",
+        Some(_) => "failed",
+    };
+    metrics::histogram!("ferry_attempt_duration_seconds", "queue" => job.queue.clone(), "kind" => job.kind.clone(), "outcome" => label)
+        .record(elapsed);
+    if let Some(result) = result {
+        let final_state = match &result {
+            FinishResult::Succeeded { .. } => Some("succeeded"),
+            FinishResult::Dead { .. } => Some("dead"),
+            _ => None,
+        };
+        let fin = Finish { id: job.id, attempt: job.attempt, queue: job.queue.clone(), result };
+        if finisher::finish(&inner, fin).await {
+            match job.run_id {
+                Some(run) => {
+                    let _ = inner.advancer.send(run);
+                }
+                None => inner.freed.notify_one(),
+            }
+            if let Some(state) = final_state {
+                metrics::counter!("ferry_jobs_finished_total", "queue" => job.queue.clone(), "kind" => job.kind.clone(), "state" => state)
+                    .increment(1);
+            }
+        }
+    }
+    inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
+    // The slot is freed only now that the attempt's end is committed: freeing it earlier
+    // would let the next claim commit first, and the store would record more attempts of
+    // the queue running at once than its concurrency allows.
+    drop(permit);
+}
+
+fn succeeded(inner: &Inner, job: &ClaimedJob, output: serde_json::Value) -> FinishResult {
+    let size = serde_json::to_vec(&output).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > inner.cfg.max_output_bytes {
+        let error = JobError {
+            error_type: ErrorType::ResourceLimit,
+            message: format!("output is {size} bytes; the limit is {} bytes", inner.cfg.max_output_bytes),
+            retryable: false,
+        };
+        return decide(job, error, None, None);
+    }
+    FinishResult::Succeeded { output }
+}
+
+fn failed(job: &ClaimedJob, e: ExecError) -> FinishResult {
+    decide(job, e.to_job_error(), e.retry_after, e.output)
+}
+
+/// What an attempt that failed with `error` becomes: a retry after the backoff (or the
+/// executor's `retry_after`), or death when attempts or the retry budget ran out.
+pub(super) fn decide(
+    job: &ClaimedJob,
+    error: JobError,
+    retry_after: Option<Duration>,
+    output: Option<serde_json::Value>,
+) -> FinishResult {
+    let state = RetryState {
+        attempts_counted: job.attempts_counted,
+        max_attempts: job.max_attempts,
+        deadline_at: job.deadline_at,
+        backoff: &job.backoff,
+    };
+    let now = time::now_micros();
+    match decide_after_failure(state, error.clone(), retry_after, now, fastrand::f64()) {
+        Decision::Retry { run_at, error } => FinishResult::Retry { retry_in: run_at - now, error, output },
+        Decision::Dead { error: final_error } => {
+            FinishResult::Dead { error: final_error, attempt_error: error, output }
+        }
+    }
+}
