@@ -18,6 +18,7 @@ pub mod park;
 pub mod postgres;
 pub mod rate;
 mod row;
+mod rules;
 pub mod runs;
 pub mod sqlite;
 pub mod tokens;

@@ -34,6 +34,7 @@ use crate::{
     LabelRate, Page, Parked, QueueStats, ReplayOutcome, Store, StoreError, Subject, Submitted, Wakeups, WorkerInfo,
 };
 mod events;
+mod run_tx;
 mod runs;
 
 use crate::park::Parks;

@@ -31,6 +31,7 @@ mod runs;
 
 use crate::park::{Park, Parks};
 use crate::rate::{self, Rates};
+use crate::rules;
 use crate::runs::{
     Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunPage, WorkflowSummary,
     WorkflowVersion,
@@ -533,16 +534,26 @@ impl Writer {
             Cmd::PutWorkflow(ws, user, name, def, reply) => {
                 self.step(reply, |w| w.put_workflow(&ws, &user, &name, &def))
             }
-            Cmd::CreateRun(run, planner, reply) => self.step(reply, |w| w.create_run(*run, &planner)),
+            Cmd::CreateRun(run, planner, reply) => {
+                self.step(reply, |w| rules::ready(rules::runs::create(&mut w.runs(), *run, &planner)))
+            }
             Cmd::AdvanceRuns(list, planner, reply) => self.step(reply, |w| {
                 let mut all = Advanced::default();
                 for id in &list {
-                    all.merge(w.advance(*id, &planner)?);
+                    all.merge(rules::ready(rules::runs::advance(&mut w.runs(), *id, &planner))?);
                 }
                 Ok(all)
             }),
-            Cmd::CancelRun(ws, id, planner, reply) => self.step(reply, |w| w.cancel_run(&ws, id, &planner)),
-            Cmd::ReleaseRuns(defaults, planner, reply) => self.step(reply, |w| w.release_queued(&defaults, &planner)),
+            Cmd::CancelRun(ws, id, planner, reply) => {
+                self.step(reply, |w| rules::ready(rules::runs::cancel(&mut w.runs(), &ws, id, &planner)))
+            }
+            Cmd::ReleaseRuns(defaults, planner, reply) => self.step(reply, |w| {
+                let mut all = Advanced::default();
+                for ws in w.workspaces_with_queued_runs()? {
+                    all.merge(rules::ready(rules::runs::release_queued(&mut w.runs(), &ws, &defaults, &planner))?);
+                }
+                Ok(all)
+            }),
             Cmd::ReleaseJobs(defaults, reply) => self.step(reply, |w| w.release_held(&defaults)),
             Cmd::CreateToken(t, reply) => self.step(reply, |w| {
                 w.conn

@@ -2,15 +2,18 @@
 //! group-commit transaction, which is what holds the run) and the reads.
 
 use super::{INSERT_EVENT, Writer, parse_enum};
+use crate::rules::runs::{KeyedRun, QueuedRun, RunChange, RunTx};
 use crate::runs::{
-    self, Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunNodeRow, RunPage, RunRow,
-    WorkflowSummary, WorkflowVersion,
+    self, NewRun, RunDetail, RunEvent, RunFilter, RunJobRow, RunNodeRow, RunPage, RunRow, WorkflowSummary,
+    WorkflowVersion,
 };
 use crate::{StoreError, Subject, WorkspaceLimits, transition};
-use ferry_core::run::{RunId, RunState};
+use async_trait::async_trait;
+use ferry_core::run::{NodeRecord, NodeState, RunId, RunJobNew, RunState};
+use ferry_core::time::Micros;
 use ferry_core::{JobId, JobState};
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 pub(super) const RUN_COLUMNS: &str = "id, workspace, user_id, workflow, version, state, input, idempotency_key, \
      cancel_requested, created_at, deadline_at, finished_at, updated_at, error";
@@ -63,59 +66,74 @@ impl Writer {
         text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Database(e.to_string()))).transpose()
     }
 
-    pub(super) fn create_run(
-        &mut self,
-        run: NewRun,
-        planner: &Planner,
-    ) -> Result<(CreateRunOutcome, Advanced), StoreError> {
-        if let Some(key) = &run.idempotency_key {
-            let found: Option<(RunId, u32, String, Option<String>)> = self
-                .conn
-                .prepare_cached(
-                    "SELECT id, version, state, request_hash FROM runs WHERE workspace = ?1 AND idempotency_key = ?2",
-                )?
-                .query_row(params![run.workspace, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                .optional()?;
-            if let Some((id, version, state, hash)) = found {
-                if hash != run.request_hash {
-                    return Ok((CreateRunOutcome::Conflict { id }, Advanced::default()));
-                }
-                let state = parse_enum(&state)?;
-                return Ok((CreateRunOutcome::Existing { id, version, state }, Advanced::default()));
-            }
-        }
-        let latest: Option<u32> = self
+    /// The run rules' statements on this writer's transaction.
+    pub(super) fn runs(&mut self) -> SqliteRunTx<'_> {
+        SqliteRunTx { w: self }
+    }
+}
+
+/// The run rules' statements ([`RunTx`]) on the writer's group-commit transaction. Every
+/// call completes at once: the writer runs the rules with [`crate::rules::ready`].
+pub(super) struct SqliteRunTx<'a> {
+    w: &'a mut Writer,
+}
+
+#[async_trait]
+impl RunTx for SqliteRunTx<'_> {
+    fn now(&self) -> Micros {
+        self.w.now
+    }
+
+    async fn run_by_key(&mut self, workspace: &str, key: &str) -> Result<Option<KeyedRun>, StoreError> {
+        let found: Option<(RunId, u32, String, Option<String>)> = self
+            .w
+            .conn
+            .prepare_cached(
+                "SELECT id, version, state, request_hash FROM runs WHERE workspace = ?1 AND idempotency_key = ?2",
+            )?
+            .query_row(params![workspace, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()?;
+        found
+            .map(|(id, version, state, request_hash)| {
+                Ok(KeyedRun { id, version, state: parse_enum(&state)?, request_hash })
+            })
+            .transpose()
+    }
+
+    async fn latest_version(&mut self, workspace: &str, name: &str) -> Result<Option<u32>, StoreError> {
+        Ok(self
+            .w
             .conn
             .prepare_cached("SELECT MAX(version) FROM workflows WHERE workspace = ?1 AND name = ?2")?
-            .query_row(params![run.workspace, run.workflow], |r| r.get(0))?;
-        let Some(latest) = latest else { return Ok((CreateRunOutcome::NoWorkflow, Advanced::default())) };
-        let version = run.version.unwrap_or(latest);
-        let Some(definition) = self.definition(&run.workspace, &run.workflow, version)? else {
-            return Ok((CreateRunOutcome::NoVersion { latest }, Advanced::default()));
-        };
-        let mut refused = None;
-        if !run.admission.is_unlimited() {
-            let (user_now, workspace_now) = self.in_flight("runs", &run.workspace, &run.user)?;
-            if let Err(limit) = run.admission.check("run", user_now, workspace_now, 1) {
-                if !run.queue_on_limit {
-                    return Err(limit.into());
-                }
-                refused = Some(limit);
-            }
-        }
-        // A run that may wait never overtakes the workspace's runs already waiting.
-        if refused.is_none() && run.queue_on_limit {
-            let waiting: i64 = self
-                .conn
-                .prepare_cached("SELECT COUNT(*) FROM runs WHERE workspace = ?1 AND state = 'queued'")?
-                .query_row(params![run.workspace], |r| r.get(0))?;
-            if waiting > 0 {
-                refused = Some(ferry_core::admission::LimitReached { scope: "workspace", what: "run", limit: 0 });
-            }
-        }
-        let state = if refused.is_some() { RunState::Queued } else { RunState::Running };
-        let deadline = runs::deadline(&definition, self.now);
-        self.conn
+            .query_row(params![workspace, name], |r| r.get(0))?)
+    }
+
+    async fn definition(&mut self, workspace: &str, name: &str, version: u32) -> Result<Option<Value>, StoreError> {
+        self.w.definition(workspace, name, version)
+    }
+
+    async fn runs_in_flight(&mut self, workspace: &str, user: &str) -> Result<(u64, u64), StoreError> {
+        self.w.in_flight("runs", workspace, user)
+    }
+
+    async fn queued_count(&mut self, workspace: &str) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .w
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM runs WHERE workspace = ?1 AND state = 'queued'")?
+            .query_row(params![workspace], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn insert_run(
+        &mut self,
+        run: &NewRun,
+        version: u32,
+        state: RunState,
+        deadline: Micros,
+    ) -> Result<(), StoreError> {
+        self.w
+            .conn
             .prepare_cached(
                 "INSERT INTO runs (id, workspace, user_id, workflow, version, state, input, idempotency_key, \
                  request_hash, created_at, deadline_at, updated_at) \
@@ -130,184 +148,53 @@ impl Writer {
                 run.input.to_string(),
                 run.idempotency_key,
                 run.request_hash,
-                self.now,
+                self.w.now,
                 deadline,
                 state.as_str(),
             ])?;
-        if let Some(why) = refused {
-            let reason = if why.limit == 0 { "runs of the workspace are waiting".to_string() } else { why.to_string() };
-            self.run_event(run.id, "run_queued", None, json!({"reason": reason}))?;
-            return Ok((CreateRunOutcome::Created { id: run.id, version, state }, Advanced::default()));
-        }
-        self.run_event(run.id, "run_started", None, json!({"workflow": run.workflow, "version": version}))?;
-        let advanced = self.advance(run.id, planner)?;
-        let state = advanced.finished.iter().find(|f| f.0 == run.id).map(|f| f.1).unwrap_or(RunState::Running);
-        Ok((CreateRunOutcome::Created { id: run.id, version, state }, advanced))
-    }
-
-    pub(super) fn cancel_run(
-        &mut self,
-        workspace: &str,
-        id: RunId,
-        planner: &Planner,
-    ) -> Result<(Option<RunState>, Advanced), StoreError> {
-        let state: Option<String> = self
-            .conn
-            .prepare_cached("SELECT state FROM runs WHERE id = ?1 AND workspace = ?2")?
-            .query_row(params![id, workspace], |r| r.get(0))
-            .optional()?;
-        let Some(state) = state else { return Ok((None, Advanced::default())) };
-        let state: RunState = parse_enum(&state)?;
-        if state.is_terminal() {
-            return Ok((Some(state), Advanced::default()));
-        }
-        if state == RunState::Queued {
-            // Nothing of it ever started.
-            self.conn
-                .prepare_cached("UPDATE runs SET state = 'cancelled', finished_at = ?2, updated_at = ?2 WHERE id = ?1")?
-                .execute(params![id, self.now])?;
-            self.run_event(id, "run_finished", None, json!({"state": "cancelled", "error": null}))?;
-            let advanced = Advanced { finished: vec![(id, RunState::Cancelled)], ..Advanced::default() };
-            return Ok((Some(RunState::Cancelled), advanced));
-        }
-        self.conn
-            .prepare_cached("UPDATE runs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1")?
-            .execute(params![id, self.now])?;
-        let advanced = self.advance(id, planner)?;
-        let state = advanced.finished.iter().find(|f| f.0 == id).map(|f| f.1).unwrap_or(state);
-        Ok((Some(state), advanced))
-    }
-
-    /// Starts waiting runs that fit now, oldest first per workspace, each under its
-    /// workspace's limits (`defaults` where it set none).
-    pub(super) fn release_queued(
-        &mut self,
-        defaults: &WorkspaceLimits,
-        planner: &Planner,
-    ) -> Result<Advanced, StoreError> {
-        let mut out = Advanced::default();
-        let workspaces: Vec<String> = self
-            .conn
-            .prepare_cached("SELECT DISTINCT workspace FROM runs WHERE state = 'queued' LIMIT 100")?
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for ws in workspaces {
-            let limits = self.limits_or(&ws, defaults)?;
-            let waiting: Vec<(RunId, String, String, u32)> = self
-                .conn
-                .prepare_cached(
-                    "SELECT id, user_id, workflow, version FROM runs WHERE workspace = ?1 AND state = 'queued' \
-                     ORDER BY id LIMIT 1000",
-                )?
-                .query_map(params![ws], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            for (id, user, workflow, version) in waiting {
-                let (user_now, workspace_now) = self.in_flight("runs", &ws, &user)?;
-                match limits.runs_for(&user).check("run", user_now, workspace_now, 1) {
-                    Err(l) if l.scope == "workspace" => break,
-                    Err(_) => continue,
-                    Ok(()) => {}
-                }
-                let definition = self.definition(&ws, &workflow, version)?.unwrap_or(Value::Null);
-                self.conn
-                    .prepare_cached(
-                        "UPDATE runs SET state = 'running', deadline_at = ?2, updated_at = ?3 WHERE id = ?1",
-                    )?
-                    .execute(params![id, runs::deadline(&definition, self.now), self.now])?;
-                self.run_event(id, "run_started", None, json!({"workflow": workflow, "version": version}))?;
-                out.merge(self.advance(id, planner)?);
-            }
-        }
-        Ok(out)
-    }
-
-    fn run_event(&self, run: RunId, kind: &str, node: Option<&str>, data: Value) -> rusqlite::Result<()> {
-        self.conn
-            .prepare_cached("INSERT INTO run_events (run_id, at, type, node_id, data) VALUES (?1, ?2, ?3, ?4, ?5)")?
-            .execute(params![run, self.now, kind, node, data.to_string()])?;
-        self.touched(Subject::Run(run));
         Ok(())
     }
 
-    fn mirror(&self, run: RunId) -> rusqlite::Result<()> {
-        if self.conn.prepare_cached(MIRROR)?.execute(params![run])? > 0 {
-            self.touched(Subject::Run(run));
-        }
-        self.conn.prepare_cached(SYNCED)?.execute(params![run])?;
-        Ok(())
-    }
-
-    /// Reads the run, asks the planner, applies the plan: see [`crate::runs`].
-    pub(super) fn advance(&mut self, id: RunId, planner: &Planner) -> Result<Advanced, StoreError> {
-        let mut out = Advanced::default();
+    async fn lock_run(&mut self, id: RunId) -> Result<Option<RunRow>, StoreError> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1");
-        let Some(run) = self.conn.prepare_cached(&sql)?.query_row(params![id], |r| runs::run_row(r)).optional()? else {
-            return Ok(out);
-        };
-        self.mirror(id)?;
-        if run.state.is_terminal() {
-            return Ok(out);
-        }
-        let Some(definition) = self.definition(&run.workspace, &run.workflow, run.version)? else {
-            return Err(StoreError::Database(format!("run {id}: its workflow version is gone")));
-        };
-        let nodes = read_nodes(&self.conn, id)?;
-        let jobs = read_jobs(&self.conn, id)?;
-        let snap = runs::snapshot(&run, &definition, nodes, jobs, self.now).map_err(StoreError::Database)?;
-        let plan = planner(&snap);
-        for new in &plan.create {
-            self.insert_job(&new.job, Some((id, &new.node, new.item)), None)?;
-        }
-        for job in &plan.cancel {
-            if self.cancel_run_job(*job)? {
-                out.stopped.push(*job);
-            }
-        }
-        self.mirror(id)?;
-        for (node, rec) in &plan.nodes {
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO run_nodes (run_id, node_id, state, items, output, error, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-                     ON CONFLICT (run_id, node_id) DO UPDATE SET state = excluded.state, items = excluded.items, \
-                     output = excluded.output, error = excluded.error, updated_at = excluded.updated_at",
-                )?
-                .execute(params![
-                    id,
-                    node,
-                    rec.state.unwrap_or(ferry_core::run::NodeState::Pending).as_str(),
-                    rec.items,
-                    rec.output.as_ref().map(Value::to_string),
-                    rec.error.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default()),
-                    self.now,
-                ])?;
-        }
-        for e in &plan.events {
-            self.run_event(id, &e.event_type, e.node.as_deref(), e.data.clone())?;
-        }
-        if let Some((state, error)) = &plan.finish {
-            self.conn
-                .prepare_cached(
-                    "UPDATE runs SET state = ?2, error = ?3, finished_at = ?4, updated_at = ?4 WHERE id = ?1",
-                )?
-                .execute(params![
-                    id,
-                    state.as_str(),
-                    error.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default()),
-                    self.now
-                ])?;
-            out.finished.push((id, *state));
-        } else if !plan.is_empty() {
-            self.conn
-                .prepare_cached("UPDATE runs SET updated_at = ?2 WHERE id = ?1")?
-                .execute(params![id, self.now])?;
-        }
-        Ok(out)
+        Ok(self.w.conn.prepare_cached(&sql)?.query_row(params![id], |r| runs::run_row(r)).optional()?)
     }
 
-    /// Cancels an unfinished job of a run; returns whether it was running.
-    fn cancel_run_job(&mut self, id: JobId) -> Result<bool, StoreError> {
+    async fn run_event(&mut self, run: RunId, kind: &str, node: Option<&str>, data: &Value) -> Result<(), StoreError> {
+        self.w
+            .conn
+            .prepare_cached("INSERT INTO run_events (run_id, at, type, node_id, data) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![run, self.w.now, kind, node, data.to_string()])?;
+        self.w.touched(Subject::Run(run));
+        Ok(())
+    }
+
+    async fn mirror(&mut self, run: RunId) -> Result<(), StoreError> {
+        if self.w.conn.prepare_cached(MIRROR)?.execute(params![run])? > 0 {
+            self.w.touched(Subject::Run(run));
+        }
+        self.w.conn.prepare_cached(SYNCED)?.execute(params![run])?;
+        Ok(())
+    }
+
+    async fn nodes(&mut self, run: RunId) -> Result<Vec<RunNodeRow>, StoreError> {
+        Ok(read_nodes(&self.w.conn, run)?)
+    }
+
+    async fn jobs(&mut self, run: RunId) -> Result<Vec<RunJobRow>, StoreError> {
+        Ok(read_jobs(&self.w.conn, run)?)
+    }
+
+    async fn create_jobs(&mut self, run: RunId, jobs: &[RunJobNew]) -> Result<(), StoreError> {
+        for new in jobs {
+            self.w.insert_job(&new.job, Some((run, &new.node, new.item)), None)?;
+        }
+        Ok(())
+    }
+
+    async fn cancel_job(&mut self, id: JobId) -> Result<bool, StoreError> {
         let row: Option<(String, u32)> = self
+            .w
             .conn
             .prepare_cached("SELECT state, attempt FROM jobs WHERE id = ?1")?
             .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -318,16 +205,93 @@ impl Writer {
             return Ok(false);
         }
         let error = transition::cancel_error();
-        self.conn
+        self.w
+            .conn
             .prepare_cached(
                 "UPDATE jobs SET state = 'cancelled', error = ?3, finished_at = ?4, worker_id = NULL, \
                  lease_expires_at = NULL, updated_at = ?4 WHERE id = ?1 AND state = ?2",
             )?
-            .execute(params![id, state.as_str(), serde_json::to_string(&error).unwrap_or_default(), self.now])?;
+            .execute(params![id, state.as_str(), serde_json::to_string(&error).unwrap_or_default(), self.w.now])?;
         let (event, data) = transition::cancel_event(state, attempt, &error);
-        self.conn.prepare_cached(INSERT_EVENT)?.execute(params![id, self.now, event, data.to_string()])?;
-        self.touched(Subject::Job(id));
+        self.w.conn.prepare_cached(INSERT_EVENT)?.execute(params![id, self.w.now, event, data.to_string()])?;
+        self.w.touched(Subject::Job(id));
         Ok(state == JobState::Running)
+    }
+
+    async fn put_node(&mut self, run: RunId, node: &str, rec: &NodeRecord) -> Result<(), StoreError> {
+        self.w
+            .conn
+            .prepare_cached(
+                "INSERT INTO run_nodes (run_id, node_id, state, items, output, error, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (run_id, node_id) DO UPDATE SET state = excluded.state, items = excluded.items, \
+                 output = excluded.output, error = excluded.error, updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                run,
+                node,
+                rec.state.unwrap_or(NodeState::Pending).as_str(),
+                rec.items,
+                rec.output.as_ref().map(Value::to_string),
+                rec.error.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default()),
+                self.w.now,
+            ])?;
+        Ok(())
+    }
+
+    async fn update_run(&mut self, run: RunId, change: RunChange<'_>) -> Result<bool, StoreError> {
+        let now = self.w.now;
+        let c = &self.w.conn;
+        let n = match change {
+            RunChange::Finish { state, error } => c
+                .prepare_cached("UPDATE runs SET state = ?2, error = ?3, finished_at = ?4, updated_at = ?4 WHERE id = ?1")?
+                .execute(params![run, state.as_str(), error.map(|e| serde_json::to_string(e).unwrap_or_default()), now])?,
+            RunChange::Touch => c.prepare_cached("UPDATE runs SET updated_at = ?2 WHERE id = ?1")?.execute(params![run, now])?,
+            RunChange::CancelRequested => c
+                .prepare_cached("UPDATE runs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1")?
+                .execute(params![run, now])?,
+            RunChange::Start { deadline } => c
+                .prepare_cached(
+                    "UPDATE runs SET state = 'running', deadline_at = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'queued'",
+                )?
+                .execute(params![run, deadline, now])?,
+        };
+        Ok(n > 0)
+    }
+
+    async fn workspace_limits(&mut self, workspace: &str) -> Result<Option<WorkspaceLimits>, StoreError> {
+        let stored: Option<String> = self
+            .w
+            .conn
+            .prepare_cached("SELECT limits FROM workspace_limits WHERE workspace = ?1")?
+            .query_row(params![workspace], |r| r.get(0))
+            .optional()?;
+        Ok(stored.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    async fn queued_runs(&mut self, workspace: &str) -> Result<Vec<QueuedRun>, StoreError> {
+        Ok(self
+            .w
+            .conn
+            .prepare_cached(
+                "SELECT id, user_id, workflow, version FROM runs WHERE workspace = ?1 AND state = 'queued' \
+                 ORDER BY id LIMIT 1000",
+            )?
+            .query_map(params![workspace], |r| {
+                Ok(QueuedRun { id: r.get(0)?, user: r.get(1)?, workflow: r.get(2)?, version: r.get(3)? })
+            })?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+impl Writer {
+    /// Waiting runs' workspaces (at most 100 per pass).
+    pub(super) fn workspaces_with_queued_runs(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT DISTINCT workspace FROM runs WHERE state = 'queued' LIMIT 100")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?)
     }
 }
 
