@@ -34,8 +34,8 @@ use crate::{
     LabelRate, Page, Parked, QueueStats, ReplayOutcome, Store, StoreError, Subject, Submitted, Wakeups, WorkerInfo,
 };
 mod events;
-mod run_tx;
 mod runs;
+mod tx;
 
 use crate::park::Parks;
 use crate::rate::{self, Rates};

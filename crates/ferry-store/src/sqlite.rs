@@ -28,6 +28,7 @@ use crate::{
     Wakeups, WorkerInfo,
 };
 mod runs;
+mod tx;
 
 use crate::park::{Park, Parks};
 use crate::rate::{self, Rates};
@@ -535,22 +536,22 @@ impl Writer {
                 self.step(reply, |w| w.put_workflow(&ws, &user, &name, &def))
             }
             Cmd::CreateRun(run, planner, reply) => {
-                self.step(reply, |w| rules::ready(rules::runs::create(&mut w.runs(), *run, &planner)))
+                self.step(reply, |w| rules::ready(rules::runs::create(&mut w.tx(), *run, &planner)))
             }
             Cmd::AdvanceRuns(list, planner, reply) => self.step(reply, |w| {
                 let mut all = Advanced::default();
                 for id in &list {
-                    all.merge(rules::ready(rules::runs::advance(&mut w.runs(), *id, &planner))?);
+                    all.merge(rules::ready(rules::runs::advance(&mut w.tx(), *id, &planner))?);
                 }
                 Ok(all)
             }),
             Cmd::CancelRun(ws, id, planner, reply) => {
-                self.step(reply, |w| rules::ready(rules::runs::cancel(&mut w.runs(), &ws, id, &planner)))
+                self.step(reply, |w| rules::ready(rules::runs::cancel(&mut w.tx(), &ws, id, &planner)))
             }
             Cmd::ReleaseRuns(defaults, planner, reply) => self.step(reply, |w| {
                 let mut all = Advanced::default();
                 for ws in w.workspaces_with_queued_runs()? {
-                    all.merge(rules::ready(rules::runs::release_queued(&mut w.runs(), &ws, &defaults, &planner))?);
+                    all.merge(rules::ready(rules::runs::release_queued(&mut w.tx(), &ws, &defaults, &planner))?);
                 }
                 Ok(all)
             }),

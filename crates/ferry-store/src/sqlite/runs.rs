@@ -1,6 +1,7 @@
 //! Workflows and runs on SQLite: the writer thread's run transitions (each inside the
 //! group-commit transaction, which is what holds the run) and the reads.
 
+use super::tx::SqliteTx;
 use super::{INSERT_EVENT, Writer, parse_enum};
 use crate::rules::runs::{KeyedRun, QueuedRun, RunChange, RunTx};
 use crate::runs::{
@@ -65,21 +66,10 @@ impl Writer {
             .optional()?;
         text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Database(e.to_string()))).transpose()
     }
-
-    /// The run rules' statements on this writer's transaction.
-    pub(super) fn runs(&mut self) -> SqliteRunTx<'_> {
-        SqliteRunTx { w: self }
-    }
-}
-
-/// The run rules' statements ([`RunTx`]) on the writer's group-commit transaction. Every
-/// call completes at once: the writer runs the rules with [`crate::rules::ready`].
-pub(super) struct SqliteRunTx<'a> {
-    w: &'a mut Writer,
 }
 
 #[async_trait]
-impl RunTx for SqliteRunTx<'_> {
+impl RunTx for SqliteTx<'_> {
     fn now(&self) -> Micros {
         self.w.now
     }
