@@ -1,19 +1,19 @@
 //! `/v1/workflows` and `/v1/runs`: register versioned workflows, start runs, watch them.
 
 use crate::error::{ApiError, ErrorBody};
+use crate::events::{self, EventLog, EventQuery, Page};
 use crate::extract::{JsonBody, Path, Query};
-use crate::sse;
 use crate::{ApiState, Caller};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use ferry_core::run::{NodeState, RunId, RunState};
 use ferry_core::time::to_datetime;
 use ferry_core::workflow::WorkflowSpec;
 use ferry_core::{JobError, JobState, OnLimit};
-use ferry_store::{CreateRunOutcome, NewRun, RunDetail, RunEvent, RunFilter, RunRow};
+use ferry_store::{CreateRunOutcome, NewRun, RunDetail, RunEvent, RunFilter, RunRow, Store, StoreError, Subject};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -21,7 +21,8 @@ use std::collections::BTreeMap;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// Most events one read returns (a stream reads again at once when it got this many).
+/// Most events one read of a run's log returns (a stream reads again at once when it got
+/// this many).
 const EVENT_PAGE: usize = 500;
 
 /// A registered workflow version.
@@ -535,12 +536,6 @@ pub async fn cancel_run(
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventQuery {
-    after: Option<i64>,
-}
-
 /// A run's events in order: JSON, or Server-Sent Events when asked for
 /// `text/event-stream` (replay after `Last-Event-ID` or `?after=`, then live, closing
 /// after `run_finished`).
@@ -567,48 +562,42 @@ pub async fn run_events(
     headers: HeaderMap,
     Query(q): Query<EventQuery>,
 ) -> Result<Response, ApiError> {
-    let id = parse_run_id(&id)?;
-    let after = sse::resume_from(&headers, q.after)?;
-    if !sse::wants_stream(&headers) {
-        let mut all = Vec::new();
-        let mut cursor = after;
-        loop {
-            let page = st
-                .store
-                .run_events(&caller.workspace, id, cursor, EVENT_PAGE)
-                .await?
-                .ok_or_else(|| ApiError::not_found("run"))?;
-            let n = page.len();
-            cursor = page.last().map(|e| e.id).unwrap_or(cursor);
-            all.extend(page.into_iter().map(RunEventView::from));
-            if n < EVENT_PAGE {
-                break;
-            }
-        }
-        return Ok(Json(RunEventList { events: all }).into_response());
+    events::answer::<RunLog>(&st, &caller, parse_run_id(&id)?, &headers, q).await
+}
+
+/// A run's event log, for [`events::answer`]: read from the store a page at a time.
+pub(crate) struct RunLog;
+
+impl EventLog for RunLog {
+    type Id = RunId;
+    type View = RunEventView;
+    type List = RunEventList;
+    const NAME: &'static str = "run";
+
+    fn subject(id: RunId) -> Subject {
+        Subject::Run(id)
     }
-    // 404 before the stream starts, not as an empty stream.
-    st.store.run_state(&caller.workspace, id).await?.ok_or_else(|| ApiError::not_found("run"))?;
-    let permit = st.streams.open(&headers, &caller).await?;
-    let watch = st.store.event_signal().watch(ferry_store::Subject::Run(id));
-    let store = st.store.clone();
-    let workspace = caller.workspace.clone();
-    let fetch = move |cursor: i64| {
-        let (store, workspace) = (store.clone(), workspace.clone());
-        async move {
-            // "Ended" first: then the final event is in what is read next.
-            let ended = store.run_state(&workspace, id).await.ok()??.is_terminal();
-            let events = store.run_events(&workspace, id, cursor, EVENT_PAGE).await.ok()??;
-            let ended = ended && events.len() < EVENT_PAGE;
-            let items = events
-                .into_iter()
-                .map(|e| {
-                    let view = RunEventView::from(e);
-                    sse::Item::new(view.id, &view.event_type, &view)
-                })
-                .collect();
-            Some((items, ended))
-        }
-    };
-    Ok(sse::stream(after, st.cfg.sse_keep_alive, watch, permit, fetch).into_response())
+
+    async fn ended(store: &dyn Store, workspace: &str, id: RunId) -> Result<Option<bool>, StoreError> {
+        Ok(store.run_state(workspace, id).await?.map(|s| s.is_terminal()))
+    }
+
+    async fn read(
+        store: &dyn Store,
+        workspace: &str,
+        id: RunId,
+        after: i64,
+    ) -> Result<Option<Page<RunEventView>>, StoreError> {
+        let Some(events) = store.run_events(workspace, id, after, EVENT_PAGE).await? else { return Ok(None) };
+        let complete = events.len() < EVENT_PAGE;
+        Ok(Some(Page { events: events.into_iter().map(RunEventView::from).collect(), complete }))
+    }
+
+    fn list(events: Vec<RunEventView>) -> RunEventList {
+        RunEventList { events }
+    }
+
+    fn id_and_type(view: &RunEventView) -> (i64, &str) {
+        (view.id, &view.event_type)
+    }
 }
