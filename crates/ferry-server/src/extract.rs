@@ -197,13 +197,13 @@ impl Shape for ferry_core::workflow::WorkflowSpec {
     }
 }
 
-impl Shape for crate::runs::RunRequest {
+impl Shape for crate::views::RunRequest {
     fn check(body: &Value) -> Result<(), ApiError> {
         must_be_object(body, "")
     }
 }
 
-impl Shape for crate::tokens::TokenRequest {
+impl Shape for crate::views::TokenRequest {
     fn check(body: &Value) -> Result<(), ApiError> {
         must_be_object(body, "")
     }

@@ -1,6 +1,7 @@
 //! `/v1/jobs`: submit, read, list, cancel, replay, events.
 
 use crate::error::{ApiError, ErrorBody};
+use crate::events::{self, EventLog, EventQuery, Page};
 use crate::extract::{JsonBody, Path, Query};
 use crate::views::{BatchAccepted, BatchRequest, EventList, EventView, JobAccepted, JobPage, JobStateView, JobView};
 use crate::{ApiState, Caller};
@@ -9,7 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use ferry_core::time::now_micros;
 use ferry_core::{JobId, JobSpec, JobState};
-use ferry_store::{CancelOutcome, DeleteOutcome, JobFilter, ReplayOutcome, StoreError};
+use ferry_store::{CancelOutcome, DeleteOutcome, JobFilter, ReplayOutcome, Store, StoreError, Subject};
 use std::collections::BTreeMap;
 
 fn parse_id(raw: &str) -> Result<JobId, ApiError> {
@@ -286,12 +287,6 @@ pub async fn delete(
     }
 }
 
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventQuery {
-    after: Option<i64>,
-}
-
 /// A job's events, oldest first: JSON, or Server-Sent Events when asked for
 /// `text/event-stream` (replay after `Last-Event-ID` or `?after=`, then live, closing
 /// after the job's final event: `succeeded`, `dead` or `cancelled`).
@@ -318,34 +313,43 @@ pub async fn events(
     headers: HeaderMap,
     Query(q): Query<EventQuery>,
 ) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse as _;
-    let id = parse_id(&id)?;
-    let after = crate::sse::resume_from(&headers, q.after)?;
-    let events = st.store.job_events(&caller.workspace, id).await?.ok_or_else(|| ApiError::not_found("job"))?;
-    if !crate::sse::wants_stream(&headers) {
-        let events = events.into_iter().filter(|e| e.id > after).map(EventView::from).collect();
-        return Ok(Json(EventList { events }).into_response());
+    events::answer::<JobLog>(&st, &caller, parse_id(&id)?, &headers, q).await
+}
+
+/// A job's event log, for [`events::answer`]. The store reads a job's log whole (a job has
+/// a few events per attempt), so a read is always one complete page.
+pub(crate) struct JobLog;
+
+impl EventLog for JobLog {
+    type Id = JobId;
+    type View = EventView;
+    type List = EventList;
+    const NAME: &'static str = "job";
+
+    fn subject(id: JobId) -> Subject {
+        Subject::Job(id)
     }
-    let permit = st.streams.open(&headers, &caller).await?;
-    let watch = st.store.event_signal().watch(ferry_store::Subject::Job(id));
-    let store = st.store.clone();
-    let workspace = caller.workspace.clone();
-    let fetch = move |cursor: i64| {
-        let (store, workspace) = (store.clone(), workspace.clone());
-        async move {
-            // The job's state first: when it is final, its final event is in what follows.
-            let ended = store.get_job(&workspace, id).await.ok()??.state.is_final();
-            let events = store.job_events(&workspace, id).await.ok()??;
-            let items = events
-                .into_iter()
-                .filter(|e| e.id > cursor)
-                .map(|e| {
-                    let view = EventView::from(e);
-                    crate::sse::Item::new(view.id, &view.event_type, &view)
-                })
-                .collect();
-            Some((items, ended))
-        }
-    };
-    Ok(crate::sse::stream(after, st.cfg.sse_keep_alive, watch, permit, fetch).into_response())
+
+    async fn ended(store: &dyn Store, workspace: &str, id: JobId) -> Result<Option<bool>, StoreError> {
+        Ok(store.get_job(workspace, id).await?.map(|j| j.state.is_final()))
+    }
+
+    async fn read(
+        store: &dyn Store,
+        workspace: &str,
+        id: JobId,
+        after: i64,
+    ) -> Result<Option<Page<EventView>>, StoreError> {
+        let Some(events) = store.job_events(workspace, id).await? else { return Ok(None) };
+        let events = events.into_iter().filter(|e| e.id > after).map(EventView::from).collect();
+        Ok(Some(Page { events, complete: true }))
+    }
+
+    fn list(events: Vec<EventView>) -> EventList {
+        EventList { events }
+    }
+
+    fn id_and_type(view: &EventView) -> (i64, &str) {
+        (view.id, &view.event_type)
+    }
 }

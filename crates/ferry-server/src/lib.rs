@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod doc;
 mod error;
+mod events;
 mod extract;
 mod jobs;
 pub mod limits;

@@ -1,259 +1,30 @@
 //! `/v1/workflows` and `/v1/runs`: register versioned workflows, start runs, watch them.
 
 use crate::error::{ApiError, ErrorBody};
+use crate::events::{self, EventLog, EventQuery, Page};
 use crate::extract::{JsonBody, Path, Query};
-use crate::sse;
+use crate::views::{
+    RunAccepted, RunEventList, RunEventView, RunPageView, RunRequest, RunStateView, RunView, WorkflowAccepted,
+    WorkflowList, WorkflowSummaryView, WorkflowVersionView, WorkflowVersions,
+};
 use crate::{ApiState, Caller};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
-use ferry_core::run::{NodeState, RunId, RunState};
+use axum::response::Response;
+use ferry_core::OnLimit;
+use ferry_core::run::{RunId, RunState};
 use ferry_core::time::to_datetime;
 use ferry_core::workflow::WorkflowSpec;
-use ferry_core::{JobError, JobState, OnLimit};
-use ferry_store::{CreateRunOutcome, NewRun, RunDetail, RunEvent, RunFilter, RunRow};
-use serde::{Deserialize, Serialize};
+use ferry_store::{CreateRunOutcome, NewRun, RunFilter, Store, StoreError, Subject};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// Most events one read returns (a stream reads again at once when it got this many).
+/// Most events one read of a run's log returns (a stream reads again at once when it got
+/// this many).
 const EVENT_PAGE: usize = 500;
-
-/// A registered workflow version.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct WorkflowAccepted {
-    pub name: String,
-    pub version: u32,
-}
-
-/// A workflow in a listing.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct WorkflowSummaryView {
-    pub name: String,
-    pub latest_version: u32,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// The workspace's workflows.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct WorkflowList {
-    pub workflows: Vec<WorkflowSummaryView>,
-}
-
-/// One version of a workflow.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct WorkflowVersionView {
-    pub version: u32,
-    pub created_at: DateTime<Utc>,
-    pub created_by: String,
-    #[schema(value_type = Object)]
-    pub definition: Value,
-}
-
-/// A workflow and all its versions, oldest first.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct WorkflowVersions {
-    pub name: String,
-    pub versions: Vec<WorkflowVersionView>,
-}
-
-/// Start a run.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RunRequest {
-    /// The workflow's name.
-    pub workflow: String,
-    /// The version to run (default: the latest).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<u32>,
-    /// The run's input, `{{ input.… }}` in node inputs: an object (absent or `null`: `{}`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub input: Option<Value>,
-    /// Makes starting exactly-once within the workspace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idempotency_key: Option<String>,
-    /// Beyond a concurrency limit: `refuse` (429, the default) or `queue` (admitted as
-    /// `queued`; it starts when a slot frees, in the order runs were queued).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_limit: Option<OnLimit>,
-}
-
-/// A started (or found) run.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RunAccepted {
-    pub id: Uuid,
-    pub workflow: String,
-    pub version: u32,
-    pub state: RunState,
-    /// `false` when an idempotency key matched an existing run.
-    pub created: bool,
-}
-
-/// One job of a node.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct NodeJobView {
-    pub id: Uuid,
-    /// The element's index, for a `for_each` node.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub item: Option<u32>,
-    pub state: JobState,
-    pub attempts: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<JobError>,
-}
-
-/// One node of a run.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct NodeView {
-    pub id: String,
-    pub state: NodeState,
-    /// For a `for_each` node: how many elements.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub items: Option<u32>,
-    /// Attempts of the node's jobs that counted, summed.
-    pub attempts: u32,
-    /// The node's result (any JSON; `null` until it has one).
-    pub output: Option<Value>,
-    pub error: Option<JobError>,
-    pub jobs: Vec<NodeJobView>,
-}
-
-/// A run.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RunView {
-    pub id: Uuid,
-    pub workflow: String,
-    pub version: u32,
-    pub state: RunState,
-    /// The run's input as started (any JSON).
-    pub input: Value,
-    pub idempotency_key: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub deadline_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub error: Option<JobError>,
-    /// Every node in the workflow's order (omitted in listings).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nodes: Option<Vec<NodeView>>,
-}
-
-impl RunView {
-    fn summary(r: RunRow) -> Self {
-        RunView {
-            id: r.id,
-            workflow: r.workflow,
-            version: r.version,
-            state: r.state,
-            input: r.input,
-            idempotency_key: r.idempotency_key,
-            created_at: to_datetime(r.created_at),
-            deadline_at: to_datetime(r.deadline_at),
-            finished_at: r.finished_at.map(to_datetime),
-            error: r.error,
-            nodes: None,
-        }
-    }
-
-    fn detail(d: RunDetail) -> Self {
-        let order: Vec<String> = d
-            .definition
-            .as_ref()
-            .and_then(|def| def.get("nodes"))
-            .and_then(Value::as_array)
-            .map(|nodes| nodes.iter().filter_map(|n| n.get("id")?.as_str().map(String::from)).collect())
-            .unwrap_or_default();
-        let mut recorded: BTreeMap<String, ferry_store::RunNodeRow> =
-            d.nodes.into_iter().map(|n| (n.node.clone(), n)).collect();
-        let mut jobs: BTreeMap<String, Vec<ferry_store::RunJobRow>> = BTreeMap::new();
-        for j in d.jobs {
-            jobs.entry(j.node.clone()).or_default().push(j);
-        }
-        let nodes = order
-            .into_iter()
-            .map(|id| {
-                let rec = recorded.remove(&id);
-                let node_jobs = jobs.remove(&id).unwrap_or_default();
-                NodeView {
-                    state: rec.as_ref().map(|r| r.state).unwrap_or(NodeState::Pending),
-                    items: rec.as_ref().and_then(|r| r.items),
-                    attempts: node_jobs.iter().map(|j| j.attempts).sum(),
-                    output: rec.as_ref().and_then(|r| r.output.clone()),
-                    error: rec.and_then(|r| r.error),
-                    jobs: node_jobs
-                        .into_iter()
-                        .map(|j| NodeJobView {
-                            id: j.id,
-                            item: j.item,
-                            state: j.state,
-                            attempts: j.attempts,
-                            error: j.error,
-                        })
-                        .collect(),
-                    id,
-                }
-            })
-            .collect();
-        RunView { nodes: Some(nodes), ..RunView::summary(d.run) }
-    }
-}
-
-/// One page of runs, newest first.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RunPageView {
-    pub items: Vec<RunView>,
-    pub next_cursor: Option<Uuid>,
-}
-
-/// One entry of a run's event log.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RunEventView {
-    /// Increases with every event of the run, in commit order: resume after it.
-    pub id: i64,
-    #[serde(rename = "type")]
-    pub event_type: String,
-    pub at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub item: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job_id: Option<Uuid>,
-    /// What the event carries (any JSON).
-    pub data: Value,
-}
-
-impl From<RunEvent> for RunEventView {
-    fn from(e: RunEvent) -> Self {
-        RunEventView {
-            id: e.id,
-            event_type: e.event_type,
-            at: to_datetime(e.at),
-            node: e.node,
-            item: e.item,
-            job_id: e.job_id,
-            data: e.data,
-        }
-    }
-}
-
-/// A run's events, in order.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RunEventList {
-    pub events: Vec<RunEventView>,
-}
-
-/// A run's id and its state after a cancel.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RunStateView {
-    pub id: Uuid,
-    pub state: RunState,
-}
 
 fn parse_run_id(raw: &str) -> Result<RunId, ApiError> {
     RunId::parse_str(raw).map_err(|_| ApiError::bad_field("id", format!("`{raw}` is not a run id (a UUID)")))
@@ -565,12 +336,6 @@ pub async fn cancel_run(
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventQuery {
-    after: Option<i64>,
-}
-
 /// A run's events in order: JSON, or Server-Sent Events when asked for
 /// `text/event-stream` (replay after `Last-Event-ID` or `?after=`, then live, closing
 /// after `run_finished`).
@@ -597,48 +362,42 @@ pub async fn run_events(
     headers: HeaderMap,
     Query(q): Query<EventQuery>,
 ) -> Result<Response, ApiError> {
-    let id = parse_run_id(&id)?;
-    let after = sse::resume_from(&headers, q.after)?;
-    if !sse::wants_stream(&headers) {
-        let mut all = Vec::new();
-        let mut cursor = after;
-        loop {
-            let page = st
-                .store
-                .run_events(&caller.workspace, id, cursor, EVENT_PAGE)
-                .await?
-                .ok_or_else(|| ApiError::not_found("run"))?;
-            let n = page.len();
-            cursor = page.last().map(|e| e.id).unwrap_or(cursor);
-            all.extend(page.into_iter().map(RunEventView::from));
-            if n < EVENT_PAGE {
-                break;
-            }
-        }
-        return Ok(Json(RunEventList { events: all }).into_response());
+    events::answer::<RunLog>(&st, &caller, parse_run_id(&id)?, &headers, q).await
+}
+
+/// A run's event log, for [`events::answer`]: read from the store a page at a time.
+pub(crate) struct RunLog;
+
+impl EventLog for RunLog {
+    type Id = RunId;
+    type View = RunEventView;
+    type List = RunEventList;
+    const NAME: &'static str = "run";
+
+    fn subject(id: RunId) -> Subject {
+        Subject::Run(id)
     }
-    // 404 before the stream starts, not as an empty stream.
-    st.store.run_state(&caller.workspace, id).await?.ok_or_else(|| ApiError::not_found("run"))?;
-    let permit = st.streams.open(&headers, &caller).await?;
-    let watch = st.store.event_signal().watch(ferry_store::Subject::Run(id));
-    let store = st.store.clone();
-    let workspace = caller.workspace.clone();
-    let fetch = move |cursor: i64| {
-        let (store, workspace) = (store.clone(), workspace.clone());
-        async move {
-            // "Ended" first: then the final event is in what is read next.
-            let ended = store.run_state(&workspace, id).await.ok()??.is_terminal();
-            let events = store.run_events(&workspace, id, cursor, EVENT_PAGE).await.ok()??;
-            let ended = ended && events.len() < EVENT_PAGE;
-            let items = events
-                .into_iter()
-                .map(|e| {
-                    let view = RunEventView::from(e);
-                    sse::Item::new(view.id, &view.event_type, &view)
-                })
-                .collect();
-            Some((items, ended))
-        }
-    };
-    Ok(sse::stream(after, st.cfg.sse_keep_alive, watch, permit, fetch).into_response())
+
+    async fn ended(store: &dyn Store, workspace: &str, id: RunId) -> Result<Option<bool>, StoreError> {
+        Ok(store.run_state(workspace, id).await?.map(|s| s.is_terminal()))
+    }
+
+    async fn read(
+        store: &dyn Store,
+        workspace: &str,
+        id: RunId,
+        after: i64,
+    ) -> Result<Option<Page<RunEventView>>, StoreError> {
+        let Some(events) = store.run_events(workspace, id, after, EVENT_PAGE).await? else { return Ok(None) };
+        let complete = events.len() < EVENT_PAGE;
+        Ok(Some(Page { events: events.into_iter().map(RunEventView::from).collect(), complete }))
+    }
+
+    fn list(events: Vec<RunEventView>) -> RunEventList {
+        RunEventList { events }
+    }
+
+    fn id_and_type(view: &RunEventView) -> (i64, &str) {
+        (view.id, &view.event_type)
+    }
 }

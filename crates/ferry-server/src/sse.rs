@@ -4,7 +4,7 @@
 //! A feed is a function that, given the last id the client has, returns the events after
 //! it and whether the subject (a run, a job) has ended. It must read "ended" *before* the
 //! events, so that when it says ended, the final event is among what it read (or was read
-//! before).
+//! before). [`crate::events`] makes the one feed both event endpoints use.
 //!
 //! **An idle stream costs nothing.** A stream reads its feed when it opens, then again
 //! only when woken: by the store's event signal for its subject ([`ferry_store::EventWatch`],
@@ -70,33 +70,6 @@ impl Item {
     pub fn new(id: i64, event_type: &str, view: &impl serde::Serialize) -> Item {
         Item { id, event_type: event_type.to_string(), data: serde_json::to_string(view).unwrap_or_default() }
     }
-}
-
-/// Whether the client asked for an event stream.
-pub fn wants_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|part| part.trim().starts_with("text/event-stream")))
-}
-
-/// The cursor to resume from: the `Last-Event-ID` header (sent by a reconnecting
-/// client), else `?after=`, else 0 (the whole log).
-pub fn resume_from(headers: &HeaderMap, after: Option<i64>) -> Result<i64, ApiError> {
-    // `after` is checked even when the header wins, so a bad request is refused whatever
-    // else it carries.
-    if after.is_some_and(|n| n < 0) {
-        return Err(ApiError::bad_field("after", "must be an event id (an integer, 0 or more)"));
-    }
-    if let Some(v) = headers.get("last-event-id") {
-        return v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .filter(|n| *n >= 0)
-            .ok_or_else(|| ApiError::bad_field("Last-Event-ID", "must be an event id (an integer)"));
-    }
-    Ok(after.unwrap_or(0))
 }
 
 /// The caps on open streams (`sse_max_streams`, `sse_max_streams_per_token`).

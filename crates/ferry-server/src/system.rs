@@ -11,16 +11,15 @@ use crate::error::ApiError;
 use crate::error::ErrorBody;
 use crate::extract::{JsonBody, Path, Query};
 use crate::views::{
-    Health, QueueList, QueueSettingsRequest, QueueSettingsView, QueueShareView, QueueView, WorkerList, WorkerView,
+    Health, QueueChange, QueueList, QueueSettingsRequest, QueueSettingsView, QueueShareView, QueueView, WorkerList,
+    WorkerView,
 };
 use crate::{ApiState, Caller};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use utoipa::ToSchema;
 
 /// The workspace a queue request is about: `?workspace=` (any, for an operator; only its
 /// own, for anyone else), else the caller's own, or `None` (server-wide) for an operator
@@ -101,15 +100,6 @@ pub async fn queues(
         }
     }
     Ok(Json(QueueList { queues: map.into_values().collect() }))
-}
-
-/// What `PUT /v1/queues/{name}` changed: the queue-wide settings (an operator), or a
-/// workspace's share (a workspace admin, or an operator with `?workspace=`).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(untagged)]
-pub enum QueueChange {
-    Queue(QueueSettingsView),
-    Share(QueueShareView),
 }
 
 /// Change a queue at run time. An operator changes the whole queue: any of

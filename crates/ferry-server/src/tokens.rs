@@ -7,59 +7,14 @@
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, Path};
+use crate::views::{TokenList, TokenRequest, TokenView};
 use crate::{ApiState, Caller};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use chrono::{DateTime, Utc};
 use ferry_core::auth::{Role, new_token, token_hash};
-use ferry_core::time::to_datetime;
-use ferry_store::{NewToken, TokenRecord};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use ferry_store::NewToken;
 use uuid::Uuid;
-
-/// Create a token for a user of the caller's workspace.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TokenRequest {
-    pub user: String,
-    pub role: Role,
-}
-
-/// A token, without its secret.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TokenView {
-    pub id: Uuid,
-    pub workspace: String,
-    pub user: String,
-    pub role: Role,
-    pub created_at: DateTime<Utc>,
-    pub revoked_at: Option<DateTime<Utc>>,
-    /// The secret: in the creation's answer only, never again.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-}
-
-impl From<TokenRecord> for TokenView {
-    fn from(t: TokenRecord) -> Self {
-        TokenView {
-            id: t.id,
-            workspace: t.workspace,
-            user: t.user,
-            role: t.role,
-            created_at: to_datetime(t.created_at),
-            revoked_at: t.revoked_at.map(to_datetime),
-            token: None,
-        }
-    }
-}
-
-/// The workspace's tokens.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TokenList {
-    pub tokens: Vec<TokenView>,
-}
 
 fn forbidden_role(message: &str) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", message.to_string()).field("role")

@@ -87,7 +87,9 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Measure throughput and pickup latency on a fresh, temporary store.
+    /// Measure Ferry on a fresh, temporary store: throughput and pickup latency (`queue`,
+    /// the default), the `exec` sandbox's overhead (`sandbox`), the workflow engine's
+    /// (`workflow`).
     Bench(crate::bench::BenchArgs),
 }
 

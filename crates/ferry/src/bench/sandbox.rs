@@ -1,14 +1,26 @@
-//! `ferry bench --sandbox`: what the `exec` sandbox costs. Runs a hello-world in Python
+//! `ferry bench sandbox`: what the `exec` sandbox costs. Runs a hello-world in Python
 //! and in `sh`, alternately as a bare subprocess (spawn, capture output, wait) and in the
 //! sandbox (namespaces, new root, rlimits, Landlock, seccomp, scratch directory made and
 //! removed), and reports p50/p99 of each and the overhead at p50 and p99.
 
-use crate::bench::BenchArgs;
+use super::stats::percentile;
 use anyhow::{Context, bail};
+use clap::Args;
 use ferry_sandbox::{Sandbox, SandboxSpec};
 use serde::Serialize;
 use std::process::Stdio;
 use std::time::Instant;
+
+/// `ferry bench sandbox`'s flags.
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    /// Runs of each language, bare and sandboxed (at least 10)
+    #[arg(long, default_value_t = 500)]
+    pub samples: usize,
+    /// Print the results as JSON
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// One language's figures, in milliseconds.
 #[derive(Debug, Serialize)]
@@ -21,11 +33,6 @@ pub struct SandboxFigures {
     pub sandbox_p99_ms: f64,
     pub overhead_p50_ms: f64,
     pub overhead_p99_ms: f64,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
 }
 
 async fn bare(program: &str, args: &[&str]) -> anyhow::Result<f64> {
@@ -58,7 +65,7 @@ async fn sandboxed(sandbox: &Sandbox, program: &str, args: &[&str]) -> anyhow::R
 }
 
 /// Measures and prints.
-pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+pub async fn run(args: &SandboxArgs) -> anyhow::Result<()> {
     let runs = args.samples.max(10);
     let scratch = tempfile::Builder::new().prefix("ferry-bench-sandbox").tempdir_in(std::env::temp_dir())?;
     let sandbox = Sandbox {

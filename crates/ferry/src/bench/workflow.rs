@@ -1,19 +1,32 @@
-//! `ferry bench --workflow`: the engine's overhead per workflow step. Runs, on a fresh
+//! `ferry bench workflow`: the engine's overhead per workflow step. Runs, on a fresh
 //! temporary store, a chain of 20 `noop` nodes and a 1,000-wide `for_each` of `noop`s,
-//! each `--samples`-times (at least 3), and reports the run time from the start request to
+//! each `--samples` times (3 to 50), and reports the run time from the start request to
 //! the run's end as the API reports it (`finished_at - created_at`). `noop` does no work,
 //! so the run time is all overhead: divided by the steps for the chain, by the elements
 //! for the fan-out.
 
+use super::target::{Target, TargetArgs};
 use crate::app;
-use crate::bench::BenchArgs;
-use crate::config::{Config, QueueSettings};
 use anyhow::{Context, bail};
+use clap::Args;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 const CHAIN: usize = 20;
 const WIDTH: usize = 1000;
+
+/// `ferry bench workflow`'s flags.
+#[derive(Debug, Clone, Args)]
+pub struct WorkflowArgs {
+    /// Rounds of each workflow, after one warm-up (3 to 50)
+    #[arg(long, default_value_t = 50)]
+    pub samples: usize,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Print the results as JSON
+    #[arg(long)]
+    pub json: bool,
+}
 
 async fn call(
     http: &reqwest::Client,
@@ -68,15 +81,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Measures and prints.
-pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut cfg = Config { listen: "127.0.0.1:0".parse()?, data_dir: dir.path().join("engine"), ..Config::default() };
-    cfg.queues.insert("default".into(), QueueSettings { concurrency: Some(args.concurrency), max_depth: Some(0) });
-    if let Some(url) = &args.database_url {
-        cfg.database_url = Some(url.clone());
-        cfg.database_schema = Some(format!("b_{:016x}", fastrand::u64(..)));
-    }
-    let server = app::start(&cfg).await?;
+pub async fn run(args: &WorkflowArgs) -> anyhow::Result<()> {
+    let target = Target::new(&args.target)?;
+    let result = measure(args, &target).await;
+    target.remove().await;
+    result
+}
+
+async fn measure(args: &WorkflowArgs, target: &Target) -> anyhow::Result<()> {
+    let server = app::start(&target.cfg).await?;
     let base = server.url();
     let http = reqwest::Client::new();
     let chain: Vec<Value> = (0..CHAIN)
@@ -109,7 +122,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let (c, f) = (median(chain_ms.clone()), median(fan_ms.clone()));
     let report = json!({
-        "backend": if args.database_url.is_some() { "postgres" } else { "sqlite" },
+        "backend": target.backend(),
         "rounds": rounds,
         "chain_steps": CHAIN,
         "chain_run_ms_median": c,
