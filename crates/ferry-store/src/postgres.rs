@@ -169,7 +169,7 @@ fn valid_schema(s: &str) -> bool {
 
 impl PgStore {
     /// Connects, creates the schema if asked for one, applies migrations under an advisory
-    /// lock, and starts listening for wake-ups.
+    /// lock, then opens the pool and starts listening for wake-ups.
     pub async fn open(opts: &PgOptions) -> Result<Self, StoreError> {
         let mut connect = PgConnectOptions::from_str(&opts.url)
             .map_err(|e| StoreError::Unavailable(format!("bad database URL: {e}")))?
@@ -198,6 +198,12 @@ impl PgStore {
             pool.close().await;
             connect = connect.options([("search_path", s.as_str())]);
         }
+        // Migrations first, on a connection of their own: the pool below prepares and runs
+        // its statements on every connection it opens (`warm`), and they need the schema.
+        let migrating = PgPoolOptions::new().max_connections(1).connect_with(connect.clone()).await?;
+        let migrated = migrate(&migrating).await;
+        migrating.close().await;
+        migrated?;
         // sqlx pings every connection it hands out, a round trip before each query on
         // the hottest paths (submit, claim, finish). Only a connection idle for a while
         // is pinged here; one that broke in use fails its query, is dropped by the ping
@@ -227,7 +233,6 @@ impl PgStore {
             })
             .connect_with(connect)
             .await?;
-        migrate(&pool).await?;
         let wakeups = Arc::new(Wakeups::default());
         let cancel_channel = format!("ferry_cancel_{schema}");
         let token_channel = format!("ferry_tokens_{schema}");
@@ -500,8 +505,9 @@ const WARM_RUNS: usize = 6;
 /// of none). The first requests to get the connection then find the statements prepared
 /// and past their first plans, instead of paying for that in their latency: on a fresh
 /// server, most of the slowest 1% of pickups were among its first hundred
-/// (`BENCHMARKS.md`). The pool calls it for every connection it opens and ignores a
-/// failure (before the first migration there are no tables); public for its test.
+/// (`BENCHMARKS.md`). The pool calls it for every connection it opens, which it does only
+/// once the migrations are done (the statements need the schema), and ignores a failure;
+/// public for its test.
 pub async fn warm(conn: &mut sqlx::PgConnection, channel: &str) -> Result<(), StoreError> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let none = ClaimRequest { queue: String::new(), limit: 0, worker: String::new(), lease_ms: 0 };
