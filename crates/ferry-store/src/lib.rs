@@ -20,6 +20,7 @@ pub mod rate;
 mod row;
 pub mod runs;
 pub mod sqlite;
+mod submission;
 pub mod tokens;
 mod transition;
 mod types;

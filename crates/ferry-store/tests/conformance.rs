@@ -653,5 +653,7 @@ async fn postgres_claim_query_uses_the_ready_index() {
 mod admission;
 #[path = "conformance/postgres.rs"]
 mod postgres_only;
+#[path = "conformance/submission.rs"]
+mod submission;
 #[path = "conformance/tenancy.rs"]
 mod tenancy;
