@@ -983,13 +983,17 @@ impl Store for PgStore {
         }
         // Only a gated submission holds jobs, and it read the clock.
         if let (Some(reason), Some(now)) = (&hold, clock_read) {
-            // Held until a slot frees: no worker may see them before.
-            let ids: Vec<JobId> = created.keys().copied().collect();
+            // Held until a slot frees: no worker may see them before. Their events in batch
+            // order, as the insert logs a submission's first events.
+            let ids: Vec<JobId> = jobs.iter().map(|j| j.id).filter(|id| created.contains_key(id)).collect();
             sqlx::query("UPDATE jobs SET state = 'held' WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
             let mut events = Vec::with_capacity(ids.len());
-            for (id, (state, queue)) in created.iter_mut() {
-                *state = JobState::Held;
-                events.push((*id, "held", serde_json::json!({"queue": queue, "reason": reason})));
+            for id in &ids {
+                if let Some((state, queue)) = created.get_mut(id) {
+                    *state = JobState::Held;
+                    let (kind, data) = transition::held_event(queue, reason);
+                    events.push((*id, kind, data));
+                }
             }
             insert_events(&mut tx, now, events).await?;
         }
@@ -1298,11 +1302,8 @@ impl Store for PgStore {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
-        let events = vec![
-            (id, "replayed", serde_json::json!({"was": state.as_str()})),
-            (id, "queued", serde_json::json!({"queue": queue})),
-        ];
-        insert_events(&mut tx, now, events).await?;
+        let events = transition::replay_events(state, &queue).map(|(kind, data)| (id, kind, data));
+        insert_events(&mut tx, now, events.into()).await?;
         let touched = BTreeSet::from([queue]);
         self.notify(&mut tx, &touched).await?;
         self.announce(&mut tx, &[Subject::Job(id)]).await?;

@@ -823,7 +823,8 @@ impl Writer {
             run.and_then(|r| r.2),
         ])?;
         if let Some(reason) = held {
-            self.event(job.id, "held", json!({"queue": job.queue, "reason": reason}))?;
+            let (kind, data) = transition::held_event(&job.queue, reason);
+            self.event(job.id, kind, data)?;
             return Ok(state);
         }
         let (kind, data) = transition::submit_event(state, &job.queue, run_at);
@@ -1047,8 +1048,9 @@ impl Writer {
             .map_err(db)?
             .query_row(params![id, self.now], |r| r.get(0))
             .map_err(db)?;
-        self.event(id, "replayed", json!({"was": state.as_str()})).map_err(db)?;
-        self.event(id, "queued", json!({"queue": queue})).map_err(db)?;
+        for (kind, data) in transition::replay_events(state, &queue) {
+            self.event(id, kind, data)?;
+        }
         self.woken.insert(queue);
         Ok(ReplayOutcome::Replayed)
     }

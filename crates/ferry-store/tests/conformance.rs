@@ -653,6 +653,8 @@ async fn postgres_claim_query_uses_the_ready_index() {
 mod admission;
 #[path = "conformance/postgres.rs"]
 mod postgres_only;
+#[path = "conformance/release.rs"]
+mod release;
 #[path = "conformance/submission.rs"]
 mod submission;
 #[path = "conformance/tenancy.rs"]
