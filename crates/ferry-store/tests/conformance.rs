@@ -655,7 +655,11 @@ mod admission;
 mod postgres_only;
 #[path = "conformance/release.rs"]
 mod release;
+#[path = "conformance/signals.rs"]
+mod signals;
 #[path = "conformance/submission.rs"]
 mod submission;
 #[path = "conformance/tenancy.rs"]
 mod tenancy;
+#[path = "conformance/tokens.rs"]
+mod tokens;
