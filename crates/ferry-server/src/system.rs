@@ -105,13 +105,15 @@ pub async fn queues(
 /// Change a queue at run time. An operator changes the whole queue: any of
 /// `concurrency` (per worker process), `max_depth`, `rate` (attempts started per second,
 /// across every worker process), `paused`; fields left out keep their value, `null`
-/// returns a field to the configured value; worker processes apply it within `poll_ms`,
-/// a rate and the API's depth check within a second. A workspace admin changes only its
-/// workspace's share, whose two fields touch its own jobs on the queue and never another
-/// workspace's: `paused` holds them back (from this answer on, on every node), `rate` caps
-/// how many of them start per second across every worker process (`null`: no rate of its
-/// own; the queue's rate still holds). A queue-wide field is refused with 403 naming it.
-/// An operator sets a workspace's share with `?workspace=`.
+/// returns a field to the configured value (no queue is configured paused: `paused: null`
+/// resumes it); worker processes apply a concurrency within `poll_ms`, a rate and the
+/// API's depth check within a second, a pause from this answer on, on every node. A
+/// workspace admin changes only its workspace's share, whose two fields touch its own
+/// jobs on the queue and never another workspace's: `paused` (`null`: not paused) holds
+/// them back (from this answer on, on every node), `rate` caps how many of them start per
+/// second across every worker process (`null`: no rate of its own; the queue's rate still
+/// holds). A queue-wide field is refused with 403 naming it. An operator sets a
+/// workspace's share with `?workspace=`.
 #[utoipa::path(
     put, path = "/v1/queues/{name}", tag = "system", operation_id = "setQueue",
     params(
@@ -170,7 +172,7 @@ async fn set_queue_wide(
                     v => Some(rate_field(v, ", or null")?),
                 }
             }
-            "paused" => s.paused = v.as_bool().ok_or_else(|| ApiError::bad_field("paused", "must be true or false"))?,
+            "paused" => s.paused = pause_field(v)?,
             other => {
                 return Err(ApiError::bad_field(
                     other,
@@ -201,9 +203,7 @@ async fn set_share(
         .unwrap_or(ferry_store::QueueShare { queue: name.clone(), workspace, paused: false, rate: None });
     for (k, v) in obj {
         match k.as_str() {
-            "paused" => {
-                share.paused = v.as_bool().ok_or_else(|| ApiError::bad_field("paused", "must be true or false"))?
-            }
+            "paused" => share.paused = pause_field(v)?,
             "rate" => {
                 share.rate = match v {
                     serde_json::Value::Null => None,
@@ -227,6 +227,15 @@ async fn set_share(
     st.store.set_queue_share(share.clone()).await?;
     let queue_paused = st.store.queue_settings().await?.iter().any(|s| s.name == name && s.paused);
     Ok(QueueShareView { paused: share.paused, rate: share.rate, queue_paused })
+}
+
+/// A `paused` field; `null` is the configured value, not paused: a queue (or a workspace's
+/// share of it) is paused only at run time, never by the configuration.
+fn pause_field(v: &serde_json::Value) -> Result<bool, ApiError> {
+    match v {
+        serde_json::Value::Null => Ok(false),
+        v => v.as_bool().ok_or_else(|| ApiError::bad_field("paused", "must be true, false or null")),
+    }
 }
 
 /// A `rate` field: jobs per second, above 0 and at most a million.

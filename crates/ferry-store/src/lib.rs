@@ -21,6 +21,7 @@ mod row;
 mod rules;
 pub mod runs;
 pub mod sqlite;
+mod submission;
 pub mod tokens;
 mod transition;
 mod types;

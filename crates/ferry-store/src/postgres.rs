@@ -43,6 +43,7 @@ use crate::runs::{
     Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunPage, WorkflowSummary,
     WorkflowVersion,
 };
+use crate::submission::{self, Resolved, Stored};
 use crate::tokens::TOKEN_COLUMNS;
 use crate::{
     Admission, NewToken, QueueSettings, QueueShare, ReopenOutcome, TokenRecord, WorkspaceLimits, row, transition,
@@ -175,7 +176,7 @@ fn valid_schema(s: &str) -> bool {
 
 impl PgStore {
     /// Connects, creates the schema if asked for one, applies migrations under an advisory
-    /// lock, and starts listening for wake-ups.
+    /// lock, then opens the pool and starts listening for wake-ups.
     pub async fn open(opts: &PgOptions) -> Result<Self, StoreError> {
         let mut connect = PgConnectOptions::from_str(&opts.url)
             .map_err(|e| StoreError::Unavailable(format!("bad database URL: {e}")))?
@@ -204,6 +205,12 @@ impl PgStore {
             pool.close().await;
             connect = connect.options([("search_path", s.as_str())]);
         }
+        // Migrations first, on a connection of their own: the pool below prepares and runs
+        // its statements on every connection it opens (`warm`), and they need the schema.
+        let migrating = PgPoolOptions::new().max_connections(1).connect_with(connect.clone()).await?;
+        let migrated = migrate(&migrating).await;
+        migrating.close().await;
+        migrated?;
         // sqlx pings every connection it hands out, a round trip before each query on
         // the hottest paths (submit, claim, finish). Only a connection idle for a while
         // is pinged here; one that broke in use fails its query, is dropped by the ping
@@ -233,7 +240,6 @@ impl PgStore {
             })
             .connect_with(connect)
             .await?;
-        migrate(&pool).await?;
         let wakeups = Arc::new(Wakeups::default());
         let cancel_channel = format!("ferry_cancel_{schema}");
         let token_channel = format!("ferry_tokens_{schema}");
@@ -502,6 +508,42 @@ async fn count_waiting(tx: &mut Transaction<'static, Postgres>, queue: &str, cap
     Ok(n.max(0) as u64)
 }
 
+/// The jobs stored under the idempotency keys of `jobs`, by workspace and key, in one
+/// statement (none when no job has a key).
+async fn stored_under_keys<'a>(
+    tx: &mut Transaction<'static, Postgres>,
+    jobs: impl Iterator<Item = &'a NewJob>,
+) -> Result<HashMap<(String, String), Stored>, StoreError> {
+    let (workspaces, keys): (Vec<&str>, Vec<&str>) =
+        jobs.filter_map(|j| Some((j.workspace.as_str(), j.idempotency_key.as_deref()?))).unzip();
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query(
+        "SELECT j.workspace, j.idempotency_key, j.id, j.state, j.request_hash \
+         FROM jobs j JOIN UNNEST($1::text[], $2::text[]) AS k(workspace, key) \
+           ON j.workspace = k.workspace AND j.idempotency_key = k.key",
+    )
+    .bind(&workspaces)
+    .bind(&keys)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut stored = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let found =
+            Stored { id: r.try_get(2)?, state: parse_enum(&r.try_get::<String, _>(3)?)?, request_hash: r.try_get(4)? };
+        stored.insert((r.try_get(0)?, r.try_get(1)?), found);
+    }
+    Ok(stored)
+}
+
+/// The batch's idempotency keys resolved against what is stored (see
+/// [`crate::submission`]).
+async fn resolve_keys(tx: &mut Transaction<'static, Postgres>, jobs: &[NewJob]) -> Result<Vec<Resolved>, StoreError> {
+    let stored = stored_under_keys(tx, jobs.iter()).await?;
+    submission::resolve(jobs, |job, key| Ok(stored.get(&(job.workspace.clone(), key.to_string())).cloned()))
+}
+
 /// How many times [`warm`] runs each statement: PostgreSQL plans a prepared statement
 /// afresh for each of its first five executions on a connection, and only then settles
 /// on a plan.
@@ -512,8 +554,9 @@ const WARM_RUNS: usize = 6;
 /// of none). The first requests to get the connection then find the statements prepared
 /// and past their first plans, instead of paying for that in their latency: on a fresh
 /// server, most of the slowest 1% of pickups were among its first hundred
-/// (`BENCHMARKS.md`). The pool calls it for every connection it opens and ignores a
-/// failure (before the first migration there are no tables); public for its test.
+/// (`BENCHMARKS.md`). The pool calls it for every connection it opens, which it does only
+/// once the migrations are done (the statements need the schema), and ignores a failure;
+/// public for its test.
 pub async fn warm(conn: &mut sqlx::PgConnection, channel: &str) -> Result<(), StoreError> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let none = ClaimRequest { queue: String::new(), limit: 0, worker: String::new(), lease_ms: 0 };
@@ -859,21 +902,16 @@ impl Store for PgStore {
             true => self.begin().await.map(|(tx, now)| (tx, Some(now)))?,
             false => (self.pool.begin().await?, None),
         };
+        // The batch's idempotency keys, resolved before anything is written where a count
+        // needs them (see `crate::submission`): only new jobs count.
+        let mut resolved: Option<Vec<Resolved>> = None;
         let mut hold: Option<String> = None;
         if gated && let Some(first) = jobs.first() {
             // Admissions of one workspace take turns, so counts and inserts never race.
             let (user_now, workspace_now) = in_flight(&mut tx, "jobs", &first.workspace, &first.user).await?;
-            let keys: Vec<String> = jobs.iter().filter_map(|j| j.idempotency_key.clone()).collect();
-            let known: i64 = if keys.is_empty() {
-                0
-            } else {
-                sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE workspace = $1 AND idempotency_key = ANY($2)")
-                    .bind(&first.workspace)
-                    .bind(&keys)
-                    .fetch_one(&mut *tx)
-                    .await?
-            };
-            let adding = (jobs.len() as u64).saturating_sub(known.max(0) as u64);
+            let batch = resolve_keys(&mut tx, &jobs).await?;
+            let adding = submission::adding(&jobs, &batch, None);
+            resolved = Some(batch);
             if let Err(limit) = admission.check("job", user_now, workspace_now, adding) {
                 if !admission.queue_on_limit {
                     return Err(limit.into());
@@ -892,26 +930,32 @@ impl Store for PgStore {
             }
         }
         for (queue, cap) in &admission.queue_caps {
-            let adding = jobs.iter().filter(|j| j.queue == *queue).count() as u64;
-            if adding == 0 {
+            // At most every job of the batch on the queue is new: far from the cap, that
+            // is enough to know the batch fits, without resolving its keys.
+            let most = jobs.iter().filter(|j| j.queue == *queue).count() as u64;
+            if most == 0 {
                 continue;
             }
             // Far from the cap, concurrent submissions cannot overshoot it together; near
             // it, submissions to the queue take turns and count again.
-            let mut waiting = count_waiting(&mut tx, queue, *cap).await?;
-            if waiting + adding + DEPTH_SLACK > *cap {
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtext('ferry-depth:' || $1))")
-                    .bind(queue)
-                    .execute(&mut *tx)
-                    .await?;
-                // READ COMMITTED: this statement sees what committed before the lock.
-                waiting = count_waiting(&mut tx, queue, *cap).await?;
+            let waiting = count_waiting(&mut tx, queue, *cap).await?;
+            if waiting + most + DEPTH_SLACK <= *cap {
+                continue;
             }
-            if waiting + adding > *cap {
-                return Err(StoreError::QueueFull { queue: queue.clone(), max_depth: *cap });
-            }
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('ferry-depth:' || $1))")
+                .bind(queue)
+                .execute(&mut *tx)
+                .await?;
+            // READ COMMITTED: this statement sees what committed before the lock.
+            let waiting = count_waiting(&mut tx, queue, *cap).await?;
+            let batch = match resolved.take() {
+                Some(batch) => batch,
+                None => resolve_keys(&mut tx, &jobs).await?,
+            };
+            let adding = submission::adding(&jobs, &batch, Some(queue));
+            resolved = Some(batch);
+            submission::check_depth(queue, *cap, waiting, adding)?;
         }
-        let n = jobs.len();
         // Idle dispatchers of this process lease the new jobs in this very transaction
         // (see [`crate::park`]); a rated queue's claims keep to the rated path. Held jobs
         // are for nobody yet.
@@ -945,48 +989,36 @@ impl Store for PgStore {
         }
         // Only a gated submission holds jobs, and it read the clock.
         if let (Some(reason), Some(now)) = (&hold, clock_read) {
-            // Held until a slot frees: no worker may see them before.
-            let ids: Vec<JobId> = created.keys().copied().collect();
+            // Held until a slot frees: no worker may see them before. Their events in batch
+            // order, as the insert logs a submission's first events.
+            let ids: Vec<JobId> = jobs.iter().map(|j| j.id).filter(|id| created.contains_key(id)).collect();
             sqlx::query("UPDATE jobs SET state = 'held' WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
             let mut events = Vec::with_capacity(ids.len());
-            for (id, (state, queue)) in created.iter_mut() {
-                *state = JobState::Held;
-                events.push((*id, "held", serde_json::json!({"queue": queue, "reason": reason})));
+            for id in &ids {
+                if let Some((state, queue)) = created.get_mut(id) {
+                    *state = JobState::Held;
+                    let (kind, data) = transition::held_event(queue, reason);
+                    events.push((*id, kind, data));
+                }
             }
             insert_events(&mut tx, now, events).await?;
         }
-        let mut out = Vec::with_capacity(n);
-        let mut touched = BTreeSet::new();
-        for (index, j) in jobs.iter().enumerate() {
-            if let Some((state, queue)) = created.get(&j.id) {
-                if hold.is_none() {
-                    touched.insert(queue.clone());
-                }
-                out.push(Submitted { id: j.id, state: *state, created: true });
-                continue;
-            }
-            // Skipped by ON CONFLICT: the key exists (maybe earlier in this very batch).
-            let key = j.idempotency_key.clone().unwrap_or_default();
-            let row =
-                sqlx::query("SELECT id, state, request_hash FROM jobs WHERE workspace = $1 AND idempotency_key = $2")
-                    .bind(&j.workspace)
-                    .bind(&key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let Some(row) = row else {
-                return Err(StoreError::Database(format!("job {} was neither inserted nor found", j.id)));
-            };
-            let hash: Option<String> = row.try_get(2)?;
-            if hash != j.request_hash {
-                return Err(StoreError::IdempotencyConflict { index, key });
-            }
-            let id: JobId = row.try_get(0)?;
-            let state = match created.get(&id) {
-                Some((s, ..)) => *s,
-                None => parse_enum(&row.try_get::<String, _>(1)?)?,
-            };
-            out.push(Submitted { id, state, created: false });
-        }
+        // The answers, from what this transaction sees now: a job the insert skipped has
+        // its key stored (by an earlier job of the batch, or by another transaction that
+        // committed it first, maybe since the keys were resolved above).
+        let stored = stored_under_keys(&mut tx, jobs.iter().filter(|j| !created.contains_key(&j.id))).await?;
+        let resolved = submission::resolve(&jobs, |job, key| match created.contains_key(&job.id) {
+            true => Ok(None),
+            false => match stored.get(&(job.workspace.clone(), key.to_string())) {
+                Some(s) => Ok(Some(s.clone())),
+                None => Err(StoreError::Database(format!("job {} was neither inserted nor found", job.id))),
+            },
+        })?;
+        let out = submission::answers(&jobs, &resolved, |id| created[&id].0);
+        let touched: BTreeSet<String> = match hold {
+            None => created.into_values().map(|(_, queue)| queue).collect(),
+            Some(_) => BTreeSet::new(),
+        };
         let mut parked = Vec::with_capacity(parks.len());
         for park in parks {
             let claimed = claim_plain(&mut *tx, &park.req).await;
@@ -1273,11 +1305,8 @@ impl Store for PgStore {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
-        let events = vec![
-            (id, "replayed", serde_json::json!({"was": state.as_str()})),
-            (id, "queued", serde_json::json!({"queue": queue})),
-        ];
-        insert_events(&mut tx, now, events).await?;
+        let events = transition::replay_events(state, &queue).map(|(kind, data)| (id, kind, data));
+        insert_events(&mut tx, now, events.into()).await?;
         let touched = BTreeSet::from([queue]);
         self.notify(&mut tx, &touched).await?;
         tx.commit().await?;

@@ -41,6 +41,7 @@ use crate::runs::{
     Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunPage, WorkflowSummary,
     WorkflowVersion,
 };
+use crate::submission::{self, Resolved, Stored};
 use crate::tokens::TOKEN_COLUMNS;
 use crate::{
     Admission, NewToken, QueueSettings, QueueShare, ReopenOutcome, TokenRecord, WorkspaceLimits, row, transition,
@@ -659,23 +660,9 @@ impl Writer {
     }
 
     fn submit(&mut self, jobs: Vec<NewJob>, admission: Admission) -> Result<Vec<Submitted>, StoreError> {
-        // First pass, read only: resolve every idempotency key, so that a conflict is
-        // refused before anything of the batch is written.
-        let mut existing: Vec<Option<Submitted>> = Vec::with_capacity(jobs.len());
-        let mut in_batch: HashMap<(&str, &str), (usize, &Option<String>)> = HashMap::new();
-        for (index, job) in jobs.iter().enumerate() {
-            let Some(key) = &job.idempotency_key else {
-                existing.push(None);
-                continue;
-            };
-            let conflict = || StoreError::IdempotencyConflict { index, key: key.clone() };
-            if let Some((first, hash)) = in_batch.get(&(job.workspace.as_str(), key.as_str())) {
-                if **hash != job.request_hash {
-                    return Err(conflict());
-                }
-                existing.push(Some(Submitted { id: jobs[*first].id, state: JobState::Queued, created: false }));
-                continue;
-            }
+        // First, read only: resolve every idempotency key, so that a conflict is refused
+        // before anything of the batch is written, and only new jobs are counted.
+        let resolved = submission::resolve(&jobs, |job, key| {
             let found: Option<(JobId, String, Option<String>)> = self
                 .conn
                 .prepare_cached(
@@ -683,23 +670,17 @@ impl Writer {
                 )?
                 .query_row(params![job.workspace, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
-            match found {
-                Some((_, _, hash)) if hash != job.request_hash => return Err(conflict()),
-                Some((id, state, _)) => {
-                    existing.push(Some(Submitted { id, state: parse_enum(&state)?, created: false }))
-                }
-                None => {
-                    in_batch.insert((job.workspace.as_str(), key.as_str()), (index, &job.request_hash));
-                    existing.push(None);
-                }
-            }
-        }
-        // Still before any write: the jobs this batch would add must fit the limits.
+            Ok(match found {
+                Some((id, state, request_hash)) => Some(Stored { id, state: parse_enum(&state)?, request_hash }),
+                None => None,
+            })
+        })?;
+        // Still before any write: the jobs this batch adds must fit the limits.
         let mut hold = None;
         if !admission.is_unlimited()
             && let Some(first) = jobs.first()
         {
-            let adding = existing.iter().filter(|e| e.is_none()).count() as u64;
+            let adding = submission::adding(&jobs, &resolved, None);
             let (user_now, workspace_now) = self.in_flight("jobs", &first.workspace, &first.user)?;
             if let Err(limit) = admission.check("job", user_now, workspace_now, adding) {
                 if !admission.queue_on_limit {
@@ -722,26 +703,18 @@ impl Writer {
             }
         }
         for (queue, cap) in &admission.queue_caps {
-            let adding = jobs.iter().zip(&existing).filter(|(j, e)| e.is_none() && j.queue == *queue).count() as u64;
-            if adding > 0 && self.waiting(queue, *cap)? + adding > *cap {
-                return Err(StoreError::QueueFull { queue: queue.clone(), max_depth: *cap });
+            let adding = submission::adding(&jobs, &resolved, Some(queue));
+            if adding > 0 {
+                submission::check_depth(queue, *cap, self.waiting(queue, *cap)?, adding)?;
             }
         }
-        let mut out = Vec::with_capacity(jobs.len());
-        let mut first_state: HashMap<JobId, JobState> = HashMap::new();
-        for (job, known) in jobs.iter().zip(existing) {
-            if let Some(mut s) = known {
-                if let Some(state) = first_state.get(&s.id) {
-                    s.state = *state;
-                }
-                out.push(s);
-                continue;
+        let mut inserted = HashMap::new();
+        for (job, r) in jobs.iter().zip(&resolved) {
+            if *r == Resolved::New {
+                inserted.insert(job.id, self.insert_job(job, None, hold.as_deref())?);
             }
-            let state = self.insert_job(job, None, hold.as_deref())?;
-            first_state.insert(job.id, state);
-            out.push(Submitted { id: job.id, state, created: true });
         }
-        Ok(out)
+        Ok(submission::answers(&jobs, &resolved, |id| inserted[&id]))
     }
 
     /// The workspace's own limits, else `defaults`.
@@ -868,7 +841,8 @@ impl Writer {
             run.and_then(|r| r.2),
         ])?;
         if let Some(reason) = held {
-            self.event(job.id, "held", json!({"queue": job.queue, "reason": reason}))?;
+            let (kind, data) = transition::held_event(&job.queue, reason);
+            self.event(job.id, kind, data)?;
             return Ok(state);
         }
         let (kind, data) = transition::submit_event(state, &job.queue, run_at);
@@ -1092,8 +1066,9 @@ impl Writer {
             .map_err(db)?
             .query_row(params![id, self.now], |r| r.get(0))
             .map_err(db)?;
-        self.event(id, "replayed", json!({"was": state.as_str()})).map_err(db)?;
-        self.event(id, "queued", json!({"queue": queue})).map_err(db)?;
+        for (kind, data) in transition::replay_events(state, &queue) {
+            self.event(id, kind, data)?;
+        }
         self.woken.insert(queue);
         Ok(ReplayOutcome::Replayed)
     }

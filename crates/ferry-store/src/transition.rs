@@ -85,6 +85,17 @@ pub(crate) fn submit_event(state: JobState, queue: &str, run_at: Micros) -> (&'s
     }
 }
 
+/// The `held` event of a job that waits for a slot (`on_limit: "queue"`), with why.
+pub(crate) fn held_event(queue: &str, reason: &str) -> (&'static str, Value) {
+    ("held", json!({"queue": queue, "reason": reason}))
+}
+
+/// A replay's events: `replayed`, with the state the job left, then `queued` as for a
+/// new job.
+pub(crate) fn replay_events(was: JobState, queue: &str) -> [(&'static str, Value); 2] {
+    [("replayed", json!({"was": was.as_str()})), submit_event(JobState::Queued, queue, 0)]
+}
+
 /// The `cancelled` event; a running job's carries the attempt it stopped.
 pub(crate) fn cancel_event(was: JobState, attempt: u32, error: &JobError) -> (&'static str, Value) {
     if was == JobState::Running {

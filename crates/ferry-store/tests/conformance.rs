@@ -648,8 +648,18 @@ async fn postgres_claim_query_uses_the_ready_index() {
     b.cleanup().await;
 }
 
-// Tenancy: queue shares, workspace counts and the closed flag (tests/conformance/tenancy.rs).
+// By area, in tests/conformance/ (each module's doc names the promises it pins).
 #[path = "conformance/admission.rs"]
 mod admission;
+#[path = "conformance/postgres.rs"]
+mod postgres_only;
+#[path = "conformance/release.rs"]
+mod release;
+#[path = "conformance/signals.rs"]
+mod signals;
+#[path = "conformance/submission.rs"]
+mod submission;
 #[path = "conformance/tenancy.rs"]
 mod tenancy;
+#[path = "conformance/tokens.rs"]
+mod tokens;

@@ -63,7 +63,8 @@ pub struct QueueSettingsView {
 }
 
 /// The body of `PUT /v1/queues/{name}`: fields left out keep their value; `null` returns
-/// `concurrency`, `max_depth` or `rate` to the configured value (`paused` is never null).
+/// a field to the configured value (no queue is configured paused: `paused: null` resumes
+/// it, and a workspace's share with it).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSettingsRequest {
@@ -80,8 +81,7 @@ pub struct QueueSettingsRequest {
     #[schema(exclusive_minimum = 0.0, maximum = 1_000_000.0)]
     pub rate: Option<f64>,
     /// Nothing is dispatched while paused; submissions are still accepted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = bool, required = false)]
+    #[serde(default)]
     pub paused: Option<bool>,
 }
 

@@ -12,6 +12,7 @@ both!(
     the_document_states_this_servers_limits,
     whole_number_floats_are_integers,
     nested_objects_are_never_read_from_arrays,
+    every_queue_setting_may_be_null,
 );
 
 async fn put(server: &TestServer, path: &str, body: Value) -> (StatusCode, Value) {
@@ -109,5 +110,21 @@ async fn nested_objects_are_never_read_from_arrays(backend: Backend) {
     let workflow = json!({"name": "w", "nodes": [{"id": "a", "kind": "noop", "backoff": [10, 20, 2.0, "none"]}]});
     let got = server.post("/v1/workflows", workflow).await;
     assert_error(&got, StatusCode::BAD_REQUEST, "invalid_field", Some("nodes[0].backoff"));
+    server.stop().await;
+}
+
+async fn every_queue_setting_may_be_null(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, doc) = server.get("/v1/openapi.json").await;
+    let request = &doc["components"]["schemas"]["QueueSettingsRequest"];
+    for field in ["concurrency", "max_depth", "rate", "paused"] {
+        let types = &request["properties"][field]["type"];
+        assert!(types.as_array().is_some_and(|t| t.contains(&json!("null"))), "{field} may be null: {request}");
+    }
+    assert!(request.get("required").is_none_or(|r| r.as_array().is_some_and(Vec::is_empty)), "{request}");
+    // The server agrees: null is accepted for each.
+    let body = json!({"concurrency": null, "max_depth": null, "rate": null, "paused": null});
+    let (status, answer) = put(&server, "/v1/queues/default", body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
     server.stop().await;
 }

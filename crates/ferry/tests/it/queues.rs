@@ -1,5 +1,7 @@
-//! Queue administration at run time: pause and resume, a rate that dispatch respects (on
-//! a queue, or on a label key), a smaller concurrency, a depth cap set by an admin.
+//! Queue administration at run time: a pause that holds from its answer on, on every node
+//! and for parked claims too, and resumes (`null`: the configured value); a rate that
+//! dispatch respects (on a queue, or on a label key), a smaller concurrency, a depth cap
+//! set by an admin.
 
 use crate::harness::{Backend, DEADLINE, TestServer, both};
 use chrono::DateTime;
@@ -9,6 +11,7 @@ use std::time::{Duration, Instant};
 
 both!(
     a_paused_queue_dispatches_nothing_until_resumed,
+    null_returns_a_pause_to_its_configured_value,
     dispatch_respects_a_queue_rate,
     dispatch_respects_a_label_rate_and_lets_other_work_pass,
     bad_label_rates_are_refused,
@@ -24,19 +27,66 @@ async fn put(srv: &TestServer, queue: &str, body: Value) -> (StatusCode, Value) 
 
 async fn a_paused_queue_dispatches_nothing_until_resumed(backend: Backend) {
     let srv = TestServer::start(backend).await;
+    // On PostgreSQL a second node serves the queue too, and takes submissions.
+    let peer = match backend {
+        Backend::Postgres => Some(srv.peer(|_| {}).await),
+        Backend::Sqlite => None,
+    };
+    // A job run first leaves the queue's dispatchers idle, their claims parked in the store.
+    let first = srv.submit(json!({"kind": "noop"})).await;
+    srv.wait_state(&first, &["succeeded"]).await;
     let (status, body) = put(&srv, "default", json!({"paused": true})).await;
     assert_eq!((status, &body["paused"]), (StatusCode::OK, &json!(true)), "{body}");
-    // Workers apply settings within poll_ms (200 ms in tests): wait a few of those.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let id = srv.submit(json!({"kind": "noop"})).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(srv.job(&id).await["state"], "queued", "a paused queue accepts but does not dispatch");
+    // At once, before any worker polled the setting: a batch on this node, one on the other.
+    let mut ids = srv.submit_batch((0..20).map(|_| json!({"kind": "noop"})).collect()).await;
+    if let Some(peer) = &peer {
+        ids.extend(peer.submit_batch((0..20).map(|_| json!({"kind": "noop"})).collect()).await);
+    }
+    // A marker on another queue, submitted after them: once it has run, dispatch had every
+    // chance to start the paused batch.
+    let marker = srv.submit(json!({"kind": "noop", "queue": "heavy"})).await;
+    srv.wait_state(&marker, &["succeeded"]).await;
+    if let Some(peer) = &peer {
+        let marker = peer.submit(json!({"kind": "noop", "queue": "heavy"})).await;
+        peer.wait_state(&marker, &["succeeded"]).await;
+    }
+    for id in &ids {
+        let job = srv.job(id).await;
+        assert_eq!(job["state"], "queued", "a paused queue accepts but does not dispatch: {job}");
+    }
     let (_, queues) = srv.get("/v1/queues").await;
     let default =
         queues["queues"].as_array().expect("queues").iter().find(|q| q["name"] == "default").cloned().expect("default");
     assert_eq!(default["settings"]["paused"], true, "{default}");
     let (status, _) = put(&srv, "default", json!({"paused": false})).await;
     assert_eq!(status, StatusCode::OK);
+    for id in &ids {
+        srv.wait_state(id, &["succeeded"]).await;
+    }
+    if let Some(peer) = peer {
+        peer.stop().await;
+    }
+    srv.stop().await;
+}
+
+async fn null_returns_a_pause_to_its_configured_value(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let (status, body) = put(&srv, "default", json!({"paused": true, "max_depth": 7})).await;
+    assert_eq!((status, &body["paused"]), (StatusCode::OK, &json!(true)), "{body}");
+    // No queue is configured paused: null resumes it, and leaves the other fields be.
+    let (status, body) = put(&srv, "default", json!({"paused": null})).await;
+    assert_eq!(
+        (status, &body),
+        (StatusCode::OK, &json!({"concurrency": null, "max_depth": 7, "rate": null, "paused": false}))
+    );
+    let id = srv.submit(json!({"kind": "noop"})).await;
+    srv.wait_state(&id, &["succeeded"]).await;
+    // A workspace's share: null is not paused.
+    let (status, body) = put(&srv, "default?workspace=default", json!({"paused": true})).await;
+    assert_eq!((status, &body), (StatusCode::OK, &json!({"paused": true, "queue_paused": false})));
+    let (status, body) = put(&srv, "default?workspace=default", json!({"paused": null})).await;
+    assert_eq!((status, &body), (StatusCode::OK, &json!({"paused": false, "queue_paused": false})));
+    let id = srv.submit(json!({"kind": "noop"})).await;
     srv.wait_state(&id, &["succeeded"]).await;
     srv.stop().await;
 }
