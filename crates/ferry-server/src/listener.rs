@@ -64,7 +64,7 @@ use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -237,30 +237,48 @@ enum State {
     Idle(Instant),
 }
 
-/// A connection's phase, shared by its socket and its service.
+/// A connection's phase, shared by its socket and its service. A change of phase wakes
+/// the socket's pending read, which then arms the new phase's deadline: hyper may already
+/// be waiting for the next request while the answer is still going out (no deadline then),
+/// and without that wake-up the idle deadline would never be armed.
 #[derive(Debug)]
-struct Phase(Mutex<State>);
+struct Phase(Mutex<(State, Option<Waker>)>);
 
 impl Phase {
     fn new() -> Phase {
-        Phase(Mutex::new(State::Head(Instant::now())))
+        Phase(Mutex::new((State::Head(Instant::now()), None)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (State, Option<Waker>)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn set(&self, state: State) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        let waker = {
+            let mut phase = self.lock();
+            phase.0 = state;
+            phase.1.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// Bytes arrived: on an idle connection, a request starts.
     fn bytes_arrived(&self) {
-        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let State::Idle(_) = *state {
-            *state = State::Head(Instant::now());
+        let mut phase = self.lock();
+        if let State::Idle(_) = phase.0 {
+            phase.0 = State::Head(Instant::now());
         }
     }
 
-    /// When reading must have ended, if it must.
-    fn deadline(&self, limits: &HttpLimits) -> Option<Instant> {
-        match *self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+    /// When reading must have ended, if it must; `waker` is woken when the phase changes.
+    fn deadline(&self, limits: &HttpLimits, waker: &Waker) -> Option<Instant> {
+        let mut phase = self.lock();
+        if !phase.1.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            phase.1 = Some(waker.clone());
+        }
+        match phase.0 {
             State::Head(since) => Some(since + limits.header_timeout),
             State::Idle(since) => Some(since + limits.idle_timeout),
             State::Busy => None,
@@ -292,7 +310,7 @@ impl Deadlines {
 impl AsyncRead for Deadlines {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let deadline = this.phase.deadline(&this.limits);
+        let deadline = this.phase.deadline(&this.limits, cx.waker());
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Poll::Ready(Err(this.timed_out()));
         }

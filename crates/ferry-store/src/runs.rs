@@ -185,6 +185,17 @@ impl Advanced {
 
 /// `RUN_COLUMNS`: id, workspace, user_id, workflow, version, state, input, idempotency_key,
 /// cancel_requested, created_at, deadline_at, finished_at, updated_at, error.
+/// A row of `name, version, definition, created_at, created_by` from `workflows`.
+pub(crate) fn version_row<R: Columns>(r: &R) -> Result<WorkflowVersion, R::Error> {
+    Ok(WorkflowVersion {
+        name: r.text(0)?,
+        version: r.small(1)?,
+        definition: r.json(2)?,
+        created_at: r.int(3)?,
+        created_by: r.text(4)?,
+    })
+}
+
 pub(crate) fn run_row<R: Columns>(r: &R) -> Result<RunRow, R::Error> {
     Ok(RunRow {
         id: r.uuid(0)?,

@@ -197,16 +197,7 @@ impl PgStore {
         .bind(version.map(i64::from))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows(&r, |r| {
-            Ok(WorkflowVersion {
-                name: r.try_get(0)?,
-                version: r.try_get::<i64, _>(1)? as u32,
-                definition: crate::row::Columns::json(r, 2)?,
-                created_at: r.try_get(3)?,
-                created_by: r.try_get(4)?,
-            })
-        })?
-        .pop())
+        Ok(rows(&r, runs::version_row)?.pop())
     }
 
     pub(super) async fn workflow_versions_q(
@@ -222,15 +213,7 @@ impl PgStore {
         .bind(name)
         .fetch_all(&self.pool)
         .await?;
-        rows(&r, |r| {
-            Ok(WorkflowVersion {
-                name: r.try_get(0)?,
-                version: r.try_get::<i64, _>(1)? as u32,
-                definition: crate::row::Columns::json(r, 2)?,
-                created_at: r.try_get(3)?,
-                created_by: r.try_get(4)?,
-            })
-        })
+        rows(&r, runs::version_row)
     }
 
     pub(super) async fn get_run_q(&self, workspace: &str, id: RunId) -> Result<Option<RunDetail>, StoreError> {

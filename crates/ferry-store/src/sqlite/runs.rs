@@ -306,20 +306,11 @@ pub(super) fn workflows(c: &Connection, workspace: &str) -> rusqlite::Result<Vec
 }
 
 pub(super) fn workflow_versions(c: &Connection, workspace: &str, name: &str) -> rusqlite::Result<Vec<WorkflowVersion>> {
-    use crate::row::Columns;
     c.prepare_cached(
         "SELECT name, version, definition, created_at, created_by FROM workflows \
          WHERE workspace = ?1 AND name = ?2 ORDER BY version",
     )?
-    .query_map(params![workspace, name], |r| {
-        Ok(WorkflowVersion {
-            name: r.get(0)?,
-            version: r.get(1)?,
-            definition: r.json(2)?,
-            created_at: r.get(3)?,
-            created_by: r.get(4)?,
-        })
-    })?
+    .query_map(params![workspace, name], |r| runs::version_row(r))?
     .collect()
 }
 
@@ -330,20 +321,11 @@ pub(super) fn workflow_version(
     name: &str,
     version: Option<u32>,
 ) -> rusqlite::Result<Option<WorkflowVersion>> {
-    use crate::row::Columns;
     c.prepare_cached(
         "SELECT name, version, definition, created_at, created_by FROM workflows \
          WHERE workspace = ?1 AND name = ?2 AND (?3 IS NULL OR version = ?3) ORDER BY version DESC LIMIT 1",
     )?
-    .query_row(params![workspace, name, version], |r| {
-        Ok(WorkflowVersion {
-            name: r.get(0)?,
-            version: r.get(1)?,
-            definition: r.json(2)?,
-            created_at: r.get(3)?,
-            created_by: r.get(4)?,
-        })
-    })
+    .query_row(params![workspace, name, version], |r| runs::version_row(r))
     .optional()
 }
 

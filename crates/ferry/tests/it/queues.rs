@@ -83,9 +83,9 @@ async fn null_returns_a_pause_to_its_configured_value(backend: Backend) {
     srv.wait_state(&id, &["succeeded"]).await;
     // A workspace's share: null is not paused.
     let (status, body) = put(&srv, "default?workspace=default", json!({"paused": true})).await;
-    assert_eq!((status, &body), (StatusCode::OK, &json!({"paused": true, "queue_paused": false})));
+    assert_eq!((status, &body), (StatusCode::OK, &json!({"paused": true, "rate": null, "queue_paused": false})));
     let (status, body) = put(&srv, "default?workspace=default", json!({"paused": null})).await;
-    assert_eq!((status, &body), (StatusCode::OK, &json!({"paused": false, "queue_paused": false})));
+    assert_eq!((status, &body), (StatusCode::OK, &json!({"paused": false, "rate": null, "queue_paused": false})));
     let id = srv.submit(json!({"kind": "noop"})).await;
     srv.wait_state(&id, &["succeeded"]).await;
     srv.stop().await;

@@ -143,17 +143,20 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() {
     // The idle timeout is longer than the header timeout: the close must come from it.
     let server = TestServer::start_with(Backend::Sqlite, short(200, 60_000, 800)).await;
     let mut conn = connect(&server).await;
-    // Kept alive: two requests on one connection, then silence.
+    // Kept alive: two requests on one connection, then silence. The server's idle clock
+    // starts once it has answered, so after the last request was sent: measured from
+    // there, a load that delays this reader cannot make the close look early.
+    let mut sent = Instant::now();
     for _ in 0..2 {
+        sent = Instant::now();
         conn.write_all(HEALTHZ).await.unwrap();
         let (status, head, _) = read_answer(&mut conn).await;
         assert_eq!(status, 200, "{head}");
     }
-    let idle_since = Instant::now();
     let got = until_closed(&mut conn).await;
     assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
-    let idle = idle_since.elapsed();
-    assert!(idle >= Duration::from_millis(700), "closed after {idle:?}, before the idle timeout");
+    let idle = sent.elapsed();
+    assert!(idle >= Duration::from_millis(790), "closed after {idle:?}, before the idle timeout");
     server.stop().await;
 }
 
