@@ -3,13 +3,12 @@
 -- job is no longer running under that number is left alone, and its events are dropped.
 -- `retry_scheduled` events get their time here, from the statement's clock; the others'
 -- data comes ready-made. A queue that got ready or retrying work is notified once.
--- The batch's rows are locked first, in id order, as heartbeat.sql locks its own: two
--- statements that each lock several of the same jobs never wait for each other in a
--- cycle (a deadlock), whatever order the batch came in.
+-- It takes its rows' locks in whatever order its plan meets them: heartbeat.sql, the other
+-- statement that locks several of a worker's running jobs, never waits for a lock (it
+-- skips the rows a finish holds), so the two cannot wait for each other in a cycle. A
+-- locking pass in id order here instead cost about a third of PostgreSQL's throughput.
 WITH clock AS (
     SELECT ferry_now() AS now
-), locked AS MATERIALIZED (
-    SELECT id FROM jobs WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
 ), done AS (
     UPDATE jobs j
     SET state = u.state, output = u.output::jsonb, error = u.error::jsonb,
@@ -19,7 +18,7 @@ WITH clock AS (
         worker_id = NULL, lease_expires_at = NULL, updated_at = clock.now
     FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::bigint[], $8::int[])
          AS u(id, attempt, state, output, error, finished, retry_in, base_inc), clock
-    WHERE j.id = u.id AND j.id IN (SELECT id FROM locked) AND j.state = 'running' AND j.attempt = u.attempt
+    WHERE j.id = u.id AND j.state = 'running' AND j.attempt = u.attempt
     RETURNING j.id, u.attempt, j.queue, u.state, clock.now
 ), logged AS (
     INSERT INTO events (job_id, at, type, data)
