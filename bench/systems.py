@@ -1,0 +1,78 @@
+"""What the systems under test share: the base class and the scenario code common to
+Ferry and Celery."""
+
+import math
+import statistics
+import time
+
+from common import BenchTimeout, latency_summary
+from producers import Producers
+
+
+class System:
+    """What every system under test does alike. A subclass provides `wait_done(n,
+    deadline, what)` (returns when n jobs finished, or raises BenchTimeout) and
+    `STAMP_KIND`, the job the load scenario samples for its start time."""
+
+    STAMP_KIND = None
+
+    def load(self, p, limit):
+        return run_load(self, self.STAMP_KIND, p, limit)
+
+    def wait_load_done(self, total, deadline):
+        try:
+            return self.wait_done(total, deadline, "load"), None
+        except BenchTimeout as e:
+            return None, e.partial.get("unfinished")
+
+
+# --------------------------------------------------------------------------------------
+# Shared by both systems.
+
+def scale_window(n):
+    """The scale scenario measures throughput while the backlog is deep: over the first
+    fifth of it (20,000 of 100,000 jobs, with 80,000 or more still waiting), the same
+    count for every system. Draining all of it would measure the same rate at a shallower
+    queue and, at Celery's pace, take minutes a round."""
+    return max(1, n // 5)
+
+
+def chain_summary(totals, steps, server):
+    med = statistics.median(totals)
+    out = {"runs": len(totals), "steps": steps, "run_ms_median": med * 1000,
+           "run_ms_min": min(totals) * 1000, "run_ms_max": max(totals) * 1000,
+           "per_step_ms": med * 1000 / steps}
+    if server:
+        out["server_run_ms_median"] = statistics.median(server) * 1000
+    return out
+
+
+def run_load(system, kind, p, limit):
+    """Steady arrivals: `per_tick` jobs every `tick_s`, the ticks dealt round-robin to the
+    producer processes, for `duration_s`; every `sample_every`-th job is sampled for its
+    submit-to-start latency. Then waits (bounded) for the backlog to drain."""
+    prods = Producers(p["producers"], dict(system.producer_spec(), threads=p["threads"]))
+    try:
+        t0 = time.time() + 0.2
+        prods.send([{"op": "load", "kind": kind, "t0": t0, "tick_s": p["tick_s"], "per_tick": p["per_tick"],
+                     "duration_s": p["duration_s"], "sample_every": p["sample_every"]}] * len(prods.conns))
+        res = prods.results(timeout=p["duration_s"] + 120)
+    finally:
+        prods.close()
+    submitted = sum(r["submitted"] for r in res)
+    t_first = min((r["t_first"] for r in res if r["t_first"]), default=time.time())
+    t_last = max((r["t_last"] for r in res if r["t_last"]), default=t_first)
+    drain_deadline = time.time() + limit
+    t_done, unfinished = system.wait_load_done(submitted, drain_deadline)
+    samples = [s for r in res for s in r["samples"]]
+    starts = system.sample_starts([jid for jid, _ in samples])
+    lat = [starts.get(jid, math.inf) - t for jid, t in samples]
+    out = {
+        "target_rate": p["per_tick"] / p["tick_s"], "duration_s": p["duration_s"],
+        "submitted": submitted, "achieved_rate": submitted / p["duration_s"],
+        "submit_span_s": t_last - t_first, "late_ticks": sum(r["late_ticks"] for r in res),
+        "drained_after_last_submit_s": (t_done - t_last) if t_done else None,
+        "unfinished_at_limit": unfinished, "drain_limit_s": limit,
+    }
+    out.update(latency_summary(lat))
+    return out
