@@ -1,0 +1,152 @@
+//! Claims on PostgreSQL: the plain one-statement claim and the rated claim through the
+//! token buckets, with the rates cache.
+
+use super::*;
+
+impl PgStore {
+    /// Every rate in force, read through a cache of [`RATES_FRESH_FOR`].
+    pub(super) async fn rates(&self) -> Result<Arc<Rates>, StoreError> {
+        if let Some(rates) = self.fresh_rates() {
+            return Ok(rates);
+        }
+        self.rates_on(&mut *self.pool.acquire().await?).await
+    }
+
+    pub(super) fn fresh_rates(&self) -> Option<Arc<Rates>> {
+        match &*self.rates.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((at, rates)) if at.elapsed() < RATES_FRESH_FOR => Some(rates.clone()),
+            _ => None,
+        }
+    }
+
+    /// Reads the rates on `conn` (inside a transaction, so as to need no second
+    /// connection from the pool) unless the cache is fresh.
+    pub(super) async fn rates_on(&self, conn: &mut sqlx::PgConnection) -> Result<Arc<Rates>, StoreError> {
+        if let Some(rates) = self.fresh_rates() {
+            return Ok(rates);
+        }
+        let mut rates = Rates::default();
+        for r in sqlx::query("SELECT name, rate FROM queue_settings WHERE rate > 0").fetch_all(&mut *conn).await? {
+            rates.queues.insert(r.try_get(0)?, r.try_get(1)?);
+        }
+        for r in
+            sqlx::query("SELECT queue, workspace, rate FROM queue_shares WHERE rate > 0").fetch_all(&mut *conn).await?
+        {
+            rates.shares.entry(r.try_get(0)?).or_default().insert(r.try_get(1)?, r.try_get(2)?);
+        }
+        for r in
+            sqlx::query("SELECT workspace, label, rate FROM label_rates WHERE rate > 0").fetch_all(&mut *conn).await?
+        {
+            rates.labels.entry(r.try_get(0)?).or_default().insert(r.try_get(1)?, r.try_get(2)?);
+        }
+        let rates = Arc::new(rates);
+        *self.rates.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), rates.clone()));
+        Ok(rates)
+    }
+
+    pub(super) fn forget_rates(&self) {
+        *self.rates.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// A claim through the rate buckets (see [`crate::rate`]), in one transaction: the
+    /// candidates locked with `SKIP LOCKED`, the buckets they draw on locked in key order
+    /// (created full if missing), the choice, the chosen jobs leased, the buckets written.
+    pub(super) async fn claim_rated(&self, req: &ClaimRequest, rates: &Rates) -> Result<Claimed, StoreError> {
+        let (mut tx, now) = self.begin().await?;
+        let rows = sqlx::query(
+            "SELECT id, workspace, labels::text FROM jobs WHERE queue = $1 AND state = 'queued' \
+             AND workspace NOT IN (SELECT workspace FROM queue_shares WHERE queue = $1 AND paused) \
+             AND NOT EXISTS (SELECT 1 FROM queue_settings WHERE name = $1 AND paused) \
+             ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&req.queue)
+        .bind(rates.window(&req.queue, req.limit) as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut candidates = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let labels: Option<String> = r.try_get(2)?;
+            candidates.push(rate::Candidate {
+                id: r.try_get(0)?,
+                workspace: r.try_get(1)?,
+                labels: labels.and_then(|l| serde_json::from_str(&l).ok()).unwrap_or_default(),
+            });
+        }
+        let needed = rates.buckets_for(&req.queue, &candidates);
+        let keys: Vec<&str> = needed.iter().map(|(k, _)| k.as_str()).collect();
+        let fulls: Vec<f64> = needed.iter().map(|(_, r)| rate::burst(*r)).collect();
+        sqlx::query(
+            "INSERT INTO rate_buckets (bucket, tokens, refilled_at) \
+             SELECT k, t, $3 FROM unnest($1::text[], $2::float8[]) AS u(k, t) ORDER BY k \
+             ON CONFLICT (bucket) DO NOTHING",
+        )
+        .bind(&keys)
+        .bind(&fulls)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let mut buckets = std::collections::HashMap::new();
+        for r in sqlx::query(
+            "SELECT bucket, tokens, refilled_at FROM rate_buckets WHERE bucket = ANY($1) ORDER BY bucket FOR UPDATE",
+        )
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            buckets
+                .insert(r.try_get::<String, _>(0)?, rate::Bucket { tokens: r.try_get(1)?, refilled_at: r.try_get(2)? });
+        }
+        let choice = rate::choose(rates, &req.queue, &candidates, req.limit, &needed, &mut buckets, now);
+        let (mut bkeys, mut tokens, mut ats) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, b) in &buckets {
+            bkeys.push(k.as_str());
+            tokens.push(b.tokens);
+            ats.push(b.refilled_at);
+        }
+        sqlx::query(
+            "UPDATE rate_buckets SET tokens = u.t, refilled_at = u.at \
+             FROM unnest($1::text[], $2::float8[], $3::int8[]) AS u(k, t, at) WHERE rate_buckets.bucket = u.k",
+        )
+        .bind(&bkeys)
+        .bind(&tokens)
+        .bind(&ats)
+        .execute(&mut *tx)
+        .await?;
+        let mut claimed = Vec::with_capacity(choice.chosen.len());
+        if !choice.chosen.is_empty() {
+            for r in sqlx::query(CLAIM_IDS)
+                .bind(&choice.chosen)
+                .bind(&req.worker)
+                .bind(time::ms(req.lease_ms))
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                let mut job = claimed_from_row(&r, r.try_get(16)?)?;
+                job.worker = Some(req.worker.clone());
+                claimed.push((job, r.try_get::<i32, _>(15)?));
+            }
+        }
+        tx.commit().await?;
+        Ok(Claimed { jobs: in_claim_order(claimed), rate_wait_ms: choice.wait_ms() })
+    }
+}
+
+/// The claim of a queue no rate applies to (`claim.sql`): on the pool, or inside the
+/// transaction of a submission that runs a parked claim.
+/// `tell` is the events channel and this store's origin (see `postgres/events.rs`).
+pub(super) async fn claim_plain<'e>(ex: impl sqlx::PgExecutor<'e>, req: &ClaimRequest) -> Result<Claimed, StoreError> {
+    let rows = sqlx::query(CLAIM)
+        .bind(&req.queue)
+        .bind(req.limit as i64)
+        .bind(&req.worker)
+        .bind(time::ms(req.lease_ms))
+        .fetch_all(ex)
+        .await?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let mut job = claimed_from_row(r, r.try_get(16)?)?;
+        job.worker = Some(req.worker.clone());
+        claimed.push((job, r.try_get::<i32, _>(15)?));
+    }
+    Ok(Claimed { jobs: in_claim_order(claimed), rate_wait_ms: None })
+}

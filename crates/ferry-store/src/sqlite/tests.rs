@@ -1,0 +1,44 @@
+//! Pins what is SQLite's own: the claim, promotion, reaper and count queries stay on
+//! their indexes. The behaviour both backends share is pinned by
+//! `tests/conformance.rs`.
+
+use super::*;
+
+fn open(dir: &Path) -> SqliteStore {
+    SqliteStore::open(&SqliteOptions { data_dir: dir.to_path_buf(), durability: Durability::Process }).unwrap()
+}
+
+fn plan(conn: &Connection, sql: &str, n: usize) -> String {
+    let sql = format!("EXPLAIN QUERY PLAN {sql}");
+    let mut stmt = conn.prepare(&sql).unwrap();
+    let params: Vec<rusqlite::types::Value> = (0..n).map(|_| rusqlite::types::Value::Integer(1)).collect();
+    let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| r.get::<_, String>(3)).unwrap();
+    rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn claim_and_count_queries_use_their_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let conn = Connection::open(store.path()).unwrap();
+    let claim = plan(&conn, CLAIM, 5);
+    assert!(claim.contains("jobs_ready"), "claim plan: {claim}");
+    assert!(!claim.contains("SCAN jobs\n") && !claim.ends_with("SCAN jobs"), "claim plan scans the table: {claim}");
+    // The pauses' subqueries leave the claim in index order: no sort of the backlog.
+    assert!(!claim.contains("TEMP B-TREE FOR ORDER BY"), "claim plan sorts: {claim}");
+    let promote = plan(&conn, PROMOTE_DUE, 2);
+    assert!(promote.contains("jobs_due"), "promote plan: {promote}");
+    let expired = plan(
+        &conn,
+        &format!(
+            "SELECT {CLAIMED_COLUMNS} FROM jobs WHERE state = 'running' AND lease_expires_at < ?1 ORDER BY lease_expires_at LIMIT ?2"
+        ),
+        2,
+    );
+    assert!(expired.contains("jobs_lease"), "reaper plan: {expired}");
+    let stats = plan(&conn, QUEUE_STATS, 0);
+    for index in ["jobs_ready", "jobs_lease", "jobs_due", "jobs_dead"] {
+        assert!(stats.contains(index), "stats plan does not use {index}: {stats}");
+    }
+    assert!(!stats.lines().any(|l| l.trim() == "SCAN jobs"), "stats plan scans the table: {stats}");
+}
