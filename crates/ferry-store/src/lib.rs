@@ -20,6 +20,7 @@ pub mod rate;
 mod row;
 mod rules;
 pub mod runs;
+mod sql;
 pub mod sqlite;
 mod submission;
 pub mod tokens;

@@ -141,7 +141,7 @@ pub struct PgStore {
     token_changes: broadcast::Sender<()>,
     listener: JoinHandle<()>,
     /// Every rate in force, and when it was read.
-    rates: std::sync::Mutex<Option<(std::time::Instant, Arc<Rates>)>>,
+    rates: RatesCache,
     /// This process's claims waiting for work (see [`crate::park`]).
     parks: Arc<Parks>,
     /// Marks this store's own wake-ups, which its listener skips (see `submit_tail.sql`).

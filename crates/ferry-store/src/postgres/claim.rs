@@ -6,25 +6,19 @@ use super::*;
 impl PgStore {
     /// Every rate in force, read through a cache of [`RATES_FRESH_FOR`].
     pub(super) async fn rates(&self) -> Result<Arc<Rates>, StoreError> {
-        if let Some(rates) = self.fresh_rates() {
+        if let Some(rates) = self.rates.fresh() {
             return Ok(rates);
         }
         self.rates_on(&mut *self.pool.acquire().await?).await
     }
 
-    pub(super) fn fresh_rates(&self) -> Option<Arc<Rates>> {
-        match &*self.rates.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some((at, rates)) if at.elapsed() < RATES_FRESH_FOR => Some(rates.clone()),
-            _ => None,
-        }
-    }
-
     /// Reads the rates on `conn` (inside a transaction, so as to need no second
     /// connection from the pool) unless the cache is fresh.
     pub(super) async fn rates_on(&self, conn: &mut sqlx::PgConnection) -> Result<Arc<Rates>, StoreError> {
-        if let Some(rates) = self.fresh_rates() {
+        if let Some(rates) = self.rates.fresh() {
             return Ok(rates);
         }
+        let generation = self.rates.generation();
         let mut rates = Rates::default();
         for r in sqlx::query("SELECT name, rate FROM queue_settings WHERE rate > 0").fetch_all(&mut *conn).await? {
             rates.queues.insert(r.try_get(0)?, r.try_get(1)?);
@@ -40,12 +34,13 @@ impl PgStore {
             rates.labels.entry(r.try_get(0)?).or_default().insert(r.try_get(1)?, r.try_get(2)?);
         }
         let rates = Arc::new(rates);
-        *self.rates.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), rates.clone()));
+        self.rates.keep(generation, &rates);
         Ok(rates)
     }
 
+    /// Called after a change to the rates has committed.
     pub(super) fn forget_rates(&self) {
-        *self.rates.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.rates.forget();
     }
 
     /// A claim through the rate buckets (see [`crate::rate`]), in one transaction: the
@@ -149,4 +144,68 @@ pub(super) async fn claim_plain<'e>(ex: impl sqlx::PgExecutor<'e>, req: &ClaimRe
         claimed.push((job, r.try_get::<i32, _>(15)?));
     }
     Ok(Claimed { jobs: in_claim_order(claimed), rate_wait_ms: None })
+}
+
+/// The rates this process read, for [`RATES_FRESH_FOR`]. A read that began before a
+/// change committed here is never kept after it: [`RatesCache::forget`] (called after the
+/// commit) moves the generation on, and [`RatesCache::keep`] refuses a read taken under an
+/// older one. Without that, a claim reading the old rates while a rate was being set could
+/// put them back in the cache for a whole second of unlimited dispatch.
+#[derive(Default)]
+pub(super) struct RatesCache(std::sync::Mutex<CachedRates>);
+
+#[derive(Default)]
+struct CachedRates {
+    generation: u64,
+    held: Option<(std::time::Instant, Arc<Rates>)>,
+}
+
+impl RatesCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CachedRates> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fresh(&self) -> Option<Arc<Rates>> {
+        match &self.lock().held {
+            Some((at, rates)) if at.elapsed() < RATES_FRESH_FOR => Some(rates.clone()),
+            _ => None,
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    fn keep(&self, generation: u64, rates: &Arc<Rates>) {
+        let mut cache = self.lock();
+        if cache.generation == generation {
+            cache.held = Some((std::time::Instant::now(), rates.clone()));
+        }
+    }
+
+    fn forget(&self) {
+        let mut cache = self.lock();
+        cache.generation += 1;
+        cache.held = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_begun_before_a_change_is_not_kept_after_it() {
+        let cache = RatesCache::default();
+        let stale = Arc::new(Rates::default());
+        // A claim starts reading, a rate is set and committed, the claim's read arrives.
+        let began = cache.generation();
+        cache.forget();
+        cache.keep(began, &stale);
+        assert!(cache.fresh().is_none(), "the stale read was kept");
+        // A read begun after the change is kept.
+        let began = cache.generation();
+        cache.keep(began, &stale);
+        assert!(cache.fresh().is_some());
+    }
 }

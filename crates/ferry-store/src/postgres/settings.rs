@@ -97,11 +97,11 @@ impl PgStore {
         .bind(share.rate)
         .execute(&mut *tx)
         .await?;
-        self.forget_rates();
         let woken: BTreeSet<String> = if share.paused { BTreeSet::new() } else { [share.queue.clone()].into() };
         // Resumed jobs are ready work: every node's dispatchers look again.
         self.notify(&mut tx, &woken).await?;
         tx.commit().await?;
+        self.forget_rates();
         self.wake_locally(&woken);
         Ok(())
     }
