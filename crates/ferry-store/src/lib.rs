@@ -352,6 +352,21 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
+/// The paging rule of every list, newest first: a list reads one row more than `limit`;
+/// if it came, the page is cut to `limit` and the next page starts below the last id kept.
+pub(crate) fn one_page<T>(
+    mut items: Vec<T>,
+    limit: usize,
+    id: impl Fn(&T) -> uuid::Uuid,
+) -> (Vec<T>, Option<uuid::Uuid>) {
+    if items.len() <= limit {
+        return (items, None);
+    }
+    items.truncate(limit);
+    let next = items.last().map(id);
+    (items, next)
+}
+
 /// A job's attempts, read from its event log: each `started` event opens attempt `n`; the
 /// first later `succeeded`, `attempt_failed`, `released` or `cancelled` event carrying the
 /// same `attempt` closes it. Keeping attempts in the log instead of a table of their own

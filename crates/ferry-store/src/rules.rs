@@ -1,7 +1,8 @@
 //! The store's rules, written once for both backends.
 //!
-//! A rule (start a run, advance it, cancel it, release waiting runs) is an `async fn`
-//! generic over a small per-area interface of statements (here [`runs::RunTx`]): it reads
+//! A rule (cancel a job, release held jobs, start a run, advance it…) is an `async fn`
+//! generic over a small per-area interface of statements ([`jobs::JobTx`],
+//! [`runs::RunTx`]): it reads
 //! through the interface, decides, and writes through it. A backend implements the
 //! interface with its own SQL and nothing else; whatever the two backends do alike lives
 //! in the rule. Transactions stay the backend's: the caller opens one, runs the rule in it
@@ -15,6 +16,7 @@
 //! Adding an operation: one rule here, one statement (or a few) per backend in the
 //! interface's implementations, one conformance test in `tests/conformance/`.
 
+pub(crate) mod jobs;
 pub(crate) mod runs;
 
 use std::future::Future;

@@ -7,7 +7,7 @@
 //! finds the jobs stored under the batch's keys (SQLite key by key in its writer,
 //! PostgreSQL in one statement) and hands them to [`resolve`].
 
-use crate::{StoreError, Submitted};
+use crate::{Admission, StoreError, Submitted};
 use ferry_core::{JobId, JobState, NewJob};
 use std::collections::HashMap;
 
@@ -78,6 +78,32 @@ pub(crate) fn check_depth(queue: &str, cap: u64, waiting: u64, adding: u64) -> R
     match adding > 0 && waiting.saturating_add(adding) > cap {
         true => Err(StoreError::QueueFull { queue: queue.to_string(), max_depth: cap }),
         false => Ok(()),
+    }
+}
+
+/// Whether a submission's jobs must be checked against the workspace's limits at all
+/// (see [`hold`]); an ungated one is inserted as it comes.
+pub(crate) fn gated(admission: &Admission) -> bool {
+    !admission.is_unlimited() || admission.queue_on_limit
+}
+
+/// The admission rule: the new jobs of a batch (`adding`) against the limits, given what
+/// the user and the workspace have in flight (`in_flight`: user's, workspace's) and how
+/// many of the workspace's jobs are held already (`held`, read only when the batch may
+/// wait). Over a limit, the batch is refused, or held with the reason when it may wait
+/// (`on_limit: "queue"`); jobs that may wait never overtake jobs already held. `None`:
+/// the jobs go ahead.
+pub(crate) fn hold(
+    admission: &Admission,
+    in_flight: (u64, u64),
+    adding: u64,
+    held: u64,
+) -> Result<Option<String>, StoreError> {
+    match admission.check("job", in_flight.0, in_flight.1, adding) {
+        Err(limit) if !admission.queue_on_limit => Err(limit.into()),
+        Err(limit) => Ok(Some(limit.to_string())),
+        Ok(()) if admission.queue_on_limit && held > 0 => Ok(Some("jobs of the workspace are held".into())),
+        Ok(()) => Ok(None),
     }
 }
 

@@ -1,7 +1,12 @@
-//! Submissions on PostgreSQL: admission (limits, the depth cap, held jobs and their
-//! release) and idempotency keys, under per-workspace advisory locks.
+//! Submissions on PostgreSQL: admission (limits, the depth cap, held jobs) and
+//! idempotency keys, under per-workspace advisory locks. The decisions are
+//! [`crate::submission`]'s; held jobs are released by [`crate::rules::jobs`].
 
 use super::*;
+
+crate::sql::statements!("../../sql/postgres/admission.sql":
+    DEPTH_LOCK, HOLD_JOBS, HELD_COUNT, ADMISSION_LOCK, RUNS_IN_FLIGHT, JOBS_IN_FLIGHT, COUNT_WAITING, STORED_UNDER_KEYS,
+);
 
 impl PgStore {
     pub(super) async fn submit_admitted(
@@ -9,7 +14,7 @@ impl PgStore {
         jobs: Vec<NewJob>,
         admission: Admission,
     ) -> Result<Vec<Submitted>, StoreError> {
-        let gated = !admission.is_unlimited() || admission.queue_on_limit;
+        let gated = submission::gated(&admission);
         // An ungated submission reads the clock in its insert, one round trip less.
         let (mut tx, clock_read) = match gated {
             true => self.begin().await.map(|(tx, now)| (tx, Some(now)))?,
@@ -21,26 +26,15 @@ impl PgStore {
         let mut hold: Option<String> = None;
         if gated && let Some(first) = jobs.first() {
             // Admissions of one workspace take turns, so counts and inserts never race.
-            let (user_now, workspace_now) = in_flight(&mut tx, "jobs", &first.workspace, &first.user).await?;
+            let in_flight = in_flight(&mut tx, "jobs", &first.workspace, &first.user).await?;
+            let held: i64 = match admission.queue_on_limit {
+                true => sqlx::query_scalar(*HELD_COUNT).bind(&first.workspace).fetch_one(&mut *tx).await?,
+                false => 0,
+            };
             let batch = resolve_keys(&mut tx, &jobs).await?;
             let adding = submission::adding(&jobs, &batch, None);
             resolved = Some(batch);
-            if let Err(limit) = admission.check("job", user_now, workspace_now, adding) {
-                if !admission.queue_on_limit {
-                    return Err(limit.into());
-                }
-                hold = Some(limit.to_string());
-            }
-            // Jobs that may wait never overtake the workspace's jobs already held.
-            if hold.is_none() && admission.queue_on_limit {
-                let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE workspace = $1 AND state = 'held'")
-                    .bind(&first.workspace)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                if held > 0 {
-                    hold = Some("jobs of the workspace are held".into());
-                }
-            }
+            hold = submission::hold(&admission, in_flight, adding, held.max(0) as u64)?;
         }
         for (queue, cap) in &admission.queue_caps {
             // At most every job of the batch on the queue is new: far from the cap, that
@@ -55,10 +49,7 @@ impl PgStore {
             if waiting + most + DEPTH_SLACK <= *cap {
                 continue;
             }
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('ferry-depth:' || $1))")
-                .bind(queue)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(*DEPTH_LOCK).bind(queue).execute(&mut *tx).await?;
             // READ COMMITTED: this statement sees what committed before the lock.
             let waiting = count_waiting(&mut tx, queue, *cap).await?;
             let batch = match resolved.take() {
@@ -105,7 +96,7 @@ impl PgStore {
             // Held until a slot frees: no worker may see them before. Their events in batch
             // order, as the insert logs a submission's first events.
             let ids: Vec<JobId> = jobs.iter().map(|j| j.id).filter(|id| created.contains_key(id)).collect();
-            sqlx::query("UPDATE jobs SET state = 'held' WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
+            sqlx::query(*HOLD_JOBS).bind(&ids).execute(&mut *tx).await?;
             let mut events = Vec::with_capacity(ids.len());
             for id in &ids {
                 if let Some((state, queue)) = created.get_mut(id) {
@@ -157,95 +148,6 @@ impl PgStore {
         self.wake_locally(&(&touched - &answered));
         Ok(out)
     }
-
-    pub(super) async fn release_held_jobs(&self, defaults: WorkspaceLimits) -> Result<usize, StoreError> {
-        let workspaces: Vec<String> =
-            sqlx::query_scalar("SELECT DISTINCT workspace FROM jobs WHERE state = 'held' LIMIT 100")
-                .fetch_all(&self.pool)
-                .await?;
-        let mut released = 0;
-        for ws in workspaces {
-            let (mut tx, mut now) = self.begin().await?;
-            let stored: Option<String> = sqlx::query_scalar("SELECT limits FROM workspace_limits WHERE workspace = $1")
-                .bind(&ws)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let limits: WorkspaceLimits =
-                stored.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| defaults.clone());
-            let held = sqlx::query(
-                "SELECT id, user_id, queue, run_at FROM jobs WHERE workspace = $1 AND state = 'held' ORDER BY id LIMIT 1000",
-            )
-            .bind(&ws)
-            .fetch_all(&mut *tx)
-            .await?;
-            let (mut events, mut woken) = (Vec::new(), BTreeSet::new());
-            // A user refused once stays refused for this pass: each count is a fresh
-            // snapshot, and a slot freed meanwhile must not let a later job jump ahead.
-            let mut refused = std::collections::HashSet::new();
-            for row in &held {
-                let (id, user, queue, run_at): (JobId, String, String, Micros) =
-                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
-                if refused.contains(&user) {
-                    continue;
-                }
-                let (user_now, workspace_now) = in_flight(&mut tx, "jobs", &ws, &user).await?;
-                match limits.jobs_for(&user).check("job", user_now, workspace_now, 1) {
-                    Err(l) if l.scope == "workspace" => break,
-                    Err(_) => {
-                        refused.insert(user);
-                        continue;
-                    }
-                    Ok(()) => {}
-                }
-                // Read after the admission lock, so jobs released by passes that waited
-                // for each other are due in the order they were released.
-                now = clock(&mut tx).await?;
-                let (state, at) = if run_at > now { (JobState::Scheduled, run_at) } else { (JobState::Queued, now) };
-                // The list was read before the admission lock: another pass may have
-                // released this job since.
-                let moved = sqlx::query(
-                    "UPDATE jobs SET state = $2, run_at = $3, updated_at = $4 WHERE id = $1 AND state = 'held'",
-                )
-                .bind(id)
-                .bind(state.as_str())
-                .bind(at)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                if moved.rows_affected() == 0 {
-                    continue;
-                }
-                let (kind, data) = transition::submit_event(state, &queue, at);
-                events.push((id, kind, data));
-                woken.insert(queue);
-                released += 1;
-            }
-            let touched: Vec<Subject> = events.iter().map(|(id, ..)| Subject::Job(*id)).collect();
-            insert_events(&mut tx, now, events).await?;
-            self.notify(&mut tx, &woken).await?;
-            tx.commit().await?;
-            self.wake_locally(&woken);
-            self.committed(touched);
-        }
-        Ok(released)
-    }
-}
-
-/// Locks a job of the workspace for the rest of the transaction and reads its state,
-/// attempt, queue and kind; `None` when there is no such job.
-pub(super) async fn lock_job(
-    tx: &mut Transaction<'static, Postgres>,
-    workspace: &str,
-    id: JobId,
-) -> Result<Option<(JobState, u32, String, String)>, StoreError> {
-    let row = sqlx::query("SELECT state, attempt, queue, kind FROM jobs WHERE id = $1 AND workspace = $2 FOR UPDATE")
-        .bind(id)
-        .bind(workspace)
-        .fetch_optional(&mut **tx)
-        .await?;
-    let Some(row) = row else { return Ok(None) };
-    let state = parse_enum(&row.try_get::<String, _>(0)?)?;
-    Ok(Some((state, row.try_get::<i32, _>(1)?.max(0) as u32, row.try_get(2)?, row.try_get(3)?)))
 }
 
 /// Takes the workspace's admission lock for `table` (`runs` or `jobs`) for the rest of the
@@ -256,20 +158,11 @@ pub(super) async fn in_flight(
     workspace: &str,
     user: &str,
 ) -> Result<(u64, u64), StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('ferry-admit:' || $1 || ':' || $2))")
-        .bind(table)
-        .bind(workspace)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(*ADMISSION_LOCK).bind(table).bind(workspace).execute(&mut **tx).await?;
     // One pass over the workspace's part of the index counts both.
     let sql = match table {
-        "runs" => {
-            "SELECT COUNT(*), COUNT(*) FILTER (WHERE user_id = $2) FROM runs WHERE workspace = $1 AND state = 'running'"
-        }
-        _ => {
-            "SELECT COUNT(*), COUNT(*) FILTER (WHERE user_id = $2) FROM jobs WHERE workspace = $1 AND run_id IS NULL \
-             AND state IN ('queued', 'scheduled', 'running', 'retrying')"
-        }
+        "runs" => *RUNS_IN_FLIGHT,
+        _ => *JOBS_IN_FLIGHT,
     };
     let (workspace_now, user_now): (i64, i64) =
         sqlx::query_as(sql).bind(workspace).bind(user).fetch_one(&mut **tx).await?;
@@ -287,14 +180,8 @@ pub(super) async fn count_waiting(
     queue: &str,
     cap: u64,
 ) -> Result<u64, StoreError> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'queued' LIMIT $2) q) \
-         + (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE queue = $1 AND state IN ('scheduled', 'retrying') LIMIT $2) d)",
-    )
-    .bind(queue)
-    .bind(cap.saturating_add(1) as i64)
-    .fetch_one(&mut **tx)
-    .await?;
+    let n: i64 =
+        sqlx::query_scalar(*COUNT_WAITING).bind(queue).bind(cap.saturating_add(1) as i64).fetch_one(&mut **tx).await?;
     Ok(n.max(0) as u64)
 }
 
@@ -309,15 +196,7 @@ pub(super) async fn stored_under_keys<'a>(
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows = sqlx::query(
-        "SELECT j.workspace, j.idempotency_key, j.id, j.state, j.request_hash \
-         FROM jobs j JOIN UNNEST($1::text[], $2::text[]) AS k(workspace, key) \
-           ON j.workspace = k.workspace AND j.idempotency_key = k.key",
-    )
-    .bind(&workspaces)
-    .bind(&keys)
-    .fetch_all(&mut **tx)
-    .await?;
+    let rows = sqlx::query(*STORED_UNDER_KEYS).bind(&workspaces).bind(&keys).fetch_all(&mut **tx).await?;
     let mut stored = HashMap::with_capacity(rows.len());
     for r in &rows {
         let found =

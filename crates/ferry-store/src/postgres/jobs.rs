@@ -1,89 +1,58 @@
-//! One job on PostgreSQL: cancel, replay and delete, and the reads of jobs and their logs.
+//! One job on PostgreSQL: the job rules' statements ([`JobTx`]: cancel, replay, delete,
+//! held release) with their transactions, and the reads of jobs and their logs.
 
+use super::tx::PgTx;
 use super::*;
+use crate::rules::{
+    self,
+    jobs::{HeldJob, JobTx, LockedJob},
+};
+use ferry_core::JobError;
+
+crate::sql::statements!("../../sql/postgres/jobs.sql":
+    LOCK_JOB, CANCEL_JOB, NOTIFY, REQUEUE_JOB, DELETE_JOB_EVENTS, DELETE_JOB, WORKSPACE_LIMITS, HELD_WORKSPACES,
+    HELD_JOBS, UNHOLD_JOB, CACHED_OUTPUT, JOB_EXISTS, READ_ONLY_SNAPSHOT,
+);
 
 impl PgStore {
     pub(super) async fn cancel(&self, workspace: &str, id: JobId) -> Result<CancelOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let Some((state, attempt, queue, kind)) = lock_job(&mut tx, workspace, id).await? else {
-            return Ok(CancelOutcome::NotFound);
-        };
-        if state.is_final() {
-            return Ok(CancelOutcome::AlreadyFinal(state));
-        }
-        // Read the clock once the row is locked: after whatever moved it last.
-        let now = clock(&mut tx).await?;
-        let error = transition::cancel_error();
-        sqlx::query(
-            "UPDATE jobs SET state = 'cancelled', error = $2::jsonb, finished_at = $3, worker_id = NULL, \
-             lease_expires_at = NULL, updated_at = $3 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(serde_json::to_string(&error).unwrap_or_default())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let (event, data) = transition::cancel_event(state, attempt, &error);
-        insert_events(&mut tx, now, vec![(id, event, data)]).await?;
-        if state == JobState::Running {
-            // Whichever process runs the attempt stops it when this commits.
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(&self.cancel_channel)
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
+        let mut tx = PgTx::begin(self).await?;
+        let out = rules::jobs::cancel(&mut tx, workspace, id).await?;
         tx.commit().await?;
-        self.committed([Subject::Job(id)]);
-        Ok(CancelOutcome::Cancelled { was_running: state == JobState::Running, queue, kind })
+        Ok(out)
     }
 
     pub(super) async fn delete(&self, workspace: &str, id: JobId) -> Result<DeleteOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let Some((state, ..)) = lock_job(&mut tx, workspace, id).await? else {
-            return Ok(DeleteOutcome::NotFound);
-        };
-        if !state.is_final() {
-            return Ok(DeleteOutcome::NotFinished(state));
-        }
-        sqlx::query("DELETE FROM events WHERE job_id = $1").bind(id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM jobs WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        let mut tx = PgTx::begin(self).await?;
+        let out = rules::jobs::delete(&mut tx, workspace, id).await?;
         tx.commit().await?;
-        Ok(DeleteOutcome::Deleted)
+        Ok(out)
     }
 
     pub(super) async fn replay(&self, workspace: &str, id: JobId) -> Result<ReplayOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let Some((state, ..)) = lock_job(&mut tx, workspace, id).await? else {
-            return Ok(ReplayOutcome::NotFound);
-        };
-        if !matches!(state, JobState::Dead | JobState::Cancelled) {
-            return Ok(ReplayOutcome::NotReplayable(state));
-        }
-        let now = clock(&mut tx).await?;
-        let queue: String = sqlx::query_scalar(
-            "UPDATE jobs SET state = 'queued', run_at = $2, attempt_base = attempt, \
-             deadline_at = CASE WHEN total_timeout_ms IS NULL THEN NULL ELSE $2 + total_timeout_ms * 1000 END, \
-             error = NULL, output = NULL, finished_at = NULL, updated_at = $2 WHERE id = $1 RETURNING queue",
-        )
-        .bind(id)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let events = transition::replay_events(state, &queue).map(|(kind, data)| (id, kind, data));
-        insert_events(&mut tx, now, events.into()).await?;
-        let touched = BTreeSet::from([queue]);
-        self.notify(&mut tx, &touched).await?;
+        let mut tx = PgTx::begin(self).await?;
+        let out = rules::jobs::replay(&mut tx, workspace, id).await?;
         tx.commit().await?;
-        self.wake_locally(&touched);
-        self.committed([Subject::Job(id)]);
-        Ok(ReplayOutcome::Replayed)
+        Ok(out)
+    }
+
+    /// Queues held jobs that fit their workspace's limits now: one workspace per
+    /// transaction, under its admission lock.
+    pub(super) async fn release_held_jobs(&self, defaults: WorkspaceLimits) -> Result<usize, StoreError> {
+        let workspaces: Vec<String> = sqlx::query_scalar(*HELD_WORKSPACES).fetch_all(&self.pool).await?;
+        let mut released = 0;
+        for ws in workspaces {
+            let mut tx = PgTx::begin(self).await?;
+            released += rules::jobs::release_held(&mut tx, &ws, &defaults).await?;
+            tx.commit().await?;
+        }
+        Ok(released)
     }
 
     pub(super) async fn get_job(&self, workspace: &str, id: JobId) -> Result<Option<JobRecord>, StoreError> {
         // One snapshot for the job and its events.
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+        sqlx::query(*READ_ONLY_SNAPSHOT).execute(&mut *tx).await?;
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND workspace = $2");
         let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(workspace).fetch_optional(&mut *tx).await?
         else {
@@ -101,15 +70,12 @@ impl PgStore {
         cache_key: &str,
         finished_since: Micros,
     ) -> Result<Option<(JobId, serde_json::Value)>, StoreError> {
-        let row: Option<(JobId, String)> = sqlx::query_as(
-            "SELECT id, output::text FROM jobs WHERE workspace = $1 AND cache_key = $2 AND state = 'succeeded' \
-             AND finished_at >= $3 AND output IS NOT NULL ORDER BY finished_at DESC LIMIT 1",
-        )
-        .bind(workspace)
-        .bind(cache_key)
-        .bind(finished_since)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<(JobId, String)> = sqlx::query_as(*CACHED_OUTPUT)
+            .bind(workspace)
+            .bind(cache_key)
+            .bind(finished_since)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.and_then(|(id, out)| Some((id, serde_json::from_str(&out).ok()?))))
     }
 
@@ -150,27 +116,112 @@ impl PgStore {
             q = q.bind(c);
         }
         let rows = q.bind(filter.limit as i64 + 1).fetch_all(&self.pool).await?;
-        let mut items = rows.iter().map(job_from_row).collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let next_cursor = if items.len() > filter.limit {
-            items.truncate(filter.limit);
-            items.last().map(|j| j.id)
-        } else {
-            None
-        };
+        let items = rows.iter().map(job_from_row).collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let (items, next_cursor) = crate::one_page(items, filter.limit, |j| j.id);
         Ok(Page { items, next_cursor })
     }
 
     pub(super) async fn job_events(&self, workspace: &str, id: JobId) -> Result<Option<Vec<Event>>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
-        let exists = sqlx::query("SELECT 1 FROM jobs WHERE id = $1 AND workspace = $2")
-            .bind(id)
-            .bind(workspace)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
+        sqlx::query(*READ_ONLY_SNAPSHOT).execute(&mut *tx).await?;
+        let exists = sqlx::query(*JOB_EXISTS).bind(id).bind(workspace).fetch_optional(&mut *tx).await?.is_some();
         let events = if exists { Some(read_events(&mut tx, id).await?) } else { None };
         tx.commit().await?;
         Ok(events)
+    }
+}
+
+/// The job rules' statements in one transaction of the pool: each move locks its job
+/// first (`FOR UPDATE`), so its statement needs no state check of its own.
+#[async_trait]
+impl JobTx for PgTx<'_> {
+    fn now(&self) -> Micros {
+        self.now
+    }
+
+    async fn lock_job(&mut self, id: JobId, workspace: Option<&str>) -> Result<Option<LockedJob>, StoreError> {
+        let row = sqlx::query(*LOCK_JOB).bind(id).bind(workspace).fetch_optional(&mut *self.tx).await?;
+        let Some(row) = row else { return Ok(None) };
+        // Read the clock once the row is locked: after whatever moved it last.
+        self.now = clock(&mut self.tx).await?;
+        Ok(Some(LockedJob {
+            state: parse_enum(&row.try_get::<String, _>(0)?)?,
+            attempt: row.try_get::<i32, _>(1)?.max(0) as u32,
+            queue: row.try_get(2)?,
+            kind: row.try_get(3)?,
+        }))
+    }
+
+    async fn set_cancelled(&mut self, id: JobId, was: JobState, error: &JobError) -> Result<(), StoreError> {
+        sqlx::query(*CANCEL_JOB)
+            .bind(id)
+            .bind(serde_json::to_string(error).unwrap_or_default())
+            .bind(self.now)
+            .execute(&mut *self.tx)
+            .await?;
+        if was == JobState::Running {
+            // Whichever process runs the attempt stops it when this commits.
+            sqlx::query(*NOTIFY).bind(&self.store.cancel_channel).bind(id.to_string()).execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn requeue(&mut self, id: JobId) -> Result<String, StoreError> {
+        Ok(sqlx::query_scalar(*REQUEUE_JOB).bind(id).bind(self.now).fetch_one(&mut *self.tx).await?)
+    }
+
+    async fn delete_job(&mut self, id: JobId) -> Result<(), StoreError> {
+        sqlx::query(*DELETE_JOB_EVENTS).bind(id).execute(&mut *self.tx).await?;
+        sqlx::query(*DELETE_JOB).bind(id).execute(&mut *self.tx).await?;
+        Ok(())
+    }
+
+    async fn log(&mut self, events: Vec<(JobId, &'static str, Value)>) -> Result<(), StoreError> {
+        self.logs.extend(events.iter().map(|(id, ..)| Subject::Job(*id)));
+        insert_events(&mut self.tx, self.now, events).await
+    }
+
+    async fn wake(&mut self, queue: String) -> Result<(), StoreError> {
+        // Other processes' dispatchers hear it at the commit; this one's after it.
+        if !self.woken.contains(&queue) {
+            sqlx::query(*NOTIFY).bind(&self.store.channel).bind(&queue).execute(&mut *self.tx).await?;
+            self.woken.insert(queue);
+        }
+        Ok(())
+    }
+
+    async fn workspace_limits(&mut self, workspace: &str) -> Result<Option<WorkspaceLimits>, StoreError> {
+        let stored: Option<String> =
+            sqlx::query_scalar(*WORKSPACE_LIMITS).bind(workspace).fetch_optional(&mut *self.tx).await?;
+        Ok(stored.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    async fn jobs_in_flight(&mut self, workspace: &str, user: &str) -> Result<(u64, u64), StoreError> {
+        let counts = in_flight(&mut self.tx, "jobs", workspace, user).await?;
+        // After the admission lock, so that jobs released by passes that waited for each
+        // other are due in the order they were released.
+        self.now = clock(&mut self.tx).await?;
+        Ok(counts)
+    }
+
+    async fn held_jobs(&mut self, workspace: &str) -> Result<Vec<HeldJob>, StoreError> {
+        let rows = sqlx::query(*HELD_JOBS).bind(workspace).fetch_all(&mut *self.tx).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HeldJob { id: r.try_get(0)?, user: r.try_get(1)?, queue: r.try_get(2)?, run_at: r.try_get(3)? })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(err)
+    }
+
+    async fn unhold(&mut self, id: JobId, state: JobState, at: Micros) -> Result<bool, StoreError> {
+        let moved = sqlx::query(*UNHOLD_JOB)
+            .bind(id)
+            .bind(state.as_str())
+            .bind(at)
+            .bind(self.now)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(moved.rows_affected() == 1)
     }
 }

@@ -10,7 +10,7 @@ use crate::runs::{
     self, Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunJobRow, RunNodeRow, RunPage,
     RunRow, WorkflowSummary, WorkflowVersion,
 };
-use crate::{StoreError, Subject, WorkspaceLimits, transition};
+use crate::{StoreError, Subject, transition};
 use async_trait::async_trait;
 use ferry_core::run::{NodeRecord, NodeState, RunId, RunJobNew, RunState};
 use ferry_core::time::Micros;
@@ -304,10 +304,6 @@ impl PgStore {
 
 #[async_trait]
 impl RunTx for PgTx<'_> {
-    fn now(&self) -> Micros {
-        self.now
-    }
-
     async fn run_by_key(&mut self, workspace: &str, key: &str) -> Result<Option<KeyedRun>, StoreError> {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('ferry-run-key:' || $1 || ':' || $2))")
             .bind(workspace)
@@ -444,41 +440,6 @@ impl RunTx for PgTx<'_> {
         Ok(())
     }
 
-    async fn cancel_job(&mut self, id: JobId) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT state, attempt FROM jobs WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *self.tx)
-            .await?;
-        let Some(row) = row else { return Ok(false) };
-        let state: JobState = parse_enum(&row.try_get::<String, _>(0)?)?;
-        if state.is_final() {
-            return Ok(false);
-        }
-        let attempt = row.try_get::<i32, _>(1)?.max(0) as u32;
-        let error = transition::cancel_error();
-        sqlx::query(
-            "UPDATE jobs SET state = 'cancelled', error = $2::jsonb, finished_at = $3, worker_id = NULL, \
-             lease_expires_at = NULL, updated_at = $3 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(serde_json::to_string(&error).unwrap_or_default())
-        .bind(self.now)
-        .execute(&mut *self.tx)
-        .await?;
-        let (event, data) = transition::cancel_event(state, attempt, &error);
-        insert_events(&mut self.tx, self.now, vec![(id, event, data)]).await?;
-        self.logs.push(Subject::Job(id));
-        if state == JobState::Running {
-            // The process running it stops the attempt when this commits.
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(&self.store.cancel_channel)
-                .bind(id.to_string())
-                .execute(&mut *self.tx)
-                .await?;
-        }
-        Ok(state == JobState::Running)
-    }
-
     async fn put_node(&mut self, run: RunId, node: &str, rec: &NodeRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO run_nodes (run_id, node_id, state, items, output, error, updated_at) \
@@ -521,14 +482,6 @@ impl RunTx for PgTx<'_> {
             .bind(self.now),
         };
         Ok(q.execute(&mut *self.tx).await?.rows_affected() > 0)
-    }
-
-    async fn workspace_limits(&mut self, workspace: &str) -> Result<Option<WorkspaceLimits>, StoreError> {
-        let stored: Option<String> = sqlx::query_scalar("SELECT limits FROM workspace_limits WHERE workspace = $1")
-            .bind(workspace)
-            .fetch_optional(&mut *self.tx)
-            .await?;
-        Ok(stored.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
     async fn queued_runs(&mut self, workspace: &str) -> Result<Vec<QueuedRun>, StoreError> {

@@ -5,13 +5,14 @@
 //! is `SELECT … FOR UPDATE` on PostgreSQL, and a plain read on SQLite, whose one writer
 //! already holds everything.
 
+use super::jobs::{self, JobTx};
 use crate::runs::{self, Advanced, CreateRunOutcome, NewRun, Planner, RunJobRow, RunNodeRow, RunRow};
 use crate::{StoreError, WorkspaceLimits};
 use async_trait::async_trait;
+use ferry_core::JobError;
 use ferry_core::admission::LimitReached;
 use ferry_core::run::{NodeRecord, RunId, RunJobNew, RunState};
 use ferry_core::time::Micros;
-use ferry_core::{JobError, JobId};
 use serde_json::{Value, json};
 
 /// A run found by its idempotency key.
@@ -46,11 +47,11 @@ pub(crate) enum RunChange<'a> {
 /// transaction. A backend also notes what the statements touched, for after its commit:
 /// the logs written ([`RunTx::run_event`], a [`RunTx::mirror`] that copied, a cancelled
 /// job's events) for event streams, and the queues that got jobs for their dispatchers.
+/// The job rules' statements ([`JobTx`]) come with it: a run cancels its jobs through
+/// them, and its clock is theirs (PostgreSQL reads it again after each
+/// [`RunTx::lock_run`] too).
 #[async_trait]
-pub(crate) trait RunTx: Send {
-    /// The transaction's clock. PostgreSQL reads it again after each [`RunTx::lock_run`],
-    /// so that it is never before whatever advanced the run last.
-    fn now(&self) -> Micros;
+pub(crate) trait RunTx: JobTx {
     /// The run started with this idempotency key, if any; concurrent starts with one key
     /// take turns here (PostgreSQL: an advisory lock until the commit).
     async fn run_by_key(&mut self, workspace: &str, key: &str) -> Result<Option<KeyedRun>, StoreError>;
@@ -77,14 +78,9 @@ pub(crate) trait RunTx: Send {
     async fn jobs(&mut self, run: RunId) -> Result<Vec<RunJobRow>, StoreError>;
     /// Creates the jobs of run nodes, with their first events, waking their queues.
     async fn create_jobs(&mut self, run: RunId, jobs: &[RunJobNew]) -> Result<(), StoreError>;
-    /// Cancels an unfinished job of a run (`transition::cancel_event`); returns whether it
-    /// was running (PostgreSQL also tells the process running it, at the commit).
-    async fn cancel_job(&mut self, job: JobId) -> Result<bool, StoreError>;
     async fn put_node(&mut self, run: RunId, node: &str, rec: &NodeRecord) -> Result<(), StoreError>;
     /// Applies `change`; whether the run's row changed.
     async fn update_run(&mut self, run: RunId, change: RunChange<'_>) -> Result<bool, StoreError>;
-    /// The workspace's stored limits, if it set any.
-    async fn workspace_limits(&mut self, workspace: &str) -> Result<Option<WorkspaceLimits>, StoreError>;
     /// The workspace's waiting runs, oldest first (at most 1,000).
     async fn queued_runs(&mut self, workspace: &str) -> Result<Vec<QueuedRun>, StoreError>;
 }
@@ -163,7 +159,7 @@ pub(crate) async fn advance(tx: &mut impl RunTx, id: RunId, planner: &Planner) -
         tx.create_jobs(id, &plan.create).await?;
     }
     for job in &plan.cancel {
-        if tx.cancel_job(*job).await? {
+        if jobs::cancel_node_job(tx, *job).await? {
             out.stopped.push(*job);
         }
     }

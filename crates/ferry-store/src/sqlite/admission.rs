@@ -1,7 +1,12 @@
-//! Submissions on SQLite: idempotency keys, admission (limits, the depth cap, held jobs
-//! and their release) and the insert of a job with its first event.
+//! Submissions on SQLite: idempotency keys, admission (limits, the depth cap, held jobs)
+//! and the insert of a job with its first event. The decisions are
+//! [`crate::submission`]'s; held jobs are released by [`crate::rules::jobs`].
 
 use super::*;
+
+crate::sql::statements!("../../sql/sqlite/admission.sql":
+    STORED_UNDER_KEY, HELD_COUNT, HELD_WORKSPACES, COUNT_WAITING, RUNS_IN_FLIGHT, JOBS_IN_FLIGHT,
+);
 
 impl Writer {
     pub(super) fn submit(&mut self, jobs: Vec<NewJob>, admission: Admission) -> Result<Vec<Submitted>, StoreError> {
@@ -10,9 +15,7 @@ impl Writer {
         let resolved = submission::resolve(&jobs, |job, key| {
             let found: Option<(JobId, String, Option<String>)> = self
                 .conn
-                .prepare_cached(
-                    "SELECT id, state, request_hash FROM jobs WHERE workspace = ?1 AND idempotency_key = ?2",
-                )?
+                .prepare_cached(*STORED_UNDER_KEY)?
                 .query_row(params![job.workspace, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
             Ok(match found {
@@ -22,30 +25,16 @@ impl Writer {
         })?;
         // Still before any write: the jobs this batch adds must fit the limits.
         let mut hold = None;
-        if !admission.is_unlimited()
+        if submission::gated(&admission)
             && let Some(first) = jobs.first()
         {
+            let in_flight = self.in_flight("jobs", &first.workspace, &first.user)?;
+            let held: i64 = match admission.queue_on_limit {
+                true => self.conn.prepare_cached(*HELD_COUNT)?.query_row(params![first.workspace], |r| r.get(0))?,
+                false => 0,
+            };
             let adding = submission::adding(&jobs, &resolved, None);
-            let (user_now, workspace_now) = self.in_flight("jobs", &first.workspace, &first.user)?;
-            if let Err(limit) = admission.check("job", user_now, workspace_now, adding) {
-                if !admission.queue_on_limit {
-                    return Err(limit.into());
-                }
-                hold = Some(limit.to_string());
-            }
-        }
-        // Jobs that may wait never overtake the workspace's jobs already held.
-        if hold.is_none()
-            && admission.queue_on_limit
-            && let Some(first) = jobs.first()
-        {
-            let held: i64 = self
-                .conn
-                .prepare_cached("SELECT COUNT(*) FROM jobs WHERE workspace = ?1 AND state = 'held'")?
-                .query_row(params![first.workspace], |r| r.get(0))?;
-            if held > 0 {
-                hold = Some("jobs of the workspace are held".into());
-            }
+            hold = submission::hold(&admission, in_flight, adding, held.max(0) as u64)?;
         }
         for (queue, cap) in &admission.queue_caps {
             let adding = submission::adding(&jobs, &resolved, Some(queue));
@@ -62,55 +51,9 @@ impl Writer {
         Ok(submission::answers(&jobs, &resolved, |id| inserted[&id]))
     }
 
-    /// The workspace's own limits, else `defaults`.
-    pub(super) fn limits_or(&self, workspace: &str, defaults: &WorkspaceLimits) -> Result<WorkspaceLimits, StoreError> {
-        let stored: Option<String> = self
-            .conn
-            .prepare_cached("SELECT limits FROM workspace_limits WHERE workspace = ?1")?
-            .query_row(params![workspace], |r| r.get(0))
-            .optional()?;
-        Ok(stored.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| defaults.clone()))
-    }
-
-    /// Queues held jobs that fit their limits now, oldest first per workspace (`defaults`:
-    /// the limits of a workspace that set none). Returns how many were released.
-    pub(super) fn release_held(&mut self, defaults: &WorkspaceLimits) -> Result<usize, StoreError> {
-        let workspaces: Vec<String> = self
-            .conn
-            .prepare_cached("SELECT DISTINCT workspace FROM jobs WHERE state = 'held' LIMIT 100")?
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        let mut released = 0;
-        for ws in workspaces {
-            let limits = self.limits_or(&ws, defaults)?;
-            let held: Vec<(JobId, String, String, Micros)> = self
-                .conn
-                .prepare_cached(
-                    "SELECT id, user_id, queue, run_at FROM jobs WHERE workspace = ?1 AND state = 'held' ORDER BY id LIMIT 1000",
-                )?
-                .query_map(params![ws], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            for (id, user, queue, run_at) in held {
-                let (user_now, workspace_now) = self.in_flight("jobs", &ws, &user)?;
-                match limits.jobs_for(&user).check("job", user_now, workspace_now, 1) {
-                    Err(l) if l.scope == "workspace" => break,
-                    Err(_) => continue,
-                    Ok(()) => {}
-                }
-                let (state, at) =
-                    if run_at > self.now { (JobState::Scheduled, run_at) } else { (JobState::Queued, self.now) };
-                self.conn
-                    .prepare_cached(
-                        "UPDATE jobs SET state = ?2, run_at = ?3, updated_at = ?4 WHERE id = ?1 AND state = 'held'",
-                    )?
-                    .execute(params![id, state.as_str(), at, self.now])?;
-                let (kind, data) = transition::submit_event(state, &queue, at);
-                self.event(id, kind, data)?;
-                self.woken.insert(queue);
-                released += 1;
-            }
-        }
-        Ok(released)
+    /// The workspaces with held jobs (at most 100 a pass).
+    pub(super) fn workspaces_with_held_jobs(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.conn.prepare_cached(*HELD_WORKSPACES)?.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The queue's waiting jobs (queued, scheduled, retrying), counted up to `cap + 1` at
@@ -118,11 +61,7 @@ impl Writer {
     pub(super) fn waiting(&self, queue: &str, cap: u64) -> Result<u64, StoreError> {
         let n: i64 = self
             .conn
-            .prepare_cached(
-                "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE queue = ?1 AND state = 'queued' LIMIT ?2)) \
-                 + (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE queue = ?1 \
-                    AND state IN ('scheduled', 'retrying') LIMIT ?2))",
-            )?
+            .prepare_cached(*COUNT_WAITING)?
             .query_row(params![queue, cap.saturating_add(1) as i64], |r| r.get(0))?;
         Ok(n.max(0) as u64)
     }
@@ -132,13 +71,8 @@ impl Writer {
     pub(super) fn in_flight(&self, table: &str, workspace: &str, user: &str) -> Result<(u64, u64), StoreError> {
         // One pass over the workspace's part of the index counts both.
         let sql = match table {
-            "runs" => {
-                "SELECT COUNT(*), COALESCE(SUM(user_id = ?2), 0) FROM runs WHERE workspace = ?1 AND state = 'running'"
-            }
-            _ => {
-                "SELECT COUNT(*), COALESCE(SUM(user_id = ?2), 0) FROM jobs WHERE workspace = ?1 AND run_id IS NULL \
-                 AND state IN ('queued', 'scheduled', 'running', 'retrying')"
-            }
+            "runs" => *RUNS_IN_FLIGHT,
+            _ => *JOBS_IN_FLIGHT,
         };
         let (workspace_now, user_now): (i64, i64) =
             self.conn.prepare_cached(sql)?.query_row(params![workspace, user], |r| Ok((r.get(0)?, r.get(1)?)))?;

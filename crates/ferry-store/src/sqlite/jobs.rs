@@ -1,7 +1,16 @@
-//! Attempts and single jobs on SQLite: finishes, heartbeats, workers, pruning, and cancel,
-//! replay and delete.
+//! Attempts and single jobs on SQLite: finishes, heartbeats, workers, pruning, and the
+//! job rules' statements ([`JobTx`]: cancel, replay, delete, held release).
 
+use super::tx::SqliteTx;
 use super::*;
+use crate::rules::jobs::{HeldJob, JobTx, LockedJob};
+use ferry_core::JobError;
+
+crate::sql::statements!("../../sql/sqlite/jobs.sql":
+    WORKER_HEARTBEAT, REGISTER_WORKER, PRUNABLE_RUNS, DELETE_RUN_EVENTS, DELETE_RUN_NODES, DELETE_RUN,
+    PRUNE_WORKERS, PRUNE_RATE_BUCKETS, LOCK_JOB, CANCEL_JOB, REQUEUE_JOB, DELETE_JOB_EVENTS, DELETE_JOB,
+    WORKSPACE_LIMITS, HELD_JOBS, UNHOLD_JOB,
+);
 
 impl Writer {
     pub(super) fn finish(&mut self, fin: &Finish) -> Result<bool, StoreError> {
@@ -43,21 +52,13 @@ impl Writer {
                 held.push(*id);
             }
         }
-        self.conn
-            .prepare_cached("UPDATE workers SET last_heartbeat = ?2, running = ?3 WHERE id = ?1")?
-            .execute(params![worker, self.now, running.len() as i64])?;
+        self.conn.prepare_cached(*WORKER_HEARTBEAT)?.execute(params![worker, self.now, running.len() as i64])?;
         Ok(held)
     }
 
     pub(super) fn register_worker(&mut self, w: &WorkerInfo) -> Result<(), StoreError> {
         let queues = serde_json::to_string(&w.queues).unwrap_or_default();
-        self.conn
-            .prepare_cached(
-                "INSERT INTO workers (id, node, queues, started_at, last_heartbeat, running) \
-                 VALUES (?1, ?2, ?3, ?4, ?4, 0) \
-                 ON CONFLICT (id) DO UPDATE SET node = ?2, queues = ?3, last_heartbeat = ?4",
-            )?
-            .execute(params![w.id, w.node, queues, self.now])?;
+        self.conn.prepare_cached(*REGISTER_WORKER)?.execute(params![w.id, w.node, queues, self.now])?;
         Ok(())
     }
 
@@ -69,104 +70,103 @@ impl Writer {
             .query_map(params![crate::id_floor(cut / 1000), cut, limit as i64], |r| r.get::<_, JobId>(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         for id in &ids {
-            self.conn.prepare_cached("DELETE FROM events WHERE job_id = ?1")?.execute(params![id])?;
-            self.conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute(params![id])?;
+            self.conn.prepare_cached(*DELETE_JOB_EVENTS)?.execute(params![id])?;
+            self.conn.prepare_cached(*DELETE_JOB)?.execute(params![id])?;
         }
         // Ended runs, with their nodes and logs, likewise (their dead jobs stay).
         let runs = self
             .conn
-            .prepare_cached(
-                "SELECT id FROM runs WHERE id < ?1 AND state != 'running' AND finished_at < ?2 ORDER BY id LIMIT ?3",
-            )?
+            .prepare_cached(*PRUNABLE_RUNS)?
             .query_map(params![crate::id_floor(cut / 1000), cut, limit as i64], |r| r.get::<_, JobId>(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         for id in &runs {
-            for sql in [
-                "DELETE FROM run_events WHERE run_id = ?1",
-                "DELETE FROM run_nodes WHERE run_id = ?1",
-                "DELETE FROM runs WHERE id = ?1",
-            ] {
+            for sql in [*DELETE_RUN_EVENTS, *DELETE_RUN_NODES, *DELETE_RUN] {
                 self.conn.prepare_cached(sql)?.execute(params![id])?;
             }
         }
         let day_ago = self.now.saturating_sub(time::ms(86_400_000));
-        self.conn.prepare_cached("DELETE FROM workers WHERE last_heartbeat < ?1")?.execute(params![day_ago])?;
+        self.conn.prepare_cached(*PRUNE_WORKERS)?.execute(params![day_ago])?;
         let idle = self.now.saturating_sub(rate::IDLE_BUCKET_US);
-        self.conn.prepare_cached("DELETE FROM rate_buckets WHERE refilled_at < ?1")?.execute(params![idle])?;
+        self.conn.prepare_cached(*PRUNE_RATE_BUCKETS)?.execute(params![idle])?;
         Ok(ids.len().max(runs.len()))
     }
+}
 
-    pub(super) fn cancel(&mut self, workspace: &str, id: JobId) -> Result<CancelOutcome, StoreError> {
-        let Some((state, attempt, queue, kind)) = self.state_of(workspace, id)? else {
-            return Ok(CancelOutcome::NotFound);
-        };
-        if state.is_final() {
-            return Ok(CancelOutcome::AlreadyFinal(state));
-        }
-        let error = transition::cancel_error();
-        self.conn
-            .prepare_cached(
-                "UPDATE jobs SET state = 'cancelled', error = ?3, finished_at = ?4, worker_id = NULL, \
-                 lease_expires_at = NULL, updated_at = ?4 WHERE id = ?1 AND state = ?2",
-            )?
-            .execute(params![id, state.as_str(), serde_json::to_string(&error).unwrap_or_default(), self.now])?;
-        let was_running = state == JobState::Running;
-        let (event, data) = transition::cancel_event(state, attempt, &error);
-        self.event(id, event, data)?;
-        Ok(CancelOutcome::Cancelled { was_running, queue, kind })
+/// The job rules' statements on the writer's transaction. The writer holds the whole
+/// database, so [`JobTx::lock_job`] is a plain read and every move's `WHERE` checks only
+/// the id.
+#[async_trait]
+impl JobTx for SqliteTx<'_> {
+    fn now(&self) -> Micros {
+        self.w.now
     }
 
-    pub(super) fn replay(&mut self, workspace: &str, id: JobId) -> Result<ReplayOutcome, StoreError> {
-        let Some((state, ..)) = self.state_of(workspace, id)? else {
-            return Ok(ReplayOutcome::NotFound);
-        };
-        if !matches!(state, JobState::Dead | JobState::Cancelled) {
-            return Ok(ReplayOutcome::NotReplayable(state));
-        }
-        let queue: String = self
-            .conn
-            .prepare_cached(
-                "UPDATE jobs SET state = 'queued', run_at = ?2, attempt_base = attempt, \
-                 deadline_at = CASE WHEN total_timeout_ms IS NULL THEN NULL ELSE ?2 + total_timeout_ms * 1000 END, \
-                 error = NULL, output = NULL, finished_at = NULL, updated_at = ?2 \
-                 WHERE id = ?1 RETURNING queue",
-            )
-            .map_err(db)?
-            .query_row(params![id, self.now], |r| r.get(0))
-            .map_err(db)?;
-        for (kind, data) in transition::replay_events(state, &queue) {
-            self.event(id, kind, data)?;
-        }
-        self.woken.insert(queue);
-        Ok(ReplayOutcome::Replayed)
-    }
-
-    pub(super) fn delete(&mut self, workspace: &str, id: JobId) -> Result<DeleteOutcome, StoreError> {
-        let Some((state, ..)) = self.state_of(workspace, id)? else {
-            return Ok(DeleteOutcome::NotFound);
-        };
-        if !state.is_final() {
-            return Ok(DeleteOutcome::NotFinished(state));
-        }
-        self.conn.prepare_cached("DELETE FROM events WHERE job_id = ?1")?.execute(params![id])?;
-        self.conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute(params![id])?;
-        Ok(DeleteOutcome::Deleted)
-    }
-
-    /// A job's state, attempt number, queue and kind, if it exists in the workspace.
-    pub(super) fn state_of(
-        &self,
-        workspace: &str,
-        id: JobId,
-    ) -> Result<Option<(JobState, u32, String, String)>, StoreError> {
+    async fn lock_job(&mut self, id: JobId, workspace: Option<&str>) -> Result<Option<LockedJob>, StoreError> {
         let row: Option<(String, u32, String, String)> = self
+            .w
             .conn
-            .prepare_cached("SELECT state, attempt, queue, kind FROM jobs WHERE id = ?1 AND workspace = ?2")?
+            .prepare_cached(*LOCK_JOB)?
             .query_row(params![id, workspace], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .optional()?;
         match row {
+            Some((state, attempt, queue, kind)) => {
+                Ok(Some(LockedJob { state: parse_enum(&state)?, attempt, queue, kind }))
+            }
             None => Ok(None),
-            Some((s, a, q, k)) => Ok(Some((parse_enum(&s)?, a, q, k))),
         }
+    }
+
+    async fn set_cancelled(&mut self, id: JobId, _was: JobState, error: &JobError) -> Result<(), StoreError> {
+        // The engine stops a running attempt of its own: SQLite has one process.
+        let error = serde_json::to_string(error).unwrap_or_default();
+        self.w.conn.prepare_cached(*CANCEL_JOB)?.execute(params![id, error, self.w.now])?;
+        Ok(())
+    }
+
+    async fn requeue(&mut self, id: JobId) -> Result<String, StoreError> {
+        Ok(self.w.conn.prepare_cached(*REQUEUE_JOB)?.query_row(params![id, self.w.now], |r| r.get(0))?)
+    }
+
+    async fn delete_job(&mut self, id: JobId) -> Result<(), StoreError> {
+        self.w.conn.prepare_cached(*DELETE_JOB_EVENTS)?.execute(params![id])?;
+        self.w.conn.prepare_cached(*DELETE_JOB)?.execute(params![id])?;
+        Ok(())
+    }
+
+    async fn log(&mut self, events: Vec<(JobId, &'static str, serde_json::Value)>) -> Result<(), StoreError> {
+        for (id, kind, data) in events {
+            self.w.event(id, kind, data)?;
+        }
+        Ok(())
+    }
+
+    async fn wake(&mut self, queue: String) -> Result<(), StoreError> {
+        self.w.woken.insert(queue);
+        Ok(())
+    }
+
+    async fn workspace_limits(&mut self, workspace: &str) -> Result<Option<WorkspaceLimits>, StoreError> {
+        let stored: Option<String> =
+            self.w.conn.prepare_cached(*WORKSPACE_LIMITS)?.query_row(params![workspace], |r| r.get(0)).optional()?;
+        Ok(stored.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    async fn jobs_in_flight(&mut self, workspace: &str, user: &str) -> Result<(u64, u64), StoreError> {
+        self.w.in_flight("jobs", workspace, user)
+    }
+
+    async fn held_jobs(&mut self, workspace: &str) -> Result<Vec<HeldJob>, StoreError> {
+        Ok(self
+            .w
+            .conn
+            .prepare_cached(*HELD_JOBS)?
+            .query_map(params![workspace], |r| {
+                Ok(HeldJob { id: r.get(0)?, user: r.get(1)?, queue: r.get(2)?, run_at: r.get(3)? })
+            })?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    async fn unhold(&mut self, id: JobId, state: JobState, at: Micros) -> Result<bool, StoreError> {
+        Ok(self.w.conn.prepare_cached(*UNHOLD_JOB)?.execute(params![id, state.as_str(), at, self.w.now])? == 1)
     }
 }

@@ -2,17 +2,16 @@
 //! group-commit transaction, which is what holds the run) and the reads.
 
 use super::tx::SqliteTx;
-use super::{INSERT_EVENT, Writer, parse_enum};
+use super::{Writer, parse_enum};
 use crate::rules::runs::{KeyedRun, QueuedRun, RunChange, RunTx};
 use crate::runs::{
     self, NewRun, RunDetail, RunEvent, RunFilter, RunJobRow, RunNodeRow, RunPage, RunRow, WorkflowSummary,
     WorkflowVersion,
 };
-use crate::{StoreError, Subject, WorkspaceLimits, transition};
+use crate::{StoreError, Subject};
 use async_trait::async_trait;
 use ferry_core::run::{NodeRecord, NodeState, RunId, RunJobNew, RunState};
 use ferry_core::time::Micros;
-use ferry_core::{JobId, JobState};
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use serde_json::Value;
 
@@ -70,10 +69,6 @@ impl Writer {
 
 #[async_trait]
 impl RunTx for SqliteTx<'_> {
-    fn now(&self) -> Micros {
-        self.w.now
-    }
-
     async fn run_by_key(&mut self, workspace: &str, key: &str) -> Result<Option<KeyedRun>, StoreError> {
         let found: Option<(RunId, u32, String, Option<String>)> = self
             .w
@@ -182,32 +177,6 @@ impl RunTx for SqliteTx<'_> {
         Ok(())
     }
 
-    async fn cancel_job(&mut self, id: JobId) -> Result<bool, StoreError> {
-        let row: Option<(String, u32)> = self
-            .w
-            .conn
-            .prepare_cached("SELECT state, attempt FROM jobs WHERE id = ?1")?
-            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let Some((state, attempt)) = row else { return Ok(false) };
-        let state: JobState = parse_enum(&state)?;
-        if state.is_final() {
-            return Ok(false);
-        }
-        let error = transition::cancel_error();
-        self.w
-            .conn
-            .prepare_cached(
-                "UPDATE jobs SET state = 'cancelled', error = ?3, finished_at = ?4, worker_id = NULL, \
-                 lease_expires_at = NULL, updated_at = ?4 WHERE id = ?1 AND state = ?2",
-            )?
-            .execute(params![id, state.as_str(), serde_json::to_string(&error).unwrap_or_default(), self.w.now])?;
-        let (event, data) = transition::cancel_event(state, attempt, &error);
-        self.w.conn.prepare_cached(INSERT_EVENT)?.execute(params![id, self.w.now, event, data.to_string()])?;
-        self.w.touched(Subject::Job(id));
-        Ok(state == JobState::Running)
-    }
-
     async fn put_node(&mut self, run: RunId, node: &str, rec: &NodeRecord) -> Result<(), StoreError> {
         self.w
             .conn
@@ -247,16 +216,6 @@ impl RunTx for SqliteTx<'_> {
                 .execute(params![run, deadline, now])?,
         };
         Ok(n > 0)
-    }
-
-    async fn workspace_limits(&mut self, workspace: &str) -> Result<Option<WorkspaceLimits>, StoreError> {
-        let stored: Option<String> = self
-            .w
-            .conn
-            .prepare_cached("SELECT limits FROM workspace_limits WHERE workspace = ?1")?
-            .query_row(params![workspace], |r| r.get(0))
-            .optional()?;
-        Ok(stored.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
     async fn queued_runs(&mut self, workspace: &str) -> Result<Vec<QueuedRun>, StoreError> {

@@ -154,9 +154,9 @@ impl Writer {
                 Ok(())
             }),
             Cmd::Prune(older_than_ms, limit, reply) => self.step(reply, |w| w.prune(older_than_ms, limit)),
-            Cmd::Cancel(ws, id, reply) => self.step(reply, |w| w.cancel(&ws, id)),
-            Cmd::Replay(ws, id, reply) => self.step(reply, |w| w.replay(&ws, id)),
-            Cmd::Delete(ws, id, reply) => self.step(reply, |w| w.delete(&ws, id)),
+            Cmd::Cancel(ws, id, reply) => self.step(reply, |w| rules::ready(rules::jobs::cancel(&mut w.tx(), &ws, id))),
+            Cmd::Replay(ws, id, reply) => self.step(reply, |w| rules::ready(rules::jobs::replay(&mut w.tx(), &ws, id))),
+            Cmd::Delete(ws, id, reply) => self.step(reply, |w| rules::ready(rules::jobs::delete(&mut w.tx(), &ws, id))),
             Cmd::PutWorkflow(ws, user, name, def, reply) => {
                 self.step(reply, |w| w.put_workflow(&ws, &user, &name, &def))
             }
@@ -180,7 +180,13 @@ impl Writer {
                 }
                 Ok(all)
             }),
-            Cmd::ReleaseJobs(defaults, reply) => self.step(reply, |w| w.release_held(&defaults)),
+            Cmd::ReleaseJobs(defaults, reply) => self.step(reply, |w| {
+                let mut released = 0;
+                for ws in w.workspaces_with_held_jobs()? {
+                    released += rules::ready(rules::jobs::release_held(&mut w.tx(), &ws, &defaults))?;
+                }
+                Ok(released)
+            }),
             Cmd::CreateToken(t, reply) => self.step(reply, |w| {
                 w.conn
                     .prepare_cached(

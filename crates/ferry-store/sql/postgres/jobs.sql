@@ -1,0 +1,67 @@
+-- Statements of single jobs on PostgreSQL (src/postgres/jobs.rs). The SQLite versions are
+-- in sql/sqlite/jobs.sql under the same names.
+
+-- name: LOCK_JOB
+-- A job's state, attempt, queue and kind, of workspace $2 unless it is NULL, locked until
+-- the commit: concurrent moves of one job take turns here (SQLite's one writer needs no
+-- lock).
+SELECT state, attempt, queue, kind FROM jobs
+WHERE id = $1 AND ($2::text IS NULL OR workspace = $2)
+FOR UPDATE
+
+-- name: CANCEL_JOB
+-- The cancelled state, with the error $2 (JSON text cast to jsonb; SQLite stores text).
+UPDATE jobs SET state = 'cancelled', error = $2::jsonb, finished_at = $3, worker_id = NULL,
+    lease_expires_at = NULL, updated_at = $3
+WHERE id = $1
+
+-- name: NOTIFY
+-- A notification on channel $1, delivered at the commit (SQLite has one process and no
+-- channels).
+SELECT pg_notify($1, $2)
+
+-- name: REQUEUE_JOB
+-- A replay: queued again now, the attempts so far no longer counting against its limit,
+-- its total timeout starting again.
+UPDATE jobs SET state = 'queued', run_at = $2, attempt_base = attempt,
+    deadline_at = CASE WHEN total_timeout_ms IS NULL THEN NULL ELSE $2 + total_timeout_ms * 1000 END,
+    error = NULL, output = NULL, finished_at = NULL, updated_at = $2
+WHERE id = $1
+RETURNING queue
+
+-- name: DELETE_JOB_EVENTS
+DELETE FROM events WHERE job_id = $1
+
+-- name: DELETE_JOB
+DELETE FROM jobs WHERE id = $1
+
+-- name: WORKSPACE_LIMITS
+SELECT limits FROM workspace_limits WHERE workspace = $1
+
+-- name: HELD_WORKSPACES
+-- The workspaces a release pass looks at, each then in a transaction of its own.
+SELECT DISTINCT workspace FROM jobs WHERE state = 'held' LIMIT 100
+
+-- name: HELD_JOBS
+-- A workspace's held jobs, oldest first, for one release pass. Read before the admission
+-- lock: UNHOLD_JOB checks the state again.
+SELECT id, user_id, queue, run_at FROM jobs WHERE workspace = $1 AND state = 'held' ORDER BY id LIMIT 1000
+
+-- name: UNHOLD_JOB
+-- A held job released: queued, or scheduled if it is not due yet.
+UPDATE jobs SET state = $2, run_at = $3, updated_at = $4 WHERE id = $1 AND state = 'held'
+
+-- name: CACHED_OUTPUT
+-- The newest output stored under a cache key since $3.
+SELECT id, output::text FROM jobs
+WHERE workspace = $1 AND cache_key = $2 AND state = 'succeeded' AND finished_at >= $3 AND output IS NOT NULL
+ORDER BY finished_at DESC
+LIMIT 1
+
+-- name: JOB_EXISTS
+SELECT 1 FROM jobs WHERE id = $1 AND workspace = $2
+
+-- name: READ_ONLY_SNAPSHOT
+-- A job and its log read from one snapshot (SQLite's reads run in one transaction of a
+-- reader connection).
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY
