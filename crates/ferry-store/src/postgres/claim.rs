@@ -3,6 +3,10 @@
 
 use super::*;
 
+crate::sql::statements!("../../sql/postgres/claim_rated.sql":
+    RATED_QUEUES, RATED_SHARES, RATED_LABELS, RATED_CANDIDATES, CREATE_BUCKETS, BUCKETS, SAVE_BUCKETS,
+);
+
 impl PgStore {
     /// Every rate in force, read through a cache of [`RATES_FRESH_FOR`].
     pub(super) async fn rates(&self) -> Result<Arc<Rates>, StoreError> {
@@ -20,17 +24,13 @@ impl PgStore {
         }
         let generation = self.rates.generation();
         let mut rates = Rates::default();
-        for r in sqlx::query("SELECT name, rate FROM queue_settings WHERE rate > 0").fetch_all(&mut *conn).await? {
+        for r in sqlx::query(*RATED_QUEUES).fetch_all(&mut *conn).await? {
             rates.queues.insert(r.try_get(0)?, r.try_get(1)?);
         }
-        for r in
-            sqlx::query("SELECT queue, workspace, rate FROM queue_shares WHERE rate > 0").fetch_all(&mut *conn).await?
-        {
+        for r in sqlx::query(*RATED_SHARES).fetch_all(&mut *conn).await? {
             rates.shares.entry(r.try_get(0)?).or_default().insert(r.try_get(1)?, r.try_get(2)?);
         }
-        for r in
-            sqlx::query("SELECT workspace, label, rate FROM label_rates WHERE rate > 0").fetch_all(&mut *conn).await?
-        {
+        for r in sqlx::query(*RATED_LABELS).fetch_all(&mut *conn).await? {
             rates.labels.entry(r.try_get(0)?).or_default().insert(r.try_get(1)?, r.try_get(2)?);
         }
         let rates = Arc::new(rates);
@@ -48,16 +48,11 @@ impl PgStore {
     /// (created full if missing), the choice, the chosen jobs leased, the buckets written.
     pub(super) async fn claim_rated(&self, req: &ClaimRequest, rates: &Rates) -> Result<Claimed, StoreError> {
         let (mut tx, now) = self.begin().await?;
-        let rows = sqlx::query(
-            "SELECT id, workspace, labels::text FROM jobs WHERE queue = $1 AND state = 'queued' \
-             AND workspace NOT IN (SELECT workspace FROM queue_shares WHERE queue = $1 AND paused) \
-             AND NOT EXISTS (SELECT 1 FROM queue_settings WHERE name = $1 AND paused) \
-             ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(&req.queue)
-        .bind(rates.window(&req.queue, req.limit) as i64)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = sqlx::query(*RATED_CANDIDATES)
+            .bind(&req.queue)
+            .bind(rates.window(&req.queue, req.limit) as i64)
+            .fetch_all(&mut *tx)
+            .await?;
         let mut candidates = Vec::with_capacity(rows.len());
         for r in &rows {
             let labels: Option<String> = r.try_get(2)?;
@@ -70,24 +65,9 @@ impl PgStore {
         let needed = rates.buckets_for(&req.queue, &candidates);
         let keys: Vec<&str> = needed.iter().map(|(k, _)| k.as_str()).collect();
         let fulls: Vec<f64> = needed.iter().map(|(_, r)| rate::burst(*r)).collect();
-        sqlx::query(
-            "INSERT INTO rate_buckets (bucket, tokens, refilled_at) \
-             SELECT k, t, $3 FROM unnest($1::text[], $2::float8[]) AS u(k, t) ORDER BY k \
-             ON CONFLICT (bucket) DO NOTHING",
-        )
-        .bind(&keys)
-        .bind(&fulls)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(*CREATE_BUCKETS).bind(&keys).bind(&fulls).bind(now).execute(&mut *tx).await?;
         let mut buckets = std::collections::HashMap::new();
-        for r in sqlx::query(
-            "SELECT bucket, tokens, refilled_at FROM rate_buckets WHERE bucket = ANY($1) ORDER BY bucket FOR UPDATE",
-        )
-        .bind(&keys)
-        .fetch_all(&mut *tx)
-        .await?
-        {
+        for r in sqlx::query(*BUCKETS).bind(&keys).fetch_all(&mut *tx).await? {
             buckets
                 .insert(r.try_get::<String, _>(0)?, rate::Bucket { tokens: r.try_get(1)?, refilled_at: r.try_get(2)? });
         }
@@ -98,15 +78,7 @@ impl PgStore {
             tokens.push(b.tokens);
             ats.push(b.refilled_at);
         }
-        sqlx::query(
-            "UPDATE rate_buckets SET tokens = u.t, refilled_at = u.at \
-             FROM unnest($1::text[], $2::float8[], $3::int8[]) AS u(k, t, at) WHERE rate_buckets.bucket = u.k",
-        )
-        .bind(&bkeys)
-        .bind(&tokens)
-        .bind(&ats)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(*SAVE_BUCKETS).bind(&bkeys).bind(&tokens).bind(&ats).execute(&mut *tx).await?;
         let mut claimed = Vec::with_capacity(choice.chosen.len());
         if !choice.chosen.is_empty() {
             for r in sqlx::query(CLAIM_IDS)

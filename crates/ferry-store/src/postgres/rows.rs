@@ -3,6 +3,8 @@
 
 use super::*;
 
+crate::sql::statements!("../../sql/postgres/rows.sql": JOB_EVENTS);
+
 pub(super) fn decode(e: impl std::fmt::Display) -> sqlx::Error {
     sqlx::Error::Decode(e.to_string().into())
 }
@@ -47,10 +49,7 @@ pub(super) async fn insert_events(
 }
 
 pub(super) async fn read_events(tx: &mut Transaction<'static, Postgres>, id: JobId) -> Result<Vec<Event>, StoreError> {
-    let rows = sqlx::query("SELECT id, at, type, data::text FROM events WHERE job_id = $1 ORDER BY id")
-        .bind(id)
-        .fetch_all(&mut **tx)
-        .await?;
+    let rows = sqlx::query(*JOB_EVENTS).bind(id).fetch_all(&mut **tx).await?;
     rows.iter()
         .map(|r| {
             Ok(Event {

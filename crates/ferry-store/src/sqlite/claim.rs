@@ -2,6 +2,8 @@
 
 use super::*;
 
+crate::sql::statements!("../../sql/sqlite/claim_rated.sql": RATED_CANDIDATES, BUCKETS, SAVE_BUCKETS);
+
 impl Writer {
     pub(super) fn claim(&mut self, req: &ClaimRequest) -> Result<Claimed, StoreError> {
         let now = self.now;
@@ -43,12 +45,7 @@ impl Writer {
         let now = self.now;
         let candidates = self
             .conn
-            .prepare_cached(
-                "SELECT id, workspace, labels FROM jobs WHERE queue = ?1 AND state = 'queued' \
-                 AND workspace NOT IN (SELECT workspace FROM queue_shares WHERE queue = ?1 AND paused) \
-                 AND NOT EXISTS (SELECT 1 FROM queue_settings WHERE name = ?1 AND paused) \
-                 ORDER BY priority DESC, run_at, id LIMIT ?2",
-            )?
+            .prepare_cached(*RATED_CANDIDATES)?
             .query_map(params![req.queue, rates.window(&req.queue, req.limit) as i64], |r| {
                 use row::Columns;
                 Ok(rate::Candidate {
@@ -63,7 +60,7 @@ impl Writer {
         for (key, _) in &needed {
             let stored = self
                 .conn
-                .prepare_cached("SELECT tokens, refilled_at FROM rate_buckets WHERE bucket = ?1")?
+                .prepare_cached(*BUCKETS)?
                 .query_row(params![key], |r| Ok(rate::Bucket { tokens: r.get(0)?, refilled_at: r.get(1)? }))
                 .optional()?;
             if let Some(b) = stored {
@@ -72,12 +69,7 @@ impl Writer {
         }
         let choice = rate::choose(rates, &req.queue, &candidates, req.limit, &needed, &mut buckets, now);
         for (key, b) in &buckets {
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO rate_buckets (bucket, tokens, refilled_at) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (bucket) DO UPDATE SET tokens = excluded.tokens, refilled_at = excluded.refilled_at",
-                )?
-                .execute(params![key, b.tokens, b.refilled_at])?;
+            self.conn.prepare_cached(*SAVE_BUCKETS)?.execute(params![key, b.tokens, b.refilled_at])?;
         }
         let lease_until = now.saturating_add(time::ms(req.lease_ms));
         let mut jobs = Vec::with_capacity(choice.chosen.len());
