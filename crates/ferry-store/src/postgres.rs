@@ -110,12 +110,9 @@ const HEARTBEAT: &str = include_str!("../sql/postgres/heartbeat.sql");
 const PRUNE: &str = include_str!("../sql/postgres/prune.sql");
 const QUEUE_STATS: &str = include_str!("../sql/postgres/queue_stats.sql");
 const QUEUE_STATS_WORKSPACE: &str = include_str!("../sql/postgres/queue_stats_workspace.sql");
-const JOB_COLUMNS: &str = "id, workspace, user_id, kind, queue, state, priority, input::text, labels::text, \
-     max_attempts, backoff::text, timeout_ms, total_timeout_ms, idempotency_key, created_at, run_at, deadline_at, \
-     attempt, attempt_base, worker_id, lease_expires_at, finished_at, updated_at, output::text, error::text, \
-     soft_timeout_ms";
-const CLAIMED_COLUMNS: &str = "id, kind, queue, input::text, attempt, attempt_base, max_attempts, backoff::text, \
-     timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key, run_id, priority, worker_id";
+crate::sql::statements!("../sql/postgres/store.sql":
+    LOCK_SCHEMA, CREATE_SCHEMA, UNLOCK_SCHEMA, NOTIFY, CLOCK, RUN_STATE, WORKSPACE_LIMITS, NEXT_DUE, PING, SNAPSHOT_READ,
+);
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -206,14 +203,12 @@ impl PgStore {
             // fails on a unique index), so nodes starting together take turns.
             let pool = PgPoolOptions::new().max_connections(1).connect_with(connect.clone()).await?;
             let mut conn = pool.acquire().await?;
-            sqlx::query("SELECT pg_advisory_lock(hashtext('ferry-schema:' || $1))").bind(s).execute(&mut *conn).await?;
-            // `s` was checked by valid_schema: lowercase letters, digits and `_` only.
-            let created =
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {s}"))).execute(&mut *conn).await;
-            let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext('ferry-schema:' || $1))")
-                .bind(s)
-                .execute(&mut *conn)
-                .await;
+            sqlx::query(*LOCK_SCHEMA).bind(s).execute(&mut *conn).await?;
+            // Put in here, as an identifier cannot be a parameter; `s` was checked by
+            // valid_schema: lowercase letters, digits and `_` only.
+            let create = CREATE_SCHEMA.replace("{schema}", s);
+            let created = sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut *conn).await;
+            let _ = sqlx::query(*UNLOCK_SCHEMA).bind(s).execute(&mut *conn).await;
             created?;
             drop(conn);
             pool.close().await;
@@ -327,7 +322,7 @@ impl PgStore {
         queues: &BTreeSet<String>,
     ) -> Result<(), StoreError> {
         for queue in queues {
-            sqlx::query("SELECT pg_notify($1, $2)").bind(&self.channel).bind(queue).execute(&mut **tx).await?;
+            sqlx::query(*NOTIFY).bind(&self.channel).bind(queue).execute(&mut **tx).await?;
         }
         Ok(())
     }
@@ -335,7 +330,7 @@ impl PgStore {
 
 /// The database's clock, in microseconds.
 async fn clock(tx: &mut Transaction<'static, Postgres>) -> Result<Micros, StoreError> {
-    Ok(sqlx::query_scalar("SELECT ferry_now()").fetch_one(&mut **tx).await?)
+    Ok(sqlx::query_scalar(*CLOCK).fetch_one(&mut **tx).await?)
 }
 
 /// The id, workspace, user, kind and queue arrays of an insert.
@@ -360,10 +355,10 @@ impl Store for PgStore {
         // logs its events in the same statement.
         sqlx::query(PROMOTE_DUE).bind(&req.queue).execute(&self.pool).await?;
         let rates = self.rates().await?;
-        let claimed = match rates.applies_to(&req.queue) {
-            true => self.claim_rated(&req, &rates).await?,
-            false => claim_plain(&self.pool, &req).await?,
-        };
+        if rates.applies_to(&req.queue) {
+            return self.claim_rated(&req, &rates).await;
+        }
+        let claimed = claim_plain(&self.pool, &req).await?;
         self.committed(claimed.jobs.iter().map(|j| Subject::Job(j.id)));
         Ok(claimed)
     }
@@ -508,11 +503,8 @@ impl Store for PgStore {
     }
 
     async fn run_state(&self, workspace: &str, id: RunId) -> Result<Option<RunState>, StoreError> {
-        let state: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1 AND workspace = $2")
-            .bind(id)
-            .bind(workspace)
-            .fetch_optional(&self.pool)
-            .await?;
+        let state: Option<String> =
+            sqlx::query_scalar(*RUN_STATE).bind(id).bind(workspace).fetch_optional(&self.pool).await?;
         Ok(state.map(|s| parse_enum(&s)).transpose()?)
     }
 
@@ -603,10 +595,7 @@ impl Store for PgStore {
     }
 
     async fn next_due(&self, queue: &str) -> Result<Option<Micros>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT min(run_at) FROM jobs WHERE queue = $1 AND state IN ('scheduled', 'retrying')")
-            .bind(queue)
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(sqlx::query_scalar(*NEXT_DUE).bind(queue).fetch_one(&self.pool).await?)
     }
 
     fn event_signal(&self) -> Arc<EventSignal> {
@@ -624,7 +613,7 @@ impl Store for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
         // Bounded well below a load balancer's probe timeout: an unreachable database is
         // an answer ("not ready"), not a hang.
-        match tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&self.pool)).await {
+        match tokio::time::timeout(Duration::from_secs(2), sqlx::query(*PING).execute(&self.pool)).await {
             Ok(done) => done.map(|_| ()).map_err(err),
             Err(_) => Err(StoreError::Unavailable("the database did not answer within 2 s".into())),
         }

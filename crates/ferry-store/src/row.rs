@@ -113,3 +113,10 @@ pub(crate) fn queue_stats(rows: impl IntoIterator<Item = (String, String, i64)>)
     }
     map.into_values().collect()
 }
+
+/// Claimed jobs with their priorities, sorted into claim order: priority first, then due
+/// time, then id (an `UPDATE … RETURNING` has no order of its own).
+pub(crate) fn in_claim_order(mut claimed: Vec<(ClaimedJob, i32)>) -> Vec<ClaimedJob> {
+    claimed.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.run_at.cmp(&b.0.run_at)).then(a.0.id.cmp(&b.0.id)));
+    claimed.into_iter().map(|(j, _)| j).collect()
+}

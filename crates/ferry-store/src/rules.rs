@@ -16,6 +16,7 @@
 //! Adding an operation: one rule here, one statement (or a few) per backend in the
 //! interface's implementations, one conformance test in `tests/conformance/`.
 
+pub(crate) mod claims;
 pub(crate) mod jobs;
 pub(crate) mod runs;
 

@@ -89,17 +89,14 @@ const CLAIM_ONE: &str = include_str!("../sql/sqlite/claim_one.sql");
 const FINISH: &str = include_str!("../sql/sqlite/finish.sql");
 const HEARTBEAT: &str = include_str!("../sql/sqlite/heartbeat.sql");
 const QUEUE_STATS: &str = include_str!("../sql/sqlite/queue_stats.sql");
-/// The closed flag, or any unrevoked token: either keeps a store closed, so that no race
-/// between `reopen` and a token's creation can open a store that has a token.
-const AUTH_CLOSED: &str =
-    "SELECT closed OR EXISTS (SELECT 1 FROM tokens WHERE revoked_at IS NULL) FROM auth_state WHERE id = 1";
 const QUEUE_STATS_WORKSPACE: &str = include_str!("../sql/sqlite/queue_stats_workspace.sql");
-const CACHED_OUTPUT: &str = "SELECT id, output FROM jobs WHERE workspace = ?1 AND cache_key = ?2 \
-     AND state = 'succeeded' AND finished_at >= ?3 AND output IS NOT NULL ORDER BY finished_at DESC LIMIT 1";
-const INSERT_EVENT: &str = "INSERT INTO events (job_id, at, type, data) VALUES (?1, ?2, ?3, ?4)";
-const JOB_COLUMNS: &str = "id, workspace, user_id, kind, queue, state, priority, input, labels, max_attempts, \
-     backoff, timeout_ms, total_timeout_ms, idempotency_key, created_at, run_at, deadline_at, attempt, \
-     attempt_base, worker_id, lease_expires_at, finished_at, updated_at, output, error, soft_timeout_ms";
+crate::sql::statements!("../sql/sqlite/store.sql":
+    WRITER_PRAGMAS, WRITER_AUTOCHECKPOINT, EXPIRE_ORPHANS, BEGIN_READ, COMMIT, ROLLBACK, INSERT_EVENT, JOB_COLUMNS,
+    WORKERS, EXPIRED, GET_JOB, CACHED_OUTPUT, LIST_JOBS, JOB_EXISTS, RUN_STATE, WORKSPACE_LIMITS, QUEUE_SETTINGS,
+    QUEUE_SHARES, LABEL_RATES, TOKENS, TOKEN_BY_HASH, ACTIVE_TOKENS, AUTH_CLOSED, NEXT_DUE, PING,
+);
+/// A claimed job's columns, in the order [`row::claimed`] reads them (the claim's
+/// RETURNING list has the same order); put in `EXPIRED`, and in the reaper's plan test.
 const CLAIMED_COLUMNS: &str = "id, kind, queue, input, attempt, attempt_base, max_attempts, backoff, \
      timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key, run_id, priority, worker_id, lease_expires_at";
 
@@ -178,9 +175,10 @@ impl ReadPool {
         };
         // Every read runs in one read transaction, so a job and its events come from the
         // same snapshot even when the writer commits in between.
-        let result = conn.prepare_cached("BEGIN").and_then(|mut s| s.execute([])).and_then(|_| f(&conn)).map_err(db);
-        if conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([])).is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
+        let result =
+            conn.prepare_cached(*BEGIN_READ).and_then(|mut s| s.execute([])).and_then(|_| f(&conn)).map_err(db);
+        if conn.prepare_cached(*COMMIT).and_then(|mut s| s.execute([])).is_err() {
+            let _ = conn.execute_batch(*ROLLBACK);
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE_READERS {
@@ -240,21 +238,20 @@ impl SqliteStore {
             Durability::Process => "NORMAL",
             Durability::Full => "FULL",
         };
-        conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA cache_size = -{WRITER_CACHE_KIB}; \
-             PRAGMA temp_store = MEMORY;"
-        ))
-        .map_err(db)?;
+        // Settings are put in here: a PRAGMA takes no parameters.
+        let pragmas = WRITER_PRAGMAS.replace("{sync}", sync).replace("{cache_kib}", &WRITER_CACHE_KIB.to_string());
+        conn.execute_batch(&pragmas).map_err(db)?;
         conn.set_prepared_statement_cache_capacity(64);
         // Checkpoints run on a thread of their own (`checkpoint`), so the writer's commits
         // never wait for one (a checkpoint syncs the WAL and the database file: a
         // millisecond-scale stall in the middle of a submit's or claim's latency). The
         // writer checkpoints only if that thread falls far behind.
-        conn.execute_batch(&format!("PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES};")).map_err(db)?;
+        let autocheckpoint = WRITER_AUTOCHECKPOINT.replace("{pages}", &WRITER_AUTOCHECKPOINT_PAGES.to_string());
+        conn.execute_batch(&autocheckpoint).map_err(db)?;
         migrate(&conn)?;
         // We hold the directory's lock: whatever is still `running` was left by a process
         // that died. Expire those leases now so the reaper retries them at once.
-        let orphans = conn.execute("UPDATE jobs SET lease_expires_at = 0 WHERE state = 'running'", []).map_err(db)?;
+        let orphans = conn.execute(*EXPIRE_ORPHANS, []).map_err(db)?;
         if orphans > 0 {
             tracing::warn!(orphans, "found jobs left running by a previous process; they will be retried");
         }
@@ -360,21 +357,18 @@ impl Store for SqliteStore {
     async fn workers(&self, seen_within_ms: u64) -> Result<Vec<WorkerInfo>, StoreError> {
         let since = time::now_micros().saturating_sub(time::ms(seen_within_ms));
         self.read(move |c| {
-            c.prepare_cached(
-                "SELECT id, node, queues, started_at, last_heartbeat, running FROM workers \
-                 WHERE last_heartbeat >= ?1 ORDER BY id",
-            )?
-            .query_map(params![since], |r| {
-                Ok(WorkerInfo {
-                    id: r.get(0)?,
-                    node: r.get(1)?,
-                    queues: row::Columns::json(r, 2)?,
-                    started_at: r.get(3)?,
-                    last_heartbeat: r.get(4)?,
-                    running: r.get::<_, i64>(5)? as u64,
-                })
-            })?
-            .collect()
+            c.prepare_cached(*WORKERS)?
+                .query_map(params![since], |r| {
+                    Ok(WorkerInfo {
+                        id: r.get(0)?,
+                        node: r.get(1)?,
+                        queues: row::Columns::json(r, 2)?,
+                        started_at: r.get(3)?,
+                        last_heartbeat: r.get(4)?,
+                        running: r.get::<_, i64>(5)? as u64,
+                    })
+                })?
+                .collect()
         })
         .await
     }
@@ -386,10 +380,8 @@ impl Store for SqliteStore {
     async fn expired(&self, limit: usize) -> Result<Vec<ClaimedJob>, StoreError> {
         let now = time::now_micros();
         self.read(move |c| {
-            let sql = format!(
-                "SELECT {CLAIMED_COLUMNS} FROM jobs WHERE state = 'running' AND lease_expires_at < ?1 \
-                 ORDER BY lease_expires_at LIMIT ?2"
-            );
+            // The column list is put in here: the reaper's plan test reads it too.
+            let sql = EXPIRED.replace("{CLAIMED_COLUMNS}", CLAIMED_COLUMNS);
             c.prepare_cached(&sql)?
                 .query_map(params![now, limit as i64], |r| {
                     let mut job = claimed_from_row(r, 0)?;
@@ -419,7 +411,8 @@ impl Store for SqliteStore {
     async fn get_job(&self, workspace: &str, id: JobId) -> Result<Option<JobRecord>, StoreError> {
         let ws = workspace.to_string();
         self.read(move |c| {
-            let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND workspace = ?2");
+            // The column list is put in here: `LIST_JOBS` reads the same.
+            let sql = GET_JOB.replace("{JOB_COLUMNS}", *JOB_COLUMNS);
             let Some(mut job) = c.prepare_cached(&sql)?.query_row(params![id, ws], job_from_row).optional()? else {
                 return Ok(None);
             };
@@ -438,7 +431,7 @@ impl Store for SqliteStore {
         let (ws, key) = (workspace.to_string(), cache_key.to_string());
         self.read(move |c| {
             let row = c
-                .prepare_cached(CACHED_OUTPUT)?
+                .prepare_cached(*CACHED_OUTPUT)?
                 .query_row(params![ws, key, finished_since], |r| Ok((r.get::<_, JobId>(0)?, r.get::<_, String>(1)?)))
                 .optional()?;
             Ok(row.and_then(|(id, out)| Some((id, serde_json::from_str(&out).ok()?))))
@@ -449,36 +442,32 @@ impl Store for SqliteStore {
     async fn list_jobs(&self, workspace: &str, filter: JobFilter) -> Result<Page, StoreError> {
         let ws = workspace.to_string();
         self.read(move |c| {
-            let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE workspace = ?");
+            // Assembled here: each filter given adds a condition and its parameter.
+            let mut filters = String::new();
             let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(ws)];
             if let Some(state) = filter.state {
-                sql.push_str(" AND state = ?");
+                filters.push_str(" AND state = ?");
                 args.push(Box::new(state.as_str()));
             }
             if let Some(queue) = filter.queue {
-                sql.push_str(" AND queue = ?");
+                filters.push_str(" AND queue = ?");
                 args.push(Box::new(queue));
             }
             if let Some(kind) = filter.kind {
-                sql.push_str(" AND kind = ?");
+                filters.push_str(" AND kind = ?");
                 args.push(Box::new(kind));
             }
             if let Some(cursor) = filter.cursor {
-                sql.push_str(" AND id < ?");
+                filters.push_str(" AND id < ?");
                 args.push(Box::new(cursor));
             }
-            sql.push_str(" ORDER BY id DESC LIMIT ?");
             args.push(Box::new(filter.limit as i64 + 1));
-            let mut items = c
+            let sql = LIST_JOBS.replace("{JOB_COLUMNS}", *JOB_COLUMNS).replace("{filters}", &filters);
+            let items = c
                 .prepare_cached(&sql)?
                 .query_map(rusqlite::params_from_iter(args.iter()), job_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            let next_cursor = if items.len() > filter.limit {
-                items.truncate(filter.limit);
-                items.last().map(|j| j.id)
-            } else {
-                None
-            };
+            let (items, next_cursor) = crate::one_page(items, filter.limit, |j| j.id);
             Ok(Page { items, next_cursor })
         })
         .await
@@ -487,8 +476,7 @@ impl Store for SqliteStore {
     async fn job_events(&self, workspace: &str, id: JobId) -> Result<Option<Vec<Event>>, StoreError> {
         let ws = workspace.to_string();
         self.read(move |c| {
-            let exists =
-                c.prepare_cached("SELECT 1 FROM jobs WHERE id = ?1 AND workspace = ?2")?.exists(params![id, ws])?;
+            let exists = c.prepare_cached(*JOB_EXISTS)?.exists(params![id, ws])?;
             if !exists {
                 return Ok(None);
             }
@@ -584,10 +572,8 @@ impl Store for SqliteStore {
     async fn run_state(&self, workspace: &str, id: RunId) -> Result<Option<RunState>, StoreError> {
         let ws = workspace.to_string();
         self.read(move |c| {
-            let state: Option<String> = c
-                .prepare_cached("SELECT state FROM runs WHERE id = ?1 AND workspace = ?2")?
-                .query_row(params![id, ws], |r| r.get(0))
-                .optional()?;
+            let state: Option<String> =
+                c.prepare_cached(*RUN_STATE)?.query_row(params![id, ws], |r| r.get(0)).optional()?;
             state.map(|s| parse_enum(&s)).transpose()
         })
         .await
@@ -631,9 +617,7 @@ impl Store for SqliteStore {
         let ws = workspace.to_string();
         self.read(move |c| {
             use row::Columns;
-            c.prepare_cached("SELECT limits FROM workspace_limits WHERE workspace = ?1")?
-                .query_row(params![ws], |r| r.json(0))
-                .optional()
+            c.prepare_cached(*WORKSPACE_LIMITS)?.query_row(params![ws], |r| r.json(0)).optional()
         })
         .await
     }
@@ -645,7 +629,7 @@ impl Store for SqliteStore {
 
     async fn queue_settings(&self) -> Result<Vec<QueueSettings>, StoreError> {
         self.read(|c| {
-            c.prepare_cached("SELECT name, concurrency, max_depth, rate, paused FROM queue_settings ORDER BY name")?
+            c.prepare_cached(*QUEUE_SETTINGS)?
                 .query_map([], |r| {
                     Ok(QueueSettings {
                         name: r.get(0)?,
@@ -667,13 +651,11 @@ impl Store for SqliteStore {
     async fn queue_shares(&self, workspace: &str) -> Result<Vec<QueueShare>, StoreError> {
         let ws = workspace.to_string();
         self.read(move |c| {
-            c.prepare_cached(
-                "SELECT queue, workspace, paused, rate FROM queue_shares WHERE workspace = ?1 ORDER BY queue",
-            )?
-            .query_map(params![ws], |r| {
-                Ok(QueueShare { queue: r.get(0)?, workspace: r.get(1)?, paused: r.get(2)?, rate: r.get(3)? })
-            })?
-            .collect()
+            c.prepare_cached(*QUEUE_SHARES)?
+                .query_map(params![ws], |r| {
+                    Ok(QueueShare { queue: r.get(0)?, workspace: r.get(1)?, paused: r.get(2)?, rate: r.get(3)? })
+                })?
+                .collect()
         })
         .await
     }
@@ -685,7 +667,7 @@ impl Store for SqliteStore {
     async fn label_rates(&self, workspace: &str) -> Result<Vec<LabelRate>, StoreError> {
         let ws = workspace.to_string();
         self.read(move |c| {
-            c.prepare_cached("SELECT label, rate FROM label_rates WHERE workspace = ?1 ORDER BY label")?
+            c.prepare_cached(*LABEL_RATES)?
                 .query_map(params![ws], |r| Ok(LabelRate { label: r.get(0)?, rate: r.get(1)? }))?
                 .collect()
         })
@@ -709,7 +691,8 @@ impl Store for SqliteStore {
     async fn tokens(&self, workspace: &str) -> Result<Vec<TokenRecord>, StoreError> {
         let ws = workspace.to_string();
         self.read(move |c| {
-            let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE workspace = ?1 ORDER BY created_at, id");
+            // The column list is put in here: both backends read tokens with `TOKEN_COLUMNS`.
+            let sql = TOKENS.replace("{TOKEN_COLUMNS}", TOKEN_COLUMNS);
             c.prepare_cached(&sql)?.query_map(params![ws], |r| crate::tokens::token_row(r))?.collect()
         })
         .await
@@ -725,23 +708,21 @@ impl Store for SqliteStore {
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
         let hash = hash.to_string();
         self.read(move |c| {
-            let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1 AND revoked_at IS NULL");
+            // The column list is put in here, as in `tokens`.
+            let sql = TOKEN_BY_HASH.replace("{TOKEN_COLUMNS}", TOKEN_COLUMNS);
             c.prepare_cached(&sql)?.query_row(params![hash], |r| crate::tokens::token_row(r)).optional()
         })
         .await
     }
 
     async fn active_tokens(&self) -> Result<u64, StoreError> {
-        self.read(|c| {
-            c.prepare_cached("SELECT COUNT(*) FROM tokens WHERE revoked_at IS NULL")?
-                .query_row([], |r| r.get::<_, i64>(0))
-        })
-        .await
-        .map(|n| n.max(0) as u64)
+        self.read(|c| c.prepare_cached(*ACTIVE_TOKENS)?.query_row([], |r| r.get::<_, i64>(0)))
+            .await
+            .map(|n| n.max(0) as u64)
     }
 
     async fn auth_closed(&self) -> Result<bool, StoreError> {
-        self.read(|c| c.prepare_cached(AUTH_CLOSED)?.query_row([], |r| r.get(0))).await
+        self.read(|c| c.prepare_cached(*AUTH_CLOSED)?.query_row([], |r| r.get(0))).await
     }
 
     async fn reopen(&self) -> Result<ReopenOutcome, StoreError> {
@@ -752,11 +733,7 @@ impl Store for SqliteStore {
 
     async fn next_due(&self, queue: &str) -> Result<Option<Micros>, StoreError> {
         let queue = queue.to_string();
-        self.read(move |c| {
-            c.prepare_cached("SELECT min(run_at) FROM jobs WHERE queue = ?1 AND state IN ('scheduled', 'retrying')")?
-                .query_row(params![queue], |r| r.get(0))
-        })
-        .await
+        self.read(move |c| c.prepare_cached(*NEXT_DUE)?.query_row(params![queue], |r| r.get(0))).await
     }
 
     fn wakeup(&self, queue: &str) -> Arc<Notify> {
@@ -772,7 +749,7 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+        self.read(|c| c.query_row(*PING, [], |_| Ok(()))).await
     }
 
     async fn close(&self) {

@@ -15,11 +15,6 @@ UPDATE jobs SET state = 'cancelled', error = $2::jsonb, finished_at = $3, worker
     lease_expires_at = NULL, updated_at = $3
 WHERE id = $1
 
--- name: NOTIFY
--- A notification on channel $1, delivered at the commit (SQLite has one process and no
--- channels).
-SELECT pg_notify($1, $2)
-
 -- name: REQUEUE_JOB
 -- A replay: queued again now, the attempts so far no longer counting against its limit,
 -- its total timeout starting again.
@@ -34,9 +29,6 @@ DELETE FROM events WHERE job_id = $1
 
 -- name: DELETE_JOB
 DELETE FROM jobs WHERE id = $1
-
--- name: WORKSPACE_LIMITS
-SELECT limits FROM workspace_limits WHERE workspace = $1
 
 -- name: HELD_WORKSPACES
 -- The workspaces a release pass looks at, each then in a transaction of its own.
@@ -61,7 +53,17 @@ LIMIT 1
 -- name: JOB_EXISTS
 SELECT 1 FROM jobs WHERE id = $1 AND workspace = $2
 
--- name: READ_ONLY_SNAPSHOT
--- A job and its log read from one snapshot (SQLite's reads run in one transaction of a
--- reader connection).
-SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY
+-- name: JOB_COLUMNS
+-- A job's columns, in the order row::job reads them; the jsonb ones as text (SQLite
+-- stores text).
+id, workspace, user_id, kind, queue, state, priority, input::text, labels::text, max_attempts,
+backoff::text, timeout_ms, total_timeout_ms, idempotency_key, created_at, run_at, deadline_at, attempt,
+attempt_base, worker_id, lease_expires_at, finished_at, updated_at, output::text, error::text, soft_timeout_ms
+
+-- name: GET_JOB
+SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND workspace = $2
+
+-- name: LIST_JOBS
+-- A page of a workspace's jobs, newest first, with the filters given, whose parameters
+-- (then the limit's) are numbered in turn.
+SELECT {JOB_COLUMNS} FROM jobs WHERE workspace = $1{filters} ORDER BY id DESC LIMIT {limit}

@@ -60,9 +60,6 @@ DELETE FROM events WHERE job_id = ?1
 -- name: DELETE_JOB
 DELETE FROM jobs WHERE id = ?1
 
--- name: WORKSPACE_LIMITS
-SELECT limits FROM workspace_limits WHERE workspace = ?1
-
 -- name: HELD_JOBS
 -- A workspace's held jobs, oldest first, for one release pass.
 SELECT id, user_id, queue, run_at FROM jobs WHERE workspace = ?1 AND state = 'held' ORDER BY id LIMIT 1000

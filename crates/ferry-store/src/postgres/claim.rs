@@ -1,7 +1,13 @@
 //! Claims on PostgreSQL: the plain one-statement claim and the rated claim through the
 //! token buckets, with the rates cache.
 
+use super::tx::PgTx;
 use super::*;
+use crate::rules::{self, claims::ClaimTx};
+
+crate::sql::statements!("../../sql/postgres/claim_rated.sql":
+    RATED_QUEUES, RATED_SHARES, RATED_LABELS, RATED_CANDIDATES, CREATE_BUCKETS, BUCKETS, SAVE_BUCKETS,
+);
 
 impl PgStore {
     /// Every rate in force, read through a cache of [`RATES_FRESH_FOR`].
@@ -20,17 +26,13 @@ impl PgStore {
         }
         let generation = self.rates.generation();
         let mut rates = Rates::default();
-        for r in sqlx::query("SELECT name, rate FROM queue_settings WHERE rate > 0").fetch_all(&mut *conn).await? {
+        for r in sqlx::query(*RATED_QUEUES).fetch_all(&mut *conn).await? {
             rates.queues.insert(r.try_get(0)?, r.try_get(1)?);
         }
-        for r in
-            sqlx::query("SELECT queue, workspace, rate FROM queue_shares WHERE rate > 0").fetch_all(&mut *conn).await?
-        {
+        for r in sqlx::query(*RATED_SHARES).fetch_all(&mut *conn).await? {
             rates.shares.entry(r.try_get(0)?).or_default().insert(r.try_get(1)?, r.try_get(2)?);
         }
-        for r in
-            sqlx::query("SELECT workspace, label, rate FROM label_rates WHERE rate > 0").fetch_all(&mut *conn).await?
-        {
+        for r in sqlx::query(*RATED_LABELS).fetch_all(&mut *conn).await? {
             rates.labels.entry(r.try_get(0)?).or_default().insert(r.try_get(1)?, r.try_get(2)?);
         }
         let rates = Arc::new(rates);
@@ -43,21 +45,23 @@ impl PgStore {
         self.rates.forget();
     }
 
-    /// A claim through the rate buckets (see [`crate::rate`]), in one transaction: the
-    /// candidates locked with `SKIP LOCKED`, the buckets they draw on locked in key order
-    /// (created full if missing), the choice, the chosen jobs leased, the buckets written.
+    /// A claim through the rate buckets (see [`crate::rules::claims`]), in one
+    /// transaction.
     pub(super) async fn claim_rated(&self, req: &ClaimRequest, rates: &Rates) -> Result<Claimed, StoreError> {
-        let (mut tx, now) = self.begin().await?;
-        let rows = sqlx::query(
-            "SELECT id, workspace, labels::text FROM jobs WHERE queue = $1 AND state = 'queued' \
-             AND workspace NOT IN (SELECT workspace FROM queue_shares WHERE queue = $1 AND paused) \
-             AND NOT EXISTS (SELECT 1 FROM queue_settings WHERE name = $1 AND paused) \
-             ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(&req.queue)
-        .bind(rates.window(&req.queue, req.limit) as i64)
-        .fetch_all(&mut *tx)
-        .await?;
+        let mut tx = PgTx::begin(self).await?;
+        let claimed = rules::claims::claim_rated(&mut tx, req, rates).await?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+}
+
+/// The rated claim's statements: candidates locked with `SKIP LOCKED` (another claim
+/// takes the others), buckets created full where missing and locked in key order (so
+/// two claims never deadlock), written back in one statement.
+#[async_trait]
+impl ClaimTx for PgTx<'_> {
+    async fn rated_candidates(&mut self, queue: &str, window: usize) -> Result<Vec<rate::Candidate>, StoreError> {
+        let rows = sqlx::query(*RATED_CANDIDATES).bind(queue).bind(window as i64).fetch_all(&mut *self.tx).await?;
         let mut candidates = Vec::with_capacity(rows.len());
         for r in &rows {
             let labels: Option<String> = r.try_get(2)?;
@@ -67,62 +71,47 @@ impl PgStore {
                 labels: labels.and_then(|l| serde_json::from_str(&l).ok()).unwrap_or_default(),
             });
         }
-        let needed = rates.buckets_for(&req.queue, &candidates);
+        Ok(candidates)
+    }
+
+    async fn lock_buckets(&mut self, needed: &[(String, f64)]) -> Result<HashMap<String, rate::Bucket>, StoreError> {
         let keys: Vec<&str> = needed.iter().map(|(k, _)| k.as_str()).collect();
         let fulls: Vec<f64> = needed.iter().map(|(_, r)| rate::burst(*r)).collect();
-        sqlx::query(
-            "INSERT INTO rate_buckets (bucket, tokens, refilled_at) \
-             SELECT k, t, $3 FROM unnest($1::text[], $2::float8[]) AS u(k, t) ORDER BY k \
-             ON CONFLICT (bucket) DO NOTHING",
-        )
-        .bind(&keys)
-        .bind(&fulls)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let mut buckets = std::collections::HashMap::new();
-        for r in sqlx::query(
-            "SELECT bucket, tokens, refilled_at FROM rate_buckets WHERE bucket = ANY($1) ORDER BY bucket FOR UPDATE",
-        )
-        .bind(&keys)
-        .fetch_all(&mut *tx)
-        .await?
-        {
+        sqlx::query(*CREATE_BUCKETS).bind(&keys).bind(&fulls).bind(self.now).execute(&mut *self.tx).await?;
+        let mut buckets = HashMap::new();
+        for r in sqlx::query(*BUCKETS).bind(&keys).fetch_all(&mut *self.tx).await? {
             buckets
                 .insert(r.try_get::<String, _>(0)?, rate::Bucket { tokens: r.try_get(1)?, refilled_at: r.try_get(2)? });
         }
-        let choice = rate::choose(rates, &req.queue, &candidates, req.limit, &needed, &mut buckets, now);
-        let (mut bkeys, mut tokens, mut ats) = (Vec::new(), Vec::new(), Vec::new());
-        for (k, b) in &buckets {
-            bkeys.push(k.as_str());
+        Ok(buckets)
+    }
+
+    async fn save_buckets(&mut self, buckets: &HashMap<String, rate::Bucket>) -> Result<(), StoreError> {
+        let (mut keys, mut tokens, mut ats) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, b) in buckets {
+            keys.push(k.as_str());
             tokens.push(b.tokens);
             ats.push(b.refilled_at);
         }
-        sqlx::query(
-            "UPDATE rate_buckets SET tokens = u.t, refilled_at = u.at \
-             FROM unnest($1::text[], $2::float8[], $3::int8[]) AS u(k, t, at) WHERE rate_buckets.bucket = u.k",
-        )
-        .bind(&bkeys)
-        .bind(&tokens)
-        .bind(&ats)
-        .execute(&mut *tx)
-        .await?;
-        let mut claimed = Vec::with_capacity(choice.chosen.len());
-        if !choice.chosen.is_empty() {
-            for r in sqlx::query(CLAIM_IDS)
-                .bind(&choice.chosen)
-                .bind(&req.worker)
-                .bind(time::ms(req.lease_ms))
-                .fetch_all(&mut *tx)
-                .await?
-            {
-                let mut job = claimed_from_row(&r, r.try_get(16)?)?;
-                job.worker = Some(req.worker.clone());
-                claimed.push((job, r.try_get::<i32, _>(15)?));
-            }
+        sqlx::query(*SAVE_BUCKETS).bind(&keys).bind(&tokens).bind(&ats).execute(&mut *self.tx).await?;
+        Ok(())
+    }
+
+    async fn lease(&mut self, ids: &[JobId], req: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
+        let mut claimed = Vec::with_capacity(ids.len());
+        for r in sqlx::query(CLAIM_IDS)
+            .bind(ids)
+            .bind(&req.worker)
+            .bind(time::ms(req.lease_ms))
+            .fetch_all(&mut *self.tx)
+            .await?
+        {
+            let mut job = claimed_from_row(&r, r.try_get(16)?)?;
+            job.worker = Some(req.worker.clone());
+            self.logs.push(Subject::Job(job.id));
+            claimed.push((job, r.try_get::<i32, _>(15)?));
         }
-        tx.commit().await?;
-        Ok(Claimed { jobs: in_claim_order(claimed), rate_wait_ms: choice.wait_ms() })
+        Ok(row::in_claim_order(claimed))
     }
 }
 
@@ -143,7 +132,7 @@ pub(super) async fn claim_plain<'e>(ex: impl sqlx::PgExecutor<'e>, req: &ClaimRe
         job.worker = Some(req.worker.clone());
         claimed.push((job, r.try_get::<i32, _>(15)?));
     }
-    Ok(Claimed { jobs: in_claim_order(claimed), rate_wait_ms: None })
+    Ok(Claimed { jobs: row::in_claim_order(claimed), rate_wait_ms: None })
 }
 
 /// The rates this process read, for [`RATES_FRESH_FOR`]. A read that began before a

@@ -18,6 +18,7 @@
 //! that exists, so their first events are never news to one (an idempotent repeat writes
 //! nothing).
 
+use super::NOTIFY;
 use crate::Subject;
 use sqlx::PgPool;
 use std::sync::Mutex;
@@ -146,7 +147,7 @@ pub(super) async fn send(outbox: std::sync::Weak<Outbox>, pool: PgPool, channel:
         let Some(part) = o.take() else { continue };
         drop(o);
         let payload = if part.is_empty() { format!("{origin}\n*") } else { format!("{origin}\n{part}") };
-        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)").bind(&channel).bind(payload).execute(&pool).await {
+        if let Err(e) = sqlx::query(*NOTIFY).bind(&channel).bind(payload).execute(&pool).await {
             tracing::warn!(error = %e, "cannot tell other nodes' event streams; they will catch up on their poll");
         }
     }

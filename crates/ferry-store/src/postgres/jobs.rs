@@ -10,8 +10,8 @@ use crate::rules::{
 use ferry_core::JobError;
 
 crate::sql::statements!("../../sql/postgres/jobs.sql":
-    LOCK_JOB, CANCEL_JOB, NOTIFY, REQUEUE_JOB, DELETE_JOB_EVENTS, DELETE_JOB, WORKSPACE_LIMITS, HELD_WORKSPACES,
-    HELD_JOBS, UNHOLD_JOB, CACHED_OUTPUT, JOB_EXISTS, READ_ONLY_SNAPSHOT,
+    LOCK_JOB, CANCEL_JOB, REQUEUE_JOB, DELETE_JOB_EVENTS, DELETE_JOB, HELD_WORKSPACES,
+    HELD_JOBS, UNHOLD_JOB, CACHED_OUTPUT, JOB_EXISTS, JOB_COLUMNS, GET_JOB, LIST_JOBS,
 );
 
 impl PgStore {
@@ -52,8 +52,9 @@ impl PgStore {
     pub(super) async fn get_job(&self, workspace: &str, id: JobId) -> Result<Option<JobRecord>, StoreError> {
         // One snapshot for the job and its events.
         let mut tx = self.pool.begin().await?;
-        sqlx::query(*READ_ONLY_SNAPSHOT).execute(&mut *tx).await?;
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND workspace = $2");
+        sqlx::query(*SNAPSHOT_READ).execute(&mut *tx).await?;
+        // The column list is put in here: `LIST_JOBS` reads the same.
+        let sql = GET_JOB.replace("{JOB_COLUMNS}", *JOB_COLUMNS);
         let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(workspace).fetch_optional(&mut *tx).await?
         else {
             return Ok(None);
@@ -80,27 +81,28 @@ impl PgStore {
     }
 
     pub(super) async fn list_jobs(&self, workspace: &str, filter: JobFilter) -> Result<Page, StoreError> {
-        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE workspace = $1");
+        let mut filters = String::new();
         let mut n = 1;
         let mut next = |col: &str| {
             n += 1;
-            format!(" AND {col} ${n}")
+            filters.push_str(&format!(" AND {col} ${n}"));
         };
         let state = filter.state.map(|s| s.as_str());
         if state.is_some() {
-            sql.push_str(&next("state ="));
+            next("state =");
         }
         if filter.queue.is_some() {
-            sql.push_str(&next("queue ="));
+            next("queue =");
         }
         if filter.kind.is_some() {
-            sql.push_str(&next("kind ="));
+            next("kind =");
         }
         if filter.cursor.is_some() {
-            sql.push_str(&next("id <"));
+            next("id <");
         }
-        n += 1;
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${n}"));
+        let limit = format!("${}", n + 1);
+        let sql =
+            LIST_JOBS.replace("{JOB_COLUMNS}", *JOB_COLUMNS).replace("{filters}", &filters).replace("{limit}", &limit);
         // Only constants and placeholders are spliced in; every value is bound.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(workspace);
         if let Some(s) = state {
@@ -123,7 +125,7 @@ impl PgStore {
 
     pub(super) async fn job_events(&self, workspace: &str, id: JobId) -> Result<Option<Vec<Event>>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(*READ_ONLY_SNAPSHOT).execute(&mut *tx).await?;
+        sqlx::query(*SNAPSHOT_READ).execute(&mut *tx).await?;
         let exists = sqlx::query(*JOB_EXISTS).bind(id).bind(workspace).fetch_optional(&mut *tx).await?.is_some();
         let events = if exists { Some(read_events(&mut tx, id).await?) } else { None };
         tx.commit().await?;

@@ -3,6 +3,11 @@
 
 use super::*;
 
+crate::sql::statements!("../../sql/postgres/leases.sql":
+    REGISTER_WORKER, TOUCH_WORKER, UNREGISTER_WORKER, WORKERS, CLAIMED_COLUMNS, EXPIRED, PRUNE_RUNS, DELETE_RUN_EVENTS,
+    DELETE_RUN_NODES, DELETE_RUNS, PRUNE_WORKERS, PRUNE_RATE_BUCKETS,
+);
+
 impl PgStore {
     pub(super) async fn finish_many(&self, fins: Vec<Finish>) -> Result<Vec<bool>, StoreError> {
         if fins.is_empty() {
@@ -64,16 +69,12 @@ impl PgStore {
     }
 
     pub(super) async fn register_worker(&self, w: WorkerInfo) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO workers (id, node, queues, started_at, last_heartbeat, running) \
-             VALUES ($1, $2, $3::jsonb, ferry_now(), ferry_now(), 0) \
-             ON CONFLICT (id) DO UPDATE SET node = $2, queues = $3::jsonb, last_heartbeat = ferry_now()",
-        )
-        .bind(&w.id)
-        .bind(&w.node)
-        .bind(serde_json::to_string(&w.queues).unwrap_or_default())
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(*REGISTER_WORKER)
+            .bind(&w.id)
+            .bind(&w.node)
+            .bind(serde_json::to_string(&w.queues).unwrap_or_default())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -90,29 +91,18 @@ impl PgStore {
             .bind(running)
             .fetch_all(&mut *tx)
             .await?;
-        sqlx::query("UPDATE workers SET last_heartbeat = $2, running = $3 WHERE id = $1")
-            .bind(worker)
-            .bind(now)
-            .bind(running.len() as i32)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(*TOUCH_WORKER).bind(worker).bind(now).bind(running.len() as i32).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(ids)
     }
 
     pub(super) async fn unregister_worker(&self, worker: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM workers WHERE id = $1").bind(worker).execute(&self.pool).await?;
+        sqlx::query(*UNREGISTER_WORKER).bind(worker).execute(&self.pool).await?;
         Ok(())
     }
 
     pub(super) async fn workers(&self, seen_within_ms: u64) -> Result<Vec<WorkerInfo>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, node, queues::text, started_at, last_heartbeat, running FROM workers \
-             WHERE last_heartbeat >= ferry_now() - $1 ORDER BY id",
-        )
-        .bind(time::ms(seen_within_ms))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(*WORKERS).bind(time::ms(seen_within_ms)).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(WorkerInfo {
@@ -129,10 +119,8 @@ impl PgStore {
     }
 
     pub(super) async fn expired(&self, limit: usize) -> Result<Vec<ClaimedJob>, StoreError> {
-        let sql = format!(
-            "SELECT {CLAIMED_COLUMNS} FROM jobs WHERE state = 'running' AND lease_expires_at < ferry_now() \
-             ORDER BY lease_expires_at LIMIT $1"
-        );
+        // The column list is a block of its own, put in here: it is the list `row::claimed` reads.
+        let sql = EXPIRED.replace("{CLAIMED_COLUMNS}", *CLAIMED_COLUMNS);
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(limit as i64).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
@@ -155,28 +143,19 @@ impl PgStore {
             .await?
             .rows_affected();
         // Ended runs, with their nodes and logs, likewise (their dead jobs stay).
-        let runs: Vec<JobId> = sqlx::query_scalar(
-            "SELECT id FROM runs WHERE id < $1 AND state != 'running' AND finished_at < $2 \
-             ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(crate::id_floor(cut / 1000))
-        .bind(cut)
-        .bind(limit as i64)
-        .fetch_all(&mut *tx)
-        .await?;
+        let runs: Vec<JobId> = sqlx::query_scalar(*PRUNE_RUNS)
+            .bind(crate::id_floor(cut / 1000))
+            .bind(cut)
+            .bind(limit as i64)
+            .fetch_all(&mut *tx)
+            .await?;
         if !runs.is_empty() {
-            sqlx::query("DELETE FROM run_events WHERE run_id = ANY($1)").bind(&runs).execute(&mut *tx).await?;
-            sqlx::query("DELETE FROM run_nodes WHERE run_id = ANY($1)").bind(&runs).execute(&mut *tx).await?;
-            sqlx::query("DELETE FROM runs WHERE id = ANY($1)").bind(&runs).execute(&mut *tx).await?;
+            sqlx::query(*DELETE_RUN_EVENTS).bind(&runs).execute(&mut *tx).await?;
+            sqlx::query(*DELETE_RUN_NODES).bind(&runs).execute(&mut *tx).await?;
+            sqlx::query(*DELETE_RUNS).bind(&runs).execute(&mut *tx).await?;
         }
-        sqlx::query("DELETE FROM workers WHERE last_heartbeat < $1")
-            .bind(now.saturating_sub(time::ms(86_400_000)))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM rate_buckets WHERE refilled_at < $1")
-            .bind(now.saturating_sub(rate::IDLE_BUCKET_US))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(*PRUNE_WORKERS).bind(now.saturating_sub(time::ms(86_400_000))).execute(&mut *tx).await?;
+        sqlx::query(*PRUNE_RATE_BUCKETS).bind(now.saturating_sub(rate::IDLE_BUCKET_US)).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok((gone as usize).max(runs.len()))
     }

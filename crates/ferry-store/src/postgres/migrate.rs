@@ -2,17 +2,16 @@
 
 use super::*;
 
+crate::sql::statements!("../../sql/postgres/migrate.sql":
+    LOCK_MIGRATIONS, CREATE_MIGRATIONS_TABLE, SCHEMA_VERSION, RECORD_MIGRATION, UNLOCK_MIGRATIONS,
+);
+
 pub(super) async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     let mut conn = pool.acquire().await?;
-    sqlx::query("SELECT pg_advisory_lock(hashtext('ferry-migrations:' || current_schema()))")
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(*LOCK_MIGRATIONS).execute(&mut *conn).await?;
     let result = async {
-        sqlx::query("CREATE TABLE IF NOT EXISTS ferry_migrations (version bigint PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
-            .execute(&mut *conn)
-            .await?;
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT max(version) FROM ferry_migrations").fetch_one(&mut *conn).await?;
+        sqlx::query(*CREATE_MIGRATIONS_TABLE).execute(&mut *conn).await?;
+        let current: Option<i64> = sqlx::query_scalar(*SCHEMA_VERSION).fetch_one(&mut *conn).await?;
         let current = current.unwrap_or(0);
         let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
         if current > latest {
@@ -22,19 +21,18 @@ pub(super) async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
         }
         for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(|e| {
-                StoreError::Database(format!("migration {version} failed: {e}"))
-            })?;
-            sqlx::query("INSERT INTO ferry_migrations (version) VALUES ($1)").bind(version).execute(&mut *tx).await?;
+            sqlx::raw_sql(*sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::Database(format!("migration {version} failed: {e}")))?;
+            sqlx::query(*RECORD_MIGRATION).bind(version).execute(&mut *tx).await?;
             tx.commit().await?;
             tracing::info!(version, "applied PostgreSQL migration");
         }
         Ok(())
     }
     .await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext('ferry-migrations:' || current_schema()))")
-        .execute(&mut *conn)
-        .await;
+    let _ = sqlx::query(*UNLOCK_MIGRATIONS).execute(&mut *conn).await;
     result
 }
 

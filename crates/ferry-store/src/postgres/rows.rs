@@ -3,18 +3,14 @@
 
 use super::*;
 
+crate::sql::statements!("../../sql/postgres/rows.sql": JOB_EVENTS);
+
 pub(super) fn decode(e: impl std::fmt::Display) -> sqlx::Error {
     sqlx::Error::Decode(e.to_string().into())
 }
 
 pub(super) fn parse_enum<T: FromStr<Err = String>>(s: &str) -> Result<T, sqlx::Error> {
     s.parse().map_err(decode)
-}
-
-/// Claimed jobs with their priorities, sorted into claim order (RETURNING has none).
-pub(super) fn in_claim_order(mut claimed: Vec<(ClaimedJob, i32)>) -> Vec<ClaimedJob> {
-    claimed.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.run_at.cmp(&b.0.run_at)).then(a.0.id.cmp(&b.0.id)));
-    claimed.into_iter().map(|(j, _)| j).collect()
 }
 
 pub(super) fn claimed_from_row(r: &PgRow, started_at: Micros) -> Result<ClaimedJob, sqlx::Error> {
@@ -47,10 +43,7 @@ pub(super) async fn insert_events(
 }
 
 pub(super) async fn read_events(tx: &mut Transaction<'static, Postgres>, id: JobId) -> Result<Vec<Event>, StoreError> {
-    let rows = sqlx::query("SELECT id, at, type, data::text FROM events WHERE job_id = $1 ORDER BY id")
-        .bind(id)
-        .fetch_all(&mut **tx)
-        .await?;
+    let rows = sqlx::query(*JOB_EVENTS).bind(id).fetch_all(&mut **tx).await?;
     rows.iter()
         .map(|r| {
             Ok(Event {

@@ -4,7 +4,7 @@
 //! run take turns and the run's event ids follow commit order.
 
 use super::tx::PgTx;
-use super::{PgStore, clock, err, in_flight, insert_events, insert_jobs, parse_enum};
+use super::{PgStore, SNAPSHOT_READ, clock, err, in_flight, insert_events, insert_jobs, parse_enum};
 use crate::rules::{self, runs::KeyedRun, runs::QueuedRun, runs::RunChange, runs::RunTx};
 use crate::runs::{
     self, Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunJobRow, RunNodeRow, RunPage,
@@ -20,26 +20,22 @@ use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
 use std::collections::BTreeSet;
 
-const RUN_COLUMNS: &str = "id, workspace, user_id, workflow, version, state, input::text, idempotency_key, \
-     cancel_requested::int, created_at, deadline_at, finished_at, updated_at, error";
-const NODE_COLUMNS: &str = "node_id, state, items, output, error, updated_at";
-const RUN_JOB_COLUMNS: &str = "id, node_id, item, state, attempt - attempt_base, output::text, error::text";
-const EVENT_COLUMNS: &str = "id, at, type, node_id, item, job_id, data";
+crate::sql::statements!("../../sql/postgres/runs.sql":
+    RUN_COLUMNS, NODE_COLUMNS, RUN_JOB_COLUMNS, EVENT_COLUMNS, MIRROR, SYNCED, WORKFLOW_DEFINITION, RUN_NODES, RUN_JOBS,
+    LOCK_WORKFLOW_NAME, NEXT_WORKFLOW_VERSION, INSERT_WORKFLOW, QUEUED_RUN_WORKSPACES, WORKFLOWS, WORKFLOW_VERSION,
+    WORKFLOW_VERSIONS, GET_RUN, LIST_RUNS, RUN_EXISTS, RUN_EVENTS, RUNS_TO_SWEEP, LOCK_RUN_KEY,
+    RUN_BY_KEY, LATEST_VERSION, QUEUED_RUN_COUNT, INSERT_RUN, LOCK_RUN, INSERT_RUN_EVENT, PUT_NODE, FINISH_RUN, TOUCH_RUN, REQUEST_RUN_CANCEL, START_RUN, QUEUED_RUNS,
+);
 
-/// Copies the events of the run's jobs that its log does not have yet, in job-log order:
-/// every job the planner can see has its events in the log before the planner's own.
-const MIRROR: &str = "INSERT INTO run_events (run_id, at, type, node_id, item, job_id, source_event, data) \
-     SELECT j.run_id, e.at, e.type, j.node_id, j.item, e.job_id, e.id, e.data::text \
-     FROM jobs j JOIN events e ON e.job_id = j.id \
-     WHERE j.run_id = $1 AND NOT j.run_synced \
-       AND NOT EXISTS (SELECT 1 FROM run_events r WHERE r.source_event = e.id) \
-     ORDER BY e.id";
-/// Finished jobs whose events are all copied now: later advances skip them. Checked
-/// event by event: a job may have finished after the copy's snapshot.
-const SYNCED: &str = "UPDATE jobs SET run_synced = true \
-     WHERE run_id = $1 AND NOT run_synced AND state IN ('succeeded', 'dead', 'cancelled') \
-       AND NOT EXISTS (SELECT 1 FROM events e WHERE e.job_id = jobs.id \
-                       AND NOT EXISTS (SELECT 1 FROM run_events r WHERE r.source_event = e.id))";
+/// `statement` with the column lists it marks put in: each list is a block of its own, the
+/// order [`runs`]' row readers expect, and some statements share one.
+fn with_columns(statement: &str) -> String {
+    statement
+        .replace("{RUN_COLUMNS}", *RUN_COLUMNS)
+        .replace("{NODE_COLUMNS}", *NODE_COLUMNS)
+        .replace("{RUN_JOB_COLUMNS}", *RUN_JOB_COLUMNS)
+        .replace("{EVENT_COLUMNS}", *EVENT_COLUMNS)
+}
 
 type Tx = Transaction<'static, Postgres>;
 
@@ -48,26 +44,22 @@ fn rows<T>(rows: &[PgRow], f: impl Fn(&PgRow) -> Result<T, sqlx::Error>) -> Resu
 }
 
 async fn definition(tx: &mut Tx, workspace: &str, name: &str, version: u32) -> Result<Option<Value>, StoreError> {
-    let text: Option<String> = sqlx::query_scalar(
-        "SELECT definition::text FROM workflows WHERE workspace = $1 AND name = $2 AND version = $3",
-    )
-    .bind(workspace)
-    .bind(name)
-    .bind(i64::from(version))
-    .fetch_optional(&mut **tx)
-    .await?;
+    let text: Option<String> = sqlx::query_scalar(*WORKFLOW_DEFINITION)
+        .bind(workspace)
+        .bind(name)
+        .bind(i64::from(version))
+        .fetch_optional(&mut **tx)
+        .await?;
     text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Database(e.to_string()))).transpose()
 }
 
 async fn read_nodes(tx: &mut Tx, id: RunId) -> Result<Vec<RunNodeRow>, StoreError> {
-    let sql = format!("SELECT {NODE_COLUMNS} FROM run_nodes WHERE run_id = $1 ORDER BY node_id");
-    let r = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_all(&mut **tx).await?;
+    let r = sqlx::query(sqlx::AssertSqlSafe(with_columns(*RUN_NODES))).bind(id).fetch_all(&mut **tx).await?;
     rows(&r, runs::node_row)
 }
 
 async fn read_jobs(tx: &mut Tx, id: RunId) -> Result<Vec<runs::RunJobRow>, StoreError> {
-    let sql = format!("SELECT {RUN_JOB_COLUMNS} FROM jobs WHERE run_id = $1 ORDER BY node_id, item, id");
-    let r = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_all(&mut **tx).await?;
+    let r = sqlx::query(sqlx::AssertSqlSafe(with_columns(*RUN_JOBS))).bind(id).fetch_all(&mut **tx).await?;
     rows(&r, runs::job_row)
 }
 
@@ -81,30 +73,18 @@ impl PgStore {
     ) -> Result<u32, StoreError> {
         let (mut tx, now) = self.begin().await?;
         // Versions of one name are numbered under a lock on that name.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('ferry-workflow:' || $1 || ':' || $2))")
+        sqlx::query(*LOCK_WORKFLOW_NAME).bind(workspace).bind(name).execute(&mut *tx).await?;
+        let version: i64 =
+            sqlx::query_scalar(*NEXT_WORKFLOW_VERSION).bind(workspace).bind(name).fetch_one(&mut *tx).await?;
+        sqlx::query(*INSERT_WORKFLOW)
             .bind(workspace)
             .bind(name)
+            .bind(version)
+            .bind(definition.to_string())
+            .bind(now)
+            .bind(user)
             .execute(&mut *tx)
             .await?;
-        let version: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(version), 0) + 1 FROM workflows WHERE workspace = $1 AND name = $2",
-        )
-        .bind(workspace)
-        .bind(name)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO workflows (workspace, name, version, definition, created_at, created_by) \
-             VALUES ($1, $2, $3, $4::jsonb, $5, $6)",
-        )
-        .bind(workspace)
-        .bind(name)
-        .bind(version)
-        .bind(definition.to_string())
-        .bind(now)
-        .bind(user)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
         Ok(version as u32)
     }
@@ -152,10 +132,7 @@ impl PgStore {
         planner: &Planner,
     ) -> Result<Advanced, StoreError> {
         let mut out = Advanced::default();
-        let workspaces: Vec<String> =
-            sqlx::query_scalar("SELECT DISTINCT workspace FROM runs WHERE state = 'queued' LIMIT 100")
-                .fetch_all(&self.pool)
-                .await?;
+        let workspaces: Vec<String> = sqlx::query_scalar(*QUEUED_RUN_WORKSPACES).fetch_all(&self.pool).await?;
         for ws in workspaces {
             let mut tx = PgTx::begin(self).await?;
             let advanced = rules::runs::release_queued(&mut tx, &ws, defaults, planner).await?;
@@ -166,12 +143,7 @@ impl PgStore {
     }
 
     pub(super) async fn workflows_q(&self, workspace: &str) -> Result<Vec<WorkflowSummary>, StoreError> {
-        let r = sqlx::query(
-            "SELECT name, MAX(version), MAX(created_at) FROM workflows WHERE workspace = $1 GROUP BY name ORDER BY name",
-        )
-        .bind(workspace)
-        .fetch_all(&self.pool)
-        .await?;
+        let r = sqlx::query(*WORKFLOWS).bind(workspace).fetch_all(&self.pool).await?;
         rows(&r, |r| {
             Ok(WorkflowSummary {
                 name: r.try_get(0)?,
@@ -188,15 +160,12 @@ impl PgStore {
         name: &str,
         version: Option<u32>,
     ) -> Result<Option<WorkflowVersion>, StoreError> {
-        let r = sqlx::query(
-            "SELECT name, version, definition::text, created_at, created_by FROM workflows \
-             WHERE workspace = $1 AND name = $2 AND ($3::int8 IS NULL OR version = $3) ORDER BY version DESC LIMIT 1",
-        )
-        .bind(workspace)
-        .bind(name)
-        .bind(version.map(i64::from))
-        .fetch_all(&self.pool)
-        .await?;
+        let r = sqlx::query(*WORKFLOW_VERSION)
+            .bind(workspace)
+            .bind(name)
+            .bind(version.map(i64::from))
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows(&r, runs::version_row)?.pop())
     }
 
@@ -205,21 +174,14 @@ impl PgStore {
         workspace: &str,
         name: &str,
     ) -> Result<Vec<WorkflowVersion>, StoreError> {
-        let r = sqlx::query(
-            "SELECT name, version, definition::text, created_at, created_by FROM workflows \
-             WHERE workspace = $1 AND name = $2 ORDER BY version",
-        )
-        .bind(workspace)
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await?;
+        let r = sqlx::query(*WORKFLOW_VERSIONS).bind(workspace).bind(name).fetch_all(&self.pool).await?;
         rows(&r, runs::version_row)
     }
 
     pub(super) async fn get_run_q(&self, workspace: &str, id: RunId) -> Result<Option<RunDetail>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND workspace = $2");
+        sqlx::query(*SNAPSHOT_READ).execute(&mut *tx).await?;
+        let sql = with_columns(*GET_RUN);
         let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(workspace).fetch_optional(&mut *tx).await?
         else {
             return Ok(None);
@@ -233,21 +195,24 @@ impl PgStore {
     }
 
     pub(super) async fn list_runs_q(&self, workspace: &str, filter: RunFilter) -> Result<RunPage, StoreError> {
-        let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE workspace = $1");
+        // Assembled here: each filter given adds a condition on the next parameter, and
+        // the limit takes the one after the last.
+        let mut filters = String::new();
         let mut n = 1;
         if filter.state.is_some() {
             n += 1;
-            sql.push_str(&format!(" AND state = ${n}"));
+            filters.push_str(&format!(" AND state = ${n}"));
         }
         if filter.workflow.is_some() {
             n += 1;
-            sql.push_str(&format!(" AND workflow = ${n}"));
+            filters.push_str(&format!(" AND workflow = ${n}"));
         }
         if filter.cursor.is_some() {
             n += 1;
-            sql.push_str(&format!(" AND id < ${n}"));
+            filters.push_str(&format!(" AND id < ${n}"));
         }
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", n + 1));
+        let limit = format!("${}", n + 1);
+        let sql = with_columns(*LIST_RUNS).replace("{filters}", &filters).replace("{limit}", &limit);
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(workspace);
         if let Some(s) = filter.state {
             q = q.bind(s.as_str());
@@ -259,13 +224,8 @@ impl PgStore {
             q = q.bind(c);
         }
         let r = q.bind(filter.limit as i64 + 1).fetch_all(&self.pool).await?;
-        let mut items = rows(&r, runs::run_row)?;
-        let next_cursor = if items.len() > filter.limit {
-            items.truncate(filter.limit);
-            items.last().map(|r| r.id)
-        } else {
-            None
-        };
+        let items = rows(&r, runs::run_row)?;
+        let (items, next_cursor) = crate::one_page(items, filter.limit, |r| r.id);
         Ok(RunPage { items, next_cursor })
     }
 
@@ -276,47 +236,31 @@ impl PgStore {
         after: i64,
         limit: usize,
     ) -> Result<Option<Vec<RunEvent>>, StoreError> {
-        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM runs WHERE id = $1 AND workspace = $2")
-            .bind(id)
-            .bind(workspace)
-            .fetch_optional(&self.pool)
-            .await?;
+        let exists: Option<i32> =
+            sqlx::query_scalar(*RUN_EXISTS).bind(id).bind(workspace).fetch_optional(&self.pool).await?;
         if exists.is_none() {
             return Ok(None);
         }
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM run_events WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3");
+        let sql = with_columns(*RUN_EVENTS);
         let r =
             sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(after).bind(limit as i64).fetch_all(&self.pool).await?;
         Ok(Some(rows(&r, runs::event_row)?))
     }
 
     pub(super) async fn runs_to_sweep_q(&self, idle_ms: u64, limit: usize) -> Result<Vec<RunId>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM runs WHERE state = 'running' \
-             AND (deadline_at <= ferry_now() OR updated_at <= ferry_now() - $1) ORDER BY deadline_at LIMIT $2",
-        )
-        .bind(ferry_core::time::ms(idle_ms))
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(*RUNS_TO_SWEEP)
+            .bind(ferry_core::time::ms(idle_ms))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?)
     }
 }
 
 #[async_trait]
 impl RunTx for PgTx<'_> {
     async fn run_by_key(&mut self, workspace: &str, key: &str) -> Result<Option<KeyedRun>, StoreError> {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('ferry-run-key:' || $1 || ':' || $2))")
-            .bind(workspace)
-            .bind(key)
-            .execute(&mut *self.tx)
-            .await?;
-        let found = sqlx::query(
-            "SELECT id, version, state, request_hash FROM runs WHERE workspace = $1 AND idempotency_key = $2",
-        )
-        .bind(workspace)
-        .bind(key)
-        .fetch_optional(&mut *self.tx)
-        .await?;
+        sqlx::query(*LOCK_RUN_KEY).bind(workspace).bind(key).execute(&mut *self.tx).await?;
+        let found = sqlx::query(*RUN_BY_KEY).bind(workspace).bind(key).fetch_optional(&mut *self.tx).await?;
         let Some(row) = found else { return Ok(None) };
         Ok(Some(KeyedRun {
             id: row.try_get(0)?,
@@ -328,11 +272,7 @@ impl RunTx for PgTx<'_> {
 
     async fn latest_version(&mut self, workspace: &str, name: &str) -> Result<Option<u32>, StoreError> {
         let latest: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM workflows WHERE workspace = $1 AND name = $2")
-                .bind(workspace)
-                .bind(name)
-                .fetch_one(&mut *self.tx)
-                .await?;
+            sqlx::query_scalar(*LATEST_VERSION).bind(workspace).bind(name).fetch_one(&mut *self.tx).await?;
         Ok(latest.map(|v| v as u32))
     }
 
@@ -345,10 +285,7 @@ impl RunTx for PgTx<'_> {
     }
 
     async fn queued_count(&mut self, workspace: &str) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE workspace = $1 AND state = 'queued'")
-            .bind(workspace)
-            .fetch_one(&mut *self.tx)
-            .await?;
+        let n: i64 = sqlx::query_scalar(*QUEUED_RUN_COUNT).bind(workspace).fetch_one(&mut *self.tx).await?;
         Ok(n.max(0) as u64)
     }
 
@@ -359,29 +296,25 @@ impl RunTx for PgTx<'_> {
         state: RunState,
         deadline: Micros,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO runs (id, workspace, user_id, workflow, version, state, input, idempotency_key, \
-             request_hash, created_at, deadline_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $11, $6::jsonb, $7, $8, $9, $10, $9)",
-        )
-        .bind(run.id)
-        .bind(&run.workspace)
-        .bind(&run.user)
-        .bind(&run.workflow)
-        .bind(i64::from(version))
-        .bind(run.input.to_string())
-        .bind(&run.idempotency_key)
-        .bind(&run.request_hash)
-        .bind(self.now)
-        .bind(deadline)
-        .bind(state.as_str())
-        .execute(&mut *self.tx)
-        .await?;
+        sqlx::query(*INSERT_RUN)
+            .bind(run.id)
+            .bind(&run.workspace)
+            .bind(&run.user)
+            .bind(&run.workflow)
+            .bind(i64::from(version))
+            .bind(run.input.to_string())
+            .bind(&run.idempotency_key)
+            .bind(&run.request_hash)
+            .bind(self.now)
+            .bind(deadline)
+            .bind(state.as_str())
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 
     async fn lock_run(&mut self, id: RunId) -> Result<Option<RunRow>, StoreError> {
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 FOR UPDATE");
+        let sql = with_columns(*LOCK_RUN);
         let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&mut *self.tx).await? else {
             return Ok(None);
         };
@@ -391,7 +324,7 @@ impl RunTx for PgTx<'_> {
     }
 
     async fn run_event(&mut self, run: RunId, kind: &str, node: Option<&str>, data: &Value) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO run_events (run_id, at, type, node_id, data) VALUES ($1, $2, $3, $4, $5)")
+        sqlx::query(*INSERT_RUN_EVENT)
             .bind(run)
             .bind(self.now)
             .bind(kind)
@@ -404,8 +337,8 @@ impl RunTx for PgTx<'_> {
     }
 
     async fn mirror(&mut self, run: RunId) -> Result<(), StoreError> {
-        let copied = sqlx::query(MIRROR).bind(run).execute(&mut *self.tx).await?.rows_affected();
-        sqlx::query(SYNCED).bind(run).execute(&mut *self.tx).await?;
+        let copied = sqlx::query(*MIRROR).bind(run).execute(&mut *self.tx).await?.rows_affected();
+        sqlx::query(*SYNCED).bind(run).execute(&mut *self.tx).await?;
         if copied > 0 {
             self.logs.push(Subject::Run(run));
         }
@@ -441,57 +374,35 @@ impl RunTx for PgTx<'_> {
     }
 
     async fn put_node(&mut self, run: RunId, node: &str, rec: &NodeRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO run_nodes (run_id, node_id, state, items, output, error, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (run_id, node_id) DO UPDATE SET state = excluded.state, items = excluded.items, \
-             output = excluded.output, error = excluded.error, updated_at = excluded.updated_at",
-        )
-        .bind(run)
-        .bind(node)
-        .bind(rec.state.unwrap_or(NodeState::Pending).as_str())
-        .bind(rec.items.map(i64::from))
-        .bind(rec.output.as_ref().map(Value::to_string))
-        .bind(rec.error.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default()))
-        .bind(self.now)
-        .execute(&mut *self.tx)
-        .await?;
+        sqlx::query(*PUT_NODE)
+            .bind(run)
+            .bind(node)
+            .bind(rec.state.unwrap_or(NodeState::Pending).as_str())
+            .bind(rec.items.map(i64::from))
+            .bind(rec.output.as_ref().map(Value::to_string))
+            .bind(rec.error.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default()))
+            .bind(self.now)
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 
     async fn update_run(&mut self, run: RunId, change: RunChange<'_>) -> Result<bool, StoreError> {
         let q = match change {
-            RunChange::Finish { state, error } => {
-                sqlx::query("UPDATE runs SET state = $2, error = $3, finished_at = $4, updated_at = $4 WHERE id = $1")
-                    .bind(run)
-                    .bind(state.as_str())
-                    .bind(error.map(|e| serde_json::to_string(e).unwrap_or_default()))
-                    .bind(self.now)
-            }
-            RunChange::Touch => sqlx::query("UPDATE runs SET updated_at = $2 WHERE id = $1").bind(run).bind(self.now),
-            RunChange::CancelRequested => {
-                sqlx::query("UPDATE runs SET cancel_requested = true, updated_at = $2 WHERE id = $1")
-                    .bind(run)
-                    .bind(self.now)
-            }
-            RunChange::Start { deadline } => sqlx::query(
-                "UPDATE runs SET state = 'running', deadline_at = $2, updated_at = $3 WHERE id = $1 AND state = 'queued'",
-            )
-            .bind(run)
-            .bind(deadline)
-            .bind(self.now),
+            RunChange::Finish { state, error } => sqlx::query(*FINISH_RUN)
+                .bind(run)
+                .bind(state.as_str())
+                .bind(error.map(|e| serde_json::to_string(e).unwrap_or_default()))
+                .bind(self.now),
+            RunChange::Touch => sqlx::query(*TOUCH_RUN).bind(run).bind(self.now),
+            RunChange::CancelRequested => sqlx::query(*REQUEST_RUN_CANCEL).bind(run).bind(self.now),
+            RunChange::Start { deadline } => sqlx::query(*START_RUN).bind(run).bind(deadline).bind(self.now),
         };
         Ok(q.execute(&mut *self.tx).await?.rows_affected() > 0)
     }
 
     async fn queued_runs(&mut self, workspace: &str) -> Result<Vec<QueuedRun>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, user_id, workflow, version FROM runs WHERE workspace = $1 AND state = 'queued' \
-             ORDER BY id LIMIT 1000",
-        )
-        .bind(workspace)
-        .fetch_all(&mut *self.tx)
-        .await?;
+        let rows = sqlx::query(*QUEUED_RUNS).bind(workspace).fetch_all(&mut *self.tx).await?;
         rows.iter()
             .map(|r| {
                 Ok(QueuedRun {

@@ -3,12 +3,16 @@
 
 use super::*;
 
+crate::sql::statements!("../../sql/postgres/settings.sql":
+    SET_WORKSPACE_LIMITS, QUEUE_SETTINGS, SET_QUEUE_SETTINGS, QUEUE_SHARES, SET_QUEUE_SHARE, LABEL_RATES,
+    DELETE_LABEL_RATE, INSERT_LABEL_RATE, INSERT_TOKEN, CLOSE_AUTH, TOKENS_CHANGED, TOKENS, REVOKE_TOKEN, TOKEN_BY_HASH,
+    ACTIVE_TOKENS, AUTH_CLOSED, LOCK_AUTH_STATE, REOPEN,
+);
+
 impl PgStore {
     pub(super) async fn workspace_limits(&self, workspace: &str) -> Result<Option<WorkspaceLimits>, StoreError> {
-        let text: Option<String> = sqlx::query_scalar("SELECT limits FROM workspace_limits WHERE workspace = $1")
-            .bind(workspace)
-            .fetch_optional(&self.pool)
-            .await?;
+        let text: Option<String> =
+            sqlx::query_scalar(*WORKSPACE_LIMITS).bind(workspace).fetch_optional(&self.pool).await?;
         text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Database(e.to_string()))).transpose()
     }
 
@@ -18,21 +22,12 @@ impl PgStore {
         limits: WorkspaceLimits,
     ) -> Result<(), StoreError> {
         let text = serde_json::to_string(&limits).map_err(|e| StoreError::Database(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO workspace_limits (workspace, limits, updated_at) VALUES ($1, $2, ferry_now()) \
-             ON CONFLICT (workspace) DO UPDATE SET limits = excluded.limits, updated_at = excluded.updated_at",
-        )
-        .bind(workspace)
-        .bind(text)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(*SET_WORKSPACE_LIMITS).bind(workspace).bind(text).execute(&self.pool).await?;
         Ok(())
     }
 
     pub(super) async fn queue_settings(&self) -> Result<Vec<QueueSettings>, StoreError> {
-        let rows = sqlx::query("SELECT name, concurrency, max_depth, rate, paused FROM queue_settings ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(*QUEUE_SETTINGS).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(QueueSettings {
@@ -48,29 +43,20 @@ impl PgStore {
     }
 
     pub(super) async fn set_queue_settings(&self, q: QueueSettings) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO queue_settings (name, concurrency, max_depth, rate, paused, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, ferry_now()) ON CONFLICT (name) DO UPDATE SET \
-             concurrency = excluded.concurrency, max_depth = excluded.max_depth, rate = excluded.rate, \
-             paused = excluded.paused, updated_at = excluded.updated_at",
-        )
-        .bind(&q.name)
-        .bind(q.concurrency.map(i64::from))
-        .bind(q.max_depth.map(|d| d as i64))
-        .bind(q.rate)
-        .bind(q.paused)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(*SET_QUEUE_SETTINGS)
+            .bind(&q.name)
+            .bind(q.concurrency.map(i64::from))
+            .bind(q.max_depth.map(|d| d as i64))
+            .bind(q.rate)
+            .bind(q.paused)
+            .execute(&self.pool)
+            .await?;
         self.forget_rates();
         Ok(())
     }
 
     pub(super) async fn queue_shares(&self, workspace: &str) -> Result<Vec<QueueShare>, StoreError> {
-        let rows =
-            sqlx::query("SELECT queue, workspace, paused, rate FROM queue_shares WHERE workspace = $1 ORDER BY queue")
-                .bind(workspace)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(*QUEUE_SHARES).bind(workspace).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(QueueShare {
@@ -86,17 +72,13 @@ impl PgStore {
 
     pub(super) async fn set_queue_share(&self, share: QueueShare) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO queue_shares (queue, workspace, paused, rate, updated_at) \
-             VALUES ($1, $2, $3, $4, ferry_now()) ON CONFLICT (queue, workspace) DO UPDATE SET \
-             paused = excluded.paused, rate = excluded.rate, updated_at = excluded.updated_at",
-        )
-        .bind(&share.queue)
-        .bind(&share.workspace)
-        .bind(share.paused)
-        .bind(share.rate)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(*SET_QUEUE_SHARE)
+            .bind(&share.queue)
+            .bind(&share.workspace)
+            .bind(share.paused)
+            .bind(share.rate)
+            .execute(&mut *tx)
+            .await?;
         let woken: BTreeSet<String> = if share.paused { BTreeSet::new() } else { [share.queue.clone()].into() };
         // Resumed jobs are ready work: every node's dispatchers look again.
         self.notify(&mut tx, &woken).await?;
@@ -107,10 +89,7 @@ impl PgStore {
     }
 
     pub(super) async fn label_rates(&self, workspace: &str) -> Result<Vec<LabelRate>, StoreError> {
-        let rows = sqlx::query("SELECT label, rate FROM label_rates WHERE workspace = $1 ORDER BY label")
-            .bind(workspace)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(*LABEL_RATES).bind(workspace).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| Ok(LabelRate { label: r.try_get(0)?, rate: r.try_get(1)? }))
             .collect::<Result<_, sqlx::Error>>()
@@ -124,21 +103,10 @@ impl PgStore {
         rate: Option<f64>,
     ) -> Result<bool, StoreError> {
         let (mut tx, now) = self.begin().await?;
-        let existed = sqlx::query("DELETE FROM label_rates WHERE workspace = $1 AND label = $2")
-            .bind(workspace)
-            .bind(label)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            > 0;
+        let existed =
+            sqlx::query(*DELETE_LABEL_RATE).bind(workspace).bind(label).execute(&mut *tx).await?.rows_affected() > 0;
         if let Some(rate) = rate {
-            sqlx::query("INSERT INTO label_rates (workspace, label, rate, updated_at) VALUES ($1, $2, $3, $4)")
-                .bind(workspace)
-                .bind(label)
-                .bind(rate)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(*INSERT_LABEL_RATE).bind(workspace).bind(label).bind(rate).bind(now).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         self.forget_rates();
@@ -147,21 +115,19 @@ impl PgStore {
 
     pub(super) async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError> {
         let (mut tx, now) = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO tokens (id, workspace, user_id, role, hash, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(token.id)
-        .bind(&token.workspace)
-        .bind(&token.user)
-        .bind(token.role.as_str())
-        .bind(&token.hash)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(*INSERT_TOKEN)
+            .bind(token.id)
+            .bind(&token.workspace)
+            .bind(&token.user)
+            .bind(token.role.as_str())
+            .bind(&token.hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         // From the first token on, the store stays closed (see `Store::auth_closed`). Always
         // written, so that the row lock orders this against a concurrent `reopen`.
-        sqlx::query("UPDATE auth_state SET closed = true").execute(&mut *tx).await?;
-        sqlx::query("SELECT pg_notify($1, '')").bind(&self.token_channel).execute(&mut *tx).await?;
+        sqlx::query(*CLOSE_AUTH).execute(&mut *tx).await?;
+        sqlx::query(*TOKENS_CHANGED).bind(&self.token_channel).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(TokenRecord {
             id: token.id,
@@ -174,56 +140,44 @@ impl PgStore {
     }
 
     pub(super) async fn tokens(&self, workspace: &str) -> Result<Vec<TokenRecord>, StoreError> {
-        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE workspace = $1 ORDER BY created_at, id");
+        // The column list is put in here: both backends read tokens with `TOKEN_COLUMNS`.
+        let sql = TOKENS.replace("{TOKEN_COLUMNS}", TOKEN_COLUMNS);
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(workspace).fetch_all(&self.pool).await?;
         rows.iter().map(crate::tokens::token_row).collect::<Result<_, sqlx::Error>>().map_err(err)
     }
 
     pub(super) async fn revoke_token(&self, workspace: &str, id: uuid::Uuid) -> Result<bool, StoreError> {
         let (mut tx, now) = self.begin().await?;
-        let n =
-            sqlx::query("UPDATE tokens SET revoked_at = $3 WHERE id = $1 AND workspace = $2 AND revoked_at IS NULL")
-                .bind(id)
-                .bind(workspace)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        let n = sqlx::query(*REVOKE_TOKEN).bind(id).bind(workspace).bind(now).execute(&mut *tx).await?.rows_affected();
         // Every node drops its cached view of the token when this commits.
-        sqlx::query("SELECT pg_notify($1, '')").bind(&self.token_channel).execute(&mut *tx).await?;
+        sqlx::query(*TOKENS_CHANGED).bind(&self.token_channel).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(n == 1)
     }
 
     pub(super) async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = $1 AND revoked_at IS NULL");
+        // The column list is put in here, as in `tokens`.
+        let sql = TOKEN_BY_HASH.replace("{TOKEN_COLUMNS}", TOKEN_COLUMNS);
         let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(hash).fetch_optional(&self.pool).await?;
         row.as_ref().map(crate::tokens::token_row).transpose().map_err(err)
     }
 
     pub(super) async fn active_tokens(&self) -> Result<u64, StoreError> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE revoked_at IS NULL").fetch_one(&self.pool).await?;
+        let n: i64 = sqlx::query_scalar(*ACTIVE_TOKENS).fetch_one(&self.pool).await?;
         Ok(n.max(0) as u64)
     }
 
     pub(super) async fn auth_closed(&self) -> Result<bool, StoreError> {
         // The flag, or any unrevoked token: either keeps the store closed.
-        Ok(sqlx::query_scalar(
-            "SELECT closed OR EXISTS (SELECT 1 FROM tokens WHERE revoked_at IS NULL) FROM auth_state WHERE id = 1",
-        )
-        .fetch_one(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(*AUTH_CLOSED).fetch_one(&self.pool).await?)
     }
 
     pub(super) async fn reopen(&self) -> Result<ReopenOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
         // The row lock orders this against a token's creation, which writes the row too:
         // a token committed before it is counted below, one after it closes the store again.
-        let closed: bool =
-            sqlx::query_scalar("SELECT closed FROM auth_state WHERE id = 1 FOR UPDATE").fetch_one(&mut *tx).await?;
-        let active: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE revoked_at IS NULL").fetch_one(&mut *tx).await?;
+        let closed: bool = sqlx::query_scalar(*LOCK_AUTH_STATE).fetch_one(&mut *tx).await?;
+        let active: i64 = sqlx::query_scalar(*ACTIVE_TOKENS).fetch_one(&mut *tx).await?;
         if active > 0 {
             tx.rollback().await?;
             return Ok(ReopenOutcome::TokensRemain(active as u64));
@@ -232,9 +186,9 @@ impl PgStore {
             tx.rollback().await?;
             return Ok(ReopenOutcome::AlreadyOpen);
         }
-        sqlx::query("UPDATE auth_state SET closed = false").execute(&mut *tx).await?;
+        sqlx::query(*REOPEN).execute(&mut *tx).await?;
         // Every node drops its cached view of the flag when this commits.
-        sqlx::query("SELECT pg_notify($1, '')").bind(&self.token_channel).execute(&mut *tx).await?;
+        sqlx::query(*TOKENS_CHANGED).bind(&self.token_channel).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(ReopenOutcome::Reopened)
     }

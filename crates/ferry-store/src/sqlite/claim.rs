@@ -1,6 +1,10 @@
 //! Claims on SQLite: the plain claim and the rated claim through the token buckets.
 
+use super::tx::SqliteTx;
 use super::*;
+use crate::rules::claims::ClaimTx;
+
+crate::sql::statements!("../../sql/sqlite/claim_rated.sql": RATED_CANDIDATES, BUCKETS, SAVE_BUCKETS);
 
 impl Writer {
     pub(super) fn claim(&mut self, req: &ClaimRequest) -> Result<Claimed, StoreError> {
@@ -10,13 +14,14 @@ impl Writer {
             Some(r) => r,
             None => load_rates(&self.conn)?,
         };
-        let rated = rates.applies_to(&req.queue).then(|| self.claim_rated(req, &rates));
+        let rated =
+            rates.applies_to(&req.queue).then(|| rules::ready(rules::claims::claim_rated(&mut self.tx(), req, &rates)));
         self.rates = Some(rates);
         if let Some(claimed) = rated {
             return claimed;
         }
         let lease_until = now.saturating_add(time::ms(req.lease_ms));
-        let mut claimed = self
+        let claimed = self
             .conn
             .prepare_cached(CLAIM)
             .map_err(db)?
@@ -26,30 +31,25 @@ impl Writer {
             .map_err(db)?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(db)?;
-        claimed.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.run_at.cmp(&b.0.run_at)).then(a.0.id.cmp(&b.0.id)));
-        let mut out = Vec::with_capacity(claimed.len());
-        for (mut job, _) in claimed {
+        let mut out = row::in_claim_order(claimed);
+        for job in &mut out {
             self.event(job.id, "started", json!({"attempt": job.attempt, "worker": req.worker}))?;
             job.worker = Some(req.worker.clone());
-            out.push(job);
         }
         Ok(Claimed { jobs: out, rate_wait_ms: None })
     }
+}
 
-    /// A claim through the rate buckets (see [`crate::rate`]): the candidates in claim
-    /// order, the buckets they draw on, the choice, then the chosen jobs leased and the
-    /// buckets written back, all in the writer's transaction.
-    pub(super) fn claim_rated(&mut self, req: &ClaimRequest, rates: &Rates) -> Result<Claimed, StoreError> {
-        let now = self.now;
-        let candidates = self
+/// The rated claim's statements on the writer's transaction: nothing to lock, the writer
+/// holds the database.
+#[async_trait]
+impl ClaimTx for SqliteTx<'_> {
+    async fn rated_candidates(&mut self, queue: &str, window: usize) -> Result<Vec<rate::Candidate>, StoreError> {
+        Ok(self
+            .w
             .conn
-            .prepare_cached(
-                "SELECT id, workspace, labels FROM jobs WHERE queue = ?1 AND state = 'queued' \
-                 AND workspace NOT IN (SELECT workspace FROM queue_shares WHERE queue = ?1 AND paused) \
-                 AND NOT EXISTS (SELECT 1 FROM queue_settings WHERE name = ?1 AND paused) \
-                 ORDER BY priority DESC, run_at, id LIMIT ?2",
-            )?
-            .query_map(params![req.queue, rates.window(&req.queue, req.limit) as i64], |r| {
+            .prepare_cached(*RATED_CANDIDATES)?
+            .query_map(params![queue, window as i64], |r| {
                 use row::Columns;
                 Ok(rate::Candidate {
                     id: r.uuid(0)?,
@@ -57,39 +57,46 @@ impl Writer {
                     labels: r.opt_json(2)?.unwrap_or_default(),
                 })
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let needed = rates.buckets_for(&req.queue, &candidates);
+            .collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    async fn lock_buckets(&mut self, needed: &[(String, f64)]) -> Result<HashMap<String, rate::Bucket>, StoreError> {
         let mut buckets = HashMap::new();
-        for (key, _) in &needed {
+        for (key, _) in needed {
             let stored = self
+                .w
                 .conn
-                .prepare_cached("SELECT tokens, refilled_at FROM rate_buckets WHERE bucket = ?1")?
+                .prepare_cached(*BUCKETS)?
                 .query_row(params![key], |r| Ok(rate::Bucket { tokens: r.get(0)?, refilled_at: r.get(1)? }))
                 .optional()?;
             if let Some(b) = stored {
                 buckets.insert(key.clone(), b);
             }
         }
-        let choice = rate::choose(rates, &req.queue, &candidates, req.limit, &needed, &mut buckets, now);
-        for (key, b) in &buckets {
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO rate_buckets (bucket, tokens, refilled_at) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (bucket) DO UPDATE SET tokens = excluded.tokens, refilled_at = excluded.refilled_at",
-                )?
-                .execute(params![key, b.tokens, b.refilled_at])?;
+        Ok(buckets)
+    }
+
+    async fn save_buckets(&mut self, buckets: &HashMap<String, rate::Bucket>) -> Result<(), StoreError> {
+        for (key, b) in buckets {
+            self.w.conn.prepare_cached(*SAVE_BUCKETS)?.execute(params![key, b.tokens, b.refilled_at])?;
         }
+        Ok(())
+    }
+
+    async fn lease(&mut self, ids: &[JobId], req: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
+        let now = self.w.now;
         let lease_until = now.saturating_add(time::ms(req.lease_ms));
-        let mut jobs = Vec::with_capacity(choice.chosen.len());
-        for id in &choice.chosen {
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
             let mut job = self
+                .w
                 .conn
                 .prepare_cached(CLAIM_ONE)?
                 .query_row(params![id, now, req.worker, lease_until], |r| claimed_from_row(r, now))?;
-            self.event(job.id, "started", json!({"attempt": job.attempt, "worker": req.worker}))?;
+            self.w.event(job.id, "started", json!({"attempt": job.attempt, "worker": req.worker}))?;
             job.worker = Some(req.worker.clone());
             jobs.push(job);
         }
-        Ok(Claimed { jobs, rate_wait_ms: choice.wait_ms() })
+        Ok(jobs)
     }
 }

@@ -2,6 +2,8 @@
 
 use super::*;
 
+crate::sql::statements!("../../sql/sqlite/rows.sql": RATED_QUEUES, RATED_SHARES, RATED_LABELS, JOB_EVENTS);
+
 pub(super) fn conversion(idx: usize, e: impl std::fmt::Display) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, e.to_string().into())
 }
@@ -14,17 +16,17 @@ pub(super) fn parse_enum<T: FromStr<Err = String>>(s: &str) -> rusqlite::Result<
 /// Every rate in force: queues' and workspaces' label keys'.
 pub(super) fn load_rates(c: &Connection) -> Result<Rates, StoreError> {
     let mut rates = Rates::default();
-    let mut q = c.prepare_cached("SELECT name, rate FROM queue_settings WHERE rate > 0")?;
+    let mut q = c.prepare_cached(*RATED_QUEUES)?;
     for row in q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?)))? {
         let (name, rate) = row?;
         rates.queues.insert(name, rate);
     }
-    let mut s = c.prepare_cached("SELECT queue, workspace, rate FROM queue_shares WHERE rate > 0")?;
+    let mut s = c.prepare_cached(*RATED_SHARES)?;
     for row in s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, f64>(2)?)))? {
         let (queue, ws, rate) = row?;
         rates.shares.entry(queue).or_default().insert(ws, rate);
     }
-    let mut l = c.prepare_cached("SELECT workspace, label, rate FROM label_rates WHERE rate > 0")?;
+    let mut l = c.prepare_cached(*RATED_LABELS)?;
     for row in l.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, f64>(2)?)))? {
         let (ws, label, rate) = row?;
         rates.labels.entry(ws).or_default().insert(label, rate);
@@ -38,7 +40,7 @@ pub(super) fn claimed_from_row(r: &Row<'_>, started_at: Micros) -> rusqlite::Res
 
 pub(super) fn read_events(c: &Connection, id: JobId) -> rusqlite::Result<Vec<Event>> {
     use row::Columns;
-    c.prepare_cached("SELECT id, at, type, data FROM events WHERE job_id = ?1 ORDER BY id")?
+    c.prepare_cached(*JOB_EVENTS)?
         .query_map(params![id], |r| {
             Ok(Event { id: r.get(0)?, job_id: id, at: r.get(1)?, event_type: r.get(2)?, data: r.json(3)? })
         })?

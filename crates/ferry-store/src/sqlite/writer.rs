@@ -3,6 +3,11 @@
 
 use super::*;
 
+crate::sql::statements!("../../sql/sqlite/writer.sql":
+    BEGIN_GROUP, CHECKPOINT_TRUNCATE, SET_QUEUE_SETTINGS, DELETE_LABEL_RATE, INSERT_LABEL_RATE, SET_WORKSPACE_LIMITS,
+    UNREGISTER_WORKER, INSERT_TOKEN, CLOSE_AUTH, REVOKE_TOKEN, SET_QUEUE_SHARE, REOPEN,
+);
+
 impl Writer {
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Cmd>, wakeups: &Wakeups, events: &EventSignal) {
         let mut batch = Vec::with_capacity(64);
@@ -18,7 +23,7 @@ impl Writer {
             }
             self.now = time::now_micros();
             // A group that cannot begin is poisoned from the start: no request runs.
-            let began = self.conn.execute_batch("BEGIN IMMEDIATE");
+            let began = self.conn.execute_batch(*BEGIN_GROUP);
             self.poisoned = began.as_ref().err().map(|e| format!("cannot begin a transaction: {e}"));
             let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
             for cmd in batch.drain(..) {
@@ -29,11 +34,11 @@ impl Writer {
             }
             let parked = self.run_parked();
             let outcome = match self.poisoned.take() {
-                None => self.conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
+                None => self.conn.execute_batch(*COMMIT).map_err(|e| e.to_string()),
                 Some(e) => Err(e),
             };
             if outcome.is_err() {
-                let _ = self.conn.execute_batch("ROLLBACK");
+                let _ = self.conn.execute_batch(*ROLLBACK);
                 self.rates = None;
                 tracing::error!(error = ?outcome, "SQLite group commit failed");
             }
@@ -60,7 +65,7 @@ impl Writer {
             }
         }
         // Make sure the WAL is folded back into the database file on a clean stop.
-        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        let _ = self.conn.execute_batch(*CHECKPOINT_TRUNCATE);
         if let Some(reply) = closing {
             let _ = reply.send(Ok(()));
         }
@@ -106,41 +111,28 @@ impl Writer {
         match cmd {
             Cmd::Submit(jobs, admission, reply) => self.step(reply, |w| w.submit(jobs, admission)),
             Cmd::SetQueue(q, reply) => self.step(reply, |w| {
-                w.conn
-                    .prepare_cached(
-                        "INSERT INTO queue_settings (name, concurrency, max_depth, rate, paused, updated_at) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO UPDATE SET \
-                         concurrency = excluded.concurrency, max_depth = excluded.max_depth, rate = excluded.rate, \
-                         paused = excluded.paused, updated_at = excluded.updated_at",
-                    )?
-                    .execute(params![q.name, q.concurrency, q.max_depth.map(|d| d as i64), q.rate, q.paused, w.now])?;
+                w.conn.prepare_cached(*SET_QUEUE_SETTINGS)?.execute(params![
+                    q.name,
+                    q.concurrency,
+                    q.max_depth.map(|d| d as i64),
+                    q.rate,
+                    q.paused,
+                    w.now
+                ])?;
                 w.rates = None;
                 Ok(())
             }),
             Cmd::SetLabelRate(ws, label, rate, reply) => self.step(reply, |w| {
-                let existed = w
-                    .conn
-                    .prepare_cached("DELETE FROM label_rates WHERE workspace = ?1 AND label = ?2")?
-                    .execute(params![ws, label])?
-                    > 0;
+                let existed = w.conn.prepare_cached(*DELETE_LABEL_RATE)?.execute(params![ws, label])? > 0;
                 if let Some(rate) = rate {
-                    w.conn
-                        .prepare_cached(
-                            "INSERT INTO label_rates (workspace, label, rate, updated_at) VALUES (?1, ?2, ?3, ?4)",
-                        )?
-                        .execute(params![ws, label, rate, w.now])?;
+                    w.conn.prepare_cached(*INSERT_LABEL_RATE)?.execute(params![ws, label, rate, w.now])?;
                 }
                 w.rates = None;
                 Ok(existed)
             }),
             Cmd::SetLimits(ws, limits, reply) => self.step(reply, |w| {
                 let text = serde_json::to_string(&limits).map_err(|e| StoreError::Database(e.to_string()))?;
-                w.conn
-                    .prepare_cached(
-                        "INSERT INTO workspace_limits (workspace, limits, updated_at) VALUES (?1, ?2, ?3) \
-                         ON CONFLICT (workspace) DO UPDATE SET limits = excluded.limits, updated_at = excluded.updated_at",
-                    )?
-                    .execute(params![ws, text, w.now])?;
+                w.conn.prepare_cached(*SET_WORKSPACE_LIMITS)?.execute(params![ws, text, w.now])?;
                 Ok(())
             }),
             Cmd::Claim(req, reply) => self.step(reply, |w| w.claim(&req)),
@@ -150,7 +142,7 @@ impl Writer {
             }
             Cmd::RegisterWorker(info, reply) => self.step(reply, |w| w.register_worker(&info)),
             Cmd::UnregisterWorker(id, reply) => self.step(reply, |w| {
-                w.conn.prepare_cached("DELETE FROM workers WHERE id = ?1")?.execute(params![id])?;
+                w.conn.prepare_cached(*UNREGISTER_WORKER)?.execute(params![id])?;
                 Ok(())
             }),
             Cmd::Prune(older_than_ms, limit, reply) => self.step(reply, |w| w.prune(older_than_ms, limit)),
@@ -188,13 +180,16 @@ impl Writer {
                 Ok(released)
             }),
             Cmd::CreateToken(t, reply) => self.step(reply, |w| {
-                w.conn
-                    .prepare_cached(
-                        "INSERT INTO tokens (id, workspace, user_id, role, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )?
-                    .execute(params![t.id, t.workspace, t.user, t.role.as_str(), t.hash, w.now])?;
+                w.conn.prepare_cached(*INSERT_TOKEN)?.execute(params![
+                    t.id,
+                    t.workspace,
+                    t.user,
+                    t.role.as_str(),
+                    t.hash,
+                    w.now
+                ])?;
                 // From the first token on, the store stays closed (see `Store::auth_closed`).
-                w.conn.prepare_cached("UPDATE auth_state SET closed = 1")?.execute([])?;
+                w.conn.prepare_cached(*CLOSE_AUTH)?.execute([])?;
                 Ok(TokenRecord {
                     id: t.id,
                     workspace: t.workspace,
@@ -205,22 +200,17 @@ impl Writer {
                 })
             }),
             Cmd::RevokeToken(ws, id, reply) => self.step(reply, |w| {
-                let n = w
-                    .conn
-                    .prepare_cached(
-                        "UPDATE tokens SET revoked_at = ?3 WHERE id = ?1 AND workspace = ?2 AND revoked_at IS NULL",
-                    )?
-                    .execute(params![id, ws, w.now])?;
+                let n = w.conn.prepare_cached(*REVOKE_TOKEN)?.execute(params![id, ws, w.now])?;
                 Ok(n == 1)
             }),
             Cmd::SetShare(share, reply) => self.step(reply, |w| {
-                w.conn
-                    .prepare_cached(
-                        "INSERT INTO queue_shares (queue, workspace, paused, rate, updated_at) \
-                         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (queue, workspace) DO UPDATE SET \
-                         paused = excluded.paused, rate = excluded.rate, updated_at = excluded.updated_at",
-                    )?
-                    .execute(params![share.queue, share.workspace, share.paused, share.rate, w.now])?;
+                w.conn.prepare_cached(*SET_QUEUE_SHARE)?.execute(params![
+                    share.queue,
+                    share.workspace,
+                    share.paused,
+                    share.rate,
+                    w.now
+                ])?;
                 w.rates = None;
                 if !share.paused {
                     // Resumed jobs are ready work: wake the queue (and run its parked claims).
@@ -229,14 +219,11 @@ impl Writer {
                 Ok(())
             }),
             Cmd::Reopen(reply) => self.step(reply, |w| {
-                let active: i64 = w
-                    .conn
-                    .prepare_cached("SELECT COUNT(*) FROM tokens WHERE revoked_at IS NULL")?
-                    .query_row([], |r| r.get(0))?;
+                let active: i64 = w.conn.prepare_cached(*ACTIVE_TOKENS)?.query_row([], |r| r.get(0))?;
                 if active > 0 {
                     return Ok(ReopenOutcome::TokensRemain(active as u64));
                 }
-                let n = w.conn.prepare_cached("UPDATE auth_state SET closed = 0 WHERE closed")?.execute([])?;
+                let n = w.conn.prepare_cached(*REOPEN)?.execute([])?;
                 Ok(if n == 1 { ReopenOutcome::Reopened } else { ReopenOutcome::AlreadyOpen })
             }),
             Cmd::Close(_) => unreachable!("handled by the loop"),
@@ -275,7 +262,7 @@ impl Writer {
     }
 
     pub(super) fn event(&self, job: JobId, kind: &str, data: serde_json::Value) -> rusqlite::Result<()> {
-        self.conn.prepare_cached(INSERT_EVENT)?.execute(params![job, self.now, kind, data.to_string()])?;
+        self.conn.prepare_cached(*INSERT_EVENT)?.execute(params![job, self.now, kind, data.to_string()])?;
         self.touched(Subject::Job(job));
         Ok(())
     }

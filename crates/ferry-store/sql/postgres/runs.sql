@@ -1,0 +1,159 @@
+-- Workflows and runs on PostgreSQL (postgres/runs.rs). Every run transition locks the
+-- run's row first (LOCK_RUN), so two nodes advancing one run take turns.
+-- `{RUN_COLUMNS}` and the like mark where Rust puts in the column list of that name (the
+-- order runs.rs reads); `{filters}` and `{limit}` LIST_RUNS' conditions and last parameter.
+
+-- name: RUN_COLUMNS
+-- A run's columns, in the order runs::run_row reads them; input (jsonb) cast to text, cancel_requested to int, unlike SQLite.
+id, workspace, user_id, workflow, version, state, input::text, idempotency_key,
+cancel_requested::int, created_at, deadline_at, finished_at, updated_at, error
+
+-- name: NODE_COLUMNS
+-- A run node's columns, in the order runs::node_row reads them. The same list on SQLite.
+node_id, state, items, output, error, updated_at
+
+-- name: RUN_JOB_COLUMNS
+-- A run job's columns, in the order runs::job_row reads them; jsonb output and error read as text (SQLite stores text).
+id, node_id, item, state, attempt - attempt_base, output::text, error::text
+
+-- name: EVENT_COLUMNS
+-- A run log entry's columns, in the order runs::event_row reads them. The same list on SQLite.
+id, at, type, node_id, item, job_id, data
+
+-- name: MIRROR
+-- Copies the events of run $1's jobs its log lacks, in job-log order; jsonb data as text, `NOT run_synced` for SQLite's `= 0`.
+INSERT INTO run_events (run_id, at, type, node_id, item, job_id, source_event, data)
+SELECT j.run_id, e.at, e.type, j.node_id, j.item, e.job_id, e.id, e.data::text
+FROM jobs j JOIN events e ON e.job_id = j.id
+WHERE j.run_id = $1 AND NOT j.run_synced
+  AND NOT EXISTS (SELECT 1 FROM run_events r WHERE r.source_event = e.id)
+ORDER BY e.id
+
+-- name: SYNCED
+-- Marks run $1's finished jobs whose events are all copied, event by event: a job may finish after MIRROR's snapshot.
+UPDATE jobs SET run_synced = true
+WHERE run_id = $1 AND NOT run_synced AND state IN ('succeeded', 'dead', 'cancelled')
+  AND NOT EXISTS (SELECT 1 FROM events e WHERE e.job_id = jobs.id
+                  AND NOT EXISTS (SELECT 1 FROM run_events r WHERE r.source_event = e.id))
+
+-- name: WORKFLOW_DEFINITION
+-- One version's definition, the jsonb read as text (SQLite stores text). `$n` for `?n`.
+SELECT definition::text FROM workflows WHERE workspace = $1 AND name = $2 AND version = $3
+
+-- name: RUN_NODES
+-- A run's nodes, by id. As on SQLite, `$1` for `?1`.
+SELECT {NODE_COLUMNS} FROM run_nodes WHERE run_id = $1 ORDER BY node_id
+
+-- name: RUN_JOBS
+-- A run's jobs, by node, item and id. As on SQLite, `$1` for `?1`.
+SELECT {RUN_JOB_COLUMNS} FROM jobs WHERE run_id = $1 ORDER BY node_id, item, id
+
+-- name: LOCK_WORKFLOW_NAME
+-- Numbers a workflow name's versions under a lock on that name, until the commit (SQLite's single writer needs none).
+SELECT pg_advisory_xact_lock(hashtext('ferry-workflow:' || $1 || ':' || $2))
+
+-- name: NEXT_WORKFLOW_VERSION
+-- The number of a workflow name's next version. As on SQLite, `$n` for `?n`.
+SELECT COALESCE(MAX(version), 0) + 1 FROM workflows WHERE workspace = $1 AND name = $2
+
+-- name: INSERT_WORKFLOW
+-- Stores a workflow version; its definition is cast to jsonb, where SQLite stores the text.
+INSERT INTO workflows (workspace, name, version, definition, created_at, created_by)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6)
+
+-- name: QUEUED_RUN_WORKSPACES
+-- Up to 100 workspaces with waiting runs. The same statement on SQLite.
+SELECT DISTINCT workspace FROM runs WHERE state = 'queued' LIMIT 100
+
+-- name: WORKFLOWS
+-- A workspace's workflows: each name's latest version and when it was stored. As on SQLite, `$1` for `?1`.
+SELECT name, MAX(version), MAX(created_at) FROM workflows WHERE workspace = $1 GROUP BY name ORDER BY name
+
+-- name: WORKFLOW_VERSION
+-- Version $3 of a workflow, or its latest when $3 is NULL; `$3::int8` types the parameter, which SQLite needs not.
+SELECT name, version, definition::text, created_at, created_by FROM workflows
+WHERE workspace = $1 AND name = $2 AND ($3::int8 IS NULL OR version = $3) ORDER BY version DESC LIMIT 1
+
+-- name: WORKFLOW_VERSIONS
+-- Every version of a workflow, oldest first; the jsonb definition read as text (SQLite stores text).
+SELECT name, version, definition::text, created_at, created_by FROM workflows
+WHERE workspace = $1 AND name = $2 ORDER BY version
+
+-- name: GET_RUN
+-- A run of a workspace. As on SQLite, `$n` for `?n`.
+SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND workspace = $2
+
+-- name: LIST_RUNS
+-- A page of a workspace's runs, newest first, with the filters given, whose parameters (then the limit's) are numbered in turn.
+SELECT {RUN_COLUMNS} FROM runs WHERE workspace = $1{filters} ORDER BY id DESC LIMIT {limit}
+
+-- name: RUN_EXISTS
+-- Whether a run of a workspace exists. As on SQLite, `$n` for `?n`.
+SELECT 1 FROM runs WHERE id = $1 AND workspace = $2
+
+-- name: RUN_EVENTS
+-- Up to $3 entries of a run's log after id $2, in order. As on SQLite, `$n` for `?n`.
+SELECT {EVENT_COLUMNS} FROM run_events WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3
+
+-- name: RUNS_TO_SWEEP
+-- Up to $2 running runs past their deadline or idle for $1 microseconds by ferry_now(); SQLite binds both cut-offs.
+SELECT id FROM runs WHERE state = 'running'
+AND (deadline_at <= ferry_now() OR updated_at <= ferry_now() - $1) ORDER BY deadline_at LIMIT $2
+
+-- name: LOCK_RUN_KEY
+-- Serialises runs created with one idempotency key, until the commit (SQLite's single writer needs no lock).
+SELECT pg_advisory_xact_lock(hashtext('ferry-run-key:' || $1 || ':' || $2))
+
+-- name: RUN_BY_KEY
+-- The run of a workspace's idempotency key. As on SQLite, `$n` for `?n`.
+SELECT id, version, state, request_hash FROM runs WHERE workspace = $1 AND idempotency_key = $2
+
+-- name: LATEST_VERSION
+-- A workflow's latest version (NULL when none). As on SQLite, `$n` for `?n`.
+SELECT MAX(version) FROM workflows WHERE workspace = $1 AND name = $2
+
+-- name: QUEUED_RUN_COUNT
+-- How many runs of a workspace wait. As on SQLite, `$1` for `?1`.
+SELECT COUNT(*) FROM runs WHERE workspace = $1 AND state = 'queued'
+
+-- name: INSERT_RUN
+-- Stores a new run; its input is cast to jsonb, where SQLite stores the text.
+INSERT INTO runs (id, workspace, user_id, workflow, version, state, input, idempotency_key,
+request_hash, created_at, deadline_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $11, $6::jsonb, $7, $8, $9, $10, $9)
+
+-- name: LOCK_RUN
+-- A run, its row locked (FOR UPDATE) until the commit so nodes advancing it take turns; SQLite's writer holds the database.
+SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 FOR UPDATE
+
+-- name: INSERT_RUN_EVENT
+-- Appends to a run's log. As on SQLite, `$n` for `?n`.
+INSERT INTO run_events (run_id, at, type, node_id, data) VALUES ($1, $2, $3, $4, $5)
+
+-- name: PUT_NODE
+-- Stores a run node's record. As on SQLite, `$n` for `?n`.
+INSERT INTO run_nodes (run_id, node_id, state, items, output, error, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (run_id, node_id) DO UPDATE SET state = excluded.state, items = excluded.items,
+output = excluded.output, error = excluded.error, updated_at = excluded.updated_at
+
+-- name: FINISH_RUN
+-- Ends a run. As on SQLite, `$n` for `?n`.
+UPDATE runs SET state = $2, error = $3, finished_at = $4, updated_at = $4 WHERE id = $1
+
+-- name: TOUCH_RUN
+-- Notes that a run advanced. As on SQLite, `$n` for `?n`.
+UPDATE runs SET updated_at = $2 WHERE id = $1
+
+-- name: REQUEST_RUN_CANCEL
+-- Marks a run's cancellation as asked for; `true` where SQLite, which has no booleans, writes 1.
+UPDATE runs SET cancel_requested = true, updated_at = $2 WHERE id = $1
+
+-- name: START_RUN
+-- Starts a waiting run. As on SQLite, `$n` for `?n`.
+UPDATE runs SET state = 'running', deadline_at = $2, updated_at = $3 WHERE id = $1 AND state = 'queued'
+
+-- name: QUEUED_RUNS
+-- Up to 1000 waiting runs of a workspace, oldest first. As on SQLite, `$1` for `?1`.
+SELECT id, user_id, workflow, version FROM runs WHERE workspace = $1 AND state = 'queued'
+ORDER BY id LIMIT 1000
