@@ -59,6 +59,7 @@ pub(crate) fn claimed<R: Columns>(r: &R, started_at: Micros) -> Result<ClaimedJo
         workspace: r.text(12)?,
         cache_key: r.opt_text(13)?,
         run_id: r.opt_uuid(14)?,
+        priority: r.int(15)? as i32,
         started_at,
         worker: None,
     })
@@ -114,9 +115,9 @@ pub(crate) fn queue_stats(rows: impl IntoIterator<Item = (String, String, i64)>)
     map.into_values().collect()
 }
 
-/// Claimed jobs with their priorities, sorted into claim order: priority first, then due
-/// time, then id (an `UPDATE … RETURNING` has no order of its own).
-pub(crate) fn in_claim_order(mut claimed: Vec<(ClaimedJob, i32)>) -> Vec<ClaimedJob> {
-    claimed.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.run_at.cmp(&b.0.run_at)).then(a.0.id.cmp(&b.0.id)));
-    claimed.into_iter().map(|(j, _)| j).collect()
+/// Claimed jobs sorted into claim order (an `UPDATE … RETURNING` has no order of its own):
+/// see [`ClaimedJob::claim_order`].
+pub(crate) fn in_claim_order(mut claimed: Vec<ClaimedJob>) -> Vec<ClaimedJob> {
+    claimed.sort_by(ClaimedJob::claim_order);
+    claimed
 }

@@ -66,8 +66,17 @@ pub struct ClaimedJob {
     pub cache_key: Option<String>,
     /// The workflow run this job is a node of: its end advances the run.
     pub run_id: Option<ferry_core::run::RunId>,
+    pub priority: i32,
     pub started_at: Micros,
     pub worker: Option<String>,
+}
+
+impl ClaimedJob {
+    /// The order in which jobs are claimed and started: higher priority first, then the
+    /// earlier due, then the older id.
+    pub fn claim_order(a: &ClaimedJob, b: &ClaimedJob) -> std::cmp::Ordering {
+        b.priority.cmp(&a.priority).then(a.run_at.cmp(&b.run_at)).then(a.id.cmp(&b.id))
+    }
 }
 
 /// How a running attempt ends.

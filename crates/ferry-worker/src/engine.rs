@@ -33,6 +33,7 @@ mod attempt;
 mod dispatch;
 mod finisher;
 mod leases;
+mod prefetch;
 mod pruning;
 mod queue_control;
 

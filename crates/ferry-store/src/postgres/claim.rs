@@ -109,7 +109,7 @@ impl ClaimTx for PgTx<'_> {
             let mut job = claimed_from_row(&r, r.try_get(16)?)?;
             job.worker = Some(req.worker.clone());
             self.logs.push(Subject::Job(job.id));
-            claimed.push((job, r.try_get::<i32, _>(15)?));
+            claimed.push(job);
         }
         Ok(row::in_claim_order(claimed))
     }
@@ -130,7 +130,7 @@ pub(super) async fn claim_plain<'e>(ex: impl sqlx::PgExecutor<'e>, req: &ClaimRe
     for r in &rows {
         let mut job = claimed_from_row(r, r.try_get(16)?)?;
         job.worker = Some(req.worker.clone());
-        claimed.push((job, r.try_get::<i32, _>(15)?));
+        claimed.push(job);
     }
     Ok(Claimed { jobs: row::in_claim_order(claimed), rate_wait_ms: None })
 }

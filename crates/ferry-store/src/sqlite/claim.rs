@@ -26,7 +26,7 @@ impl Writer {
             .prepare_cached(CLAIM)
             .map_err(db)?
             .query_map(params![req.queue, now, req.limit as i64, req.worker, lease_until], |r| {
-                Ok((claimed_from_row(r, now)?, r.get::<_, i32>(15)?))
+                claimed_from_row(r, now)
             })
             .map_err(db)?
             .collect::<rusqlite::Result<Vec<_>>>()

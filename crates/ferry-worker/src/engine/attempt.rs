@@ -16,7 +16,6 @@ use ferry_store::{ClaimedJob, Finish, FinishResult};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::CancellationToken;
 
 /// How long past its timeout the engine waits for a kind that enforces its own.
 const OWN_TIMEOUT_GRACE: Duration = Duration::from_secs(5);
@@ -65,8 +64,8 @@ enum Stop {
 
 /// Runs one claimed job's attempt and records its end; `permit` is the job's queue slot.
 pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
-    let cancel = CancellationToken::new();
-    inner.running.lock().unwrap_or_else(|e| e.into_inner()).insert(job.id, cancel.clone());
+    // A prefetched job is registered already, with the token a cancel may have fired.
+    let cancel = inner.running.lock().unwrap_or_else(|e| e.into_inner()).entry(job.id).or_default().clone();
     let wait = (job.started_at - job.run_at).max(0) as f64 / 1e6;
     metrics::histogram!("ferry_pickup_wait_seconds", "queue" => job.queue.clone()).record(wait);
 

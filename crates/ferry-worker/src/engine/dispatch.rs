@@ -38,12 +38,13 @@
 //! copy of the queue's settings ([`super::queue_control`]); the claim statements enforce a
 //! pause from its commit anyway, so `Paused` only saves claims that would come back empty.
 
+use super::prefetch::Prefetch;
 use super::queue_control::QueueControl;
 use super::{Inner, QueueConfig, attempt, finisher};
 use ferry_core::time;
 use ferry_store::{ClaimRequest, Claimed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 /// What a dispatcher does next; see the module's table.
@@ -123,9 +124,10 @@ fn next(event: Event, paused: bool, stopping: bool) -> State {
 pub(super) async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
     let control =
         inner.controls.get(&queue.name).cloned().unwrap_or_else(|| Arc::new(QueueControl::new(queue.concurrency)));
-    let dispatcher = Dispatcher {
+    let mut dispatcher = Dispatcher {
         wake: inner.store.wakeup(&queue.name),
         poll: Duration::from_millis(inner.cfg.poll_ms),
+        prefetch: Prefetch::new(inner.clone(), queue.concurrency),
         queue: queue.name,
         control,
         inner,
@@ -142,10 +144,12 @@ struct Dispatcher {
     wake: Arc<Notify>,
     /// The longest wait without a signal.
     poll: Duration,
+    /// Jobs claimed ahead of free slots (see [`super::prefetch`]).
+    prefetch: Prefetch,
 }
 
 impl Dispatcher {
-    async fn run(&self) {
+    async fn run(&mut self) {
         let mut state = self.next(Event::Ready);
         loop {
             let event = match state {
@@ -153,10 +157,17 @@ impl Dispatcher {
                 State::Starting(batch) => self.start(batch),
                 State::Idle(spare) => self.idle(spare).await,
                 State::RateLimited(wait) => self.wait(wait.min(self.poll), true).await,
-                State::Paused => self.wait(self.poll, true).await,
+                State::Paused => {
+                    // Prefetched jobs have not started: a paused queue starts nothing more.
+                    self.prefetch.hand_back().await;
+                    self.wait(self.poll, true).await
+                }
                 State::Backoff => self.wait(self.poll, false).await,
                 State::HandingBack(batch) => self.hand_back(batch).await,
-                State::Stopped => return,
+                State::Stopped => {
+                    self.prefetch.hand_back().await;
+                    return;
+                }
             };
             state = self.next(event);
         }
@@ -175,7 +186,7 @@ impl Dispatcher {
         }
     }
 
-    async fn claim(&self) -> Event {
+    async fn claim(&mut self) -> Event {
         let slots = &self.control.slots;
         let first = tokio::select! {
             p = slots.clone().acquire_owned() => match p {
@@ -191,13 +202,45 @@ impl Dispatcher {
                 Err(_) => break,
             }
         }
-        match self.inner.store.claim(self.request(permits.len())).await {
-            Ok(claimed) => Event::Claimed(Batch { claimed, slots: permits, parked: false }),
-            Err(e) => {
-                tracing::warn!(queue = %self.queue, error = %e, "claim failed; will retry");
-                Event::ClaimFailed
+        let n = permits.len();
+        // The buffer first, then the refill already on its way, then a claim of our own
+        // for what is still missing plus what the buffer lacks.
+        let mut jobs = self.prefetch.take(n);
+        if jobs.len() < n && self.prefetch.refilling() {
+            self.prefetch.land_refill().await;
+            jobs.extend(self.prefetch.take(n - jobs.len()));
+        }
+        let mut rate_wait_ms = None;
+        if jobs.len() < n {
+            let missing = n - jobs.len();
+            let room = self.prefetch.target().saturating_sub(self.prefetch.len());
+            let asked = Instant::now();
+            match self.inner.store.claim(self.request(missing + room)).await {
+                Ok(claimed) => {
+                    self.prefetch.timed(asked.elapsed());
+                    rate_wait_ms = claimed.rate_wait_ms;
+                    let mut got = claimed.jobs;
+                    let extra = got.split_off(missing.min(got.len()));
+                    jobs.extend(got);
+                    self.prefetch.keep(extra);
+                }
+                Err(e) if jobs.is_empty() => {
+                    tracing::warn!(queue = %self.queue, error = %e, "claim failed; will retry");
+                    return Event::ClaimFailed;
+                }
+                Err(e) => tracing::warn!(queue = %self.queue, error = %e, "claim failed; starting what is in hand"),
             }
         }
+        self.prefetch.started(jobs.len());
+        // The next refill runs while these attempts do; never on a rated queue that held
+        // work back (its tokens are for now, not for a buffer), nor for a queue that came
+        // back short (it has nothing more).
+        if rate_wait_ms.is_none() && jobs.len() == n && !self.inner.stop_claiming.is_cancelled() {
+            let queue = self.queue.clone();
+            let (worker, lease_ms) = (self.inner.worker_id.clone(), self.inner.cfg.lease_ms);
+            self.prefetch.maybe_refill(|limit| ClaimRequest { queue, limit, worker, lease_ms });
+        }
+        Event::Claimed(Batch { claimed: Claimed { jobs, rate_wait_ms }, slots: permits, parked: false })
     }
 
     fn start(&self, batch: Batch) -> Event {
