@@ -16,11 +16,11 @@
 //! - **End of stream.** A read asks whether the subject is final *before* reading its
 //!   events, so when it is, its final event is among what was read; unless that read was
 //!   a full page, in which case the stream reads again before it ends. A subject deleted
-//!   under an open stream, or a store failure, ends the stream; the client reconnects
-//!   with its last id.
+//!   under an open stream ends the stream; a store failure does not: the stream reads
+//!   again a second later (keep-alives go on meanwhile).
 
 use crate::error::ApiError;
-use crate::sse::{self, Item};
+use crate::sse::{self, Fetched, Item};
 use crate::{ApiState, Caller};
 use axum::Json;
 use axum::http::{HeaderMap, header};
@@ -113,9 +113,21 @@ pub(crate) async fn answer<L: EventLog>(
     let fetch = move |cursor: i64| {
         let (store, workspace) = (store.clone(), workspace.clone());
         async move {
+            let failed = |e: StoreError| {
+                tracing::warn!(error = %e, "an event stream's read failed; it reads again shortly");
+                Fetched::Failed
+            };
             // "Ended" first: then the final event is in what is read next.
-            let ended = L::ended(store.as_ref(), &workspace, id).await.ok()??;
-            let page = L::read(store.as_ref(), &workspace, id, cursor).await.ok()??;
+            let ended = match L::ended(store.as_ref(), &workspace, id).await {
+                Ok(Some(ended)) => ended,
+                Ok(None) => return Fetched::Gone,
+                Err(e) => return failed(e),
+            };
+            let page = match L::read(store.as_ref(), &workspace, id, cursor).await {
+                Ok(Some(page)) => page,
+                Ok(None) => return Fetched::Gone,
+                Err(e) => return failed(e),
+            };
             let items = page
                 .events
                 .iter()
@@ -124,7 +136,7 @@ pub(crate) async fn answer<L: EventLog>(
                     Item::new(id, event_type, view)
                 })
                 .collect();
-            Some((items, ended && page.complete))
+            Fetched::Items(items, ended && page.complete)
         }
     };
     Ok(sse::stream(after, st.cfg.sse_keep_alive, watch, permit, fetch).into_response())

@@ -52,6 +52,18 @@ use tokio::time::Instant;
 /// costs a stream two store queries, and a node may hold `sse_max_streams` streams (at
 /// 1,000, about 33 reads a second).
 pub const SAFETY_POLL: Duration = Duration::from_secs(30);
+/// How long a stream waits before it reads again after the store failed.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// What a feed's read found.
+pub(crate) enum Fetched {
+    /// The events after the cursor, and whether the subject has ended with them.
+    Items(Vec<Item>, bool),
+    /// The subject is gone (deleted under the stream).
+    Gone,
+    /// The store failed; the stream reads again after [`RETRY_AFTER_FAILURE`].
+    Failed,
+}
 
 /// The least time between two reads of an idle stream that keeps being woken.
 pub const MIN_READ_INTERVAL: Duration = Duration::from_millis(100);
@@ -297,7 +309,7 @@ pub(crate) fn stream<F, Fut>(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>>
 where
     F: FnMut(i64) -> Fut + Send + 'static,
-    Fut: Future<Output = Option<(Vec<Item>, bool)>> + Send,
+    Fut: Future<Output = Fetched> + Send,
 {
     let state = State {
         cursor,
@@ -338,10 +350,17 @@ where
             }
             st.last_read = Some(Instant::now());
             match (st.fetch)(st.cursor).await {
-                // The subject is gone (deleted) or the store failed: end the stream; the
-                // client reconnects with its last id.
-                None => return None,
-                Some((items, ended)) => {
+                // The subject is gone (deleted): end the stream.
+                Fetched::Gone => return None,
+                // The store failed (a blip, a pool under load): the stream stays open and
+                // reads again a little later, keep-alives flowing meanwhile.
+                Fetched::Failed => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY_AFTER_FAILURE) => {}
+                        _ = st.permit.revocation() => {}
+                    }
+                }
+                Fetched::Items(items, ended) => {
                     if let Some(last) = items.last() {
                         st.cursor = last.id;
                     }
