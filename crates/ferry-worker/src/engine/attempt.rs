@@ -5,8 +5,8 @@
 //! token and the drain's hard stop; a job with a cache key may be answered from the result
 //! cache instead ([`run_or_reuse`]). The outcome becomes a [`FinishResult`]: a success,
 //! or through [`decide`] (the engine's one use of [`decide_after_failure`]) a retry or
-//! death; a hard stop hands the job back. The attempt holds its queue slot until the
-//! finisher reports its end committed.
+//! death; a hard stop hands the job back. The attempt holds its queue slot while its
+//! work runs, and gives it back before its end is recorded.
 
 use super::{Inner, finisher};
 use crate::executor::{Attempt, Executor};
@@ -125,6 +125,12 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
     };
     // Executors holding resources outside their future watch the token.
     cancel.cancel();
+    // The attempt's work is over: its slot goes to the next job now, while this end is
+    // recorded, so a queue's throughput is bound by its jobs and not by the finish's
+    // round trip. The store may briefly show this job running next to the one that took
+    // its slot (as it shows prefetched jobs running): the concurrency bounds the attempts
+    // executing at once in this process.
+    drop(permit);
     let elapsed = started.elapsed().as_secs_f64();
 
     let result = match outcome {
@@ -169,10 +175,6 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
         }
     }
     inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
-    // The slot is freed only now that the attempt's end is committed: freeing it earlier
-    // would let the next claim commit first, and the store would record more attempts of
-    // the queue running at once than its concurrency allows.
-    drop(permit);
 }
 
 fn succeeded(inner: &Inner, job: &ClaimedJob, output: serde_json::Value) -> FinishResult {

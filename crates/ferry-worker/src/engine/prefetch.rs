@@ -35,6 +35,9 @@ use tokio_util::sync::CancellationToken;
 const RATE_WINDOW: Duration = Duration::from_millis(50);
 /// The weight of the newest measurement in the moving averages.
 const NEWEST: f64 = 0.3;
+/// How many round trips of work the buffer holds: two, so that a refill asked for when
+/// the buffer falls below its target lands before it runs dry.
+const LEAD: f64 = 2.0;
 
 /// One queue's buffer of prefetched jobs, with what sizes it.
 pub(super) struct Prefetch {
@@ -68,7 +71,7 @@ impl Prefetch {
 
     /// How many jobs the buffer should hold now (see the module docs).
     pub(super) fn target(&self) -> usize {
-        ((self.rate * self.round_trip).floor() as usize).min(self.most)
+        ((LEAD * self.rate * self.round_trip).floor() as usize).min(self.most)
     }
 
     /// Takes up to `n` buffered jobs in claim order, skipping those cancelled or taken
@@ -136,6 +139,7 @@ impl Prefetch {
     /// what the buffer lacks, and runs while the attempts do.
     pub(super) fn maybe_refill(&mut self, req: impl FnOnce(usize) -> ClaimRequest) {
         let want = self.target().saturating_sub(self.buffer.len());
+        // Below half: asked earlier, refills would come in ones and twos, each a claim.
         if self.refill.is_some() || want == 0 || self.buffer.len() > self.target() / 2 {
             return;
         }
