@@ -4,11 +4,16 @@
 //! lives in a module of its own:
 //!
 //! - [`dispatch`]: one dispatcher per queue. It waits for a free slot, takes every free
-//!   slot (up to the claim batch), claims that many jobs in one store call and starts a
-//!   task per job, each holding its slot until the job's outcome is committed. With
+//!   slot (up to the claim batch), takes that many jobs from its prefetch buffer or claims
+//!   them in one store call, and starts a task per job, each holding its slot while its
+//!   work runs (its end is recorded after the slot is given back). With
 //!   nothing to claim it parks a claim in the store and sleeps until work arrives, the
 //!   next scheduled job is due, or the poll interval passes (a safety net, never the main
 //!   path). Its loop is an explicit state machine ([`dispatch::State`]).
+//! - [`prefetch`]: the dispatcher's buffer of jobs leased ahead of its free slots, sized
+//!   to one claim round trip of work at the queue's observed rate, so a slot that frees
+//!   starts its next job at once while the refill claim runs; handed back on a pause, a
+//!   drain or a stop.
 //! - [`attempt`]: one attempt of one job: the executor (or the result cache) under the
 //!   attempt's timeout, its cancel token and the drain's hard stop, and what its outcome
 //!   becomes (success, retry or death, by [`ferry_core::decide_after_failure`]).
@@ -85,6 +90,9 @@ pub struct EngineConfig {
     pub sweep_idle_ms: u64,
     /// Concurrency limits of workspaces that set none, for starting queued runs.
     pub default_limits: ferry_store::WorkspaceLimits,
+    /// A fixed size for every queue's prefetch buffer (see [`prefetch`]); `None`, the
+    /// default: sized by each queue's observed rate, which is what a server runs with.
+    pub prefetch: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -97,6 +105,7 @@ impl Default for EngineConfig {
             poll_ms: 1_000,
             reap_ms: 2_000,
             claim_batch: 256,
+            prefetch: None,
             max_output_bytes: 1024 * 1024,
             job_limits: ferry_core::Limits::default(),
             sweep_ms: 1_000,
@@ -114,7 +123,7 @@ struct Inner {
     cfg: EngineConfig,
     worker_id: String,
     /// This process's attempts, each with the token that stops it.
-    running: Mutex<HashMap<JobId, CancellationToken>>,
+    running: Running,
     /// Cancelled when the engine stops claiming.
     stop_claiming: CancellationToken,
     /// Cancelled when the grace period is over: running attempts are handed back.
@@ -135,6 +144,59 @@ struct Inner {
     controls: HashMap<String, Arc<QueueControl>>,
     /// Notified when a standalone job ended: jobs held for a slot may go now.
     freed: tokio::sync::Notify,
+}
+
+/// This process's attempts, running or prefetched, each under its attempt number (the
+/// lease's fencing token) with the token that stops it. Keyed by job, but an entry is
+/// only ever replaced or removed for its own attempt: a job retried at once may be
+/// claimed again here before its last attempt's task is done.
+#[derive(Default)]
+struct Running(Mutex<HashMap<JobId, (u32, CancellationToken)>>);
+
+impl Running {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, (u32, CancellationToken)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers an attempt (again, when it was prefetched) and returns its stop token.
+    fn register(&self, id: JobId, attempt: u32) -> CancellationToken {
+        let mut map = self.lock();
+        match map.get(&id) {
+            Some((a, token)) if *a == attempt => token.clone(),
+            _ => {
+                let token = CancellationToken::new();
+                map.insert(id, (attempt, token.clone()));
+                token
+            }
+        }
+    }
+
+    /// Forgets an attempt, unless a later attempt of the job took its place.
+    fn remove(&self, id: JobId, attempt: u32) {
+        let mut map = self.lock();
+        if map.get(&id).is_some_and(|(a, _)| *a == attempt) {
+            map.remove(&id);
+        }
+    }
+
+    /// Stops the job's attempt here, if any; whether there was one.
+    fn cancel(&self, id: JobId) -> bool {
+        match self.lock().get(&id) {
+            Some((_, token)) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn ids(&self) -> Vec<JobId> {
+        self.lock().keys().copied().collect()
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
 }
 
 /// A running engine. Cheap to clone.
@@ -162,7 +224,7 @@ impl Engine {
             registry,
             cfg,
             worker_id,
-            running: Mutex::new(HashMap::new()),
+            running: Running::default(),
             stop_claiming: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             stop_background: CancellationToken::new(),
@@ -198,19 +260,12 @@ impl Engine {
     /// Stops a running attempt of this process at once (after the store cancelled it).
     /// Returns whether the job was running here.
     pub fn stop_attempt(&self, id: JobId) -> bool {
-        let running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
-        match running.get(&id) {
-            Some(r) => {
-                r.cancel();
-                true
-            }
-            None => false,
-        }
+        self.inner.running.cancel(id)
     }
 
     /// Attempts running in this process.
     pub fn running(&self) -> usize {
-        self.inner.running.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.inner.running.len()
     }
 
     /// Drains: stops claiming, waits for the dispatchers to hand over what they hold

@@ -25,9 +25,7 @@ impl Writer {
             .conn
             .prepare_cached(CLAIM)
             .map_err(db)?
-            .query_map(params![req.queue, now, req.limit as i64, req.worker, lease_until], |r| {
-                claimed_from_row(r, now)
-            })
+            .query_map(params![req.queue, now, req.limit as i64, req.worker, lease_until], |r| claimed_from_row(r, now))
             .map_err(db)?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(db)?;

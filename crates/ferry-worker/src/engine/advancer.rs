@@ -67,11 +67,8 @@ pub(super) async fn advance_runs(inner: Arc<Inner>, mut rx: mpsc::UnboundedRecei
         }
         match result {
             Ok(advanced) => {
-                let running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
                 for id in &advanced.stopped {
-                    if let Some(token) = running.get(id) {
-                        token.cancel();
-                    }
+                    inner.running.cancel(*id);
                 }
                 for (run, state) in &advanced.finished {
                     tracing::debug!(%run, state = state.as_str(), "run finished");

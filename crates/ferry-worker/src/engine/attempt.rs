@@ -5,8 +5,8 @@
 //! token and the drain's hard stop; a job with a cache key may be answered from the result
 //! cache instead ([`run_or_reuse`]). The outcome becomes a [`FinishResult`]: a success,
 //! or through [`decide`] (the engine's one use of [`decide_after_failure`]) a retry or
-//! death; a hard stop hands the job back. The attempt holds its queue slot while its
-//! work runs, and gives it back before its end is recorded.
+//! death; a hard stop hands the job back. The attempt holds its queue slot until its end
+//! is recorded, or, on a queue that prefetches, only while its work runs.
 
 use super::{Inner, finisher};
 use crate::executor::{Attempt, Executor};
@@ -62,10 +62,12 @@ enum Stop {
     Shutdown,
 }
 
-/// Runs one claimed job's attempt and records its end; `permit` is the job's queue slot.
-pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+/// Runs one claimed job's attempt and records its end; `permit` is the job's queue slot,
+/// given back when the work ends if `early` (the queue's jobs are short enough to
+/// prefetch), else once the end is recorded.
+pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphorePermit, early: bool) {
     // A prefetched job is registered already, with the token a cancel may have fired.
-    let cancel = inner.running.lock().unwrap_or_else(|e| e.into_inner()).entry(job.id).or_default().clone();
+    let cancel = inner.running.register(job.id, job.attempt);
     let wait = (job.started_at - job.run_at).max(0) as f64 / 1e6;
     metrics::histogram!("ferry_pickup_wait_seconds", "queue" => job.queue.clone()).record(wait);
 
@@ -125,12 +127,16 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
     };
     // Executors holding resources outside their future watch the token.
     cancel.cancel();
-    // The attempt's work is over: its slot goes to the next job now, while this end is
-    // recorded, so a queue's throughput is bound by its jobs and not by the finish's
-    // round trip. The store may briefly show this job running next to the one that took
-    // its slot (as it shows prefetched jobs running): the concurrency bounds the attempts
-    // executing at once in this process.
-    drop(permit);
+    // On a queue whose jobs are short enough to prefetch, the slot goes to the next job
+    // as soon as the work is over, while this end is recorded: its throughput is bound
+    // by its jobs, not by the finish's round trip. The store may then briefly show this
+    // job running next to the one that took its slot, as it shows prefetched jobs
+    // running. Longer jobs keep the slot until their end is committed, so for them the
+    // store never shows more attempts running than the concurrency.
+    let mut permit = Some(permit);
+    if early {
+        permit = None;
+    }
     let elapsed = started.elapsed().as_secs_f64();
 
     let result = match outcome {
@@ -174,7 +180,8 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
             }
         }
     }
-    inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
+    inner.running.remove(job.id, job.attempt);
+    drop(permit);
 }
 
 fn succeeded(inner: &Inner, job: &ClaimedJob, output: serde_json::Value) -> FinishResult {

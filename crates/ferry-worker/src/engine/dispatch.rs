@@ -11,11 +11,13 @@
 //! state        does                                        event        next
 //! ───────────  ──────────────────────────────────────────  ───────────  ─────────────────────
 //! Claiming     waits for a free slot, takes every free     Claimed      Starting; HandingBack
-//!              slot (up to the claim batch), claims that                if claiming stopped
-//!              many jobs                                   ClaimFailed  Backoff
-//!                                                          Ready        ready (stopped)
+//!              slot (up to the claim batch), takes that                 if claiming stopped
+//!              many jobs from the prefetch buffer, else    ClaimFailed  Backoff
+//!              claims them (and what the buffer lacks);    Ready        ready (stopped, or
+//!              starts a refill claim that runs meanwhile                paused or settings
+//!                                                                       changed meanwhile)
 //! Starting     starts an attempt per job, each holding     Started      Stopped if claiming
-//!              one slot until its end is committed                      stopped; RateLimited if
+//!              one slot while its work runs                             stopped; RateLimited if
 //!                                                                       a rate held work back;
 //!                                                                       Idle if slots are left;
 //!                                                                       else ready
@@ -25,18 +27,21 @@
 //!                                                          Ready        ready
 //! RateLimited  waits until a token may be back, a change   Ready        ready
 //!              of settings or the stop
-//! Paused       waits for a change of settings, the poll    Ready        ready
-//!              interval or the stop
+//! Paused       hands the prefetched jobs back, waits for   Ready        ready
+//!              a change of settings, the poll interval
+//!              or the stop
 //! Backoff      waits the poll interval or the stop         Ready        ready
 //! HandingBack  releases the jobs claimed after the stop    Stop         Stopped
-//! Stopped      the dispatcher ends
+//! Stopped      hands the prefetched jobs back; the
+//!              dispatcher ends
 //!
 //! ready: Stopped if claiming stopped, else Paused if the queue is paused, else Claiming.
 //! ```
 //!
 //! The dispatcher starts as after a `Ready` event. The pause it obeys is this process's
 //! copy of the queue's settings ([`super::queue_control`]); the claim statements enforce a
-//! pause from its commit anyway, so `Paused` only saves claims that would come back empty.
+//! pause from its commit anyway, so `Paused` only saves claims that would come back empty
+//! and returns the jobs prefetched before the pause (see [`super::prefetch`]).
 
 use super::prefetch::Prefetch;
 use super::queue_control::QueueControl;
@@ -194,7 +199,13 @@ impl Dispatcher {
                 Err(_) => return Event::Stop,
             },
             _ = self.inner.stop_claiming.cancelled() => return Event::Ready,
+            // A pause found while every slot is busy hands the prefetched jobs back now.
+            _ = self.control.changed.notified() => return Event::Ready,
         };
+        // Paused while waiting for the slot: nothing more starts, prefetched or not.
+        if self.control.is_paused() {
+            return Event::Ready;
+        }
         let mut permits = vec![first];
         while permits.len() < self.inner.cfg.claim_batch {
             match slots.clone().try_acquire_owned() {
@@ -205,6 +216,7 @@ impl Dispatcher {
         let n = permits.len();
         // The buffer first, then the refill already on its way, then a claim of our own
         // for what is still missing plus what the buffer lacks.
+        self.prefetch.land_if_done().await;
         let mut jobs = self.prefetch.take(n);
         if jobs.len() < n && self.prefetch.refilling() {
             self.prefetch.land_refill().await;
@@ -250,11 +262,13 @@ impl Dispatcher {
             metrics::counter!("ferry_parked_claims_total", "queue" => self.queue.clone()).increment(jobs.len() as u64);
         }
         let spare = slots.split_off(jobs.len().min(slots.len()));
+        // A queue that prefetches has short jobs: their slots go back when the work ends.
+        let early = self.prefetch.target() > 0;
         for (job, permit) in jobs.into_iter().zip(slots) {
             if let Some(run) = job.run_id {
                 let _ = self.inner.advancer.send(run);
             }
-            self.inner.attempts.spawn(attempt::run_attempt(self.inner.clone(), job, permit));
+            self.inner.attempts.spawn(attempt::run_attempt(self.inner.clone(), job, permit, early));
         }
         Event::Started { spare, rate_wait: claimed.rate_wait_ms.map(Duration::from_millis) }
     }

@@ -52,16 +52,14 @@ pub(super) async fn heartbeat(inner: Arc<Inner>) {
         }
         // Jobs registered before the heartbeat is sent were claimed in a transaction that
         // committed before it, so the heartbeat sees them if they are still ours.
-        let before: HashSet<JobId> = inner.running.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
+        let before: HashSet<JobId> = inner.running.ids().into_iter().collect();
         let ids: Vec<JobId> = before.iter().copied().collect();
         match inner.store.heartbeat(&inner.worker_id, inner.cfg.lease_ms, &ids).await {
             Ok(held) => {
                 let held: HashSet<JobId> = held.into_iter().collect();
-                let running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
                 for id in before.difference(&held) {
-                    if let Some(r) = running.get(id) {
+                    if inner.running.cancel(*id) {
                         tracing::info!(job = %id, "no longer ours (cancelled or taken over); stopping the attempt");
-                        r.cancel();
                     }
                 }
             }
@@ -84,9 +82,8 @@ pub(super) async fn stop_cancelled(inner: Arc<Inner>, mut ids: tokio::sync::broa
             },
             _ = inner.stop_background.cancelled() => return,
         };
-        if let Some(r) = inner.running.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+        if inner.running.cancel(id) {
             tracing::info!(job = %id, "cancelled elsewhere; stopping the attempt");
-            r.cancel();
         }
     }
 }

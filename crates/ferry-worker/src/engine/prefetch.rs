@@ -44,6 +44,8 @@ pub(super) struct Prefetch {
     inner: Arc<Inner>,
     /// The most the buffer may hold: the queue's concurrency in this process.
     most: usize,
+    /// A fixed size instead of the measured one (`EngineConfig::prefetch`).
+    fixed: Option<usize>,
     buffer: VecDeque<(ClaimedJob, CancellationToken)>,
     /// The refill claim running while attempts do, if any.
     refill: Option<JoinHandle<Result<Claimed, StoreError>>>,
@@ -58,8 +60,9 @@ pub(super) struct Prefetch {
 impl Prefetch {
     pub(super) fn new(inner: Arc<Inner>, concurrency: usize) -> Self {
         Prefetch {
-            inner,
+            inner: inner.clone(),
             most: concurrency,
+            fixed: inner.cfg.prefetch,
             buffer: VecDeque::new(),
             refill: None,
             rate: 0.0,
@@ -71,6 +74,9 @@ impl Prefetch {
 
     /// How many jobs the buffer should hold now (see the module docs).
     pub(super) fn target(&self) -> usize {
+        if let Some(fixed) = self.fixed {
+            return fixed;
+        }
         ((LEAD * self.rate * self.round_trip).floor() as usize).min(self.most)
     }
 
@@ -135,6 +141,14 @@ impl Prefetch {
         }
     }
 
+    /// Merges a refill that has already returned, without waiting: its jobs then take
+    /// their place in claim order before the next ones are taken.
+    pub(super) async fn land_if_done(&mut self) {
+        if self.refill.as_ref().is_some_and(|r| r.is_finished()) {
+            self.land_refill().await;
+        }
+    }
+
     /// Starts a refill claim if the buffer is below its target and none runs: it claims
     /// what the buffer lacks, and runs while the attempts do.
     pub(super) fn maybe_refill(&mut self, req: impl FnOnce(usize) -> ClaimRequest) {
@@ -154,12 +168,9 @@ impl Prefetch {
         if jobs.is_empty() {
             return;
         }
-        {
-            let mut running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
-            for job in jobs {
-                let token = running.entry(job.id).or_default().clone();
-                self.buffer.push_back((job, token));
-            }
+        for job in jobs {
+            let token = self.inner.running.register(job.id, job.attempt);
+            self.buffer.push_back((job, token));
         }
         self.buffer.make_contiguous().sort_by(|a, b| ClaimedJob::claim_order(&a.0, &b.0));
     }
@@ -175,7 +186,7 @@ impl Prefetch {
     }
 
     fn forget(&self, job: &ClaimedJob) {
-        self.inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
+        self.inner.running.remove(job.id, job.attempt);
     }
 
     /// How many jobs wait in the buffer.
