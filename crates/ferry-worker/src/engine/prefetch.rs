@@ -6,12 +6,14 @@
 //! by the same heartbeat), starts the next one from the buffer the moment a slot frees,
 //! and refills the buffer with a claim that runs while the attempts do.
 //!
-//! **How big.** The buffer holds what this process starts in one claim round trip at its
-//! observed rate (`rate × round trip`, rounded down, at most the queue's concurrency):
-//! enough that the refill lands before the buffer runs dry, and no more, so a job waits in
-//! a buffer about one round trip at most while another process could have run it. Jobs
+//! **How big.** The buffer holds what this process starts in two claim round trips at
+//! its observed rate (`2 × rate × round trip`, rounded down, at most one claim batch): a
+//! refill is asked for when it falls to half, and lands as the buffer runs dry, so a job
+//! waits in a buffer about two round trips at most while another process could have run
+//! it. The size does not depend on the concurrency: it is the work of a round trip. Jobs
 //! that take longer than a round trip each (most real work) get a buffer of 0: the
-//! dispatcher claims exactly its free slots, as without prefetch.
+//! dispatcher claims exactly its free slots, as without prefetch, and holds each slot
+//! until the job's end is committed.
 //!
 //! **In what order.** The buffer is kept in claim order (priority, then due time, then
 //! id, see [`ClaimedJob::claim_order`]); a refill is merged into it, so a higher-priority
@@ -42,7 +44,7 @@ const LEAD: f64 = 2.0;
 /// One queue's buffer of prefetched jobs, with what sizes it.
 pub(super) struct Prefetch {
     inner: Arc<Inner>,
-    /// The most the buffer may hold: the queue's concurrency in this process.
+    /// The most the buffer may hold: one claim's worth (`EngineConfig::claim_batch`).
     most: usize,
     /// A fixed size instead of the measured one (`EngineConfig::prefetch`).
     fixed: Option<usize>,
@@ -58,10 +60,10 @@ pub(super) struct Prefetch {
 }
 
 impl Prefetch {
-    pub(super) fn new(inner: Arc<Inner>, concurrency: usize) -> Self {
+    pub(super) fn new(inner: Arc<Inner>) -> Self {
         Prefetch {
             inner: inner.clone(),
-            most: concurrency,
+            most: inner.cfg.claim_batch.max(1),
             fixed: inner.cfg.prefetch,
             buffer: VecDeque::new(),
             refill: None,

@@ -9,11 +9,12 @@
 //!    batches of `--batch` by `--clients` concurrent clients; the clock stops when the
 //!    queue reports nothing left unfinished.
 //! 2. **Pickup latency when idle**: `--samples` jobs submitted one at a time, each after
-//!    the previous one finished; the latency is the job's first attempt start minus its
-//!    creation, both stamped by the store.
+//!    the previous one finished; the latency is the job's first attempt start (stamped by
+//!    the store) minus the client's clock just before the request.
 //! 3. **Worker processes** (PostgreSQL only): the same throughput run against an API-only
 //!    server with 1, 2 and 4 `ferry worker` processes (`--processes`), each with
-//!    `--concurrency` slots.
+//!    `--concurrency` slots, then the idle pickup across processes (submitted to the API
+//!    node, started by a worker process).
 //! 4. **Raw limit**: the same statements without the engine: on SQLite the writer's own
 //!    statements run directly on a fresh database
 //!    ([`ferry_store::sqlite::bench::raw_baseline`]); on PostgreSQL the store's batch calls
@@ -272,14 +273,25 @@ async fn measure(args: &QueueArgs, target: &Target) -> anyhow::Result<Value> {
             let api = app::start(&Config { workers: 0, ..cfg.clone() }).await?;
             let mut workers = spawn_workers(n, url, schema, args.target.concurrency)?;
             let run = throughput(&http, &api.url(), args).await;
+            // Pickup across processes: submitted to the API node, started by a worker.
+            let picked = match run {
+                Ok(_) => pickup(&http, &api.url(), args.samples).await,
+                Err(_) => Ok(Vec::new()),
+            };
             for w in &mut workers {
                 let _ = w.kill();
                 let _ = w.wait();
             }
             api.stop().await?;
             let (r, e, _) = run?;
-            processes
-                .push(json!({"processes": n, "throughput_jobs_per_s": r.round(), "total_seconds": e.as_secs_f64()}));
+            let picked = picked?;
+            processes.push(json!({
+                "processes": n,
+                "throughput_jobs_per_s": r.round(),
+                "total_seconds": e.as_secs_f64(),
+                "pickup_p50_ms": percentile(&picked, 0.50),
+                "pickup_p99_ms": percentile(&picked, 0.99),
+            }));
         }
     }
 
@@ -351,10 +363,13 @@ fn print_report(args: &QueueArgs, r: &Value) {
     );
     for p in r["worker_processes"].as_array().into_iter().flatten() {
         println!(
-            "  {} worker process(es): {:>9.0} jobs/s (API-only server + `ferry worker` processes, concurrency {} each)",
+            "  {} worker process(es): {:>9.0} jobs/s (API-only server + `ferry worker` processes, concurrency {} each); \
+             pickup p50 {:.3} ms, p99 {:.3} ms",
             p["processes"],
             p["throughput_jobs_per_s"].as_f64().unwrap_or(f64::NAN),
-            args.target.concurrency
+            args.target.concurrency,
+            p["pickup_p50_ms"].as_f64().unwrap_or(f64::NAN),
+            p["pickup_p99_ms"].as_f64().unwrap_or(f64::NAN),
         );
     }
     if args.skip_raw {
