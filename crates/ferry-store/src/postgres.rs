@@ -354,12 +354,25 @@ impl Store for PgStore {
         // Two statements, each atomic on its own: promotion is idempotent, and the claim
         // logs its events in the same statement.
         sqlx::query(PROMOTE_DUE).bind(&req.queue).execute(&self.pool).await?;
+        let read = self.rates.generation();
         let rates = self.rates().await?;
         if rates.applies_to(&req.queue) {
             return self.claim_rated(&req, &rates).await;
         }
         let claimed = claim_plain(&self.pool, &req).await?;
         self.committed(claimed.jobs.iter().map(|j| Subject::Job(j.id)));
+        // `claim.sql` claims nothing once a rate is in force: one set here since the rates
+        // were read sends this claim down the rated path.
+        if claimed.jobs.len() < req.limit && self.rates.generation() != read {
+            let rates = self.rates().await?;
+            if rates.applies_to(&req.queue) {
+                let mut more =
+                    self.claim_rated(&ClaimRequest { limit: req.limit - claimed.jobs.len(), ..req }, &rates).await?;
+                let mut jobs = claimed.jobs;
+                jobs.append(&mut more.jobs);
+                return Ok(Claimed { jobs, rate_wait_ms: more.rate_wait_ms });
+            }
+        }
         Ok(claimed)
     }
 

@@ -5,11 +5,18 @@
 -- waits. The CTE form keeps the locking subquery from being evaluated more than once.
 -- The start time is read inside the statement, after its snapshot, so it is never before
 -- the creation of a job the statement can see.
+-- This is the claim of a queue no rate applies to, and it checks that itself: the caller
+-- chose it from the rates it read (through a cache, on another connection), and a rate
+-- set between that read and this statement must not let the statement start jobs past
+-- it. Once any rate is in force this claims nothing and the caller reads the rates again
+-- (SQLite reads them and claims in one writer transaction, so it needs no such check).
 WITH picked AS (
     SELECT id FROM jobs
     WHERE queue = $1 AND state = 'queued'
       AND workspace NOT IN (SELECT workspace FROM queue_shares WHERE queue = $1 AND paused)
-      AND NOT EXISTS (SELECT 1 FROM queue_settings WHERE name = $1 AND paused)
+      AND NOT EXISTS (SELECT 1 FROM queue_settings WHERE name = $1 AND (paused OR rate > 0))
+      AND NOT EXISTS (SELECT 1 FROM queue_shares WHERE queue = $1 AND rate > 0)
+      AND NOT EXISTS (SELECT 1 FROM label_rates WHERE rate > 0)
     ORDER BY priority DESC, run_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED

@@ -161,7 +161,7 @@ impl RatesCache {
         }
     }
 
-    fn generation(&self) -> u64 {
+    pub(super) fn generation(&self) -> u64 {
         self.lock().generation
     }
 

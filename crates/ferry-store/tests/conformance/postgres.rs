@@ -1,7 +1,8 @@
 //! Pins what is PostgreSQL's own, where many processes and transactions meet: a store
 //! opening on a fresh schema runs no statement before its migrations have created what the
-//! statement needs; and a worker's heartbeat and its batched finishes lock the same jobs in
-//! one order, so they never deadlock.
+//! statement needs; a worker's heartbeat and its batched finishes lock the same jobs in
+//! one order, so they never deadlock; and a rate set on one node holds on another whose
+//! cached rates do not know it yet.
 
 use super::*;
 use std::sync::Mutex;
@@ -114,4 +115,29 @@ async fn postgres_heartbeats_and_batched_finishes_never_deadlock() {
     }
     assert!(store.queue_stats().await.unwrap().iter().all(|q| q.running == 0));
     b.cleanup().await;
+}
+
+/// Two nodes on one database: node A has read the rates (none) when node B sets a label
+/// rate; A's cache is still fresh, so A takes the plain claim, which must not start the
+/// labelled jobs past the rate. The plain claim checks for rates itself and claims
+/// nothing; once A reads the rates again, the rated claim starts the burst (1 at 1/s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_rate_set_on_another_node_holds_before_this_node_reads_it() {
+    let Some(a) = postgres().await else { return };
+    let schema = a.schema.clone().expect("a schema");
+    let opts = PgOptions { url: pg_url(), schema: Some(schema), max_connections: 4, application_name: "node-b".into() };
+    let b = PgStore::open(&opts).await.expect("node B");
+    // A reads the rates (none), and keeps them for up to a second.
+    assert!(a.store.claim(claim_req("a", 10)).await.unwrap().jobs.is_empty());
+    assert!(!b.set_label_rate("default", "api", Some(1.0)).await.unwrap(), "a new rate");
+    let labelled = (0..10).map(|_| {
+        let mut s = noop();
+        s.labels = Some([("api".to_string(), "github".to_string())].into());
+        spec(s)
+    });
+    a.store.submit(labelled.collect()).await.unwrap();
+    let first = a.store.claim(claim_req("a", 10)).await.unwrap().jobs.len();
+    assert!(first <= 1, "node A started {first} labelled jobs at once under a rate of 1/s");
+    b.close().await;
+    a.cleanup().await;
 }
