@@ -45,7 +45,7 @@ pub(crate) fn block(file: &'static str, name: &str) -> &'static str {
 macro_rules! statements {
     ($file:literal: $($name:ident),+ $(,)?) => {
         $(
-            static $name: std::sync::LazyLock<&'static str> =
+            pub(super) static $name: std::sync::LazyLock<&'static str> =
                 std::sync::LazyLock::new(|| $crate::sql::block(include_str!($file), stringify!($name)));
         )+
         /// Every statement this module names, read once: a misspelt name fails the tests.

@@ -26,9 +26,10 @@ pub fn raw_baseline(dir: &Path, jobs: usize, batch: usize, durability: Durabilit
     drop(store);
     let conn = Connection::open(&path)?;
     let sync = if durability == Durability::Full { "FULL" } else { "NORMAL" };
-    conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA cache_size = -{WRITER_CACHE_KIB};"
-    ))?;
+    // The writer's own settings, as `SqliteStore::open` puts them in.
+    conn.execute_batch(
+        &super::WRITER_PRAGMAS.replace("{sync}", sync).replace("{cache_kib}", &WRITER_CACHE_KIB.to_string()),
+    )?;
     let mut w = Writer {
         conn,
         woken: HashSet::new(),
@@ -46,7 +47,7 @@ pub fn raw_baseline(dir: &Path, jobs: usize, batch: usize, durability: Durabilit
         // No stream watches here: forget the logs written, as the writer does per group.
         w.touched.get_mut().clear();
         w.now = time::now_micros();
-        w.conn.execute_batch("BEGIN IMMEDIATE")?;
+        w.conn.execute_batch(*super::writer::BEGIN_GROUP)?;
         let new: Vec<NewJob> = (0..n)
             .map(|_| NewJob {
                 id: JobId::now_v7(),
@@ -69,14 +70,14 @@ pub fn raw_baseline(dir: &Path, jobs: usize, batch: usize, durability: Durabilit
             })
             .collect();
         w.submit(new, Admission::default())?;
-        w.conn.execute_batch("COMMIT")?;
+        w.conn.execute_batch(*super::COMMIT)?;
         w.now = time::now_micros();
-        w.conn.execute_batch("BEGIN IMMEDIATE")?;
+        w.conn.execute_batch(*super::writer::BEGIN_GROUP)?;
         let claimed =
             w.claim(&ClaimRequest { queue: "default".into(), limit: n, worker: "bench".into(), lease_ms: 30_000 })?;
-        w.conn.execute_batch("COMMIT")?;
+        w.conn.execute_batch(*super::COMMIT)?;
         w.now = time::now_micros();
-        w.conn.execute_batch("BEGIN IMMEDIATE")?;
+        w.conn.execute_batch(*super::writer::BEGIN_GROUP)?;
         for job in claimed.jobs {
             w.finish(&Finish {
                 id: job.id,
@@ -85,7 +86,7 @@ pub fn raw_baseline(dir: &Path, jobs: usize, batch: usize, durability: Durabilit
                 result: FinishResult::Succeeded { output: serde_json::Value::Null },
             })?;
         }
-        w.conn.execute_batch("COMMIT")?;
+        w.conn.execute_batch(*super::COMMIT)?;
         done += n;
     }
     Ok(jobs as f64 / started.elapsed().as_secs_f64())

@@ -28,13 +28,7 @@ fn claim_and_count_queries_use_their_indexes() {
     assert!(!claim.contains("TEMP B-TREE FOR ORDER BY"), "claim plan sorts: {claim}");
     let promote = plan(&conn, PROMOTE_DUE, 2);
     assert!(promote.contains("jobs_due"), "promote plan: {promote}");
-    let expired = plan(
-        &conn,
-        &format!(
-            "SELECT {CLAIMED_COLUMNS} FROM jobs WHERE state = 'running' AND lease_expires_at < ?1 ORDER BY lease_expires_at LIMIT ?2"
-        ),
-        2,
-    );
+    let expired = plan(&conn, &EXPIRED.replace("{CLAIMED_COLUMNS}", CLAIMED_COLUMNS), 2);
     assert!(expired.contains("jobs_lease"), "reaper plan: {expired}");
     let stats = plan(&conn, QUEUE_STATS, 0);
     for index in ["jobs_ready", "jobs_lease", "jobs_due", "jobs_dead"] {
