@@ -35,6 +35,7 @@ use crate::{
 };
 mod admission;
 mod claim;
+mod due;
 mod events;
 mod jobs;
 mod leases;
@@ -141,6 +142,8 @@ pub struct PgStore {
     rates: RatesCache,
     /// This process's claims waiting for work (see [`crate::park`]).
     parks: Arc<Parks>,
+    /// When each queue's next scheduled or retrying job is due, as far as this process knows.
+    due: due::DueTimes,
     /// Marks this store's own wake-ups, which its listener skips (see `submit_tail.sql`).
     origin: String,
     /// Fired after this process's commits that wrote events and on other processes'
@@ -282,6 +285,7 @@ impl PgStore {
             listener,
             rates: Default::default(),
             parks: Default::default(),
+            due: Default::default(),
             origin,
             events,
             outbox,
@@ -352,8 +356,11 @@ impl Store for PgStore {
 
     async fn claim(&self, req: ClaimRequest) -> Result<Claimed, StoreError> {
         // Two statements, each atomic on its own: promotion is idempotent, and the claim
-        // logs its events in the same statement.
-        sqlx::query(PROMOTE_DUE).bind(&req.queue).execute(&self.pool).await?;
+        // logs its events in the same statement. Promotion only when something may be due.
+        if let Some(generation) = self.due.must_promote(&req.queue) {
+            let row = sqlx::query(PROMOTE_DUE).bind(&req.queue).fetch_one(&self.pool).await?;
+            self.due.promoted(&req.queue, generation, row.try_get(0)?, row.try_get(1)?);
+        }
         let read = self.rates.generation();
         let rates = self.rates().await?;
         if rates.applies_to(&req.queue) {
@@ -608,7 +615,13 @@ impl Store for PgStore {
     }
 
     async fn next_due(&self, queue: &str) -> Result<Option<Micros>, StoreError> {
-        Ok(sqlx::query_scalar(*NEXT_DUE).bind(queue).fetch_one(&self.pool).await?)
+        let due: Option<Micros> = sqlx::query_scalar(*NEXT_DUE).bind(queue).fetch_one(&self.pool).await?;
+        // A dispatcher about to wait for this time claims when it comes: its claim must
+        // promote, whoever scheduled the job.
+        if due.is_some() {
+            self.due.forget(queue);
+        }
+        Ok(due)
     }
 
     fn event_signal(&self) -> Arc<EventSignal> {

@@ -146,6 +146,10 @@ impl PgStore {
         }
         committed?;
         self.wake_locally(&(&touched - &answered));
+        // Jobs scheduled for later: this process's claims look for them (see `due.rs`).
+        for job in jobs.iter().filter(|j| j.run_at.is_some()) {
+            self.due.forget(&job.queue);
+        }
         Ok(out)
     }
 }

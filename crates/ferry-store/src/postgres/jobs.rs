@@ -46,6 +46,10 @@ impl PgStore {
             released += rules::jobs::release_held(&mut tx, &ws, &defaults).await?;
             tx.commit().await?;
         }
+        // Some may have been released as scheduled.
+        if released > 0 {
+            self.due.forget_all();
+        }
         Ok(released)
     }
 

@@ -65,6 +65,10 @@ impl PgStore {
             .into_iter()
             .collect();
         self.committed(applied.iter().map(|(id, _)| Subject::Job(*id)));
+        // A retry is due later: this process's claims look for it again (see `due.rs`).
+        for fin in fins.iter().filter(|f| matches!(f.result, crate::FinishResult::Retry { .. })) {
+            self.due.forget(&fin.queue);
+        }
         Ok(fins.iter().map(|f| applied.contains(&(f.id, f.attempt as i32))).collect())
     }
 
