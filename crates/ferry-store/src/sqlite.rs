@@ -91,8 +91,7 @@ const HEARTBEAT: &str = include_str!("../sql/sqlite/heartbeat.sql");
 const QUEUE_STATS: &str = include_str!("../sql/sqlite/queue_stats.sql");
 const QUEUE_STATS_WORKSPACE: &str = include_str!("../sql/sqlite/queue_stats_workspace.sql");
 crate::sql::statements!("../sql/sqlite/store.sql":
-    WRITER_PRAGMAS, WRITER_AUTOCHECKPOINT, EXPIRE_ORPHANS, BEGIN_READ, COMMIT, ROLLBACK, INSERT_EVENT, JOB_COLUMNS,
-    WORKERS, EXPIRED, GET_JOB, CACHED_OUTPUT, LIST_JOBS, JOB_EXISTS, RUN_STATE, WORKSPACE_LIMITS, QUEUE_SETTINGS,
+    WRITER_PRAGMAS, WRITER_AUTOCHECKPOINT, EXPIRE_ORPHANS, BEGIN_READ, COMMIT, ROLLBACK, INSERT_EVENT, WORKERS, EXPIRED, GET_JOB, CACHED_OUTPUT, LIST_JOBS, JOB_EXISTS, RUN_STATE, WORKSPACE_LIMITS, QUEUE_SETTINGS,
     QUEUE_SHARES, LABEL_RATES, TOKENS, TOKEN_BY_HASH, ACTIVE_TOKENS, AUTH_CLOSED, NEXT_DUE, PING,
 );
 /// A claimed job's columns, in the order [`row::claimed`] reads them (the claim's
@@ -412,8 +411,8 @@ impl Store for SqliteStore {
         let ws = workspace.to_string();
         self.read(move |c| {
             // The column list is put in here: `LIST_JOBS` reads the same.
-            let sql = GET_JOB.replace("{JOB_COLUMNS}", *JOB_COLUMNS);
-            let Some(mut job) = c.prepare_cached(&sql)?.query_row(params![id, ws], job_from_row).optional()? else {
+            let sql = *GET_JOB;
+            let Some(mut job) = c.prepare_cached(sql)?.query_row(params![id, ws], job_from_row).optional()? else {
                 return Ok(None);
             };
             job.attempts = crate::attempts_from_events(&read_events(c, id)?);
@@ -462,7 +461,7 @@ impl Store for SqliteStore {
                 args.push(Box::new(cursor));
             }
             args.push(Box::new(filter.limit as i64 + 1));
-            let sql = LIST_JOBS.replace("{JOB_COLUMNS}", *JOB_COLUMNS).replace("{filters}", &filters);
+            let sql = LIST_JOBS.replace("{filters}", &filters);
             let items = c
                 .prepare_cached(&sql)?
                 .query_map(rusqlite::params_from_iter(args.iter()), job_from_row)?

@@ -11,7 +11,7 @@ use ferry_core::JobError;
 
 crate::sql::statements!("../../sql/postgres/jobs.sql":
     LOCK_JOB, CANCEL_JOB, REQUEUE_JOB, DELETE_JOB_EVENTS, DELETE_JOB, HELD_WORKSPACES,
-    HELD_JOBS, UNHOLD_JOB, CACHED_OUTPUT, JOB_EXISTS, JOB_COLUMNS, GET_JOB, LIST_JOBS,
+    HELD_JOBS, UNHOLD_JOB, CACHED_OUTPUT, JOB_EXISTS, GET_JOB, LIST_JOBS,
 );
 
 impl PgStore {
@@ -58,7 +58,7 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(*SNAPSHOT_READ).execute(&mut *tx).await?;
         // The column list is put in here: `LIST_JOBS` reads the same.
-        let sql = GET_JOB.replace("{JOB_COLUMNS}", *JOB_COLUMNS);
+        let sql = GET_JOB.to_string();
         let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(workspace).fetch_optional(&mut *tx).await?
         else {
             return Ok(None);
@@ -105,8 +105,7 @@ impl PgStore {
             next("id <");
         }
         let limit = format!("${}", n + 1);
-        let sql =
-            LIST_JOBS.replace("{JOB_COLUMNS}", *JOB_COLUMNS).replace("{filters}", &filters).replace("{limit}", &limit);
+        let sql = LIST_JOBS.replace("{filters}", &filters).replace("{limit}", &limit);
         // Only constants and placeholders are spliced in; every value is bound.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(workspace);
         if let Some(s) = state {

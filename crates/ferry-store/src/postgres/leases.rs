@@ -4,7 +4,7 @@
 use super::*;
 
 crate::sql::statements!("../../sql/postgres/leases.sql":
-    REGISTER_WORKER, TOUCH_WORKER, UNREGISTER_WORKER, WORKERS, CLAIMED_COLUMNS, EXPIRED, PRUNE_RUNS, DELETE_RUN_EVENTS,
+    REGISTER_WORKER, TOUCH_WORKER, UNREGISTER_WORKER, WORKERS, EXPIRED, PRUNE_RUNS, DELETE_RUN_EVENTS,
     DELETE_RUN_NODES, DELETE_RUNS, PRUNE_WORKERS, PRUNE_RATE_BUCKETS,
 );
 
@@ -124,7 +124,7 @@ impl PgStore {
 
     pub(super) async fn expired(&self, limit: usize) -> Result<Vec<ClaimedJob>, StoreError> {
         // The column list is a block of its own, put in here: it is the list `row::claimed` reads.
-        let sql = EXPIRED.replace("{CLAIMED_COLUMNS}", *CLAIMED_COLUMNS);
+        let sql = EXPIRED.to_string();
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(limit as i64).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {

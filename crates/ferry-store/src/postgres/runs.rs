@@ -21,21 +21,11 @@ use sqlx::{Postgres, Row, Transaction};
 use std::collections::BTreeSet;
 
 crate::sql::statements!("../../sql/postgres/runs.sql":
-    RUN_COLUMNS, NODE_COLUMNS, RUN_JOB_COLUMNS, EVENT_COLUMNS, MIRROR, SYNCED, WORKFLOW_DEFINITION, RUN_NODES, RUN_JOBS,
+    MIRROR, SYNCED, WORKFLOW_DEFINITION, RUN_NODES, RUN_JOBS,
     LOCK_WORKFLOW_NAME, NEXT_WORKFLOW_VERSION, INSERT_WORKFLOW, QUEUED_RUN_WORKSPACES, WORKFLOWS, WORKFLOW_VERSION,
     WORKFLOW_VERSIONS, GET_RUN, LIST_RUNS, RUN_EXISTS, RUN_EVENTS, RUNS_TO_SWEEP, LOCK_RUN_KEY,
     RUN_BY_KEY, LATEST_VERSION, QUEUED_RUN_COUNT, INSERT_RUN, LOCK_RUN, INSERT_RUN_EVENT, PUT_NODE, FINISH_RUN, TOUCH_RUN, REQUEST_RUN_CANCEL, START_RUN, QUEUED_RUNS,
 );
-
-/// `statement` with the column lists it marks put in: each list is a block of its own, the
-/// order [`runs`]' row readers expect, and some statements share one.
-fn with_columns(statement: &str) -> String {
-    statement
-        .replace("{RUN_COLUMNS}", *RUN_COLUMNS)
-        .replace("{NODE_COLUMNS}", *NODE_COLUMNS)
-        .replace("{RUN_JOB_COLUMNS}", *RUN_JOB_COLUMNS)
-        .replace("{EVENT_COLUMNS}", *EVENT_COLUMNS)
-}
 
 type Tx = Transaction<'static, Postgres>;
 
@@ -54,12 +44,12 @@ async fn definition(tx: &mut Tx, workspace: &str, name: &str, version: u32) -> R
 }
 
 async fn read_nodes(tx: &mut Tx, id: RunId) -> Result<Vec<RunNodeRow>, StoreError> {
-    let r = sqlx::query(sqlx::AssertSqlSafe(with_columns(*RUN_NODES))).bind(id).fetch_all(&mut **tx).await?;
+    let r = sqlx::query(sqlx::AssertSqlSafe(String::from(*RUN_NODES))).bind(id).fetch_all(&mut **tx).await?;
     rows(&r, runs::node_row)
 }
 
 async fn read_jobs(tx: &mut Tx, id: RunId) -> Result<Vec<runs::RunJobRow>, StoreError> {
-    let r = sqlx::query(sqlx::AssertSqlSafe(with_columns(*RUN_JOBS))).bind(id).fetch_all(&mut **tx).await?;
+    let r = sqlx::query(sqlx::AssertSqlSafe(String::from(*RUN_JOBS))).bind(id).fetch_all(&mut **tx).await?;
     rows(&r, runs::job_row)
 }
 
@@ -181,7 +171,7 @@ impl PgStore {
     pub(super) async fn get_run_q(&self, workspace: &str, id: RunId) -> Result<Option<RunDetail>, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(*SNAPSHOT_READ).execute(&mut *tx).await?;
-        let sql = with_columns(*GET_RUN);
+        let sql = String::from(*GET_RUN);
         let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(workspace).fetch_optional(&mut *tx).await?
         else {
             return Ok(None);
@@ -212,7 +202,7 @@ impl PgStore {
             filters.push_str(&format!(" AND id < ${n}"));
         }
         let limit = format!("${}", n + 1);
-        let sql = with_columns(*LIST_RUNS).replace("{filters}", &filters).replace("{limit}", &limit);
+        let sql = String::from(*LIST_RUNS).replace("{filters}", &filters).replace("{limit}", &limit);
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(workspace);
         if let Some(s) = filter.state {
             q = q.bind(s.as_str());
@@ -241,7 +231,7 @@ impl PgStore {
         if exists.is_none() {
             return Ok(None);
         }
-        let sql = with_columns(*RUN_EVENTS);
+        let sql = String::from(*RUN_EVENTS);
         let r =
             sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(after).bind(limit as i64).fetch_all(&self.pool).await?;
         Ok(Some(rows(&r, runs::event_row)?))
@@ -314,7 +304,7 @@ impl RunTx for PgTx<'_> {
     }
 
     async fn lock_run(&mut self, id: RunId) -> Result<Option<RunRow>, StoreError> {
-        let sql = with_columns(*LOCK_RUN);
+        let sql = String::from(*LOCK_RUN);
         let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&mut *self.tx).await? else {
             return Ok(None);
         };

@@ -16,22 +16,12 @@ use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use serde_json::Value;
 
 crate::sql::statements!("../../sql/sqlite/runs.sql":
-    RUN_COLUMNS, NODE_COLUMNS, RUN_JOB_COLUMNS, EVENT_COLUMNS, MIRROR, SYNCED, NEXT_WORKFLOW_VERSION, INSERT_WORKFLOW,
+    MIRROR, SYNCED, NEXT_WORKFLOW_VERSION, INSERT_WORKFLOW,
     WORKFLOW_DEFINITION, RUN_BY_KEY, LATEST_VERSION, QUEUED_RUN_COUNT, INSERT_RUN, LOCK_RUN, INSERT_RUN_EVENT,
     PUT_NODE, FINISH_RUN, TOUCH_RUN, REQUEST_RUN_CANCEL, START_RUN, QUEUED_RUNS,
     QUEUED_RUN_WORKSPACES, RUN_NODES, RUN_JOBS, WORKFLOWS, WORKFLOW_VERSIONS, WORKFLOW_VERSION, GET_RUN, LIST_RUNS,
     RUN_EXISTS, RUN_EVENTS, RUNS_TO_SWEEP,
 );
-
-/// `statement` with the column lists it marks put in: each list is a block of its own, the
-/// order [`runs`]' row readers expect, and some statements share one.
-fn with_columns(statement: &str) -> String {
-    statement
-        .replace("{RUN_COLUMNS}", *RUN_COLUMNS)
-        .replace("{NODE_COLUMNS}", *NODE_COLUMNS)
-        .replace("{RUN_JOB_COLUMNS}", *RUN_JOB_COLUMNS)
-        .replace("{EVENT_COLUMNS}", *EVENT_COLUMNS)
-}
 
 impl Writer {
     pub(super) fn put_workflow(
@@ -121,7 +111,7 @@ impl RunTx for SqliteTx<'_> {
     }
 
     async fn lock_run(&mut self, id: RunId) -> Result<Option<RunRow>, StoreError> {
-        let sql = with_columns(*LOCK_RUN);
+        let sql = String::from(*LOCK_RUN);
         Ok(self.w.conn.prepare_cached(&sql)?.query_row(params![id], |r| runs::run_row(r)).optional()?)
     }
 
@@ -214,11 +204,11 @@ impl Writer {
 }
 
 fn read_nodes(c: &Connection, id: RunId) -> rusqlite::Result<Vec<RunNodeRow>> {
-    c.prepare_cached(&with_columns(*RUN_NODES))?.query_map(params![id], |r| runs::node_row(r))?.collect()
+    c.prepare_cached(&String::from(*RUN_NODES))?.query_map(params![id], |r| runs::node_row(r))?.collect()
 }
 
 fn read_jobs(c: &Connection, id: RunId) -> rusqlite::Result<Vec<runs::RunJobRow>> {
-    c.prepare_cached(&with_columns(*RUN_JOBS))?.query_map(params![id], |r| runs::job_row(r))?.collect()
+    c.prepare_cached(&String::from(*RUN_JOBS))?.query_map(params![id], |r| runs::job_row(r))?.collect()
 }
 
 pub(super) fn workflows(c: &Connection, workspace: &str) -> rusqlite::Result<Vec<WorkflowSummary>> {
@@ -246,7 +236,7 @@ pub(super) fn workflow_version(
 }
 
 pub(super) fn get_run(c: &Connection, workspace: &str, id: RunId) -> rusqlite::Result<Option<RunDetail>> {
-    let sql = with_columns(*GET_RUN);
+    let sql = String::from(*GET_RUN);
     let Some(run) = c.prepare_cached(&sql)?.query_row(params![id, workspace], |r| runs::run_row(r)).optional()? else {
         return Ok(None);
     };
@@ -275,7 +265,7 @@ pub(super) fn list_runs(c: &Connection, workspace: &str, filter: &RunFilter) -> 
         args.push(Box::new(cursor));
     }
     args.push(Box::new(filter.limit as i64 + 1));
-    let sql = with_columns(*LIST_RUNS).replace("{filters}", &filters);
+    let sql = String::from(*LIST_RUNS).replace("{filters}", &filters);
     let items: Vec<RunRow> = c
         .prepare(&sql)?
         .query_map(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())), |r| runs::run_row(r))?
@@ -297,7 +287,7 @@ pub(super) fn run_events(
         return Ok(None);
     }
     let events = c
-        .prepare_cached(&with_columns(*RUN_EVENTS))?
+        .prepare_cached(&String::from(*RUN_EVENTS))?
         .query_map(params![id, after, limit as i64], |r| runs::event_row(r))?
         .collect::<rusqlite::Result<_>>()?;
     Ok(Some(events))
