@@ -178,10 +178,8 @@ class Ferry(System):
 
     # scenarios
 
-    def throughput(self, n, limit):
-        t0, t_sub = self.bulk_submit(FERRY_NOOP, n)
-        t1 = self.wait_done(n, t0 + limit, "throughput")
-        return {"jobs": n, "seconds": t1 - t0, "jobs_per_s": n / (t1 - t0), "submit_seconds": t_sub - t0}
+    def noop_backlog(self, n):
+        return self.bulk_submit(FERRY_NOOP, n)
 
     def pickup(self, n, warmup, limit):
         deadline = time.time() + limit

@@ -11,10 +11,16 @@ from producers import Producers
 
 class System:
     """What every system under test does alike. A subclass provides `wait_done(n,
-    deadline, what)` (returns when n jobs finished, or raises BenchTimeout) and
-    `STAMP_KIND`, the job the load scenario samples for its start time."""
+    deadline, what)` (returns when n jobs finished, or raises BenchTimeout),
+    `noop_backlog(n)` (submits n no-op jobs at once; returns the times it began and
+    ended) and `STAMP_KIND`, the job the load scenario samples for its start time."""
 
     STAMP_KIND = None
+
+    def throughput(self, n, limit):
+        t0, t_sub = self.noop_backlog(n)
+        t1 = self.wait_done(n, t0 + limit, "throughput")
+        return {"jobs": n, "seconds": t1 - t0, "jobs_per_s": n / (t1 - t0), "submit_seconds": t_sub - t0}
 
     def load(self, p, limit):
         return run_load(self, self.STAMP_KIND, p, limit)

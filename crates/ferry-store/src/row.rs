@@ -121,3 +121,25 @@ pub(crate) fn in_claim_order(mut claimed: Vec<ClaimedJob>) -> Vec<ClaimedJob> {
     claimed.sort_by(ClaimedJob::claim_order);
     claimed
 }
+
+/// A row of `WORKERS`: id, node, queues (JSON), started_at, last_heartbeat, running.
+pub(crate) fn worker<R: Columns>(r: &R) -> Result<crate::WorkerInfo, R::Error> {
+    Ok(crate::WorkerInfo {
+        id: r.text(0)?,
+        node: r.text(1)?,
+        queues: r.json(2)?,
+        started_at: r.int(3)?,
+        last_heartbeat: r.int(4)?,
+        running: r.int(5)?.max(0) as u64,
+    })
+}
+
+/// A row of `HELD_JOBS`: id, user_id, queue, run_at.
+pub(crate) fn held_job<R: Columns>(r: &R) -> Result<crate::rules::jobs::HeldJob, R::Error> {
+    Ok(crate::rules::jobs::HeldJob { id: r.uuid(0)?, user: r.text(1)?, queue: r.text(2)?, run_at: r.int(3)? })
+}
+
+/// A row of `QUEUED_RUNS`: id, user_id, workflow, version.
+pub(crate) fn queued_run<R: Columns>(r: &R) -> Result<crate::rules::runs::QueuedRun, R::Error> {
+    Ok(crate::rules::runs::QueuedRun { id: r.uuid(0)?, user: r.text(1)?, workflow: r.text(2)?, version: r.small(3)? })
+}

@@ -16,6 +16,9 @@
 //! Adding an operation: one rule here, one statement (or a few) per backend in the
 //! interface's implementations, one conformance test in `tests/conformance/`.
 
+use crate::LimitReached;
+use std::collections::HashSet;
+
 pub(crate) mod claims;
 pub(crate) mod jobs;
 pub(crate) mod runs;
@@ -34,5 +37,38 @@ pub(crate) fn ready<F: Future>(future: F) -> F::Output {
     match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(out) => out,
         Poll::Pending => panic!("a store rule waited on the SQLite writer thread"),
+    }
+}
+
+/// The order rule of a pass that releases what waits for a concurrency slot (held jobs,
+/// queued runs), oldest first: a workspace-wide limit ends the pass; a user's limit skips
+/// that user for the rest of it, so that a slot freed meanwhile never lets a later item of
+/// theirs go ahead of an earlier one.
+#[derive(Default)]
+pub(crate) struct Turns(HashSet<String>);
+
+/// What a [`Turns`] pass does with the next waiting item.
+pub(crate) enum Turn {
+    Go,
+    Skip,
+    Stop,
+}
+
+impl Turns {
+    /// Whether `user` was refused earlier in this pass (nothing to count then).
+    pub(crate) fn refused(&self, user: &str) -> bool {
+        self.0.contains(user)
+    }
+
+    /// The turn of `user`'s next item, given the limits' answer for it.
+    pub(crate) fn turn(&mut self, user: &str, check: Result<(), LimitReached>) -> Turn {
+        match check {
+            Ok(()) => Turn::Go,
+            Err(l) if l.scope == "workspace" => Turn::Stop,
+            Err(_) => {
+                self.0.insert(user.to_string());
+                Turn::Skip
+            }
+        }
     }
 }

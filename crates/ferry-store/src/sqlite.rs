@@ -355,21 +355,7 @@ impl Store for SqliteStore {
 
     async fn workers(&self, seen_within_ms: u64) -> Result<Vec<WorkerInfo>, StoreError> {
         let since = time::now_micros().saturating_sub(time::ms(seen_within_ms));
-        self.read(move |c| {
-            c.prepare_cached(*WORKERS)?
-                .query_map(params![since], |r| {
-                    Ok(WorkerInfo {
-                        id: r.get(0)?,
-                        node: r.get(1)?,
-                        queues: row::Columns::json(r, 2)?,
-                        started_at: r.get(3)?,
-                        last_heartbeat: r.get(4)?,
-                        running: r.get::<_, i64>(5)? as u64,
-                    })
-                })?
-                .collect()
-        })
-        .await
+        self.read(move |c| c.prepare_cached(*WORKERS)?.query_map(params![since], |r| row::worker(r))?.collect()).await
     }
 
     async fn prune(&self, older_than_ms: u64, limit: usize) -> Result<usize, StoreError> {

@@ -40,11 +40,6 @@ impl PgStore {
         Ok(rates)
     }
 
-    /// Called after a change to the rates has committed.
-    pub(super) fn forget_rates(&self) {
-        self.rates.forget();
-    }
-
     /// A claim through the rate buckets (see [`crate::rules::claims`]), in one
     /// transaction.
     pub(super) async fn claim_rated(&self, req: &ClaimRequest, rates: &Rates) -> Result<Claimed, StoreError> {
@@ -172,7 +167,8 @@ impl RatesCache {
         }
     }
 
-    fn forget(&self) {
+    /// Called after a change to the rates has committed.
+    pub(super) fn forget(&self) {
         let mut cache = self.lock();
         cache.generation += 1;
         cache.held = None;

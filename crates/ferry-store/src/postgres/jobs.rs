@@ -211,12 +211,7 @@ impl JobTx for PgTx<'_> {
 
     async fn held_jobs(&mut self, workspace: &str) -> Result<Vec<HeldJob>, StoreError> {
         let rows = sqlx::query(*HELD_JOBS).bind(workspace).fetch_all(&mut *self.tx).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(HeldJob { id: r.try_get(0)?, user: r.try_get(1)?, queue: r.try_get(2)?, run_at: r.try_get(3)? })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(err)
+        rows.iter().map(row::held_job).collect::<Result<_, sqlx::Error>>().map_err(err)
     }
 
     async fn unhold(&mut self, id: JobId, state: JobState, at: Micros) -> Result<bool, StoreError> {

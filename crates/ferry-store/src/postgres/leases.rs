@@ -107,19 +107,7 @@ impl PgStore {
 
     pub(super) async fn workers(&self, seen_within_ms: u64) -> Result<Vec<WorkerInfo>, StoreError> {
         let rows = sqlx::query(*WORKERS).bind(time::ms(seen_within_ms)).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(WorkerInfo {
-                    id: r.try_get(0)?,
-                    node: r.try_get(1)?,
-                    queues: row::Columns::json(r, 2)?,
-                    started_at: r.try_get(3)?,
-                    last_heartbeat: r.try_get(4)?,
-                    running: r.try_get::<i32, _>(5)?.max(0) as u64,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(err)
+        rows.iter().map(row::worker).collect::<Result<_, sqlx::Error>>().map_err(err)
     }
 
     pub(super) async fn expired(&self, limit: usize) -> Result<Vec<ClaimedJob>, StoreError> {

@@ -393,16 +393,6 @@ impl RunTx for PgTx<'_> {
 
     async fn queued_runs(&mut self, workspace: &str) -> Result<Vec<QueuedRun>, StoreError> {
         let rows = sqlx::query(*QUEUED_RUNS).bind(workspace).fetch_all(&mut *self.tx).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(QueuedRun {
-                    id: r.try_get(0)?,
-                    user: r.try_get(1)?,
-                    workflow: r.try_get(2)?,
-                    version: r.try_get::<i64, _>(3)? as u32,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(super::err)
+        rows.iter().map(crate::row::queued_run).collect::<Result<_, sqlx::Error>>().map_err(super::err)
     }
 }

@@ -51,7 +51,7 @@ impl PgStore {
             .bind(q.paused)
             .execute(&self.pool)
             .await?;
-        self.forget_rates();
+        self.rates.forget();
         Ok(())
     }
 
@@ -83,7 +83,7 @@ impl PgStore {
         // Resumed jobs are ready work: every node's dispatchers look again.
         self.notify(&mut tx, &woken).await?;
         tx.commit().await?;
-        self.forget_rates();
+        self.rates.forget();
         self.wake_locally(&woken);
         Ok(())
     }
@@ -109,7 +109,7 @@ impl PgStore {
             sqlx::query(*INSERT_LABEL_RATE).bind(workspace).bind(label).bind(rate).bind(now).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        self.forget_rates();
+        self.rates.forget();
         Ok(existed)
     }
 

@@ -6,12 +6,12 @@
 //! `SELECT … FOR UPDATE` on PostgreSQL and a plain read on SQLite, whose one writer
 //! already holds everything; the move's statement then needs no state check of its own.
 
+use super::{Turn, Turns};
 use crate::{CancelOutcome, DeleteOutcome, ReplayOutcome, StoreError, WorkspaceLimits, transition};
 use async_trait::async_trait;
 use ferry_core::time::Micros;
 use ferry_core::{JobError, JobId, JobState};
 use serde_json::Value;
-use std::collections::HashSet;
 
 /// A job as a rule finds it, locked until the commit.
 pub(crate) struct LockedJob {
@@ -124,29 +124,24 @@ pub(crate) async fn delete(tx: &mut impl JobTx, workspace: &str, id: JobId) -> R
 }
 
 /// Queues the workspace's held jobs that fit its limits now (`defaults` when it set
-/// none), oldest first; returns how many. A workspace-wide limit stops the pass; a
-/// user's limit skips that user's jobs for the rest of it, so that a slot freed meanwhile
-/// never lets a later job of theirs jump ahead of an earlier one.
+/// none), oldest first, in [`Turns`]; returns how many.
 pub(crate) async fn release_held(
     tx: &mut impl JobTx,
     workspace: &str,
     defaults: &WorkspaceLimits,
 ) -> Result<usize, StoreError> {
     let limits = tx.workspace_limits(workspace).await?.unwrap_or_else(|| defaults.clone());
-    let mut refused = HashSet::new();
+    let mut turns = Turns::default();
     let mut events = Vec::new();
     for held in tx.held_jobs(workspace).await? {
-        if refused.contains(&held.user) {
+        if turns.refused(&held.user) {
             continue;
         }
         let (user_now, workspace_now) = tx.jobs_in_flight(workspace, &held.user).await?;
-        match limits.jobs_for(&held.user).check("job", user_now, workspace_now, 1) {
-            Err(l) if l.scope == "workspace" => break,
-            Err(_) => {
-                refused.insert(held.user);
-                continue;
-            }
-            Ok(()) => {}
+        match turns.turn(&held.user, limits.jobs_for(&held.user).check("job", user_now, workspace_now, 1)) {
+            Turn::Stop => break,
+            Turn::Skip => continue,
+            Turn::Go => {}
         }
         let now = tx.now();
         let (state, at) = if held.run_at > now { (JobState::Scheduled, held.run_at) } else { (JobState::Queued, now) };

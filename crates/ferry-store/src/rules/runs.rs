@@ -6,6 +6,7 @@
 //! already holds everything.
 
 use super::jobs::{self, JobTx};
+use super::{Turn, Turns};
 use crate::runs::{self, Advanced, CreateRunOutcome, NewRun, Planner, RunJobRow, RunNodeRow, RunRow};
 use crate::{StoreError, WorkspaceLimits};
 use async_trait::async_trait;
@@ -217,19 +218,16 @@ pub(crate) async fn release_queued(
 ) -> Result<Advanced, StoreError> {
     let mut out = Advanced::default();
     let limits = tx.workspace_limits(workspace).await?.unwrap_or_else(|| defaults.clone());
-    let mut refused = std::collections::HashSet::new();
+    let mut turns = Turns::default();
     for run in tx.queued_runs(workspace).await? {
-        if refused.contains(&run.user) {
+        if turns.refused(&run.user) {
             continue;
         }
         let (user_now, workspace_now) = tx.runs_in_flight(workspace, &run.user).await?;
-        match limits.runs_for(&run.user).check("run", user_now, workspace_now, 1) {
-            Err(l) if l.scope == "workspace" => break,
-            Err(_) => {
-                refused.insert(run.user);
-                continue;
-            }
-            Ok(()) => {}
+        match turns.turn(&run.user, limits.runs_for(&run.user).check("run", user_now, workspace_now, 1)) {
+            Turn::Stop => break,
+            Turn::Skip => continue,
+            Turn::Go => {}
         }
         let definition = tx.definition(workspace, &run.workflow, run.version).await?.unwrap_or(Value::Null);
         // The list may be older than the admission lock: another pass may have started it.

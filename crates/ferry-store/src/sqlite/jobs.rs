@@ -160,9 +160,7 @@ impl JobTx for SqliteTx<'_> {
             .w
             .conn
             .prepare_cached(*HELD_JOBS)?
-            .query_map(params![workspace], |r| {
-                Ok(HeldJob { id: r.get(0)?, user: r.get(1)?, queue: r.get(2)?, run_at: r.get(3)? })
-            })?
+            .query_map(params![workspace], |r| row::held_job(r))?
             .collect::<rusqlite::Result<_>>()?)
     }
 

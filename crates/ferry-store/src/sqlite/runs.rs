@@ -185,9 +185,7 @@ impl RunTx for SqliteTx<'_> {
             .w
             .conn
             .prepare_cached(*QUEUED_RUNS)?
-            .query_map(params![workspace], |r| {
-                Ok(QueuedRun { id: r.get(0)?, user: r.get(1)?, workflow: r.get(2)?, version: r.get(3)? })
-            })?
+            .query_map(params![workspace], |r| crate::row::queued_run(r))?
             .collect::<rusqlite::Result<_>>()?)
     }
 }

@@ -133,10 +133,7 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
     // job running next to the one that took its slot, as it shows prefetched jobs
     // running. Longer jobs keep the slot until their end is committed, so for them the
     // store never shows more attempts running than the concurrency.
-    let mut permit = Some(permit);
-    if early {
-        permit = None;
-    }
+    let permit = (!early).then_some(permit);
     let elapsed = started.elapsed().as_secs_f64();
 
     let result = match outcome {

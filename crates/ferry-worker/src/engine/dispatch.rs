@@ -218,7 +218,7 @@ impl Dispatcher {
         // for what is still missing plus what the buffer lacks.
         self.prefetch.land_if_done().await;
         let mut jobs = self.prefetch.take(n);
-        if jobs.len() < n && self.prefetch.refilling() {
+        if jobs.len() < n {
             self.prefetch.land_refill().await;
             jobs.extend(self.prefetch.take(n - jobs.len()));
         }
@@ -248,9 +248,8 @@ impl Dispatcher {
         // work back (its tokens are for now, not for a buffer), nor for a queue that came
         // back short (it has nothing more).
         if rate_wait_ms.is_none() && jobs.len() == n && !self.inner.stop_claiming.is_cancelled() {
-            let queue = self.queue.clone();
-            let (worker, lease_ms) = (self.inner.worker_id.clone(), self.inner.cfg.lease_ms);
-            self.prefetch.maybe_refill(|limit| ClaimRequest { queue, limit, worker, lease_ms });
+            let req = self.request(0);
+            self.prefetch.maybe_refill(req);
         }
         Event::Claimed(Batch { claimed: Claimed { jobs, rate_wait_ms }, slots: permits, parked: false })
     }

@@ -44,10 +44,6 @@ const LEAD: f64 = 2.0;
 /// One queue's buffer of prefetched jobs, with what sizes it.
 pub(super) struct Prefetch {
     inner: Arc<Inner>,
-    /// The most the buffer may hold: one claim's worth (`EngineConfig::claim_batch`).
-    most: usize,
-    /// A fixed size instead of the measured one (`EngineConfig::prefetch`).
-    fixed: Option<usize>,
     buffer: VecDeque<(ClaimedJob, CancellationToken)>,
     /// The refill claim running while attempts do, if any.
     refill: Option<JoinHandle<Result<Claimed, StoreError>>>,
@@ -62,9 +58,7 @@ pub(super) struct Prefetch {
 impl Prefetch {
     pub(super) fn new(inner: Arc<Inner>) -> Self {
         Prefetch {
-            inner: inner.clone(),
-            most: inner.cfg.claim_batch.max(1),
-            fixed: inner.cfg.prefetch,
+            inner,
             buffer: VecDeque::new(),
             refill: None,
             rate: 0.0,
@@ -76,10 +70,10 @@ impl Prefetch {
 
     /// How many jobs the buffer should hold now (see the module docs).
     pub(super) fn target(&self) -> usize {
-        if let Some(fixed) = self.fixed {
-            return fixed;
-        }
-        ((LEAD * self.rate * self.round_trip).floor() as usize).min(self.most)
+        // A fixed size (`EngineConfig::prefetch`), else the measured one, at most one
+        // claim's worth (`EngineConfig::claim_batch`).
+        let cfg = &self.inner.cfg;
+        cfg.prefetch.unwrap_or_else(|| ((LEAD * self.rate * self.round_trip).floor() as usize).min(cfg.claim_batch))
     }
 
     /// Takes up to `n` buffered jobs in claim order, skipping those cancelled or taken
@@ -118,28 +112,13 @@ impl Prefetch {
         };
     }
 
-    /// Whether a refill is running.
-    pub(super) fn refilling(&self) -> bool {
-        self.refill.is_some()
-    }
-
-    /// The refill's jobs, once it returns, merged into the buffer; `false` when there was
-    /// none or it failed.
-    pub(super) async fn land_refill(&mut self) -> bool {
-        let Some(refill) = self.refill.take() else { return false };
+    /// The running refill's jobs, if any, once it returns, merged into the buffer.
+    pub(super) async fn land_refill(&mut self) {
+        let Some(refill) = self.refill.take() else { return };
         match refill.await {
-            Ok(Ok(claimed)) => {
-                self.keep(claimed.jobs);
-                true
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "prefetch claim failed; claiming on demand");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "prefetch claim task failed");
-                false
-            }
+            Ok(Ok(claimed)) => self.keep(claimed.jobs),
+            Ok(Err(e)) => tracing::warn!(error = %e, "prefetch claim failed; claiming on demand"),
+            Err(e) => tracing::warn!(error = %e, "prefetch claim task failed"),
         }
     }
 
@@ -151,16 +130,16 @@ impl Prefetch {
         }
     }
 
-    /// Starts a refill claim if the buffer is below its target and none runs: it claims
-    /// what the buffer lacks, and runs while the attempts do.
-    pub(super) fn maybe_refill(&mut self, req: impl FnOnce(usize) -> ClaimRequest) {
+    /// Starts a refill claim (`req`, for as many as the buffer lacks) if the buffer is
+    /// below half its target and none runs; it runs while the attempts do.
+    pub(super) fn maybe_refill(&mut self, req: ClaimRequest) {
         let want = self.target().saturating_sub(self.buffer.len());
         // Below half: asked earlier, refills would come in ones and twos, each a claim.
         if self.refill.is_some() || want == 0 || self.buffer.len() > self.target() / 2 {
             return;
         }
         let inner = self.inner.clone();
-        let req = req(want);
+        let req = ClaimRequest { limit: want, ..req };
         self.refill = Some(tokio::spawn(async move { inner.store.claim(req).await }));
     }
 
