@@ -119,6 +119,9 @@ impl PgStore {
             },
         })?;
         let out = submission::answers(&jobs, &resolved, |id| created[&id].0);
+        // This process's watchers of the new jobs hear of their first events (as on
+        // SQLite); other processes are not told (see `postgres/events.rs`).
+        let logged: Vec<Subject> = created.keys().map(|id| Subject::Job(*id)).collect();
         let touched: BTreeSet<String> = match hold {
             None => created.into_values().map(|(_, queue)| queue).collect(),
             Some(_) => BTreeSet::new(),
@@ -146,6 +149,7 @@ impl PgStore {
         }
         committed?;
         self.wake_locally(&(&touched - &answered));
+        self.events.committed(logged);
         // Jobs scheduled for later: this process's claims look for them (see `due.rs`).
         for job in jobs.iter().filter(|j| j.run_at.is_some()) {
             self.due.forget(&job.queue);

@@ -14,9 +14,10 @@
 //! notifications. A process that dies between a commit and the send leaves other nodes'
 //! streams to their safety-net poll.
 //!
-//! A submission and a run's creation tell nothing: a stream can only follow a job or run
-//! that exists, so their first events are never news to one (an idempotent repeat writes
-//! nothing).
+//! A submission and a run's creation tell other processes nothing: a stream can only
+//! follow a job or run that exists, so their first events are never news to one (an
+//! idempotent repeat writes nothing). A submission still wakes this process's watchers of
+//! its new jobs, as SQLite does, which costs nothing when none watches.
 
 use super::NOTIFY;
 use crate::Subject;
