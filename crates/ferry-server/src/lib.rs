@@ -10,6 +10,7 @@
 //! live here; the store and the engine speak in typed results.
 
 pub mod auth;
+pub mod counts;
 pub mod doc;
 mod error;
 mod events;
@@ -35,6 +36,7 @@ use ferry_store::Store;
 use ferry_worker::{Engine, Registry};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -91,6 +93,8 @@ pub struct ApiState {
     pub limits: Arc<limits::LimitsCache>,
     /// This node's open event streams, within their caps (`sse::Streams::new`).
     pub streams: Arc<sse::Streams>,
+    /// Queue counts, read through (`counts`).
+    pub counts: Arc<counts::QueueCounts>,
 }
 
 /// Who is calling (see [`auth`]): a token's workspace, user and role, or, in open mode
@@ -189,7 +193,16 @@ impl ApiState {
 )]
 struct ApiDoc;
 
+/// How often the recorder folds the histogram samples recorded since into its buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(1);
+
 /// The metrics recorder, installed once per process: `/metrics` renders it.
+///
+/// The recorder keeps each histogram sample until a render or an upkeep folds it into the
+/// buckets; nothing else bounds them. So a thread of its own runs the upkeep every
+/// [`METRICS_UPKEEP`]: a process nobody scrapes holds at most a second of samples (a few
+/// hundred KiB at 30,000 jobs/s) instead of every sample since it started (about 50 bytes
+/// per job, which grew a busy server by 1.4 MiB a second).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -204,6 +217,16 @@ pub fn metrics_handle() -> PrometheusHandle {
             // Another recorder may already be installed (an embedding application's);
             // then our handle renders what we record through it only if it is ours.
             let _ = metrics::set_global_recorder(recorder);
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("ferry-metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(METRICS_UPKEEP);
+                        upkeep.run_upkeep();
+                    }
+                })
+                .expect("a thread can be started");
             handle
         })
         .clone()

@@ -66,18 +66,15 @@ pub async fn queues(
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Result<Json<QueueList>, ApiError> {
     let workspace = scope(&caller, &query)?;
-    let stats = match &workspace {
-        None => st.store.queue_stats().await?,
-        Some(w) => st.store.workspace_queue_stats(w).await?,
-    };
+    let counted = count(&st, workspace.clone()).await?;
     let mut map: BTreeMap<String, QueueView> = st
         .cfg
         .queues
         .iter()
         .map(|q| (q.clone(), QueueView::from(ferry_store::QueueStats { queue: q.clone(), ..Default::default() })))
         .collect();
-    for s in stats {
-        map.insert(s.queue.clone(), s.into());
+    for s in counted.stats.iter() {
+        map.insert(s.queue.clone(), s.clone().into());
     }
     let settings = st.store.queue_settings().await?;
     if caller.is_operator() {
@@ -99,7 +96,21 @@ pub async fn queues(
             });
         }
     }
-    Ok(Json(QueueList { queues: map.into_values().collect() }))
+    let counts_age_ms = counted.age.as_millis() as u64;
+    Ok(Json(QueueList { queues: map.into_values().collect(), counts_age_ms }))
+}
+
+/// The queue counts of a scope (`None`: server-wide), through the cache of `counts`.
+async fn count(st: &ApiState, workspace: Option<String>) -> Result<crate::counts::Counted, ferry_store::StoreError> {
+    let store = st.store.clone();
+    st.counts
+        .get(workspace.clone(), move || async move {
+            match workspace {
+                None => store.queue_stats().await,
+                Some(w) => store.workspace_queue_stats(&w).await,
+            }
+        })
+        .await
 }
 
 /// Change a queue at run time. An operator changes the whole queue: any of
@@ -293,7 +304,8 @@ pub async fn workers(State(st): State<ApiState>) -> Result<Json<WorkerList>, Api
 pub async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
     // Gauges are read from the store at scrape time, so they are right on every node
     // and after a restart.
-    if let Ok(stats) = st.store.queue_stats().await {
+    if let Ok(counted) = count(&st, None).await {
+        let stats = counted.stats;
         let mut seen: Vec<String> = st.cfg.queues.clone();
         // Configured queues only: a label's values are the operator's, never a name
         // stored by a tenant.

@@ -201,6 +201,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         planner: ferry_worker::planner(cfg.job_limits(), registry.clone()),
         auth: ferry_server::auth::Auth::new(store.clone(), open),
         limits: Default::default(),
+        counts: Default::default(),
         streams: ferry_server::sse::Streams::new(
             store.clone(),
             ferry_server::sse::StreamLimits {

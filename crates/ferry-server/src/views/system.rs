@@ -120,6 +120,10 @@ impl From<QueueStats> for QueueView {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct QueueList {
     pub queues: Vec<QueueView>,
+    /// How long ago the counts were taken, in milliseconds: 0 unless counting is costly
+    /// (a million jobs waiting), when counts are reused for a while and refreshed behind
+    /// the answer so that polling stays cheap.
+    pub counts_age_ms: u64,
 }
 
 /// Health answers.
