@@ -1,15 +1,17 @@
-"""The Celery side of the side-by-side benchmark: one app factory, three tasks.
+"""The Celery side of the side-by-side benchmark: one app factory, four tasks.
 
 The broker and the result backend are the benchmark's own redis-server (databases 0 and
 1). The worker imports this module (`celery -A celery_app worker`) and finds the port in
 BENCH_REDIS_PORT; the driver and its producer processes call make_app(port) themselves.
 Settings are Celery's usual production ones for short tasks: late acknowledgement, the
 default prefetch multiplier, JSON, broker and results on Redis. The pool (threads or
-prefork) and the concurrency are chosen on the worker's command line by the driver.
+prefork) and the concurrency (or Celery's default, with `--concurrency default`) are
+chosen on the worker's command line by the driver.
 """
 
 import os
 import time
+import urllib.request
 
 from celery import Celery
 from celery.signals import worker_ready
@@ -44,6 +46,13 @@ def make_app(port, current=False):
     def stamp():
         """Returns the wall-clock time at the start of the task body (pickup latency)."""
         return time.time()
+
+    @app.task(name="bench.http_get", shared=False)
+    def http_get(url):
+        """GETs `url` with urllib and returns the status: the pickup-http scenario, whose
+        target notes when the request arrives."""
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status
 
     @app.task(name="bench.flaky", bind=True, max_retries=5, shared=False)
     def flaky(self):

@@ -8,7 +8,7 @@ import tempfile
 import time
 import uuid
 
-from common import BenchTimeout, HERE, VENV_BIN, latency_summary
+from common import DEFAULT_CONCURRENCY, BenchTimeout, HERE, VENV_BIN, latency_summary
 from processes import descendants, free_port, leaf_pid, pss_kb, spawn, stop_process, tail, vm_hwm_kb
 from producers import Producers, split
 from systems import System, chain_summary, scale_window
@@ -20,12 +20,16 @@ class CeleryPeer(System):
     def __init__(self, name, opts, run_dir):
         self.name, self.opts, self.run_dir = name, opts, run_dir
         self.pool = name.split("-", 1)[1]
+        self.default_concurrency = opts.concurrency == DEFAULT_CONCURRENCY
         self.redis = self.worker = self.app = None
 
     def settings(self):
         return {
             "pool": self.pool,
-            "concurrency": self.opts.concurrency,
+            "concurrency": self.concurrency(),
+            "concurrency_default": self.default_concurrency,
+            "concurrency_set_by": ("Celery's default without --concurrency: billiard.cpu_count(), the number of CPUs"
+                                   if self.default_concurrency else f"-c {self.opts.concurrency}"),
             "broker": "redis (db 0), own redis-server per scenario",
             "result_backend": "redis (db 1), same redis-server",
             "task_acks_late": True,
@@ -37,6 +41,15 @@ class CeleryPeer(System):
                           "written by pipelined LPUSH; one at a time (retry, load): apply_async (send_task) from "
                           f"{self.opts.celery_producers} producer processes",
         }
+
+    def concurrency(self):
+        """The pool's size: the one given, or what the worker picks without --concurrency
+        (billiard.cpu_count(), as celery/worker/worker.py does)."""
+        if not self.default_concurrency:
+            return self.opts.concurrency
+        from billiard import cpu_count  # noqa: PLC0415
+
+        return cpu_count()
 
     def start(self, tag, worker=True):
         import redis  # noqa: PLC0415
@@ -73,13 +86,13 @@ class CeleryPeer(System):
         env = dict(os.environ, BENCH_REDIS_PORT=str(self.port), BENCH_READY_FILE=ready,
                    PYTHONPATH=HERE, PYTHONUNBUFFERED="1")
         self.worker_log = os.path.join(self.dir, "worker.log")
+        cmd = [os.path.join(VENV_BIN, "celery"), "-A", "celery_app", "worker", "-P", self.pool,
+               "-l", "WARNING", "-n", f"bench-{os.getpid()}@%h",
+               "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        if not self.default_concurrency:
+            cmd += ["-c", str(self.opts.concurrency)]
         t_launch = time.time()
-        self.worker = spawn(
-            [os.path.join(VENV_BIN, "celery"), "-A", "celery_app", "worker", "-P", self.pool,
-             "-c", str(self.opts.concurrency), "-l", "WARNING", "-n", f"bench-{os.getpid()}@%h",
-             "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            self.worker_log, env=env, cwd=HERE,
-        )
+        self.worker = spawn(cmd, self.worker_log, env=env, cwd=HERE)
         deadline = time.time() + 90
         while not os.path.exists(ready):
             if self.worker.poll() is not None:
@@ -175,6 +188,15 @@ class CeleryPeer(System):
             if i >= warmup:
                 lat.append(started - t_sub)
         return latency_summary(lat)
+
+    def submit_get(self, url):
+        return self.app.send_task("bench.http_get", args=[url])
+
+    def await_job(self, res, deadline, what):
+        """Waits for the task's result (Redis pub/sub); BenchTimeout(what) past `deadline`."""
+        res.get(timeout=max(1.0, min(30.0, deadline - time.time())))
+        if time.time() > deadline:
+            raise BenchTimeout(what)
 
     def sample_starts(self, ids):
         out = {}

@@ -17,12 +17,25 @@ import signal
 import tempfile
 import time
 
-from common import DEFAULT_SYSTEMS, HERE, ROOT, SCENARIOS, SYSTEMS, log
+from common import DEFAULT_CONCURRENCY, DEFAULT_SYSTEMS, HERE, ROOT, SCENARIOS, SYSTEMS, log
 from processes import TEMP_DIRS, _on_signal, cleanup
 from ferry import Ferry
 from celery_peer import CeleryPeer
 from scenarios import run_scenario, scenario_params, short
 from report import machine_info, markdown, summarize
+
+
+def concurrency_arg(value):
+    """--concurrency: one pool size for every system, or `default` for each system's own."""
+    if value == DEFAULT_CONCURRENCY:
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or `{DEFAULT_CONCURRENCY}`, got {value!r}")
+    return n
 
 
 def main():
@@ -33,7 +46,9 @@ def main():
                     + ",".join(DEFAULT_SYSTEMS) + "; celery-prefork adds about 25 minutes)")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of " + ",".join(SCENARIOS))
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies every job count (and the load duration)")
-    ap.add_argument("--concurrency", type=int, default=64, help="Ferry's queue concurrency = Celery's pool size")
+    ap.add_argument("--concurrency", type=concurrency_arg, default=64,
+                    help="Ferry's queue concurrency = Celery's pool size; `default`: each system's own "
+                    "(Ferry 10 per queue, Celery the number of CPUs)")
     ap.add_argument("--chain-runs", type=int, default=20, help="timed chain runs per round (after one warm-up)")
     ap.add_argument("--celery-producers", type=int, default=2, help="processes submitting to Celery")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for the JSON and Markdown")
@@ -69,7 +84,7 @@ def main():
         if scen in ("throughput", "retry", "scale", "submit"):
             per = {"retry": 3}.get(scen, 1)
             return f * max(60.0, n * per / 100.0)
-        return f * {"pickup": 180.0, "load": 60.0, "chain": 180.0}.get(scen, 120.0)
+        return f * {"pickup": 180.0, "pickup-http": 180.0, "load": 60.0, "chain": 180.0}.get(scen, 120.0)
 
     opts.limit_for = limit_for
     if opts.render:

@@ -1,4 +1,5 @@
-"""Ferry as a system under test: one `ferry server` per scenario, SQLite or PostgreSQL."""
+"""Ferry as a system under test: one `ferry server` per scenario, SQLite or PostgreSQL, or
+(ferry-postgres-split) an API-only `ferry server` and a separate `ferry worker`."""
 
 import json
 import math
@@ -9,9 +10,9 @@ import time
 
 import http.client
 
-from common import BenchTimeout, Http, JSON_HEADERS, latency_summary, parse_rfc3339
+from common import DEFAULT_CONCURRENCY, BenchTimeout, Http, JSON_HEADERS, latency_summary, parse_rfc3339
 from processes import (create_database, drop_database, free_port, leaf_pid, psql, pss_kb, spawn, stop_process,
-                       tail, vm_hwm_kb)
+                       tail, vm_hwm_kb, vm_rss_kb, wait_for_line)
 from producers import split
 from systems import System, chain_summary, scale_window
 
@@ -25,6 +26,23 @@ FERRY_FLAKY = {
     # max_ms >= initial_ms): retry at once.
     "backoff": {"initial_ms": 0, "max_ms": 0, "multiplier": 1, "jitter": "none"},
 }
+# What a queue runs at when nothing sets it: config.rs, `workers` (10) for the server's
+# queues and for `ferry worker` without --concurrency.
+FERRY_DEFAULT_CONCURRENCY = 10
+QUEUES_GET_SAMPLES = 200  # the scale scenario's timed GET /v1/queues calls
+
+
+def ferry_env():
+    """The driver's environment without its FERRY_* settings (the config file and flags
+    say everything), logging at `warn`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+    env["FERRY_LOG"] = "warn"
+    return env
+
+
+def http_get_job(url):
+    """A job of the `http` kind that GETs `url` (ferry-worker's kinds/http.rs)."""
+    return {"kind": "http", "input": {"url": url, "method": "GET"}}
 
 
 class Ferry(System):
@@ -32,16 +50,23 @@ class Ferry(System):
 
     def __init__(self, name, opts, run_dir):
         self.name, self.opts, self.run_dir = name, opts, run_dir
-        self.backend = "postgres" if name == "ferry-postgres" else "sqlite"
-        self.proc = None
+        self.backend = "postgres" if name.startswith("ferry-postgres") else "sqlite"
+        self.split = name.endswith("-split")
+        self.default_concurrency = opts.concurrency == DEFAULT_CONCURRENCY
+        self.proc = self.worker = None
         self.db = None
 
     def settings(self):
         s = {
             "binary": self.opts.ferry_bin,
             "backend": self.backend,
-            "process": "one `ferry server` process: HTTP API and embedded workers",
-            "queues.default.concurrency": self.opts.concurrency,
+            "process": ("one `ferry server` with `workers = 0` (HTTP API only) and one `ferry worker` process "
+                        "(queue `default`)" if self.split
+                        else "one `ferry server` process (HTTP API and embedded workers)"),
+            "queues.default.concurrency": (FERRY_DEFAULT_CONCURRENCY if self.default_concurrency
+                                           else self.opts.concurrency),
+            "concurrency_default": self.default_concurrency,
+            "concurrency_set_by": self.concurrency_set_by(),
             "queues.default.max_depth": 0,
             "durability": "process (default)",
             "poll_ms": 1000, "lease_ms": 30000, "heartbeat_ms": 5000,
@@ -55,30 +80,67 @@ class Ferry(System):
             s["data_dir"] = "a fresh temporary directory per scenario"
         return s
 
+    def concurrency_set_by(self):
+        """Where the queue's concurrency comes from, in words, for the JSON."""
+        if self.default_concurrency:
+            return ("Ferry's default, no --concurrency for `ferry worker`" if self.split
+                    else "Ferry's default, no `concurrency` line for the queue")
+        return (f"`ferry worker --concurrency {self.opts.concurrency}`" if self.split
+                else f"`concurrency = {self.opts.concurrency}` for queue `default`")
+
     # lifecycle
 
     def start(self, tag, **_):
         self.dir = tempfile.mkdtemp(prefix=f"{tag}-", dir=self.run_dir)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        url = None
+        if self.backend == "postgres":
+            self.db, url = create_database(self.opts.pg_url)
+        cfg = self.write_config(url)
+        self.log_path = os.path.join(self.dir, "ferry.log")
+        self.proc = spawn([self.opts.ferry_bin, "server", "--config", cfg], self.log_path, env=ferry_env())
+        self.s = Http()
+        self.wait_ready()
+        if self.split:
+            self.start_worker(url)
+
+    def write_config(self, database_url):
+        """The server's ferry.toml: a fresh data directory, PostgreSQL if given, the queue
+        uncapped, its concurrency unless the run is at Ferry's defaults, and no embedded
+        workers for the split deployment (its worker is a process of its own)."""
         lines = [
             f'listen = "127.0.0.1:{self.port}"',
             f'data_dir = "{self.dir}/data"',
             "shutdown_grace_ms = 2000",
         ]
-        if self.backend == "postgres":
-            name, url = create_database(self.opts.pg_url)
-            self.db = name
-            lines.append(f'database_url = "{url}"')
-        lines += ["", "[queues.default]", f"concurrency = {self.opts.concurrency}", "max_depth = 0", ""]
+        if database_url:
+            lines.append(f'database_url = "{database_url}"')
+        if self.split:
+            lines.append("workers = 0")
+        lines += ["", "[queues.default]"]
+        if not (self.split or self.default_concurrency):
+            lines.append(f"concurrency = {self.opts.concurrency}")
+        lines += ["max_depth = 0", ""]
         cfg = os.path.join(self.dir, "ferry.toml")
         with open(cfg, "w") as f:
             f.write("\n".join(lines))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
-        env["FERRY_LOG"] = "warn"
-        self.log_path = os.path.join(self.dir, "ferry.log")
-        self.proc = spawn([self.opts.ferry_bin, "server", "--config", cfg], self.log_path, env=env)
-        self.s = Http()
+        return cfg
+
+    def start_worker(self, database_url):
+        """The split deployment's worker, started once the server (which migrates the
+        database) is ready; it is up when it prints its health address."""
+        cmd = [self.opts.ferry_bin, "worker", "--database", database_url, "--queue", "default",
+               "--listen", "127.0.0.1:0"]
+        if not self.default_concurrency:
+            cmd += ["--concurrency", str(self.opts.concurrency)]
+        env = dict(ferry_env(), FERRY_NODE="bench-worker")
+        self.worker_log = os.path.join(self.dir, "worker.log")
+        self.worker = spawn(cmd, self.worker_log, env=env, cwd=self.dir)
+        wait_for_line(self.worker, self.worker_log, "http://", 60, "ferry worker")
+
+    def wait_ready(self):
+        """Waits (at most 60 s) for the server's /readyz to answer 200."""
         deadline = time.time() + 60
         while True:
             if self.proc.poll() is not None:
@@ -93,9 +155,10 @@ class Ferry(System):
             time.sleep(0.05)
 
     def stop(self):
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
+        for p in (self.worker, self.proc):
+            if p is not None:
+                stop_process(p)
+        self.proc = self.worker = None
         if self.db:
             drop_database(self.opts.pg_url, self.db)
             self.db = None
@@ -187,18 +250,26 @@ class Ferry(System):
         for i in range(warmup + n):
             t_sub = time.time()
             jid = self.call("POST", "/v1/jobs", FERRY_NOOP)["id"]
-            while True:
-                job = self.call("GET", f"/v1/jobs/{jid}")
-                if job["state"] == "succeeded":
-                    break
-                if job["state"] in ("dead", "cancelled"):
-                    raise RuntimeError(f"job {jid} ended {job['state']}")
-                if time.time() > deadline:
-                    raise BenchTimeout(f"pickup: {i} of {warmup + n} jobs done at the time limit")
-                time.sleep(0.0005)
+            job = self.await_job(jid, deadline, f"pickup: {i} of {warmup + n} jobs done at the time limit")
             if i >= warmup:
                 lat.append(parse_rfc3339(job["attempts"][0]["started_at"]) - t_sub)
         return latency_summary(lat)
+
+    def submit_get(self, url):
+        return self.call("POST", "/v1/jobs", http_get_job(url))["id"]
+
+    def await_job(self, jid, deadline, what):
+        """Polls the job every 0.5 ms until it succeeded, and returns it; raises if it
+        ended otherwise, or BenchTimeout(what) past `deadline`."""
+        while True:
+            job = self.call("GET", f"/v1/jobs/{jid}")
+            if job["state"] == "succeeded":
+                return job
+            if job["state"] in ("dead", "cancelled"):
+                raise RuntimeError(f"job {jid} ended {job['state']}")
+            if time.time() > deadline:
+                raise BenchTimeout(what)
+            time.sleep(0.0005)
 
     def producer_spec(self):
         return {"system": "ferry", "base": self.base, "jobs": {"noop": FERRY_NOOP}}
@@ -263,10 +334,18 @@ class Ferry(System):
         return chain_summary(totals, steps, server)
 
     def scale(self, n, limit):
+        """The deep-queue throughput (see README), and beside it what the backlog costs the
+        server: its RSS empty and with the backlog queued, and GET /v1/queues timed while
+        the backlog waits. For the split deployment these are the API server's; the
+        worker's peak is in peak_detail."""
+        server = leaf_pid(self.proc)
+        rss_empty = vm_rss_kb(server)
         self.call("PUT", "/v1/queues/default", {"paused": True})
         time.sleep(1.5)  # workers apply queue settings within poll_ms (1 s)
         t_e0, t_e1 = self.bulk_submit(FERRY_NOOP, n)
+        rss_queued = vm_rss_kb(server)
         waiting, _ = self.counts()
+        queues_get = self.time_queues_get()
         window = scale_window(n)
         t0 = time.time()
         self.call("PUT", "/v1/queues/default", {"paused": False})
@@ -289,13 +368,27 @@ class Ferry(System):
             "seconds": t1 - t0, "jobs_per_s": window / (t1 - t0),
             "first_pickup_after_s": (first or t1) - t0,
             "drain_jobs_per_s": window / (t1 - (first or t0)),
-            "peak_mb": vm_hwm_kb(leaf_pid(self.proc)) / 1024,
-            "pss_mb_at_end": pss_kb(leaf_pid(self.proc)) / 1024,
-            "peak_detail": {"ferry_vmhwm_kb": vm_hwm_kb(leaf_pid(self.proc)),
-                            "ferry_pss_kb_at_end": pss_kb(leaf_pid(self.proc))},
+            "rss_empty_mb": rss_empty / 1024, "rss_queued_mb": rss_queued / 1024,
+            "peak_mb": vm_hwm_kb(server) / 1024,
+            "pss_mb_at_end": pss_kb(server) / 1024,
+            "peak_detail": {"ferry_vmhwm_kb": vm_hwm_kb(server),
+                            "ferry_pss_kb_at_end": pss_kb(server)},
         }
+        out.update(queues_get)
+        if self.split:
+            out["peak_detail"]["worker_vmhwm_kb"] = vm_hwm_kb(leaf_pid(self.worker))
         if self.backend == "postgres":
             pids = psql(self.opts.pg_url, f"SELECT pid FROM pg_stat_activity WHERE datname = '{self.db}'").split()
             out["peak_detail"]["postgres_backends"] = len(pids)
             out["peak_detail"]["postgres_backends_vmhwm_kb_sum"] = sum(vm_hwm_kb(int(p)) for p in pids)
         return out
+
+    def time_queues_get(self):
+        """QUEUES_GET_SAMPLES sequential GET /v1/queues, each timed by the client
+        (perf_counter around the call): what reading the counts costs with a deep backlog."""
+        lat = []
+        for _ in range(QUEUES_GET_SAMPLES):
+            t = time.perf_counter()
+            self.call("GET", "/v1/queues")
+            lat.append(time.perf_counter() - t)
+        return latency_summary(lat, prefix="queues_get_")

@@ -10,7 +10,7 @@ import subprocess
 import time
 import urllib.parse
 
-from common import RESERVED_PORTS, log
+from common import RESERVED_PORTS, BenchTimeout, log
 
 
 LIVE = []  # Popen objects, each the leader of its own process group
@@ -147,6 +147,11 @@ def vm_hwm_kb(pid):
     return proc_kb(f"/proc/{pid}/status", "VmHWM")
 
 
+def vm_rss_kb(pid):
+    """Resident set size now (VmRSS) of a process, in KiB; 0 if it is gone."""
+    return proc_kb(f"/proc/{pid}/status", "VmRSS")
+
+
 def descendants(pid):
     """Every process below `pid` (children, grandchildren...)."""
     parent_of = {}
@@ -170,6 +175,26 @@ def descendants(pid):
 def leaf_pid(p):
     """The real server process under a `setpriv` wrapper (setpriv execs, so it is p.pid)."""
     return p.pid
+
+
+def wait_for_line(p, log_path, needle, timeout, what):
+    """Waits until a line of `p`'s output (in `log_path`) contains `needle`, and returns
+    it: how a process that announces itself on stdout says it is up. Raises if `p` exits
+    first or the line is not there within `timeout` seconds."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with open(log_path, errors="replace") as f:
+                line = next((x for x in f if needle in x), None)
+        except OSError:
+            line = None
+        if line is not None:
+            return line.strip()
+        if p.poll() is not None:
+            raise RuntimeError(f"{what} exited with {p.returncode}:\n{tail(log_path)}")
+        if time.time() > deadline:
+            raise BenchTimeout(f"{what} not up within {timeout:.0f} s")
+        time.sleep(0.02)
 
 
 def tail(path, n=20):

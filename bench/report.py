@@ -7,7 +7,7 @@ import platform
 import statistics
 import subprocess
 
-from common import PEERS, ROOT
+from common import DEFAULT_CONCURRENCY, FERRIES, PEERS, ROOT
 from processes import psql
 
 
@@ -80,6 +80,8 @@ METRICS = [
     ("throughput", "jobs_per_s", "1. throughput, {throughput} no-op jobs (jobs/s)", "high", "{:,.0f}"),
     ("pickup", "p50_ms", "2. pickup latency, idle, p50 (ms)", "low", "auto"),
     ("pickup", "p99_ms", "2. pickup latency, idle, p99 (ms)", "low", "auto"),
+    ("pickup-http", "p50_ms", "2b. pickup to the job's HTTP request arriving, idle, p50 (ms)", "low", "auto"),
+    ("pickup-http", "p99_ms", "2b. pickup to the job's HTTP request arriving, idle, p99 (ms)", "low", "auto"),
     ("load", "achieved_rate", "3. under load: arrivals achieved (jobs/s; target {load_rate:,.0f})", "high", "{:,.0f}"),
     ("load", "p50_ms", "3. under load: pickup p50 (ms)", "low", "auto"),
     ("load", "p99_ms", "3. under load: pickup p99 (ms)", "low", "auto"),
@@ -88,6 +90,10 @@ METRICS = [
     ("chain", "per_step_ms", "5. 10-step chain: time per step (ms; median run / 10)", "low", "auto"),
     ("scale", "jobs_per_s", "6. scale, {scale} waiting: jobs/s over the first fifth, from resume / worker start", "high", "{:,.0f}"),
     ("scale", "drain_jobs_per_s", "6. scale: jobs/s over the first fifth, from first pickup", "high", "{:,.0f}"),
+    ("scale", "queues_get_p50_ms", "6. scale: GET /v1/queues with the backlog waiting, p50 (ms)", "low", "auto"),
+    ("scale", "queues_get_p99_ms", "6. scale: GET /v1/queues with the backlog waiting, p99 (ms)", "low", "auto"),
+    ("scale", "rss_empty_mb", "6. scale: server RSS right after start, empty (MiB)", "low", "{:,.0f}"),
+    ("scale", "rss_queued_mb", "6. scale: server RSS with the {scale} jobs queued (MiB)", "low", "{:,.0f}"),
     ("scale", "peak_mb", "6. scale: peak memory (MiB; see notes)", "low", "{:,.0f}"),
     ("scale", "pss_mb_at_end", "6. scale: memory at the end, PSS (MiB; shared pages split)", "low", "{:,.0f}"),
     ("scale", "enqueue_seconds", "6. scale: time to enqueue the backlog (s)", "low", "auto"),
@@ -95,12 +101,16 @@ METRICS = [
 
 
 def metric_values(results, system, scen, key):
+    """A row's values for one system over the rounds; a round that failed before the
+    figure counts as failed, and a figure the system does not give (Ferry's alone) is
+    left out."""
     vals, failed, unfinished = [], 0, False
     for r in results:
         if r["system"] != system or r["scenario"] != scen:
             continue
-        if "error" in r and key not in r:
-            failed += 1
+        if key not in r:
+            if "error" in r:
+                failed += 1
             continue
         v = r.get(key)
         if v is None:
@@ -135,7 +145,7 @@ def summarize(results, systems, params):
         if peers:
             best = (max if better == "high" else min)(peers, key=lambda x: x[1])
             row["best_peer"] = best[0]
-            for f in ("ferry-sqlite", "ferry-postgres"):
+            for f in FERRIES:
                 m = row["systems"].get(f, {}).get("median")
                 if m is not None and best[1] not in (0, None) and not math.isinf(best[1]) and not math.isinf(m):
                     row[f"ratio_{f}"] = m / best[1]
@@ -159,6 +169,27 @@ def fmt_num(fmt, v, bound=None):
     return fmt.format(v)
 
 
+def concurrency(st):
+    """A system's concurrency from its settings (Ferry's is its queue's)."""
+    return st.get("concurrency", st.get("queues.default.concurrency"))
+
+
+def concurrency_of(st):
+    """A system's concurrency, with where it came from when that is the system's own
+    default (`--concurrency default`)."""
+    n = concurrency(st)
+    return f"{n} ({st['concurrency_set_by']})" if st.get("concurrency_default") else f"{n}"
+
+
+def settings_heading(systems, settings, opts, nproc):
+    """The settings list's first line: the one concurrency of the run, or each system's own."""
+    where = f"all on the same {nproc} cores as the load generator"
+    if opts.concurrency != DEFAULT_CONCURRENCY:
+        return f"Settings (every system, concurrency {opts.concurrency}; {where}):"
+    each = ", ".join(f"{s} {concurrency(settings[s])}" for s in systems)
+    return f"Settings (`--concurrency default`: every system at its own out-of-the-box concurrency, {each}; {where}):"
+
+
 def markdown(rows, systems, info, settings, params, opts, wall, results_all):
     out = []
     out.append(f"# Ferry vs Celery, side by side ({dt.datetime.now().strftime('%Y-%m-%d %H:%M')})")
@@ -175,21 +206,22 @@ def markdown(rows, systems, info, settings, params, opts, wall, results_all):
                f"and < 1 is better for ↓ rows. Total wall time {wall / 60:.1f} min"
                f"{'' if opts.scale == 1 else f'; --scale {opts.scale}'}.")
     out.append("")
-    out.append("Settings (every system, concurrency " f"{opts.concurrency}; all on the same {info['nproc']} cores "
-               "as the load generator):")
+    out.append(settings_heading(systems, settings, opts, info["nproc"]))
     out.append("")
     for s in systems:
         st = settings[s]
         if s.startswith("ferry"):
-            desc = (f"one `ferry server` process (API + embedded workers), {st['backend']}"
+            desc = (f"{st['process']}, {st['backend']}"
                     + (f" (fresh database on the local server, synchronous_commit="
                        f"{info.get('postgresql_settings', {}).get('synchronous_commit', '?')})" if st['backend'] == 'postgres'
                        else " (fresh data dir, WAL)")
-                    + f", queue `default` concurrency {st['queues.default.concurrency']}, max_depth 0, "
+                    + f", queue `default` concurrency {concurrency_of(st)}, max_depth 0, "
                       "durability `process` (acknowledged = committed), other settings default (poll_ms 1000); "
                       "bulk submits via `POST /v1/jobs/batch` (1000 per request, 4 client threads)")
         else:
-            desc = (f"Celery worker, `-P {st['pool']} -c {st['concurrency']}`, task_acks_late=True, "
+            flags = (f"`-P {st['pool']}` (no `-c`), concurrency {concurrency_of(st)}" if st.get("concurrency_default")
+                     else f"`-P {st['pool']} -c {st['concurrency']}`")
+            desc = (f"Celery worker, {flags}, task_acks_late=True, "
                     "worker_prefetch_multiplier=4 (default), JSON, broker = Redis db 0, results = Redis db 1 "
                     "(own redis-server, default persistence: RDB snapshots, no AOF), `--without-gossip "
                     "--without-mingle --without-heartbeat`; bulk backlogs (throughput, scale) are one "
@@ -205,7 +237,7 @@ def markdown(rows, systems, info, settings, params, opts, wall, results_all):
                "backlog, a sample not started by then counts as unfinished (“> limit”).")
     out.append("")
     head = ["figure"] + systems
-    ferries = [f for f in ("ferry-sqlite", "ferry-postgres") if f in systems]
+    ferries = [f for f in FERRIES if f in systems]
     have_peer = any(s in PEERS for s in systems)
     if have_peer:
         head += [f"{f} ÷ best peer" for f in ferries]
@@ -256,10 +288,16 @@ def markdown(rows, systems, info, settings, params, opts, wall, results_all):
     out.append("")
     out.append("Notes: pickup = the job's start (Ferry: first attempt's `started_at`, stamped by its store; "
                "Celery: `time.time()` at the start of the task body) minus the client's `time.time()` just before "
-               "sending. Celery's peak memory is the sum of VmHWM over the worker's processes (for prefork this "
+               "sending. Pickup to the HTTP request (2b): the time a local HTTP target (Python's http.server in a "
+               "thread of the driver, one fresh connection per request) has read the job's GET, minus the client's "
+               "`time.time()` just before submitting (Ferry: the `http` kind; Celery: a task doing the GET with "
+               "urllib). Celery's peak memory is the sum of VmHWM over the worker's processes (for prefork this "
                "counts pages the children share with the parent once per process) plus redis-server's VmHWM; "
                "Ferry's is the server's VmHWM (for PostgreSQL the database server's memory is not included; the "
-               "JSON has the VmHWM of its backends). Scale: Ferry's time starts at the resume request, which its "
-               "workers apply within poll_ms (1 s); Celery's at the worker's launch, boot included; the "
-               "“from first pickup” row removes both.")
+               "JSON has the VmHWM of its backends); for ferry-postgres-split, every memory row is its API server's "
+               "(the worker's VmHWM is in the JSON). Scale, Ferry only: GET /v1/queues is 200 sequential calls "
+               "timed by the client after the backlog was submitted and before the resume; the RSS rows are the "
+               "server's VmRSS right after its start and after the submission. Scale: Ferry's time starts at the "
+               "resume request, which its workers apply within poll_ms (1 s); Celery's at the worker's launch, boot "
+               "included; the “from first pickup” row removes both.")
     return "\n".join(out) + "\n"

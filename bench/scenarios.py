@@ -12,6 +12,7 @@ def scenario_params(opts):
     return {
         "throughput": {"n": sz(50_000, 100)},
         "pickup": {"n": sz(500, 20), "warmup": 20},
+        "pickup-http": {"n": sz(500, 20), "warmup": 20},
         "load": {"producers": 2, "threads": 4, "tick_s": 0.005, "per_tick": 25, "duration_s": max(1.0, 5.0 * f),
                  "sample_every": 10},
         "retry": {"n": sz(10_000, 100)},
@@ -32,6 +33,8 @@ def run_scenario(system, scen, params, opts, rnd):
             res.update(system.throughput(p["n"], limit))
         elif scen == "pickup":
             res.update(system.pickup(p["n"], p["warmup"], limit))
+        elif scen == "pickup-http":
+            res.update(system.pickup_http(p["n"], p["warmup"], limit))
         elif scen == "load":
             res.update(system.load(p, limit))
         elif scen == "retry":
@@ -62,7 +65,7 @@ def short(res):
     s = res["scenario"]
     if s in ("throughput", "retry"):
         return f"{res['jobs_per_s']:,.0f} jobs/s ({res['seconds']:.2f} s)"
-    if s == "pickup":
+    if s in ("pickup", "pickup-http"):
         return f"p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms"
     if s == "load":
         return (f"{res['achieved_rate']:,.0f}/s achieved, p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, "
@@ -70,5 +73,9 @@ def short(res):
     if s == "chain":
         return f"{res['per_step_ms']:.2f} ms/step"
     if s == "scale":
-        return f"{res['jobs_per_s']:,.0f} jobs/s, drain {res['drain_jobs_per_s']:,.0f}/s, peak {res['peak_mb']:.0f} MB"
+        line = f"{res['jobs_per_s']:,.0f} jobs/s, drain {res['drain_jobs_per_s']:,.0f}/s, peak {res['peak_mb']:.0f} MB"
+        if "queues_get_p50_ms" in res:
+            line += (f", RSS {res['rss_empty_mb']:.0f} → {res['rss_queued_mb']:.0f} MB queued, "
+                     f"GET /v1/queues p50 {res['queues_get_p50_ms']} ms")
+        return line
     return ""

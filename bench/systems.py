@@ -6,6 +6,7 @@ import statistics
 import time
 
 from common import BenchTimeout, latency_summary
+from http_target import HttpTarget
 from producers import Producers
 
 
@@ -13,7 +14,9 @@ class System:
     """What every system under test does alike. A subclass provides `wait_done(n,
     deadline, what)` (returns when n jobs finished, or raises BenchTimeout),
     `noop_backlog(n)` (submits n no-op jobs at once; returns the times it began and
-    ended) and `STAMP_KIND`, the job the load scenario samples for its start time."""
+    ended), `submit_get(url)` (submits one job that GETs `url`; returns its handle),
+    `await_job(handle, deadline, what)` (returns when that job succeeded) and
+    `STAMP_KIND`, the job the load scenario samples for its start time."""
 
     STAMP_KIND = None
 
@@ -21,6 +24,24 @@ class System:
         t0, t_sub = self.noop_backlog(n)
         t1 = self.wait_done(n, t0 + limit, "throughput")
         return {"jobs": n, "seconds": t1 - t0, "jobs_per_s": n / (t1 - t0), "submit_seconds": t_sub - t0}
+
+    def pickup_http(self, n, warmup, limit):
+        """Pickup as a user sees it: from the client's clock just before the submission to
+        the job's HTTP request reaching a local target, one job at a time on an idle
+        system (each after the previous one succeeded). The wait for the request is on
+        the target, not on the system, so nothing polls the system meanwhile."""
+        deadline = time.time() + limit
+        lat = []
+        with HttpTarget() as target:
+            for i in range(warmup + n):
+                what = f"pickup-http: {i} of {warmup + n} jobs done at the time limit"
+                t_sub = time.time()
+                handle = self.submit_get(target.url(i))
+                arrived = target.arrival(i, deadline, what)
+                self.await_job(handle, deadline, what)
+                if i >= warmup:
+                    lat.append(arrived - t_sub)
+        return latency_summary(lat)
 
     def load(self, p, limit):
         return run_load(self, self.STAMP_KIND, p, limit)
