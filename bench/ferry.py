@@ -165,16 +165,16 @@ class Ferry(System):
 
     # API helpers
 
-    def call(self, method, path, body=None, session=None, timeout=60):
+    def call(self, method, path, body=None, session=None, timeout=60, headers=None):
         s = session or self.s
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        r = s.request(method, self.base + path, data=data, headers=JSON_HEADERS, timeout=timeout)
+        r = s.request(method, self.base + path, data=data, headers={**JSON_HEADERS, **(headers or {})}, timeout=timeout)
         if r.status_code >= 300:
             raise RuntimeError(f"{method} {path}: {r.status_code} {r.text[:300]}")
         return r.json() if r.content else None
 
     def counts(self):
-        q = self.call("GET", "/v1/queues")
+        q = self.call("GET", "/v1/queues", headers={"Cache-Control": "no-cache"})
         open_, dead = 0, 0
         for queue in q["queues"]:
             for k in ("depth", "running", "scheduled", "retrying"):
@@ -352,7 +352,8 @@ class Ferry(System):
         first = None
         deadline = t0 + limit
         while True:
-            q = self.call("GET", "/v1/queues")
+            # Current counts: without it a deep queue's counts may be seconds old.
+            q = self.call("GET", "/v1/queues", headers={"Cache-Control": "no-cache"})
             d = next(x for x in q["queues"] if x["name"] == "default")
             open_ = sum(d.get(k) or 0 for k in ("depth", "running", "scheduled", "retrying"))
             if first is None and (d.get("running") or open_ < n):

@@ -13,7 +13,9 @@
 //! than about 1/[`SHARE`] of one connection's time however often it is asked for; once that
 //! time is up, the next request still answers at once with the old counts and one count
 //! runs in the background for the requests after it (never two at once per scope). Each
-//! answer says how old its counts are (`counts_age_ms`).
+//! answer says how old its counts are (`counts_age_ms`). A request that must have current
+//! counts (a benchmark timing a drain, a script) sends `Cache-Control: no-cache` and
+//! counts afresh, paying the count's cost itself; its counts serve the others after it.
 
 use ferry_store::QueueStats;
 use std::collections::HashMap;
@@ -64,14 +66,14 @@ pub struct QueueCounts {
 
 impl QueueCounts {
     /// The counts of `scope`: reused, or taken by `count` (at once, or in the background
-    /// while stale ones answer; see the module's rule).
-    pub async fn get<F, Fut, E>(self: &Arc<Self>, scope: Option<String>, count: F) -> Result<Counted, E>
+    /// while stale ones answer; see the module's rule); `fresh`: taken now, whatever is kept.
+    pub async fn get<F, Fut, E>(self: &Arc<Self>, scope: Option<String>, fresh: bool, count: F) -> Result<Counted, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<QueueStats>, E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        {
+        if !fresh {
             let mut entries = self.lock();
             if let Some(e) = entries.get_mut(&scope) {
                 let reusable = e.reusable_for();
@@ -141,7 +143,7 @@ mod tests {
     }
 
     async fn counted(counts: &Arc<QueueCounts>, calls: &Arc<AtomicU64>, took: Duration) -> (u64, Duration) {
-        let c = counts.get(None, || source(calls, took)).await.unwrap();
+        let c = counts.get(None, false, || source(calls, took)).await.unwrap();
         (c.stats[0].dead, c.age)
     }
 
@@ -209,16 +211,26 @@ mod tests {
         let calls = Arc::new(AtomicU64::new(0));
         let took = COSTLY * 2;
         counted(&counts, &calls, took).await;
-        let other = counts.get(Some("ws".into()), || source(&calls, took)).await.unwrap();
+        let other = counts.get(Some("ws".into()), false, || source(&calls, took)).await.unwrap();
         assert_eq!(other.stats[0].dead, 2, "another scope does not share the server-wide counts");
         tokio::time::advance(took * SHARE).await;
         let failing = || async { Err::<Vec<QueueStats>, _>("the store is away".to_string()) };
-        assert_eq!(counts.get(None, failing).await.unwrap().stats[0].dead, 1, "stale counts answer");
+        assert_eq!(counts.get(None, false, failing).await.unwrap().stats[0].dead, 1, "stale counts answer");
         tokio::task::yield_now().await;
         // The failed count cleared its mark, so the next request tries again.
         assert_eq!(counted(&counts, &calls, took).await.0, 1);
         tokio::time::sleep(took).await;
         tokio::task::yield_now().await;
         assert_eq!(counted(&counts, &calls, took).await.0, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_request_counts_now_and_its_counts_serve_the_next() {
+        let (counts, calls) = (Arc::new(QueueCounts::default()), Arc::new(AtomicU64::new(0)));
+        let took = COSTLY * 2;
+        assert_eq!(counted(&counts, &calls, took).await.0, 1);
+        let fresh = counts.get(None, true, || source(&calls, took)).await.unwrap();
+        assert_eq!((fresh.stats[0].dead, fresh.age), (2, Duration::ZERO), "counted within the reuse window");
+        assert_eq!(counted(&counts, &calls, took).await, (2, took), "the fresh counts are kept");
     }
 }

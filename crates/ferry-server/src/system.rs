@@ -17,7 +17,7 @@ use crate::views::{
 use crate::{ApiState, Caller};
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use std::collections::BTreeMap;
 
@@ -54,19 +54,29 @@ fn scope(caller: &Caller, query: &BTreeMap<String, String>) -> Result<Option<Str
 /// Every queue with its counts: configured queues and any queue that holds jobs. An
 /// operator sees every workspace's jobs and the queue-wide settings (or, with
 /// `?workspace=`, one workspace's counts and share); anyone else sees its own
-/// workspace's counts and share only.
+/// workspace's counts and share only. While counting is costly (a deep queue) counts are
+/// reused for a while (`counts_age_ms` says how old); `Cache-Control: no-cache` asks for
+/// current ones.
 #[utoipa::path(
     get, path = "/v1/queues", tag = "system", operation_id = "listQueues",
-    params(("workspace" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@-]{1,64}$", description = "Operator: only this workspace's counts and share")),
+    params(
+        ("workspace" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@-]{1,64}$", description = "Operator: only this workspace's counts and share"),
+        ("Cache-Control" = Option<String>, Header, description = "`no-cache`: count now rather than reuse counts a costly count left"),
+    ),
     responses((status = 200, body = QueueList), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody))
 )]
 pub async fn queues(
     State(st): State<ApiState>,
     caller: Caller,
+    headers: HeaderMap,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Result<Json<QueueList>, ApiError> {
     let workspace = scope(&caller, &query)?;
-    let counted = count(&st, workspace.clone()).await?;
+    let fresh = headers
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|d| d.trim().eq_ignore_ascii_case("no-cache")));
+    let counted = count(&st, workspace.clone(), fresh).await?;
     let mut map: BTreeMap<String, QueueView> = st
         .cfg
         .queues
@@ -100,11 +110,16 @@ pub async fn queues(
     Ok(Json(QueueList { queues: map.into_values().collect(), counts_age_ms }))
 }
 
-/// The queue counts of a scope (`None`: server-wide), through the cache of `counts`.
-async fn count(st: &ApiState, workspace: Option<String>) -> Result<crate::counts::Counted, ferry_store::StoreError> {
+/// The queue counts of a scope (`None`: server-wide), through the cache of `counts`
+/// (`fresh`: counted now).
+async fn count(
+    st: &ApiState,
+    workspace: Option<String>,
+    fresh: bool,
+) -> Result<crate::counts::Counted, ferry_store::StoreError> {
     let store = st.store.clone();
     st.counts
-        .get(workspace.clone(), move || async move {
+        .get(workspace.clone(), fresh, move || async move {
             match workspace {
                 None => store.queue_stats().await,
                 Some(w) => store.workspace_queue_stats(&w).await,
@@ -304,7 +319,7 @@ pub async fn workers(State(st): State<ApiState>) -> Result<Json<WorkerList>, Api
 pub async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
     // Gauges are read from the store at scrape time, so they are right on every node
     // and after a restart.
-    if let Ok(counted) = count(&st, None).await {
+    if let Ok(counted) = count(&st, None, false).await {
         let stats = counted.stats;
         let mut seen: Vec<String> = st.cfg.queues.clone();
         // Configured queues only: a label's values are the operator's, never a name

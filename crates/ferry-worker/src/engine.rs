@@ -57,6 +57,18 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// A periodic task's next wait: its period, shortened by up to a fifth at random.
+///
+/// Every process starts its heartbeat, lease sweep, settings read, pruning and idle
+/// safety-net claims at once, with round periods: unspread they fire together, tick after
+/// tick (and with those of processes started with it), and a submission arriving then
+/// waits behind all of them. Spread, they drift apart within a few periods. Only ever
+/// shorter, so every "within `poll_ms`" (and the heartbeat's margin under the lease)
+/// still holds.
+pub(crate) fn spread(period: Duration) -> Duration {
+    period.mul_f64(0.8 + 0.2 * fastrand::f64())
+}
+
 /// One queue served by this engine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueConfig {
@@ -144,7 +156,18 @@ struct Inner {
     controls: HashMap<String, Arc<QueueControl>>,
     /// Notified when a standalone job ended: jobs held for a slot may go now.
     freed: tokio::sync::Notify,
+    /// Attempts whose work is over but whose end is not recorded yet and whose slot went
+    /// back early (`attempt::run_attempt`), at most [`UNRECORDED_MAX`].
+    unrecorded: Arc<tokio::sync::Semaphore>,
 }
+
+/// The most attempts of this process whose slots went back before their ends were
+/// recorded. Past it, slots again wait for the finish, so when the store falls behind,
+/// claims cannot outrun it and pile up running jobs in memory (found on PostgreSQL: with
+/// finishes slowed, 89,000 jobs were leased as running and the server grew to 170 MiB). A
+/// healthy store leaves a few finish batches waiting (up to 1,024 ends each, and a few
+/// thousand while a deep PostgreSQL queue drains): a tighter bound halved that drain.
+pub(crate) const UNRECORDED_MAX: usize = 10_000;
 
 /// This process's attempts, running or prefetched, each under its attempt number (the
 /// lease's fencing token) with the token that stops it. Keyed by job, but an entry is
@@ -236,6 +259,7 @@ impl Engine {
             planner,
             controls: cfg_controls,
             freed: tokio::sync::Notify::new(),
+            unrecorded: Arc::new(tokio::sync::Semaphore::new(UNRECORDED_MAX)),
         });
         inner.background.spawn(finisher::finish_batches(inner.clone(), finishes));
         inner.background.spawn(advancer::advance_runs(inner.clone(), advances));
@@ -292,5 +316,19 @@ impl Engine {
         inner.background.close();
         inner.background.wait().await;
         tracing::info!("engine stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread;
+    use std::time::Duration;
+
+    #[test]
+    fn a_spread_period_is_never_longer_nor_under_four_fifths_and_varies() {
+        let period = Duration::from_millis(1000);
+        let waits: Vec<Duration> = (0..200).map(|_| spread(period)).collect();
+        assert!(waits.iter().all(|w| *w <= period && *w >= period * 4 / 5), "{waits:?}");
+        assert!(waits.iter().min() < waits.iter().max(), "every wait was the same");
     }
 }

@@ -6,7 +6,8 @@
 //! cache instead ([`run_or_reuse`]). The outcome becomes a [`FinishResult`]: a success,
 //! or through [`decide`] (the engine's one use of [`decide_after_failure`]) a retry or
 //! death; a hard stop hands the job back. The attempt holds its queue slot until its end
-//! is recorded, or, on a queue that prefetches, only while its work runs.
+//! is recorded, or, on a queue that prefetches, only while its work runs (while fewer
+//! than `UNRECORDED_MAX` ends of this process wait to be recorded).
 
 use super::{Inner, finisher};
 use crate::executor::{Attempt, Executor};
@@ -132,8 +133,15 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
     // by its jobs, not by the finish's round trip. The store may then briefly show this
     // job running next to the one that took its slot, as it shows prefetched jobs
     // running. Longer jobs keep the slot until their end is committed, so for them the
-    // store never shows more attempts running than the concurrency.
-    let permit = (!early).then_some(permit);
+    // store never shows more attempts running than the concurrency. So do all jobs while
+    // `UNRECORDED_MAX` ends wait to be recorded: a store that falls behind slows claims.
+    let (permit, _unrecorded) = match early.then(|| inner.unrecorded.clone().try_acquire_owned().ok()).flatten() {
+        Some(unrecorded) => {
+            drop(permit);
+            (None, Some(unrecorded))
+        }
+        None => (Some(permit), None),
+    };
     let elapsed = started.elapsed().as_secs_f64();
 
     let result = match outcome {

@@ -165,9 +165,9 @@ impl Dispatcher {
                 State::Paused => {
                     // Prefetched jobs have not started: a paused queue starts nothing more.
                     self.prefetch.hand_back().await;
-                    self.wait(self.poll, true).await
+                    self.wait(super::spread(self.poll), true).await
                 }
-                State::Backoff => self.wait(self.poll, false).await,
+                State::Backoff => self.wait(super::spread(self.poll), false).await,
                 State::HandingBack(batch) => self.hand_back(batch).await,
                 State::Stopped => {
                     self.prefetch.hand_back().await;
@@ -276,9 +276,10 @@ impl Dispatcher {
         // Parked first, so that work arriving while the next due time is read finds it.
         let parked = self.inner.store.park(self.request(spare.len()));
         let now = time::now_micros();
+        let poll = super::spread(self.poll);
         let wait = match self.inner.store.next_due(&self.queue).await {
-            Ok(Some(due)) => Duration::from_micros(due.saturating_sub(now).max(0) as u64).min(self.poll),
-            _ => self.poll,
+            Ok(Some(due)) => Duration::from_micros(due.saturating_sub(now).max(0) as u64).min(poll),
+            _ => poll,
         };
         let Some(mut parked) = parked else {
             // A backend that does not park: the slots are free while it waits.

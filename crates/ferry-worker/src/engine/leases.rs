@@ -44,7 +44,7 @@ pub(super) async fn heartbeat(inner: Arc<Inner>) {
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(super::spread(every)) => {}
             _ = inner.stop_background.cancelled() => {
                 let _ = inner.store.unregister_worker(&inner.worker_id).await;
                 return;
@@ -123,7 +123,7 @@ pub(super) async fn reap(inner: Arc<Inner>) {
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(super::spread(every)) => {}
             _ = inner.stop_background.cancelled() => return,
         }
     }

@@ -37,7 +37,7 @@ pub async fn prune_loop(
             metrics::counter!("ferry_jobs_pruned_total").increment(total as u64);
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(every_ms)) => {}
+            _ = tokio::time::sleep(super::spread(Duration::from_millis(every_ms))) => {}
             _ = stop.cancelled() => return,
         }
     }

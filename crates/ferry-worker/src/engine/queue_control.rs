@@ -83,7 +83,7 @@ pub(super) async fn watch_queues(inner: Arc<Inner>) {
             Err(e) => tracing::warn!(error = %e, "cannot read queue settings; keeping the last ones"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(super::spread(every)) => {}
             _ = inner.stop_background.cancelled() => return,
         }
     }

@@ -69,7 +69,9 @@ pub struct QueueArgs {
 
 /// Unfinished and dead jobs over every queue.
 async fn outstanding(http: &reqwest::Client, base: &str) -> anyhow::Result<(u64, u64)> {
-    let q: Value = http.get(format!("{base}/v1/queues")).send().await?.json().await?;
+    // Current counts: the end of a run is timed by them.
+    let q: Value =
+        http.get(format!("{base}/v1/queues")).header("cache-control", "no-cache").send().await?.json().await?;
     let mut open = 0;
     let mut dead = 0;
     for queue in q["queues"].as_array().context("bad /v1/queues answer")? {
