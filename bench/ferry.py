@@ -2,6 +2,7 @@
 (ferry-postgres-split) an API-only `ferry server` and a separate `ferry worker`."""
 
 import json
+import re
 import math
 import os
 import tempfile
@@ -137,7 +138,8 @@ class Ferry(System):
         env = dict(ferry_env(), FERRY_NODE="bench-worker")
         self.worker_log = os.path.join(self.dir, "worker.log")
         self.worker = spawn(cmd, self.worker_log, env=env, cwd=self.dir)
-        wait_for_line(self.worker, self.worker_log, "http://", 60, "ferry worker")
+        line = wait_for_line(self.worker, self.worker_log, "http://", 60, "ferry worker")
+        self.worker_base = re.search(r"http://[^\s/)]+", line).group(0)
 
     def wait_ready(self):
         """Waits (at most 60 s) for the server's /readyz to answer 200."""
@@ -172,6 +174,17 @@ class Ferry(System):
         if r.status_code >= 300:
             raise RuntimeError(f"{method} {path}: {r.status_code} {r.text[:300]}")
         return r.json() if r.content else None
+
+    def finished(self):
+        """Jobs the workers have finished, from `ferry_jobs_finished_total` on the /metrics
+        of the process that runs them (the server, or the split deployment's worker)."""
+        base = self.worker_base if self.split else self.base
+        r = self.s.request("GET", base + "/metrics", timeout=60)
+        total = 0.0
+        for line in r.text.splitlines():
+            if line.startswith("ferry_jobs_finished_total{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
 
     def counts(self):
         q = self.call("GET", "/v1/queues", headers={"Cache-Control": "no-cache"})
@@ -352,14 +365,14 @@ class Ferry(System):
         first = None
         deadline = t0 + limit
         while True:
-            # Current counts: without it a deep queue's counts may be seconds old.
-            q = self.call("GET", "/v1/queues", headers={"Cache-Control": "no-cache"})
-            d = next(x for x in q["queues"] if x["name"] == "default")
-            open_ = sum(d.get(k) or 0 for k in ("depth", "running", "scheduled", "retrying"))
-            if first is None and (d.get("running") or open_ < n):
+            # The workers' own count of finished jobs: exact and cheap at any depth, where
+            # counting the queue would cost the server time that the drain then lacks.
+            done = self.finished()
+            if first is None and done > 0:
                 first = time.time()
-            if open_ <= n - window:
+            if done >= window:
                 break
+            open_ = n - done
             if time.time() > deadline:
                 raise BenchTimeout(f"scale: {open_} of {n} unfinished at the time limit", unfinished=open_)
             time.sleep(0.01)
