@@ -167,10 +167,10 @@ class Ferry(System):
 
     # API helpers
 
-    def call(self, method, path, body=None, session=None, timeout=60, headers=None):
+    def call(self, method, path, body=None, session=None, timeout=60):
         s = session or self.s
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        r = s.request(method, self.base + path, data=data, headers={**JSON_HEADERS, **(headers or {})}, timeout=timeout)
+        r = s.request(method, self.base + path, data=data, headers=JSON_HEADERS, timeout=timeout)
         if r.status_code >= 300:
             raise RuntimeError(f"{method} {path}: {r.status_code} {r.text[:300]}")
         return r.json() if r.content else None
@@ -187,7 +187,9 @@ class Ferry(System):
         return int(total)
 
     def counts(self):
-        q = self.call("GET", "/v1/queues", headers={"Cache-Control": "no-cache"})
+        # As any client gets them: cheap to poll (fresh counts of a deep queue would take
+        # the server's time from the run), and fresh once few jobs are left.
+        q = self.call("GET", "/v1/queues")
         open_, dead = 0, 0
         for queue in q["queues"]:
             for k in ("depth", "running", "scheduled", "retrying"):

@@ -69,9 +69,10 @@ pub struct QueueArgs {
 
 /// Unfinished and dead jobs over every queue.
 async fn outstanding(http: &reqwest::Client, base: &str) -> anyhow::Result<(u64, u64)> {
-    // Current counts: the end of a run is timed by them.
-    let q: Value =
-        http.get(format!("{base}/v1/queues")).header("cache-control", "no-cache").send().await?.json().await?;
+    // Counts as any client gets them: fresh once few jobs are left, so the end of a run is
+    // seen at most a costly count's reuse late (`ferry_server::counts`), and polling every
+    // few milliseconds does not take the server's time from the run as fresh counts would.
+    let q: Value = http.get(format!("{base}/v1/queues")).send().await?.json().await?;
     let mut open = 0;
     let mut dead = 0;
     for queue in q["queues"].as_array().context("bad /v1/queues answer")? {
