@@ -379,16 +379,16 @@ class Ferry(System):
                 raise BenchTimeout(f"scale: {open_} of {n} unfinished at the time limit", unfinished=open_)
             time.sleep(0.01)
         t1 = time.time()
+        hwm, pss = vm_hwm_kb(server), pss_kb(server)
         out = {
             "jobs": n, "waiting_at_resume": waiting, "enqueue_seconds": t_e1 - t_e0, "measured_jobs": window,
             "seconds": t1 - t0, "jobs_per_s": window / (t1 - t0),
             "first_pickup_after_s": (first or t1) - t0,
             "drain_jobs_per_s": window / (t1 - (first or t0)),
             "rss_empty_mb": rss_empty / 1024, "rss_queued_mb": rss_queued / 1024,
-            "peak_mb": vm_hwm_kb(server) / 1024,
-            "pss_mb_at_end": pss_kb(server) / 1024,
-            "peak_detail": {"ferry_vmhwm_kb": vm_hwm_kb(server),
-                            "ferry_pss_kb_at_end": pss_kb(server)},
+            "peak_mb": hwm / 1024,
+            "pss_mb_at_end": pss / 1024,
+            "peak_detail": {"ferry_vmhwm_kb": hwm, "ferry_pss_kb_at_end": pss},
         }
         out.update(queues_get)
         if self.split:

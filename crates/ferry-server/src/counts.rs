@@ -46,16 +46,15 @@ pub struct Counted {
 struct Entry {
     stats: Arc<Vec<QueueStats>>,
     at: Instant,
-    took: Duration,
+    /// How long these counts may be reused (zero: count again at the next request).
+    reusable: Duration,
     refreshing: bool,
 }
 
-impl Entry {
-    /// How long these counts may be reused (zero: count again now).
-    fn reusable_for(&self) -> Duration {
-        let jobs: u64 = self.stats.iter().map(|s| s.queued + s.running + s.scheduled + s.retrying + s.dead).sum();
-        if self.took < COSTLY || jobs < MANY_JOBS { Duration::ZERO } else { (self.took * SHARE).min(MAX_AGE) }
-    }
+/// How long counts that took `took` may be reused: zero unless they were costly and many.
+fn reusable_for(took: Duration, stats: &[QueueStats]) -> Duration {
+    let jobs: u64 = stats.iter().map(|s| s.queued + s.running + s.scheduled + s.retrying + s.dead).sum();
+    if took < COSTLY || jobs < MANY_JOBS { Duration::ZERO } else { (took * SHARE).min(MAX_AGE) }
 }
 
 /// The counts of each scope (`None`: server-wide; `Some(workspace)`), read through.
@@ -73,40 +72,50 @@ impl QueueCounts {
         Fut: Future<Output = Result<Vec<QueueStats>, E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        if !fresh {
-            let mut entries = self.lock();
-            if let Some(e) = entries.get_mut(&scope) {
-                let reusable = e.reusable_for();
-                if !reusable.is_zero() {
-                    let age = e.at.elapsed();
-                    let answer = Counted { stats: e.stats.clone(), age };
-                    if age < reusable || e.refreshing {
-                        return Ok(answer);
-                    }
-                    e.refreshing = true;
-                    let this = self.clone();
-                    let fut = count();
-                    tokio::spawn(async move {
-                        let started = Instant::now();
-                        match fut.await {
-                            Ok(stats) => {
-                                this.keep(scope, stats, started);
-                            }
-                            Err(err) => {
-                                tracing::warn!(%err, "counting the queues failed; the next request counts again");
-                                if let Some(e) = this.lock().get_mut(&scope) {
-                                    e.refreshing = false;
-                                }
-                            }
-                        }
-                    });
-                    return Ok(answer);
-                }
+        if !fresh && let Some((answer, refresh)) = self.reuse(&scope) {
+            if refresh {
+                self.refresh_behind(scope, count());
             }
+            return Ok(answer);
         }
         let started = Instant::now();
         let stats = count().await?;
         Ok(Counted { stats: self.keep(scope, stats, started), age: Duration::ZERO })
+    }
+
+    /// The kept counts of `scope` if they may still answer, and whether this request is
+    /// the one to refresh them (marked, so that no other starts a count meanwhile).
+    fn reuse(&self, scope: &Option<String>) -> Option<(Counted, bool)> {
+        let mut entries = self.lock();
+        let e = entries.get_mut(scope).filter(|e| !e.reusable.is_zero())?;
+        let age = e.at.elapsed();
+        let refresh = age >= e.reusable && !e.refreshing;
+        e.refreshing |= refresh;
+        Some((Counted { stats: e.stats.clone(), age }, refresh))
+    }
+
+    /// Counts `scope` again in the background; a failure clears the mark, so the next
+    /// request tries again.
+    fn refresh_behind<Fut, E>(self: &Arc<Self>, scope: Option<String>, count: Fut)
+    where
+        Fut: Future<Output = Result<Vec<QueueStats>, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            match count.await {
+                Ok(stats) => {
+                    this.keep(scope, stats, started);
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "counting the queues failed; the next request counts again");
+                    if let Some(e) = this.lock().get_mut(&scope) {
+                        e.refreshing = false;
+                    }
+                }
+            }
+        });
     }
 
     fn keep(&self, scope: Option<String>, stats: Vec<QueueStats>, started: Instant) -> Arc<Vec<QueueStats>> {
@@ -115,7 +124,8 @@ impl QueueCounts {
         if entries.len() >= MAX_SCOPES && !entries.contains_key(&scope) {
             entries.clear();
         }
-        let entry = Entry { stats: stats.clone(), at: started, took: started.elapsed(), refreshing: false };
+        let reusable = reusable_for(started.elapsed(), &stats);
+        let entry = Entry { stats: stats.clone(), at: started, reusable, refreshing: false };
         entries.insert(scope, entry);
         stats
     }
@@ -159,15 +169,15 @@ mod tests {
 
     #[test]
     fn costly_and_many_jobs_are_the_edges_of_reuse() {
-        let entry = |took, jobs: u64| {
+        let reusable = |took, jobs: u64| {
             let (queued, running) = (jobs / 2, jobs - jobs / 2);
             let stats = vec![QueueStats { queue: "q".into(), queued, running, ..Default::default() }];
-            Entry { stats: Arc::new(stats), at: Instant::now(), took, refreshing: false }
+            reusable_for(took, &stats)
         };
-        assert_eq!(entry(COSTLY - Duration::from_nanos(1), MANY_JOBS).reusable_for(), Duration::ZERO);
-        assert_eq!(entry(COSTLY, MANY_JOBS - 1).reusable_for(), Duration::ZERO, "a slow count of few jobs");
-        assert_eq!(entry(COSTLY, MANY_JOBS).reusable_for(), COSTLY * SHARE);
-        assert_eq!(entry(MAX_AGE / SHARE + Duration::from_nanos(1), MANY_JOBS).reusable_for(), MAX_AGE);
+        assert_eq!(reusable(COSTLY - Duration::from_nanos(1), MANY_JOBS), Duration::ZERO);
+        assert_eq!(reusable(COSTLY, MANY_JOBS - 1), Duration::ZERO, "a slow count of few jobs");
+        assert_eq!(reusable(COSTLY, MANY_JOBS), COSTLY * SHARE);
+        assert_eq!(reusable(MAX_AGE / SHARE + Duration::from_nanos(1), MANY_JOBS), MAX_AGE);
     }
 
     #[tokio::test(start_paused = true)]

@@ -135,13 +135,8 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
     // running. Longer jobs keep the slot until their end is committed, so for them the
     // store never shows more attempts running than the concurrency. So do all jobs while
     // `UNRECORDED_MAX` ends wait to be recorded: a store that falls behind slows claims.
-    let (permit, _unrecorded) = match early.then(|| inner.unrecorded.clone().try_acquire_owned().ok()).flatten() {
-        Some(unrecorded) => {
-            drop(permit);
-            (None, Some(unrecorded))
-        }
-        None => (Some(permit), None),
-    };
+    let unrecorded = if early { inner.unrecorded.clone().try_acquire_owned().ok() } else { None };
+    let permit = unrecorded.is_none().then_some(permit);
     let elapsed = started.elapsed().as_secs_f64();
 
     let result = match outcome {
