@@ -105,6 +105,11 @@ pub struct EngineConfig {
     /// A fixed size for every queue's prefetch buffer (see [`prefetch`]); `None`, the
     /// default: sized by each queue's observed rate, which is what a server runs with.
     pub prefetch: Option<usize>,
+    /// The most attempts of this process whose slot went back before their end was
+    /// recorded, on queues that prefetch; past it, slots wait for the finish again, so a
+    /// store that falls behind slows claims. 0: no slot goes back early. The default,
+    /// 10,000 (`UNRECORDED_MAX`), is what a server runs with.
+    pub unrecorded_max: usize,
 }
 
 impl Default for EngineConfig {
@@ -118,6 +123,7 @@ impl Default for EngineConfig {
             reap_ms: 2_000,
             claim_batch: 256,
             prefetch: None,
+            unrecorded_max: UNRECORDED_MAX,
             max_output_bytes: 1024 * 1024,
             job_limits: ferry_core::Limits::default(),
             sweep_ms: 1_000,
@@ -157,16 +163,17 @@ struct Inner {
     /// Notified when a standalone job ended: jobs held for a slot may go now.
     freed: tokio::sync::Notify,
     /// Attempts whose work is over but whose end is not recorded yet and whose slot went
-    /// back early (`attempt::run_attempt`), at most [`UNRECORDED_MAX`].
+    /// back early (`attempt::run_attempt`), at most `EngineConfig::unrecorded_max`.
     unrecorded: Arc<tokio::sync::Semaphore>,
 }
 
 /// The most attempts of this process whose slots went back before their ends were
-/// recorded. Past it, slots again wait for the finish, so when the store falls behind,
-/// claims cannot outrun it and pile up running jobs in memory (found on PostgreSQL: with
-/// finishes slowed, 89,000 jobs were leased as running and the server grew to 170 MiB). A
-/// healthy store leaves a few finish batches waiting (up to 1,024 ends each, and a few
-/// thousand while a deep PostgreSQL queue drains): a tighter bound halved that drain.
+/// recorded, by default ([`EngineConfig::unrecorded_max`]). Past it, slots again wait for
+/// the finish, so when the store falls behind, claims cannot outrun it and pile up running
+/// jobs in memory (found on PostgreSQL: with finishes slowed, 89,000 jobs were leased as
+/// running and the server grew to 170 MiB). A healthy store leaves a few finish batches
+/// waiting (up to 1,024 ends each, and a few thousand while a deep PostgreSQL queue
+/// drains): a tighter bound halved that drain.
 pub(crate) const UNRECORDED_MAX: usize = 10_000;
 
 /// This process's attempts, running or prefetched, each under its attempt number (the
@@ -236,6 +243,8 @@ impl Engine {
         let (finisher, finishes) = mpsc::unbounded_channel();
         let (advancer, advances) = mpsc::unbounded_channel();
         let planner = crate::planner(cfg.job_limits.clone(), registry.clone());
+        // Taken before `cfg` moves into `Inner`; a semaphore holds at most `MAX_PERMITS`.
+        let unrecorded_max = cfg.unrecorded_max.min(tokio::sync::Semaphore::MAX_PERMITS);
         let cfg_controls = cfg
             .queues
             .iter()
@@ -259,7 +268,7 @@ impl Engine {
             planner,
             controls: cfg_controls,
             freed: tokio::sync::Notify::new(),
-            unrecorded: Arc::new(tokio::sync::Semaphore::new(UNRECORDED_MAX)),
+            unrecorded: Arc::new(tokio::sync::Semaphore::new(unrecorded_max)),
         });
         inner.background.spawn(finisher::finish_batches(inner.clone(), finishes));
         inner.background.spawn(advancer::advance_runs(inner.clone(), advances));

@@ -7,7 +7,7 @@
 //! or through [`decide`] (the engine's one use of [`decide_after_failure`]) a retry or
 //! death; a hard stop hands the job back. The attempt holds its queue slot until its end
 //! is recorded, or, on a queue that prefetches, only while its work runs (while fewer
-//! than `UNRECORDED_MAX` ends of this process wait to be recorded).
+//! than `EngineConfig::unrecorded_max` ends of this process wait to be recorded).
 
 use super::{Inner, finisher};
 use crate::executor::{Attempt, Executor};
@@ -134,7 +134,8 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
     // job running next to the one that took its slot, as it shows prefetched jobs
     // running. Longer jobs keep the slot until their end is committed, so for them the
     // store never shows more attempts running than the concurrency. So do all jobs while
-    // `UNRECORDED_MAX` ends wait to be recorded: a store that falls behind slows claims.
+    // `EngineConfig::unrecorded_max` ends wait to be recorded: a store that falls behind
+    // slows claims.
     let unrecorded = if early { inner.unrecorded.clone().try_acquire_owned().ok() } else { None };
     let permit = unrecorded.is_none().then_some(permit);
     let elapsed = started.elapsed().as_secs_f64();
