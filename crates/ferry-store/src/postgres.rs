@@ -37,6 +37,7 @@ mod admission;
 mod claim;
 mod due;
 mod events;
+mod head;
 mod jobs;
 mod leases;
 mod listen;
@@ -99,7 +100,12 @@ static SUBMIT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!("{},\nins AS (\n{body}\n{}", head.trim_end(), include_str!("../sql/postgres/submit_tail.sql"))
 });
 const PROMOTE_DUE: &str = include_str!("../sql/postgres/promote_due.sql");
-const CLAIM: &str = include_str!("../sql/postgres/claim.sql");
+const CLAIM_SQL: &str = include_str!("../sql/postgres/claim.sql");
+/// `claim.sql` over the whole queue.
+static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| CLAIM_SQL.replace("{after}", ""));
+/// `claim.sql` from a deep queue's head (see `postgres/head.rs`).
+static CLAIM_AFTER: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| CLAIM_SQL.replace("{after}", "AND priority = $5 AND (run_at, id) > ($6, $7)"));
 const CLAIM_IDS: &str = include_str!("../sql/postgres/claim_ids.sql");
 /// How long a process reuses the rates it read (see [`crate::rate`]): a change made
 /// elsewhere applies here within this time, and the one made here at once.
@@ -144,6 +150,8 @@ pub struct PgStore {
     parks: Arc<Parks>,
     /// When each queue's next scheduled or retrying job is due, as far as this process knows.
     due: due::DueTimes,
+    /// Where each deep queue's waiting jobs begin, as far as this process knows.
+    heads: Arc<head::Heads>,
     /// Marks this store's own wake-ups, which its listener skips (see `submit_tail.sql`).
     origin: String,
     /// Fired after this process's commits that wrote events and on other processes'
@@ -260,7 +268,9 @@ impl PgStore {
         let origin = uuid::Uuid::new_v4().simple().to_string();
         let events_channel = format!("ferry_events_{schema}");
         let events = Arc::new(EventSignal::default());
+        let heads = Arc::new(head::Heads::default());
         let listening = Listening {
+            heads: heads.clone(),
             events_channel: events_channel.clone(),
             events: events.clone(),
             origin: origin.clone(),
@@ -286,6 +296,7 @@ impl PgStore {
             rates: Default::default(),
             parks: Default::default(),
             due: Default::default(),
+            heads,
             origin,
             events,
             outbox,
@@ -315,6 +326,7 @@ impl PgStore {
     /// notification's round trip through the database (other processes get that).
     fn wake_locally(&self, queues: &BTreeSet<String>) {
         for queue in queues {
+            self.heads.forget(queue);
             self.wakeups.get(queue).notify_one();
         }
     }
@@ -359,14 +371,19 @@ impl Store for PgStore {
         // logs its events in the same statement. Promotion only when something may be due.
         if let Some(generation) = self.due.must_promote(&req.queue) {
             let row = sqlx::query(PROMOTE_DUE).bind(&req.queue).fetch_one(&self.pool).await?;
-            self.due.promoted(&req.queue, generation, row.try_get(0)?, row.try_get(1)?);
+            let promoted: i64 = row.try_get(0)?;
+            if promoted > 0 {
+                // Ready now at their due times, which may come before the queue's head.
+                self.heads.forget(&req.queue);
+            }
+            self.due.promoted(&req.queue, generation, promoted, row.try_get(1)?);
         }
         let read = self.rates.generation();
         let rates = self.rates().await?;
         if rates.applies_to(&req.queue) {
             return self.claim_rated(&req, &rates).await;
         }
-        let claimed = claim_plain(&self.pool, &req).await?;
+        let claimed = self.claim_from_head(&req).await?;
         self.committed(claimed.jobs.iter().map(|j| Subject::Job(j.id)));
         // `claim.sql` claims nothing once a rate is in force: one set here since the rates
         // were read sends this claim down the rated path.

@@ -630,19 +630,28 @@ async fn postgres_claim_query_uses_the_ready_index() {
     sqlx::query("ANALYZE jobs").execute(&mut *conn).await.unwrap();
     let claim = include_str!("../sql/postgres/claim.sql");
     let body: Vec<&str> = claim.lines().filter(|l| !l.trim_start().starts_with("--")).collect();
-    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {}", body.join("\n"))))
-        .bind("default")
-        .bind(10i64)
-        .bind("w")
-        .bind(30_000_000i64)
-        // The events channel and origin (EXPLAIN sends no notification).
-        .bind("ferry_events_explain")
-        .bind("explain")
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap();
-    let plan = plan.join("\n");
-    assert!(plan.contains("jobs_ready"), "the claim does not use jobs_ready:\n{plan}");
+    let body = body.join("\n");
+    // Over the whole queue, and from a deep queue's head (`postgres/head.rs`): an index
+    // range of jobs_ready that starts at the head.
+    for after in ["", "AND priority = $5 AND (run_at, id) > ($6, $7)"] {
+        let plan: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {}", body.replace("{after}", after))))
+                .bind("default")
+                .bind(10i64)
+                .bind("w")
+                .bind(30_000_000i64)
+                .bind(0i32)
+                .bind(0i64)
+                .bind(JobId::nil())
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("jobs_ready"), "the claim ({after:?}) does not use jobs_ready:\n{plan}");
+        if !after.is_empty() {
+            assert!(plan.contains("ROW(run_at, id) >"), "the head is not in the index condition:\n{plan}");
+        }
+    }
     drop(conn);
     pool.close().await;
     b.cleanup().await;
@@ -651,6 +660,8 @@ async fn postgres_claim_query_uses_the_ready_index() {
 // By area, in tests/conformance/ (each module's doc names the promises it pins).
 #[path = "conformance/admission.rs"]
 mod admission;
+#[path = "conformance/deep.rs"]
+mod deep;
 #[path = "conformance/postgres.rs"]
 mod postgres_only;
 #[path = "conformance/release.rs"]

@@ -10,9 +10,12 @@
 -- set between that read and this statement must not let the statement start jobs past
 -- it. Once any rate is in force this claims nothing and the caller reads the rates again
 -- (SQLite reads them and claims in one writer transaction, so it needs no such check).
+-- `{after}` is empty, or (the claim from a deep queue's head, see `postgres/head.rs`)
+-- `AND priority = $5 AND (run_at, id) > ($6, $7)`: an index range that starts after the
+-- last job this process took, past the dead index entries of the jobs claimed before it.
 WITH picked AS (
     SELECT id FROM jobs
-    WHERE queue = $1 AND state = 'queued'
+    WHERE queue = $1 AND state = 'queued' {after}
       AND workspace NOT IN (SELECT workspace FROM queue_shares WHERE queue = $1 AND paused)
       AND NOT EXISTS (SELECT 1 FROM queue_settings WHERE name = $1 AND (paused OR rate > 0))
       AND NOT EXISTS (SELECT 1 FROM queue_shares WHERE queue = $1 AND rate > 0)

@@ -23,4 +23,4 @@ FROM clock, UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $
           timeout_ms, total_timeout_ms, idempotency_key, request_hash, run_at, soft_timeout_ms, cache_key,
           run_id, node_id, item)
 ON CONFLICT (workspace, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING id, state, queue, run_at, created_at
+RETURNING id, state, queue, run_at, created_at, priority

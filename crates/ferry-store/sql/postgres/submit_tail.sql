@@ -3,9 +3,12 @@
 -- same round trip as the insert. Unlike SQLite, which writes the event from
 -- `transition::submit_event`, the event is built here, like finish.sql's: `queued` with
 -- the queue, or `scheduled` with the queue and the time it is due. A job skipped for its
--- idempotency key is not in `ins`, so it gets neither. $22 is the wake-up channel; a queue
--- in $23 (whose parked claims this transaction runs) carries origin $24 in its payload,
--- so that the submitting store's own listener skips it.
+-- idempotency key is not in `ins`, so it gets neither. $22 is the wake-up channel. The
+-- payload (`postgres/head.rs`, `Wakeup`): the queue; then origin $24 for a queue in $23
+-- (whose parked claims this transaction runs), so that the submitting store's own
+-- listener skips it, or nothing; then, when ready jobs were added, their highest priority
+-- and earliest due time, which tell a claimer whether they come before where its claims
+-- of a deep queue start.
 ), logged AS (
     INSERT INTO events (job_id, at, type, data)
     SELECT ins.id, ins.created_at, ins.state,
@@ -15,7 +18,10 @@
     FROM ins
     ORDER BY ins.id
 ), woke AS (
-    SELECT pg_notify($22, CASE WHEN q.queue = ANY($23::text[]) THEN q.queue || E'\n' || $24 ELSE q.queue END)
-    FROM (SELECT DISTINCT queue FROM ins) q
+    SELECT pg_notify($22, q.queue || E'\n' || CASE WHEN q.queue = ANY($23::text[]) THEN $24 ELSE '' END
+                          || COALESCE(E'\n' || q.priority || E'\n' || q.run_at, ''))
+    FROM (SELECT queue, MAX(priority) FILTER (WHERE state = 'queued') AS priority,
+                 MIN(run_at) FILTER (WHERE state = 'queued') AS run_at
+          FROM ins GROUP BY queue) q
 )
 SELECT ins.id, ins.state, ins.queue, ins.run_at, ins.created_at, (SELECT count(*) FROM woke) FROM ins

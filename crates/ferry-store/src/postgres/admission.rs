@@ -87,9 +87,11 @@ impl PgStore {
             Some(_) => insert_jobs(&mut tx, clock_read, &jobs, &[]).await?,
         };
         let mut created: HashMap<JobId, (JobState, String)> = HashMap::with_capacity(rows.len());
+        let mut due_at: HashMap<JobId, Micros> = HashMap::with_capacity(rows.len());
         for r in &rows {
             let state: String = r.try_get(1)?;
             created.insert(r.try_get(0)?, (parse_enum(&state)?, r.try_get(2)?));
+            due_at.insert(r.try_get(0)?, r.try_get(3)?);
         }
         // Only a gated submission holds jobs, and it read the clock.
         if let (Some(reason), Some(now)) = (&hold, clock_read) {
@@ -122,13 +124,21 @@ impl PgStore {
         // This process's watchers of the new jobs hear of their first events (as on
         // SQLite); other processes are not told (see `postgres/events.rs`).
         let logged: Vec<Subject> = created.keys().map(|id| Subject::Job(*id)).collect();
+        // Where each queue's new ready jobs start in claim order (see `postgres/head.rs`).
+        let mut arrived: HashMap<&str, (i32, Micros)> = HashMap::new();
+        for job in &jobs {
+            if let (Some((JobState::Queued, _)), Some(&run_at)) = (created.get(&job.id), due_at.get(&job.id)) {
+                let first = arrived.entry(job.queue.as_str()).or_insert((job.priority, run_at));
+                *first = (first.0.max(job.priority), first.1.min(run_at));
+            }
+        }
         let touched: BTreeSet<String> = match hold {
             None => created.into_values().map(|(_, queue)| queue).collect(),
             Some(_) => BTreeSet::new(),
         };
         let mut parked = Vec::with_capacity(parks.len());
         for park in parks {
-            let claimed = claim_plain(&mut *tx, &park.req).await;
+            let claimed = claim_plain(&mut *tx, &park.req, None).await;
             parked.push((park, claimed));
         }
         let committed = match parked.iter().any(|(_, c)| c.is_err()) {
@@ -148,7 +158,12 @@ impl PgStore {
             });
         }
         committed?;
-        self.wake_locally(&(&touched - &answered));
+        for (queue, (priority, run_at)) in arrived {
+            self.heads.arrived(queue, priority, run_at);
+        }
+        for queue in &touched - &answered {
+            self.wakeups.get(&queue).notify_one();
+        }
         self.events.committed(logged);
         // Jobs scheduled for later: this process's claims look for them (see `due.rs`).
         for job in jobs.iter().filter(|j| j.run_at.is_some()) {

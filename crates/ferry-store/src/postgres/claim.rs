@@ -110,17 +110,53 @@ impl ClaimTx for PgTx<'_> {
     }
 }
 
-/// The claim of a queue no rate applies to (`claim.sql`): on the pool, or inside the
-/// transaction of a submission that runs a parked claim.
-/// `tell` is the events channel and this store's origin (see `postgres/events.rs`).
-pub(super) async fn claim_plain<'e>(ex: impl sqlx::PgExecutor<'e>, req: &ClaimRequest) -> Result<Claimed, StoreError> {
-    let rows = sqlx::query(CLAIM)
-        .bind(&req.queue)
-        .bind(req.limit as i64)
-        .bind(&req.worker)
-        .bind(time::ms(req.lease_ms))
-        .fetch_all(ex)
-        .await?;
+impl PgStore {
+    /// The claim of a queue no rate applies to, from the queue's head when this process
+    /// knows one (see `postgres/head.rs`), completed over the whole queue when that comes
+    /// back short.
+    pub(super) async fn claim_from_head(&self, req: &ClaimRequest) -> Result<Claimed, StoreError> {
+        let ticket = self.heads.start(&req.queue);
+        let first = claim_plain(&self.pool, req, ticket.after).await?;
+        if ticket.after.is_none() || first.jobs.len() >= req.limit {
+            self.heads.claimed(&req.queue, ticket, ticket.after.is_none(), last_if_full(&first, req.limit));
+            return Ok(first);
+        }
+        let rest = ClaimRequest { limit: req.limit - first.jobs.len(), ..req.clone() };
+        let more = claim_plain(&self.pool, &rest, None).await?;
+        self.heads.claimed(&req.queue, ticket, true, last_if_full(&more, rest.limit));
+        let mut jobs = first.jobs;
+        jobs.extend(more.jobs);
+        Ok(Claimed { jobs: row::in_claim_order(jobs), rate_wait_ms: None })
+    }
+}
+
+/// The key of a claim's last job (they are in claim order) when it took all it asked for.
+fn last_if_full(claimed: &Claimed, limit: usize) -> Option<head::Key> {
+    let last = claimed.jobs.last().filter(|_| claimed.jobs.len() >= limit)?;
+    Some(head::Key { priority: last.priority, run_at: last.run_at, id: last.id })
+}
+
+/// The claim of a queue no rate applies to (`claim.sql`), over the whole queue or after
+/// `after`: on the pool, or inside the transaction of a submission that runs a parked
+/// claim.
+pub(super) async fn claim_plain<'e>(
+    ex: impl sqlx::PgExecutor<'e>,
+    req: &ClaimRequest,
+    after: Option<head::Key>,
+) -> Result<Claimed, StoreError> {
+    let query = sqlx::query(match after {
+        None => CLAIM.as_str(),
+        Some(_) => CLAIM_AFTER.as_str(),
+    })
+    .bind(&req.queue)
+    .bind(req.limit as i64)
+    .bind(&req.worker)
+    .bind(time::ms(req.lease_ms));
+    let query = match after {
+        None => query,
+        Some(k) => query.bind(k.priority).bind(k.run_at).bind(k.id),
+    };
+    let rows = query.fetch_all(ex).await?;
     let mut claimed = Vec::with_capacity(rows.len());
     for r in &rows {
         let mut job = claimed_from_row(r, r.try_get(16)?)?;

@@ -66,8 +66,14 @@ impl PgStore {
             .collect();
         self.committed(applied.iter().map(|(id, _)| Subject::Job(*id)));
         // A retry is due later: this process's claims look for it again (see `due.rs`).
-        for fin in fins.iter().filter(|f| matches!(f.result, crate::FinishResult::Retry { .. })) {
-            self.due.forget(&fin.queue);
+        for fin in &fins {
+            match fin.result {
+                crate::FinishResult::Retry { .. } => self.due.forget(&fin.queue),
+                // Ready again at its old place in claim order, maybe before the head
+                // (`postgres/head.rs`); other processes forget on the notification.
+                crate::FinishResult::Released => self.heads.forget(&fin.queue),
+                _ => {}
+            }
         }
         Ok(fins.iter().map(|f| applied.contains(&(f.id, f.attempt as i32))).collect())
     }

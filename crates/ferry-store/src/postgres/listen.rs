@@ -5,13 +5,15 @@ use super::*;
 
 /// What the notification connection listens to, and whom it tells.
 pub(super) struct Listening {
-    /// Payload: a queue with new work, or `queue\norigin` (see `submit_tail.sql`).
+    /// Payload: a queue with new work, maybe with more (see [`head::Wakeup`]).
     pub(super) wakeups: String,
     /// Wake-ups marked with this origin are this store's own, already answered.
     pub(super) origin: String,
     /// Payload: the id of a running job that was cancelled.
     pub(super) cancels: String,
     pub(super) queues: Arc<Wakeups>,
+    /// Where deep queues' claims start: forgotten when a job may come before.
+    pub(super) heads: Arc<head::Heads>,
     pub(super) cancelled: broadcast::Sender<JobId>,
     /// Payload: none; tokens were created or revoked.
     pub(super) tokens: String,
@@ -40,6 +42,7 @@ pub(super) async fn listen(pool: PgPool, l: Listening) {
             continue;
         }
         // Anything may have happened while we were not listening.
+        l.heads.forget_all();
         wakeups.all();
         let _ = l.token_changes.send(());
         l.events.committed_all();
@@ -58,18 +61,25 @@ pub(super) async fn listen(pool: PgPool, l: Listening) {
                         let _ = l.cancelled.send(id);
                     }
                 }
-                Ok(Some(n)) => match n.payload().split_once('\n') {
-                    Some((_, origin)) if origin == l.origin => {}
-                    Some((queue, _)) => wakeups.get(queue).notify_one(),
-                    None => wakeups.get(n.payload()).notify_one(),
+                Ok(Some(n)) => match head::Wakeup::parse(n.payload()) {
+                    w if w.origin == Some(l.origin.as_str()) => {}
+                    w => {
+                        match w.arrived {
+                            Some((priority, run_at)) => l.heads.arrived(w.queue, priority, run_at),
+                            None => l.heads.forget(w.queue),
+                        }
+                        wakeups.get(w.queue).notify_one();
+                    }
                 },
                 Ok(None) => {
                     tracing::warn!("notification connection lost; reconnecting");
+                    l.heads.forget_all();
                     wakeups.all();
                     l.events.committed_all();
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "notification connection failed; reconnecting");
+                    l.heads.forget_all();
                     wakeups.all();
                     l.events.committed_all();
                     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -59,7 +59,7 @@ pub async fn warm(conn: &mut sqlx::PgConnection, channel: &str) -> Result<(), St
             .bind("")
             .fetch_all(&mut *tx)
             .await?;
-        claim_plain(&mut *tx, &none).await?;
+        claim_plain(&mut *tx, &none, None).await?;
     }
     tx.rollback().await?;
     Ok(())
