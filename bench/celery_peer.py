@@ -36,6 +36,7 @@ class CeleryPeer(System):
             "worker_prefetch_multiplier": 4,
             "serializer": "json",
             "worker flags": "--without-gossip --without-mingle --without-heartbeat -l WARNING",
+            "pickup_gap_ms": self.opts.pickup_gap_ms,
             "redis": "redis-server with its defaults (RDB snapshots 3600 1 / 300 100 / 60 10000, no AOF)",
             "submission": "bulk backlogs (throughput, scale): one apply_async message copied with fresh ids, "
                           "written by pipelined LPUSH; one at a time (retry, load): apply_async (send_task) from "
@@ -180,6 +181,7 @@ class CeleryPeer(System):
         deadline = time.time() + limit
         lat = []
         for i in range(warmup + n):
+            time.sleep(self.opts.pickup_gap_ms / 1000)
             t_sub = time.time()
             res = self.app.send_task("bench.stamp")
             started = res.get(timeout=max(1.0, min(30.0, deadline - time.time())))

@@ -49,6 +49,12 @@ def main():
     ap.add_argument("--concurrency", type=concurrency_arg, default=64,
                     help="Ferry's queue concurrency = Celery's pool size; `default`: each system's own "
                     "(Ferry 10 per queue, Celery the number of CPUs)")
+    ap.add_argument("--pickup-wait", choices=["poll", "push"], default="poll",
+                    help="how the pickup scenario's client waits for each job to end: poll (Ferry: GET the job "
+                         "every 0.5 ms) or push (Ferry: its event stream); Celery always waits on its result "
+                         "backend's pub/sub")
+    ap.add_argument("--pickup-gap-ms", type=float, default=0.0,
+                    help="pause between one pickup job's end and the next one's submission (every system)")
     ap.add_argument("--chain-runs", type=int, default=20, help="timed chain runs per round (after one warm-up)")
     ap.add_argument("--celery-producers", type=int, default=2, help="processes submitting to Celery")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for the JSON and Markdown")

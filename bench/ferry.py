@@ -73,6 +73,9 @@ class Ferry(System):
             "poll_ms": 1000, "lease_ms": 30000, "heartbeat_ms": 5000,
             "log": "warn",
             "submission": "POST /v1/jobs/batch, 1000 jobs per request, 4 client threads",
+            "pickup_wait": ("the job's event stream (push)" if self.opts.pickup_wait == "push"
+                            else "GET /v1/jobs/{id} every 0.5 ms (poll)"),
+            "pickup_gap_ms": self.opts.pickup_gap_ms,
         }
         if self.backend == "postgres":
             s["database"] = "a fresh database per scenario on the local server (" + self.opts.pg_url + ")"
@@ -264,9 +267,14 @@ class Ferry(System):
         deadline = time.time() + limit
         lat = []
         for i in range(warmup + n):
+            time.sleep(self.opts.pickup_gap_ms / 1000)
             t_sub = time.time()
             jid = self.call("POST", "/v1/jobs", FERRY_NOOP)["id"]
-            started = self.await_started(jid, deadline, f"pickup: {i} of {warmup + n} jobs done at the time limit")
+            what = f"pickup: {i} of {warmup + n} jobs done at the time limit"
+            if self.opts.pickup_wait == "push":
+                started = self.await_started(jid, deadline, what)
+            else:
+                started = parse_rfc3339(self.await_job(jid, deadline, what)["attempts"][0]["started_at"])
             if i >= warmup:
                 lat.append(started - t_sub)
         return latency_summary(lat)
@@ -275,8 +283,8 @@ class Ferry(System):
         """Waits for the job to succeed on its event stream (Server-Sent Events, pushed by
         the server as the events commit, as Celery's client waits on Redis pub/sub) and
         returns its first attempt's start (the `started` event's time, the attempt's
-        `started_at`). Nothing polls the system meanwhile: a client polling every 0.5 ms
-        shared the 2 cores with the worker it was timing."""
+        `started_at`): `--pickup-wait push`. Nothing polls the system meanwhile, which
+        also means nothing keeps its threads awake (see BENCHMARKS.md)."""
         if self.sse is None:
             self.sse = http.client.HTTPConnection(self.base.removeprefix("http://"))
         self.sse.timeout = max(1.0, deadline - time.time())
