@@ -11,6 +11,7 @@
 pub mod admission;
 pub mod auth;
 pub mod backoff;
+pub mod breaker;
 pub mod error;
 pub mod job;
 pub mod run;

@@ -1,0 +1,342 @@
+//! Circuit breakers: whether a target's jobs may be attempted now, decided from the
+//! target's recent outcomes.
+//!
+//! A breaker guards one target (an HTTP host, or any key a job names). It is
+//! - **closed**: attempts go. It trips (→ open) after `failures` failures in a row that
+//!   count against the target, or, once `min_calls` outcomes were seen in the current
+//!   window of `window_ms`, when the share of failures among them reaches `ratio` (0 turns
+//!   the ratio rule off). The window is fixed: it starts afresh once `window_ms` passed.
+//! - **open**: nothing is attempted until the cool-down has passed (`cool_down_ms` for the
+//!   first trip; each trip in a row without a close doubles it, up to `max_cool_down_ms`).
+//! - **half-open**: up to `probes` attempts at once go as probes. A probe that succeeds
+//!   closes the breaker (and the cool-down starts again from `cool_down_ms` next time);
+//!   one that fails opens it again with the longer cool-down.
+//!
+//! What counts against a target ([`Outcome::of`]): a retryable failure that says the
+//! target is unwell (a timeout, a connection error, a retryable HTTP status such as a 5xx,
+//! a 429). A job's own fault (its input, a cancel, its budget), a worker lost or Ferry's
+//! own error say nothing of the target and count neither way; a late outcome of an
+//! attempt begun before the breaker opened is ignored while it is open.
+//!
+//! This is the rule only, with no clock and no I/O: a store keeps one [`Breaker`] per key
+//! and applies [`Breaker::admit`] and [`Breaker::record`] in the transaction that reads
+//! it, so every process sees one breaker and transitions never race.
+
+use crate::error::{ErrorType, JobError};
+use crate::time::{self, Micros};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// When a breaker trips and how it recovers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// Failures in a row that trip a closed breaker.
+    pub failures: u32,
+    /// The share of failures in the window that trips it (0: no ratio rule).
+    pub ratio: f64,
+    /// Outcomes the window must hold before the ratio applies.
+    pub min_calls: u32,
+    /// The window's length.
+    pub window_ms: u64,
+    /// How long a breaker stays open after its first trip.
+    pub cool_down_ms: u64,
+    /// The longest cool-down, however many trips in a row.
+    pub max_cool_down_ms: u64,
+    /// Probe attempts at once while half-open.
+    pub probes: u32,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            failures: 5,
+            ratio: 0.5,
+            min_calls: 20,
+            window_ms: 60_000,
+            cool_down_ms: 30_000,
+            max_cool_down_ms: 600_000,
+            probes: 1,
+        }
+    }
+}
+
+/// A breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    #[default]
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+/// One target's breaker, as a store keeps it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Breaker {
+    pub state: BreakerState,
+    /// Failures in a row, while closed.
+    pub consecutive: u32,
+    /// The current window: when it began and what it saw.
+    pub window_start: Micros,
+    pub successes: u32,
+    pub window_failures: u32,
+    /// While open: when probes may begin.
+    pub retry_at: Micros,
+    /// The cool-down of the last trip (0: no trip since the last close).
+    pub cool_down_ms: u64,
+    /// Probes under way, while half-open.
+    pub probing: u32,
+    /// Trips since the breaker was made.
+    pub trips: u64,
+}
+
+/// Whether an attempt may start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Closed: go.
+    Go,
+    /// Half-open: go as a probe (record its outcome with `probe: true`).
+    Probe,
+    /// Open, or every probe is under way: wait until then without spending an attempt.
+    Wait { until: Micros },
+}
+
+/// What an attempt's end says of its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+    /// Says nothing of the target.
+    Neutral,
+}
+
+impl Outcome {
+    /// The outcome of an attempt that succeeded (`None`) or failed with `error`.
+    pub fn of(error: Option<&JobError>) -> Outcome {
+        let Some(e) = error else { return Outcome::Success };
+        match e.error_type {
+            ErrorType::Timeout | ErrorType::Network | ErrorType::HttpStatus | ErrorType::RateLimited if e.retryable => {
+                Outcome::Failure
+            }
+            _ => Outcome::Neutral,
+        }
+    }
+}
+
+/// A change of state worth telling (an event, a metric, an escalation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Tripped from closed, or reopened by a failed probe; probes may begin at `retry_at`.
+    Opened { retry_at: Micros, cool_down_ms: u64 },
+    /// The first probe began.
+    HalfOpened,
+    /// A probe succeeded.
+    Closed,
+}
+
+impl Breaker {
+    /// Whether an attempt may start at `now`, and the change that made (open → half-open).
+    pub fn admit(&mut self, s: &BreakerSettings, now: Micros) -> (Admit, Option<Change>) {
+        let mut change = None;
+        if self.state == BreakerState::Open {
+            if now < self.retry_at {
+                return (Admit::Wait { until: self.retry_at }, None);
+            }
+            self.state = BreakerState::HalfOpen;
+            self.probing = 0;
+            change = Some(Change::HalfOpened);
+        }
+        match self.state {
+            BreakerState::Closed => (Admit::Go, change),
+            _ if self.probing < s.probes.max(1) => {
+                self.probing += 1;
+                (Admit::Probe, change)
+            }
+            // Every probe is under way: try again when one more cool-down has passed (a
+            // probe that closes the breaker lets the waiting jobs go sooner).
+            _ => (Admit::Wait { until: now + time::ms(self.cool_down_ms.max(1)) }, change),
+        }
+    }
+
+    /// Records an attempt's end; `probe` when it was admitted as one.
+    pub fn record(&mut self, s: &BreakerSettings, now: Micros, outcome: Outcome, probe: bool) -> Option<Change> {
+        if probe && self.state == BreakerState::HalfOpen {
+            self.probing = self.probing.saturating_sub(1);
+            return match outcome {
+                Outcome::Success => {
+                    *self = Breaker { window_start: now, trips: self.trips, ..Breaker::default() };
+                    Some(Change::Closed)
+                }
+                Outcome::Failure => Some(self.trip(s, now)),
+                Outcome::Neutral => None,
+            };
+        }
+        if self.state != BreakerState::Closed {
+            // A late end of an attempt begun before the trip.
+            return None;
+        }
+        if now.saturating_sub(self.window_start) >= time::ms(s.window_ms) {
+            (self.window_start, self.successes, self.window_failures) = (now, 0, 0);
+        }
+        match outcome {
+            Outcome::Success => {
+                self.consecutive = 0;
+                self.successes += 1;
+                None
+            }
+            Outcome::Failure => {
+                self.consecutive += 1;
+                self.window_failures += 1;
+                let seen = self.successes + self.window_failures;
+                let by_ratio = s.ratio > 0.0
+                    && seen >= s.min_calls.max(1)
+                    && f64::from(self.window_failures) >= s.ratio * f64::from(seen);
+                (self.consecutive >= s.failures.max(1) || by_ratio).then(|| self.trip(s, now))
+            }
+            Outcome::Neutral => None,
+        }
+    }
+
+    /// Opens the breaker: the first trip since a close waits `cool_down_ms`, each further
+    /// one twice the last, up to `max_cool_down_ms`.
+    fn trip(&mut self, s: &BreakerSettings, now: Micros) -> Change {
+        let cool_down_ms = match self.cool_down_ms {
+            0 => s.cool_down_ms,
+            last => last.saturating_mul(2),
+        }
+        .min(s.max_cool_down_ms.max(s.cool_down_ms));
+        self.state = BreakerState::Open;
+        self.cool_down_ms = cool_down_ms;
+        self.retry_at = now + time::ms(cool_down_ms);
+        self.probing = 0;
+        self.consecutive = 0;
+        self.trips += 1;
+        Change::Opened { retry_at: self.retry_at, cool_down_ms }
+    }
+
+    /// Forced open by an operator, until `now` plus the next cool-down.
+    pub fn force_open(&mut self, s: &BreakerSettings, now: Micros) -> Change {
+        self.trip(s, now)
+    }
+
+    /// Forced closed (or reset) by an operator: as new, keeping the count of trips.
+    pub fn reset(&mut self, now: Micros) {
+        *self = Breaker { window_start: now, trips: self.trips, ..Breaker::default() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000;
+
+    fn settings() -> BreakerSettings {
+        BreakerSettings { ratio: 0.0, ..BreakerSettings::default() }
+    }
+
+    fn fail(b: &mut Breaker, s: &BreakerSettings, now: Micros) -> Option<Change> {
+        assert_eq!(b.admit(s, now).0, Admit::Go);
+        b.record(s, now, Outcome::Failure, false)
+    }
+
+    #[test]
+    fn trips_after_n_failures_in_a_row_and_a_success_starts_the_count_again() {
+        let s = settings();
+        let mut b = Breaker::default();
+        for i in 0..4 {
+            assert_eq!(fail(&mut b, &s, i), None);
+        }
+        assert_eq!(b.record(&s, 4, Outcome::Success, false), None);
+        for i in 5..9 {
+            assert_eq!(fail(&mut b, &s, i), None, "four in a row since the success");
+        }
+        // Neutral outcomes neither count nor break the run.
+        assert_eq!(b.record(&s, 9, Outcome::Neutral, false), None);
+        let change = fail(&mut b, &s, 10).expect("the fifth in a row trips");
+        assert_eq!(change, Change::Opened { retry_at: 10 + 30 * S as Micros, cool_down_ms: 30_000 });
+        assert_eq!(b.state, BreakerState::Open);
+        assert_eq!(b.admit(&s, 11).0, Admit::Wait { until: 10 + 30 * S as Micros });
+    }
+
+    #[test]
+    fn a_half_open_probe_closes_or_reopens_with_a_longer_cool_down() {
+        let s = settings();
+        let mut b = Breaker::default();
+        b.force_open(&s, 0);
+        let t = 30 * S as Micros;
+        assert_eq!(b.admit(&s, t - 1).0, Admit::Wait { until: t }, "not before the cool-down");
+        assert_eq!(b.admit(&s, t), (Admit::Probe, Some(Change::HalfOpened)));
+        assert!(matches!(b.admit(&s, t).0, Admit::Wait { .. }), "one probe at a time");
+        // A late failure of an attempt from before the trip changes nothing.
+        assert_eq!(b.record(&s, t, Outcome::Failure, false), None);
+        let change = b.record(&s, t + 1, Outcome::Failure, true).expect("a failed probe reopens");
+        assert_eq!(change, Change::Opened { retry_at: t + 1 + 60 * S as Micros, cool_down_ms: 60_000 });
+        // Again, and the cool-down keeps doubling up to its ceiling.
+        for want in [120_000, 240_000, 480_000, 600_000, 600_000] {
+            let at = b.retry_at;
+            assert_eq!(b.admit(&s, at).0, Admit::Probe);
+            assert_eq!(
+                b.record(&s, at, Outcome::Failure, true),
+                Some(Change::Opened { retry_at: at + want as Micros * 1000, cool_down_ms: want })
+            );
+        }
+        let at = b.retry_at;
+        assert_eq!(b.admit(&s, at).0, Admit::Probe);
+        assert_eq!(b.record(&s, at, Outcome::Neutral, true), None, "a neutral probe frees its slot");
+        assert_eq!(b.admit(&s, at).0, Admit::Probe);
+        assert_eq!(b.record(&s, at, Outcome::Success, true), Some(Change::Closed));
+        assert_eq!(b.state, BreakerState::Closed);
+        assert_eq!(b.admit(&s, at).0, Admit::Go);
+        // The next trip starts from the first cool-down again.
+        for i in 0..4 {
+            fail(&mut b, &s, at + i);
+        }
+        assert_eq!(
+            fail(&mut b, &s, at + 4),
+            Some(Change::Opened { retry_at: at + 4 + 30 * S as Micros, cool_down_ms: 30_000 })
+        );
+        assert_eq!(b.trips, 8);
+    }
+
+    #[test]
+    fn the_ratio_trips_once_the_window_holds_enough_outcomes_and_the_window_starts_afresh() {
+        let s = BreakerSettings { failures: 100, ratio: 0.5, min_calls: 10, ..BreakerSettings::default() };
+        let mut b = Breaker::default();
+        let outcomes = [Outcome::Success; 6].into_iter().chain([Outcome::Failure; 3]);
+        for (i, outcome) in outcomes.enumerate() {
+            assert_eq!(b.record(&s, i as Micros, outcome, false), None, "fewer than min_calls seen ({i})");
+        }
+        assert_eq!(b.record(&s, 9, Outcome::Failure, false), None, "4 of 10: under the ratio");
+        assert_eq!(b.record(&s, 10, Outcome::Failure, false), None, "5 of 11: under it");
+        assert!(matches!(b.record(&s, 11, Outcome::Failure, false), Some(Change::Opened { .. })), "6 of 12: at it");
+        // After the window, the counts start again.
+        let mut b = Breaker::default();
+        for i in 0..9 {
+            b.record(&s, i, Outcome::Failure, false);
+        }
+        let later = 61 * S as Micros;
+        assert_eq!(b.record(&s, later, Outcome::Failure, false), None, "a fresh window holds one outcome");
+        assert_eq!((b.window_start, b.window_failures), (later, 1));
+    }
+
+    #[test]
+    fn what_counts_against_a_target() {
+        let e = |t: ErrorType, retryable: bool| JobError { error_type: t, message: String::new(), retryable };
+        assert_eq!(Outcome::of(None), Outcome::Success);
+        for t in [ErrorType::Timeout, ErrorType::Network, ErrorType::HttpStatus, ErrorType::RateLimited] {
+            assert_eq!(Outcome::of(Some(&e(t, true))), Outcome::Failure, "{t}");
+            assert_eq!(Outcome::of(Some(&e(t, false))), Outcome::Neutral, "{t} not retryable (a 4xx)");
+        }
+        for t in [
+            ErrorType::Validation,
+            ErrorType::Cancelled,
+            ErrorType::WorkerLost,
+            ErrorType::Internal,
+            ErrorType::CircuitOpen,
+        ] {
+            assert_eq!(Outcome::of(Some(&e(t, true))), Outcome::Neutral, "{t}");
+        }
+    }
+}
