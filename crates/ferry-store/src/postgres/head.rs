@@ -18,7 +18,8 @@
 //!
 //! What is known is forgotten whenever a job may have become ready before the head:
 //! - a submission, on any node, whose jobs come first (a higher priority, or the head's
-//!   priority and an earlier due time): the wake-up of a submission carries its jobs'
+//!   priority and an earlier due time), or any submission while no head is known (a claim
+//!   under way may not have seen it): the wake-up of a submission carries its jobs'
 //!   highest priority and earliest due time (`submit_tail.sql`);
 //! - any other wake-up of the queue, from this process or another (a hand-back, a replay,
 //!   a held job released, a queue resumed: these carry no keys), a promotion of due jobs by
@@ -113,13 +114,16 @@ impl Heads {
     }
 
     /// Jobs of `queue` became ready, the first of them in claim order at `priority` and
-    /// `run_at` at the earliest: forgets the head if they may come before it.
+    /// `run_at` at the earliest: forgets the head if they may come before it. With no head
+    /// known it forgets too: a claim over the whole queue under way may have begun before
+    /// they were there, and must not leave a head past them.
     pub(super) fn arrived(&self, queue: &str, priority: i32, run_at: Micros) {
         let before = {
             let map = self.lock();
-            map.get(queue)
-                .and_then(|q| q.head.as_ref())
-                .is_some_and(|h| priority > h.key.priority || (priority == h.key.priority && run_at <= h.key.run_at))
+            match map.get(queue).and_then(|q| q.head.as_ref()) {
+                Some(h) => priority > h.key.priority || (priority == h.key.priority && run_at <= h.key.run_at),
+                None => true,
+            }
         };
         if before {
             self.forget(queue);
@@ -210,6 +214,12 @@ mod tests {
         assert_eq!(heads.start("q").after, None, "a higher priority comes first");
         place(&heads);
         heads.forget_all();
+        assert_eq!(heads.start("q").after, None);
+        // With no head, a claim over the whole queue under way when jobs arrive may not
+        // have seen them: it leaves no head, wherever they stand.
+        let under_way = heads.start("q");
+        heads.arrived("q", -5, 1_000_000);
+        heads.claimed("q", under_way, true, Some(k));
         assert_eq!(heads.start("q").after, None);
     }
 
