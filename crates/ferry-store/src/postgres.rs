@@ -102,10 +102,18 @@ static SUBMIT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 const PROMOTE_DUE: &str = include_str!("../sql/postgres/promote_due.sql");
 const CLAIM_SQL: &str = include_str!("../sql/postgres/claim.sql");
 /// `claim.sql` over the whole queue.
-static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| CLAIM_SQL.replace("{after}", ""));
-/// `claim.sql` from a deep queue's head (see `postgres/head.rs`).
-static CLAIM_AFTER: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| CLAIM_SQL.replace("{after}", "AND priority = $5 AND (run_at, id) > ($6, $7)"));
+static CLAIM: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| CLAIM_SQL.replace("{after}", "").replace("{commit}", ""));
+/// `claim.sql` on its own, over the whole queue: its commit does not wait for the disk.
+static CLAIM_ALONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    CLAIM_SQL.replace("{after}", "").replace("{commit}", ", set_config('synchronous_commit', 'off', true)")
+});
+/// `claim.sql` on its own from a deep queue's head (see `postgres/head.rs`).
+static CLAIM_AFTER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    CLAIM_SQL
+        .replace("{after}", "AND priority = $5 AND (run_at, id) > ($6, $7)")
+        .replace("{commit}", ", set_config('synchronous_commit', 'off', true)")
+});
 const CLAIM_IDS: &str = include_str!("../sql/postgres/claim_ids.sql");
 /// How long a process reuses the rates it read (see [`crate::rate`]): a change made
 /// elsewhere applies here within this time, and the one made here at once.

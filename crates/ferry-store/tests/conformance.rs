@@ -633,19 +633,20 @@ async fn postgres_claim_query_uses_the_ready_index() {
     let body = body.join("\n");
     // Over the whole queue, and from a deep queue's head (`postgres/head.rs`): an index
     // range of jobs_ready that starts at the head.
-    for after in ["", "AND priority = $5 AND (run_at, id) > ($6, $7)"] {
-        let plan: Vec<String> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {}", body.replace("{after}", after))))
-                .bind("default")
-                .bind(10i64)
-                .bind("w")
-                .bind(30_000_000i64)
-                .bind(0i32)
-                .bind(0i64)
-                .bind(JobId::nil())
-                .fetch_all(&mut *conn)
-                .await
-                .unwrap();
+    let alone = ", set_config('synchronous_commit', 'off', true)";
+    for (after, commit) in [("", ""), ("", alone), ("AND priority = $5 AND (run_at, id) > ($6, $7)", alone)] {
+        let statement = body.replace("{after}", after).replace("{commit}", commit);
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {statement}")))
+            .bind("default")
+            .bind(10i64)
+            .bind("w")
+            .bind(30_000_000i64)
+            .bind(0i32)
+            .bind(0i64)
+            .bind(JobId::nil())
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
         let plan = plan.join("\n");
         assert!(plan.contains("jobs_ready"), "the claim ({after:?}) does not use jobs_ready:\n{plan}");
         if !after.is_empty() {

@@ -138,7 +138,7 @@ impl PgStore {
         };
         let mut parked = Vec::with_capacity(parks.len());
         for park in parks {
-            let claimed = claim_plain(&mut *tx, &park.req, None).await;
+            let claimed = claim_plain(&mut *tx, &park.req, None, false).await;
             parked.push((park, claimed));
         }
         let committed = match parked.iter().any(|(_, c)| c.is_err()) {

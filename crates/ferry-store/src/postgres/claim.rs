@@ -116,13 +116,13 @@ impl PgStore {
     /// back short.
     pub(super) async fn claim_from_head(&self, req: &ClaimRequest) -> Result<Claimed, StoreError> {
         let ticket = self.heads.start(&req.queue);
-        let first = claim_plain(&self.pool, req, ticket.after).await?;
+        let first = claim_plain(&self.pool, req, ticket.after, true).await?;
         if ticket.after.is_none() || first.jobs.len() >= req.limit {
             self.heads.claimed(&req.queue, ticket, ticket.after.is_none(), last_if_full(&first, req.limit));
             return Ok(first);
         }
         let rest = ClaimRequest { limit: req.limit - first.jobs.len(), ..req.clone() };
-        let more = claim_plain(&self.pool, &rest, None).await?;
+        let more = claim_plain(&self.pool, &rest, None, true).await?;
         self.heads.claimed(&req.queue, ticket, true, last_if_full(&more, rest.limit));
         let mut jobs = first.jobs;
         jobs.extend(more.jobs);
@@ -143,10 +143,12 @@ pub(super) async fn claim_plain<'e>(
     ex: impl sqlx::PgExecutor<'e>,
     req: &ClaimRequest,
     after: Option<head::Key>,
+    alone: bool,
 ) -> Result<Claimed, StoreError> {
-    let query = sqlx::query(match after {
-        None => CLAIM.as_str(),
-        Some(_) => CLAIM_AFTER.as_str(),
+    let query = sqlx::query(match (after, alone) {
+        (None, false) => CLAIM.as_str(),
+        (None, true) => CLAIM_ALONE.as_str(),
+        (Some(_), _) => CLAIM_AFTER.as_str(),
     })
     .bind(&req.queue)
     .bind(req.limit as i64)

@@ -59,7 +59,8 @@ pub async fn warm(conn: &mut sqlx::PgConnection, channel: &str) -> Result<(), St
             .bind("")
             .fetch_all(&mut *tx)
             .await?;
-        claim_plain(&mut *tx, &none, None).await?;
+        claim_plain(&mut *tx, &none, None, false).await?;
+        claim_plain(&mut *tx, &none, None, true).await?;
     }
     tx.rollback().await?;
     Ok(())
