@@ -101,19 +101,19 @@ static SUBMIT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 const PROMOTE_DUE: &str = include_str!("../sql/postgres/promote_due.sql");
 const CLAIM_SQL: &str = include_str!("../sql/postgres/claim.sql");
-/// `claim.sql` over the whole queue.
-static CLAIM: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| CLAIM_SQL.replace("{after}", "").replace("{commit}", ""));
-/// `claim.sql` on its own, over the whole queue: its commit does not wait for the disk.
-static CLAIM_ALONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    CLAIM_SQL.replace("{after}", "").replace("{commit}", ", set_config('synchronous_commit', 'off', true)")
-});
+/// `claim.sql`'s text, from a deep queue's head or not (`after`), on its own (its commit
+/// does not wait for the disk) or inside another transaction (`alone`).
+fn claim_sql(after: bool, alone: bool) -> String {
+    let after = if after { "AND priority = $5 AND (run_at, id) > ($6, $7)" } else { "" };
+    let commit = if alone { ", set_config('synchronous_commit', 'off', true)" } else { "" };
+    CLAIM_SQL.replace("{after}", after).replace("{commit}", commit)
+}
+/// `claim.sql` over the whole queue, inside a submission.
+static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| claim_sql(false, false));
+/// `claim.sql` on its own, over the whole queue.
+static CLAIM_ALONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| claim_sql(false, true));
 /// `claim.sql` on its own from a deep queue's head (see `postgres/head.rs`).
-static CLAIM_AFTER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    CLAIM_SQL
-        .replace("{after}", "AND priority = $5 AND (run_at, id) > ($6, $7)")
-        .replace("{commit}", ", set_config('synchronous_commit', 'off', true)")
-});
+static CLAIM_AFTER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| claim_sql(true, true));
 const CLAIM_IDS: &str = include_str!("../sql/postgres/claim_ids.sql");
 /// How long a process reuses the rates it read (see [`crate::rate`]): a change made
 /// elsewhere applies here within this time, and the one made here at once.

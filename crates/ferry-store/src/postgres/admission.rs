@@ -86,12 +86,11 @@ impl PgStore {
             }
             Some(_) => insert_jobs(&mut tx, clock_read, &jobs, &[]).await?,
         };
-        let mut created: HashMap<JobId, (JobState, String)> = HashMap::with_capacity(rows.len());
-        let mut due_at: HashMap<JobId, Micros> = HashMap::with_capacity(rows.len());
+        // Each new job's state, queue and due time.
+        let mut created: HashMap<JobId, (JobState, String, Micros)> = HashMap::with_capacity(rows.len());
         for r in &rows {
             let state: String = r.try_get(1)?;
-            created.insert(r.try_get(0)?, (parse_enum(&state)?, r.try_get(2)?));
-            due_at.insert(r.try_get(0)?, r.try_get(3)?);
+            created.insert(r.try_get(0)?, (parse_enum(&state)?, r.try_get(2)?, r.try_get(3)?));
         }
         // Only a gated submission holds jobs, and it read the clock.
         if let (Some(reason), Some(now)) = (&hold, clock_read) {
@@ -101,7 +100,7 @@ impl PgStore {
             sqlx::query(*HOLD_JOBS).bind(&ids).execute(&mut *tx).await?;
             let mut events = Vec::with_capacity(ids.len());
             for id in &ids {
-                if let Some((state, queue)) = created.get_mut(id) {
+                if let Some((state, queue, _)) = created.get_mut(id) {
                     *state = JobState::Held;
                     let (kind, data) = transition::held_event(queue, reason);
                     events.push((*id, kind, data));
@@ -127,13 +126,13 @@ impl PgStore {
         // Where each queue's new ready jobs start in claim order (see `postgres/head.rs`).
         let mut arrived: HashMap<&str, (i32, Micros)> = HashMap::new();
         for job in &jobs {
-            if let (Some((JobState::Queued, _)), Some(&run_at)) = (created.get(&job.id), due_at.get(&job.id)) {
+            if let Some(&(JobState::Queued, _, run_at)) = created.get(&job.id) {
                 let first = arrived.entry(job.queue.as_str()).or_insert((job.priority, run_at));
                 *first = (first.0.max(job.priority), first.1.min(run_at));
             }
         }
         let touched: BTreeSet<String> = match hold {
-            None => created.into_values().map(|(_, queue)| queue).collect(),
+            None => created.into_values().map(|(_, queue, _)| queue).collect(),
             Some(_) => BTreeSet::new(),
         };
         let mut parked = Vec::with_capacity(parks.len());

@@ -99,18 +99,12 @@ impl Heads {
 
     /// A job of `queue` became ready with no key known.
     pub(super) fn forget(&self, queue: &str) {
-        let mut map = self.lock();
-        let q = map.entry(queue.to_string()).or_default();
-        q.generation += 1;
-        q.head = None;
+        self.lock().entry(queue.to_string()).or_default().forget();
     }
 
     /// As [`Heads::forget`], for every queue.
     pub(super) fn forget_all(&self) {
-        for q in self.lock().values_mut() {
-            q.generation += 1;
-            q.head = None;
-        }
+        self.lock().values_mut().for_each(Queue::forget);
     }
 
     /// Jobs of `queue` became ready, the first of them in claim order at `priority` and
@@ -118,16 +112,23 @@ impl Heads {
     /// known it forgets too: a claim over the whole queue under way may have begun before
     /// they were there, and must not leave a head past them.
     pub(super) fn arrived(&self, queue: &str, priority: i32, run_at: Micros) {
-        let before = {
-            let map = self.lock();
-            match map.get(queue).and_then(|q| q.head.as_ref()) {
-                Some(h) => priority > h.key.priority || (priority == h.key.priority && run_at <= h.key.run_at),
-                None => true,
-            }
+        let mut map = self.lock();
+        let q = map.entry(queue.to_string()).or_default();
+        let before = match &q.head {
+            Some(h) => priority > h.key.priority || (priority == h.key.priority && run_at <= h.key.run_at),
+            None => true,
         };
         if before {
-            self.forget(queue);
+            q.forget();
         }
+    }
+}
+
+impl Queue {
+    /// Drops the head, and the result of every claim under way.
+    fn forget(&mut self) {
+        self.generation += 1;
+        self.head = None;
     }
 }
 

@@ -69,7 +69,7 @@ impl PgStore {
         for fin in &fins {
             match fin.result {
                 crate::FinishResult::Retry { .. } => self.due.forget(&fin.queue),
-                // Ready again at its old place in claim order, maybe before the head
+                // Ready again now at its priority, which may come before the head
                 // (`postgres/head.rs`); other processes forget on the notification.
                 crate::FinishResult::Released => self.heads.forget(&fin.queue),
                 _ => {}

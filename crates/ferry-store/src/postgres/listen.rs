@@ -23,6 +23,16 @@ pub(super) struct Listening {
     pub(super) events: Arc<EventSignal>,
 }
 
+impl Listening {
+    /// Notifications may have been missed: any queue may have work anywhere in its claim
+    /// order, and any log may have grown.
+    fn missed(&self) {
+        self.heads.forget_all();
+        self.queues.all();
+        self.events.committed_all();
+    }
+}
+
 /// Wakes local dispatchers and stops local attempts on notifications from any node.
 pub(super) async fn listen(pool: PgPool, l: Listening) {
     let wakeups = &l.queues;
@@ -42,10 +52,8 @@ pub(super) async fn listen(pool: PgPool, l: Listening) {
             continue;
         }
         // Anything may have happened while we were not listening.
-        l.heads.forget_all();
-        wakeups.all();
+        l.missed();
         let _ = l.token_changes.send(());
-        l.events.committed_all();
         loop {
             match listener.try_recv().await {
                 Ok(Some(n)) if n.channel() == l.events_channel => match events::parse(n.payload(), &l.origin) {
@@ -73,15 +81,11 @@ pub(super) async fn listen(pool: PgPool, l: Listening) {
                 },
                 Ok(None) => {
                     tracing::warn!("notification connection lost; reconnecting");
-                    l.heads.forget_all();
-                    wakeups.all();
-                    l.events.committed_all();
+                    l.missed();
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "notification connection failed; reconnecting");
-                    l.heads.forget_all();
-                    wakeups.all();
-                    l.events.committed_all();
+                    l.missed();
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     break;
                 }
