@@ -141,12 +141,22 @@ pub struct ExecError {
     pub retry_after: Option<Duration>,
     /// Output worth keeping even though the attempt failed (a response body, stderr).
     pub output: Option<serde_json::Value>,
+    /// The target said it is gone for good (a webhook endpoint's 410): its breaker is
+    /// disabled until an operator resets it.
+    pub disables_target: bool,
 }
 
 impl ExecError {
     /// An error of `error_type` with the catalogue's retryability.
     pub fn new(error_type: ErrorType, message: impl Into<String>) -> Self {
-        ExecError { error_type, message: message.into(), retryable: None, retry_after: None, output: None }
+        ExecError {
+            error_type,
+            message: message.into(),
+            retryable: None,
+            retry_after: None,
+            output: None,
+            disables_target: false,
+        }
     }
 
     /// Sets whether this error is retryable.
@@ -158,6 +168,12 @@ impl ExecError {
     /// Attaches output to the failure.
     pub fn with_output(mut self, output: serde_json::Value) -> Self {
         self.output = Some(output);
+        self
+    }
+
+    /// Marks the target as gone for good (see [`ExecError::disables_target`]).
+    pub fn disabling_target(mut self) -> Self {
+        self.disables_target = true;
         self
     }
 

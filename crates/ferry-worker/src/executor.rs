@@ -67,6 +67,13 @@ pub trait Executor: Send + Sync + 'static {
         None
     }
 
+    /// The circuit breaker a job with this (valid) input goes through (see
+    /// [`ferry_core::breaker`]), unless the job names its own: for kinds that call a
+    /// remote, its origin (`scheme://host:port`). `None`: no breaker.
+    fn breaker_key(&self, _input: &Value) -> Option<String> {
+        None
+    }
+
     /// Problems that keep this kind from running safely on this host, for `/readyz`
     /// details; empty when there are none.
     fn readiness(&self) -> Option<Value> {

@@ -112,6 +112,16 @@ fn headers(input: &Value) -> Result<Vec<(String, String)>, SpecError> {
     }
 }
 
+/// A URL's origin, `scheme://host:port` with the port always written: the default key
+/// of the breaker in front of a remote.
+pub(crate) fn origin(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port_or_known_default() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    }
+}
+
 /// Parses `Retry-After`: delay seconds or an HTTP date.
 fn retry_after(value: &str) -> Option<Duration> {
     if let Ok(secs) = value.trim().parse::<u64>() {
@@ -138,6 +148,10 @@ impl Executor for Http {
         }
         opt_u64(input, "max_response_bytes", MAX_RESPONSE)?;
         Ok(())
+    }
+
+    fn breaker_key(&self, input: &Value) -> Option<String> {
+        url(input).ok().map(|u| origin(&u))
     }
 
     async fn run(&self, _attempt: &Attempt, input: Value) -> Result<Value, ExecError> {
@@ -232,6 +246,16 @@ mod tests {
         assert_eq!(field(json!({"url": "http://x", "headers": {"a": 1}})), "input.headers.a");
         assert_eq!(field(json!({"url": "http://x", "connect_timeout_ms": 0})), "input.connect_timeout_ms");
         assert!(h.validate(&json!({"url": "http://127.0.0.1:1/x", "method": "post"})).is_ok());
+    }
+
+    #[test]
+    fn the_breaker_key_is_the_origin_with_its_port() {
+        let h = Http::new();
+        let key = |u: &str| h.breaker_key(&json!({ "url": u }));
+        assert_eq!(key("https://api.example.com/v1/x?y=1").as_deref(), Some("https://api.example.com:443"));
+        assert_eq!(key("http://127.0.0.1:8080/").as_deref(), Some("http://127.0.0.1:8080"));
+        assert_eq!(key("http://[::1]/a").as_deref(), Some("http://[::1]:80"));
+        assert_eq!(key("ftp://x"), None);
     }
 
     #[test]
