@@ -10,7 +10,11 @@
 //!   first trip; each trip in a row without a close doubles it, up to `max_cool_down_ms`).
 //! - **half-open**: up to `probes` attempts at once go as probes. A probe that succeeds
 //!   closes the breaker (and the cool-down starts again from `cool_down_ms` next time);
-//!   one that fails opens it again with the longer cool-down.
+//!   one that fails opens it again with the longer cool-down. A probe whose end is never
+//!   recorded (its worker died) frees its place after [`PROBE_LOST_MS`] or one cool-down,
+//!   whichever is longer.
+//! - **disabled**: the target said it is gone for good (a webhook endpoint's `410 Gone`):
+//!   its jobs die at once with `circuit_open` until an operator resets the breaker.
 //!
 //! What counts against a target ([`Outcome::of`]): a retryable failure that says the
 //! target is unwell (a timeout, a connection error, a retryable HTTP status such as a 5xx,
@@ -26,6 +30,10 @@ use crate::error::{ErrorType, JobError};
 use crate::time::{self, Micros};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+/// How long a probe may go without its end recorded before it is taken for lost (its
+/// worker died) and another may go; longer when the cool-down is.
+pub const PROBE_LOST_MS: u64 = 30_000;
 
 /// When a breaker trips and how it recovers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -61,6 +69,75 @@ impl Default for BreakerSettings {
     }
 }
 
+impl BreakerSettings {
+    /// Checks the settings; the error names the bad field.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let positive = |field, v: u64| if v == 0 { Err((field, "must be at least 1".to_string())) } else { Ok(()) };
+        positive("failures", self.failures.into())?;
+        positive("min_calls", self.min_calls.into())?;
+        positive("window_ms", self.window_ms)?;
+        positive("cool_down_ms", self.cool_down_ms)?;
+        positive("probes", self.probes.into())?;
+        if !(0.0..=1.0).contains(&self.ratio) {
+            return Err(("ratio", "must be from 0 to 1 (0: no ratio rule)".into()));
+        }
+        if self.max_cool_down_ms < self.cool_down_ms {
+            return Err(("max_cool_down_ms", format!("must be at least cool_down_ms ({})", self.cool_down_ms)));
+        }
+        const DAY_MS: u64 = 86_400_000;
+        for (field, v) in [("window_ms", self.window_ms), ("max_cool_down_ms", self.max_cool_down_ms)] {
+            if v > DAY_MS {
+                return Err((field, format!("must be at most {DAY_MS} (a day)")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The configured breaker settings: a target's own, else its job's queue's, else the
+/// defaults (an operator's settings for one key, kept by the store, win over all three).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// `false` turns breakers off: no job is held back, no outcome recorded.
+    pub enabled: bool,
+    /// The settings of every breaker without settings of its own.
+    pub defaults: BreakerSettings,
+    /// Per queue: the breakers its jobs go through.
+    pub queues: std::collections::BTreeMap<String, BreakerSettings>,
+    /// Per target key (`https://api.example.com:443`, or a job's own `breaker`).
+    pub targets: std::collections::BTreeMap<String, BreakerSettings>,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            enabled: true,
+            defaults: BreakerSettings::default(),
+            queues: Default::default(),
+            targets: Default::default(),
+        }
+    }
+}
+
+impl BreakerConfig {
+    /// The settings of the breaker `key` for a job of `queue`.
+    pub fn settings(&self, key: &str, queue: &str) -> &BreakerSettings {
+        self.targets.get(key).or_else(|| self.queues.get(queue)).unwrap_or(&self.defaults)
+    }
+
+    /// Checks every settings block; the error names it (`breakers.queues.webhook.ratio`).
+    pub fn validate(&self) -> Result<(), String> {
+        let named = std::iter::once(("breakers.defaults".to_string(), &self.defaults))
+            .chain(self.queues.iter().map(|(q, s)| (format!("breakers.queues.{q}"), s)))
+            .chain(self.targets.iter().map(|(t, s)| (format!("breakers.targets.\"{t}\""), s)));
+        for (name, s) in named {
+            s.validate().map_err(|(field, why)| format!("{name}.{field} {why}"))?;
+        }
+        Ok(())
+    }
+}
+
 /// A breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -69,6 +146,36 @@ pub enum BreakerState {
     Closed,
     Open,
     HalfOpen,
+    Disabled,
+}
+
+impl BreakerState {
+    /// Every state.
+    pub const ALL: [BreakerState; 4] =
+        [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen, BreakerState::Disabled];
+
+    /// The stable snake_case name, as stored and served.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+            BreakerState::Disabled => "disabled",
+        }
+    }
+}
+
+impl std::fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for BreakerState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        BreakerState::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| format!("unknown breaker state `{s}`"))
+    }
 }
 
 /// One target's breaker, as a store keeps it.
@@ -87,8 +194,15 @@ pub struct Breaker {
     pub cool_down_ms: u64,
     /// Probes under way, while half-open.
     pub probing: u32,
+    /// While half-open: when the probes under way are taken for lost (their ends were
+    /// never recorded), so that new ones may go.
+    #[serde(default)]
+    pub probes_expire_at: Micros,
     /// Trips since the breaker was made.
     pub trips: u64,
+    /// Probes admitted since the breaker was made.
+    #[serde(default)]
+    pub probes: u64,
 }
 
 /// Whether an attempt may start.
@@ -100,6 +214,8 @@ pub enum Admit {
     Probe,
     /// Open, or every probe is under way: wait until then without spending an attempt.
     Wait { until: Micros },
+    /// Disabled: the job dies with `circuit_open`.
+    Refuse,
 }
 
 /// What an attempt's end says of its target.
@@ -131,14 +247,77 @@ pub enum Change {
     Opened { retry_at: Micros, cool_down_ms: u64 },
     /// The first probe began.
     HalfOpened,
-    /// A probe succeeded.
+    /// A probe succeeded, or an operator closed it.
     Closed,
+    /// The target said it is gone for good.
+    Disabled,
+}
+
+impl Change {
+    /// The state the breaker is in after this change.
+    pub fn state(self) -> BreakerState {
+        match self {
+            Change::Opened { .. } => BreakerState::Open,
+            Change::HalfOpened => BreakerState::HalfOpen,
+            Change::Closed => BreakerState::Closed,
+            Change::Disabled => BreakerState::Disabled,
+        }
+    }
+}
+
+/// What a job that may not be attempted now becomes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Held {
+    /// Scheduled again `wait` microseconds from now; the attempt does not count.
+    Wait { wait: Micros },
+    /// Dead with this `circuit_open` error: the breaker is disabled, or the job's retry
+    /// budget ends before the breaker lets it go.
+    Dead(JobError),
+}
+
+/// The rule for a job its breaker holds back: it waits without spending an attempt, unless
+/// the breaker is disabled or the job's retry budget (`deadline_at`) ends first.
+pub fn hold(key: &str, admit: Admit, deadline_at: Option<Micros>, now: Micros) -> Option<Held> {
+    let dead =
+        |why: String| Some(Held::Dead(JobError { error_type: ErrorType::CircuitOpen, message: why, retryable: false }));
+    match admit {
+        Admit::Go | Admit::Probe => None,
+        Admit::Refuse => dead(format!(
+            "the circuit breaker `{key}` is disabled (the target said it is gone); reset it to send again"
+        )),
+        Admit::Wait { until } if deadline_at.is_some_and(|d| until >= d) => {
+            dead(format!("the circuit breaker `{key}` is open until after the job's retry budget ends"))
+        }
+        Admit::Wait { until } => Some(Held::Wait { wait: until.saturating_sub(now).max(0) }),
+    }
 }
 
 impl Breaker {
+    /// The answer [`Breaker::admit`] would give at `now`, when giving it changes nothing
+    /// (closed, disabled, open before its time, every probe under way): a store answers
+    /// these from a plain read, and takes the breaker's lock only for the others.
+    pub fn peek(&self, s: &BreakerSettings, now: Micros) -> Option<Admit> {
+        match self.state {
+            BreakerState::Closed => Some(Admit::Go),
+            BreakerState::Disabled => Some(Admit::Refuse),
+            BreakerState::Open if now < self.retry_at => Some(Admit::Wait { until: self.retry_at }),
+            BreakerState::HalfOpen if self.probing >= s.probes.max(1) && now < self.probes_expire_at => {
+                Some(Admit::Wait { until: self.probes_expire_at })
+            }
+            _ => None,
+        }
+    }
+
     /// Whether an attempt may start at `now`, and the change that made (open → half-open).
     pub fn admit(&mut self, s: &BreakerSettings, now: Micros) -> (Admit, Option<Change>) {
         let mut change = None;
+        if self.state == BreakerState::Disabled {
+            return (Admit::Refuse, None);
+        }
+        if self.state == BreakerState::HalfOpen && self.probing > 0 && now >= self.probes_expire_at {
+            // The probes under way were lost with their workers.
+            self.probing = 0;
+        }
         if self.state == BreakerState::Open {
             if now < self.retry_at {
                 return (Admit::Wait { until: self.retry_at }, None);
@@ -151,11 +330,13 @@ impl Breaker {
             BreakerState::Closed => (Admit::Go, change),
             _ if self.probing < s.probes.max(1) => {
                 self.probing += 1;
+                self.probes += 1;
+                self.probes_expire_at = now + time::ms(self.cool_down_ms.max(PROBE_LOST_MS));
                 (Admit::Probe, change)
             }
             // Every probe is under way: try again when one more cool-down has passed (a
             // probe that closes the breaker lets the waiting jobs go sooner).
-            _ => (Admit::Wait { until: now + time::ms(self.cool_down_ms.max(1)) }, change),
+            _ => (Admit::Wait { until: self.probes_expire_at.max(now + 1) }, change),
         }
     }
 
@@ -165,7 +346,7 @@ impl Breaker {
             self.probing = self.probing.saturating_sub(1);
             return match outcome {
                 Outcome::Success => {
-                    *self = Breaker { window_start: now, trips: self.trips, ..Breaker::default() };
+                    self.reset(now);
                     Some(Change::Closed)
                 }
                 Outcome::Failure => Some(self.trip(s, now)),
@@ -220,9 +401,19 @@ impl Breaker {
         self.trip(s, now)
     }
 
-    /// Forced closed (or reset) by an operator: as new, keeping the count of trips.
+    /// Forced closed (or reset) by an operator: as new, keeping the counts of trips and
+    /// probes.
     pub fn reset(&mut self, now: Micros) {
-        *self = Breaker { window_start: now, trips: self.trips, ..Breaker::default() };
+        *self = Breaker { window_start: now, trips: self.trips, probes: self.probes, ..Breaker::default() };
+    }
+
+    /// Disabled: the target said it is gone for good; nothing goes until a reset.
+    pub fn disable(&mut self) -> Option<Change> {
+        (self.state != BreakerState::Disabled).then(|| {
+            self.state = BreakerState::Disabled;
+            self.probing = 0;
+            Change::Disabled
+        })
     }
 }
 
@@ -319,6 +510,82 @@ mod tests {
         let later = 61 * S as Micros;
         assert_eq!(b.record(&s, later, Outcome::Failure, false), None, "a fresh window holds one outcome");
         assert_eq!((b.window_start, b.window_failures), (later, 1));
+    }
+
+    #[test]
+    fn peek_answers_only_what_changes_nothing_and_agrees_with_admit() {
+        let s = settings();
+        let mut b = Breaker::default();
+        assert_eq!(b.peek(&s, 0), Some(Admit::Go));
+        b.force_open(&s, 0);
+        let t = 30 * S as Micros;
+        assert_eq!(b.peek(&s, t - 1), Some(Admit::Wait { until: t }));
+        assert_eq!(b.peek(&s, t), None, "the first probe changes the state");
+        assert_eq!(b.admit(&s, t).0, Admit::Probe);
+        let busy = b.peek(&s, t + 1);
+        assert_eq!(busy, Some(b.admit(&s, t + 1).0), "every probe under way: a plain wait");
+        assert_eq!(busy, Some(Admit::Wait { until: t + 30 * S as Micros }));
+        // A probe never recorded (its worker died) frees its place after a cool-down.
+        let lost = t + 30 * S as Micros;
+        assert_eq!(b.peek(&s, lost), None);
+        assert_eq!(b.admit(&s, lost).0, Admit::Probe);
+        assert_eq!(b.probes, 2);
+        assert_eq!(b.disable(), Some(Change::Disabled));
+        assert_eq!(b.disable(), None, "once");
+        assert_eq!(b.peek(&s, lost), Some(Admit::Refuse));
+        assert_eq!(b.admit(&s, lost).0, Admit::Refuse);
+        assert_eq!(b.record(&s, lost, Outcome::Success, true), None, "a disabled breaker stays so");
+        b.reset(lost);
+        assert_eq!((b.state, b.trips, b.probes), (BreakerState::Closed, 1, 2));
+    }
+
+    #[test]
+    fn a_held_job_waits_without_an_attempt_unless_disabled_or_out_of_budget() {
+        let wait = Admit::Wait { until: 100 };
+        assert_eq!(hold("k", Admit::Go, Some(1), 50), None);
+        assert_eq!(hold("k", Admit::Probe, None, 50), None);
+        assert_eq!(hold("k", wait, None, 40), Some(Held::Wait { wait: 60 }));
+        assert_eq!(hold("k", wait, Some(101), 40), Some(Held::Wait { wait: 60 }), "the budget ends after");
+        for (admit, deadline) in [(wait, Some(100)), (Admit::Refuse, None)] {
+            match hold("k", admit, deadline, 40) {
+                Some(Held::Dead(e)) => {
+                    assert_eq!((e.error_type, e.retryable), (ErrorType::CircuitOpen, false));
+                    assert!(e.message.contains("`k`"), "{}", e.message);
+                }
+                other => panic!("expected dead, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_target_s_settings_win_over_its_queue_s_over_the_defaults() {
+        let with = |failures| BreakerSettings { failures, ..BreakerSettings::default() };
+        let cfg = BreakerConfig {
+            enabled: true,
+            defaults: with(1),
+            queues: [("q".to_string(), with(2))].into(),
+            targets: [("t".to_string(), with(3))].into(),
+        };
+        assert_eq!(cfg.settings("t", "q").failures, 3);
+        assert_eq!(cfg.settings("other", "q").failures, 2);
+        assert_eq!(cfg.settings("other", "other").failures, 1);
+        let bad = BreakerConfig { queues: [("q".to_string(), with(0))].into(), ..cfg };
+        assert_eq!(bad.validate().unwrap_err(), "breakers.queues.q.failures must be at least 1");
+        let parsed: BreakerConfig = serde_json::from_str("{}").unwrap();
+        assert!(parsed.enabled && BreakerConfig::default().enabled, "on unless turned off");
+    }
+
+    #[test]
+    fn settings_are_checked_field_by_field() {
+        assert_eq!(BreakerSettings::default().validate(), Ok(()));
+        let bad = |s: BreakerSettings| s.validate().unwrap_err().0;
+        let d = BreakerSettings::default;
+        assert_eq!(bad(BreakerSettings { failures: 0, ..d() }), "failures");
+        assert_eq!(bad(BreakerSettings { ratio: 1.5, ..d() }), "ratio");
+        assert_eq!(bad(BreakerSettings { probes: 0, ..d() }), "probes");
+        assert_eq!(bad(BreakerSettings { cool_down_ms: 0, ..d() }), "cool_down_ms");
+        assert_eq!(bad(BreakerSettings { max_cool_down_ms: 10, ..d() }), "max_cool_down_ms");
+        assert_eq!(bad(BreakerSettings { window_ms: 86_400_001, ..d() }), "window_ms");
     }
 
     #[test]

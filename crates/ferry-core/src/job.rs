@@ -14,6 +14,9 @@
 //!                     succeeded ◀──┘  └──▶ retrying ── backoff over ──▶ queued
 //! ```
 //!
+//! Not drawn: a running job whose circuit breaker holds it back goes back to `scheduled`
+//! without spending an attempt (see [`crate::breaker`]).
+//!
 //! The legal moves are listed once, in [`JobState::can_become`]; the stores only ever make
 //! those moves, and a property test holds [`decide_after_failure`] to them.
 
@@ -96,7 +99,7 @@ impl JobState {
             (Held, Scheduled | Queued | Cancelled)
                 | (Scheduled, Queued | Cancelled)
                 | (Queued, Running | Cancelled)
-                | (Running, Succeeded | Retrying | Dead | Cancelled | Queued)
+                | (Running, Succeeded | Retrying | Dead | Cancelled | Queued | Scheduled)
                 | (Retrying, Queued | Cancelled)
                 | (Dead | Cancelled, Queued)
         )
@@ -201,6 +204,11 @@ pub struct JobSpec {
     /// `held`; it is queued when a slot frees, in order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_limit: Option<OnLimit>,
+    /// The circuit breaker the job goes through (1 to 255 bytes, no spaces or control
+    /// characters). Default: the kind's, for kinds that call a remote (`http`: the URL's
+    /// origin, `scheme://host:port`); none for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<String>,
 }
 
 /// What a submission beyond a concurrency limit gets.
@@ -294,6 +302,8 @@ pub struct NewJob {
     /// Set by the submitter when the kind may answer from a recent identical success
     /// (`exec`'s result cache); `None` from [`JobSpec::validate`].
     pub cache_key: Option<String>,
+    /// The job's own breaker key ([`JobSpec::breaker`]); `None`: the kind's, if any.
+    pub breaker: Option<String>,
 }
 
 /// What [`valid_name`] accepts, in an error message's words.
@@ -382,6 +392,11 @@ impl JobSpec {
         {
             return Err(SpecError::invalid("idempotency_key", "must be 1 to 255 bytes"));
         }
+        if let Some(key) = &self.breaker
+            && (key.is_empty() || key.len() > 255 || key.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(SpecError::invalid("breaker", "must be 1 to 255 bytes without spaces or control characters"));
+        }
         let request_hash = self.idempotency_key.as_ref().map(|_| {
             let mut unkeyed = self.clone();
             unkeyed.idempotency_key = None;
@@ -406,6 +421,7 @@ impl JobSpec {
             idempotency_key: self.idempotency_key,
             request_hash,
             cache_key: None,
+            breaker: self.breaker,
         })
     }
 }
@@ -497,6 +513,9 @@ mod tests {
             (JobSpec { timeout_ms: Some(1000), soft_timeout_ms: Some(1001), ..spec("noop") }, "soft_timeout_ms"),
             (JobSpec { delay_ms: Some(1), run_at: Some(Utc::now()), ..spec("noop") }, "delay_ms"),
             (JobSpec { idempotency_key: Some(String::new()), ..spec("noop") }, "idempotency_key"),
+            (JobSpec { breaker: Some(String::new()), ..spec("noop") }, "breaker"),
+            (JobSpec { breaker: Some("a b".into()), ..spec("noop") }, "breaker"),
+            (JobSpec { breaker: Some("x".repeat(256)), ..spec("noop") }, "breaker"),
         ];
         for (s, field) in cases {
             assert_eq!(s.validate("w", "u", 0, &l).unwrap_err().field, field);
@@ -556,7 +575,10 @@ mod tests {
     fn transitions_are_closed() {
         for s in JobState::ALL {
             assert!(!JobState::Succeeded.can_become(s), "succeeded is final");
-            assert!(s == JobState::Held || !s.can_become(JobState::Scheduled), "nothing returns to scheduled");
+            assert!(
+                matches!(s, JobState::Held | JobState::Running) || !s.can_become(JobState::Scheduled),
+                "only a held job or one its breaker holds back becomes scheduled"
+            );
             assert!(!s.can_become(JobState::Held), "a job is held only at submission");
             assert_eq!(s.as_str().parse::<JobState>().unwrap(), s);
         }

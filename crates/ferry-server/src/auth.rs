@@ -140,7 +140,9 @@ impl Auth {
 
 /// The least role a request needs (the OpenAPI document's 403s follow it too).
 pub(crate) fn needed(method: &Method, path: &str) -> Role {
-    if path.starts_with("/v1/tokens")
+    if path == "/v1/breakers" || path.starts_with("/v1/breakers/") {
+        Role::Operator
+    } else if path.starts_with("/v1/tokens")
         || path.starts_with("/v1/limits")
         || (path.starts_with("/v1/queues/") && method != Method::GET)
     {

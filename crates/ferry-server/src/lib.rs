@@ -10,6 +10,7 @@
 //! live here; the store and the engine speak in typed results.
 
 pub mod auth;
+mod breakers;
 pub mod counts;
 pub mod doc;
 mod error;
@@ -59,6 +60,8 @@ pub struct ApiConfig {
     pub default_limits: ferry_store::WorkspaceLimits,
     /// The most waiting jobs each capped queue may hold.
     pub queue_caps: std::collections::BTreeMap<String, u64>,
+    /// The configured circuit-breaker settings (an operator's open uses their cool-down).
+    pub breakers: ferry_core::breaker::BreakerConfig,
 }
 
 impl Default for ApiConfig {
@@ -72,6 +75,7 @@ impl Default for ApiConfig {
             sse_keep_alive: std::time::Duration::from_secs(15),
             default_limits: ferry_store::WorkspaceLimits::default(),
             queue_caps: Default::default(),
+            breakers: Default::default(),
         }
     }
 }
@@ -174,6 +178,11 @@ impl ApiState {
             spec.timeout_ms = executor.default_timeout_ms().map(|t| t.min(self.cfg.limits.max_timeout_ms));
         }
         let mut job = spec.validate(&caller.workspace, &caller.user, now, &self.cfg.limits)?;
+        // The kind's breaker unless the job names its own: kept on the job, so that its
+        // wait is visible and the breaker's close finds it.
+        if job.breaker.is_none() {
+            job.breaker = executor.breaker_key(&job.input);
+        }
         job.cache_key = executor.cache(&job.input).map(|p| p.key);
         Ok(job)
     }
@@ -255,6 +264,8 @@ fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(system::queues))
         .routes(routes!(system::set_queue))
         .routes(routes!(system::workers))
+        .routes(routes!(breakers::list))
+        .routes(routes!(breakers::get, breakers::set))
         .routes(routes!(system::healthz))
         .routes(routes!(system::readyz))
         .routes(routes!(system::metrics))

@@ -332,6 +332,7 @@ pub async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
             set_queue_gauges(&q, 0, 0, 0, 0, 0);
         }
     }
+    crate::breakers::set_gauges(&st).await;
     if let Some(engine) = &st.engine {
         metrics::gauge!("ferry_worker_attempts_running").set(engine.running() as f64);
     }

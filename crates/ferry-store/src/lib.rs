@@ -345,6 +345,31 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Applies one operation to the circuit breaker `key` in one transaction that locks
+    /// its row (see `rules::breakers`), so that every process sees one breaker and
+    /// transitions never race.
+    async fn breaker(&self, key: &str, op: BreakerOp) -> Result<BreakerOutcome, StoreError>;
+
+    /// The breakers the store keeps (only `key`'s when given), by key.
+    async fn breakers(&self, key: Option<&str>) -> Result<Vec<BreakerRecord>, StoreError>;
+
+    /// Whether an attempt through the breaker `key` may start now: from a plain read when
+    /// the answer changes nothing (closed, open before its time, disabled), else through
+    /// [`Store::breaker`]. A plain read's wait is measured on this process's clock.
+    async fn breaker_admit(
+        &self,
+        key: &str,
+        settings: &ferry_core::breaker::BreakerSettings,
+    ) -> Result<(ferry_core::breaker::Admit, Micros), StoreError> {
+        let now = ferry_core::time::now_micros();
+        let found = self.breakers(Some(key)).await?;
+        if let Some(admit) = rules::breakers::peek(found.first(), settings, now) {
+            return Ok((admit, now));
+        }
+        let out = self.breaker(key, BreakerOp::Admit { settings: settings.clone() }).await?;
+        Ok((out.admit.unwrap_or(ferry_core::breaker::Admit::Go), out.now))
+    }
+
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -368,7 +393,7 @@ pub(crate) fn one_page<T>(
 }
 
 /// A job's attempts, read from its event log: each `started` event opens attempt `n`; the
-/// first later `succeeded`, `attempt_failed`, `released` or `cancelled` event carrying the
+/// first later `succeeded`, `attempt_failed`, `released`, `breaker_wait` or `cancelled` event carrying the
 /// same `attempt` closes it. Keeping attempts in the log instead of a table of their own
 /// saves two writes per job, and the two can never disagree.
 pub fn attempts_from_events(events: &[Event]) -> Vec<AttemptRecord> {
@@ -389,7 +414,8 @@ pub fn attempts_from_events(events: &[Event]) -> Vec<AttemptRecord> {
         let outcome = match e.event_type.as_str() {
             "succeeded" => AttemptOutcome::Succeeded,
             "attempt_failed" => AttemptOutcome::Failed,
-            "released" => AttemptOutcome::Released,
+            // Held back by its breaker before it ran: as a hand-back, it does not count.
+            "released" | "breaker_wait" => AttemptOutcome::Released,
             "cancelled" => AttemptOutcome::Cancelled,
             _ => continue,
         };

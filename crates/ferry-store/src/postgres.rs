@@ -34,6 +34,7 @@ use crate::{
     LabelRate, Page, Parked, QueueStats, ReplayOutcome, Store, StoreError, Subject, Submitted, Wakeups, WorkerInfo,
 };
 mod admission;
+mod breakers;
 mod claim;
 mod due;
 mod events;
@@ -89,6 +90,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../sql/postgres/migrations/0008_rates.sql")),
     (9, include_str!("../sql/postgres/migrations/0009_tenancy.sql")),
     (10, include_str!("../sql/postgres/migrations/0010_share_rate.sql")),
+    (11, include_str!("../sql/postgres/migrations/0011_breakers.sql")),
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
@@ -659,6 +661,14 @@ impl Store for PgStore {
 
     fn cancellations(&self) -> Option<broadcast::Receiver<JobId>> {
         Some(self.cancelled.subscribe())
+    }
+
+    async fn breaker(&self, key: &str, op: crate::BreakerOp) -> Result<crate::BreakerOutcome, StoreError> {
+        self.apply_breaker(key, op).await
+    }
+
+    async fn breakers(&self, key: Option<&str>) -> Result<Vec<crate::BreakerRecord>, StoreError> {
+        self.read_breakers(key).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -40,7 +40,7 @@ pub(crate) trait Columns {
 
 /// A row of `CLAIMED_COLUMNS`: id, kind, queue, input, attempt, attempt_base,
 /// max_attempts, backoff, timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key,
-/// run_id.
+/// run_id, priority, breaker.
 pub(crate) fn claimed<R: Columns>(r: &R, started_at: Micros) -> Result<ClaimedJob, R::Error> {
     let attempt = r.small(4)?;
     Ok(ClaimedJob {
@@ -60,6 +60,7 @@ pub(crate) fn claimed<R: Columns>(r: &R, started_at: Micros) -> Result<ClaimedJo
         cache_key: r.opt_text(13)?,
         run_id: r.opt_uuid(14)?,
         priority: r.int(15)? as i32,
+        breaker: r.opt_text(16)?,
         started_at,
         worker: None,
     })
@@ -94,8 +95,28 @@ pub(crate) fn job<R: Columns>(r: &R) -> Result<JobRecord, R::Error> {
         output: r.opt_json(23)?,
         error: r.opt_json(24)?,
         soft_timeout_ms: r.opt_int(25)?.map(|t| t.max(0) as u64),
+        breaker: r.opt_text(26)?,
         attempts: Vec::new(),
     })
+}
+
+/// A row of `BREAKER_COLUMNS`: key, data, settings, changed_at, updated_at.
+pub(crate) fn breaker<R: Columns>(r: &R) -> Result<crate::BreakerRecord, R::Error> {
+    Ok(crate::BreakerRecord {
+        key: r.text(0)?,
+        breaker: r.json(1)?,
+        settings: r.opt_json(2)?,
+        changed_at: r.int(3)?,
+        updated_at: r.int(4)?,
+    })
+}
+
+/// The text columns a breaker's row is written with: its state, its data and its own
+/// settings, as JSON.
+pub(crate) fn breaker_texts(b: &crate::BreakerRecord) -> (&'static str, String, Option<String>) {
+    let data = serde_json::to_string(&b.breaker).unwrap_or_default();
+    let settings = b.settings.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default());
+    (b.breaker.state.as_str(), data, settings)
 }
 
 /// Folds `(queue, state, count)` rows of the queue-count query into one entry per queue.

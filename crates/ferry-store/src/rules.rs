@@ -19,6 +19,7 @@
 use crate::LimitReached;
 use std::collections::HashSet;
 
+pub(crate) mod breakers;
 pub(crate) mod claims;
 pub(crate) mod jobs;
 pub(crate) mod runs;

@@ -32,6 +32,7 @@ mod admission;
 /// store's API (hidden from its docs), a child module so it runs the writer's own code.
 #[doc(hidden)]
 pub mod bench;
+mod breakers;
 mod claim;
 mod jobs;
 mod open;
@@ -80,6 +81,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../sql/sqlite/migrations/0008_rates.sql")),
     (9, include_str!("../sql/sqlite/migrations/0009_tenancy.sql")),
     (10, include_str!("../sql/sqlite/migrations/0010_share_rate.sql")),
+    (11, include_str!("../sql/sqlite/migrations/0011_breakers.sql")),
 ];
 const PRUNE: &str = include_str!("../sql/sqlite/prune.sql");
 const INSERT_JOB: &str = include_str!("../sql/sqlite/insert_job.sql");
@@ -97,7 +99,7 @@ crate::sql::statements!("../sql/sqlite/store.sql":
 /// A claimed job's columns, in the order [`row::claimed`] reads them (the claim's
 /// RETURNING list has the same order); put in `EXPIRED`, and in the reaper's plan test.
 const CLAIMED_COLUMNS: &str = "id, kind, queue, input, attempt, attempt_base, max_attempts, backoff, \
-     timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key, run_id, priority, worker_id, lease_expires_at";
+     timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key, run_id, priority, breaker, worker_id, lease_expires_at";
 
 /// How often the checkpoint thread folds the WAL into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -157,6 +159,7 @@ enum Cmd {
     RevokeToken(String, uuid::Uuid, Reply<bool>),
     SetShare(QueueShare, Reply<()>),
     Reopen(Reply<ReopenOutcome>),
+    Breaker(String, crate::BreakerOp, Reply<crate::BreakerOutcome>),
     Close(Reply<()>),
 }
 
@@ -370,7 +373,7 @@ impl Store for SqliteStore {
             c.prepare_cached(&sql)?
                 .query_map(params![now, limit as i64], |r| {
                     let mut job = claimed_from_row(r, 0)?;
-                    job.worker = r.get(16)?;
+                    job.worker = r.get(17)?;
                     Ok(job)
                 })?
                 .collect()
@@ -610,6 +613,14 @@ impl Store for SqliteStore {
     async fn set_workspace_limits(&self, workspace: &str, limits: WorkspaceLimits) -> Result<(), StoreError> {
         let ws = workspace.to_string();
         self.write(|r| Cmd::SetLimits(ws, limits, r)).await
+    }
+
+    async fn breaker(&self, key: &str, op: crate::BreakerOp) -> Result<crate::BreakerOutcome, StoreError> {
+        self.apply_breaker(key, op).await
+    }
+
+    async fn breakers(&self, key: Option<&str>) -> Result<Vec<crate::BreakerRecord>, StoreError> {
+        self.read_breakers(key).await
     }
 
     async fn queue_settings(&self) -> Result<Vec<QueueSettings>, StoreError> {

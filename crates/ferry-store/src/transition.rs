@@ -17,6 +17,8 @@ pub(crate) struct FinishColumns<'a> {
     pub run_at: Option<Micros>,
     /// Added to `attempt_base`: 1 when the attempt does not count.
     pub base_inc: i64,
+    /// The breaker that held the job back; `None` keeps the job's.
+    pub breaker: Option<&'a str>,
 }
 
 pub(crate) fn finish_columns(result: &FinishResult, now: Micros) -> FinishColumns<'_> {
@@ -28,6 +30,7 @@ pub(crate) fn finish_columns(result: &FinishResult, now: Micros) -> FinishColumn
             finished: true,
             run_at: None,
             base_inc: 0,
+            breaker: None,
         },
         FinishResult::Retry { retry_in, error, output } => FinishColumns {
             state: JobState::Retrying,
@@ -36,6 +39,7 @@ pub(crate) fn finish_columns(result: &FinishResult, now: Micros) -> FinishColumn
             finished: false,
             run_at: Some(now.saturating_add(*retry_in)),
             base_inc: 0,
+            breaker: None,
         },
         FinishResult::Dead { error, output, .. } => FinishColumns {
             state: JobState::Dead,
@@ -44,6 +48,7 @@ pub(crate) fn finish_columns(result: &FinishResult, now: Micros) -> FinishColumn
             finished: true,
             run_at: None,
             base_inc: 0,
+            breaker: None,
         },
         FinishResult::Released => FinishColumns {
             state: JobState::Queued,
@@ -52,6 +57,16 @@ pub(crate) fn finish_columns(result: &FinishResult, now: Micros) -> FinishColumn
             finished: false,
             run_at: Some(now),
             base_inc: 1,
+            breaker: None,
+        },
+        FinishResult::Deferred { retry_in, breaker } => FinishColumns {
+            state: JobState::Scheduled,
+            output: None,
+            error: None,
+            finished: false,
+            run_at: Some(now.saturating_add(*retry_in)),
+            base_inc: 1,
+            breaker: Some(breaker),
         },
     }
 }
@@ -74,6 +89,15 @@ pub(crate) fn finish_events(fin: &Finish, now: Micros) -> Vec<(&'static str, Val
             ("dead", json!({"error": error})),
         ],
         FinishResult::Released => vec![("released", json!({"attempt": attempt}))],
+        FinishResult::Deferred { retry_in, breaker } => vec![(
+            "breaker_wait",
+            json!({
+                "attempt": attempt,
+                "breaker": breaker,
+                "run_at": time::to_datetime(now.saturating_add(*retry_in)),
+                "delay_ms": retry_in / 1000,
+            }),
+        )],
     }
 }
 

@@ -67,6 +67,8 @@ pub struct ClaimedJob {
     /// The workflow run this job is a node of: its end advances the run.
     pub run_id: Option<ferry_core::run::RunId>,
     pub priority: i32,
+    /// The job's own breaker key, or the one a breaker held it back under.
+    pub breaker: Option<String>,
     pub started_at: Micros,
     pub worker: Option<String>,
 }
@@ -101,6 +103,14 @@ pub enum FinishResult {
     },
     /// Handed back at shutdown: the job is ready again and the attempt does not count.
     Released,
+    /// Held back by its circuit breaker before the executor ran: scheduled again
+    /// `retry_in` microseconds after the recorded end, under the breaker `breaker` (kept
+    /// on the job, so that the breaker's close lets it go at once); the attempt does not
+    /// count.
+    Deferred {
+        retry_in: Micros,
+        breaker: String,
+    },
 }
 
 /// A request to end a running attempt, fenced by its attempt number.
@@ -226,6 +236,8 @@ pub struct JobRecord {
     pub updated_at: Micros,
     pub output: Option<serde_json::Value>,
     pub error: Option<JobError>,
+    /// See [`ClaimedJob::breaker`].
+    pub breaker: Option<String>,
     /// Filled by [`crate::Store::get_job`]; empty in listings.
     pub attempts: Vec<AttemptRecord>,
 }
@@ -297,4 +309,66 @@ pub struct WorkerInfo {
 /// Pruning scans ids below this bound instead of keeping an index on `finished_at`.
 pub fn id_floor(unix_ms: i64) -> ferry_core::JobId {
     ferry_core::JobId::from_u128((unix_ms.max(0) as u128) << 80)
+}
+
+/// A circuit breaker as the store keeps it (see `ferry_core::breaker`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerRecord {
+    pub key: String,
+    pub breaker: ferry_core::breaker::Breaker,
+    /// An operator's settings for this key; `None`: the configured ones.
+    pub settings: Option<ferry_core::breaker::BreakerSettings>,
+    /// When the state last changed.
+    pub changed_at: Micros,
+    pub updated_at: Micros,
+}
+
+/// What attempts through a breaker said of their target, as one process reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerReport {
+    /// Successes since the process's last report, before `outcome`.
+    pub successes: u32,
+    /// The attempt's outcome being reported.
+    pub outcome: ferry_core::breaker::Outcome,
+    /// The attempt went as a probe.
+    pub probe: bool,
+    /// The target said it is gone for good: disable the breaker.
+    pub disable: bool,
+    /// The job whose attempt this was: a change of state it causes goes to its log.
+    pub job: Option<JobId>,
+}
+
+/// An operator's change to a breaker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BreakerAction {
+    /// Open now, for the next cool-down.
+    Open,
+    /// Closed now: the jobs it held back go at once.
+    Close,
+    /// Closed and as new (the counts of failures start again; trips are kept).
+    Reset,
+    /// Sets (`Some`) or clears (`None`) this key's own settings.
+    Settings(Option<ferry_core::breaker::BreakerSettings>),
+}
+
+/// One operation on a breaker, in one transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BreakerOp {
+    /// May an attempt start now?
+    Admit { settings: ferry_core::breaker::BreakerSettings },
+    /// What an attempt (or several) said of the target.
+    Report { settings: ferry_core::breaker::BreakerSettings, report: BreakerReport },
+    /// An operator's change.
+    Set { settings: ferry_core::breaker::BreakerSettings, action: BreakerAction },
+}
+
+/// What a breaker operation found and did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerOutcome {
+    /// For [`BreakerOp::Admit`]: the answer.
+    pub admit: Option<ferry_core::breaker::Admit>,
+    /// The breaker after the operation.
+    pub record: BreakerRecord,
+    /// The store's clock when it answered (a wait's `until` is on this clock).
+    pub now: Micros,
 }

@@ -35,6 +35,7 @@
 
 mod advancer;
 mod attempt;
+mod breakers;
 mod dispatch;
 mod finisher;
 mod leases;
@@ -110,6 +111,8 @@ pub struct EngineConfig {
     /// store that falls behind slows claims. 0: no slot goes back early. The default,
     /// 10,000 (`UNRECORDED_MAX`), is what a server runs with.
     pub unrecorded_max: usize,
+    /// The circuit breakers' settings (see [`breakers`]).
+    pub breakers: ferry_core::breaker::BreakerConfig,
 }
 
 impl Default for EngineConfig {
@@ -129,6 +132,7 @@ impl Default for EngineConfig {
             sweep_ms: 1_000,
             sweep_idle_ms: 10_000,
             default_limits: ferry_store::WorkspaceLimits::default(),
+            breakers: ferry_core::breaker::BreakerConfig::default(),
         }
     }
 }
@@ -165,6 +169,8 @@ struct Inner {
     /// Attempts whose work is over but whose end is not recorded yet and whose slot went
     /// back early (`attempt::run_attempt`), at most `EngineConfig::unrecorded_max`.
     unrecorded: Arc<tokio::sync::Semaphore>,
+    /// Successes of attempts through breakers not yet reported to the store.
+    breakers_unreported: breakers::Unreported,
 }
 
 /// The most attempts of this process whose slots went back before their ends were
@@ -269,6 +275,7 @@ impl Engine {
             controls: cfg_controls,
             freed: tokio::sync::Notify::new(),
             unrecorded: Arc::new(tokio::sync::Semaphore::new(unrecorded_max)),
+            breakers_unreported: breakers::Unreported::default(),
         });
         inner.background.spawn(finisher::finish_batches(inner.clone(), finishes));
         inner.background.spawn(advancer::advance_runs(inner.clone(), advances));

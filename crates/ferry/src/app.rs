@@ -61,6 +61,7 @@ fn engine_config(cfg: &Config, queues: Vec<QueueConfig>) -> EngineConfig {
         max_output_bytes: cfg.limits.max_output_bytes,
         job_limits: cfg.job_limits(),
         default_limits: cfg.default_limits.clone(),
+        breakers: cfg.breakers.clone(),
         ..EngineConfig::default()
     }
 }
@@ -196,6 +197,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
                 .map(|(name, q)| (name.clone(), q.max_depth.unwrap_or(crate::config::DEFAULT_MAX_DEPTH)))
                 .filter(|(_, cap)| *cap > 0)
                 .collect(),
+            breakers: cfg.breakers.clone(),
         }),
         metrics: ferry_server::metrics_handle(),
         planner: ferry_worker::planner(cfg.job_limits(), registry.clone()),

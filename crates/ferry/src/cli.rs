@@ -59,6 +59,11 @@ pub enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Circuit breakers: list them; reset, open or close one (operator).
+    Breaker {
+        #[command(subcommand)]
+        command: crate::breaker_cmd::BreakerCommand,
+    },
     /// The workspace's concurrency limits and label rates (admin).
     Limits {
         #[command(subcommand)]
@@ -619,6 +624,7 @@ pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
             print(&client.client()?.call(Method::PUT, &path, Some(&Value::Object(body))).await?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Breaker { command } => crate::breaker_cmd::run(command).await,
         Command::Limits { command: LimitsCommand::Get { client } } => {
             print(&client.client()?.call(Method::GET, "/v1/limits", None).await?);
             Ok(ExitCode::SUCCESS)

@@ -286,6 +286,9 @@ pub struct Config {
     pub default_limits: ferry_store::WorkspaceLimits,
     /// The `exec` kind: interpreters, limits and their ceilings, the result cache.
     pub exec: ExecConfig,
+    /// Circuit breakers: `enabled`, the `defaults`, and settings per queue
+    /// (`[breakers.queues.NAME]`) and per target (`[breakers.targets."https://host:443"]`).
+    pub breakers: ferry_core::breaker::BreakerConfig,
     /// The program run as the sandbox helper (`PROGRAM sandbox-helper SPEC`); default:
     /// this `ferry` binary.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -328,6 +331,7 @@ impl Default for Config {
             insecure: false,
             default_limits: ferry_store::WorkspaceLimits::default(),
             exec: ExecConfig::default(),
+            breakers: ferry_core::breaker::BreakerConfig::default(),
             exec_helper: None,
             config_file: None,
         }
@@ -408,6 +412,12 @@ impl Config {
             }
             if q.concurrency.is_some_and(|c| c > 10_000) {
                 bail!("queues.{name}.concurrency must be at most 10000");
+            }
+        }
+        self.breakers.validate().map_err(anyhow::Error::msg)?;
+        for name in self.breakers.queues.keys() {
+            if !self.queues.contains_key(name) {
+                bail!("breakers.queues.{name}: there is no queue `{name}`");
             }
         }
         let h = &self.http;

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod breaker_cmd;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -84,6 +84,10 @@ pub struct JobView {
     pub soft_timeout_ms: Option<u64>,
     pub total_timeout_ms: Option<u64>,
     pub idempotency_key: Option<String>,
+    /// The circuit breaker the job goes through: its own, or its kind's (`http`: the
+    /// URL's origin); absent when it goes through none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<String>,
     pub created_at: DateTime<Utc>,
     /// When the job is (or was last) due.
     pub run_at: DateTime<Utc>,
@@ -114,6 +118,7 @@ impl JobView {
             soft_timeout_ms: j.soft_timeout_ms,
             total_timeout_ms: j.total_timeout_ms,
             idempotency_key: j.idempotency_key,
+            breaker: j.breaker,
             created_at: to_datetime(j.created_at),
             run_at: to_datetime(j.run_at),
             updated_at: to_datetime(j.updated_at),

@@ -6,12 +6,14 @@
 //! A type's name is its schema's name in the OpenAPI document (`#/components/schemas/
 //! JobView`): renaming one changes the document.
 
+mod breakers;
 mod jobs;
 mod limits;
 mod runs;
 mod system;
 mod tokens;
 
+pub use breakers::{BreakerChange, BreakerList, BreakerView, ForcedState};
 pub use jobs::{
     AttemptView, BatchAccepted, BatchRequest, EventList, EventView, JobAccepted, JobPage, JobStateView, JobView,
 };

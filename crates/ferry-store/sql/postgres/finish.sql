@@ -1,8 +1,9 @@
 -- Ends a batch of running attempts and logs their events, in one statement (one round
 -- trip, atomic without BEGIN/COMMIT). Each attempt is fenced by its number: a row whose
 -- job is no longer running under that number is left alone, and its events are dropped.
--- `retry_scheduled` events get their time here, from the statement's clock; the others'
--- data comes ready-made. A queue that got ready or retrying work is notified once.
+-- The events of a move to a later time (`retry_scheduled`, `breaker_wait`) get that time
+-- here, from the statement's clock; the rest of their data, and the others', comes
+-- ready-made. A queue that got ready or retrying work is notified once.
 -- It takes its rows' locks in whatever order its plan meets them: heartbeat.sql, the other
 -- statement that locks several of a worker's running jobs, never waits for a lock (it
 -- skips the rows a finish holds), so the two cannot wait for each other in a cycle. A
@@ -15,16 +16,19 @@ WITH clock AS (
         finished_at = CASE WHEN u.finished THEN clock.now END,
         run_at = CASE WHEN u.retry_in IS NULL THEN j.run_at ELSE clock.now + u.retry_in END,
         attempt_base = j.attempt_base + u.base_inc,
-        worker_id = NULL, lease_expires_at = NULL, updated_at = clock.now
-    FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::bigint[], $8::int[])
-         AS u(id, attempt, state, output, error, finished, retry_in, base_inc), clock
+        worker_id = NULL, lease_expires_at = NULL, updated_at = clock.now,
+        breaker = COALESCE(u.breaker, j.breaker)
+    FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::bigint[], $8::int[],
+                $15::text[])
+         AS u(id, attempt, state, output, error, finished, retry_in, base_inc, breaker), clock
     WHERE j.id = u.id AND j.state = 'running' AND j.attempt = u.attempt
     RETURNING j.id, u.attempt, j.queue, u.state, clock.now
 ), logged AS (
     INSERT INTO events (job_id, at, type, data)
     SELECT e.job_id, done.now, e.type,
-           CASE WHEN e.type = 'retry_scheduled'
-                THEN jsonb_build_object('run_at', ferry_rfc3339(done.now + e.retry_in), 'delay_ms', e.retry_in / 1000)
+           CASE WHEN e.type IN ('retry_scheduled', 'breaker_wait')
+                THEN e.data::jsonb || jsonb_build_object('run_at', ferry_rfc3339(done.now + e.retry_in),
+                                                         'delay_ms', e.retry_in / 1000)
                 ELSE e.data::jsonb END
     FROM UNNEST($9::uuid[], $10::int[], $11::text[], $12::text[], $13::bigint[]) WITH ORDINALITY
          AS e(job_id, attempt, type, data, retry_in, n)

@@ -58,7 +58,7 @@ SELECT 1 FROM jobs WHERE id = $1 AND workspace = $2
 -- stores text).
 id, workspace, user_id, kind, queue, state, priority, input::text, labels::text, max_attempts,
 backoff::text, timeout_ms, total_timeout_ms, idempotency_key, created_at, run_at, deadline_at, attempt,
-attempt_base, worker_id, lease_expires_at, finished_at, updated_at, output::text, error::text, soft_timeout_ms
+attempt_base, worker_id, lease_expires_at, finished_at, updated_at, output::text, error::text, soft_timeout_ms, breaker
 
 -- name: GET_JOB
 SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND workspace = $2

@@ -21,8 +21,8 @@ impl PgStore {
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
-        let (mut finished, mut retry_ins, mut base_incs) =
-            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut finished, mut retry_ins, mut base_incs, mut breakers) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         let (mut ev_ids, mut ev_attempts, mut ev_types, mut ev_data, mut ev_retry) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for fin in &fins {
@@ -37,6 +37,7 @@ impl PgStore {
             finished.push(c.finished);
             retry_ins.push(retry_in);
             base_incs.push(c.base_inc as i32);
+            breakers.push(c.breaker);
             for (kind, data) in transition::finish_events(fin, 0) {
                 ev_ids.push(fin.id);
                 ev_attempts.push(fin.attempt as i32);
@@ -60,6 +61,7 @@ impl PgStore {
             .bind(ev_data)
             .bind(ev_retry)
             .bind(&self.channel)
+            .bind(breakers)
             .fetch_all(&self.pool)
             .await?
             .into_iter()
@@ -68,7 +70,7 @@ impl PgStore {
         // A retry is due later: this process's claims look for it again (see `due.rs`).
         for fin in &fins {
             match fin.result {
-                crate::FinishResult::Retry { .. } => self.due.forget(&fin.queue),
+                crate::FinishResult::Retry { .. } | crate::FinishResult::Deferred { .. } => self.due.forget(&fin.queue),
                 // Ready again now at its priority, which may come before the head
                 // (`postgres/head.rs`); other processes forget on the notification.
                 crate::FinishResult::Released => self.heads.forget(&fin.queue),
@@ -123,7 +125,7 @@ impl PgStore {
         rows.iter()
             .map(|r| {
                 let mut job = claimed_from_row(r, 0)?;
-                job.worker = r.try_get(16)?;
+                job.worker = r.try_get(17)?;
                 Ok(job)
             })
             .collect::<Result<_, sqlx::Error>>()

@@ -71,7 +71,7 @@ pub(super) async fn insert_jobs(
     Ok(insert_query(INSERT_JOBS, now, jobs, links).fetch_all(&mut **tx).await?)
 }
 
-/// `sql` with `insert_jobs.sql`'s parameters bound ($1 to $21).
+/// `sql` with `insert_jobs.sql`'s parameters bound ($1 to $22).
 pub(super) fn insert_query(
     sql: &'static str,
     now: Option<Micros>,
@@ -95,6 +95,7 @@ pub(super) fn insert_query(
     let mut run_ids = Vec::with_capacity(n);
     let mut node_ids = Vec::with_capacity(n);
     let mut items = Vec::with_capacity(n);
+    let mut breakers = Vec::with_capacity(n);
     for (j, link) in jobs.iter().zip(links.iter().chain(std::iter::repeat(&None))) {
         run_ids.push(link.as_ref().map(|l| l.0));
         node_ids.push(link.as_ref().map(|l| l.1.clone()));
@@ -116,6 +117,7 @@ pub(super) fn insert_query(
         run_at.push(j.run_at);
         soft.push(j.soft_timeout_ms.map(|t| t as i64));
         cache.push(j.cache_key.clone());
+        breakers.push(j.breaker.clone());
     }
     sqlx::query(sql)
         .bind(now)
@@ -139,6 +141,7 @@ pub(super) fn insert_query(
         .bind(run_ids)
         .bind(node_ids)
         .bind(items)
+        .bind(breakers)
 }
 
 impl row::Columns for PgRow {

@@ -118,6 +118,7 @@ impl Writer {
             run.map(|r| r.0),
             run.map(|r| r.1),
             run.and_then(|r| r.2),
+            job.breaker,
         ])?;
         if let Some(reason) = held {
             let (kind, data) = transition::held_event(&job.queue, reason);

@@ -67,6 +67,7 @@ pub fn raw_baseline(dir: &Path, jobs: usize, batch: usize, durability: Durabilit
                 idempotency_key: None,
                 request_hash: None,
                 cache_key: None,
+                breaker: None,
             })
             .collect();
         w.submit(new, Admission::default())?;

@@ -25,7 +25,8 @@ impl Writer {
             cols.finished.then_some(now),
             cols.run_at,
             cols.base_inc,
-            now
+            now,
+            cols.breaker
         ])?;
         if changed == 0 {
             return Ok(false);
@@ -33,7 +34,7 @@ impl Writer {
         for (kind, data) in transition::finish_events(fin, now) {
             self.event(fin.id, kind, data)?;
         }
-        if matches!(fin.result, FinishResult::Retry { .. } | FinishResult::Released) {
+        if matches!(fin.result, FinishResult::Retry { .. } | FinishResult::Released | FinishResult::Deferred { .. }) {
             self.woken.insert(fin.queue.clone());
         }
         Ok(true)

@@ -9,8 +9,10 @@
 //! is recorded, or, on a queue that prefetches, only while its work runs (while fewer
 //! than `EngineConfig::unrecorded_max` ends of this process wait to be recorded).
 
+use super::breakers::{self, Gate};
 use super::{Inner, finisher};
 use crate::executor::{Attempt, Executor};
+use ferry_core::breaker::Held;
 use ferry_core::time;
 use ferry_core::{Decision, ErrorType, ExecError, JobError, RetryState, decide_after_failure};
 use ferry_store::{ClaimedJob, Finish, FinishResult};
@@ -91,20 +93,34 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
         soft_timeout: job.soft_timeout_ms.map(|t| Duration::from_millis(t.min(timeout_ms))),
     };
     let budget_over = job.deadline_at.is_some_and(|d| d <= job.started_at);
-    let outcome: Result<Result<serde_json::Value, ExecError>, Stop> = match inner.registry.get(&job.kind) {
+    let executor = inner.registry.get(&job.kind);
+    let input = serde_json::from_str::<serde_json::Value>(&job.input);
+    // The job's own breaker, else its kind's for this input.
+    let breaker = match (&executor, &input) {
+        _ if !inner.cfg.breakers.enabled || budget_over => None,
+        (Some(executor), Ok(input)) => job.breaker.clone().or_else(|| executor.breaker_key(input)),
+        _ => None,
+    };
+    let gate = match &breaker {
+        Some(key) => breakers::admit(&inner, &job, key).await,
+        None => Gate::Go,
+    };
+    let outcome: Result<Result<serde_json::Value, ExecError>, Stop> = match (executor, input, &gate) {
         // Claimed too late to start within the budget: the executor does not run at all.
         _ if budget_over => Ok(Err(ExecError::new(
             ErrorType::BudgetExhausted,
             "the retry budget ran out before the attempt could start",
         ))),
+        // Held back by its breaker: decided below, without running.
+        (_, _, Gate::Held(_)) => Ok(Ok(serde_json::Value::Null)),
         // The API refuses unknown kinds, so this is a worker built without a kind another
         // node accepts: retryable, so that a worker that has it can take the job.
-        None => Ok(Err(ExecError::new(
+        (None, _, _) => Ok(Err(ExecError::new(
             ErrorType::Validation,
             format!("this worker has no executor for kind `{}`", job.kind),
         )
         .retryable(true))),
-        Some(executor) => match serde_json::from_str::<serde_json::Value>(&job.input) {
+        (Some(executor), input, _) => match input {
             Err(e) => Ok(Err(ExecError::new(ErrorType::Internal, format!("stored input is not JSON: {e}")))),
             Ok(input) => tokio::select! {
                 r = run_or_reuse(&inner, &job, executor.as_ref(), &attempt, input) => Ok(r),
@@ -140,7 +156,17 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
     let permit = unrecorded.is_none().then_some(permit);
     let elapsed = started.elapsed().as_secs_f64();
 
+    // What the attempt said of its target, before its end is recorded.
+    if let (Some(key), Ok(ended)) = (&breaker, &outcome)
+        && !matches!(gate, Gate::Held(_))
+    {
+        breakers::record(&inner, &job, key, matches!(gate, Gate::Probe), ended.as_ref().err()).await;
+    }
     let result = match outcome {
+        _ if let (Gate::Held(held), Some(key)) = (gate, &breaker) => Some(match held {
+            Held::Wait { wait } => FinishResult::Deferred { retry_in: wait, breaker: key.clone() },
+            Held::Dead(error) => FinishResult::Dead { error: error.clone(), attempt_error: error, output: None },
+        }),
         // Cancelled by a user or the lease is gone: the store already moved the job on
         // (a node job's run learns it now rather than at the next sweep).
         Err(Stop::Cancelled) => {
@@ -157,6 +183,7 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
         None => "cancelled",
         Some(FinishResult::Succeeded { .. }) => "succeeded",
         Some(FinishResult::Released) => "released",
+        Some(FinishResult::Deferred { .. }) => "held",
         Some(_) => "failed",
     };
     metrics::histogram!("ferry_attempt_duration_seconds", "queue" => job.queue.clone(), "kind" => job.kind.clone(), "outcome" => label)
