@@ -302,7 +302,7 @@ impl Breaker {
             BreakerState::Disabled => Some(Admit::Refuse),
             BreakerState::Open if now < self.retry_at => Some(Admit::Wait { until: self.retry_at }),
             BreakerState::HalfOpen if self.probing >= s.probes.max(1) && now < self.probes_expire_at => {
-                Some(Admit::Wait { until: self.probes_expire_at })
+                Some(Admit::Wait { until: self.behind_probes(now) })
             }
             _ => None,
         }
@@ -334,10 +334,17 @@ impl Breaker {
                 self.probes_expire_at = now + time::ms(self.cool_down_ms.max(PROBE_LOST_MS));
                 (Admit::Probe, change)
             }
-            // Every probe is under way: try again when one more cool-down has passed (a
-            // probe that closes the breaker lets the waiting jobs go sooner).
-            _ => (Admit::Wait { until: self.probes_expire_at.max(now + 1) }, change),
+            // Every probe is under way.
+            _ => (Admit::Wait { until: self.behind_probes(now) }, change),
         }
+    }
+
+    /// How long a job waits while every probe is under way: one cool-down (a probe that
+    /// closes the breaker lets the waiting jobs go sooner, and one that fails reopens it
+    /// for longer, so that the waiting jobs find the next probe's time), at most until the
+    /// probes are taken for lost.
+    fn behind_probes(&self, now: Micros) -> Micros {
+        (now + time::ms(self.cool_down_ms.max(1))).min(self.probes_expire_at).max(now + 1)
     }
 
     /// Records an attempt's end; `probe` when it was admitted as one.
@@ -524,7 +531,7 @@ mod tests {
         assert_eq!(b.admit(&s, t).0, Admit::Probe);
         let busy = b.peek(&s, t + 1);
         assert_eq!(busy, Some(b.admit(&s, t + 1).0), "every probe under way: a plain wait");
-        assert_eq!(busy, Some(Admit::Wait { until: t + 30 * S as Micros }));
+        assert_eq!(busy, Some(Admit::Wait { until: t + 30 * S as Micros }), "one cool-down, until the probe is lost");
         // A probe never recorded (its worker died) frees its place after a cool-down.
         let lost = t + 30 * S as Micros;
         assert_eq!(b.peek(&s, lost), None);
@@ -537,6 +544,18 @@ mod tests {
         assert_eq!(b.record(&s, lost, Outcome::Success, true), None, "a disabled breaker stays so");
         b.reset(lost);
         assert_eq!((b.state, b.trips, b.probes), (BreakerState::Closed, 1, 2));
+    }
+
+    #[test]
+    fn behind_a_probe_a_job_waits_one_cool_down_so_that_it_finds_the_next_probe() {
+        let s = BreakerSettings { cool_down_ms: 1_000, ..settings() };
+        let mut b = Breaker::default();
+        b.force_open(&s, 0);
+        let t = S as Micros;
+        assert_eq!(b.admit(&s, t).0, Admit::Probe);
+        assert_eq!(b.admit(&s, t).0, Admit::Wait { until: 2 * t }, "one cool-down, not the 30 s a lost probe takes");
+        b.record(&s, t + 5, Outcome::Failure, true);
+        assert_eq!(b.retry_at, t + 5 + 2 * S as Micros, "reopened for two: the waiting jobs come back before it");
     }
 
     #[test]

@@ -41,12 +41,13 @@ pub async fn get(State(st): State<ApiState>, Path(key): Path<String>) -> Result<
 /// `reset: true` (closed and as new; also what enables a target that said it is gone),
 /// `state: "open"` (its jobs wait out the next cool-down) or `"closed"` (the jobs it held
 /// back go at once). Every node and worker process sees the change from this answer on.
-/// The whole body is checked before anything is written.
+/// The whole body is checked before anything is written; a body that changes nothing
+/// (`{}`, nulls, `reset: false`) answers the breaker as it is (404 if there is none).
 #[utoipa::path(
     put, path = "/v1/breakers/{key}", tag = "system", operation_id = "setBreaker",
     params(("key" = String, Path, description = "The breaker's key, percent-encoded")),
     request_body = BreakerChange,
-    responses((status = 200, body = BreakerView), (status = 400, body = ErrorBody))
+    responses((status = 200, body = BreakerView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
 pub async fn set(
     State(st): State<ApiState>,
@@ -64,7 +65,11 @@ pub async fn set(
         let op = BreakerOp::Set { settings: settings.clone(), action };
         last = Some(st.store.breaker(&key, op).await?.record);
     }
-    Ok(Json(last.expect("at least one action").into()))
+    match last {
+        Some(b) => Ok(Json(b.into())),
+        // Nothing to change: the breaker as it is.
+        None => get(State(st), Path(key)).await,
+    }
 }
 
 /// The body's changes, in the order they apply; every field is checked first.
@@ -87,11 +92,11 @@ fn actions(body: &Value) -> Result<Vec<BreakerAction>, ApiError> {
         actions.push(BreakerAction::Settings(s));
     }
     match obj.get("reset") {
-        None | Some(Value::Bool(false)) => {}
+        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
         Some(Value::Bool(true)) => actions.push(BreakerAction::Reset),
         Some(_) => return Err(ApiError::bad_field("reset", "must be true or false")),
     }
-    if let Some(v) = obj.get("state") {
+    if let Some(v) = obj.get("state").filter(|v| !v.is_null()) {
         let state: ForcedState = serde_json::from_value(v.clone())
             .map_err(|_| ApiError::bad_field("state", "must be \"open\" or \"closed\""))?;
         actions.push(match state {
@@ -99,33 +104,39 @@ fn actions(body: &Value) -> Result<Vec<BreakerAction>, ApiError> {
             ForcedState::Closed => BreakerAction::Close,
         });
     }
-    if actions.is_empty() {
-        return Err(ApiError::bad_field("", "give at least one of settings, reset (true) or state"));
-    }
     Ok(actions)
 }
 
-/// Sets the breakers' gauges from the store's rows at scrape time (right on every node):
-/// `ferry_breaker_state{breaker}` (0 closed, 1 half-open, 2 open, 3 disabled) and the
-/// counters of trips and probes. At most [`METRIC_BREAKERS`] breakers, those not closed
-/// first, then the most recently changed: a job may name its own key, and a tenant must
-/// not be able to grow the exposition without bound.
+/// Sets the breakers' series from the store's rows at scrape time (right on every node).
+/// `/metrics` needs no token and a key is a target's origin or a name a job chose, so only
+/// the targets the operator named in `breakers.targets` get series of their own
+/// (`ferry_breaker_state{breaker}`: 0 closed, 1 half-open, 2 open, 3 disabled; trips and
+/// probes); every breaker is counted in `ferry_breakers{state}` and in the trips and
+/// probes of `breaker="all"`.
 pub(crate) async fn set_gauges(st: &ApiState) {
-    let Ok(mut all) = st.store.breakers(None).await else { return };
-    all.sort_by_key(|b| (b.breaker.state == ferry_core::breaker::BreakerState::Closed, -b.changed_at));
-    for b in all.into_iter().take(METRIC_BREAKERS) {
-        use ferry_core::breaker::BreakerState::*;
+    use ferry_core::breaker::BreakerState;
+    let Ok(all) = st.store.breakers(None).await else { return };
+    let (mut trips, mut probes) = (0, 0);
+    for state in BreakerState::ALL {
+        let n = all.iter().filter(|b| b.breaker.state == state).count();
+        metrics::gauge!("ferry_breakers", "state" => state.as_str()).set(n as f64);
+    }
+    for b in &all {
+        trips += b.breaker.trips;
+        probes += b.breaker.probes;
+        if !st.cfg.breakers.targets.contains_key(&b.key) {
+            continue;
+        }
         let state = match b.breaker.state {
-            Closed => 0.0,
-            HalfOpen => 1.0,
-            Open => 2.0,
-            Disabled => 3.0,
+            BreakerState::Closed => 0.0,
+            BreakerState::HalfOpen => 1.0,
+            BreakerState::Open => 2.0,
+            BreakerState::Disabled => 3.0,
         };
         metrics::gauge!("ferry_breaker_state", "breaker" => b.key.clone()).set(state);
         metrics::counter!("ferry_breaker_trips_total", "breaker" => b.key.clone()).absolute(b.breaker.trips);
-        metrics::counter!("ferry_breaker_probes_total", "breaker" => b.key).absolute(b.breaker.probes);
+        metrics::counter!("ferry_breaker_probes_total", "breaker" => b.key.clone()).absolute(b.breaker.probes);
     }
+    metrics::counter!("ferry_breaker_trips_total", "breaker" => "all").absolute(trips);
+    metrics::counter!("ferry_breaker_probes_total", "breaker" => "all").absolute(probes);
 }
-
-/// The most breakers `/metrics` shows.
-pub(crate) const METRIC_BREAKERS: usize = 100;

@@ -5,11 +5,14 @@
 //!   `ferry worker` processes. `ferry bench [flags]`, naming no benchmark, runs this one.
 //! - `ferry bench sandbox` ([`sandbox`]): what the `exec` sandbox adds to a bare spawn.
 //! - `ferry bench workflow` ([`workflow`]): the workflow engine's overhead per step.
+//! - `ferry bench breaker` ([`breaker`]): a dead target's requests while its breaker is
+//!   open, and the drain once it recovers.
 //!
 //! Each benchmark's module owns its flags; the flags of the server under test, shared by
 //! `queue` and `workflow`, and its temporary store are [`target`]'s. Figures and how they
 //! were taken are in BENCHMARKS.md.
 
+pub mod breaker;
 pub mod queue;
 pub mod sandbox;
 mod stats;
@@ -42,6 +45,9 @@ pub enum Benchmark {
     /// The workflow engine's overhead: a 20-step chain and a 1,000-wide fan-out of `noop`
     /// nodes
     Workflow(workflow::WorkflowArgs),
+    /// Circuit breakers: a dead target's requests while its breaker is open (target: only
+    /// the probes), and the drain of 10,000 held-back jobs once it recovers
+    Breaker(breaker::BreakerArgs),
 }
 
 /// Runs the benchmark named (`queue` when none is) and prints its report.
@@ -50,5 +56,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Benchmark::Queue(args) => queue::run(args).await,
         Benchmark::Sandbox(args) => sandbox::run(&args).await,
         Benchmark::Workflow(args) => workflow::run(&args).await,
+        Benchmark::Breaker(args) => breaker::run(&args).await,
     }
 }
