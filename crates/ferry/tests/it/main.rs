@@ -25,4 +25,5 @@ mod system;
 mod tenancy;
 mod transport;
 mod validation;
+mod webhooks;
 mod workflows;
