@@ -164,7 +164,7 @@ pub struct JobSpec {
     /// The executor's input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<serde_json::Value>,
-    /// The queue (default `default`).
+    /// The queue (default: the kind's own, `webhook` for webhooks; else `default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
     /// Higher runs first (default 0).

@@ -152,9 +152,19 @@ impl ApiState {
         }
     }
 
+    /// The queue of a job (or workflow node) of `kind` that names none: the kind's own
+    /// ([`ferry_worker::Executor::default_queue`]: `webhook` for webhooks) when this
+    /// server has it, else `None`, which is `default`. Every path by which a spec becomes
+    /// a job resolves its queue here.
+    pub fn queue_of_kind(&self, kind: &str) -> Option<String> {
+        let queue = self.registry.get(kind)?.default_queue()?;
+        self.cfg.queues.iter().any(|q| q == queue).then(|| queue.to_string())
+    }
+
     /// Validates a spec against this server: its kind must be registered, its queue
-    /// configured, its input acceptable to the kind, and its fields within the limits.
-    pub fn validate(&self, spec: JobSpec, caller: &Caller, now: Micros) -> Result<NewJob, ApiError> {
+    /// configured (none given: the kind's, else `default`), its input acceptable to the
+    /// kind, and its fields within the limits.
+    pub fn validate(&self, mut spec: JobSpec, caller: &Caller, now: Micros) -> Result<NewJob, ApiError> {
         let Some(executor) = self.registry.get(&spec.kind) else {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -163,6 +173,9 @@ impl ApiState {
             )
             .field("kind"));
         };
+        if spec.queue.is_none() {
+            spec.queue = self.queue_of_kind(&spec.kind);
+        }
         let queue = spec.queue.as_deref().unwrap_or("default");
         if !self.cfg.queues.iter().any(|q| q == queue) {
             return Err(ApiError::new(
@@ -173,7 +186,6 @@ impl ApiState {
             .field("queue"));
         }
         executor.validate(spec.input.as_ref().unwrap_or(&serde_json::Value::Null))?;
-        let mut spec = spec;
         if spec.timeout_ms.is_none() {
             spec.timeout_ms = executor.default_timeout_ms().map(|t| t.min(self.cfg.limits.max_timeout_ms));
         }

@@ -43,10 +43,15 @@ fn parse_run_id(raw: &str) -> Result<RunId, ApiError> {
 pub async fn register(
     State(st): State<ApiState>,
     caller: Caller,
-    JsonBody(spec): JsonBody<WorkflowSpec>,
+    JsonBody(mut spec): JsonBody<WorkflowSpec>,
 ) -> Result<(StatusCode, Json<WorkflowAccepted>), ApiError> {
     let registry = st.registry.clone();
     spec.validate(&|kind| registry.get(kind).is_some(), &st.cfg.limits)?;
+    // A node that names no queue gets its kind's now, as a job would at submission: the
+    // stored definition says where its jobs go.
+    for node in spec.nodes.iter_mut().filter(|n| n.queue.is_none()) {
+        node.queue = st.queue_of_kind(&node.kind);
+    }
     // An input without references is final: its kind can check it now. One with
     // references is checked when the node starts (a refusal then fails the node).
     for (i, node) in spec.nodes.iter().enumerate() {

@@ -1,6 +1,7 @@
 //! The executor interface: one implementation per job kind.
 //!
-//! Adding a kind is one file in [`crate::kinds`] and one line in [`Registry::builtin`]:
+//! Adding a kind is one file in [`crate::kinds`] and one line in [`Registry::builtin`] (or,
+//! for a kind that needs configuration, in the `ferry` binary's `app::registry`):
 //! implement [`Executor::validate`] (checked at submission, so bad input is a 400, not a
 //! failed job) and [`Executor::run`].
 
@@ -71,6 +72,14 @@ pub trait Executor: Send + Sync + 'static {
     /// [`ferry_core::breaker`]), unless the job names its own: for kinds that call a
     /// remote, its origin (`scheme://host:port`). `None`: no breaker.
     fn breaker_key(&self, _input: &Value) -> Option<String> {
+        None
+    }
+
+    /// The queue a job of this kind goes to when it names none (`None`: `default`), so
+    /// that a kind whose attempts wait on others (a webhook on a slow endpoint) cannot
+    /// take the slots of everything else. The server applies it only when the queue is
+    /// configured.
+    fn default_queue(&self) -> Option<&'static str> {
         None
     }
 

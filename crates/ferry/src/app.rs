@@ -6,7 +6,7 @@ use ferry_server::{ApiConfig, ApiState};
 use ferry_store::Store;
 use ferry_store::postgres::{PgOptions, PgStore};
 use ferry_store::sqlite::{SqliteOptions, SqliteStore};
-use ferry_worker::kinds::Exec;
+use ferry_worker::kinds::{Exec, Webhook};
 use ferry_worker::{Engine, EngineConfig, QueueConfig, Registry};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -137,8 +137,9 @@ async fn open_mode(cfg: &Config, addr: SocketAddr, store: &dyn Store) -> anyhow:
 /// The argument that makes the `ferry` binary act as the sandbox helper.
 pub const SANDBOX_HELPER_ARG: &str = "sandbox-helper";
 
-/// The kinds this process runs: the built-ins and `exec`. The sandbox is probed here, and
-/// a missing layer is reported at start (and in `/readyz`).
+/// The kinds this process runs: the built-ins, and those the configuration sets up: `exec`
+/// and `webhook` (with its signing secrets). The sandbox is probed here, and a missing
+/// layer is reported at start (and in `/readyz`).
 pub async fn registry(cfg: &Config) -> anyhow::Result<Registry> {
     let mut exec_cfg = cfg.exec.clone();
     // The sandbox never sees Ferry's own data or configuration.
@@ -162,6 +163,7 @@ pub async fn registry(cfg: &Config) -> anyhow::Result<Registry> {
     }
     let mut registry = Registry::builtin();
     registry.register(exec);
+    registry.register(Webhook::new(&cfg.webhooks));
     Ok(registry)
 }
 
@@ -174,8 +176,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let engine = (cfg.workers > 0).then(|| {
         let queues = cfg
             .queues
-            .iter()
-            .map(|(name, q)| QueueConfig { name: name.clone(), concurrency: q.concurrency.unwrap_or(cfg.workers) })
+            .keys()
+            .map(|name| QueueConfig { name: name.clone(), concurrency: cfg.queue_concurrency(name) })
             .collect();
         Engine::start(store.clone(), registry.clone(), engine_config(cfg, queues))
     });

@@ -14,11 +14,16 @@
 //!
 //! A refusal names the setting as the user wrote it and where it came from: `FERRY_NOSUCH`
 //! for the environment, `key.path` and the file's name for the file, the flag otherwise.
+//!
+//! Secrets: the `webhook` kind's signing secrets (`[webhooks.secrets]`, or
+//! `FERRY_WEBHOOKS__SECRETS__PARTNER=whsec_…`; names from the environment are lowercase)
+//! are checked when read, a bad one refused naming its key, never its value, and
+//! `ferry config show` prints each as `<redacted>`.
 
 use anyhow::{Context, bail};
 use ferry_core::Limits;
 use ferry_store::sqlite::Durability;
-use ferry_worker::kinds::ExecConfig;
+use ferry_worker::kinds::{ExecConfig, Webhook, WebhookConfig};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -249,7 +254,7 @@ pub struct Config {
     pub poll_ms: u64,
     /// Interval of the expired-lease reaper.
     pub reap_ms: u64,
-    /// Queues and their settings; `default` always exists.
+    /// Queues and their settings; `default` and `webhook` always exist.
     pub queues: BTreeMap<String, QueueSettings>,
     pub limits: LimitsConfig,
     /// The HTTP server's timeouts and connection cap.
@@ -289,6 +294,8 @@ pub struct Config {
     /// Circuit breakers: `enabled`, the `defaults`, and settings per queue
     /// (`[breakers.queues.NAME]`) and per target (`[breakers.targets."https://host:443"]`).
     pub breakers: ferry_core::breaker::BreakerConfig,
+    /// The `webhook` kind: signing secrets by name, the `webhook` queue's concurrency.
+    pub webhooks: WebhookConfig,
     /// The program run as the sandbox helper (`PROGRAM sandbox-helper SPEC`); default:
     /// this `ferry` binary.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -312,10 +319,13 @@ impl Default for Config {
             poll_ms: 1_000,
             reap_ms: 2_000,
             // `heavy`: the place for long or large runs (`exec` with big limits), so that
-            // they cannot take every slot of `default`.
+            // they cannot take every slot of `default`. `webhook`: where `webhook` jobs go
+            // when they name no queue, so that slow endpoints cannot either; its
+            // concurrency is `webhooks.concurrency` unless set here.
             queues: BTreeMap::from([
                 ("default".to_string(), QueueSettings::default()),
                 ("heavy".to_string(), QueueSettings { concurrency: Some(2), max_depth: None }),
+                (Webhook::QUEUE.to_string(), QueueSettings::default()),
             ]),
             limits: LimitsConfig::default(),
             http: HttpSettings::default(),
@@ -332,6 +342,7 @@ impl Default for Config {
             default_limits: ferry_store::WorkspaceLimits::default(),
             exec: ExecConfig::default(),
             breakers: ferry_core::breaker::BreakerConfig::default(),
+            webhooks: WebhookConfig::default(),
             exec_helper: None,
             config_file: None,
         }
@@ -371,6 +382,7 @@ impl Config {
         fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(NOT_SETTINGS)).merge(Serialized::defaults(flags));
         let mut cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {}", describe(e)))?;
         cfg.queues.entry("default".into()).or_default();
+        cfg.queues.entry(Webhook::QUEUE.into()).or_default();
         cfg.config_file = file.cloned();
         cfg.validate()?;
         Ok(cfg)
@@ -394,6 +406,7 @@ impl Config {
             bail!("database_url must be a postgres:// URL (unset, Ferry uses SQLite in data_dir)");
         }
         self.exec.validate().map_err(|e| anyhow::anyhow!(e))?;
+        self.webhooks.validate().map_err(|e| anyhow::anyhow!(e))?;
         if self.database_max_connections < 2 {
             bail!("database_max_connections must be at least 2");
         }
@@ -440,6 +453,16 @@ impl Config {
         Ok(())
     }
 
+    /// The attempts queue `name` runs at once in this process: its own `concurrency`;
+    /// else, for the `webhook` queue, `webhooks.concurrency`; else `workers`.
+    pub fn queue_concurrency(&self, name: &str) -> usize {
+        match self.queues.get(name).and_then(|q| q.concurrency) {
+            Some(n) => n,
+            None if name == Webhook::QUEUE => self.webhooks.concurrency,
+            None => self.workers,
+        }
+    }
+
     /// The core's validation limits.
     pub fn job_limits(&self) -> Limits {
         let l = &self.limits;
@@ -453,7 +476,8 @@ impl Config {
         }
     }
 
-    /// The merged configuration as pretty JSON, with the database password redacted.
+    /// The merged configuration as pretty JSON, with the database password redacted (and
+    /// the webhook secrets, which never serialise as anything but `<redacted>`).
     pub fn show(&self) -> anyhow::Result<String> {
         let mut shown = self.clone();
         shown.database_url = shown.database_url.map(|u| redact_password(&u));
@@ -624,6 +648,70 @@ mod tests {
             let err = err.to_string();
             assert!(err.contains("`queues.webhook.concurency` in ") && err.contains("typo.toml"), "{err}");
             assert!(err.contains("concurrency, max_depth"), "the settings it could be: {err}");
+            Ok(())
+        });
+    }
+
+    /// The Standard Webhooks test vector's secret.
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    #[test]
+    fn webhook_secrets_come_from_the_file_and_env_and_are_never_shown() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("hooks.toml", &format!("[webhooks.secrets]\nbilling = \"{SECRET}\"\n"))?;
+            jail.set_env("FERRY_WEBHOOKS__SECRETS__PARTNER", SECRET);
+            let cfg = Config::load(Some(&PathBuf::from("hooks.toml")), &FlagOverrides::default()).unwrap();
+            let names: Vec<&str> = cfg.webhooks.secrets.keys().map(String::as_str).collect();
+            assert_eq!(names, ["billing", "partner"], "a nested env key adds a secret");
+            let shown = cfg.show().unwrap();
+            assert!(!shown.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), "{shown}");
+            let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+            let redacted = serde_json::json!({"billing": "<redacted>", "partner": "<redacted>"});
+            assert_eq!(shown["webhooks"]["secrets"], redacted);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_webhook_secret_is_refused_naming_its_key_not_its_value() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FERRY_WEBHOOKS__SECRETS__PARTNER", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+            let err = Config::load(None, &FlagOverrides::default()).unwrap_err().to_string();
+            assert!(
+                err.contains("`webhooks.secrets.partner`") && err.contains("FERRY_WEBHOOKS__SECRETS__PARTNER"),
+                "{err}"
+            );
+            assert!(err.contains("whsec_") && !err.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), "{err}");
+            jail.set_env("FERRY_WEBHOOKS__SECRETS__PARTNER", "whsec_c2hvcnQ=");
+            let err = Config::load(None, &FlagOverrides::default()).unwrap_err().to_string();
+            assert!(err.contains("webhooks.secrets.partner") && err.contains("at least 24"), "{err}");
+            jail.set_env("FERRY_WEBHOOKS__SECRETS__PARTNER", SECRET);
+            jail.create_file("bad.toml", "[webhooks.secrets]\nbilling = \"whsec_***\"\n")?;
+            let err = Config::load(Some(&PathBuf::from("bad.toml")), &FlagOverrides::default()).unwrap_err();
+            let err = err.to_string();
+            assert!(err.contains("`webhooks.secrets.billing` in ") && err.contains("base64"), "{err}");
+            assert!(!err.contains("***"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_webhook_queue_exists_with_its_own_concurrency() {
+        figment::Jail::expect_with(|jail| {
+            let cfg = Config::load(None, &FlagOverrides::default()).unwrap();
+            assert!(cfg.queues.contains_key("webhook"), "built in");
+            assert_eq!(cfg.queue_concurrency("webhook"), 20, "webhooks.concurrency, not workers");
+            assert_eq!(cfg.queue_concurrency("default"), cfg.workers);
+            assert_eq!(cfg.queue_concurrency("heavy"), 2);
+            jail.set_env("FERRY_WEBHOOKS__CONCURRENCY", "7");
+            let cfg = Config::load(None, &FlagOverrides::default()).unwrap();
+            assert_eq!(cfg.queue_concurrency("webhook"), 7);
+            jail.set_env("FERRY_QUEUES__WEBHOOK__CONCURRENCY", "50");
+            let cfg = Config::load(None, &FlagOverrides::default()).unwrap();
+            assert_eq!(cfg.queue_concurrency("webhook"), 50, "the queue's own setting wins");
+            jail.set_env("FERRY_WEBHOOKS__CONCURRENCY", "0");
+            let err = Config::load(None, &FlagOverrides::default()).unwrap_err().to_string();
+            assert!(err.contains("webhooks.concurrency"), "{err}");
             Ok(())
         });
     }

@@ -31,9 +31,9 @@ const MAX_CONNECT_MS: u64 = 600_000;
 const DEFAULT_MAX_RESPONSE: u64 = 1024 * 1024;
 const MAX_RESPONSE: u64 = 16 * 1024 * 1024;
 
-/// The `http` kind. Keeps one connection-pooling client per connect timeout in use.
+/// The `http` kind.
 pub struct Http {
-    clients: Mutex<HashMap<u64, Client>>,
+    clients: Clients,
 }
 
 impl Default for Http {
@@ -45,22 +45,53 @@ impl Default for Http {
 impl Http {
     /// A new executor. Installs rustls' `ring` provider as the process default if none is.
     pub fn new() -> Self {
+        Http { clients: Clients::new(true) }
+    }
+}
+
+/// Connection-pooling HTTP clients, one per connect timeout in use: the `http` kind's
+/// (which follow redirects, up to 10) and the `webhook` kind's (which never do: a POST
+/// redirected would be re-sent as a GET, without its signed body).
+pub(crate) struct Clients {
+    follow_redirects: bool,
+    by_connect_ms: Mutex<HashMap<u64, Client>>,
+}
+
+impl Clients {
+    /// No client yet. Installs rustls' `ring` provider as the process default if none is.
+    pub(crate) fn new(follow_redirects: bool) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        Http { clients: Mutex::new(HashMap::new()) }
+        Clients { follow_redirects, by_connect_ms: Mutex::new(HashMap::new()) }
     }
 
-    fn client(&self, connect_ms: u64) -> Result<Client, ExecError> {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+    /// The client for this connect timeout, built on first use.
+    pub(crate) fn get(&self, connect_ms: u64) -> Result<Client, ExecError> {
+        let mut clients = self.by_connect_ms.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = clients.get(&connect_ms) {
             return Ok(c.clone());
         }
+        let redirects = if self.follow_redirects {
+            reqwest::redirect::Policy::limited(10)
+        } else {
+            reqwest::redirect::Policy::none()
+        };
         let client = Client::builder()
             .connect_timeout(Duration::from_millis(connect_ms))
+            .redirect(redirects)
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ExecError::new(ErrorType::Internal, format!("cannot build an HTTP client: {e}")))?;
         clients.insert(connect_ms, client.clone());
         Ok(client)
+    }
+}
+
+/// The input's `connect_timeout_ms` (1 ms to 10 minutes), or the default, 5 s.
+pub(crate) fn connect_timeout_ms(input: &Value) -> Result<u64, SpecError> {
+    match opt_u64(input, "connect_timeout_ms", MAX_CONNECT_MS)? {
+        Some(0) => Err(SpecError::invalid("input.connect_timeout_ms", "must be at least 1")),
+        Some(ms) => Ok(ms),
+        None => Ok(DEFAULT_CONNECT_MS),
     }
 }
 
@@ -81,7 +112,8 @@ fn method(input: &Value) -> Result<Method, SpecError> {
     }
 }
 
-fn url(input: &Value) -> Result<Url, SpecError> {
+/// The input's `url`: an http or https URL (`input.url` otherwise).
+pub(crate) fn url(input: &Value) -> Result<Url, SpecError> {
     let raw = input
         .get("url")
         .and_then(Value::as_str)
@@ -93,7 +125,8 @@ fn url(input: &Value) -> Result<Url, SpecError> {
     Ok(url)
 }
 
-fn headers(input: &Value) -> Result<Vec<(String, String)>, SpecError> {
+/// The input's `headers`: an object of valid header names and string values.
+pub(crate) fn headers(input: &Value) -> Result<Vec<(String, String)>, SpecError> {
     match input.get("headers") {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Object(map)) => map
@@ -123,7 +156,7 @@ pub(crate) fn origin(url: &Url) -> String {
 }
 
 /// Parses `Retry-After`: delay seconds or an HTTP date.
-fn retry_after(value: &str) -> Option<Duration> {
+pub(crate) fn retry_after(value: &str) -> Option<Duration> {
     if let Ok(secs) = value.trim().parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
@@ -143,9 +176,7 @@ impl Executor for Http {
         method(input)?;
         url(input)?;
         headers(input)?;
-        if opt_u64(input, "connect_timeout_ms", MAX_CONNECT_MS)? == Some(0) {
-            return Err(SpecError::invalid("input.connect_timeout_ms", "must be at least 1"));
-        }
+        connect_timeout_ms(input)?;
         opt_u64(input, "max_response_bytes", MAX_RESPONSE)?;
         Ok(())
     }
@@ -156,11 +187,11 @@ impl Executor for Http {
 
     async fn run(&self, _attempt: &Attempt, input: Value) -> Result<Value, ExecError> {
         let invalid = |e: SpecError| ExecError::new(ErrorType::Validation, e.to_string());
-        let connect_ms =
-            opt_u64(&input, "connect_timeout_ms", MAX_CONNECT_MS).map_err(invalid)?.unwrap_or(DEFAULT_CONNECT_MS);
+        let connect_ms = connect_timeout_ms(&input).map_err(invalid)?;
         let limit =
             opt_u64(&input, "max_response_bytes", MAX_RESPONSE).map_err(invalid)?.unwrap_or(DEFAULT_MAX_RESPONSE);
-        let mut req = self.client(connect_ms)?.request(method(&input).map_err(invalid)?, url(&input).map_err(invalid)?);
+        let mut req =
+            self.clients.get(connect_ms)?.request(method(&input).map_err(invalid)?, url(&input).map_err(invalid)?);
         for (k, v) in headers(&input).map_err(invalid)? {
             req = req.header(k, v);
         }
@@ -213,7 +244,9 @@ impl Executor for Http {
     }
 }
 
-fn classify(e: reqwest::Error) -> ExecError {
+/// What a failed request was: `timeout`, `validation` (a request that could not be
+/// built) or `network`, with the whole chain of causes in the message.
+pub(crate) fn classify(e: reqwest::Error) -> ExecError {
     if e.is_timeout() {
         ExecError::new(ErrorType::Timeout, format!("request timed out: {e}"))
     } else if e.is_builder() {

@@ -5,12 +5,14 @@ mod fail;
 mod http;
 mod noop;
 mod sleep;
+mod webhook;
 
 pub use exec::{Exec, ExecConfig, ExecLimits, Interpreter};
 pub use fail::Fail;
 pub use http::Http;
 pub use noop::Noop;
 pub use sleep::Sleep;
+pub use webhook::{Webhook, WebhookConfig, WebhookSecret};
 
 use ferry_core::SpecError;
 use serde_json::Value;

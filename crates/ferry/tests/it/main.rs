@@ -26,4 +26,5 @@ mod system;
 mod tenancy;
 mod transport;
 mod validation;
+mod webhooks;
 mod workflows;
