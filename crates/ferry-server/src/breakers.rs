@@ -65,6 +65,10 @@ pub async fn set(
         let op = BreakerOp::Set { settings: settings.clone(), action };
         last = Some(st.store.breaker(&key, op).await?.record);
     }
+    // This process's workers read it again now, rather than within a quarter second.
+    if let Some(engine) = &st.engine {
+        engine.forget_breaker(&key);
+    }
     match last {
         Some(b) => Ok(Json(b.into())),
         // Nothing to change: the breaker as it is.

@@ -360,14 +360,15 @@ pub trait Store: Send + Sync + 'static {
         &self,
         key: &str,
         settings: &ferry_core::breaker::BreakerSettings,
-    ) -> Result<(ferry_core::breaker::Admit, Micros), StoreError> {
+    ) -> Result<BreakerAnswer, StoreError> {
         let now = ferry_core::time::now_micros();
         let found = self.breakers(Some(key)).await?;
         if let Some(admit) = rules::breakers::peek(found.first(), settings, now) {
-            return Ok((admit, now));
+            return Ok(BreakerAnswer { admit, now, quiet: rules::breakers::quiet(found.first()) });
         }
         let out = self.breaker(key, BreakerOp::Admit { settings: settings.clone() }).await?;
-        Ok((out.admit.unwrap_or(ferry_core::breaker::Admit::Go), out.now))
+        let admit = out.admit.unwrap_or(ferry_core::breaker::Admit::Go);
+        Ok(BreakerAnswer { admit, now: out.now, quiet: rules::breakers::quiet(Some(&out.record)) })
     }
 
     /// Checks that the store answers.

@@ -362,6 +362,17 @@ pub enum BreakerOp {
     Set { settings: ferry_core::breaker::BreakerSettings, action: BreakerAction },
 }
 
+/// Whether an attempt through a breaker may start ([`crate::Store::breaker_admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerAnswer {
+    pub admit: ferry_core::breaker::Admit,
+    /// The clock a wait's `until` is on.
+    pub now: Micros,
+    /// Closed, with no failure counted in its window: a process may take it for closed a
+    /// little while without asking again.
+    pub quiet: bool,
+}
+
 /// What a breaker operation found and did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerOutcome {

@@ -169,8 +169,8 @@ struct Inner {
     /// Attempts whose work is over but whose end is not recorded yet and whose slot went
     /// back early (`attempt::run_attempt`), at most `EngineConfig::unrecorded_max`.
     unrecorded: Arc<tokio::sync::Semaphore>,
-    /// Successes of attempts through breakers not yet reported to the store.
-    breakers_unreported: breakers::Unreported,
+    /// What this process keeps of the breakers its attempts go through (see `breakers`).
+    breaker_book: breakers::Book,
 }
 
 /// The most attempts of this process whose slots went back before their ends were
@@ -275,7 +275,7 @@ impl Engine {
             controls: cfg_controls,
             freed: tokio::sync::Notify::new(),
             unrecorded: Arc::new(tokio::sync::Semaphore::new(unrecorded_max)),
-            breakers_unreported: breakers::Unreported::default(),
+            breaker_book: breakers::Book::default(),
         });
         inner.background.spawn(finisher::finish_batches(inner.clone(), finishes));
         inner.background.spawn(advancer::advance_runs(inner.clone(), advances));
@@ -301,6 +301,12 @@ impl Engine {
     /// Returns whether the job was running here.
     pub fn stop_attempt(&self, id: JobId) -> bool {
         self.inner.running.cancel(id)
+    }
+
+    /// Makes this process read the breaker `key` again at its next attempt, instead of
+    /// taking it for closed a little longer (an operator changed it through this process).
+    pub fn forget_breaker(&self, key: &str) {
+        self.inner.breaker_book.forget(key);
     }
 
     /// Attempts running in this process.

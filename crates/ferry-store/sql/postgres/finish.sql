@@ -8,21 +8,30 @@
 -- statement that locks several of a worker's running jobs, never waits for a lock (it
 -- skips the rows a finish holds), so the two cannot wait for each other in a cycle. A
 -- locking pass in id order here instead cost about a third of PostgreSQL's throughput.
+-- A job its breaker held back (`breaker` set) whose breaker has closed since is ready now
+-- instead: the close let the other waiting jobs go, and this one's wait was decided
+-- before it.
 WITH clock AS (
     SELECT ferry_now() AS now
+), u AS (
+    SELECT u.*, u.breaker IS NOT NULL
+                AND EXISTS (SELECT 1 FROM breakers b WHERE b.key = u.breaker AND b.state = 'closed') AS let_go
+    FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::bigint[], $8::int[],
+                $15::text[])
+         AS u(id, attempt, state, output, error, finished, retry_in, base_inc, breaker)
 ), done AS (
     UPDATE jobs j
-    SET state = u.state, output = u.output::jsonb, error = u.error::jsonb,
+    SET state = CASE WHEN u.let_go THEN 'queued' ELSE u.state END,
+        output = u.output::jsonb, error = u.error::jsonb,
         finished_at = CASE WHEN u.finished THEN clock.now END,
-        run_at = CASE WHEN u.retry_in IS NULL THEN j.run_at ELSE clock.now + u.retry_in END,
+        run_at = CASE WHEN u.let_go THEN clock.now
+                      WHEN u.retry_in IS NULL THEN j.run_at ELSE clock.now + u.retry_in END,
         attempt_base = j.attempt_base + u.base_inc,
         worker_id = NULL, lease_expires_at = NULL, updated_at = clock.now,
         breaker = COALESCE(u.breaker, j.breaker)
-    FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::bigint[], $8::int[],
-                $15::text[])
-         AS u(id, attempt, state, output, error, finished, retry_in, base_inc, breaker), clock
+    FROM u, clock
     WHERE j.id = u.id AND j.state = 'running' AND j.attempt = u.attempt
-    RETURNING j.id, u.attempt, j.queue, u.state, clock.now
+    RETURNING j.id, u.attempt, j.queue, j.state, clock.now
 ), logged AS (
     INSERT INTO events (job_id, at, type, data)
     SELECT e.job_id, done.now, e.type,

@@ -123,6 +123,15 @@ async fn changed(
     Ok(())
 }
 
+/// Whether a breaker is closed with no failure counted in its window (none kept: never
+/// failed).
+pub(crate) fn quiet(record: Option<&BreakerRecord>) -> bool {
+    record.is_none_or(|r| {
+        let b = &r.breaker;
+        b.state == ferry_core::breaker::BreakerState::Closed && b.consecutive == 0 && b.window_failures == 0
+    })
+}
+
 /// The admission a plain read can give (see [`Breaker::peek`]), with the row's own
 /// settings over `settings`; `None` when admitting must lock the row.
 pub(crate) fn peek(record: Option<&BreakerRecord>, settings: &BreakerSettings, now: Micros) -> Option<Admit> {

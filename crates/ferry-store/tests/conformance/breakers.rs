@@ -27,8 +27,8 @@ fn fail(settings: &BreakerSettings, job: Option<JobId>) -> BreakerOp {
 }
 
 async fn concurrent_reports_all_count_and_a_trip_happens_once(store: Arc<dyn Store>) {
-    let (admit, _) = store.breaker_admit("k", &failures(5)).await.unwrap();
-    assert_eq!(admit, Admit::Go, "a key never seen is closed");
+    let answer = store.breaker_admit("k", &failures(5)).await.unwrap();
+    assert_eq!((answer.admit, answer.quiet), (Admit::Go, true), "a key never seen is closed, and quiet");
     assert!(store.breakers(None).await.unwrap().is_empty(), "and admitting it writes nothing");
     let tasks: Vec<_> = (0..40)
         .map(|_| {
@@ -70,7 +70,8 @@ async fn a_tripped_breaker_holds_jobs_back_and_its_close_lets_them_go(store: Arc
     let changed = events.iter().find(|e| e.event_type == "breaker_changed").expect("the trip is on the job's log");
     assert_eq!((changed.data["breaker"].as_str(), changed.data["state"].as_str()), (Some("api"), Some("open")));
 
-    let (admit, now) = store.breaker_admit("api", &s).await.unwrap();
+    let ferry_store::BreakerAnswer { admit, now, quiet } = store.breaker_admit("api", &s).await.unwrap();
+    assert!(!quiet);
     let Admit::Wait { until } = admit else { panic!("an open breaker holds attempts back, got {admit:?}") };
     assert!(until > now + 3_000_000_000, "for its cool-down");
     // The engine turns that into a deferral: scheduled again, the attempt not counted.
@@ -96,6 +97,14 @@ async fn a_tripped_breaker_holds_jobs_back_and_its_close_lets_them_go(store: Arc
     want.sort();
     assert_eq!(ids, want, "a close lets the held-back jobs go at once");
     assert!(again.iter().all(|j| j.attempts_counted == 1 && j.attempt == 2), "a fresh attempt, the first counted");
+
+    // A wait decided before the close but recorded after it would miss the close's let-go:
+    // it is ready at once instead.
+    let late = &again[0];
+    let deferred = FinishResult::Deferred { retry_in: 3_600_000_000, breaker: "api".into() };
+    assert!(store.finish(end(late.id, late.attempt, deferred)).await.unwrap());
+    assert_eq!(store.get_job("default", late.id).await.unwrap().unwrap().state, JobState::Queued);
+    assert_eq!(store.claim(claim_req("w", 3)).await.unwrap().jobs[0].id, late.id, "and claimed at once");
 }
 
 async fn probes_close_or_reopen_and_a_disabled_breaker_refuses_until_reset(store: Arc<dyn Store>) {
@@ -103,18 +112,18 @@ async fn probes_close_or_reopen_and_a_disabled_breaker_refuses_until_reset(store
     store.breaker("p", fail(&s, None)).await.unwrap();
     // Wait out the cool-down of 1 ms: the store's clock decides.
     let probe = loop {
-        match store.breaker_admit("p", &s).await.unwrap().0 {
+        match store.breaker_admit("p", &s).await.unwrap().admit {
             Admit::Wait { .. } => tokio::task::yield_now().await,
             other => break other,
         }
     };
     assert_eq!(probe, Admit::Probe);
-    assert!(matches!(store.breaker_admit("p", &s).await.unwrap().0, Admit::Wait { .. }), "one probe at a time");
+    assert!(matches!(store.breaker_admit("p", &s).await.unwrap().admit, Admit::Wait { .. }), "one probe at a time");
     let failed = BreakerOp::Report { settings: s.clone(), report: report(Outcome::Failure, true, None) };
     let b = store.breaker("p", failed).await.unwrap().record.breaker;
     assert_eq!((b.state, b.cool_down_ms, b.trips, b.probes), (BreakerState::Open, 2, 2, 1), "reopened, longer");
     loop {
-        match store.breaker_admit("p", &s).await.unwrap().0 {
+        match store.breaker_admit("p", &s).await.unwrap().admit {
             Admit::Wait { .. } => tokio::task::yield_now().await,
             Admit::Probe => break,
             other => panic!("expected a probe, got {other:?}"),
@@ -133,8 +142,8 @@ async fn probes_close_or_reopen_and_a_disabled_breaker_refuses_until_reset(store
     let gone = BreakerReport { disable: true, ..report(Outcome::Failure, false, None) };
     let op = BreakerOp::Report { settings: s.clone(), report: gone };
     assert_eq!(store.breaker("d", op).await.unwrap().record.breaker.state, BreakerState::Disabled);
-    assert_eq!(store.breaker_admit("d", &s).await.unwrap().0, Admit::Refuse);
+    assert_eq!(store.breaker_admit("d", &s).await.unwrap().admit, Admit::Refuse);
     let reset = BreakerOp::Set { settings: s.clone(), action: BreakerAction::Reset };
     assert_eq!(store.breaker("d", reset).await.unwrap().record.breaker.state, BreakerState::Closed);
-    assert_eq!(store.breaker_admit("d", &s).await.unwrap().0, Admit::Go);
+    assert_eq!(store.breaker_admit("d", &s).await.unwrap().admit, Admit::Go);
 }
