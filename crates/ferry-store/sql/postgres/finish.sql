@@ -10,12 +10,16 @@
 -- locking pass in id order here instead cost about a third of PostgreSQL's throughput.
 -- A job its breaker held back (`breaker` set) whose breaker has closed since is ready now
 -- instead: the close let the other waiting jobs go, and this one's wait was decided
--- before it.
+-- before it. The breaker's row is read FOR SHARE, so a close (which holds it FOR UPDATE
+-- from its start to its commit, where it lets the waiting jobs go) and such a finish take
+-- turns: either the finish waits and reads the close, or the close's let-go, waiting,
+-- finds this job scheduled. Read unlocked, a finish running beside a close missed both,
+-- and its job waited a whole cool-down after the close. Only held-back jobs read it.
 WITH clock AS (
     SELECT ferry_now() AS now
-), u AS (
+), u AS MATERIALIZED (
     SELECT u.*, u.breaker IS NOT NULL
-                AND EXISTS (SELECT 1 FROM breakers b WHERE b.key = u.breaker AND b.state = 'closed') AS let_go
+                AND (SELECT b.state FROM breakers b WHERE b.key = u.breaker FOR SHARE) = 'closed' AS let_go
     FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::bigint[], $8::int[],
                 $15::text[])
          AS u(id, attempt, state, output, error, finished, retry_in, base_inc, breaker)
