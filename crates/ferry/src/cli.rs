@@ -490,7 +490,7 @@ impl<T: serde::Serialize> Setting<T> {
 
 #[derive(Debug, Clone, Args)]
 pub struct SubmitArgs {
-    /// The job's kind: noop, sleep, fail, http or exec (see the README's "Kinds")
+    /// The job's kind: noop, sleep, fail, http, webhook or exec (see the README's "Kinds")
     pub kind: String,
     /// The input: JSON text, or @FILE to read it from a file
     #[arg(long)]
@@ -509,6 +509,9 @@ pub struct SubmitArgs {
     pub delay_ms: Option<u64>,
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// The circuit breaker the job goes through (default: its kind's, e.g. an http URL's origin)
+    #[arg(long)]
+    pub breaker: Option<String>,
     /// Wait for the job to finish, showing progress, then show it; exit status 0 only if
     /// it succeeded
     #[arg(long)]

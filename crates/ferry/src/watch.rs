@@ -116,6 +116,9 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     if let Some(k) = args.idempotency_key {
         spec["idempotency_key"] = json!(k);
     }
+    if let Some(b) = args.breaker {
+        spec["breaker"] = json!(b);
+    }
     let accepted = client.call(Method::POST, "/v1/jobs", Some(&spec)).await?;
     if !args.wait {
         args.client.print(&accepted, |a| view::accepted("job", a));
