@@ -39,19 +39,27 @@ pub const PROBE_LOST_MS: u64 = 30_000;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerSettings {
-    /// Failures in a row that trip a closed breaker.
+    /// Failures in a row that trip a closed breaker (1 to 10,000).
+    #[schema(minimum = 1, maximum = 10_000)]
     pub failures: u32,
     /// The share of failures in the window that trips it (0: no ratio rule).
+    #[schema(minimum = 0, maximum = 1)]
     pub ratio: f64,
-    /// Outcomes the window must hold before the ratio applies.
+    /// Outcomes the window must hold before the ratio applies (1 to 1,000,000).
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub min_calls: u32,
-    /// The window's length.
+    /// The window's length (at most a day).
+    #[schema(minimum = 1, maximum = 86_400_000)]
     pub window_ms: u64,
-    /// How long a breaker stays open after its first trip.
+    /// How long a breaker stays open after its first trip (at most a day).
+    #[schema(minimum = 1, maximum = 86_400_000)]
     pub cool_down_ms: u64,
-    /// The longest cool-down, however many trips in a row.
+    /// The longest cool-down, however many trips in a row (at least `cool_down_ms`, at
+    /// most a day).
+    #[schema(minimum = 1, maximum = 86_400_000)]
     pub max_cool_down_ms: u64,
-    /// Probe attempts at once while half-open.
+    /// Probe attempts at once while half-open (1 to 1,000).
+    #[schema(minimum = 1, maximum = 1_000)]
     pub probes: u32,
 }
 
@@ -71,24 +79,28 @@ impl Default for BreakerSettings {
 
 impl BreakerSettings {
     /// Checks the settings; the error names the bad field.
+    /// Checks the settings against the bounds their fields state; the error names the bad
+    /// field.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        let positive = |field, v: u64| if v == 0 { Err((field, "must be at least 1".to_string())) } else { Ok(()) };
-        positive("failures", self.failures.into())?;
-        positive("min_calls", self.min_calls.into())?;
-        positive("window_ms", self.window_ms)?;
-        positive("cool_down_ms", self.cool_down_ms)?;
-        positive("probes", self.probes.into())?;
+        const DAY_MS: u64 = 86_400_000;
+        let bounds = [
+            ("failures", u64::from(self.failures), 10_000),
+            ("min_calls", u64::from(self.min_calls), 1_000_000),
+            ("window_ms", self.window_ms, DAY_MS),
+            ("cool_down_ms", self.cool_down_ms, DAY_MS),
+            ("max_cool_down_ms", self.max_cool_down_ms, DAY_MS),
+            ("probes", u64::from(self.probes), 1_000),
+        ];
+        for (field, v, max) in bounds {
+            if !(1..=max).contains(&v) {
+                return Err((field, format!("must be from 1 to {max}")));
+            }
+        }
         if !(0.0..=1.0).contains(&self.ratio) {
             return Err(("ratio", "must be from 0 to 1 (0: no ratio rule)".into()));
         }
         if self.max_cool_down_ms < self.cool_down_ms {
             return Err(("max_cool_down_ms", format!("must be at least cool_down_ms ({})", self.cool_down_ms)));
-        }
-        const DAY_MS: u64 = 86_400_000;
-        for (field, v) in [("window_ms", self.window_ms), ("max_cool_down_ms", self.max_cool_down_ms)] {
-            if v > DAY_MS {
-                return Err((field, format!("must be at most {DAY_MS} (a day)")));
-            }
         }
         Ok(())
     }
@@ -589,7 +601,7 @@ mod tests {
         assert_eq!(cfg.settings("other", "q").failures, 2);
         assert_eq!(cfg.settings("other", "other").failures, 1);
         let bad = BreakerConfig { queues: [("q".to_string(), with(0))].into(), ..cfg };
-        assert_eq!(bad.validate().unwrap_err(), "breakers.queues.q.failures must be at least 1");
+        assert_eq!(bad.validate().unwrap_err(), "breakers.queues.q.failures must be from 1 to 10000");
         let parsed: BreakerConfig = serde_json::from_str("{}").unwrap();
         assert!(parsed.enabled && BreakerConfig::default().enabled, "on unless turned off");
     }
@@ -605,6 +617,8 @@ mod tests {
         assert_eq!(bad(BreakerSettings { cool_down_ms: 0, ..d() }), "cool_down_ms");
         assert_eq!(bad(BreakerSettings { max_cool_down_ms: 10, ..d() }), "max_cool_down_ms");
         assert_eq!(bad(BreakerSettings { window_ms: 86_400_001, ..d() }), "window_ms");
+        assert_eq!(bad(BreakerSettings { probes: 1_001, ..d() }), "probes");
+        assert!(BreakerSettings { probes: 1_000, failures: 10_000, ..d() }.validate().is_ok(), "at the edges");
     }
 
     #[test]
