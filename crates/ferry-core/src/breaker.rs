@@ -54,8 +54,8 @@ pub struct BreakerSettings {
     /// How long a breaker stays open after its first trip (at most a day).
     #[schema(minimum = 1, maximum = 86_400_000)]
     pub cool_down_ms: u64,
-    /// The longest cool-down, however many trips in a row (at least `cool_down_ms`, at
-    /// most a day).
+    /// The longest cool-down, however many trips in a row (at least `cool_down_ms`: a
+    /// smaller one is refused with 400; at most a day).
     #[schema(minimum = 1, maximum = 86_400_000)]
     pub max_cool_down_ms: u64,
     /// Probe attempts at once while half-open (1 to 1,000).
