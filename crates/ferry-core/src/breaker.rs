@@ -305,6 +305,12 @@ pub fn hold(key: &str, admit: Admit, deadline_at: Option<Micros>, now: Micros) -
 }
 
 impl Breaker {
+    /// Closed, with no failure counted in its window: a process may take it for closed a
+    /// little while without reading it again.
+    pub fn is_quiet(&self) -> bool {
+        self.state == BreakerState::Closed && self.consecutive == 0 && self.window_failures == 0
+    }
+
     /// The answer [`Breaker::admit`] would give at `now`, when giving it changes nothing
     /// (closed, disabled, open before its time, every probe under way): a store answers
     /// these from a plain read, and takes the breaker's lock only for the others.

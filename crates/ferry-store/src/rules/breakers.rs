@@ -126,10 +126,7 @@ async fn changed(
 /// Whether a breaker is closed with no failure counted in its window (none kept: never
 /// failed).
 pub(crate) fn quiet(record: Option<&BreakerRecord>) -> bool {
-    record.is_none_or(|r| {
-        let b = &r.breaker;
-        b.state == ferry_core::breaker::BreakerState::Closed && b.consecutive == 0 && b.window_failures == 0
-    })
+    record.is_none_or(|r| r.breaker.is_quiet())
 }
 
 /// The admission a plain read can give (see [`Breaker::peek`]), with the row's own

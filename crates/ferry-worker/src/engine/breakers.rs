@@ -54,7 +54,8 @@ pub(super) struct Book(Mutex<HashMap<String, Pending>>);
 struct Pending {
     successes: u32,
     since: Option<Instant>,
-    /// The last report found the breaker counting failures.
+    /// The last report found the breaker counting failures, or not closed (tripped,
+    /// disabled): successes are reported at once, and every attempt reads it.
     counting: bool,
     /// Until when the breaker is taken for closed without a read.
     quiet_until: Option<Instant>,
@@ -160,8 +161,7 @@ pub(super) async fn record(inner: &Inner, job: &ClaimedJob, key: &str, probe: bo
     let op = BreakerOp::Report { settings: settings(inner, key, job).clone(), report };
     match inner.store.breaker(key, op).await {
         Ok(out) => {
-            let b = &out.record.breaker;
-            book.counting(key, b.consecutive > 0 || b.window_failures > 0);
+            book.counting(key, !out.record.breaker.is_quiet());
         }
         Err(e) => {
             tracing::warn!(breaker = key, job = %job.id, error = %e, "an outcome was not recorded on the breaker")
