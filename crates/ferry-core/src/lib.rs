@@ -14,12 +14,15 @@ pub mod backoff;
 pub mod breaker;
 pub mod error;
 pub mod job;
+pub mod message;
 pub mod run;
+pub mod severity;
 pub mod time;
 pub mod workflow;
 
 pub use backoff::{Backoff, Jitter};
 pub use error::{ErrorType, ExecError, JobError};
+pub use severity::Severity;
 pub use job::{
     AttemptOutcome, Decision, JobId, JobSpec, JobState, Limits, NewJob, OnLimit, RetryState, SpecError,
     decide_after_failure,
