@@ -22,8 +22,8 @@ pub mod workflow;
 
 pub use backoff::{Backoff, Jitter};
 pub use error::{ErrorType, ExecError, JobError};
-pub use severity::Severity;
 pub use job::{
     AttemptOutcome, Decision, JobId, JobSpec, JobState, Limits, NewJob, OnLimit, RetryState, SpecError,
     decide_after_failure,
 };
+pub use severity::Severity;

@@ -638,8 +638,7 @@ mod tests {
             j.state = state;
             j.output = Some(c.job.input.clone());
             if state == JobState::Dead {
-                j.error =
-                    Some(JobError::new(ErrorType::ExitStatus, "boom"));
+                j.error = Some(JobError::new(ErrorType::ExitStatus, "boom"));
             }
         }
     }
