@@ -48,7 +48,7 @@ pub async fn run(args: ErrorsArgs) -> anyhow::Result<ExitCode> {
 /// for the server to read (or refuse, naming `since`).
 fn since(value: &str, now: chrono::DateTime<chrono::Utc>) -> String {
     let split = value.len().saturating_sub(1);
-    let (n, unit) = value.split_at(value.is_char_boundary(split).then_some(split).unwrap_or(0));
+    let (n, unit) = value.split_at(if value.is_char_boundary(split) { split } else { 0 });
     let secs = match (n.parse::<i64>(), unit) {
         (Ok(n), "s") => n,
         (Ok(n), "m") => n * 60,
