@@ -52,7 +52,7 @@ pub struct FailureGroup {
     /// The highest severity among them; `None` when none had one (failures recorded
     /// before severities were).
     pub severity: Option<Severity>,
-    /// The job of the group's newest failure.
+    /// The job of the group's newest failure (of those at the same time, the newest job).
     pub sample_job_id: JobId,
 }
 
@@ -95,7 +95,8 @@ pub fn group(rows: Vec<FailureRow>) -> Vec<FailureGroup> {
         });
         g.count += 1;
         g.first_seen = g.first_seen.min(row.at);
-        if row.at >= g.last_seen {
+        // Failures recorded together (one batched finish) share a time: the later job wins.
+        if (row.at, row.job_id) > (g.last_seen, g.sample_job_id) {
             g.last_seen = row.at;
             g.sample_job_id = row.job_id;
         }
@@ -142,5 +143,17 @@ mod tests {
         // Equal counts: the most recent first.
         assert_eq!((groups[1].error_type, groups[2].queue.as_str()), (ErrorType::Timeout, "other"));
         assert_eq!(groups[2].severity, None);
+    }
+
+    #[test]
+    fn of_failures_at_one_time_the_sample_is_the_newest_job() {
+        let mut newer = row(30, "q", ErrorType::Network, "x", None);
+        newer.job_id = JobId::from_u128(99);
+        for rows in [
+            vec![row(30, "q", ErrorType::Network, "x", None), newer.clone()],
+            vec![newer.clone(), row(30, "q", ErrorType::Network, "x", None)],
+        ] {
+            assert_eq!(group(rows)[0].sample_job_id, JobId::from_u128(99));
+        }
     }
 }

@@ -91,6 +91,7 @@ async fn errors_group_alike_failures_filtered_and_per_workspace(backend: Backend
         let job = srv.wait_state(id, &["dead"]).await;
         finished.push((ts(&attempts(&job)[0]["finished_at"]), id.clone()));
     }
+    // Ends recorded in one batch share a time; the group's sample is then the newest job.
     finished.sort();
     let other = srv.submit(fail("other", "order 5 failed", 1, false, "network")).await;
     srv.wait_state(&other, &["dead"]).await;
