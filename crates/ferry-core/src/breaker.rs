@@ -290,8 +290,14 @@ pub enum Held {
 /// The rule for a job its breaker holds back: it waits without spending an attempt, unless
 /// the breaker is disabled or the job's retry budget (`deadline_at`) ends first.
 pub fn hold(key: &str, admit: Admit, deadline_at: Option<Micros>, now: Micros) -> Option<Held> {
-    let dead =
-        |why: String| Some(Held::Dead(JobError { error_type: ErrorType::CircuitOpen, message: why, retryable: false }));
+    let dead = |why: String| {
+        Some(Held::Dead(JobError {
+            error_type: ErrorType::CircuitOpen,
+            message: why,
+            retryable: false,
+            severity: None,
+        }))
+    };
     match admit {
         Admit::Go | Admit::Probe => None,
         Admit::Refuse => dead(format!(
@@ -629,7 +635,12 @@ mod tests {
 
     #[test]
     fn what_counts_against_a_target() {
-        let e = |t: ErrorType, retryable: bool| JobError { error_type: t, message: String::new(), retryable };
+        let e = |t: ErrorType, retryable: bool| JobError {
+            error_type: t,
+            message: String::new(),
+            retryable,
+            severity: None,
+        };
         assert_eq!(Outcome::of(None), Outcome::Success);
         for t in [ErrorType::Timeout, ErrorType::Network, ErrorType::HttpStatus, ErrorType::RateLimited] {
             assert_eq!(Outcome::of(Some(&e(t, true))), Outcome::Failure, "{t}");

@@ -119,12 +119,22 @@ pub struct JobError {
     pub message: String,
     /// Whether this failure could be retried.
     pub retryable: bool,
+    /// How urgently it needs a person (`crate::severity`), set where the worker decides
+    /// what the failed attempt becomes; absent on errors recorded before severities were,
+    /// and on errors that are no attempt's (a run's, a cancel's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<crate::Severity>,
 }
 
 impl JobError {
+    /// This error with its severity.
+    pub fn with_severity(self, severity: crate::Severity) -> Self {
+        JobError { severity: Some(severity), ..self }
+    }
+
     /// An error whose retryability is the catalogue default for its type.
     pub fn new(error_type: ErrorType, message: impl Into<String>) -> Self {
-        JobError { error_type, message: message.into(), retryable: error_type.retryable_by_default() }
+        JobError { error_type, message: message.into(), retryable: error_type.retryable_by_default(), severity: None }
     }
 }
 
@@ -183,6 +193,7 @@ impl ExecError {
             error_type: self.error_type,
             message: self.message.clone(),
             retryable: self.retryable.unwrap_or(self.error_type.retryable_by_default()),
+            severity: None,
         }
     }
 }

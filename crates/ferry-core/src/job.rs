@@ -475,6 +475,7 @@ pub fn decide_after_failure(
                     job.attempts_counted, error.error_type, error.message
                 ),
                 retryable: false,
+                severity: None,
             },
         };
     }

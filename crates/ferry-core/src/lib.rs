@@ -14,7 +14,9 @@ pub mod backoff;
 pub mod breaker;
 pub mod error;
 pub mod job;
+pub mod message;
 pub mod run;
+pub mod severity;
 pub mod time;
 pub mod workflow;
 
@@ -24,3 +26,4 @@ pub use job::{
     AttemptOutcome, Decision, JobId, JobSpec, JobState, Limits, NewJob, OnLimit, RetryState, SpecError,
     decide_after_failure,
 };
+pub use severity::Severity;

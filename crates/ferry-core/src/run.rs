@@ -250,7 +250,7 @@ impl Nodes<'_> {
 }
 
 fn node_error(error_type: ErrorType, message: impl Into<String>) -> JobError {
-    JobError { error_type, message: message.into(), retryable: false }
+    JobError { error_type, message: message.into(), retryable: false, severity: None }
 }
 
 fn is_active(state: JobState) -> bool {
@@ -371,6 +371,7 @@ pub fn plan(snap: &RunSnapshot, limits: &Limits, check: InputCheck) -> Plan {
                 error_type: error.map(|e| e.error_type).unwrap_or(ErrorType::Internal),
                 message,
                 retryable: false,
+                severity: None,
             };
             finish(&mut nodes, &mut out, RunState::Failed, Some(run_error));
             return out;
@@ -637,8 +638,7 @@ mod tests {
             j.state = state;
             j.output = Some(c.job.input.clone());
             if state == JobState::Dead {
-                j.error =
-                    Some(JobError { error_type: ErrorType::ExitStatus, message: "boom".into(), retryable: false });
+                j.error = Some(JobError::new(ErrorType::ExitStatus, "boom"));
             }
         }
     }

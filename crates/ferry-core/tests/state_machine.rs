@@ -70,6 +70,7 @@ proptest! {
                 error_type: f.error_type,
                 message: "x".into(),
                 retryable: f.retryable.unwrap_or(f.error_type.retryable_by_default()),
+                severity: None,
             };
             let retry_state = RetryState { attempts_counted: attempts, max_attempts, deadline_at: deadline, backoff: &backoff };
             let retry_after = f.retry_after_ms.map(Duration::from_millis);

@@ -14,6 +14,7 @@ mod breakers;
 pub mod counts;
 pub mod doc;
 mod error;
+mod errors;
 mod events;
 mod extract;
 mod jobs;
@@ -262,6 +263,7 @@ fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::replay))
         .routes(routes!(jobs::events))
+        .routes(routes!(errors::list))
         .routes(routes!(runs::register, runs::list_workflows))
         .routes(routes!(runs::get_workflow))
         .routes(routes!(runs::start, runs::list_runs))

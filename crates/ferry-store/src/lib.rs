@@ -14,6 +14,7 @@
 //! API answers 2xx only after that, so an acknowledged job is durable.
 
 pub mod event_signal;
+pub mod failures;
 pub mod park;
 pub mod postgres;
 pub mod rate;
@@ -28,6 +29,7 @@ mod transition;
 mod types;
 
 pub use event_signal::{EventSignal, EventWatch, Subject};
+pub use failures::{FailureFilter, FailureGroup, FailureRow};
 pub use ferry_core::admission::{Admission, LimitPair, LimitReached, WorkspaceLimits};
 use ferry_core::run::{RunId, RunState};
 pub use park::Parked;
@@ -182,6 +184,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// A job's events in order, or `None` if there is no such job.
     async fn job_events(&self, workspace: &str, id: JobId) -> Result<Option<Vec<Event>>, StoreError>;
+
+    /// The workspace's failed attempts (`attempt_failed` events) since `filter.since`
+    /// that match its queue, kind and target, newest first, at most `filter.cap` of them
+    /// (see [`failures`]).
+    async fn failures(&self, workspace: &str, filter: FailureFilter) -> Result<Vec<FailureRow>, StoreError>;
 
     /// Per-queue counts of unfinished and dead jobs.
     async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError>;

@@ -38,6 +38,7 @@ mod breakers;
 mod claim;
 mod due;
 mod events;
+mod failures;
 mod head;
 mod jobs;
 mod leases;
@@ -91,6 +92,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../sql/postgres/migrations/0009_tenancy.sql")),
     (10, include_str!("../sql/postgres/migrations/0010_share_rate.sql")),
     (11, include_str!("../sql/postgres/migrations/0011_breakers.sql")),
+    (12, include_str!("../sql/postgres/migrations/0012_failures.sql")),
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
@@ -473,6 +475,14 @@ impl Store for PgStore {
 
     async fn list_jobs(&self, workspace: &str, filter: JobFilter) -> Result<Page, StoreError> {
         PgStore::list_jobs(self, workspace, filter).await
+    }
+
+    async fn failures(
+        &self,
+        workspace: &str,
+        filter: crate::FailureFilter,
+    ) -> Result<Vec<crate::FailureRow>, StoreError> {
+        self.read_failures(workspace, filter).await
     }
 
     async fn job_events(&self, workspace: &str, id: JobId) -> Result<Option<Vec<Event>>, StoreError> {

@@ -34,6 +34,7 @@ mod admission;
 pub mod bench;
 mod breakers;
 mod claim;
+mod failures;
 mod jobs;
 mod open;
 mod rows;
@@ -82,6 +83,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../sql/sqlite/migrations/0009_tenancy.sql")),
     (10, include_str!("../sql/sqlite/migrations/0010_share_rate.sql")),
     (11, include_str!("../sql/sqlite/migrations/0011_breakers.sql")),
+    (12, include_str!("../sql/sqlite/migrations/0012_failures.sql")),
 ];
 const PRUNE: &str = include_str!("../sql/sqlite/prune.sql");
 const INSERT_JOB: &str = include_str!("../sql/sqlite/insert_job.sql");
@@ -459,6 +461,14 @@ impl Store for SqliteStore {
             Ok(Page { items, next_cursor })
         })
         .await
+    }
+
+    async fn failures(
+        &self,
+        workspace: &str,
+        filter: crate::FailureFilter,
+    ) -> Result<Vec<crate::FailureRow>, StoreError> {
+        self.read_failures(workspace, filter).await
     }
 
     async fn job_events(&self, workspace: &str, id: JobId) -> Result<Option<Vec<Event>>, StoreError> {

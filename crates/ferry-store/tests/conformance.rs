@@ -459,7 +459,7 @@ async fn the_result_cache_finds_recent_successes_of_the_workspace(store: Arc<dyn
     assert_eq!(by_id(failing.id).soft_timeout_ms, None);
     store.finish(succeed(ok.id, 1)).await.unwrap();
     store.finish(succeed(other_ws.id, 1)).await.unwrap();
-    let error = JobError { error_type: ErrorType::ExitStatus, message: "exit 1".into(), retryable: false };
+    let error = JobError::new(ErrorType::ExitStatus, "exit 1");
     let dead = FinishResult::Dead { error: error.clone(), attempt_error: error, output: Some(json!({"ok": false})) };
     store.finish(end(failing.id, 1, dead)).await.unwrap();
 
@@ -665,6 +665,8 @@ mod admission;
 mod breakers;
 #[path = "conformance/deep.rs"]
 mod deep;
+#[path = "conformance/failures.rs"]
+mod failures;
 #[path = "conformance/postgres.rs"]
 mod postgres_only;
 #[path = "conformance/release.rs"]

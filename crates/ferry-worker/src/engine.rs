@@ -113,6 +113,9 @@ pub struct EngineConfig {
     pub unrecorded_max: usize,
     /// The circuit breakers' settings (see [`breakers`]).
     pub breakers: ferry_core::breaker::BreakerConfig,
+    /// Per queue, the least severity of a failure that kills a job there
+    /// (`ferry_core::severity`); a queue not named has no floor.
+    pub dead_severity: HashMap<String, ferry_core::Severity>,
 }
 
 impl Default for EngineConfig {
@@ -133,6 +136,7 @@ impl Default for EngineConfig {
             sweep_idle_ms: 10_000,
             default_limits: ferry_store::WorkspaceLimits::default(),
             breakers: ferry_core::breaker::BreakerConfig::default(),
+            dead_severity: HashMap::new(),
         }
     }
 }

@@ -62,6 +62,7 @@ fn engine_config(cfg: &Config, queues: Vec<QueueConfig>) -> EngineConfig {
         job_limits: cfg.job_limits(),
         default_limits: cfg.default_limits.clone(),
         breakers: cfg.breakers.clone(),
+        dead_severity: cfg.queues.iter().filter_map(|(name, q)| Some((name.clone(), q.severity?))).collect(),
         ..EngineConfig::default()
     }
 }

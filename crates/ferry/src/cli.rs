@@ -64,6 +64,8 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::breaker_cmd::BreakerCommand,
     },
+    /// The workspace's failures, grouped by cause: count, severity, last seen.
+    Errors(crate::errors_cmd::ErrorsArgs),
     /// The workspace's concurrency limits and label rates (admin).
     Limits {
         #[command(subcommand)]
@@ -628,6 +630,7 @@ pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Breaker { command } => crate::breaker_cmd::run(command).await,
+        Command::Errors(args) => crate::errors_cmd::run(args).await,
         Command::Limits { command: LimitsCommand::Get { client } } => {
             print(&client.client()?.call(Method::GET, "/v1/limits", None).await?);
             Ok(ExitCode::SUCCESS)

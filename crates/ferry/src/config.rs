@@ -138,6 +138,11 @@ pub struct QueueSettings {
     /// submission past it is refused with 503. Default 10,000; 0 for no cap.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_depth: Option<u64>,
+    /// The least severity of a failure that kills one of this queue's jobs
+    /// (`ferry_core::severity`): `"critical"` for a queue whose lost jobs must page
+    /// someone. A floor for dead jobs only (retries keep theirs); unset: `high`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<ferry_core::Severity>,
 }
 
 /// The default of [`QueueSettings::max_depth`].
@@ -324,7 +329,7 @@ impl Default for Config {
             // concurrency is `webhooks.concurrency` unless set here.
             queues: BTreeMap::from([
                 ("default".to_string(), QueueSettings::default()),
-                ("heavy".to_string(), QueueSettings { concurrency: Some(2), max_depth: None }),
+                ("heavy".to_string(), QueueSettings { concurrency: Some(2), max_depth: None, severity: None }),
                 (Webhook::QUEUE.to_string(), QueueSettings::default()),
             ]),
             limits: LimitsConfig::default(),

@@ -8,5 +8,6 @@ pub mod breaker_cmd;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod errors_cmd;
 pub mod view;
 pub mod watch;

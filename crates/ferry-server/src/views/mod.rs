@@ -7,6 +7,7 @@
 //! JobView`): renaming one changes the document.
 
 mod breakers;
+mod errors;
 mod jobs;
 mod limits;
 mod runs;
@@ -14,6 +15,7 @@ mod system;
 mod tokens;
 
 pub use breakers::{BreakerChange, BreakerList, BreakerView, ForcedState};
+pub use errors::{ErrorGroupView, ErrorReport};
 pub use jobs::{
     AttemptView, BatchAccepted, BatchRequest, EventList, EventView, JobAccepted, JobPage, JobStateView, JobView,
 };

@@ -13,8 +13,9 @@ use super::breakers::{self, Gate};
 use super::{Inner, finisher};
 use crate::executor::{Attempt, Executor};
 use ferry_core::breaker::Held;
+use ferry_core::severity::severity;
 use ferry_core::time;
-use ferry_core::{Decision, ErrorType, ExecError, JobError, RetryState, decide_after_failure};
+use ferry_core::{Decision, ErrorType, ExecError, JobError, RetryState, Severity, decide_after_failure};
 use ferry_store::{ClaimedJob, Finish, FinishResult};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -165,7 +166,11 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
     let result = match outcome {
         _ if let (Gate::Held(held), Some(key)) = (gate, &breaker) => Some(match held {
             Held::Wait { wait } => FinishResult::Deferred { retry_in: wait, breaker: key.clone() },
-            Held::Dead(error) => FinishResult::Dead { error: error.clone(), attempt_error: error, output: None },
+            Held::Dead(error) => {
+                let error =
+                    error.with_severity(severity(ErrorType::CircuitOpen, job.attempt, true, dead_floor(&inner, &job)));
+                FinishResult::Dead { error: error.clone(), attempt_error: error, output: None }
+            }
         }),
         // Cancelled by a user or the lease is gone: the store already moved the job on
         // (a node job's run learns it now rather than at the next sweep).
@@ -177,7 +182,7 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
         }
         Err(Stop::Shutdown) => Some(FinishResult::Released),
         Ok(Ok(output)) => Some(succeeded(&inner, &job, output)),
-        Ok(Err(e)) => Some(failed(&job, e)),
+        Ok(Err(e)) => Some(failed(&inner, &job, e)),
     };
     let label = match &result {
         None => "cancelled",
@@ -189,6 +194,7 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
     metrics::histogram!("ferry_attempt_duration_seconds", "queue" => job.queue.clone(), "kind" => job.kind.clone(), "outcome" => label)
         .record(elapsed);
     if let Some(result) = result {
+        let failure = failure_of(&result);
         let final_state = match &result {
             FinishResult::Succeeded { .. } => Some("succeeded"),
             FinishResult::Dead { .. } => Some("dead"),
@@ -196,6 +202,7 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
         };
         let fin = Finish { id: job.id, attempt: job.attempt, queue: job.queue.clone(), result };
         if finisher::finish(&inner, fin).await {
+            count_failure(failure);
             match job.run_id {
                 Some(run) => {
                     let _ = inner.advancer.send(run);
@@ -219,19 +226,46 @@ fn succeeded(inner: &Inner, job: &ClaimedJob, output: serde_json::Value) -> Fini
             error_type: ErrorType::ResourceLimit,
             message: format!("output is {size} bytes; the limit is {} bytes", inner.cfg.max_output_bytes),
             retryable: false,
+            severity: None,
         };
-        return decide(job, error, None, None);
+        return decide(inner, job, error, None, None);
     }
     FinishResult::Succeeded { output }
 }
 
-fn failed(job: &ClaimedJob, e: ExecError) -> FinishResult {
-    decide(job, e.to_job_error(), e.retry_after, e.output)
+fn failed(inner: &Inner, job: &ClaimedJob, e: ExecError) -> FinishResult {
+    decide(inner, job, e.to_job_error(), e.retry_after, e.output)
+}
+
+/// The queue's floor for the severity of a failure that kills one of its jobs.
+fn dead_floor(inner: &Inner, job: &ClaimedJob) -> Option<Severity> {
+    inner.cfg.dead_severity.get(&job.queue).copied()
+}
+
+/// The type and severity of the attempt's failure, if it failed.
+pub(super) fn failure_of(result: &FinishResult) -> Option<(ErrorType, Severity)> {
+    match result {
+        FinishResult::Retry { error, .. } | FinishResult::Dead { attempt_error: error, .. } => {
+            Some((error.error_type, error.severity.unwrap_or(Severity::Low)))
+        }
+        _ => None,
+    }
+}
+
+/// Counts a failed attempt whose end was recorded in `ferry_failures_total{type,
+/// severity}`: both label sets are Ferry's own catalogues, so the series stay bounded.
+pub(super) fn count_failure(failure: Option<(ErrorType, Severity)>) {
+    if let Some((error_type, severity)) = failure {
+        metrics::counter!("ferry_failures_total", "type" => error_type.as_str(), "severity" => severity.as_str())
+            .increment(1);
+    }
 }
 
 /// What an attempt that failed with `error` becomes: a retry after the backoff (or the
-/// executor's `retry_after`), or death when attempts or the retry budget ran out.
+/// executor's `retry_after`), or death when attempts or the retry budget ran out; with
+/// the failure's severity (`ferry_core::severity`) on the attempt's error and the job's.
 pub(super) fn decide(
+    inner: &Inner,
     job: &ClaimedJob,
     error: JobError,
     retry_after: Option<Duration>,
@@ -245,9 +279,18 @@ pub(super) fn decide(
     };
     let now = time::now_micros();
     match decide_after_failure(state, error.clone(), retry_after, now, fastrand::f64()) {
-        Decision::Retry { run_at, error } => FinishResult::Retry { retry_in: run_at - now, error, output },
+        Decision::Retry { run_at, error } => {
+            let level = severity(error.error_type, job.attempt, false, None);
+            let error = error.with_severity(level);
+            FinishResult::Retry { retry_in: run_at - now, error, output }
+        }
         Decision::Dead { error: final_error } => {
-            FinishResult::Dead { error: final_error, attempt_error: error, output }
+            let floor = dead_floor(inner, job);
+            let level = severity(error.error_type, job.attempt, true, floor);
+            let attempt_error = error.with_severity(level);
+            let level = severity(final_error.error_type, job.attempt, true, floor);
+            let final_error = final_error.with_severity(level);
+            FinishResult::Dead { error: final_error, attempt_error, output }
         }
     }
 }

@@ -104,13 +104,11 @@ pub(super) async fn reap(inner: Arc<Inner>) {
             for job in expired {
                 let who = job.worker.clone().unwrap_or_default();
                 let error = JobError::new(ErrorType::WorkerLost, format!("worker {who} stopped heartbeating"));
-                let fin = Finish {
-                    id: job.id,
-                    attempt: job.attempt,
-                    queue: job.queue.clone(),
-                    result: attempt::decide(&job, error, None, None),
-                };
+                let result = attempt::decide(&inner, &job, error, None, None);
+                let failure = attempt::failure_of(&result);
+                let fin = Finish { id: job.id, attempt: job.attempt, queue: job.queue.clone(), result };
                 if let Ok(true) = inner.store.finish(fin).await {
+                    attempt::count_failure(failure);
                     if let Some(run) = job.run_id {
                         let _ = inner.advancer.send(run);
                     }

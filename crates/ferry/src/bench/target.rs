@@ -39,7 +39,10 @@ impl Target {
             cfg.database_schema = Some(name.clone());
             schema = Some(name);
         }
-        cfg.queues.insert("default".into(), QueueSettings { concurrency: Some(args.concurrency), max_depth: Some(0) });
+        cfg.queues.insert(
+            "default".into(),
+            QueueSettings { concurrency: Some(args.concurrency), max_depth: Some(0), severity: None },
+        );
         Ok(Target { cfg, schema, dir })
     }
 

@@ -215,7 +215,10 @@ async fn slots_come_back_whichever_way_jobs_end(backend: Backend) {
     let srv = TestServer::start_with(backend, |cfg| {
         cfg.workers = 50;
         // Nobody serves `lost`: a ghost worker claims there and vanishes.
-        cfg.queues.insert("lost".into(), ferry::config::QueueSettings { concurrency: Some(0), max_depth: None });
+        cfg.queues.insert(
+            "lost".into(),
+            ferry::config::QueueSettings { concurrency: Some(0), max_depth: None, severity: None },
+        );
     })
     .await;
     set_limits(&srv, json!({"per_user": {"runs": 5, "jobs": 41}})).await;
@@ -262,7 +265,10 @@ async fn slots_come_back_whichever_way_jobs_end(backend: Backend) {
 async fn a_full_queue_refuses_with_503_and_a_batch_whole(backend: Backend) {
     let srv = TestServer::start_with(backend, |cfg| {
         // Nobody serves `small`, so what is submitted stays waiting.
-        cfg.queues.insert("small".into(), ferry::config::QueueSettings { concurrency: Some(0), max_depth: Some(5) });
+        cfg.queues.insert(
+            "small".into(),
+            ferry::config::QueueSettings { concurrency: Some(0), max_depth: Some(5), severity: None },
+        );
     })
     .await;
     let job = |delay: u64| json!({"kind": "noop", "queue": "small", "delay_ms": delay});

@@ -58,7 +58,7 @@ async fn pages_newest_first_without_duplicates(backend: Backend) {
 
 async fn filters_by_state_kind_and_queue(backend: Backend) {
     let server = TestServer::start_with(backend, |cfg| {
-        cfg.queues.insert("other".into(), QueueSettings { concurrency: Some(0), max_depth: None });
+        cfg.queues.insert("other".into(), QueueSettings { concurrency: Some(0), max_depth: None, severity: None });
     })
     .await;
     let scheduled: Vec<String> =

@@ -10,7 +10,7 @@ both!(reaper_fails_a_lost_attempt_and_fences_the_ghost);
 
 async fn reaper_fails_a_lost_attempt_and_fences_the_ghost(backend: Backend) {
     let server = TestServer::start_with(backend, |cfg| {
-        cfg.queues.insert("other".into(), QueueSettings { concurrency: Some(0), max_depth: None });
+        cfg.queues.insert("other".into(), QueueSettings { concurrency: Some(0), max_depth: None, severity: None });
     })
     .await;
     let id = server.submit(json!({"kind": "noop", "queue": "other", "input": {"x": 1}})).await;

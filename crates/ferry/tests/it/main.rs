@@ -8,6 +8,7 @@ mod auth;
 mod breakers;
 mod cancel_replay;
 mod consistency;
+mod errors;
 mod events;
 mod exec;
 mod idempotency;

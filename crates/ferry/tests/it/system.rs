@@ -19,13 +19,14 @@ async fn openapi_lists_every_endpoint(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{doc}");
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with('3')), "{}", doc["openapi"]);
     let paths = doc["paths"].as_object().expect("paths");
-    let expected: [(&str, &[&str]); 26] = [
+    let expected: [(&str, &[&str]); 27] = [
         ("/v1/jobs", &["get", "post"]),
         ("/v1/jobs/batch", &["post"]),
         ("/v1/jobs/{id}", &["get", "delete"]),
         ("/v1/jobs/{id}/cancel", &["post"]),
         ("/v1/jobs/{id}/replay", &["post"]),
         ("/v1/jobs/{id}/events", &["get"]),
+        ("/v1/errors", &["get"]),
         ("/v1/queues", &["get"]),
         ("/v1/workers", &["get"]),
         ("/healthz", &["get"]),
@@ -115,7 +116,7 @@ async fn health_readiness_and_metrics(backend: Backend) {
 
 async fn queue_counts_reflect_jobs(backend: Backend) {
     let server = TestServer::start_with(backend, |cfg| {
-        cfg.queues.insert("other".into(), QueueSettings { concurrency: Some(0), max_depth: None });
+        cfg.queues.insert("other".into(), QueueSettings { concurrency: Some(0), max_depth: None, severity: None });
     })
     .await;
     let dead = server.submit(json!({"kind": "fail", "input": {"retryable": false}})).await;
@@ -156,7 +157,7 @@ async fn an_idle_queue_leases_a_job_in_its_submission(backend: Backend) {
     let queue = format!("idle-{}", backend.name());
     let q = queue.clone();
     let server = TestServer::start_with(backend, move |cfg| {
-        cfg.queues.insert(q, QueueSettings { concurrency: Some(4), max_depth: None });
+        cfg.queues.insert(q, QueueSettings { concurrency: Some(4), max_depth: None, severity: None });
     })
     .await;
     let parked = |text: &str| -> f64 {
