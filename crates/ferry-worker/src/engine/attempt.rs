@@ -167,8 +167,12 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
         _ if let (Gate::Held(held), Some(key)) = (gate, &breaker) => Some(match held {
             Held::Wait { wait } => FinishResult::Deferred { retry_in: wait, breaker: key.clone() },
             Held::Dead(error) => {
-                let error =
-                    error.with_severity(severity(ErrorType::CircuitOpen, job.attempt, true, dead_floor(&inner, &job)));
+                let error = error.with_severity(severity(
+                    ErrorType::CircuitOpen,
+                    job.attempts_counted,
+                    true,
+                    dead_floor(&inner, &job),
+                ));
                 FinishResult::Dead { error: error.clone(), attempt_error: error, output: None }
             }
         }),
@@ -280,15 +284,15 @@ pub(super) fn decide(
     let now = time::now_micros();
     match decide_after_failure(state, error.clone(), retry_after, now, fastrand::f64()) {
         Decision::Retry { run_at, error } => {
-            let level = severity(error.error_type, job.attempt, false, None);
+            let level = severity(error.error_type, job.attempts_counted, false, None);
             let error = error.with_severity(level);
             FinishResult::Retry { retry_in: run_at - now, error, output }
         }
         Decision::Dead { error: final_error } => {
             let floor = dead_floor(inner, job);
-            let level = severity(error.error_type, job.attempt, true, floor);
+            let level = severity(error.error_type, job.attempts_counted, true, floor);
             let attempt_error = error.with_severity(level);
-            let level = severity(final_error.error_type, job.attempt, true, floor);
+            let level = severity(final_error.error_type, job.attempts_counted, true, floor);
             let final_error = final_error.with_severity(level);
             FinishResult::Dead { error: final_error, attempt_error, output }
         }
