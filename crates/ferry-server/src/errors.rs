@@ -2,7 +2,8 @@
 //! queue, kind, target and normalised message (`ferry_store::failures`), so that a
 //! thousand failures with one cause read as one line.
 //!
-//! The read is bounded twice: the window starts at most `limits.max_horizon_ms` ago, and
+//! The read is bounded twice: the window starts at most `limits.max_horizon_ms` ago (an
+//! earlier `since` is moved up to it, and the answer's `since` says so), and
 //! at most [`MAX_FAILURES_READ`] failures (the newest) are read, the answer saying
 //! `truncated` when the window held more.
 
@@ -30,7 +31,7 @@ const DEFAULT_WINDOW_MS: u64 = 3_600_000;
 #[utoipa::path(
     get, path = "/v1/errors", tag = "jobs", operation_id = "listErrors",
     params(
-        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339; default an hour ago, at most `limits.max_horizon_ms` ago"),
+        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339; default an hour ago; an earlier time than `limits.max_horizon_ms` ago reads from then (the answer's `since`)"),
         ("queue" = Option<String>, Query, description = "Only failures of this queue's jobs"),
         ("kind" = Option<String>, Query, description = "Only failures of this kind's jobs"),
         ("target" = Option<String>, Query, description = "Only failures of jobs with this breaker key (an http URL's origin, or a job's own key)"),
@@ -81,14 +82,8 @@ pub async fn list(
 fn since(value: &str, now: Micros, horizon_ms: u64) -> Result<Micros, ApiError> {
     let at = chrono::DateTime::parse_from_rfc3339(value)
         .map_err(|_| ApiError::bad_field("since", format!("`{value}` is not an RFC 3339 time")))?;
-    let at = time::from_datetime(at.to_utc());
-    if at < now.saturating_sub(time::ms(horizon_ms)) {
-        return Err(ApiError::bad_field(
-            "since",
-            format!("may be at most {horizon_ms} ms ago (limits.max_horizon_ms)"),
-        ));
-    }
-    Ok(at)
+    // Older than the horizon reads from the horizon (the answer's `since` says so).
+    Ok(time::from_datetime(at.to_utc()).max(now.saturating_sub(time::ms(horizon_ms))))
 }
 
 #[cfg(test)]
@@ -96,11 +91,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn since_is_rfc3339_within_the_horizon() {
+    fn since_is_rfc3339_and_moved_up_to_the_horizon() {
         let now = time::from_datetime(chrono::DateTime::parse_from_rfc3339("2026-01-02T00:00:00Z").unwrap().to_utc());
         assert_eq!(since("2026-01-01T23:00:00+00:00", now, 86_400_000).unwrap(), now - 3_600_000_000);
         assert_eq!(since("2026-01-01T00:00:00Z", now, 86_400_000).unwrap(), now - 86_400_000_000);
-        for bad in ["yesterday", "2026-01-01", "", "2025-12-31T23:59:59Z"] {
+        assert_eq!(since("2025-12-31T23:59:59Z", now, 86_400_000).unwrap(), now - 86_400_000_000, "the horizon");
+        for bad in ["yesterday", "2026-01-01", ""] {
             let e = since(bad, now, 86_400_000).unwrap_err();
             assert_eq!(e.field.as_deref(), Some("since"), "{bad}");
         }

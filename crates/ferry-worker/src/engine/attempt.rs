@@ -60,10 +60,12 @@ async fn run_or_reuse(
     executor.run(attempt, input).await
 }
 
-/// How an attempt stopped early.
+/// How an attempt stopped early (or never started).
 enum Stop {
     Cancelled,
     Shutdown,
+    /// Its circuit breaker held it back.
+    Held(Held),
 }
 
 /// Runs one claimed job's attempt and records its end; `permit` is the job's queue slot,
@@ -106,14 +108,15 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
         Some(key) => breakers::admit(&inner, &job, key).await,
         None => Gate::Go,
     };
-    let outcome: Result<Result<serde_json::Value, ExecError>, Stop> = match (executor, input, &gate) {
+    let probe = matches!(gate, Gate::Probe);
+    let outcome: Result<Result<serde_json::Value, ExecError>, Stop> = match (executor, input, gate) {
         // Claimed too late to start within the budget: the executor does not run at all.
         _ if budget_over => Ok(Err(ExecError::new(
             ErrorType::BudgetExhausted,
             "the retry budget ran out before the attempt could start",
         ))),
-        // Held back by its breaker: decided below, without running.
-        (_, _, Gate::Held(_)) => Ok(Ok(serde_json::Value::Null)),
+        // Held back by its breaker: the executor does not run.
+        (_, _, Gate::Held(held)) => Err(Stop::Held(held)),
         // The API refuses unknown kinds, so this is a worker built without a kind another
         // node accepts: retryable, so that a worker that has it can take the job.
         (None, _, _) => Ok(Err(ExecError::new(
@@ -158,14 +161,13 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
     let elapsed = started.elapsed().as_secs_f64();
 
     // What the attempt said of its target, before its end is recorded.
-    if let (Some(key), Ok(ended)) = (&breaker, &outcome)
-        && !matches!(gate, Gate::Held(_))
-    {
-        breakers::record(&inner, &job, key, matches!(gate, Gate::Probe), ended.as_ref().err()).await;
+    if let (Some(key), Ok(ended)) = (&breaker, &outcome) {
+        breakers::record(&inner, &job, key, probe, ended.as_ref().err()).await;
     }
     let result = match outcome {
-        _ if let (Gate::Held(held), Some(key)) = (gate, &breaker) => Some(match held {
-            Held::Wait { wait } => FinishResult::Deferred { retry_in: wait, breaker: key.clone() },
+        Err(Stop::Held(held)) => Some(match held {
+            // A gate holds back only a job with a breaker.
+            Held::Wait { wait } => FinishResult::Deferred { retry_in: wait, breaker: breaker.unwrap_or_default() },
             Held::Dead(error) => {
                 let error = error.with_severity(severity(
                     ErrorType::CircuitOpen,
