@@ -97,7 +97,8 @@ fn actions(body: &Value) -> Result<Vec<BreakerAction>, ApiError> {
     }
     match obj.get("reset") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-        Some(Value::Bool(true)) => actions.push(BreakerAction::Reset),
+        // A reset is a close: as new, disabled or not.
+        Some(Value::Bool(true)) => actions.push(BreakerAction::Close),
         Some(_) => return Err(ApiError::bad_field("reset", "must be true or false")),
     }
     if let Some(v) = obj.get("state").filter(|v| !v.is_null()) {

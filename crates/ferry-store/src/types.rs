@@ -343,10 +343,10 @@ pub struct BreakerReport {
 pub enum BreakerAction {
     /// Open now, for the next cool-down.
     Open,
-    /// Closed now: the jobs it held back go at once.
+    /// Closed now and as new (the counts of failures start again, the next trip's
+    /// cool-down is the first one; trips and probes are kept), disabled or not: the jobs
+    /// it held back go at once.
     Close,
-    /// Closed and as new (the counts of failures start again; trips are kept).
-    Reset,
     /// Sets (`Some`) or clears (`None`) this key's own settings.
     Settings(Option<ferry_core::breaker::BreakerSettings>),
 }

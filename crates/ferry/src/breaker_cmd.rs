@@ -28,7 +28,7 @@ pub enum BreakerCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Closed now: the jobs it held back go at once (the counts are kept).
+    /// Closed now, as a reset: the jobs it held back go at once.
     Close {
         key: String,
         #[command(flatten)]

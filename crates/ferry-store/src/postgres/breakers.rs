@@ -13,12 +13,8 @@ impl PgStore {
     pub(super) async fn apply_breaker(&self, key: &str, op: BreakerOp) -> Result<BreakerOutcome, StoreError> {
         let mut tx = PgTx::begin(self).await?;
         let out = rules::breakers::apply(&mut tx, key, op).await?;
-        let released = !tx.woken.is_empty();
+        // Jobs a close let go are queued (not due later): the commit wakes their queues.
         tx.commit().await?;
-        // Jobs let go by a close were scheduled: this process's claims look again.
-        if released {
-            self.due.forget_all();
-        }
         Ok(out)
     }
 

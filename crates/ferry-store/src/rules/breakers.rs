@@ -69,7 +69,7 @@ pub(crate) async fn apply(tx: &mut impl BreakerTx, key: &str, op: BreakerOp) -> 
                     let s = record.settings.clone().unwrap_or(settings);
                     Some(record.breaker.force_open(&s, now))
                 }
-                Close | Reset => {
+                Close => {
                     let was = record.breaker.state;
                     record.breaker.reset(now);
                     (was != ferry_core::breaker::BreakerState::Closed).then_some(Change::Closed)

@@ -143,7 +143,7 @@ async fn probes_close_or_reopen_and_a_disabled_breaker_refuses_until_reset(store
     let op = BreakerOp::Report { settings: s.clone(), report: gone };
     assert_eq!(store.breaker("d", op).await.unwrap().record.breaker.state, BreakerState::Disabled);
     assert_eq!(store.breaker_admit("d", &s).await.unwrap().admit, Admit::Refuse);
-    let reset = BreakerOp::Set { settings: s.clone(), action: BreakerAction::Reset };
+    let reset = BreakerOp::Set { settings: s.clone(), action: BreakerAction::Close };
     assert_eq!(store.breaker("d", reset).await.unwrap().record.breaker.state, BreakerState::Closed);
     assert_eq!(store.breaker_admit("d", &s).await.unwrap().admit, Admit::Go);
 }

@@ -232,15 +232,20 @@ impl Executor for Http {
             return Ok(output);
         }
         let message = format!("{} answered {status}", input.get("url").and_then(Value::as_str).unwrap_or("the server"));
-        let mut err = if status == StatusCode::TOO_MANY_REQUESTS {
-            ExecError::new(ErrorType::RateLimited, message)
-        } else {
-            ExecError::new(ErrorType::HttpStatus, message).retryable(status.is_server_error())
-        };
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            err.retry_after = wait;
-        }
-        Err(err.with_output(output))
+        Err(status_error(status, message, wait).with_output(output))
+    }
+}
+
+/// The error of an unsuccessful answer: a 429 is `rate_limited`, retried after its
+/// `Retry-After` (`retry_after`) instead of the backoff; any other status is
+/// `http_status`, retryable for a 5xx.
+pub(crate) fn status_error(status: StatusCode, message: String, retry_after: Option<Duration>) -> ExecError {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let mut err = ExecError::new(ErrorType::RateLimited, message);
+        err.retry_after = retry_after;
+        err
+    } else {
+        ExecError::new(ErrorType::HttpStatus, message).retryable(status.is_server_error())
     }
 }
 

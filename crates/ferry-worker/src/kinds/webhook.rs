@@ -40,7 +40,7 @@
 //!
 //! [Standard Webhooks]: https://www.standardwebhooks.com/
 
-use super::http::{Clients, classify, connect_timeout_ms, headers, origin, retry_after, url};
+use super::http::{Clients, classify, connect_timeout_ms, headers, origin, retry_after, status_error, url};
 use super::object;
 use crate::executor::{Attempt, Executor};
 use async_trait::async_trait;
@@ -335,22 +335,17 @@ impl Executor for Webhook {
             return Ok(output);
         }
         let answered = format!("{} answered {status} in {} ms", d.url, output["latency_ms"]);
+        // As the `http` kind's, but for a 410 (gone for good) and a redirect (never followed).
         let err = match status {
-            StatusCode::TOO_MANY_REQUESTS => {
-                let mut err = ExecError::new(ErrorType::RateLimited, answered);
-                err.retry_after = wait;
-                err
-            }
             StatusCode::GONE => ExecError::new(ErrorType::HttpStatus, format!("{answered}: the endpoint is gone"))
                 .retryable(false)
                 .disabling_target(),
-            s if s.is_server_error() => ExecError::new(ErrorType::HttpStatus, answered).retryable(true),
             s if s.is_redirection() => {
                 let to = location.map_or_else(String::new, |l| format!(" to {l}"));
                 ExecError::new(ErrorType::HttpStatus, format!("{answered}{to}; a webhook never follows redirects"))
                     .retryable(false)
             }
-            _ => ExecError::new(ErrorType::HttpStatus, answered).retryable(false),
+            s => status_error(s, answered, wait),
         };
         Err(err.with_output(output))
     }
