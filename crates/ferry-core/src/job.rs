@@ -209,6 +209,13 @@ pub struct JobSpec {
     /// origin, `scheme://host:port`); none for the others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<String>,
+    /// Jobs of a workspace with the same ordering key run one at a time, in the order they
+    /// were submitted (1 to 255 bytes, no spaces or control characters): a job starts
+    /// once every job submitted before it under its key has ended (succeeded, dead or
+    /// cancelled), whatever its priority. Default: the kind's (`webhook` with
+    /// `"ordered": true`: its endpoint); none for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
 }
 
 /// What a submission beyond a concurrency limit gets.
@@ -304,6 +311,17 @@ pub struct NewJob {
     pub cache_key: Option<String>,
     /// The job's own breaker key ([`JobSpec::breaker`]); `None`: the kind's, if any.
     pub breaker: Option<String>,
+    /// The job's ordering key ([`JobSpec::ordering_key`]), the kind's set by the submitter.
+    pub ordering_key: Option<String>,
+}
+
+/// What [`valid_key`] accepts, in an error message's words.
+pub const KEY_RULE: &str = "must be 1 to 255 bytes without spaces or control characters";
+
+/// Whether `key` may be a breaker or ordering key: 1 to 255 bytes, no whitespace or
+/// control characters (a URL's origin fits).
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= 255 && !key.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// What [`valid_name`] accepts, in an error message's words.
@@ -392,10 +410,12 @@ impl JobSpec {
         {
             return Err(SpecError::invalid("idempotency_key", "must be 1 to 255 bytes"));
         }
-        if let Some(key) = &self.breaker
-            && (key.is_empty() || key.len() > 255 || key.chars().any(|c| c.is_whitespace() || c.is_control()))
-        {
-            return Err(SpecError::invalid("breaker", "must be 1 to 255 bytes without spaces or control characters"));
+        for (field, key) in [("breaker", &self.breaker), ("ordering_key", &self.ordering_key)] {
+            if let Some(key) = key
+                && !valid_key(key)
+            {
+                return Err(SpecError::invalid(field, KEY_RULE));
+            }
         }
         let request_hash = self.idempotency_key.as_ref().map(|_| {
             let mut unkeyed = self.clone();
@@ -422,6 +442,7 @@ impl JobSpec {
             request_hash,
             cache_key: None,
             breaker: self.breaker,
+            ordering_key: self.ordering_key,
         })
     }
 }
@@ -517,10 +538,17 @@ mod tests {
             (JobSpec { breaker: Some(String::new()), ..spec("noop") }, "breaker"),
             (JobSpec { breaker: Some("a b".into()), ..spec("noop") }, "breaker"),
             (JobSpec { breaker: Some("x".repeat(256)), ..spec("noop") }, "breaker"),
+            (JobSpec { ordering_key: Some(String::new()), ..spec("noop") }, "ordering_key"),
+            (JobSpec { ordering_key: Some("a\tb".into()), ..spec("noop") }, "ordering_key"),
+            (JobSpec { ordering_key: Some("x".repeat(256)), ..spec("noop") }, "ordering_key"),
         ];
         for (s, field) in cases {
             assert_eq!(s.validate("w", "u", 0, &l).unwrap_err().field, field);
         }
+        // The longest keys pass.
+        let longest = JobSpec { breaker: Some("x".repeat(255)), ordering_key: Some("y".repeat(255)), ..spec("noop") };
+        let job = longest.validate("w", "u", 0, &l).unwrap();
+        assert_eq!(job.ordering_key.map(|k| k.len()), Some(255));
     }
 
     #[test]

@@ -196,6 +196,9 @@ impl ApiState {
         if job.breaker.is_none() {
             job.breaker = executor.breaker_key(&job.input);
         }
+        if job.ordering_key.is_none() {
+            job.ordering_key = executor.ordering_key(&job.input);
+        }
         job.cache_key = executor.cache(&job.input).map(|p| p.key);
         Ok(job)
     }

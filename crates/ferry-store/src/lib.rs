@@ -378,6 +378,14 @@ pub trait Store: Send + Sync + 'static {
         Ok(BreakerAnswer { admit, now: out.now, quiet: rules::breakers::quiet(Some(&out.record)) })
     }
 
+    /// The unfinished jobs of `workspace` under the ordering key `key` submitted before
+    /// the job `id`; `None` when there is none, so that `id` may start.
+    async fn order_ahead(&self, workspace: &str, key: &str, id: JobId) -> Result<Option<OrderAhead>, StoreError>;
+
+    /// Lets the next job of `workspace`'s ordering key `key` go, if an attempt held back
+    /// left it waiting (see `rules::jobs::order_release`); returns it.
+    async fn order_release(&self, workspace: &str, key: &str) -> Result<Option<JobId>, StoreError>;
+
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -401,7 +409,7 @@ pub(crate) fn one_page<T>(
 }
 
 /// A job's attempts, read from its event log: each `started` event opens attempt `n`; the
-/// first later `succeeded`, `attempt_failed`, `released`, `breaker_wait` or `cancelled` event carrying the
+/// first later `succeeded`, `attempt_failed`, `released`, `breaker_wait`, `order_wait` or `cancelled` event carrying the
 /// same `attempt` closes it. Keeping attempts in the log instead of a table of their own
 /// saves two writes per job, and the two can never disagree.
 pub fn attempts_from_events(events: &[Event]) -> Vec<AttemptRecord> {
@@ -422,8 +430,9 @@ pub fn attempts_from_events(events: &[Event]) -> Vec<AttemptRecord> {
         let outcome = match e.event_type.as_str() {
             "succeeded" => AttemptOutcome::Succeeded,
             "attempt_failed" => AttemptOutcome::Failed,
-            // Held back by its breaker before it ran: as a hand-back, it does not count.
-            "released" | "breaker_wait" => AttemptOutcome::Released,
+            // Held back by its breaker or its order before it ran: as a hand-back, it does
+            // not count.
+            "released" | "breaker_wait" | "order_wait" => AttemptOutcome::Released,
             "cancelled" => AttemptOutcome::Cancelled,
             _ => continue,
         };

@@ -93,6 +93,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../sql/postgres/migrations/0010_share_rate.sql")),
     (11, include_str!("../sql/postgres/migrations/0011_breakers.sql")),
     (12, include_str!("../sql/postgres/migrations/0012_failures.sql")),
+    (15, include_str!("../sql/postgres/migrations/0015_ordering.sql")),
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
@@ -679,6 +680,19 @@ impl Store for PgStore {
 
     async fn breakers(&self, key: Option<&str>) -> Result<Vec<crate::BreakerRecord>, StoreError> {
         self.read_breakers(key).await
+    }
+
+    async fn order_ahead(
+        &self,
+        workspace: &str,
+        key: &str,
+        id: JobId,
+    ) -> Result<Option<crate::OrderAhead>, StoreError> {
+        self.read_order_ahead(workspace, key, id).await
+    }
+
+    async fn order_release(&self, workspace: &str, key: &str) -> Result<Option<JobId>, StoreError> {
+        self.release_order(workspace, key).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -40,7 +40,7 @@ pub(crate) trait Columns {
 
 /// A row of `CLAIMED_COLUMNS`: id, kind, queue, input, attempt, attempt_base,
 /// max_attempts, backoff, timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key,
-/// run_id, priority, breaker.
+/// run_id, priority, breaker, ordering_key.
 pub(crate) fn claimed<R: Columns>(r: &R, started_at: Micros) -> Result<ClaimedJob, R::Error> {
     let attempt = r.small(4)?;
     Ok(ClaimedJob {
@@ -61,6 +61,7 @@ pub(crate) fn claimed<R: Columns>(r: &R, started_at: Micros) -> Result<ClaimedJo
         run_id: r.opt_uuid(14)?,
         priority: r.int(15)? as i32,
         breaker: r.opt_text(16)?,
+        ordering_key: r.opt_text(17)?,
         started_at,
         worker: None,
     })
@@ -96,6 +97,7 @@ pub(crate) fn job<R: Columns>(r: &R) -> Result<JobRecord, R::Error> {
         error: r.opt_json(24)?,
         soft_timeout_ms: r.opt_int(25)?.map(|t| t.max(0) as u64),
         breaker: r.opt_text(26)?,
+        ordering_key: r.opt_text(27)?,
         attempts: Vec::new(),
     })
 }

@@ -84,6 +84,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../sql/sqlite/migrations/0010_share_rate.sql")),
     (11, include_str!("../sql/sqlite/migrations/0011_breakers.sql")),
     (12, include_str!("../sql/sqlite/migrations/0012_failures.sql")),
+    (15, include_str!("../sql/sqlite/migrations/0015_ordering.sql")),
 ];
 const PRUNE: &str = include_str!("../sql/sqlite/prune.sql");
 const INSERT_JOB: &str = include_str!("../sql/sqlite/insert_job.sql");
@@ -101,7 +102,7 @@ crate::sql::statements!("../sql/sqlite/store.sql":
 /// A claimed job's columns, in the order [`row::claimed`] reads them (the claim's
 /// RETURNING list has the same order); put in `EXPIRED`, and in the reaper's plan test.
 const CLAIMED_COLUMNS: &str = "id, kind, queue, input, attempt, attempt_base, max_attempts, backoff, \
-     timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key, run_id, priority, breaker, worker_id, lease_expires_at";
+     timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key, run_id, priority, breaker, ordering_key, worker_id, lease_expires_at";
 
 /// How often the checkpoint thread folds the WAL into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -162,6 +163,7 @@ enum Cmd {
     SetShare(QueueShare, Reply<()>),
     Reopen(Reply<ReopenOutcome>),
     Breaker(String, crate::BreakerOp, Reply<crate::BreakerOutcome>),
+    OrderRelease(String, String, Reply<Option<JobId>>),
     Close(Reply<()>),
 }
 
@@ -375,7 +377,7 @@ impl Store for SqliteStore {
             c.prepare_cached(&sql)?
                 .query_map(params![now, limit as i64], |r| {
                     let mut job = claimed_from_row(r, 0)?;
-                    job.worker = r.get(17)?;
+                    job.worker = r.get(18)?;
                     Ok(job)
                 })?
                 .collect()
@@ -631,6 +633,19 @@ impl Store for SqliteStore {
 
     async fn breakers(&self, key: Option<&str>) -> Result<Vec<crate::BreakerRecord>, StoreError> {
         self.read_breakers(key).await
+    }
+
+    async fn order_ahead(
+        &self,
+        workspace: &str,
+        key: &str,
+        id: JobId,
+    ) -> Result<Option<crate::OrderAhead>, StoreError> {
+        self.read_order_ahead(workspace, key, id).await
+    }
+
+    async fn order_release(&self, workspace: &str, key: &str) -> Result<Option<JobId>, StoreError> {
+        self.write(|r| Cmd::OrderRelease(workspace.to_string(), key.to_string(), r)).await
     }
 
     async fn queue_settings(&self) -> Result<Vec<QueueSettings>, StoreError> {

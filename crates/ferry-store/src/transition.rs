@@ -1,7 +1,7 @@
 //! What each transition writes, decided once for every backend: the job's new columns and
 //! the events that record the move. Backends only turn these into their own SQL.
 
-use crate::{Finish, FinishResult};
+use crate::{Finish, FinishResult, Wait};
 use ferry_core::time::{self, Micros};
 use ferry_core::{JobError, JobState};
 use serde_json::{Value, json};
@@ -59,14 +59,17 @@ pub(crate) fn finish_columns(result: &FinishResult, now: Micros) -> FinishColumn
             base_inc: 1,
             breaker: None,
         },
-        FinishResult::Deferred { retry_in, breaker } => FinishColumns {
+        FinishResult::Deferred { retry_in, wait } => FinishColumns {
             state: JobState::Scheduled,
             output: None,
             error: None,
             finished: false,
             run_at: Some(now.saturating_add(*retry_in)),
             base_inc: 1,
-            breaker: Some(breaker),
+            breaker: match wait {
+                Wait::Breaker(key) => Some(key),
+                Wait::Order { .. } => None,
+            },
         },
     }
 }
@@ -89,15 +92,17 @@ pub(crate) fn finish_events(fin: &Finish, now: Micros) -> Vec<(&'static str, Val
             ("dead", json!({"error": error})),
         ],
         FinishResult::Released => vec![("released", json!({"attempt": attempt}))],
-        FinishResult::Deferred { retry_in, breaker } => vec![(
-            "breaker_wait",
-            json!({
-                "attempt": attempt,
-                "breaker": breaker,
-                "run_at": time::to_datetime(now.saturating_add(*retry_in)),
-                "delay_ms": retry_in / 1000,
-            }),
-        )],
+        FinishResult::Deferred { retry_in, wait } => {
+            let (kind, mut data) = match wait {
+                Wait::Breaker(key) => ("breaker_wait", json!({"attempt": attempt, "breaker": key})),
+                Wait::Order { after } => {
+                    ("order_wait", json!({"attempt": attempt, "after": after.map(|a| a.to_string())}))
+                }
+            };
+            data["run_at"] = json!(time::to_datetime(now.saturating_add(*retry_in)));
+            data["delay_ms"] = json!(retry_in / 1000);
+            vec![(kind, data)]
+        }
     }
 }
 

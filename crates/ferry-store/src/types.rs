@@ -69,6 +69,8 @@ pub struct ClaimedJob {
     pub priority: i32,
     /// The job's own breaker key, or the one a breaker held it back under.
     pub breaker: Option<String>,
+    /// Its ordering key: it may start only once its key's earlier jobs have ended.
+    pub ordering_key: Option<String>,
     pub started_at: Micros,
     pub worker: Option<String>,
 }
@@ -103,14 +105,32 @@ pub enum FinishResult {
     },
     /// Handed back at shutdown: the job is ready again and the attempt does not count.
     Released,
-    /// Held back by its circuit breaker before the executor ran: scheduled again
-    /// `retry_in` microseconds after the recorded end, under the breaker `breaker` (kept
-    /// on the job, so that the breaker's close lets it go at once); the attempt does not
-    /// count.
+    /// Held back before the executor ran: scheduled again `retry_in` microseconds after
+    /// the recorded end; the attempt does not count. See [`Wait`].
     Deferred {
         retry_in: Micros,
-        breaker: String,
+        wait: Wait,
     },
+}
+
+/// What a deferred job waits for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Wait {
+    /// Its circuit breaker, by key (kept on the job, so that the breaker's close lets it
+    /// go at once); event `breaker_wait`.
+    Breaker(String),
+    /// The earlier job `after` of its ordering key (`None`: not known, the store could
+    /// not say), to end (`Store::order_release` lets it go then); event `order_wait`.
+    Order { after: Option<JobId> },
+}
+
+/// The unfinished jobs ahead of one in its ordering key ([`crate::Store::order_ahead`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderAhead {
+    /// The oldest: the one that runs first.
+    pub head: JobId,
+    /// The one right before.
+    pub nearest: JobId,
 }
 
 /// A request to end a running attempt, fenced by its attempt number.
@@ -238,6 +258,8 @@ pub struct JobRecord {
     pub error: Option<JobError>,
     /// See [`ClaimedJob::breaker`].
     pub breaker: Option<String>,
+    /// See [`ferry_core::JobSpec::ordering_key`].
+    pub ordering_key: Option<String>,
     /// Filled by [`crate::Store::get_job`]; empty in listings.
     pub attempts: Vec<AttemptRecord>,
 }

@@ -667,6 +667,8 @@ mod breakers;
 mod deep;
 #[path = "conformance/failures.rs"]
 mod failures;
+#[path = "conformance/ordering.rs"]
+mod ordering;
 #[path = "conformance/postgres.rs"]
 mod postgres_only;
 #[path = "conformance/release.rs"]

@@ -17,6 +17,8 @@
 //! - [`attempt`]: one attempt of one job: the executor (or the result cache) under the
 //!   attempt's timeout, its cancel token and the drain's hard stop, and what its outcome
 //!   becomes (success, retry or death, by [`ferry_core::decide_after_failure`]).
+//! - [`order`]: holds back an ordered job (`ordering_key`) while an earlier job of its key
+//!   is unfinished, and lets the key's next job go when one ends.
 //! - [`finisher`]: records attempts' ends, gathering those that end together into one
 //!   fenced store call.
 //! - [`leases`]: the heartbeat that renews every lease this process holds (a busy job
@@ -39,6 +41,7 @@ mod breakers;
 mod dispatch;
 mod finisher;
 mod leases;
+mod order;
 mod prefetch;
 mod pruning;
 mod queue_control;

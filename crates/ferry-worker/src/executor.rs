@@ -75,6 +75,12 @@ pub trait Executor: Send + Sync + 'static {
         None
     }
 
+    /// The ordering key of a job of this kind that names none: its jobs under one key run
+    /// one at a time, in submission order (see `JobSpec::ordering_key`). `None`: unordered.
+    fn ordering_key(&self, _input: &Value) -> Option<String> {
+        None
+    }
+
     /// The queue a job of this kind goes to when it names none (`None`: `default`), so
     /// that a kind whose attempts wait on others (a webhook on a slow endpoint) cannot
     /// take the slots of everything else. The server applies it only when the queue is

@@ -514,6 +514,9 @@ pub struct SubmitArgs {
     /// The circuit breaker the job goes through (default: its kind's, e.g. an http URL's origin)
     #[arg(long)]
     pub breaker: Option<String>,
+    /// Run one at a time with the workspace's other jobs of this key, in submission order
+    #[arg(long)]
+    pub ordering_key: Option<String>,
     /// Wait for the job to finish, showing progress, then show it; exit status 0 only if
     /// it succeeded
     #[arg(long)]

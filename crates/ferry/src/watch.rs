@@ -119,6 +119,9 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     if let Some(b) = args.breaker {
         spec["breaker"] = json!(b);
     }
+    if let Some(k) = args.ordering_key {
+        spec["ordering_key"] = json!(k);
+    }
     let accepted = client.call(Method::POST, "/v1/jobs", Some(&spec)).await?;
     if !args.wait {
         args.client.print(&accepted, |a| view::accepted("job", a));

@@ -88,6 +88,10 @@ pub struct JobView {
     /// URL's origin); absent when it goes through none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<String>,
+    /// Its ordering key: it starts only once the workspace's earlier jobs of this key
+    /// have ended; absent when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
     pub created_at: DateTime<Utc>,
     /// When the job is (or was last) due.
     pub run_at: DateTime<Utc>,
@@ -119,6 +123,7 @@ impl JobView {
             total_timeout_ms: j.total_timeout_ms,
             idempotency_key: j.idempotency_key,
             breaker: j.breaker,
+            ordering_key: j.ordering_key,
             created_at: to_datetime(j.created_at),
             run_at: to_datetime(j.run_at),
             updated_at: to_datetime(j.updated_at),

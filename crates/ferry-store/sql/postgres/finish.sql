@@ -1,7 +1,7 @@
 -- Ends a batch of running attempts and logs their events, in one statement (one round
 -- trip, atomic without BEGIN/COMMIT). Each attempt is fenced by its number: a row whose
 -- job is no longer running under that number is left alone, and its events are dropped.
--- The events of a move to a later time (`retry_scheduled`, `breaker_wait`) get that time
+-- The events of a move to a later time (`retry_scheduled`, `breaker_wait`, `order_wait`) get that time
 -- here, from the statement's clock; the rest of their data, and the others', comes
 -- ready-made. A queue that got ready or retrying work is notified once.
 -- It takes its rows' locks in whatever order its plan meets them: heartbeat.sql, the other
@@ -39,7 +39,7 @@ WITH clock AS (
 ), logged AS (
     INSERT INTO events (job_id, at, type, data)
     SELECT e.job_id, done.now, e.type,
-           CASE WHEN e.type IN ('retry_scheduled', 'breaker_wait')
+           CASE WHEN e.type IN ('retry_scheduled', 'breaker_wait', 'order_wait')
                 THEN e.data::jsonb || jsonb_build_object('run_at', ferry_rfc3339(done.now + e.retry_in),
                                                          'delay_ms', e.retry_in / 1000)
                 ELSE e.data::jsonb END

@@ -2,10 +2,10 @@
 -- in sql/sqlite/jobs.sql under the same names.
 
 -- name: LOCK_JOB
--- A job's state, attempt, queue and kind, of workspace $2 unless it is NULL, locked until
--- the commit: concurrent moves of one job take turns here (SQLite's one writer needs no
--- lock).
-SELECT state, attempt, queue, kind FROM jobs
+-- A job's state, attempt, queue, kind, workspace and ordering key, of workspace $2 unless
+-- it is NULL, locked until the commit: concurrent moves of one job take turns here
+-- (SQLite's one writer needs no lock).
+SELECT state, attempt, queue, kind, workspace, ordering_key FROM jobs
 WHERE id = $1 AND ($2::text IS NULL OR workspace = $2)
 FOR UPDATE
 
@@ -58,7 +58,7 @@ SELECT 1 FROM jobs WHERE id = $1 AND workspace = $2
 -- stores text).
 id, workspace, user_id, kind, queue, state, priority, input::text, labels::text, max_attempts,
 backoff::text, timeout_ms, total_timeout_ms, idempotency_key, created_at, run_at, deadline_at, attempt,
-attempt_base, worker_id, lease_expires_at, finished_at, updated_at, output::text, error::text, soft_timeout_ms, breaker
+attempt_base, worker_id, lease_expires_at, finished_at, updated_at, output::text, error::text, soft_timeout_ms, breaker, ordering_key
 
 -- name: GET_JOB
 SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND workspace = $2
@@ -67,3 +67,23 @@ SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND workspace = $2
 -- A page of a workspace's jobs, newest first, with the filters given, whose parameters
 -- (then the limit's) are numbered in turn.
 SELECT {JOB_COLUMNS} FROM jobs WHERE workspace = $1{filters} ORDER BY id DESC LIMIT {limit}
+
+-- name: ORDER_AHEAD
+-- The unfinished jobs of workspace $1 under ordering key $2 submitted before job $3: the
+-- oldest (the key's head) and the nearest, NULL when there is none. Uses jobs_ordered.
+SELECT (SELECT id FROM jobs WHERE workspace = $1 AND ordering_key = $2 AND id < $3
+          AND state NOT IN ('succeeded', 'dead', 'cancelled') ORDER BY id LIMIT 1),
+       (SELECT id FROM jobs WHERE workspace = $1 AND ordering_key = $2 AND id < $3
+          AND state NOT IN ('succeeded', 'dead', 'cancelled') ORDER BY id DESC LIMIT 1)
+
+-- name: ORDER_GO
+-- The head of workspace $1's ordering key $2 (its oldest unfinished job), ready now if it
+-- waits as an attempt held back left it (`scheduled` after an attempt: a job delayed at
+-- submission has none, and keeps its time). As a promotion of due jobs: no event; its
+-- `order_wait` said why it waited. Concurrent calls move it once; the second finds it
+-- queued. Uses jobs_ordered.
+UPDATE jobs SET state = 'queued', run_at = $3, updated_at = $3
+WHERE id = (SELECT id FROM jobs WHERE workspace = $1 AND ordering_key = $2
+              AND state NOT IN ('succeeded', 'dead', 'cancelled') ORDER BY id LIMIT 1)
+  AND state = 'scheduled' AND attempt > 0
+RETURNING id, queue

@@ -3,8 +3,8 @@
 -- same round trip as the insert. Unlike SQLite, which writes the event from
 -- `transition::submit_event`, the event is built here, like finish.sql's: `queued` with
 -- the queue, or `scheduled` with the queue and the time it is due. A job skipped for its
--- idempotency key is not in `ins`, so it gets neither. $23 is the wake-up channel. The
--- payload (`postgres/head.rs`, `Wakeup`): the queue; then origin $25 for a queue in $24
+-- idempotency key is not in `ins`, so it gets neither. $24 is the wake-up channel. The
+-- payload (`postgres/head.rs`, `Wakeup`): the queue; then origin $26 for a queue in $25
 -- (whose parked claims this transaction runs), so that the submitting store's own
 -- listener skips it, or nothing; then, when ready jobs were added, their highest priority
 -- and earliest due time, which tell a claimer whether they come before where its claims
@@ -18,7 +18,7 @@
     FROM ins
     ORDER BY ins.id
 ), woke AS (
-    SELECT pg_notify($23, q.queue || E'\n' || CASE WHEN q.queue = ANY($24::text[]) THEN $25 ELSE '' END
+    SELECT pg_notify($24, q.queue || E'\n' || CASE WHEN q.queue = ANY($25::text[]) THEN $26 ELSE '' END
                           || COALESCE(E'\n' || q.priority || E'\n' || q.run_at, ''))
     FROM (SELECT queue, MAX(priority) FILTER (WHERE state = 'queued') AS priority,
                  MIN(run_at) FILTER (WHERE state = 'queued') AS run_at

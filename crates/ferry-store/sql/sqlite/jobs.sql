@@ -35,9 +35,10 @@ DELETE FROM workers WHERE last_heartbeat < ?1
 DELETE FROM rate_buckets WHERE refilled_at < ?1
 
 -- name: LOCK_JOB
--- A job's state, attempt, queue and kind, of workspace ?2 unless it is NULL. A plain read:
--- the writer holds the database (PostgreSQL locks the row with FOR UPDATE).
-SELECT state, attempt, queue, kind FROM jobs WHERE id = ?1 AND (?2 IS NULL OR workspace = ?2)
+-- A job's state, attempt, queue, kind, workspace and ordering key, of workspace ?2 unless
+-- it is NULL. A plain read: the writer holds the database (PostgreSQL locks the row with
+-- FOR UPDATE).
+SELECT state, attempt, queue, kind, workspace, ordering_key FROM jobs WHERE id = ?1 AND (?2 IS NULL OR workspace = ?2)
 
 -- name: CANCEL_JOB
 -- The cancelled state, with the error ?2 (JSON text; PostgreSQL casts it to jsonb).
@@ -67,3 +68,22 @@ SELECT id, user_id, queue, run_at FROM jobs WHERE workspace = ?1 AND state = 'he
 -- name: UNHOLD_JOB
 -- A held job released: queued, or scheduled if it is not due yet.
 UPDATE jobs SET state = ?2, run_at = ?3, updated_at = ?4 WHERE id = ?1 AND state = 'held'
+
+-- name: ORDER_AHEAD
+-- The unfinished jobs of workspace ?1 under ordering key ?2 submitted before job ?3: the
+-- oldest (the key's head) and the nearest, NULL when there is none. Uses jobs_ordered.
+SELECT (SELECT id FROM jobs WHERE workspace = ?1 AND ordering_key = ?2 AND id < ?3
+          AND state NOT IN ('succeeded', 'dead', 'cancelled') ORDER BY id LIMIT 1),
+       (SELECT id FROM jobs WHERE workspace = ?1 AND ordering_key = ?2 AND id < ?3
+          AND state NOT IN ('succeeded', 'dead', 'cancelled') ORDER BY id DESC LIMIT 1)
+
+-- name: ORDER_GO
+-- The head of workspace ?1's ordering key ?2 (its oldest unfinished job), ready now if it
+-- waits as an attempt held back left it (`scheduled` after an attempt: a job delayed at
+-- submission has none, and keeps its time). As a promotion of due jobs: no event; its
+-- `order_wait` said why it waited. Uses jobs_ordered.
+UPDATE jobs SET state = 'queued', run_at = ?3, updated_at = ?3
+WHERE id = (SELECT id FROM jobs WHERE workspace = ?1 AND ordering_key = ?2
+              AND state NOT IN ('succeeded', 'dead', 'cancelled') ORDER BY id LIMIT 1)
+  AND state = 'scheduled' AND attempt > 0
+RETURNING id, queue

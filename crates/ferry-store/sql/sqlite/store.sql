@@ -38,7 +38,7 @@ INSERT INTO events (job_id, at, type, data) VALUES (?1, ?2, ?3, ?4)
 -- A job's columns, in the order row::job reads them; PostgreSQL reads its jsonb columns as text (`::text`).
 id, workspace, user_id, kind, queue, state, priority, input, labels, max_attempts,
 backoff, timeout_ms, total_timeout_ms, idempotency_key, created_at, run_at, deadline_at, attempt,
-attempt_base, worker_id, lease_expires_at, finished_at, updated_at, output, error, soft_timeout_ms, breaker
+attempt_base, worker_id, lease_expires_at, finished_at, updated_at, output, error, soft_timeout_ms, breaker, ordering_key
 
 -- name: WORKERS
 -- Workers seen since ?1, a cut-off from the process's clock; PostgreSQL computes it from ferry_now(), the database's.

@@ -11,7 +11,7 @@ use ferry_core::JobError;
 
 crate::sql::statements!("../../sql/postgres/jobs.sql":
     LOCK_JOB, CANCEL_JOB, REQUEUE_JOB, DELETE_JOB_EVENTS, DELETE_JOB, HELD_WORKSPACES,
-    HELD_JOBS, UNHOLD_JOB, CACHED_OUTPUT, JOB_EXISTS, GET_JOB, LIST_JOBS,
+    HELD_JOBS, UNHOLD_JOB, CACHED_OUTPUT, JOB_EXISTS, GET_JOB, LIST_JOBS, ORDER_AHEAD, ORDER_GO,
 );
 
 impl PgStore {
@@ -34,6 +34,24 @@ impl PgStore {
         let out = rules::jobs::replay(&mut tx, workspace, id).await?;
         tx.commit().await?;
         Ok(out)
+    }
+
+    pub(super) async fn release_order(&self, workspace: &str, key: &str) -> Result<Option<JobId>, StoreError> {
+        let mut tx = PgTx::begin(self).await?;
+        let out = rules::jobs::order_release(&mut tx, workspace, key).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    pub(super) async fn read_order_ahead(
+        &self,
+        workspace: &str,
+        key: &str,
+        id: JobId,
+    ) -> Result<Option<crate::OrderAhead>, StoreError> {
+        let (head, nearest): (Option<JobId>, Option<JobId>) =
+            sqlx::query_as(*ORDER_AHEAD).bind(workspace).bind(key).bind(id).fetch_one(&self.pool).await?;
+        Ok(head.zip(nearest).map(|(head, nearest)| crate::OrderAhead { head, nearest }))
     }
 
     /// Queues held jobs that fit their workspace's limits now: one workspace per
@@ -154,6 +172,8 @@ impl JobTx for PgTx<'_> {
             attempt: row.try_get::<i32, _>(1)?.max(0) as u32,
             queue: row.try_get(2)?,
             kind: row.try_get(3)?,
+            workspace: row.try_get(4)?,
+            ordering_key: row.try_get(5)?,
         }))
     }
 
@@ -223,5 +243,9 @@ impl JobTx for PgTx<'_> {
             .execute(&mut *self.tx)
             .await?;
         Ok(moved.rows_affected() == 1)
+    }
+
+    async fn order_go(&mut self, workspace: &str, key: &str) -> Result<Option<(JobId, String)>, StoreError> {
+        Ok(sqlx::query_as(*ORDER_GO).bind(workspace).bind(key).bind(self.now).fetch_optional(&mut *self.tx).await?)
     }
 }

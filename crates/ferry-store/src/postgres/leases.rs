@@ -125,7 +125,7 @@ impl PgStore {
         rows.iter()
             .map(|r| {
                 let mut job = claimed_from_row(r, 0)?;
-                job.worker = r.try_get(17)?;
+                job.worker = r.try_get(18)?;
                 Ok(job)
             })
             .collect::<Result<_, sqlx::Error>>()

@@ -96,6 +96,7 @@ pub(super) fn insert_query(
     let mut node_ids = Vec::with_capacity(n);
     let mut items = Vec::with_capacity(n);
     let mut breakers = Vec::with_capacity(n);
+    let mut ordering = Vec::with_capacity(n);
     for (j, link) in jobs.iter().zip(links.iter().chain(std::iter::repeat(&None))) {
         run_ids.push(link.as_ref().map(|l| l.0));
         node_ids.push(link.as_ref().map(|l| l.1.clone()));
@@ -118,6 +119,7 @@ pub(super) fn insert_query(
         soft.push(j.soft_timeout_ms.map(|t| t as i64));
         cache.push(j.cache_key.clone());
         breakers.push(j.breaker.clone());
+        ordering.push(j.ordering_key.clone());
     }
     sqlx::query(sql)
         .bind(now)
@@ -142,6 +144,7 @@ pub(super) fn insert_query(
         .bind(node_ids)
         .bind(items)
         .bind(breakers)
+        .bind(ordering)
 }
 
 impl row::Columns for PgRow {

@@ -19,6 +19,8 @@ pub(crate) struct LockedJob {
     pub attempt: u32,
     pub queue: String,
     pub kind: String,
+    pub workspace: String,
+    pub ordering_key: Option<String>,
 }
 
 /// A held job, as its release reads it.
@@ -63,6 +65,9 @@ pub(crate) trait JobTx: Send {
     async fn held_jobs(&mut self, workspace: &str) -> Result<Vec<HeldJob>, StoreError>;
     /// Moves a held job to `state` due at `at`; `false` when it was no longer held.
     async fn unhold(&mut self, id: JobId, state: JobState, at: Micros) -> Result<bool, StoreError>;
+    /// Makes the head of `workspace`'s ordering key `key` ready now if an attempt held
+    /// back left it waiting; returns it and its queue.
+    async fn order_go(&mut self, workspace: &str, key: &str) -> Result<Option<(JobId, String)>, StoreError>;
 }
 
 /// Cancels a job of `workspace` that has not ended.
@@ -93,7 +98,27 @@ async fn cancel_locked(tx: &mut impl JobTx, id: JobId, job: &LockedJob) -> Resul
     let error = transition::cancel_error();
     tx.set_cancelled(id, job.state, &error).await?;
     let (event, data) = transition::cancel_event(job.state, job.attempt, &error);
-    tx.log(vec![(id, event, data)]).await
+    tx.log(vec![(id, event, data)]).await?;
+    // The next job of its key may start.
+    if let Some(key) = &job.ordering_key {
+        order_release(tx, &job.workspace, key).await?;
+    }
+    Ok(())
+}
+
+/// Lets the next job of `workspace`'s ordering key `key` go: its head, if an attempt held
+/// back left it waiting (`FinishResult::Deferred` with `Wait::Order`), is ready now.
+/// Called after a job of the key ends (a worker's finish, a cancel), and by a held-back
+/// job that finds itself the head once its deferral is recorded, so that a wait decided
+/// just before its predecessor's end is not missed.
+pub(crate) async fn order_release(
+    tx: &mut impl JobTx,
+    workspace: &str,
+    key: &str,
+) -> Result<Option<JobId>, StoreError> {
+    let Some((id, queue)) = tx.order_go(workspace, key).await? else { return Ok(None) };
+    tx.wake(queue).await?;
+    Ok(Some(id))
 }
 
 /// Runs a dead or cancelled job of `workspace` again.

@@ -119,6 +119,7 @@ impl Writer {
             run.map(|r| r.1),
             run.and_then(|r| r.2),
             job.breaker,
+            job.ordering_key,
         ])?;
         if let Some(reason) = held {
             let (kind, data) = transition::held_event(&job.queue, reason);

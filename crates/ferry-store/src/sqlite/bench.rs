@@ -68,6 +68,7 @@ pub fn raw_baseline(dir: &Path, jobs: usize, batch: usize, durability: Durabilit
                 request_hash: None,
                 cache_key: None,
                 breaker: None,
+                ordering_key: None,
             })
             .collect();
         w.submit(new, Admission::default())?;

@@ -9,7 +9,7 @@ use ferry_core::JobError;
 crate::sql::statements!("../../sql/sqlite/jobs.sql":
     WORKER_HEARTBEAT, REGISTER_WORKER, PRUNABLE_RUNS, DELETE_RUN_EVENTS, DELETE_RUN_NODES, DELETE_RUN,
     PRUNE_WORKERS, PRUNE_RATE_BUCKETS, LOCK_JOB, CANCEL_JOB, REQUEUE_JOB, DELETE_JOB_EVENTS, DELETE_JOB,
-    HELD_JOBS, UNHOLD_JOB,
+    HELD_JOBS, UNHOLD_JOB, ORDER_AHEAD, ORDER_GO,
 );
 
 impl Writer {
@@ -103,15 +103,18 @@ impl JobTx for SqliteTx<'_> {
     }
 
     async fn lock_job(&mut self, id: JobId, workspace: Option<&str>) -> Result<Option<LockedJob>, StoreError> {
-        let row: Option<(String, u32, String, String)> = self
+        type Row = (String, u32, String, String, String, Option<String>);
+        let row: Option<Row> = self
             .w
             .conn
             .prepare_cached(*LOCK_JOB)?
-            .query_row(params![id, workspace], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_row(params![id, workspace], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            })
             .optional()?;
         match row {
-            Some((state, attempt, queue, kind)) => {
-                Ok(Some(LockedJob { state: parse_enum(&state)?, attempt, queue, kind }))
+            Some((state, attempt, queue, kind, workspace, ordering_key)) => {
+                Ok(Some(LockedJob { state: parse_enum(&state)?, attempt, queue, kind, workspace, ordering_key }))
             }
             None => Ok(None),
         }
@@ -167,5 +170,39 @@ impl JobTx for SqliteTx<'_> {
 
     async fn unhold(&mut self, id: JobId, state: JobState, at: Micros) -> Result<bool, StoreError> {
         Ok(self.w.conn.prepare_cached(*UNHOLD_JOB)?.execute(params![id, state.as_str(), at, self.w.now])? == 1)
+    }
+
+    async fn order_go(&mut self, workspace: &str, key: &str) -> Result<Option<(JobId, String)>, StoreError> {
+        let now = self.w.now;
+        Ok(self
+            .w
+            .conn
+            .prepare_cached(*ORDER_GO)?
+            .query_row(params![workspace, key, now], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+}
+
+impl SqliteStore {
+    pub(super) async fn read_order_ahead(
+        &self,
+        workspace: &str,
+        key: &str,
+        id: JobId,
+    ) -> Result<Option<crate::OrderAhead>, StoreError> {
+        let (workspace, key) = (workspace.to_string(), key.to_string());
+        self.read(move |c| {
+            let (head, nearest): (Option<JobId>, Option<JobId>) = c
+                .prepare_cached(*ORDER_AHEAD)?
+                .query_row(params![workspace, key, id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(head.zip(nearest).map(|(head, nearest)| crate::OrderAhead { head, nearest }))
+        })
+        .await
+    }
+}
+
+impl Writer {
+    pub(super) fn order_release(&mut self, workspace: &str, key: &str) -> Result<Option<JobId>, StoreError> {
+        rules::ready(rules::jobs::order_release(&mut self.tx(), workspace, key))
     }
 }

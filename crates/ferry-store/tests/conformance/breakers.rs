@@ -6,7 +6,7 @@
 
 use super::*;
 use ferry_core::breaker::{Admit, BreakerSettings, BreakerState, Outcome};
-use ferry_store::{BreakerAction, BreakerOp, BreakerReport};
+use ferry_store::{BreakerAction, BreakerOp, BreakerReport, Wait};
 
 conformance!(
     concurrent_reports_all_count_and_a_trip_happens_once,
@@ -76,7 +76,7 @@ async fn a_tripped_breaker_holds_jobs_back_and_its_close_lets_them_go(store: Arc
     assert!(until > now + 3_000_000_000, "for its cool-down");
     // The engine turns that into a deferral: scheduled again, the attempt not counted.
     for j in claimed.iter().filter(|j| j.id != other.id) {
-        let deferred = FinishResult::Deferred { retry_in: until - now, breaker: "api".into() };
+        let deferred = FinishResult::Deferred { retry_in: until - now, wait: Wait::Breaker("api".into()) };
         assert!(store.finish(end(j.id, j.attempt, deferred)).await.unwrap());
     }
     let rec = store.get_job("default", b.id).await.unwrap().unwrap();
@@ -101,7 +101,7 @@ async fn a_tripped_breaker_holds_jobs_back_and_its_close_lets_them_go(store: Arc
     // A wait decided before the close but recorded after it would miss the close's let-go:
     // it is ready at once instead.
     let late = &again[0];
-    let deferred = FinishResult::Deferred { retry_in: 3_600_000_000, breaker: "api".into() };
+    let deferred = FinishResult::Deferred { retry_in: 3_600_000_000, wait: Wait::Breaker("api".into()) };
     assert!(store.finish(end(late.id, late.attempt, deferred)).await.unwrap());
     assert_eq!(store.get_job("default", late.id).await.unwrap().unwrap().state, JobState::Queued);
     assert_eq!(store.claim(claim_req("w", 3)).await.unwrap().jobs[0].id, late.id, "and claimed at once");

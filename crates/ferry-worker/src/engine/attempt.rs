@@ -10,13 +10,14 @@
 //! than `EngineConfig::unrecorded_max` ends of this process wait to be recorded).
 
 use super::breakers::{self, Gate};
+use super::order::{self, Behind};
 use super::{Inner, finisher};
 use crate::executor::{Attempt, Executor};
 use ferry_core::breaker::Held;
 use ferry_core::severity::severity;
 use ferry_core::time;
 use ferry_core::{Decision, ErrorType, ExecError, JobError, RetryState, Severity, decide_after_failure};
-use ferry_store::{ClaimedJob, Finish, FinishResult};
+use ferry_store::{ClaimedJob, Finish, FinishResult, Wait};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
@@ -66,6 +67,8 @@ enum Stop {
     Shutdown,
     /// Its circuit breaker held it back.
     Held(Held),
+    /// An earlier job of its ordering key has not ended.
+    Behind(Behind),
 }
 
 /// Runs one claimed job's attempt and records its end; `permit` is the job's queue slot,
@@ -104,27 +107,33 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
         (Some(executor), Ok(input)) => job.breaker.clone().or_else(|| executor.breaker_key(input)),
         _ => None,
     };
-    let gate = match &breaker {
-        Some(key) => breakers::admit(&inner, &job, key).await,
-        None => Gate::Go,
+    // Its ordering key's earlier jobs first, then its breaker.
+    let behind = match &job.ordering_key {
+        Some(key) if !budget_over => order::ahead(&inner, &job, key).await,
+        _ => None,
+    };
+    let gate = match (&behind, &breaker) {
+        (None, Some(key)) => breakers::admit(&inner, &job, key).await,
+        _ => Gate::Go,
     };
     let probe = matches!(gate, Gate::Probe);
-    let outcome: Result<Result<serde_json::Value, ExecError>, Stop> = match (executor, input, gate) {
+    let outcome: Result<Result<serde_json::Value, ExecError>, Stop> = match (executor, input, gate, behind) {
         // Claimed too late to start within the budget: the executor does not run at all.
         _ if budget_over => Ok(Err(ExecError::new(
             ErrorType::BudgetExhausted,
             "the retry budget ran out before the attempt could start",
         ))),
-        // Held back by its breaker: the executor does not run.
-        (_, _, Gate::Held(held)) => Err(Stop::Held(held)),
+        // Held back by its order or its breaker: the executor does not run.
+        (_, _, _, Some(behind)) => Err(Stop::Behind(behind)),
+        (_, _, Gate::Held(held), None) => Err(Stop::Held(held)),
         // The API refuses unknown kinds, so this is a worker built without a kind another
         // node accepts: retryable, so that a worker that has it can take the job.
-        (None, _, _) => Ok(Err(ExecError::new(
+        (None, _, _, None) => Ok(Err(ExecError::new(
             ErrorType::Validation,
             format!("this worker has no executor for kind `{}`", job.kind),
         )
         .retryable(true))),
-        (Some(executor), input, _) => match input {
+        (Some(executor), input, _, None) => match input {
             Err(e) => Ok(Err(ExecError::new(ErrorType::Internal, format!("stored input is not JSON: {e}")))),
             Ok(input) => tokio::select! {
                 r = run_or_reuse(&inner, &job, executor.as_ref(), &attempt, input) => Ok(r),
@@ -165,9 +174,14 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
         breakers::record(&inner, &job, key, probe, ended.as_ref().err()).await;
     }
     let result = match outcome {
+        Err(Stop::Behind(Behind { after, wait })) => {
+            Some(FinishResult::Deferred { retry_in: wait, wait: Wait::Order { after } })
+        }
         Err(Stop::Held(held)) => Some(match held {
             // A gate holds back only a job with a breaker.
-            Held::Wait { wait } => FinishResult::Deferred { retry_in: wait, breaker: breaker.unwrap_or_default() },
+            Held::Wait { wait } => {
+                FinishResult::Deferred { retry_in: wait, wait: Wait::Breaker(breaker.unwrap_or_default()) }
+            }
             Held::Dead(error) => {
                 let error = error.with_severity(severity(
                     ErrorType::CircuitOpen,
@@ -206,8 +220,17 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
             FinishResult::Dead { .. } => Some("dead"),
             _ => None,
         };
+        // After its end is recorded, an ordered job lets its key's next job go; one held
+        // back by its order, itself if it has become the head meanwhile.
+        let order_step = match &result {
+            FinishResult::Deferred { wait: Wait::Order { .. }, .. } => Some(false),
+            _ => final_state.map(|_| true),
+        };
         let fin = Finish { id: job.id, attempt: job.attempt, queue: job.queue.clone(), result };
         if finisher::finish(&inner, fin).await {
+            if let (Some(key), Some(ended)) = (&job.ordering_key, order_step) {
+                order::released(&inner, &job, key, ended).await;
+            }
             count_failure(failure);
             match job.run_id {
                 Some(run) => {

@@ -9,6 +9,11 @@
 //!  "id": "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", "connect_timeout_ms": 5000}
 //! ```
 //!
+//! With `"ordered": true`, a workspace's deliveries to one endpoint (origin and path) go
+//! one at a time, in the order they were submitted: each waits until the one before it
+//! has succeeded, died or been cancelled (the job's `ordering_key`, see
+//! [`ferry_core::JobSpec::ordering_key`]).
+//!
 //! Only `url` and `payload` are required; any other field is refused, so that a misspelt
 //! `secret` cannot turn into an unsigned delivery. `secret` names one of
 //! [`WebhookConfig::secrets`]: the job holds the name, never the key, so no job, output,
@@ -71,7 +76,7 @@ const MIN_KEY_BYTES: usize = 24;
 const RESPONSE_KEPT: usize = 1024;
 
 /// The input fields; any other is refused.
-const FIELDS: [&str; 7] = ["url", "payload", "secret", "headers", "event_type", "id", "connect_timeout_ms"];
+const FIELDS: [&str; 8] = ["url", "payload", "secret", "headers", "event_type", "id", "connect_timeout_ms", "ordered"];
 
 /// Headers the kind sets itself, which a job's `headers` may not.
 const OWN_HEADERS: [&str; 5] = ["content-type", "webhook-id", "webhook-timestamp", "webhook-signature", EVENT_TYPE];
@@ -212,6 +217,9 @@ impl Webhook {
             return Err(SpecError::invalid(format!("input.headers.{name}"), "is set by the webhook kind itself"));
         }
         let (id, event_type) = (header_text(input, "id")?, header_text(input, "event_type")?);
+        if !matches!(input.get("ordered"), None | Some(Value::Null | Value::Bool(_))) {
+            return Err(SpecError::invalid("input.ordered", "must be true or false"));
+        }
         Ok(Delivery { url, payload, key, headers: extra, id, event_type, connect_ms: connect_timeout_ms(input)? })
     }
 
@@ -285,6 +293,16 @@ impl Executor for Webhook {
         let u = url(input).ok()?;
         let endpoint = format!("{}{}", origin(&u), u.path());
         Some(if endpoint.len() <= 255 { endpoint } else { origin(&u) })
+    }
+
+    /// With `"ordered": true`, the endpoint's deliveries of a workspace go one at a time,
+    /// in the order they were submitted: the endpoint (its breaker's key) is the ordering
+    /// key.
+    fn ordering_key(&self, input: &Value) -> Option<String> {
+        match input.get("ordered") {
+            Some(Value::Bool(true)) => self.breaker_key(input),
+            _ => None,
+        }
     }
 
     fn default_queue(&self) -> Option<&'static str> {
@@ -413,12 +431,26 @@ mod tests {
             field(json!({"url": "http://x", "payload": 1, "connect_timeout_ms": 0})),
             "input.connect_timeout_ms"
         );
+        assert_eq!(field(json!({"url": "http://x", "payload": 1, "ordered": "yes"})), "input.ordered");
         assert_eq!(field(json!([1])), "input");
         let none = kind(&[]).validate(&json!({"url": "http://x", "payload": 1, "secret": "a"})).unwrap_err();
         assert!(none.message.contains("none is configured"), "{}", none.message);
         k.validate(&json!({"url": "http://x", "payload": false, "secret": "a", "id": "msg_1", "event_type": "a.b",
-            "headers": {"x-tenant": "t"}, "connect_timeout_ms": 100}))
+            "headers": {"x-tenant": "t"}, "connect_timeout_ms": 100, "ordered": true}))
             .unwrap();
+    }
+
+    #[test]
+    fn an_ordered_delivery_is_ordered_by_its_endpoint() {
+        let k = kind(&[]);
+        let key = |v: Value| k.ordering_key(&v);
+        let url = "https://hooks.example.com/a?x=1";
+        assert_eq!(key(json!({"url": url, "payload": 1})), None);
+        assert_eq!(key(json!({"url": url, "payload": 1, "ordered": false})), None);
+        assert_eq!(
+            key(json!({"url": url, "payload": 1, "ordered": true})).as_deref(),
+            Some("https://hooks.example.com:443/a")
+        );
     }
 
     #[test]

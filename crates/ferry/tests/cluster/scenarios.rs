@@ -406,3 +406,97 @@ async fn a_queue_rate_holds_across_worker_processes() {
     stop(w2).await;
     stop(api).await;
 }
+
+/// A target for `http` jobs on loopback that fails (503) or answers 200 on command, and
+/// counts the requests it got.
+struct Target {
+    url: String,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Target {
+    async fn start() -> Target {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let failing = Arc::new(AtomicBool::new(true));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (f, h) = (failing.clone(), hits.clone());
+        let app = axum::Router::new().fallback(move || {
+            h.fetch_add(1, Ordering::SeqCst);
+            let status = if f.load(Ordering::SeqCst) { 503 } else { 200 };
+            async move { axum::http::StatusCode::from_u16(status).unwrap() }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Target { url, failing, hits }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A circuit breaker is one row of the database, not one per process: jobs submitted
+/// through two API nodes and run by two worker processes trip it once, every process
+/// then holds its jobs back without a request or a counted attempt, and an operator's
+/// close through the other API node lets them all go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_breaker_holds_across_api_nodes_and_worker_processes() {
+    let Some(db) = database().await else { return };
+    let http = client();
+    let target = Target::start().await;
+    let env = [("FERRY_BREAKERS__DEFAULTS__FAILURES", "3"), ("FERRY_BREAKERS__DEFAULTS__COOL_DOWN_MS", "600000")];
+    let apis = [api_node(&db, &format!("{}-a1", db.schema), &env), api_node(&db, &format!("{}-a2", db.schema), &env)];
+    let nodes = [format!("{}-w1", db.schema), format!("{}-w2", db.schema)];
+    let w1 = worker(&db, &nodes[0], 5, &env);
+    let w2 = worker(&db, &nodes[1], 5, &env);
+    poll("both workers to register", async |last| {
+        let w = workers_by_node(&http, &apis[0].url).await;
+        *last = format!("{w:?}");
+        nodes.iter().all(|n| w.contains_key(n))
+    })
+    .await;
+    let quick = json!({"initial_ms": 10, "max_ms": 10, "multiplier": 1.0, "jitter": "none"});
+    let spec = json!({"kind": "http", "input": {"url": target.url}, "max_attempts": 20, "backoff": quick});
+    let urls = [apis[0].url.as_str(), apis[1].url.as_str()];
+    let ids = submit(&http, &urls, spec, 20).await;
+
+    // Every job ends up held back, on whichever worker claimed it.
+    poll("every job to wait for the breaker", async |last| {
+        let waiting = ids_in_state(&http, &apis[1].url, "scheduled").await;
+        *last = format!("{} scheduled", waiting.len());
+        waiting.len() == ids.len()
+    })
+    .await;
+    let during = target.hits();
+    let listed = get_json(&http, &format!("{}/v1/breakers", apis[1].url)).await;
+    let breakers = listed["breakers"].as_array().expect("a list");
+    assert_eq!(breakers.len(), 1, "one breaker for the target: {listed}");
+    let b = &breakers[0];
+    assert_eq!((&b["state"], &b["trips"]), (&json!("open"), &json!(1)), "tripped once: {b}");
+    let jobs = get_jobs(&http, &urls, &ids).await;
+    let used: u64 = jobs.iter().map(|j| j["attempts_used"].as_u64().unwrap()).sum();
+    assert_eq!(used as usize, during, "each counted attempt is one request; the held ones made none");
+    // The trip's 3, the rest of the 10 slots in flight then, and at most one more round
+    // of a process that had not seen a failure yet (a quiet breaker is read every 250 ms).
+    assert!(during <= 3 + 10 + 10, "{during} requests while 20 jobs had 20 attempts each");
+    let workers: HashSet<&str> =
+        jobs.iter().flat_map(|j| j["attempts"].as_array().unwrap()).filter_map(|a| a["worker"].as_str()).collect();
+    assert_eq!(workers.len(), 2, "both worker processes met the breaker: {workers:?}");
+
+    target.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let key = b["key"].as_str().unwrap().replace('/', "%2F");
+    let resp =
+        http.put(format!("{}/v1/breakers/{key}", apis[1].url)).json(&json!({"state": "closed"})).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    wait_until_all_finished(&http, &apis[0].url).await;
+    assert_all_succeeded(&http, &apis[0].url, &ids).await;
+    assert_eq!(target.hits() - during, ids.len(), "after the close, one request per job");
+    for p in [w1, w2] {
+        stop(p).await;
+    }
+    for p in apis {
+        stop(p).await;
+    }
+}

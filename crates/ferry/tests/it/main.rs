@@ -16,6 +16,7 @@ mod lifecycle;
 mod listing;
 mod lost_worker;
 mod openapi;
+mod ordering;
 mod queues;
 mod refusals;
 mod restart;

@@ -24,6 +24,7 @@ both!(
     every_delivery_verifies_and_carries_its_payload_intact,
     a_workflow_node_delivers_on_the_webhook_queue,
     a_retry_and_a_replay_keep_the_webhook_id,
+    ordered_deliveries_arrive_in_order_a_retry_holding_the_line,
     gone_is_dead_after_one_attempt_and_disables_the_endpoint,
     the_webhook_queue_serves_while_default_is_full,
     an_unknown_secret_is_refused_naming_the_field,
@@ -261,6 +262,32 @@ async fn a_workflow_node_delivers_on_the_webhook_queue(backend: Backend) {
     assert_eq!(job["queue"], "webhook", "a node without a queue takes its kind's: {job:#}");
     assert_eq!(job["output"]["webhook_id"], job["id"]);
     server.stop().await;
+}
+
+async fn ordered_deliveries_arrive_in_order_a_retry_holding_the_line(backend: Backend) {
+    let mut rx = Receiver::start().await;
+    let server = TestServer::start_with(backend, with_secrets).await;
+    let quick = json!({"initial_ms": 10, "max_ms": 10, "multiplier": 1.0, "jitter": "none"});
+    // The first delivery to the endpoint fails once; unordered, the others would overtake
+    // its retry on the webhook queue's 20 slots.
+    let specs = (0..3)
+        .map(|n| {
+            json!({"kind": "webhook", "max_attempts": 3, "backoff": quick, "input": {
+                "url": rx.url("/fail-once/ordered"), "payload": {"n": n}, "secret": "partner", "ordered": true
+            }})
+        })
+        .collect();
+    let ids = server.submit_batch(specs).await;
+    let job = server.job(&ids[0]).await;
+    assert_eq!(job["ordering_key"], rx.url("/fail-once/ordered"), "the endpoint is the key: {job:#}");
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(rx.next_verified(SECRET).await.payload()["n"].clone());
+    }
+    assert_eq!(got, [json!(0), json!(0), json!(1), json!(2)], "in order, the retry first");
+    for id in &ids {
+        assert_eq!(server.wait_state(id, &["succeeded", "dead"]).await["state"], "succeeded");
+    }
 }
 
 async fn a_retry_and_a_replay_keep_the_webhook_id(backend: Backend) {
