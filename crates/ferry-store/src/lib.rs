@@ -13,6 +13,7 @@
 //! **Invariant:** a call that writes returns only after its transaction committed. The
 //! API answers 2xx only after that, so an acknowledged job is durable.
 
+pub mod blobs;
 pub mod event_signal;
 pub mod failures;
 pub mod park;
@@ -28,6 +29,7 @@ pub mod tokens;
 mod transition;
 mod types;
 
+pub use blobs::{Blob, BlobBackend, BlobError, BlobRef, Blobs, BlobsConfig, Media};
 pub use event_signal::{EventSignal, EventWatch, Subject};
 pub use failures::{FailureFilter, FailureGroup, FailureRow};
 pub use ferry_core::admission::{Admission, LimitPair, LimitReached, WorkspaceLimits};
@@ -377,6 +379,10 @@ pub trait Store: Send + Sync + 'static {
         let admit = out.admit.unwrap_or(ferry_core::breaker::Admit::Go);
         Ok(BreakerAnswer { admit, now: out.now, quiet: rules::breakers::quiet(Some(&out.record)) })
     }
+
+    /// The store's blobs (see [`blobs`]): files in the data directory on SQLite, a table
+    /// every node reaches on PostgreSQL. Callers use them through [`Blobs`].
+    fn blobs(&self) -> Arc<dyn BlobBackend>;
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;

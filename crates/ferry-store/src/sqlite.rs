@@ -32,6 +32,8 @@ mod admission;
 /// store's API (hidden from its docs), a child module so it runs the writer's own code.
 #[doc(hidden)]
 pub mod bench;
+mod blobs;
+pub use blobs::blob_dir;
 mod breakers;
 mod claim;
 mod failures;
@@ -199,6 +201,7 @@ pub struct SqliteStore {
     wakeups: Arc<Wakeups>,
     parks: Arc<Parks>,
     path: PathBuf,
+    blobs: Arc<blobs::FileBlobs>,
     _lock: std::fs::File,
     /// Fired after tokens changed (see [`Store::token_changes`]).
     token_changes: tokio::sync::broadcast::Sender<()>,
@@ -295,6 +298,7 @@ impl SqliteStore {
             wakeups,
             parks,
             path,
+            blobs: Arc::new(blobs::FileBlobs::new(&opts.data_dir)),
             _lock: lock,
         })
     }
@@ -752,6 +756,10 @@ impl Store for SqliteStore {
 
     fn park(&self, req: ClaimRequest) -> Option<Parked> {
         Some(self.parks.park(req))
+    }
+
+    fn blobs(&self) -> Arc<dyn crate::BlobBackend> {
+        self.blobs.clone()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
