@@ -64,6 +64,8 @@ pub struct ApiConfig {
     pub queue_caps: std::collections::BTreeMap<String, u64>,
     /// The configured circuit-breaker settings (an operator's open uses their cool-down).
     pub breakers: ferry_core::breaker::BreakerConfig,
+    /// The blob limits (claim checks), as the OpenAPI document states them.
+    pub blobs: ferry_store::BlobsConfig,
 }
 
 impl Default for ApiConfig {
@@ -78,6 +80,7 @@ impl Default for ApiConfig {
             default_limits: ferry_store::WorkspaceLimits::default(),
             queue_caps: Default::default(),
             breakers: Default::default(),
+            blobs: Default::default(),
         }
     }
 }

@@ -208,6 +208,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
                 .filter(|(_, cap)| *cap > 0)
                 .collect(),
             breakers: cfg.breakers.clone(),
+            blobs: cfg.blobs.clone(),
         }),
         metrics: ferry_server::metrics_handle(),
         planner: ferry_worker::planner(cfg.job_limits(), registry.clone()),

@@ -21,6 +21,7 @@ both!(
     claim_checks_and_limits_hold_at_their_edges,
     each_step_times_out_on_a_slow_store_and_succeeds_once_it_is_fast,
     bad_input_is_refused_and_workspaces_are_apart,
+    a_whole_claim_checked_output_passes_on_through_a_workflow,
 );
 
 fn sha(bytes: &[u8]) -> String {
@@ -325,5 +326,34 @@ async fn bad_input_is_refused_and_workspaces_are_apart(backend: Backend) {
     assert_eq!((status, body), (StatusCode::OK, json!("a's")));
     let got = server.call_as(&b, Method::GET, &format!("/v1/blobs/{hash}"), None).await;
     assert_error(&got, StatusCode::NOT_FOUND, "not_found", None);
+    server.stop().await;
+}
+
+async fn a_whole_claim_checked_output_passes_on_through_a_workflow(backend: Backend) {
+    let server = TestServer::start_with(backend, |cfg| cfg.blobs.claim_check_bytes = 1000).await;
+    let data = json!({"items": [text(3000, 9)]});
+    let put = run(&server, json!({"kind": "blob_put", "input": {"data": data}})).await;
+    let hash = put["output"]["hash"].as_str().expect("a hash").to_string();
+    // `b` puts what `a` read: the reference `a`'s output became is read back for `b`'s
+    // kind, which would refuse a `$blob` field as input.
+    let def = json!({"name": "pass", "nodes": [
+        {"id": "a", "kind": "blob_get", "input": {"hash": "{{ input.hash }}"}},
+        {"id": "b", "kind": "blob_put", "depends_on": ["a"], "input": "{{ nodes.a.output }}"}
+    ]});
+    let (status, body) = server.post("/v1/workflows", def).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = server.post("/v1/runs", json!({"workflow": "pass", "input": {"hash": hash}})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["id"].as_str().expect("an id").to_string();
+    let done = crate::harness::poll("the run to end", async || {
+        let (_, r) = server.get(&format!("/v1/runs/{id}")).await;
+        (r["state"] != "running").then_some(r)
+    })
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let node =
+        |n: &str| done["nodes"].as_array().expect("nodes").iter().find(|x| x["id"] == n).expect("a node").clone();
+    assert!(node("a")["output"]["$blob"]["hash"].is_string(), "a's output is a reference: {}", node("a")["output"]);
+    assert_eq!(node("b")["output"], json!({"hash": hash, "size": serde_json::to_vec(&data).expect("JSON").len()}));
     server.stop().await;
 }
