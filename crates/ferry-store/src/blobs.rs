@@ -407,6 +407,21 @@ mod tests {
     }
 
     #[test]
+    fn settings_out_of_range_are_refused_by_name() {
+        let ok = BlobsConfig::default();
+        assert_eq!(ok.validate(1 << 20, 4 << 20), Ok(()));
+        let refused = |c: BlobsConfig, input: usize| c.validate(input, 4 << 20).unwrap_err();
+        assert!(refused(BlobsConfig { max_bytes: 0, ..ok.clone() }, 1 << 20).contains("blobs.max_bytes"));
+        let huge = BlobsConfig { max_bytes: MAX_BLOB_BYTES_CEILING + 1, ..ok.clone() };
+        assert!(refused(huge, 1 << 20).contains("blobs.max_bytes"));
+        assert!(refused(BlobsConfig { claim_check_bytes: 0, ..ok.clone() }, 1 << 20).contains("claim_check_bytes"));
+        let over = BlobsConfig { max_bytes: 100, claim_check_bytes: 101 };
+        assert!(refused(over, 1 << 20).contains("claim_check_bytes"));
+        // What stays inline must fit the inline limits.
+        assert!(refused(ok, 1000).contains("limits.max_input_bytes"));
+    }
+
+    #[test]
     fn hashes_are_sha256_hex() {
         assert_eq!(hash_of(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         assert!(valid_hash(&hash_of(b"")));
