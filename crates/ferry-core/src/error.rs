@@ -40,11 +40,13 @@ pub enum ErrorType {
     BudgetExhausted,
     /// An unexpected failure inside Ferry or an executor.
     Internal,
+    /// Something the job names does not exist (a blob of its workspace).
+    NotFound,
 }
 
 impl ErrorType {
     /// Every type, in catalogue order.
-    pub const ALL: [ErrorType; 12] = [
+    pub const ALL: [ErrorType; 13] = [
         ErrorType::Timeout,
         ErrorType::Network,
         ErrorType::HttpStatus,
@@ -57,6 +59,7 @@ impl ErrorType {
         ErrorType::RateLimited,
         ErrorType::BudgetExhausted,
         ErrorType::Internal,
+        ErrorType::NotFound,
     ];
 
     /// Whether an error of this type is retried unless its source says otherwise.
@@ -73,7 +76,8 @@ impl ErrorType {
             | ErrorType::ResourceLimit
             | ErrorType::Validation
             | ErrorType::Cancelled
-            | ErrorType::BudgetExhausted => false,
+            | ErrorType::BudgetExhausted
+            | ErrorType::NotFound => false,
         }
     }
 
@@ -92,6 +96,7 @@ impl ErrorType {
             ErrorType::RateLimited => "rate_limited",
             ErrorType::BudgetExhausted => "budget_exhausted",
             ErrorType::Internal => "internal",
+            ErrorType::NotFound => "not_found",
         }
     }
 }

@@ -354,8 +354,10 @@ pub fn constrain(doc: &mut Value, cfg: &ApiConfig, kinds: &[&str]) {
         "A job as a client submits it. Only `kind` is required. Rules across fields, refused with 400: \
          `soft_timeout_ms` is at most `timeout_ms`; `run_at` and `delay_ms` are not both given; `run_at` is \
          at most {} ms ahead; `backoff.initial_ms` is at most `backoff.max_ms`; `input` is what the kind \
-         accepts. `input` serialized is at most {} bytes (413).",
-        l.max_horizon_ms, l.max_input_bytes
+         accepts. `input` serialized over {} bytes is kept as a blob and the job holds a reference \
+         (`{{\"$blob\": {{\"hash\", \"size\"}}}}`, a reserved key); it is at most {} bytes, and {} bytes \
+         inline (413).",
+        l.max_horizon_ms, cfg.blobs.claim_check_bytes, cfg.blobs.max_bytes, l.max_input_bytes
     );
     set_schema(doc, "JobSpec", json!({ "description": job_rules }));
     // A share's answer is also a valid queue-settings object (every field of those is

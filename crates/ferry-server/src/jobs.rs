@@ -47,11 +47,12 @@ pub async fn submit(
 ) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
     crate::extract::idempotency_key(&headers, &mut spec.idempotency_key)?;
     let may_wait = spec.on_limit == Some(ferry_core::OnLimit::Queue);
-    let job = st.validate(spec, &caller, now_micros())?;
+    let (job, check) = st.validate(spec, &caller, now_micros())?;
     let queue = job.queue.clone();
     let jobs = vec![job];
     let mut admission = st.job_admission(&caller, &jobs).await?;
     admission.queue_on_limit = may_wait;
+    crate::blobs::store_claim_checks(&st, &caller, check.into_iter().collect()).await?;
     let submitted = st.store.submit_admitted(jobs, admission).await?;
     let accepted = JobAccepted::from(submitted.into_iter().next().ok_or_else(|| {
         ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "internal", &"the store returned no job")
@@ -100,11 +101,14 @@ pub async fn submit_batch(
     let mut jobs = Vec::with_capacity(batch.jobs.len());
     // A batch waits for a slot only if every job in it may.
     let may_wait = batch.jobs.iter().all(|s| s.on_limit == Some(ferry_core::OnLimit::Queue));
+    let mut checks = Vec::new();
     for (i, spec) in batch.jobs.into_iter().enumerate() {
-        jobs.push(st.validate(spec, &caller, now).map_err(|mut e| {
+        let (job, check) = st.validate(spec, &caller, now).map_err(|mut e| {
             e.field = Some(format!("jobs[{i}].{}", e.field.as_deref().unwrap_or("")).trim_end_matches('.').to_string());
             e
-        })?);
+        })?;
+        jobs.push(job);
+        checks.extend(check);
     }
     let mut per_queue: BTreeMap<String, u64> = BTreeMap::new();
     for j in &jobs {
@@ -112,6 +116,7 @@ pub async fn submit_batch(
     }
     let mut admission = st.job_admission(&caller, &jobs).await?;
     admission.queue_on_limit = may_wait;
+    crate::blobs::store_claim_checks(&st, &caller, checks).await?;
     let submitted = st.store.submit_admitted(jobs, admission).await.map_err(|e| match e {
         StoreError::IdempotencyConflict { index, .. } => {
             let mut err = ApiError::from(e);

@@ -10,6 +10,7 @@
 //! live here; the store and the engine speak in typed results.
 
 pub mod auth;
+mod blobs;
 mod breakers;
 pub mod counts;
 pub mod doc;
@@ -63,6 +64,8 @@ pub struct ApiConfig {
     pub queue_caps: std::collections::BTreeMap<String, u64>,
     /// The configured circuit-breaker settings (an operator's open uses their cool-down).
     pub breakers: ferry_core::breaker::BreakerConfig,
+    /// The blob limits (claim checks), as the OpenAPI document states them.
+    pub blobs: ferry_store::BlobsConfig,
 }
 
 impl Default for ApiConfig {
@@ -77,6 +80,7 @@ impl Default for ApiConfig {
             default_limits: ferry_store::WorkspaceLimits::default(),
             queue_caps: Default::default(),
             breakers: Default::default(),
+            blobs: Default::default(),
         }
     }
 }
@@ -85,6 +89,8 @@ impl Default for ApiConfig {
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Arc<dyn Store>,
+    /// The store's blobs, with the `[blobs]` limits: claim checks and `/v1/blobs`.
+    pub blobs: ferry_store::Blobs,
     pub registry: Registry,
     /// The embedded workers, if this process runs any: cancel stops their attempts at once.
     pub engine: Option<Engine>,
@@ -164,8 +170,17 @@ impl ApiState {
 
     /// Validates a spec against this server: its kind must be registered, its queue
     /// configured (none given: the kind's, else `default`), its input acceptable to the
-    /// kind, and its fields within the limits.
-    pub fn validate(&self, mut spec: JobSpec, caller: &Caller, now: Micros) -> Result<NewJob, ApiError> {
+    /// kind, and its fields within the limits. An input over `blobs.claim_check_bytes`
+    /// is replaced by its claim-check reference, and the blob to store comes back beside
+    /// the job (the caller stores it before the job); `limits.max_input_bytes` then
+    /// bounds what stays inline and `blobs.max_bytes` the rest. A reference the client
+    /// passed on is checked by the worker once it is read back.
+    pub fn validate(
+        &self,
+        mut spec: JobSpec,
+        caller: &Caller,
+        now: Micros,
+    ) -> Result<(NewJob, Option<ferry_store::blobs::ClaimCheck>), ApiError> {
         let Some(executor) = self.registry.get(&spec.kind) else {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -186,21 +201,28 @@ impl ApiState {
             )
             .field("queue"));
         }
-        executor.validate(spec.input.as_ref().unwrap_or(&serde_json::Value::Null))?;
+        let input = spec.input.take().unwrap_or(serde_json::Value::Null);
+        let passed_on = ferry_store::blobs::parse_reference(&input).is_some();
+        if !passed_on {
+            executor.validate(&input)?;
+        }
+        let check = self.claim_check(&input)?;
+        spec.input = Some(check.as_ref().map_or_else(|| input.clone(), |c| c.reference.clone()));
         if spec.timeout_ms.is_none() {
             spec.timeout_ms = executor.default_timeout_ms().map(|t| t.min(self.cfg.limits.max_timeout_ms));
         }
         let mut job = spec.validate(&caller.workspace, &caller.user, now, &self.cfg.limits)?;
         // The kind's breaker unless the job names its own: kept on the job, so that its
-        // wait is visible and the breaker's close finds it.
+        // wait is visible and the breaker's close finds it. Both it and the cache key
+        // come from the whole input, never a reference.
         if job.breaker.is_none() {
-            job.breaker = executor.breaker_key(&job.input);
+            job.breaker = executor.breaker_key(&input);
         }
         if job.ordering_key.is_none() {
-            job.ordering_key = executor.ordering_key(&job.input);
+            job.ordering_key = executor.ordering_key(&input);
         }
-        job.cache_key = executor.cache(&job.input).map(|p| p.key);
-        Ok(job)
+        job.cache_key = executor.cache(&input).map(|p| p.key);
+        Ok((job, check))
     }
 }
 
@@ -212,6 +234,7 @@ impl ApiState {
     ),
     tags((name = "jobs", description = "Submit, inspect, cancel and replay jobs"),
           (name = "workflows", description = "Versioned workflows, their runs and run events"),
+          (name = "blobs", description = "Content-addressed blobs of the workspace: claim-checked payloads and `blob_put` results"),
           (name = "tokens", description = "API tokens of the workspace (admin)"),
           (name = "limits", description = "Concurrency limits of the workspace (admin)"),
           (name = "system", description = "Queues, health and metrics"))
@@ -267,6 +290,7 @@ fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::replay))
         .routes(routes!(jobs::events))
         .routes(routes!(errors::list))
+        .routes(routes!(blobs::get))
         .routes(routes!(runs::register, runs::list_workflows))
         .routes(routes!(runs::get_workflow))
         .routes(routes!(runs::start, runs::list_runs))

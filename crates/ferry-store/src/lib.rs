@@ -13,6 +13,7 @@
 //! **Invariant:** a call that writes returns only after its transaction committed. The
 //! API answers 2xx only after that, so an acknowledged job is durable.
 
+pub mod blobs;
 pub mod event_signal;
 pub mod failures;
 pub mod park;
@@ -28,6 +29,7 @@ pub mod tokens;
 mod transition;
 mod types;
 
+pub use blobs::{Blob, BlobBackend, BlobError, BlobRef, Blobs, BlobsConfig, Media};
 pub use event_signal::{EventSignal, EventWatch, Subject};
 pub use failures::{FailureFilter, FailureGroup, FailureRow};
 pub use ferry_core::admission::{Admission, LimitPair, LimitReached, WorkspaceLimits};
@@ -385,6 +387,10 @@ pub trait Store: Send + Sync + 'static {
     /// Lets the next job of `workspace`'s ordering key `key` go, if an attempt held back
     /// left it waiting (see `rules::jobs::order_release`); returns it.
     async fn order_release(&self, workspace: &str, key: &str) -> Result<Option<JobId>, StoreError>;
+
+    /// The store's blobs (see [`blobs`]): files in the data directory on SQLite, a table
+    /// every node reaches on PostgreSQL. Callers use them through [`Blobs`].
+    fn blobs(&self) -> Arc<dyn BlobBackend>;
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -34,6 +34,7 @@ use crate::{
     LabelRate, Page, Parked, QueueStats, ReplayOutcome, Store, StoreError, Subject, Submitted, Wakeups, WorkerInfo,
 };
 mod admission;
+mod blobs;
 mod breakers;
 mod claim;
 mod due;
@@ -93,6 +94,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../sql/postgres/migrations/0010_share_rate.sql")),
     (11, include_str!("../sql/postgres/migrations/0011_breakers.sql")),
     (12, include_str!("../sql/postgres/migrations/0012_failures.sql")),
+    (13, include_str!("../sql/postgres/migrations/0013_blobs.sql")),
     (15, include_str!("../sql/postgres/migrations/0015_ordering.sql")),
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
@@ -693,6 +695,10 @@ impl Store for PgStore {
 
     async fn order_release(&self, workspace: &str, key: &str) -> Result<Option<JobId>, StoreError> {
         self.release_order(workspace, key).await
+    }
+
+    fn blobs(&self) -> Arc<dyn crate::BlobBackend> {
+        Arc::new(blobs::PgBlobs { pool: self.pool.clone() })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

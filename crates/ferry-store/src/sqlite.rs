@@ -32,6 +32,8 @@ mod admission;
 /// store's API (hidden from its docs), a child module so it runs the writer's own code.
 #[doc(hidden)]
 pub mod bench;
+mod blobs;
+pub use blobs::blob_dir;
 mod breakers;
 mod claim;
 mod failures;
@@ -201,6 +203,7 @@ pub struct SqliteStore {
     wakeups: Arc<Wakeups>,
     parks: Arc<Parks>,
     path: PathBuf,
+    blobs: Arc<blobs::FileBlobs>,
     _lock: std::fs::File,
     /// Fired after tokens changed (see [`Store::token_changes`]).
     token_changes: tokio::sync::broadcast::Sender<()>,
@@ -297,6 +300,7 @@ impl SqliteStore {
             wakeups,
             parks,
             path,
+            blobs: Arc::new(blobs::FileBlobs::new(&opts.data_dir)),
             _lock: lock,
         })
     }
@@ -767,6 +771,10 @@ impl Store for SqliteStore {
 
     fn park(&self, req: ClaimRequest) -> Option<Parked> {
         Some(self.parks.park(req))
+    }
+
+    fn blobs(&self) -> Arc<dyn crate::BlobBackend> {
+        self.blobs.clone()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

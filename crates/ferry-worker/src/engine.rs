@@ -38,6 +38,7 @@
 mod advancer;
 mod attempt;
 mod breakers;
+mod claim_checks;
 mod dispatch;
 mod finisher;
 mod leases;
@@ -96,8 +97,11 @@ pub struct EngineConfig {
     pub reap_ms: u64,
     /// Most jobs claimed in one store call.
     pub claim_batch: usize,
-    /// Largest serialized output of one attempt; a larger one fails the attempt.
+    /// Largest serialized output of one attempt kept inline (an output over
+    /// `blobs.claim_check_bytes` is kept as a blob instead, up to `blobs.max_bytes`).
     pub max_output_bytes: usize,
+    /// The blob store's limits: claim checks of inputs and outputs (`ferry_store::blobs`).
+    pub blobs: ferry_store::BlobsConfig,
     /// Limits the jobs a workflow run creates are validated against.
     pub job_limits: ferry_core::Limits,
     /// How often runs that nobody advanced are looked for.
@@ -134,6 +138,7 @@ impl Default for EngineConfig {
             prefetch: None,
             unrecorded_max: UNRECORDED_MAX,
             max_output_bytes: 1024 * 1024,
+            blobs: ferry_store::BlobsConfig::default(),
             job_limits: ferry_core::Limits::default(),
             sweep_ms: 1_000,
             sweep_idle_ms: 10_000,
@@ -148,6 +153,8 @@ impl Default for EngineConfig {
 /// the tokens and channels that tie the tasks together.
 struct Inner {
     store: Arc<dyn Store>,
+    /// The store's blobs: claim-checked inputs are read, large outputs kept, here.
+    blobs: ferry_store::Blobs,
     registry: Registry,
     cfg: EngineConfig,
     worker_id: String,
@@ -265,6 +272,7 @@ impl Engine {
             .map(|q| (q.name.clone(), Arc::new(QueueControl::new(q.concurrency))))
             .collect();
         let inner = Arc::new(Inner {
+            blobs: ferry_store::Blobs::new(store.blobs(), cfg.blobs.clone()),
             store,
             registry,
             cfg,

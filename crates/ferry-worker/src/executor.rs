@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct Attempt {
     pub job_id: JobId,
+    /// The job's workspace (what the kinds that touch stored data act in).
+    pub workspace: String,
     /// The attempt's number across the job's whole life (1-based).
     pub number: u32,
     /// Cancelled when the attempt must stop (user cancel, lost lease, shutdown). The

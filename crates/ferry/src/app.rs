@@ -6,7 +6,7 @@ use ferry_server::{ApiConfig, ApiState};
 use ferry_store::Store;
 use ferry_store::postgres::{PgOptions, PgStore};
 use ferry_store::sqlite::{SqliteOptions, SqliteStore};
-use ferry_worker::kinds::{Exec, Webhook};
+use ferry_worker::kinds::{BlobDelete, BlobGet, BlobPut, Exec, Webhook};
 use ferry_worker::{Engine, EngineConfig, QueueConfig, Registry};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,6 +59,7 @@ fn engine_config(cfg: &Config, queues: Vec<QueueConfig>) -> EngineConfig {
         poll_ms: cfg.poll_ms,
         reap_ms: cfg.reap_ms,
         max_output_bytes: cfg.limits.max_output_bytes,
+        blobs: cfg.blobs.clone(),
         job_limits: cfg.job_limits(),
         default_limits: cfg.default_limits.clone(),
         breakers: cfg.breakers.clone(),
@@ -139,9 +140,10 @@ async fn open_mode(cfg: &Config, addr: SocketAddr, store: &dyn Store) -> anyhow:
 pub const SANDBOX_HELPER_ARG: &str = "sandbox-helper";
 
 /// The kinds this process runs: the built-ins, and those the configuration sets up: `exec`
-/// and `webhook` (with its signing secrets). The sandbox is probed here, and a missing
-/// layer is reported at start (and in `/readyz`).
-pub async fn registry(cfg: &Config) -> anyhow::Result<Registry> {
+/// and `webhook` (with its signing secrets), and the blob kinds over the store's `blobs`.
+/// The sandbox is probed here, and a missing layer is reported at start (and in
+/// `/readyz`).
+pub async fn registry(cfg: &Config, blobs: &ferry_store::Blobs) -> anyhow::Result<Registry> {
     let mut exec_cfg = cfg.exec.clone();
     // The sandbox never sees Ferry's own data or configuration.
     exec_cfg.hidden_paths.push(std::path::absolute(&cfg.data_dir)?);
@@ -165,6 +167,9 @@ pub async fn registry(cfg: &Config) -> anyhow::Result<Registry> {
     let mut registry = Registry::builtin();
     registry.register(exec);
     registry.register(Webhook::new(&cfg.webhooks));
+    registry.register(BlobPut::new(blobs.clone()));
+    registry.register(BlobGet::new(blobs.clone()));
+    registry.register(BlobDelete::new(blobs.clone()));
     Ok(registry)
 }
 
@@ -173,7 +178,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let listener = bind(&cfg.listen).await?;
     let store = open_store(cfg).await?;
     let open = open_mode(cfg, listener.local_addr()?, store.as_ref()).await?;
-    let registry = registry(cfg).await?;
+    let blobs = ferry_store::Blobs::new(store.blobs(), cfg.blobs.clone());
+    let registry = registry(cfg, &blobs).await?;
     let engine = (cfg.workers > 0).then(|| {
         let queues = cfg
             .queues
@@ -184,6 +190,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     });
     let state = ApiState {
         store: store.clone(),
+        blobs,
         registry: registry.clone(),
         engine: engine.clone(),
         cfg: Arc::new(ApiConfig {
@@ -201,6 +208,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
                 .filter(|(_, cap)| *cap > 0)
                 .collect(),
             breakers: cfg.breakers.clone(),
+            blobs: cfg.blobs.clone(),
         }),
         metrics: ferry_server::metrics_handle(),
         planner: ferry_worker::planner(cfg.job_limits(), registry.clone()),
@@ -236,7 +244,7 @@ pub async fn start_worker(
     let listener = bind(listen).await?;
     let store = open_store(cfg).await?;
     let queues: Vec<QueueConfig> = queues.iter().map(|name| QueueConfig { name: name.clone(), concurrency }).collect();
-    let registry = registry(cfg).await?;
+    let registry = registry(cfg, &ferry_store::Blobs::new(store.blobs(), cfg.blobs.clone())).await?;
     let engine = Engine::start(store.clone(), registry.clone(), engine_config(cfg, queues));
     let app = ferry_server::worker_router(store.clone(), registry, engine.clone(), ferry_server::metrics_handle());
     let server = serve(cfg, listener, store, Some(engine), app).await?;

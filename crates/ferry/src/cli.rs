@@ -66,6 +66,11 @@ pub enum Command {
     },
     /// The workspace's failures, grouped by cause: count, severity, last seen.
     Errors(crate::errors_cmd::ErrorsArgs),
+    /// Blobs of the workspace: fetch one by hash.
+    Blob {
+        #[command(subcommand)]
+        command: crate::blob_cmd::BlobCommand,
+    },
     /// The workspace's concurrency limits and label rates (admin).
     Limits {
         #[command(subcommand)]
@@ -634,6 +639,7 @@ pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Breaker { command } => crate::breaker_cmd::run(command).await,
         Command::Errors(args) => crate::errors_cmd::run(args).await,
+        Command::Blob { command } => crate::blob_cmd::run(command).await,
         Command::Limits { command: LimitsCommand::Get { client } } => {
             print(&client.client()?.call(Method::GET, "/v1/limits", None).await?);
             Ok(ExitCode::SUCCESS)

@@ -8,7 +8,7 @@
 //! - An answer that is not Ferry's (another program on that port, a proxy's error page) is
 //!   shown with its status and the start of its body, never as an empty error.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use std::time::Duration;
@@ -47,9 +47,12 @@ impl Client {
         Ok(Client { base: base_url(server), http, token })
     }
 
-    /// Sends a request; returns the JSON answer of a 2xx, or an error that says what the
-    /// server answered.
-    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(String, reqwest::Response)> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
@@ -59,22 +62,50 @@ impl Client {
             req = req.json(b);
         }
         let resp = req.send().await.with_context(|| format!("cannot reach the Ferry server at {}", self.base))?;
+        Ok((url, resp))
+    }
+
+    /// Sends a request; returns the JSON answer of a 2xx, or an error that says what the
+    /// server answered.
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        let (url, resp) = self.send(method, path, body).await?;
         let status = resp.status();
         let text = resp.text().await.with_context(|| format!("cannot read the answer of {url}"))?;
         if status == StatusCode::NO_CONTENT {
             return Ok(Value::Null);
         }
-        let value: Option<Value> = serde_json::from_str(&text).ok();
         if status.is_success() {
-            return value.with_context(|| {
+            return serde_json::from_str(&text).ok().with_context(|| {
                 format!(
                     "{url} answered {status} with something that is not JSON (is it a Ferry server?): {}",
                     snippet(&text)
                 )
             });
         }
+        Err(self.refusal(&url, status, &text))
+    }
+
+    /// GETs `path`; returns the bytes of a 2xx answer as they came (a blob), or an error
+    /// that says what the server answered.
+    pub async fn bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let (url, resp) = self.send(Method::GET, path, None).await?;
+        let status = resp.status();
+        let body = resp.bytes().await.with_context(|| format!("cannot read the answer of {url}"))?;
+        if status.is_success() {
+            return Ok(body.to_vec());
+        }
+        Err(self.refusal(&url, status, &String::from_utf8_lossy(&body)))
+    }
+
+    /// The error for an unsuccessful answer: Ferry's refusal with its code and field, or
+    /// the start of a body that is not Ferry's.
+    fn refusal(&self, url: &str, status: StatusCode, text: &str) -> anyhow::Error {
+        let value: Option<Value> = serde_json::from_str(text).ok();
         let Some(e) = value.as_ref().map(|v| &v["error"]).filter(|e| e["code"].is_string()) else {
-            bail!("{url} answered {status}, not with a Ferry error (is it a Ferry server?): {}", snippet(&text));
+            return anyhow::anyhow!(
+                "{url} answered {status}, not with a Ferry error (is it a Ferry server?): {}",
+                snippet(text)
+            );
         };
         let field =
             e["field"].as_str().filter(|f| !f.is_empty()).map(|f| format!(" (field `{f}`)")).unwrap_or_default();
@@ -87,7 +118,7 @@ impl Client {
         } else {
             ""
         };
-        bail!(
+        anyhow::anyhow!(
             "{status}: {}: {}{field}{hint}",
             e["code"].as_str().unwrap_or("error"),
             e["message"].as_str().unwrap_or("")

@@ -301,6 +301,9 @@ pub struct Config {
     pub breakers: ferry_core::breaker::BreakerConfig,
     /// The `webhook` kind: signing secrets by name, the `webhook` queue's concurrency.
     pub webhooks: WebhookConfig,
+    /// Blobs: the largest (`max_bytes`) and the size past which a job's input or output
+    /// is kept as a blob and referenced (`claim_check_bytes`).
+    pub blobs: ferry_store::BlobsConfig,
     /// The program run as the sandbox helper (`PROGRAM sandbox-helper SPEC`); default:
     /// this `ferry` binary.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -348,6 +351,7 @@ impl Default for Config {
             exec: ExecConfig::default(),
             breakers: ferry_core::breaker::BreakerConfig::default(),
             webhooks: WebhookConfig::default(),
+            blobs: ferry_store::BlobsConfig::default(),
             exec_helper: None,
             config_file: None,
         }
@@ -455,6 +459,7 @@ impl Config {
         if l.default_timeout_ms == 0 || l.default_timeout_ms > l.max_timeout_ms {
             bail!("limits.default_timeout_ms must be between 1 and limits.max_timeout_ms");
         }
+        self.blobs.validate(l.max_input_bytes, l.max_output_bytes).map_err(anyhow::Error::msg)?;
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod blob_cmd;
 pub mod breaker_cmd;
 pub mod cli;
 pub mod client;

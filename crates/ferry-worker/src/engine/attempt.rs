@@ -10,6 +10,7 @@
 //! than `EngineConfig::unrecorded_max` ends of this process wait to be recorded).
 
 use super::breakers::{self, Gate};
+use super::claim_checks;
 use super::order::{self, Behind};
 use super::{Inner, finisher};
 use crate::executor::{Attempt, Executor};
@@ -93,6 +94,7 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
     }
     let attempt = Attempt {
         job_id: job.id,
+        workspace: job.workspace.clone(),
         number: job.attempt,
         cancel: cancel.clone(),
         timeout: Duration::from_millis(timeout_ms),
@@ -136,7 +138,14 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
         (Some(executor), input, _, None) => match input {
             Err(e) => Ok(Err(ExecError::new(ErrorType::Internal, format!("stored input is not JSON: {e}")))),
             Ok(input) => tokio::select! {
-                r = run_or_reuse(&inner, &job, executor.as_ref(), &attempt, input) => Ok(r),
+                // Claim checks: a referenced input is read back before the kind runs (it
+                // never sees the reference), a large output kept as a blob before its end
+                // is recorded; both count against the attempt's timeout.
+                r = async {
+                    let input = claim_checks::resolve_input(&inner, &job, &attempt, input).await?;
+                    let output = run_or_reuse(&inner, &job, executor.as_ref(), &attempt, input).await?;
+                    claim_checks::keep_output(&inner, &job, &attempt, output).await
+                } => Ok(r),
                 // A kind that ends its own attempts gets a grace period to report.
                 _ = tokio::time::sleep(Duration::from_millis(timeout_ms) + if executor.enforces_timeout() {
                     OWN_TIMEOUT_GRACE
@@ -249,6 +258,8 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
 }
 
 fn succeeded(inner: &Inner, job: &ClaimedJob, output: serde_json::Value) -> FinishResult {
+    // What stays inline is at most `blobs.claim_check_bytes`, which the configuration
+    // keeps within this limit; the check stands for an engine configured otherwise.
     let size = serde_json::to_vec(&output).map(|v| v.len()).unwrap_or(usize::MAX);
     if size > inner.cfg.max_output_bytes {
         let error = JobError {

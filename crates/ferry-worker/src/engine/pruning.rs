@@ -1,4 +1,4 @@
-//! Pruning: deletes finished jobs past their retention. It runs on every node, workers or
+//! Pruning: deletes finished jobs past their retention, and blobs unused for as long. It runs on every node, workers or
 //! not, so it takes the store alone rather than the engine.
 
 use ferry_store::Store;
@@ -35,6 +35,16 @@ pub async fn prune_loop(
         if total > 0 {
             tracing::info!(jobs = total, "pruned finished jobs past retention");
             metrics::counter!("ferry_jobs_pruned_total").increment(total as u64);
+        }
+        // Blobs go by the same retention, counted from their last use (see
+        // `ferry_store::blobs`): a blob nobody put or read for that long goes.
+        match ferry_store::Blobs::new(store.blobs(), Default::default()).prune(retention_ms, batch).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(blobs = n, "pruned blobs unused past retention");
+                metrics::counter!("ferry_blobs_pruned_total").increment(n as u64);
+            }
+            Err(e) => tracing::warn!(error = %e, "pruning blobs failed; will retry"),
         }
         tokio::select! {
             _ = tokio::time::sleep(super::spread(Duration::from_millis(every_ms))) => {}

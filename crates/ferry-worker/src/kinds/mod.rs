@@ -1,5 +1,6 @@
 //! The built-in kinds. Each file is one executor.
 
+mod blob;
 mod exec;
 mod fail;
 mod http;
@@ -7,6 +8,7 @@ mod noop;
 mod sleep;
 mod webhook;
 
+pub use blob::{BlobDelete, BlobGet, BlobPut};
 pub use exec::{Exec, ExecConfig, ExecLimits, Interpreter};
 pub use fail::Fail;
 pub use http::Http;

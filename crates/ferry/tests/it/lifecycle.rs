@@ -274,10 +274,21 @@ async fn http_failures_are_classified(backend: Backend) {
 }
 
 async fn output_over_the_limit_fails_with_resource_limit(backend: Backend) {
-    let server = TestServer::start_with(backend, |cfg| cfg.limits.max_output_bytes = 100).await;
+    // An output past the inline limit is kept as a blob up to `blobs.max_bytes` (see
+    // `blobs.rs`): with all three at 100, 100 bytes is the most any output may be.
+    let server = TestServer::start_with(backend, |cfg| {
+        cfg.limits.max_output_bytes = 100;
+        cfg.blobs.claim_check_bytes = 100;
+        cfg.blobs.max_bytes = 100;
+    })
+    .await;
     // A JSON string of n characters serializes to n + 2 bytes.
     let at_limit = server.submit(json!({"kind": "noop", "input": "a".repeat(98)})).await;
-    let over = server.submit(json!({"kind": "noop", "input": "a".repeat(99), "max_attempts": 3})).await;
+    // An output larger than its input: a blob read back as `{"text": "…"}`, 11 bytes more
+    // than its text (put straight into the store).
+    let blobs = ferry_store::Blobs::new(server.store.blobs(), ferry_store::BlobsConfig::default());
+    let blob = blobs.put("default", ferry_store::Media::Text, vec![b'a'; 90]).await.expect("stored");
+    let over = server.submit(json!({"kind": "blob_get", "input": {"hash": blob.hash}, "max_attempts": 3})).await;
 
     let job = server.wait_state(&at_limit, &["succeeded", "dead"]).await;
     assert_eq!(job["state"], "succeeded", "an output exactly at the limit is kept: {job:#}");

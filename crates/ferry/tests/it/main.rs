@@ -5,6 +5,7 @@ mod harness;
 
 mod admission;
 mod auth;
+mod blobs;
 mod breakers;
 mod cancel_replay;
 mod consistency;
