@@ -13,6 +13,7 @@
 //! **Invariant:** a call that writes returns only after its transaction committed. The
 //! API answers 2xx only after that, so an acknowledged job is durable.
 
+pub mod escalations;
 pub mod event_signal;
 pub mod failures;
 pub mod park;
@@ -28,6 +29,7 @@ pub mod tokens;
 mod transition;
 mod types;
 
+pub use escalations::{Fired, Firing, Occurrence, SignalRead, Signals};
 pub use event_signal::{EventSignal, EventWatch, Subject};
 pub use failures::{FailureFilter, FailureGroup, FailureRow};
 pub use ferry_core::admission::{Admission, LimitPair, LimitReached, WorkspaceLimits};
@@ -377,6 +379,16 @@ pub trait Store: Send + Sync + 'static {
         let admit = out.admit.unwrap_or(ferry_core::breaker::Admit::Go);
         Ok(BreakerAnswer { admit, now: out.now, quiet: rules::breakers::quiet(Some(&out.record)) })
     }
+
+    /// What escalation rules read: every workspace's failed attempts, dead jobs and opened
+    /// breakers within `read.look_back_ms` of the store's clock, but the escalation
+    /// workspace's (see [`escalations`]).
+    async fn escalation_signals(&self, read: SignalRead) -> Result<Signals, StoreError>;
+
+    /// Fires an escalation: records it and stores its job in one transaction, unless its
+    /// group fired less than its window ago (`None` then: another node, or an earlier
+    /// evaluation, fired it). See [`escalations`].
+    async fn escalate(&self, firing: Firing) -> Result<Option<Fired>, StoreError>;
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;

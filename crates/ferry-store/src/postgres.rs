@@ -37,6 +37,7 @@ mod admission;
 mod breakers;
 mod claim;
 mod due;
+mod escalations;
 mod events;
 mod failures;
 mod head;
@@ -93,6 +94,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../sql/postgres/migrations/0010_share_rate.sql")),
     (11, include_str!("../sql/postgres/migrations/0011_breakers.sql")),
     (12, include_str!("../sql/postgres/migrations/0012_failures.sql")),
+    (14, include_str!("../sql/postgres/migrations/0014_escalations.sql")),
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
@@ -679,6 +681,14 @@ impl Store for PgStore {
 
     async fn breakers(&self, key: Option<&str>) -> Result<Vec<crate::BreakerRecord>, StoreError> {
         self.read_breakers(key).await
+    }
+
+    async fn escalation_signals(&self, read: crate::SignalRead) -> Result<crate::Signals, StoreError> {
+        self.read_signals(read).await
+    }
+
+    async fn escalate(&self, firing: crate::Firing) -> Result<Option<crate::Fired>, StoreError> {
+        self.fire(firing).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -34,6 +34,7 @@ mod admission;
 pub mod bench;
 mod breakers;
 mod claim;
+mod escalations;
 mod failures;
 mod jobs;
 mod open;
@@ -84,6 +85,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../sql/sqlite/migrations/0010_share_rate.sql")),
     (11, include_str!("../sql/sqlite/migrations/0011_breakers.sql")),
     (12, include_str!("../sql/sqlite/migrations/0012_failures.sql")),
+    (14, include_str!("../sql/sqlite/migrations/0014_escalations.sql")),
 ];
 const PRUNE: &str = include_str!("../sql/sqlite/prune.sql");
 const INSERT_JOB: &str = include_str!("../sql/sqlite/insert_job.sql");
@@ -162,6 +164,7 @@ enum Cmd {
     SetShare(QueueShare, Reply<()>),
     Reopen(Reply<ReopenOutcome>),
     Breaker(String, crate::BreakerOp, Reply<crate::BreakerOutcome>),
+    Escalate(Box<crate::Firing>, Reply<Option<crate::Fired>>),
     Close(Reply<()>),
 }
 
@@ -752,6 +755,14 @@ impl Store for SqliteStore {
 
     fn park(&self, req: ClaimRequest) -> Option<Parked> {
         Some(self.parks.park(req))
+    }
+
+    async fn escalation_signals(&self, read: crate::SignalRead) -> Result<crate::Signals, StoreError> {
+        self.read_signals(read).await
+    }
+
+    async fn escalate(&self, firing: crate::Firing) -> Result<Option<crate::Fired>, StoreError> {
+        self.fire(firing).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -665,6 +665,8 @@ mod admission;
 mod breakers;
 #[path = "conformance/deep.rs"]
 mod deep;
+#[path = "conformance/escalations.rs"]
+mod escalations;
 #[path = "conformance/failures.rs"]
 mod failures;
 #[path = "conformance/postgres.rs"]
