@@ -100,7 +100,7 @@ async fn a_count_fires_once_per_window_and_again_a_window_later(backend: Backend
     let d = rx.next().await;
     let p = d.payload();
     assert_eq!((p["rule"].as_str(), p["count"].as_u64()), (Some("storm"), Some(3)), "{p:#}");
-    assert_eq!(p["group"]["message"], "order failed: <n>", "{p:#}");
+    assert_eq!(p["group"]["message"], "order failed: <n> (attempt <n>)", "{p:#}");
     assert!(first.iter().any(|id| p["sample_job_id"] == id.as_str()), "{p:#}");
     // Three more in the same group: a new crossing, but within the window of the first
     // firing. It fires again once that window has passed, not before.
