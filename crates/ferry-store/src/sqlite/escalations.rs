@@ -28,13 +28,13 @@ impl SqliteStore {
             if read.failures {
                 out.failures = c
                     .prepare_cached(*SIGNAL_FAILURES)?
-                    .query_map(params![since, ws, cap], |r| occurrence(r))?
+                    .query_map(params![since, ws, cap], occurrence)?
                     .collect::<rusqlite::Result<_>>()?;
             }
             if read.dead {
                 out.dead = c
                     .prepare_cached(*SIGNAL_DEAD)?
-                    .query_map(params![since, ws, cap], |r| occurrence(r))?
+                    .query_map(params![since, ws, cap], occurrence)?
                     .collect::<rusqlite::Result<_>>()?;
             }
             if read.breakers {

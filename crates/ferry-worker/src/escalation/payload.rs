@@ -18,7 +18,7 @@ const MAX_MESSAGE: usize = 500;
 /// A window as written in a rule (`5m`), in its largest whole unit.
 pub fn window(ms: u64) -> String {
     for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms >= size && ms % size == 0 {
+        if ms >= size && ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }
