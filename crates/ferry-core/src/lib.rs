@@ -13,6 +13,7 @@ pub mod auth;
 pub mod backoff;
 pub mod breaker;
 pub mod error;
+pub mod escalation;
 pub mod job;
 pub mod message;
 pub mod run;

@@ -14,6 +14,7 @@
 //! API answers 2xx only after that, so an acknowledged job is durable.
 
 pub mod blobs;
+pub mod escalations;
 pub mod event_signal;
 pub mod failures;
 pub mod park;
@@ -30,6 +31,7 @@ mod transition;
 mod types;
 
 pub use blobs::{Blob, BlobBackend, BlobError, BlobRef, Blobs, BlobsConfig, Media};
+pub use escalations::{Fired, Firing, Occurrence, SignalRead, Signals};
 pub use event_signal::{EventSignal, EventWatch, Subject};
 pub use failures::{FailureFilter, FailureGroup, FailureRow};
 pub use ferry_core::admission::{Admission, LimitPair, LimitReached, WorkspaceLimits};
@@ -391,6 +393,16 @@ pub trait Store: Send + Sync + 'static {
     /// The store's blobs (see [`blobs`]): files in the data directory on SQLite, a table
     /// every node reaches on PostgreSQL. Callers use them through [`Blobs`].
     fn blobs(&self) -> Arc<dyn BlobBackend>;
+
+    /// What escalation rules read: every workspace's failed attempts, dead jobs and opened
+    /// breakers within `read.look_back_ms` of the store's clock, but the escalation
+    /// workspace's (see [`escalations`]).
+    async fn escalation_signals(&self, read: SignalRead) -> Result<Signals, StoreError>;
+
+    /// Fires an escalation: records it and stores its job in one transaction, unless its
+    /// group fired less than its window ago (`None` then: another node, or an earlier
+    /// evaluation, fired it). See [`escalations`].
+    async fn escalate(&self, firing: Firing) -> Result<Option<Fired>, StoreError>;
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -38,6 +38,7 @@ mod blobs;
 mod breakers;
 mod claim;
 mod due;
+mod escalations;
 mod events;
 mod failures;
 mod head;
@@ -95,6 +96,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("../sql/postgres/migrations/0011_breakers.sql")),
     (12, include_str!("../sql/postgres/migrations/0012_failures.sql")),
     (13, include_str!("../sql/postgres/migrations/0013_blobs.sql")),
+    (14, include_str!("../sql/postgres/migrations/0014_escalations.sql")),
     (15, include_str!("../sql/postgres/migrations/0015_ordering.sql")),
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
@@ -699,6 +701,14 @@ impl Store for PgStore {
 
     fn blobs(&self) -> Arc<dyn crate::BlobBackend> {
         Arc::new(blobs::PgBlobs { pool: self.pool.clone() })
+    }
+
+    async fn escalation_signals(&self, read: crate::SignalRead) -> Result<crate::Signals, StoreError> {
+        self.read_signals(read).await
+    }
+
+    async fn escalate(&self, firing: crate::Firing) -> Result<Option<crate::Fired>, StoreError> {
+        self.fire(firing).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

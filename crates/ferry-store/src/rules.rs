@@ -21,6 +21,7 @@ use std::collections::HashSet;
 
 pub(crate) mod breakers;
 pub(crate) mod claims;
+pub(crate) mod escalations;
 pub(crate) mod jobs;
 pub(crate) mod runs;
 

@@ -36,6 +36,7 @@ mod blobs;
 pub use blobs::blob_dir;
 mod breakers;
 mod claim;
+mod escalations;
 mod failures;
 mod jobs;
 mod open;
@@ -73,21 +74,6 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../sql/sqlite/migrations/0001_jobs.sql")),
-    (2, include_str!("../sql/sqlite/migrations/0002_workers.sql")),
-    (3, include_str!("../sql/sqlite/migrations/0003_exec.sql")),
-    (4, include_str!("../sql/sqlite/migrations/0004_workflows.sql")),
-    (5, include_str!("../sql/sqlite/migrations/0005_tokens.sql")),
-    (6, include_str!("../sql/sqlite/migrations/0006_admission.sql")),
-    (7, include_str!("../sql/sqlite/migrations/0007_queue_settings.sql")),
-    (8, include_str!("../sql/sqlite/migrations/0008_rates.sql")),
-    (9, include_str!("../sql/sqlite/migrations/0009_tenancy.sql")),
-    (10, include_str!("../sql/sqlite/migrations/0010_share_rate.sql")),
-    (11, include_str!("../sql/sqlite/migrations/0011_breakers.sql")),
-    (12, include_str!("../sql/sqlite/migrations/0012_failures.sql")),
-    (15, include_str!("../sql/sqlite/migrations/0015_ordering.sql")),
-];
 const PRUNE: &str = include_str!("../sql/sqlite/prune.sql");
 const INSERT_JOB: &str = include_str!("../sql/sqlite/insert_job.sql");
 const PROMOTE_DUE: &str = include_str!("../sql/sqlite/promote_due.sql");
@@ -166,6 +152,7 @@ enum Cmd {
     Reopen(Reply<ReopenOutcome>),
     Breaker(String, crate::BreakerOp, Reply<crate::BreakerOutcome>),
     OrderRelease(String, String, Reply<Option<JobId>>),
+    Escalate(Box<crate::Firing>, Reply<Option<crate::Fired>>),
     Close(Reply<()>),
 }
 
@@ -775,6 +762,14 @@ impl Store for SqliteStore {
 
     fn blobs(&self) -> Arc<dyn crate::BlobBackend> {
         self.blobs.clone()
+    }
+
+    async fn escalation_signals(&self, read: crate::SignalRead) -> Result<crate::Signals, StoreError> {
+        self.read_signals(read).await
+    }
+
+    async fn escalate(&self, firing: crate::Firing) -> Result<Option<crate::Fired>, StoreError> {
+        self.fire(firing).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

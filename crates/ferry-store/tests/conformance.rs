@@ -667,6 +667,8 @@ mod blobs;
 mod breakers;
 #[path = "conformance/deep.rs"]
 mod deep;
+#[path = "conformance/escalations.rs"]
+mod escalations;
 #[path = "conformance/failures.rs"]
 mod failures;
 #[path = "conformance/ordering.rs"]

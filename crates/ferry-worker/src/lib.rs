@@ -12,6 +12,7 @@
 //! transitions; if the store says the lease is gone, the worker's result is discarded.
 
 mod engine;
+pub mod escalation;
 mod executor;
 pub mod kinds;
 

@@ -6,6 +6,7 @@ use ferry_server::{ApiConfig, ApiState};
 use ferry_store::Store;
 use ferry_store::postgres::{PgOptions, PgStore};
 use ferry_store::sqlite::{SqliteOptions, SqliteStore};
+use ferry_worker::escalation::{Escalation, Plan};
 use ferry_worker::kinds::{BlobDelete, BlobGet, BlobPut, Exec, Webhook};
 use ferry_worker::{Engine, EngineConfig, QueueConfig, Registry};
 use std::net::SocketAddr;
@@ -21,6 +22,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub store: Arc<dyn Store>,
     pub engine: Option<Engine>,
+    /// The escalation rules' evaluator, when rules are configured (`ferry server` only).
+    pub escalation: Option<Escalation>,
     grace: Duration,
     stop_http: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
@@ -80,6 +83,7 @@ async fn serve(
     listener: TcpListener,
     store: Arc<dyn Store>,
     engine: Option<Engine>,
+    escalation: Option<Escalation>,
     app: axum::Router,
 ) -> anyhow::Result<Server> {
     let addr = listener.local_addr()?;
@@ -96,6 +100,7 @@ async fn serve(
         addr,
         store,
         engine,
+        escalation,
         grace: Duration::from_millis(cfg.shutdown_grace_ms),
         stop_http,
         http,
@@ -180,6 +185,9 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let open = open_mode(cfg, listener.local_addr()?, store.as_ref()).await?;
     let blobs = ferry_store::Blobs::new(store.blobs(), cfg.blobs.clone());
     let registry = registry(cfg, &blobs).await?;
+    // Checked before anything starts: a rule whose endpoint the `webhook` kind refuses
+    // stops the start like any other bad setting.
+    let plan = Plan::new(&cfg.escalation, &registry, cfg.job_limits()).map_err(anyhow::Error::msg)?;
     let engine = (cfg.workers > 0).then(|| {
         let queues = cfg
             .queues
@@ -223,7 +231,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
             },
         ),
     };
-    let server = serve(cfg, listener, store.clone(), engine, ferry_server::router(state)).await?;
+    let escalation = plan.map(|plan| Escalation::start(store.clone(), plan));
+    let server = serve(cfg, listener, store.clone(), engine, escalation, ferry_server::router(state)).await?;
     tracing::info!(addr = %server.addr, store = store.backend(), "Ferry is serving");
     Ok(server)
 }
@@ -247,7 +256,9 @@ pub async fn start_worker(
     let registry = registry(cfg, &ferry_store::Blobs::new(store.blobs(), cfg.blobs.clone())).await?;
     let engine = Engine::start(store.clone(), registry.clone(), engine_config(cfg, queues));
     let app = ferry_server::worker_router(store.clone(), registry, engine.clone(), ferry_server::metrics_handle());
-    let server = serve(cfg, listener, store, Some(engine), app).await?;
+    // Escalation rules are evaluated by `ferry server` nodes only (see
+    // `ferry_worker::escalation`).
+    let server = serve(cfg, listener, store, Some(engine), None, app).await?;
     tracing::info!(addr = %server.addr, worker = server.engine.as_ref().map(|e| e.worker_id()).unwrap_or(""), "Ferry worker running");
     Ok(server)
 }
@@ -271,6 +282,9 @@ impl Server {
         }
         self.stop_pruner.cancel();
         let _ = self.pruner.await;
+        if let Some(escalation) = self.escalation {
+            escalation.stop().await;
+        }
         self.store.close().await;
         tracing::info!("Ferry stopped");
         Ok(())

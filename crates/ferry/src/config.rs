@@ -304,6 +304,8 @@ pub struct Config {
     /// Blobs: the largest (`max_bytes`) and the size past which a job's input or output
     /// is kept as a blob and referenced (`claim_check_bytes`).
     pub blobs: ferry_store::BlobsConfig,
+    /// Escalation rules and their endpoints (`[escalation]`, `docs/escalation.md`).
+    pub escalation: ferry_core::escalation::EscalationConfig,
     /// The program run as the sandbox helper (`PROGRAM sandbox-helper SPEC`); default:
     /// this `ferry` binary.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -352,6 +354,7 @@ impl Default for Config {
             breakers: ferry_core::breaker::BreakerConfig::default(),
             webhooks: WebhookConfig::default(),
             blobs: ferry_store::BlobsConfig::default(),
+            escalation: Default::default(),
             exec_helper: None,
             config_file: None,
         }
@@ -416,6 +419,7 @@ impl Config {
         }
         self.exec.validate().map_err(|e| anyhow::anyhow!(e))?;
         self.webhooks.validate().map_err(|e| anyhow::anyhow!(e))?;
+        self.escalation.rules(|s| self.webhooks.secrets.contains_key(s)).map_err(anyhow::Error::msg)?;
         if self.database_max_connections < 2 {
             bail!("database_max_connections must be at least 2");
         }
@@ -486,11 +490,16 @@ impl Config {
         }
     }
 
-    /// The merged configuration as pretty JSON, with the database password redacted (and
-    /// the webhook secrets, which never serialise as anything but `<redacted>`).
+    /// The merged configuration as pretty JSON, with the database password and the paths
+    /// of escalation endpoints redacted (and the webhook secrets, which never serialise as
+    /// anything but `<redacted>`).
     pub fn show(&self) -> anyhow::Result<String> {
         let mut shown = self.clone();
         shown.database_url = shown.database_url.map(|u| redact_password(&u));
+        // An endpoint's path may be its credential (a Slack incoming webhook's is).
+        for e in shown.escalation.endpoints.values_mut() {
+            e.url = redact_path(&e.url);
+        }
         serde_json::to_string_pretty(&shown).context("cannot render the configuration")
     }
 }
@@ -538,6 +547,16 @@ fn describe(errors: figment::Error) -> String {
         })
         .collect();
     lines.join("; ")
+}
+
+/// `https://hooks.example/services/T0/B0/XXX` → `https://hooks.example/<redacted>`, for
+/// showing a URL whose path or query may hold a credential.
+pub fn redact_path(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    match rest.find(['/', '?', '#']) {
+        Some(cut) => format!("{scheme}://{}/<redacted>", &rest[..cut]),
+        None => url.to_string(),
+    }
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for showing a URL.
@@ -722,6 +741,32 @@ mod tests {
             jail.set_env("FERRY_WEBHOOKS__CONCURRENCY", "0");
             let err = Config::load(None, &FlagOverrides::default()).unwrap_err().to_string();
             assert!(err.contains("webhooks.concurrency"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn escalation_rules_come_from_the_file_or_one_env_list_and_a_bad_one_stops_the_start() {
+        figment::Jail::expect_with(|jail| {
+            let file = "[webhooks.secrets]\nops = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n\
+                [escalation.endpoints.ops]\nurl = \"https://hooks.example/x\"\nsecret = \"ops\"\n\
+                [[escalation.rules]]\nname = \"storm\"\nwhen = \"severity >= high and count >= 20 in 5m\"\nnotify = \"ops\"\n";
+            jail.create_file("esc.toml", file)?;
+            let cfg = Config::load(Some(&PathBuf::from("esc.toml")), &FlagOverrides::default()).unwrap();
+            assert_eq!(cfg.escalation.rules[0].name, "storm");
+            jail.set_env(
+                "FERRY_ESCALATION__RULES",
+                r#"[{name = "lost", when = "dead on queue heavy", notify = "ops"}]"#,
+            );
+            let cfg = Config::load(Some(&PathBuf::from("esc.toml")), &FlagOverrides::default()).unwrap();
+            let shown = cfg.show().unwrap();
+            assert!(shown.contains("https://hooks.example/<redacted>") && !shown.contains("/x\""), "{shown}");
+            let names: Vec<&str> = cfg.escalation.rules.iter().map(|r| r.name.as_str()).collect();
+            assert_eq!(names, ["lost"], "the environment's list replaces the file's");
+            jail.set_env("FERRY_ESCALATION__RULES", r#"[{name = "lost", when = "dead on heavy", notify = "ops"}]"#);
+            let err = Config::load(Some(&PathBuf::from("esc.toml")), &FlagOverrides::default()).unwrap_err();
+            let err = err.to_string();
+            assert!(err.contains("escalation rule `lost`: when = \"dead on heavy\""), "{err}");
             Ok(())
         });
     }

@@ -2,6 +2,25 @@
 
 use super::*;
 
+/// The schema's migrations, in order; each runs once, in a transaction of its own.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../sql/sqlite/migrations/0001_jobs.sql")),
+    (2, include_str!("../../sql/sqlite/migrations/0002_workers.sql")),
+    (3, include_str!("../../sql/sqlite/migrations/0003_exec.sql")),
+    (4, include_str!("../../sql/sqlite/migrations/0004_workflows.sql")),
+    (5, include_str!("../../sql/sqlite/migrations/0005_tokens.sql")),
+    (6, include_str!("../../sql/sqlite/migrations/0006_admission.sql")),
+    (7, include_str!("../../sql/sqlite/migrations/0007_queue_settings.sql")),
+    (8, include_str!("../../sql/sqlite/migrations/0008_rates.sql")),
+    (9, include_str!("../../sql/sqlite/migrations/0009_tenancy.sql")),
+    (10, include_str!("../../sql/sqlite/migrations/0010_share_rate.sql")),
+    (11, include_str!("../../sql/sqlite/migrations/0011_breakers.sql")),
+    (12, include_str!("../../sql/sqlite/migrations/0012_failures.sql")),
+    // 13 is PostgreSQL's blobs table: SQLite keeps blobs as files (`sqlite/blobs.rs`).
+    (14, include_str!("../../sql/sqlite/migrations/0014_escalations.sql")),
+    (15, include_str!("../../sql/sqlite/migrations/0015_ordering.sql")),
+];
+
 crate::sql::statements!("../../sql/sqlite/open.sql":
     READER_PRAGMAS, CHECKPOINT_PASSIVE, SCHEMA_VERSION, APPLY_MIGRATION,
 );

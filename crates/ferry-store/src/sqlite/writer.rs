@@ -138,6 +138,7 @@ impl Writer {
             Cmd::Claim(req, reply) => self.step(reply, |w| w.claim(&req)),
             Cmd::Breaker(key, op, reply) => self.step(reply, |w| w.breaker(&key, op)),
             Cmd::OrderRelease(ws, key, reply) => self.step(reply, |w| w.order_release(&ws, &key)),
+            Cmd::Escalate(firing, reply) => self.step(reply, |w| w.escalate(*firing)),
             Cmd::FinishMany(fins, reply) => self.step(reply, |w| fins.iter().map(|f| w.finish(f)).collect()),
             Cmd::Heartbeat(worker, lease_ms, running, reply) => {
                 self.step(reply, |w| w.heartbeat(&worker, lease_ms, &running))

@@ -11,7 +11,7 @@ conformance!(failures_are_the_workspaces_own_newest_first_and_filtered);
 
 /// Submits a job of `kind` in `workspace` on `queue` with breaker `target`, and fails its
 /// first attempt with `message`, as a retry (`dead: false`) or its death.
-async fn fail_one(
+pub(super) async fn fail_one(
     store: &Arc<dyn Store>,
     workspace: &str,
     queue: &str,

@@ -332,6 +332,13 @@ impl TestServer {
         self.server.as_ref().and_then(|s| s.engine.as_ref()).map_or(0, |e| e.running())
     }
 
+    /// The escalation evaluator's count of finished evaluations (a test signal); panics
+    /// when the server has no escalation rules.
+    pub fn escalation_ticks(&self) -> tokio::sync::watch::Receiver<u64> {
+        let escalation = self.server.as_ref().and_then(|s| s.escalation.as_ref());
+        escalation.expect("the server evaluates escalation rules").ticks()
+    }
+
     /// POSTs a JSON body.
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
         self.post_with(path, body, &[]).await

@@ -10,6 +10,7 @@ mod breakers;
 mod cancel_replay;
 mod consistency;
 mod errors;
+mod escalation;
 mod events;
 mod exec;
 mod idempotency;

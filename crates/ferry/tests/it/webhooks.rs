@@ -32,26 +32,26 @@ both!(
 );
 
 /// The Standard Webhooks test vector's secret: the server's `partner`.
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// Another server secret (`billing`), 32 bytes of key.
 const OTHER_SECRET: &str = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 /// The test configuration with the two secrets.
-fn with_secrets(cfg: &mut Config) {
+pub(crate) fn with_secrets(cfg: &mut Config) {
     cfg.webhooks.secrets.insert("partner".into(), SECRET.parse().expect("a valid secret"));
     cfg.webhooks.secrets.insert("billing".into(), OTHER_SECRET.parse().expect("a valid secret"));
 }
 
-/// What the receiver got: one request.
+/// What the receiver got: one request (the escalation tests' receiver too).
 #[derive(Debug)]
-struct Delivery {
-    path: String,
-    headers: HeaderMap,
-    body: Bytes,
+pub(crate) struct Delivery {
+    pub(crate) path: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
 }
 
 impl Delivery {
-    fn header(&self, name: &str) -> &str {
+    pub(crate) fn header(&self, name: &str) -> &str {
         self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_else(|| panic!("no {name} in {self:?}"))
     }
 
@@ -63,7 +63,7 @@ impl Delivery {
         self.header("webhook-timestamp").parse().expect("whole seconds")
     }
 
-    fn payload(&self) -> Value {
+    pub(crate) fn payload(&self) -> Value {
         serde_json::from_slice(&self.body).expect("a JSON body")
     }
 }
@@ -98,13 +98,13 @@ fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), String> 
 /// A webhook endpoint on loopback. By path: `/ok` answers 200; `/gone` 410; a path under
 /// `/fail-once/` 500 the first time and 200 afterwards; `/fail` always 500. Each request
 /// reaches the test through [`Receiver::next`].
-struct Receiver {
+pub(crate) struct Receiver {
     base: String,
     deliveries: mpsc::UnboundedReceiver<Delivery>,
 }
 
 impl Receiver {
-    async fn start() -> Receiver {
+    pub(crate) async fn start() -> Receiver {
         let (tx, deliveries) = mpsc::unbounded_channel();
         let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: Bytes| {
@@ -133,12 +133,12 @@ impl Receiver {
         Receiver { base, deliveries }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     /// The next request; panics after the deadline.
-    async fn next(&mut self) -> Delivery {
+    pub(crate) async fn next(&mut self) -> Delivery {
         match tokio::time::timeout(DEADLINE, self.deliveries.recv()).await {
             Ok(Some(d)) => d,
             _ => panic!("no delivery arrived within {DEADLINE:?}"),
@@ -146,14 +146,14 @@ impl Receiver {
     }
 
     /// The next request, which must verify with `secret`.
-    async fn next_verified(&mut self, secret: &str) -> Delivery {
+    pub(crate) async fn next_verified(&mut self, secret: &str) -> Delivery {
         let d = self.next().await;
         verify(secret, &d.headers, &d.body).unwrap_or_else(|e| panic!("{e}: {d:?}"));
         d
     }
 
     /// Requests that arrived and were not taken yet.
-    fn pending(&mut self) -> usize {
+    pub(crate) fn pending(&mut self) -> usize {
         std::iter::from_fn(|| self.deliveries.try_recv().ok()).count()
     }
 }
