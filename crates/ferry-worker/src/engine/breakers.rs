@@ -8,12 +8,8 @@
 //! again, unless this process saw a failure through it meanwhile: so a healthy target
 //! costs a read per key every quarter second, not one per attempt, and a trip made
 //! elsewhere (another process's failures, an operator's open on another node) reaches this
-//! process within that time. Likewise an open breaker that a read found waiting for its
-//! probe time holds jobs back for [`QUIET_FOR`] without a read (a close elsewhere
-//! meanwhile still reaches the held-back job: the store makes its deferral ready at once),
-//! so that a burst of held-back jobs costs a read a quarter second, not one each. An
-//! operator's change through this process's API reaches it at once
-//! ([`super::Engine::forget_breaker`]).
+//! process within that time. An operator's change through this process's API reaches it
+//! at once ([`super::Engine::forget_breaker`]).
 //!
 //! Successes are what every healthy call produces, so they are not written one by one:
 //! a process counts them and reports them with its next report of that key (a failure, a
@@ -27,7 +23,6 @@
 
 use super::Inner;
 use ferry_core::breaker::{self, Admit, BreakerSettings, Held, Outcome};
-use ferry_core::time::{self, Micros};
 use ferry_core::{ExecError, JobError};
 use ferry_store::{BreakerOp, BreakerReport, ClaimedJob};
 use std::collections::HashMap;
@@ -37,7 +32,7 @@ use std::time::{Duration, Instant};
 /// How long a process keeps successes before it reports them anyway.
 const SUCCESSES_HELD: Duration = Duration::from_secs(1);
 
-/// How long a quiet breaker is taken for closed, and an open one for open, without a read.
+/// How long a quiet breaker is taken for closed without a read.
 const QUIET_FOR: Duration = Duration::from_millis(250);
 
 /// What the breaker lets an attempt do.
@@ -64,9 +59,6 @@ struct Pending {
     counting: bool,
     /// Until when the breaker is taken for closed without a read.
     quiet_until: Option<Instant>,
-    /// The last read found it open until the given time (microseconds): until the
-    /// instant, jobs are held back without a read.
-    open: Option<(Instant, Micros)>,
 }
 
 impl Book {
@@ -113,23 +105,10 @@ impl Book {
         p.quiet_until = (quiet && !p.counting).then(|| Instant::now() + QUIET_FOR);
     }
 
-    /// Until when the breaker is open, if a read within [`QUIET_FOR`] said so.
-    fn open_until(&self, key: &str) -> Option<Micros> {
-        self.lock().get(key).and_then(|p| p.open).and_then(|(fresh, until)| (Instant::now() < fresh).then_some(until))
-    }
-
-    /// A read found the breaker open until `until` (or not open: `None`).
-    fn open(&self, key: &str, until: Option<Micros>) {
-        let mut map = self.lock();
-        let p = map.entry(key.to_string()).or_default();
-        p.open = until.map(|u| (Instant::now() + QUIET_FOR, u));
-    }
-
     /// Reads the breaker again at its next attempt (an operator changed it).
     pub(super) fn forget(&self, key: &str) {
         if let Some(p) = self.lock().get_mut(key) {
             p.quiet_until = None;
-            p.open = None;
         }
     }
 }
@@ -144,34 +123,16 @@ pub(super) async fn admit(inner: &Inner, job: &ClaimedJob, key: &str) -> Gate {
     if book.is_quiet(key) {
         return Gate::Go;
     }
-    // Open until a time still ahead, as a read a moment ago said: held back without
-    // another. A close elsewhere meanwhile is not missed: the store makes a deferral of a
-    // job whose breaker has closed ready at once (`finish.sql`).
-    let now = time::now_micros();
-    let (admit, now) = match book.open_until(key).filter(|until| *until > now) {
-        Some(until) => (Admit::Wait { until }, now),
-        None => {
-            let answer = match inner.store.breaker_admit(key, settings(inner, key, job)).await {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(breaker = key, job = %job.id, error = %e, "breaker unreadable; the attempt goes");
-                    return Gate::Go;
-                }
-            };
-            book.quiet(key, answer.quiet);
-            // Only a wait is kept: a death (disabled) is never answered from memory, so a
-            // reset elsewhere cannot be missed by a job that would die of it.
-            book.open(
-                key,
-                match answer.admit {
-                    Admit::Wait { until } => Some(until - answer.now + time::now_micros()),
-                    _ => None,
-                },
-            );
-            (answer.admit, answer.now)
+    let answer = match inner.store.breaker_admit(key, settings(inner, key, job)).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(breaker = key, job = %job.id, error = %e, "breaker unreadable; the attempt goes");
+            return Gate::Go;
         }
     };
-    match breaker::hold(key, admit, job.deadline_at, now) {
+    book.quiet(key, answer.quiet);
+    let admit = answer.admit;
+    match breaker::hold(key, admit, job.deadline_at, answer.now) {
         None if admit == Admit::Probe => Gate::Probe,
         None => Gate::Go,
         Some(held) => {
@@ -228,19 +189,6 @@ mod tests {
         book.counting("k", false);
         book.quiet("k", false);
         assert!(!book.is_quiet("k"), "a read that found it failing");
-    }
-
-    #[test]
-    fn an_open_breaker_is_taken_for_open_briefly_until_a_forget() {
-        let book = Book::default();
-        assert_eq!(book.open_until("k"), None, "never read");
-        book.open("k", Some(42));
-        assert_eq!(book.open_until("k"), Some(42));
-        book.forget("k");
-        assert_eq!(book.open_until("k"), None, "an operator's change: read again");
-        book.open("k", Some(42));
-        book.open("k", None);
-        assert_eq!(book.open_until("k"), None, "a read that found it not open");
     }
 
     #[test]
