@@ -133,6 +133,13 @@ pub struct OrderAhead {
     pub nearest: JobId,
 }
 
+impl OrderAhead {
+    /// What the `ORDER_AHEAD` read found: its two columns, both NULL when nothing is ahead.
+    pub(crate) fn of(head: Option<JobId>, nearest: Option<JobId>) -> Option<OrderAhead> {
+        head.zip(nearest).map(|(head, nearest)| OrderAhead { head, nearest })
+    }
+}
+
 /// A request to end a running attempt, fenced by its attempt number.
 #[derive(Debug, Clone)]
 pub struct Finish {

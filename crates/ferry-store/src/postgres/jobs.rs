@@ -51,7 +51,7 @@ impl PgStore {
     ) -> Result<Option<crate::OrderAhead>, StoreError> {
         let (head, nearest): (Option<JobId>, Option<JobId>) =
             sqlx::query_as(*ORDER_AHEAD).bind(workspace).bind(key).bind(id).fetch_one(&self.pool).await?;
-        Ok(head.zip(nearest).map(|(head, nearest)| crate::OrderAhead { head, nearest }))
+        Ok(crate::OrderAhead::of(head, nearest))
     }
 
     /// Queues held jobs that fit their workspace's limits now: one workspace per

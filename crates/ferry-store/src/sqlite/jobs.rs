@@ -195,7 +195,7 @@ impl SqliteStore {
             let (head, nearest): (Option<JobId>, Option<JobId>) = c
                 .prepare_cached(*ORDER_AHEAD)?
                 .query_row(params![workspace, key, id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(head.zip(nearest).map(|(head, nearest)| crate::OrderAhead { head, nearest }))
+            Ok(crate::OrderAhead::of(head, nearest))
         })
         .await
     }
