@@ -26,6 +26,14 @@ pub struct WorkspaceLimits {
     pub per_user: LimitPair,
     /// Users with their own limits, replacing `per_user` for them.
     pub users: BTreeMap<String, LimitPair>,
+    /// Tokens the workspace's agents may use per UTC day, counted from the providers'
+    /// `usage` (default 5,000,000; `null`: no limit). Past it, new runs with agent nodes
+    /// are refused (429 `token_budget`) and running agents stop at their next step.
+    pub tokens_per_day: Option<u64>,
+    /// Read-only: in `GET /v1/limits`, the tokens the workspace's agents used today (UTC);
+    /// ignored when set, never stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_today: Option<u64>,
 }
 
 impl Default for WorkspaceLimits {
@@ -34,6 +42,8 @@ impl Default for WorkspaceLimits {
             per_workspace: LimitPair { runs: Some(10), jobs: None },
             per_user: LimitPair { runs: Some(5), jobs: None },
             users: BTreeMap::new(),
+            tokens_per_day: Some(crate::agent::DEFAULT_TOKENS_PER_DAY),
+            tokens_today: None,
         }
     }
 }

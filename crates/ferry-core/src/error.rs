@@ -42,11 +42,21 @@ pub enum ErrorType {
     Internal,
     /// Something the job names does not exist (a blob of its workspace).
     NotFound,
+    /// An agent took more LLM steps than its `max_steps` or its run's (see
+    /// [`crate::agent`]).
+    StepLimit,
+    /// An agent run spent its token budget, or its workspace spent the day's.
+    TokenBudget,
+    /// Agents handed the conversation on past the hand-off depth (a hand-off cycle ends
+    /// here too).
+    RoutingExhausted,
+    /// An agent's final answer failed its output schema after every repair attempt.
+    SchemaValidation,
 }
 
 impl ErrorType {
     /// Every type, in catalogue order.
-    pub const ALL: [ErrorType; 13] = [
+    pub const ALL: [ErrorType; 17] = [
         ErrorType::Timeout,
         ErrorType::Network,
         ErrorType::HttpStatus,
@@ -60,6 +70,10 @@ impl ErrorType {
         ErrorType::BudgetExhausted,
         ErrorType::Internal,
         ErrorType::NotFound,
+        ErrorType::StepLimit,
+        ErrorType::TokenBudget,
+        ErrorType::RoutingExhausted,
+        ErrorType::SchemaValidation,
     ];
 
     /// Whether an error of this type is retried unless its source says otherwise.
@@ -77,7 +91,11 @@ impl ErrorType {
             | ErrorType::Validation
             | ErrorType::Cancelled
             | ErrorType::BudgetExhausted
-            | ErrorType::NotFound => false,
+            | ErrorType::NotFound
+            | ErrorType::StepLimit
+            | ErrorType::TokenBudget
+            | ErrorType::RoutingExhausted
+            | ErrorType::SchemaValidation => false,
         }
     }
 
@@ -97,6 +115,10 @@ impl ErrorType {
             ErrorType::BudgetExhausted => "budget_exhausted",
             ErrorType::Internal => "internal",
             ErrorType::NotFound => "not_found",
+            ErrorType::StepLimit => "step_limit",
+            ErrorType::TokenBudget => "token_budget",
+            ErrorType::RoutingExhausted => "routing_exhausted",
+            ErrorType::SchemaValidation => "schema_validation",
         }
     }
 }

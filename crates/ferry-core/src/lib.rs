@@ -9,6 +9,7 @@
 //! [`time::now_micros`] helper that callers pass in, touches no file and knows no HTTP.
 
 pub mod admission;
+pub mod agent;
 pub mod auth;
 pub mod backoff;
 pub mod breaker;

@@ -119,6 +119,10 @@ impl From<StoreError> for ApiError {
                 metrics::counter!("ferry_admission_refused_total", "reason" => "queue_full").increment(1);
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", e.to_string()).field("queue")
             }
+            StoreError::TokenBudget { .. } => {
+                metrics::counter!("ferry_admission_refused_total", "reason" => "token_budget").increment(1);
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "token_budget", e.to_string())
+            }
             StoreError::Unavailable(_) => ApiError::internal(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e),
             StoreError::Locked(_) | StoreError::Database(_) => {
                 ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e)

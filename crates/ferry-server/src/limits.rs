@@ -95,7 +95,9 @@ fn check(limits: &WorkspaceLimits) -> Result<(), ApiError> {
     responses((status = 200, body = WorkspaceLimits))
 )]
 pub async fn get(State(st): State<ApiState>, caller: Caller) -> Result<Json<WorkspaceLimits>, ApiError> {
-    Ok(Json(st.limits_of(&caller.workspace).await?))
+    let mut limits = st.limits_of(&caller.workspace).await?;
+    limits.tokens_today = Some(st.store.tokens_today(&caller.workspace).await?);
+    Ok(Json(limits))
 }
 
 /// Set the workspace's concurrency limits (admin). Work already admitted is not affected;
@@ -108,9 +110,10 @@ pub async fn get(State(st): State<ApiState>, caller: Caller) -> Result<Json<Work
 pub async fn put(
     State(st): State<ApiState>,
     caller: Caller,
-    JsonBody(limits): JsonBody<WorkspaceLimits>,
+    JsonBody(mut limits): JsonBody<WorkspaceLimits>,
 ) -> Result<Json<WorkspaceLimits>, ApiError> {
     check(&limits)?;
+    limits.tokens_today = None;
     st.store.set_workspace_limits(&caller.workspace, limits.clone()).await?;
     st.limits.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(&caller.workspace);
     Ok(Json(limits))

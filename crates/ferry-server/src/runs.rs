@@ -205,6 +205,7 @@ pub async fn start(
         let unkeyed = RunRequest { idempotency_key: None, ..req.clone() };
         format!("{:x}", Sha256::digest(serde_json::to_vec(&unkeyed).unwrap_or_default()))
     });
+    let limits = st.limits_of(&caller.workspace).await?;
     let run = NewRun {
         id: Uuid::now_v7(),
         workspace: caller.workspace.clone(),
@@ -214,8 +215,9 @@ pub async fn start(
         input,
         idempotency_key: req.idempotency_key.clone(),
         request_hash,
-        admission: st.limits_of(&caller.workspace).await?.runs_for(&caller.user),
+        admission: limits.runs_for(&caller.user),
         queue_on_limit: req.on_limit == Some(OnLimit::Queue),
+        tokens_per_day: limits.tokens_per_day,
     };
     let (outcome, advanced) = st.store.create_run(run, st.planner.clone()).await?;
     st.stop_attempts(&advanced.stopped);

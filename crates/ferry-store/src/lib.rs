@@ -91,6 +91,11 @@ pub enum StoreError {
     /// A queue holds as many waiting jobs as it may; nothing was written.
     #[error("queue `{queue}` is full: it holds {max_depth} waiting jobs at most")]
     QueueFull { queue: String, max_depth: u64 },
+    /// The workspace's agents spent today's tokens (`tokens_per_day`); nothing was written.
+    #[error(
+        "workspace `{workspace}` used {used} of its {limit} tokens for today (tokens_per_day); agent runs start again after 00:00 UTC"
+    )]
+    TokenBudget { workspace: String, used: u64, limit: u64 },
     /// A database error.
     #[error("database error: {0}")]
     Database(String),
@@ -280,6 +285,9 @@ pub trait Store: Send + Sync + 'static {
     /// the batch's user already in flight ([`StoreError::LimitReached`] otherwise, and
     /// nothing is written). All jobs of the batch belong to one workspace and user.
     async fn submit_admitted(&self, jobs: Vec<NewJob>, admission: Admission) -> Result<Vec<Submitted>, StoreError>;
+
+    /// The tokens the workspace's agents used today (UTC, by this process's clock).
+    async fn tokens_today(&self, workspace: &str) -> Result<u64, StoreError>;
 
     /// The workspace's own concurrency limits, if it set any.
     async fn workspace_limits(&self, workspace: &str) -> Result<Option<WorkspaceLimits>, StoreError>;

@@ -98,6 +98,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (13, include_str!("../sql/postgres/migrations/0013_blobs.sql")),
     (14, include_str!("../sql/postgres/migrations/0014_escalations.sql")),
     (15, include_str!("../sql/postgres/migrations/0015_ordering.sql")),
+    (16, include_str!("../sql/postgres/migrations/0016_agents.sql")),
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
@@ -594,6 +595,12 @@ impl Store for PgStore {
 
     async fn workspace_limits(&self, workspace: &str) -> Result<Option<WorkspaceLimits>, StoreError> {
         PgStore::workspace_limits(self, workspace).await
+    }
+
+    async fn tokens_today(&self, workspace: &str) -> Result<u64, StoreError> {
+        let day = ferry_core::agent::Budget::day(ferry_core::time::now_micros());
+        let n: i64 = sqlx::query_scalar(*runs::TOKENS_USED).bind(workspace).bind(day).fetch_one(&self.pool).await?;
+        Ok(n.max(0) as u64)
     }
 
     async fn set_workspace_limits(&self, workspace: &str, limits: WorkspaceLimits) -> Result<(), StoreError> {

@@ -59,6 +59,9 @@ pub struct NewRun {
     /// Beyond a limit, store the run `queued` (it starts when a slot frees) instead of
     /// refusing it.
     pub queue_on_limit: bool,
+    /// The workspace's tokens per day: a workflow with agent nodes is refused
+    /// ([`crate::StoreError::TokenBudget`]) once today's are spent.
+    pub tokens_per_day: Option<u64>,
 }
 
 /// What starting a run did.
@@ -113,6 +116,8 @@ pub struct RunNodeRow {
     pub output: Option<Value>,
     pub error: Option<JobError>,
     pub updated_at: Micros,
+    /// An agent node's conversation and counters (see [`ferry_core::agent`]).
+    pub agent: Option<ferry_core::agent::AgentState>,
 }
 
 /// A job of a run, with what a run view shows of it.
@@ -174,12 +179,15 @@ pub struct Advanced {
     pub stopped: Vec<JobId>,
     /// Runs that ended, and how.
     pub finished: Vec<(RunId, RunState)>,
+    /// Tokens agents used, by workspace (for `/metrics`).
+    pub tokens: Vec<(String, u64)>,
 }
 
 impl Advanced {
     pub fn merge(&mut self, other: Advanced) {
         self.stopped.extend(other.stopped);
         self.finished.extend(other.finished);
+        self.tokens.extend(other.tokens);
     }
 }
 
@@ -215,7 +223,7 @@ pub(crate) fn run_row<R: Columns>(r: &R) -> Result<RunRow, R::Error> {
     })
 }
 
-/// `NODE_COLUMNS`: node_id, state, items, output, error, updated_at.
+/// `NODE_COLUMNS`: node_id, state, items, output, error, updated_at, agent.
 pub(crate) fn node_row<R: Columns>(r: &R) -> Result<RunNodeRow, R::Error> {
     Ok(RunNodeRow {
         node: r.text(0)?,
@@ -224,6 +232,7 @@ pub(crate) fn node_row<R: Columns>(r: &R) -> Result<RunNodeRow, R::Error> {
         output: r.opt_json(3)?,
         error: r.opt_json(4)?,
         updated_at: r.int(5)?,
+        agent: r.opt_json(6)?,
     })
 }
 
@@ -260,6 +269,7 @@ pub(crate) fn snapshot(
     nodes: Vec<RunNodeRow>,
     jobs: Vec<RunJobRow>,
     now: Micros,
+    budget: ferry_core::agent::Budget,
 ) -> Result<RunSnapshot, String> {
     let workflow: WorkflowSpec = serde_json::from_value(definition.clone())
         .map_err(|e| format!("stored definition of {} v{} is unreadable: {e}", run.workflow, run.version))?;
@@ -278,7 +288,16 @@ pub(crate) fn snapshot(
         workflow,
         nodes: nodes
             .into_iter()
-            .map(|n| (n.node, NodeRecord { state: Some(n.state), items: n.items, output: n.output, error: n.error }))
+            .map(|n| {
+                let rec = NodeRecord {
+                    state: Some(n.state),
+                    items: n.items,
+                    output: n.output,
+                    error: n.error,
+                    agent: n.agent,
+                };
+                (n.node, rec)
+            })
             .collect(),
         jobs: jobs
             .into_iter()
@@ -292,11 +311,24 @@ pub(crate) fn snapshot(
             })
             .collect(),
         now,
+        budget,
     })
 }
 
-/// The run's deadline, from its definition's `timeout_ms` (default one hour).
+/// Whether a stored definition has agent nodes (see [`WorkflowSpec::has_agents`]).
+pub(crate) fn has_agents(definition: &Value) -> bool {
+    let nodes = definition.get("nodes").and_then(Value::as_array);
+    nodes.is_some_and(|ns| ns.iter().any(|n| n.get("kind").and_then(Value::as_str) == Some(ferry_core::agent::KIND)))
+}
+
+/// The run's deadline, from its definition's `timeout_ms` (default one hour, ten minutes
+/// with agent nodes: [`WorkflowSpec::timeout`]).
 pub(crate) fn deadline(definition: &Value, now: Micros) -> Micros {
-    let ms = definition.get("timeout_ms").and_then(Value::as_u64).unwrap_or(ferry_core::workflow::DEFAULT_TIMEOUT_MS);
+    let default = if has_agents(definition) {
+        ferry_core::agent::DEFAULT_RUN_TIMEOUT_MS
+    } else {
+        ferry_core::workflow::DEFAULT_TIMEOUT_MS
+    };
+    let ms = definition.get("timeout_ms").and_then(Value::as_u64).unwrap_or(default);
     now.saturating_add(ferry_core::time::ms(ms))
 }

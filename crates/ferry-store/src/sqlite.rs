@@ -613,6 +613,13 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn tokens_today(&self, workspace: &str) -> Result<u64, StoreError> {
+        let (ws, day) = (workspace.to_string(), ferry_core::agent::Budget::day(time::now_micros()));
+        let n: i64 =
+            self.read(move |c| c.prepare_cached(*runs::TOKENS_USED)?.query_row(params![ws, day], |r| r.get(0))).await?;
+        Ok(n.max(0) as u64)
+    }
+
     async fn set_workspace_limits(&self, workspace: &str, limits: WorkspaceLimits) -> Result<(), StoreError> {
         let ws = workspace.to_string();
         self.write(|r| Cmd::SetLimits(ws, limits, r)).await

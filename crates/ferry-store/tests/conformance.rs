@@ -489,6 +489,7 @@ fn new_run(workflow: &str, version: Option<u32>, key: Option<&str>, input: serde
         request_hash: key.map(|_| "h1".into()),
         admission: Default::default(),
         queue_on_limit: false,
+        tokens_per_day: None,
     }
 }
 

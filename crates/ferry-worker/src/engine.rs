@@ -262,7 +262,7 @@ impl Engine {
         let worker_id = format!("{}:{}:{:08x}", cfg.node, std::process::id(), fastrand::u32(..));
         let (finisher, finishes) = mpsc::unbounded_channel();
         let (advancer, advances) = mpsc::unbounded_channel();
-        let planner = crate::planner(cfg.job_limits.clone(), registry.clone());
+        let planner = crate::planner(cfg.job_limits.clone(), registry.clone(), &cfg.default_limits);
         // Taken before `cfg` moves into `Inner`; a semaphore holds at most `MAX_PERMITS`.
         let unrecorded_max = cfg.unrecorded_max.min(tokio::sync::Semaphore::MAX_PERMITS);
         let cfg_controls = cfg

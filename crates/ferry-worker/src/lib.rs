@@ -21,7 +21,14 @@ pub use executor::{Attempt, CachePolicy, Executor, Registry};
 
 /// The planner of workflow runs: the jobs it creates are checked against `limits` and
 /// their kinds' own validation (a node whose resolved input its kind refuses fails).
-pub fn planner(limits: ferry_core::Limits, registry: Registry) -> ferry_store::Planner {
+/// `defaults` are the configured workspace limits: a workspace that stores none has their
+/// `tokens_per_day`.
+pub fn planner(
+    limits: ferry_core::Limits,
+    registry: Registry,
+    defaults: &ferry_core::admission::WorkspaceLimits,
+) -> ferry_store::Planner {
+    let tokens_per_day = defaults.tokens_per_day;
     std::sync::Arc::new(move |snap| {
         let check = |kind: &str, input: &serde_json::Value| match registry.get(kind) {
             None => Err(format!("unknown kind `{kind}`")),
@@ -30,6 +37,12 @@ pub fn planner(limits: ferry_core::Limits, registry: Registry) -> ferry_store::P
             Some(_) if matches!(ferry_store::blobs::parse_reference(input), Some(Ok(_))) => Ok(()),
             Some(executor) => executor.validate(input).map_err(|e| e.to_string()),
         };
+        if snap.budget.defaults {
+            let mut snap = snap.clone();
+            snap.budget.per_day = tokens_per_day;
+            snap.budget.defaults = false;
+            return ferry_core::run::plan(&snap, &limits, &check);
+        }
         ferry_core::run::plan(snap, &limits, &check)
     })
 }

@@ -219,7 +219,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
             blobs: cfg.blobs.clone(),
         }),
         metrics: ferry_server::metrics_handle(),
-        planner: ferry_worker::planner(cfg.job_limits(), registry.clone()),
+        planner: ferry_worker::planner(cfg.job_limits(), registry.clone(), &cfg.default_limits),
         auth: ferry_server::auth::Auth::new(store.clone(), open),
         limits: Default::default(),
         counts: Default::default(),

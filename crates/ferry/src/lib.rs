@@ -2,6 +2,7 @@
 //! benchmarks. `main.rs` only parses arguments and calls in here, so integration tests
 //! start the very same server in-process.
 
+pub mod agent_view;
 pub mod app;
 pub mod bench;
 pub mod blob_cmd;

@@ -3,8 +3,9 @@
 //! one line per node, redrawn in place, until the run ended). Their exit status is 0 only
 //! if the work succeeded, so a script can chain on them.
 //!
-//! Both poll the API (`GET /v1/jobs/{id}`, `GET /v1/runs/{id}`): a few requests a second
-//! at most, and nothing to set up on the server.
+//! Both poll the API (`GET /v1/jobs/{id}`, `GET /v1/runs/{id}` and its events, whose agent
+//! steps, tool calls and token budgets `--follow` prints a line each): a few requests a
+//! second at most, and nothing to set up on the server.
 
 use crate::cli::{RunArgs, SubmitArgs, print, read_input};
 use crate::view;
@@ -40,7 +41,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let style = ProgressStyle::with_template("{spinner} {prefix:<24} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_spinner());
     let mut bars: Vec<(String, ProgressBar)> = Vec::new();
+    let mut after = 0;
     loop {
+        // Agents' steps, tool calls and budgets, a line each, above the nodes' lines.
+        let events = client.call(Method::GET, &format!("/v1/runs/{id}/events?after={after}"), None).await?;
+        for e in events["events"].as_array().into_iter().flatten() {
+            after = e["id"].as_i64().unwrap_or(after).max(after);
+            if let Some(line) = crate::agent_view::line(e)
+                && !args.client.json
+            {
+                lines.println(line).ok();
+            }
+        }
         let run = client.call(Method::GET, &format!("/v1/runs/{id}"), None).await?;
         for node in run["nodes"].as_array().into_iter().flatten() {
             let name = node["id"].as_str().unwrap_or("?").to_string();

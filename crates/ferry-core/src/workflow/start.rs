@@ -20,7 +20,7 @@ use serde_json::Value;
 /// to nothing) are left to the run, which fails that node as it always has.
 pub fn oversized_first_input(spec: &WorkflowSpec, input: &Value, max_bytes: usize) -> Option<ResolveError> {
     let no_outputs = |_: &str| None;
-    let ctx = Context { input, nodes: &no_outputs, item: None };
+    let ctx = Context { input, nodes: &no_outputs, item: None, args: None };
     spec.nodes.iter().enumerate().filter(|(_, n)| n.depends_on.is_empty() && n.for_each.is_none()).find_map(
         |(i, node)| {
             let template = node.input.clone().unwrap_or(Value::Null);

@@ -110,6 +110,39 @@ pub struct NodeView {
     pub output: Option<Value>,
     pub error: Option<JobError>,
     pub jobs: Vec<NodeJobView>,
+    /// For an `agent` node: its conversation so far (kept when a kill switch ends it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentView>,
+}
+
+/// An agent node's conversation and counters.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AgentView {
+    /// The agent holding the conversation.
+    pub agent: String,
+    /// Every agent that held it, in hand-off order.
+    pub chain: Vec<String>,
+    /// LLM steps taken.
+    pub steps: u32,
+    /// Answers repaired to pass the output schema.
+    pub repairs: u32,
+    /// Tokens used: `prompt_tokens`, `completion_tokens`, `total_tokens`.
+    pub usage: Value,
+    /// The messages (user, assistant, tool), without the system prompt.
+    pub transcript: Vec<Value>,
+}
+
+impl From<ferry_core::agent::AgentState> for AgentView {
+    fn from(a: ferry_core::agent::AgentState) -> Self {
+        AgentView {
+            usage: serde_json::to_value(a.usage).unwrap_or(Value::Null),
+            agent: a.agent,
+            chain: a.chain,
+            steps: a.steps,
+            repairs: a.repairs,
+            transcript: a.messages,
+        }
+    }
 }
 
 /// A run.
@@ -174,6 +207,7 @@ impl RunView {
                     items: rec.as_ref().and_then(|r| r.items),
                     attempts: node_jobs.iter().map(|j| j.attempts).sum(),
                     output: rec.as_ref().and_then(|r| r.output.clone()),
+                    agent: rec.as_ref().and_then(|r| r.agent.clone()).map(AgentView::from),
                     error: rec.and_then(|r| r.error),
                     jobs: node_jobs
                         .into_iter()

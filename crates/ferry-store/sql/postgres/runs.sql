@@ -10,7 +10,7 @@ cancel_requested::int, created_at, deadline_at, finished_at, updated_at, error
 
 -- name: NODE_COLUMNS
 -- A run node's columns, in the order runs::node_row reads them. The same list on SQLite.
-node_id, state, items, output, error, updated_at
+node_id, state, items, output, error, updated_at, agent
 
 -- name: RUN_JOB_COLUMNS
 -- A run job's columns, in the order runs::job_row reads them; jsonb output and error read as text (SQLite stores text).
@@ -132,10 +132,10 @@ INSERT INTO run_events (run_id, at, type, node_id, data) VALUES ($1, $2, $3, $4,
 
 -- name: PUT_NODE
 -- Stores a run node's record. As on SQLite, `$n` for `?n`.
-INSERT INTO run_nodes (run_id, node_id, state, items, output, error, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+INSERT INTO run_nodes (run_id, node_id, state, items, output, error, updated_at, agent)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (run_id, node_id) DO UPDATE SET state = excluded.state, items = excluded.items,
-output = excluded.output, error = excluded.error, updated_at = excluded.updated_at
+output = excluded.output, error = excluded.error, updated_at = excluded.updated_at, agent = excluded.agent
 
 -- name: FINISH_RUN
 -- Ends a run. As on SQLite, `$n` for `?n`.
@@ -157,3 +157,12 @@ UPDATE runs SET state = 'running', deadline_at = $2, updated_at = $3 WHERE id = 
 -- Up to 1000 waiting runs of a workspace, oldest first. As on SQLite, `$1` for `?1`.
 SELECT id, user_id, workflow, version FROM runs WHERE workspace = $1 AND state = 'queued'
 ORDER BY id LIMIT 1000
+
+-- name: TOKENS_USED
+-- The tokens a workspace's agents used on a UTC day. As on SQLite, `$n` for `?n`.
+SELECT COALESCE((SELECT tokens FROM token_usage WHERE workspace = $1 AND day = $2), 0)
+
+-- name: ADD_TOKENS
+-- Adds to a workspace's tokens of a UTC day. As on SQLite, `$n` for `?n`.
+INSERT INTO token_usage (workspace, day, tokens) VALUES ($1, $2, $3)
+ON CONFLICT (workspace, day) DO UPDATE SET tokens = token_usage.tokens + excluded.tokens

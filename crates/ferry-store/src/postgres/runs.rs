@@ -25,6 +25,7 @@ crate::sql::statements!("../../sql/postgres/runs.sql":
     LOCK_WORKFLOW_NAME, NEXT_WORKFLOW_VERSION, INSERT_WORKFLOW, QUEUED_RUN_WORKSPACES, WORKFLOWS, WORKFLOW_VERSION,
     WORKFLOW_VERSIONS, GET_RUN, LIST_RUNS, RUN_EXISTS, RUN_EVENTS, RUNS_TO_SWEEP, LOCK_RUN_KEY,
     RUN_BY_KEY, LATEST_VERSION, QUEUED_RUN_COUNT, INSERT_RUN, LOCK_RUN, INSERT_RUN_EVENT, PUT_NODE, FINISH_RUN, TOUCH_RUN, REQUEST_RUN_CANCEL, START_RUN, QUEUED_RUNS,
+    TOKENS_USED, ADD_TOKENS,
 );
 
 type Tx = Transaction<'static, Postgres>;
@@ -372,8 +373,19 @@ impl RunTx for PgTx<'_> {
             .bind(rec.output.as_ref().map(Value::to_string))
             .bind(rec.error.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default()))
             .bind(self.now)
+            .bind(rec.agent.as_ref().map(|a| serde_json::to_string(a).unwrap_or_default()))
             .execute(&mut *self.tx)
             .await?;
+        Ok(())
+    }
+
+    async fn tokens_used(&mut self, workspace: &str, day: i64) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(*TOKENS_USED).bind(workspace).bind(day).fetch_one(&mut *self.tx).await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn add_tokens(&mut self, workspace: &str, day: i64, tokens: u64) -> Result<(), StoreError> {
+        sqlx::query(*ADD_TOKENS).bind(workspace).bind(day).bind(tokens as i64).execute(&mut *self.tx).await?;
         Ok(())
     }
 

@@ -12,6 +12,7 @@ use crate::{StoreError, WorkspaceLimits};
 use async_trait::async_trait;
 use ferry_core::JobError;
 use ferry_core::admission::LimitReached;
+use ferry_core::agent::Budget;
 use ferry_core::run::{NodeRecord, RunId, RunJobNew, RunState};
 use ferry_core::time::Micros;
 use serde_json::{Value, json};
@@ -84,6 +85,23 @@ pub(crate) trait RunTx: JobTx {
     async fn update_run(&mut self, run: RunId, change: RunChange<'_>) -> Result<bool, StoreError>;
     /// The workspace's waiting runs, oldest first (at most 1,000).
     async fn queued_runs(&mut self, workspace: &str) -> Result<Vec<QueuedRun>, StoreError>;
+    /// The tokens the workspace's agents used on UTC day `day`.
+    async fn tokens_used(&mut self, workspace: &str, day: i64) -> Result<u64, StoreError>;
+    /// Adds to them.
+    async fn add_tokens(&mut self, workspace: &str, day: i64, tokens: u64) -> Result<(), StoreError>;
+}
+
+/// The workspace's tokens for today, for a workflow with agent nodes (else nothing is
+/// read): what is used, and the workspace's own limit when it stores one.
+async fn budget(tx: &mut impl RunTx, workspace: &str, definition: &Value) -> Result<Budget, StoreError> {
+    if !runs::has_agents(definition) {
+        return Ok(Budget::default());
+    }
+    let used_today = tx.tokens_used(workspace, Budget::day(tx.now())).await?;
+    Ok(match tx.workspace_limits(workspace).await? {
+        Some(limits) => Budget { used_today, per_day: limits.tokens_per_day, defaults: false },
+        None => Budget { used_today, per_day: None, defaults: true },
+    })
 }
 
 /// Starts a run: the idempotency key first, then the workflow version, the admission
@@ -110,6 +128,14 @@ pub(crate) async fn create(
     let Some(definition) = tx.definition(&run.workspace, &run.workflow, version).await? else {
         return Ok((CreateRunOutcome::NoVersion { latest }, none));
     };
+    if let Some(limit) = run.tokens_per_day
+        && runs::has_agents(&definition)
+    {
+        let used = tx.tokens_used(&run.workspace, Budget::day(tx.now())).await?;
+        if used >= limit {
+            return Err(StoreError::TokenBudget { workspace: run.workspace.clone(), used, limit });
+        }
+    }
     let mut refused = None;
     // A run that may wait counts under the admission lock even when unlimited, so that
     // the check below and a release of waiting runs take turns.
@@ -154,8 +180,13 @@ pub(crate) async fn advance(tx: &mut impl RunTx, id: RunId, planner: &Planner) -
     };
     let nodes = tx.nodes(id).await?;
     let jobs = tx.jobs(id).await?;
-    let snap = runs::snapshot(&run, &definition, nodes, jobs, tx.now()).map_err(StoreError::Database)?;
+    let budget = budget(tx, &run.workspace, &definition).await?;
+    let snap = runs::snapshot(&run, &definition, nodes, jobs, tx.now(), budget).map_err(StoreError::Database)?;
     let plan = planner(&snap);
+    if plan.tokens > 0 {
+        tx.add_tokens(&run.workspace, Budget::day(tx.now()), plan.tokens).await?;
+        out.tokens.push((run.workspace.clone(), plan.tokens));
+    }
     if !plan.create.is_empty() {
         tx.create_jobs(id, &plan.create).await?;
     }

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     // 13 is PostgreSQL's blobs table: SQLite keeps blobs as files (`sqlite/blobs.rs`).
     (14, include_str!("../../sql/sqlite/migrations/0014_escalations.sql")),
     (15, include_str!("../../sql/sqlite/migrations/0015_ordering.sql")),
+    (16, include_str!("../../sql/sqlite/migrations/0016_agents.sql")),
 ];
 
 crate::sql::statements!("../../sql/sqlite/open.sql":

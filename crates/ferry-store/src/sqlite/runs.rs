@@ -20,7 +20,7 @@ crate::sql::statements!("../../sql/sqlite/runs.sql":
     WORKFLOW_DEFINITION, RUN_BY_KEY, LATEST_VERSION, QUEUED_RUN_COUNT, INSERT_RUN, LOCK_RUN, INSERT_RUN_EVENT,
     PUT_NODE, FINISH_RUN, TOUCH_RUN, REQUEST_RUN_CANCEL, START_RUN, QUEUED_RUNS,
     QUEUED_RUN_WORKSPACES, RUN_NODES, RUN_JOBS, WORKFLOWS, WORKFLOW_VERSIONS, WORKFLOW_VERSION, GET_RUN, LIST_RUNS,
-    RUN_EXISTS, RUN_EVENTS, RUNS_TO_SWEEP,
+    RUN_EXISTS, RUN_EVENTS, RUNS_TO_SWEEP, TOKENS_USED, ADD_TOKENS,
 );
 
 impl Writer {
@@ -159,7 +159,18 @@ impl RunTx for SqliteTx<'_> {
             rec.output.as_ref().map(Value::to_string),
             rec.error.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default()),
             self.w.now,
+            rec.agent.as_ref().map(|a| serde_json::to_string(a).unwrap_or_default()),
         ])?;
+        Ok(())
+    }
+
+    async fn tokens_used(&mut self, workspace: &str, day: i64) -> Result<u64, StoreError> {
+        let n: i64 = self.w.conn.prepare_cached(*TOKENS_USED)?.query_row(params![workspace, day], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn add_tokens(&mut self, workspace: &str, day: i64, tokens: u64) -> Result<(), StoreError> {
+        self.w.conn.prepare_cached(*ADD_TOKENS)?.execute(params![workspace, day, tokens as i64])?;
         Ok(())
     }
 

@@ -78,6 +78,8 @@ async fn held_jobs_are_released_oldest_first_within_their_limits(store: Arc<dyn 
         per_workspace: LimitPair { runs: None, jobs: Some(3) },
         per_user: LimitPair { runs: None, jobs: Some(2) },
         users: Default::default(),
+        tokens_per_day: None,
+        tokens_today: None,
     };
     store.set_workspace_limits("default", limits.clone()).await.unwrap();
     let admit = |user: &str| Admission { queue_on_limit: true, ..limits.jobs_for(user) };
@@ -125,6 +127,8 @@ async fn queued_runs_start_when_a_slot_frees(store: Arc<dyn Store>) {
         per_workspace: LimitPair { runs: Some(2), jobs: None },
         per_user: LimitPair { runs: Some(1), jobs: None },
         users: Default::default(),
+        tokens_per_day: None,
+        tokens_today: None,
     };
     store.set_workspace_limits("default", limits.clone()).await.unwrap();
     let run = |user: &str| NewRun {
@@ -174,6 +178,8 @@ async fn limits_settings_and_workflows_read_back_as_set(store: Arc<dyn Store>) {
         per_workspace: LimitPair { runs: Some(3), jobs: Some(100) },
         per_user: LimitPair { runs: None, jobs: Some(7) },
         users: [("ann".to_string(), LimitPair { runs: Some(1), jobs: None })].into(),
+        tokens_per_day: Some(1_234),
+        tokens_today: None,
     };
     store.set_workspace_limits("default", limits.clone()).await.unwrap();
     assert_eq!(store.workspace_limits("default").await.unwrap(), Some(limits));

@@ -70,6 +70,10 @@ pub(super) async fn advance_runs(inner: Arc<Inner>, mut rx: mpsc::UnboundedRecei
                 for id in &advanced.stopped {
                     inner.running.cancel(*id);
                 }
+                let tokens: u64 = advanced.tokens.iter().map(|(_, n)| n).sum();
+                if tokens > 0 {
+                    metrics::counter!("ferry_agent_tokens_total").increment(tokens);
+                }
                 for (run, state) in &advanced.finished {
                     tracing::debug!(%run, state = state.as_str(), "run finished");
                     metrics::counter!("ferry_runs_finished_total", "state" => state.as_str()).increment(1);

@@ -144,7 +144,7 @@ async fn the_workspace_limit_holds_across_its_users(backend: Backend) {
     let (_, ann) = srv.token("w", "ann", Role::Submitter).await;
     let (_, bob) = srv.token("w", "bob", Role::Submitter).await;
     let limits = json!({"per_workspace": {"runs": 3, "jobs": null}, "per_user": {"runs": 5, "jobs": null},
-                        "users": {"bob": {"runs": 1, "jobs": null}}});
+                        "users": {"bob": {"runs": 1, "jobs": null}}, "tokens_per_day": 5_000_000});
     let (status, body) = srv.call_as(&admin, Method::PUT, "/v1/limits", Some(limits.clone())).await;
     assert_eq!((status, &body), (StatusCode::OK, &limits));
     let (status, _) = srv
@@ -187,8 +187,9 @@ async fn limits_are_read_and_set_by_admins(backend: Backend) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
-        json!({"per_workspace": {"runs": 10, "jobs": null}, "per_user": {"runs": 5, "jobs": null}, "users": {}}),
-        "the server's defaults"
+        json!({"per_workspace": {"runs": 10, "jobs": null}, "per_user": {"runs": 5, "jobs": null}, "users": {},
+               "tokens_per_day": 5_000_000, "tokens_today": 0}),
+        "the server's defaults, and no tokens used today"
     );
     let (_, viewer) = srv.token("default", "v", Role::Viewer).await;
     let (_, submitter) = srv.token("default", "s", Role::Submitter).await;
@@ -208,6 +209,14 @@ async fn limits_are_read_and_set_by_admins(backend: Backend) {
     assert_eq!(status, StatusCode::OK);
     let (_, body) = srv.call_as(&admin, Method::GET, "/v1/limits", None).await;
     assert_eq!(body["per_user"], json!({"runs": null, "jobs": 7}), "what was set, with null for no limit");
+    assert_eq!(body["tokens_per_day"], 5_000_000, "not given: the default");
+    // What GET answers can be PUT back as is: `tokens_today` is read-only and ignored.
+    let (status, again) = srv.call_as(&admin, Method::PUT, "/v1/limits", Some(body.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert!(again.get("tokens_today").is_none(), "never stored: {again}");
+    let (status, _) = srv.call_as(&admin, Method::PUT, "/v1/limits", Some(json!({"tokens_per_day": null}))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(srv.call_as(&admin, Method::GET, "/v1/limits", None).await.1["tokens_per_day"], Value::Null);
     srv.stop().await;
 }
 

@@ -103,8 +103,18 @@ async fn a_count_fires_once_per_window_and_again_a_window_later(backend: Backend
     assert_eq!(p["group"]["message"], "order failed: <n> (attempt <n>)", "{p:#}");
     assert!(first.iter().any(|id| p["sample_job_id"] == id.as_str()), "{p:#}");
     // Three more in the same group: a new crossing, but within the window of the first
-    // firing. It fires again once that window has passed, not before.
-    fail(&srv, 3, "default", "order failed:").await;
+    // firing. It fires again once that window has passed, not before. They fail a second
+    // after it: the window that fires again must reach back to them, so the evaluation
+    // after the first window ends has about that second to come, however loaded the
+    // machine (failing at once, a late tick would find them out of its window).
+    let later = (0..3).map(|i| {
+        let mut job = failing("default", &format!("order failed: {i}"));
+        job["delay_ms"] = json!(1000);
+        job
+    });
+    for id in &srv.submit_batch(later.collect()).await {
+        srv.wait_state(id, &["dead"]).await;
+    }
     let again = rx.next().await.payload();
     assert_eq!(again["count"], 3, "only the new failures are in the new window: {again:#}");
     let gap = crate::harness::ts(&again["at"]) - crate::harness::ts(&p["at"]);

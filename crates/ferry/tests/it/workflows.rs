@@ -314,13 +314,13 @@ async fn versions_stay_runnable(backend: Backend) {
 
 /// One event of a stream: (id, type) or a keep-alive comment.
 #[derive(Debug, PartialEq)]
-enum Sse {
+pub(crate) enum Sse {
     Event(i64, String),
     Comment,
 }
 
 /// Reads a stream until `stop` says so or the server closes it.
-async fn read_sse(resp: reqwest::Response, mut stop: impl FnMut(&[Sse]) -> bool) -> (Vec<Sse>, bool) {
+pub(crate) async fn read_sse(resp: reqwest::Response, mut stop: impl FnMut(&[Sse]) -> bool) -> (Vec<Sse>, bool) {
     let mut resp = resp;
     let mut buf = String::new();
     let mut got = Vec::new();
