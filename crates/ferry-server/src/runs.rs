@@ -26,6 +26,20 @@ use uuid::Uuid;
 /// this many).
 const EVENT_PAGE: usize = 500;
 
+/// As for a job: only configured queues (which also keeps tenant-chosen names out of the
+/// queue label of `/metrics`). `None` is the default queue.
+fn known_queue(st: &ApiState, queue: Option<&str>, field: impl FnOnce() -> String) -> Result<(), ApiError> {
+    match queue {
+        Some(queue) if !st.cfg.queues.iter().any(|q| q == queue) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_queue",
+            format!("unknown queue `{queue}`; configured queues: {}", st.cfg.queues.join(", ")),
+        )
+        .field(field())),
+        _ => Ok(()),
+    }
+}
+
 fn parse_run_id(raw: &str) -> Result<RunId, ApiError> {
     RunId::parse_str(raw).map_err(|_| ApiError::bad_field("id", format!("`{raw}` is not a run id (a UUID)")))
 }
@@ -55,23 +69,33 @@ pub async fn register(
     // An input without references is final: its kind can check it now. One with
     // references is checked when the node starts (a refusal then fails the node).
     for (i, node) in spec.nodes.iter().enumerate() {
-        // As for a job: only configured queues (which also keeps tenant-chosen names out
-        // of the queue label of `/metrics`).
-        if let Some(queue) = &node.queue
-            && !st.cfg.queues.contains(queue)
-        {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "unknown_queue",
-                format!("unknown queue `{queue}`; configured queues: {}", st.cfg.queues.join(", ")),
-            )
-            .field(format!("nodes[{i}].queue")));
-        }
+        known_queue(&st, node.queue.as_deref(), || format!("nodes[{i}].queue"))?;
         let input = node.input.clone().unwrap_or(Value::Null);
         if ferry_core::workflow::references(&input).is_ok_and(|r| r.is_empty())
             && let Some(executor) = registry.get(&node.kind)
         {
             executor.validate(&input).map_err(|e| e.within(&format!("nodes[{i}]")))?;
+        }
+    }
+    // An agent's steps and tools, likewise: their jobs' queues are stored, and a tool's
+    // input without references is checked by its kind now.
+    for (name, agent) in spec.agents.iter_mut() {
+        let llm = agent.llm.get_or_insert_with(Default::default);
+        if llm.queue.is_none() {
+            llm.queue = st.queue_of_kind(ferry_core::agent::LLM_KIND);
+        }
+        known_queue(&st, llm.queue.as_deref(), || format!("agents.{name}.llm.queue"))?;
+        for (j, tool) in agent.tools.iter_mut().enumerate() {
+            if tool.queue.is_none() {
+                tool.queue = st.queue_of_kind(&tool.kind);
+            }
+            known_queue(&st, tool.queue.as_deref(), || format!("agents.{name}.tools[{j}].queue"))?;
+            if let Some(input) = &tool.input
+                && ferry_core::workflow::references(input).is_ok_and(|r| r.is_empty())
+                && let Some(executor) = registry.get(&tool.kind)
+            {
+                executor.validate(input).map_err(|e| e.within(&format!("agents.{name}.tools[{j}]")))?;
+            }
         }
     }
     let definition = serde_json::to_value(&spec)

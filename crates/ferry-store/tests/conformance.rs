@@ -114,6 +114,7 @@ conformance!(
     only_finished_jobs_can_be_deleted,
     the_result_cache_finds_recent_successes_of_the_workspace,
     runs_start_advance_and_end_with_an_ordered_log,
+    agent_nodes_keep_their_conversation_and_the_day_counts_tokens,
 );
 
 fn job(key: Option<&str>, priority: i32) -> NewJob {
@@ -593,6 +594,64 @@ async fn runs_start_advance_and_end_with_an_ordered_log(store: Arc<dyn Store>) {
     assert!(store.get_job("default", claimed[0].id).await.unwrap().is_none(), "and its finished jobs");
     let kept = store.get_run("default", tid).await.unwrap().expect("the running run stays");
     assert_eq!(kept.jobs.len(), 2, "with its finished node job, whose output it may still read");
+}
+
+/// An agent node's conversation is stored with its step's job and read back on the next
+/// advance, which adds the step's tokens to the workspace's day; a run with agent nodes
+/// is refused once the day's tokens are spent, at the limit and not one below.
+async fn agent_nodes_keep_their_conversation_and_the_day_counts_tokens(store: Arc<dyn Store>) {
+    use ferry_core::run::RunState;
+    use ferry_store::CreateRunOutcome;
+    let def = json!({"name": "ag", "agents": {"a": {"model": "m", "base_url": "http://llm.test/v1", "llm": {"queue": "default"}}},
+                     "nodes": [{"id": "chat", "kind": "agent", "agent": "a", "input": "{{ input.q }}"}]});
+    store.put_workflow("default", "u", "ag", def).await.unwrap();
+    let run = new_run("ag", None, None, json!({"q": "hello?"}));
+    let id = run.id;
+    let (out, _) = store.create_run(run, planner()).await.unwrap();
+    assert_eq!(out, CreateRunOutcome::Created { id, version: 1, state: RunState::Running });
+    let step = store.claim(claim_req("w", 10)).await.unwrap().jobs;
+    assert_eq!((step.len(), step[0].kind.as_str()), (1, "llm"));
+    let input: serde_json::Value = serde_json::from_str(&step[0].input).unwrap();
+    assert_eq!(input["messages"][0], json!({"role": "user", "content": "hello?"}));
+    let detail = store.get_run("default", id).await.unwrap().unwrap();
+    let state = detail.nodes[0].agent.clone().expect("the conversation is stored with its step");
+    assert_eq!((state.steps, state.waiting_for()), (1, vec![step[0].id]));
+    assert_eq!(store.tokens_today("default").await.unwrap(), 0);
+
+    let output = json!({"content": "hi!", "tool_calls": [], "usage": {"prompt_tokens": 30, "completion_tokens": 12}});
+    let finish = Finish {
+        id: step[0].id,
+        attempt: step[0].attempt,
+        queue: "default".into(),
+        result: FinishResult::Succeeded { output },
+    };
+    store.finish(finish).await.unwrap();
+    let advanced = store.advance_runs(vec![id], planner()).await.unwrap();
+    assert_eq!(advanced.finished, vec![(id, RunState::Succeeded)]);
+    assert_eq!(advanced.tokens, vec![("default".to_string(), 42)]);
+    let detail = store.get_run("default", id).await.unwrap().unwrap();
+    let node = &detail.nodes[0];
+    assert_eq!(node.output.as_ref().unwrap()["answer"], "hi!");
+    let state = node.agent.as_ref().unwrap();
+    assert_eq!((state.messages.len(), state.usage.total_tokens), (2, 42));
+    assert_eq!(store.tokens_today("default").await.unwrap(), 42);
+    assert_eq!(store.tokens_today("other").await.unwrap(), 0, "workspaces count apart");
+
+    let mut at_limit = new_run("ag", None, None, json!({"q": "again"}));
+    at_limit.tokens_per_day = Some(42);
+    let refused = store.create_run(at_limit, planner()).await.unwrap_err();
+    assert!(matches!(refused, StoreError::TokenBudget { used: 42, limit: 42, .. }), "{refused:?}");
+    let mut below = new_run("ag", None, None, json!({"q": "again"}));
+    below.tokens_per_day = Some(43);
+    assert!(matches!(store.create_run(below, planner()).await.unwrap().0, CreateRunOutcome::Created { .. }));
+    // A workflow without agents is not held by the day's tokens.
+    store
+        .put_workflow("default", "u", "plain", json!({"name": "plain", "nodes": [{"id": "n", "kind": "noop"}]}))
+        .await
+        .unwrap();
+    let mut plain = new_run("plain", None, None, json!(null));
+    plain.tokens_per_day = Some(1);
+    assert!(matches!(store.create_run(plain, planner()).await.unwrap().0, CreateRunOutcome::Created { .. }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -251,7 +251,10 @@ impl Writer {
         if let Err(e) = &result
             && !matches!(
                 e,
-                StoreError::IdempotencyConflict { .. } | StoreError::LimitReached(_) | StoreError::QueueFull { .. }
+                StoreError::IdempotencyConflict { .. }
+                    | StoreError::LimitReached(_)
+                    | StoreError::QueueFull { .. }
+                    | StoreError::TokenBudget { .. }
             )
         {
             self.poisoned = Some(e.to_string());
