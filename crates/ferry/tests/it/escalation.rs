@@ -103,7 +103,15 @@ async fn a_count_fires_once_per_window_and_again_a_window_later(backend: Backend
     assert_eq!(p["group"]["message"], "order failed: <n> (attempt <n>)", "{p:#}");
     assert!(first.iter().any(|id| p["sample_job_id"] == id.as_str()), "{p:#}");
     // Three more in the same group: a new crossing, but within the window of the first
-    // firing. It fires again once that window has passed, not before.
+    // firing. It fires again once that window has passed, not before. They fail a second
+    // into the window, so that they are still within the rule's window when the first
+    // firing's has passed: failing at once, they could leave the window before the first
+    // evaluation allowed to fire again (50 ms apart), and never fire.
+    let first_at = crate::harness::ts(&p["at"]);
+    poll("a second to pass since the first firing", async || {
+        (chrono::Utc::now() >= first_at + chrono::TimeDelta::seconds(1)).then_some(())
+    })
+    .await;
     fail(&srv, 3, "default", "order failed:").await;
     let again = rx.next().await.payload();
     assert_eq!(again["count"], 3, "only the new failures are in the new window: {again:#}");
