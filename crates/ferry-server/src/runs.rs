@@ -182,8 +182,8 @@ async fn first_inputs_fit(st: &ApiState, workspace: &str, req: &RunRequest, inpu
 }
 
 /// Start a run of a workflow (its latest version unless one is named). A missing workflow
-/// or version is answered 404 and nothing starts. The first nodes' jobs exist when this
-/// answers.
+/// is answered 404, a version it does not have 400 `unknown_version` (naming the latest),
+/// and nothing starts. The first nodes' jobs exist when this answers.
 #[utoipa::path(
     post, path = "/v1/runs", tag = "workflows", operation_id = "startRun",
     request_body = RunRequest,
@@ -191,8 +191,8 @@ async fn first_inputs_fit(st: &ApiState, workspace: &str, req: &RunRequest, inpu
     responses(
         (status = 201, body = RunAccepted),
         (status = 200, description = "Idempotency key matched an existing run", body = RunAccepted),
-        (status = 400, description = "Bad input, naming the field (an `input` that is not an object included)", body = ErrorBody),
-        (status = 404, description = "No such workflow or version", body = ErrorBody),
+        (status = 400, description = "Bad input, naming the field (an `input` that is not an object included); a `version` the workflow does not have is `unknown_version`, its message naming the latest", body = ErrorBody),
+        (status = 404, description = "No such workflow", body = ErrorBody),
         (status = 409, description = "Idempotency key used with another request", body = ErrorBody),
         (status = 413, description = "Input over its limit, or a first node's input built from it would be (the field names the node)", body = ErrorBody),
         (status = 429, description = "Beyond a concurrency limit of the workspace or user (`limit_reached`), unless `on_limit` is `queue`", body = ErrorBody),
@@ -267,9 +267,11 @@ pub async fn start(
             Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("workflow `{}` not found", req.workflow))
                 .field("workflow"))
         }
+        // The workflow exists, so the request, not the path to a resource, is wrong: a 400
+        // that names the version asked for and the one that would run.
         CreateRunOutcome::NoVersion { latest } => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            StatusCode::BAD_REQUEST,
+            "unknown_version",
             format!("workflow `{}` has no version {}; the latest is {latest}", req.workflow, req.version.unwrap_or(0)),
         )
         .field("version")),

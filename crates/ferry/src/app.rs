@@ -7,7 +7,7 @@ use ferry_store::Store;
 use ferry_store::postgres::{PgOptions, PgStore};
 use ferry_store::sqlite::{SqliteOptions, SqliteStore};
 use ferry_worker::escalation::{Escalation, Plan};
-use ferry_worker::kinds::{BlobDelete, BlobGet, BlobPut, Exec, Webhook};
+use ferry_worker::kinds::{BlobDelete, BlobGet, BlobPut, Exec, Llm, Webhook};
 use ferry_worker::{Engine, EngineConfig, QueueConfig, Registry};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -144,8 +144,9 @@ async fn open_mode(cfg: &Config, addr: SocketAddr, store: &dyn Store) -> anyhow:
 /// The argument that makes the `ferry` binary act as the sandbox helper.
 pub const SANDBOX_HELPER_ARG: &str = "sandbox-helper";
 
-/// The kinds this process runs: the built-ins, and those the configuration sets up: `exec`
-/// and `webhook` (with its signing secrets), and the blob kinds over the store's `blobs`.
+/// The kinds this process runs: the built-ins, and those the configuration sets up: `exec`,
+/// `webhook` (with its signing secrets), `llm` (with its API keys), and the blob kinds over
+/// the store's `blobs`.
 /// The sandbox is probed here, and a missing layer is reported at start (and in
 /// `/readyz`).
 pub async fn registry(cfg: &Config, blobs: &ferry_store::Blobs) -> anyhow::Result<Registry> {
@@ -172,6 +173,7 @@ pub async fn registry(cfg: &Config, blobs: &ferry_store::Blobs) -> anyhow::Resul
     let mut registry = Registry::builtin();
     registry.register(exec);
     registry.register(Webhook::new(&cfg.webhooks));
+    registry.register(Llm::new(&cfg.llm));
     registry.register(BlobPut::new(blobs.clone()));
     registry.register(BlobGet::new(blobs.clone()));
     registry.register(BlobDelete::new(blobs.clone()));

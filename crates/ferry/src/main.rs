@@ -64,6 +64,11 @@ async fn run() -> ExitCode {
             println!("{}", c.show()?);
             Ok(ExitCode::SUCCESS)
         }),
+        Command::StandIn { command } => {
+            // Each call it answers is logged (never its `Authorization` header).
+            init_logs("info");
+            ferry::stand_in::run(command).await.map(|_| ExitCode::SUCCESS)
+        }
         Command::Bench(args) => {
             init_logs("warn");
             ferry::bench::run(args).await.map(|_| ExitCode::SUCCESS)

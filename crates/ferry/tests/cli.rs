@@ -287,3 +287,59 @@ fn queue_settings_return_to_the_configured_value_with_null_and_limits_set_says_i
     let (_, out, _) = ferry(&["limits", "set", "--help"], &[]);
     assert!(out.contains("Nothing is merged"), "{out}");
 }
+
+#[test]
+fn the_stand_in_llm_answers_from_its_script_until_stopped_and_refuses_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script.yaml");
+    std::fs::write(&script, "default: {content: from the script}\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["stand-in", "llm", "--listen", "127.0.0.1:0", "--script"])
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ferry stand-in llm");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read the first line");
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://")?.strip_suffix("/v1").map(str::to_string))
+        .unwrap_or_else(|| panic!("no base URL in {line:?}"));
+
+    let body = r#"{"model": "m", "messages": [{"role": "user", "content": "hi"}]}"#;
+    let mut conn = std::net::TcpStream::connect(&addr).expect("the stand-in listens");
+    write!(
+        conn,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let completion = json_of(answer.split("\r\n\r\n").nth(1).expect("a body"));
+    assert_eq!(completion["choices"][0]["message"]["content"], "from the script", "{completion}");
+    assert_eq!((&completion["object"], &completion["model"]), (&json!("chat.completion"), &json!("m")));
+
+    // SIGTERM stops it cleanly.
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the stand-in did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+
+    std::fs::write(&script, r#"{"conversations": [{"match": "x", "turns": [{"contnet": "typo"}]}]}"#).unwrap();
+    let (code, _, err) =
+        ferry(&["stand-in", "llm", "--listen", "127.0.0.1:0", "--script", script.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("conversations[0].turns[0]: unknown field `contnet`"), "{err}");
+}

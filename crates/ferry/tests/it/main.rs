@@ -16,6 +16,7 @@ mod exec;
 mod idempotency;
 mod lifecycle;
 mod listing;
+mod llm;
 mod lost_worker;
 mod openapi;
 mod ordering;

@@ -149,7 +149,12 @@ async fn queue_counts_reflect_jobs(backend: Backend) {
         &json!({"name": "webhook", "depth": 0, "running": 0, "scheduled": 0, "retrying": 0, "dead": 0}),
         "configured out of the box"
     );
-    assert_eq!(queues.len(), 4, "{body}");
+    assert_eq!(
+        find("llm"),
+        &json!({"name": "llm", "depth": 0, "running": 0, "scheduled": 0, "retrying": 0, "dead": 0}),
+        "configured out of the box"
+    );
+    assert_eq!(queues.len(), 5, "{body}");
     server.stop().await;
 }
 

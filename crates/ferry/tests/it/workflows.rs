@@ -2,7 +2,7 @@
 //! retries, failure policies, timeouts, cancels, a 1,000-wide fan-out, validation, and the
 //! run's event stream resumed after a disconnect (on another node, on PostgreSQL).
 
-use crate::harness::{Backend, DEADLINE, TestServer, both};
+use crate::harness::{Backend, DEADLINE, TestServer, assert_error, both};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ both!(
     a_workflow_timeout_ends_the_run,
     cancel_mid_run,
     a_thousand_wide_for_each,
-    a_missing_workflow_or_version_is_404_and_starts_nothing,
+    a_missing_workflow_is_404_an_unknown_version_400_and_neither_starts_anything,
     every_validation_error_names_the_node_and_field,
     versions_stay_runnable,
     run_events_resume_exactly_after_a_disconnect,
@@ -251,13 +251,21 @@ async fn a_thousand_wide_for_each(backend: Backend) {
     srv.stop().await;
 }
 
-async fn a_missing_workflow_or_version_is_404_and_starts_nothing(backend: Backend) {
+async fn a_missing_workflow_is_404_an_unknown_version_400_and_neither_starts_anything(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let (status, body) = srv.post("/v1/runs", json!({"workflow": "nope"})).await;
-    assert_eq!((status, &body["error"]["field"]), (StatusCode::NOT_FOUND, &json!("workflow")), "{body}");
+    let got = srv.post("/v1/runs", json!({"workflow": "nope"})).await;
+    assert_error(&got, StatusCode::NOT_FOUND, "not_found", Some("workflow"));
+    let got = srv.post("/v1/runs", json!({"workflow": "nope", "version": 1})).await;
+    assert_error(&got, StatusCode::NOT_FOUND, "not_found", Some("workflow"));
     register(&srv, json!({"name": "one", "nodes": [{"id": "a", "kind": "noop"}]})).await;
-    let (status, body) = srv.post("/v1/runs", json!({"workflow": "one", "version": 2})).await;
-    assert_eq!((status, &body["error"]["field"]), (StatusCode::NOT_FOUND, &json!("version")), "{body}");
+    register(&srv, json!({"name": "one", "nodes": [{"id": "b", "kind": "noop"}]})).await;
+    // The workflow exists: a version it lacks is a bad request, naming that version and
+    // the latest.
+    let got = srv.post("/v1/runs", json!({"workflow": "one", "version": 3, "input": {"x": 1}})).await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "unknown_version", Some("version"));
+    assert_eq!(got.1["error"]["message"], "workflow `one` has no version 3; the latest is 2", "{}", got.1);
+    let got = srv.post_with("/v1/runs", json!({"workflow": "one", "version": 7}), &[("Idempotency-Key", "k1")]).await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "unknown_version", Some("version"));
     let (_, runs) = srv.get("/v1/runs").await;
     assert_eq!(runs["items"], json!([]), "nothing started");
     assert_eq!(srv.count_jobs().await, 0);
