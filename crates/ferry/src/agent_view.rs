@@ -9,7 +9,7 @@ use serde_json::Value;
 pub fn line(e: &Value) -> Option<String> {
     let d = &e["data"];
     let node = e["node"].as_str().unwrap_or("?");
-    let agent = d["agent"].as_str().unwrap_or("?");
+    let agent = d["agent"].as_str().or(d["from"].as_str()).unwrap_or("?");
     let text = match e["type"].as_str()? {
         "agent_step" => format!("step {} → asking the model", d["step"]),
         "agent_reply" => {
@@ -64,7 +64,7 @@ mod tests {
             "  chat/triage: step 2 calls lookup  [30 tokens; run 90; 910 left run budget]"
         );
         let hand = json!({"type": "handoff", "node": "chat", "data": {"from": "a", "to": "b", "depth": 1}});
-        assert_eq!(line(&hand).unwrap(), "  chat/?: handed off a → b (depth 1)");
+        assert_eq!(line(&hand).unwrap(), "  chat/a: handed off a → b (depth 1)");
         assert!(line(&json!({"type": "node_started", "data": {}})).is_none());
     }
 }

@@ -7,11 +7,14 @@
 //! - `ferry bench workflow` ([`workflow`]): the workflow engine's overhead per step.
 //! - `ferry bench breaker` ([`breaker`]): a dead target's requests while its breaker is
 //!   open, and the drain once it recovers.
+//! - `ferry bench agent` ([`agent`]): an agent step's overhead, and agent runs waiting on
+//!   the provider together.
 //!
 //! Each benchmark's module owns its flags; the flags of the server under test, shared by
 //! `queue` and `workflow`, and its temporary store are [`target`]'s. Figures and how they
 //! were taken are in BENCHMARKS.md.
 
+pub mod agent;
 pub mod breaker;
 pub mod queue;
 pub mod sandbox;
@@ -45,6 +48,8 @@ pub enum Benchmark {
     /// The workflow engine's overhead: a 20-step chain and a 1,000-wide fan-out of `noop`
     /// nodes
     Workflow(workflow::WorkflowArgs),
+    /// Agent runs: the engine's overhead per step, and runs waiting on the provider
+    Agent(agent::AgentArgs),
     /// Circuit breakers: a dead target's requests while its breaker is open (target: only
     /// the probes), and the drain of 10,000 held-back jobs once it recovers
     Breaker(breaker::BreakerArgs),
@@ -56,6 +61,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Benchmark::Queue(args) => queue::run(args).await,
         Benchmark::Sandbox(args) => sandbox::run(&args).await,
         Benchmark::Workflow(args) => workflow::run(&args).await,
+        Benchmark::Agent(args) => agent::run(&args).await,
         Benchmark::Breaker(args) => breaker::run(&args).await,
     }
 }

@@ -78,9 +78,18 @@ impl StandInLlm {
         let shared = Arc::new(Shared { script, state: Mutex::default(), stop: stop.clone() });
         let app = axum::Router::new()
             .route(PATH, axum::routing::post(complete))
-            .fallback(|| async {
-                answer(404, None, &script::error_body(404, "stand-in: only POST /v1/chat/completions"))
-            })
+            .fallback(
+                |State(shared): State<Arc<Shared>>, method: axum::http::Method, uri: axum::http::Uri| async move {
+                    match shared.script.fixture(uri.path()) {
+                        Some(fixture) if method == axum::http::Method::GET => answer(200, None, fixture),
+                        _ => answer(
+                            404,
+                            None,
+                            &script::error_body(404, "stand-in: only POST /v1/chat/completions and the fixtures"),
+                        ),
+                    }
+                },
+            )
             .with_state(shared.clone());
         let until = stop.clone();
         let task = tokio::spawn(async move {

@@ -363,6 +363,12 @@ impl TestServer {
         answer(req.send().await.expect("the server answers")).await
     }
 
+    /// PUTs a JSON body.
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        answer(self.client.put(format!("{}{path}", self.url)).json(&body).send().await.expect("the server answers"))
+            .await
+    }
+
     /// GETs a JSON answer (a body that is not JSON comes back as a string value).
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         answer(self.client.get(format!("{}{path}", self.url)).send().await.expect("the server answers")).await
@@ -482,6 +488,22 @@ pub async fn poll<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T
         assert!(started.elapsed() < DEADLINE, "gave up waiting for {what}");
         tokio::time::sleep(PAUSE).await;
     }
+}
+
+/// Cuts every PostgreSQL connection of the server (`application_name` `ferry:<node>`,
+/// so give the server a node name of its own): what its pool sees when the database
+/// restarts. Returns how many were cut.
+pub async fn cut_database(srv: &TestServer) -> usize {
+    let mut conn = connect(&database_url()).await.expect("a connection of the test's own");
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(format!("ferry:{}", srv.cfg().node))
+    .fetch_all(&mut conn)
+    .await
+    .expect("pg_terminate_backend");
+    let _ = conn.close().await;
+    cut.into_iter().filter(|&ok| ok).count()
 }
 
 /// Parses an RFC 3339 timestamp of an API answer.

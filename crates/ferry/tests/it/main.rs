@@ -4,6 +4,7 @@
 mod harness;
 
 mod admission;
+mod agents;
 mod auth;
 mod blobs;
 mod breakers;

@@ -30,6 +30,10 @@
 //! answered as it is, with `status` or 200: a reply that is no chat completion);
 //! `retry_after` (a `Retry-After` header value); `delay_ms` (how long to wait before
 //! answering).
+//!
+//! `fixtures` (`{"/orders/A-7": {"status": "shipped"}}`) are answered to `GET` at exactly
+//! that path (its query ignored) as JSON: something for a demo agent's `http` tool to
+//! call without another server.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -41,6 +45,7 @@ use std::time::Duration;
 pub struct Script {
     conversations: Vec<Conversation>,
     default: Option<Turn>,
+    fixtures: HashMap<String, Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -111,9 +116,21 @@ impl Script {
     /// Reads a script, or says what is wrong with it and where (`conversations[0].turns[1]`).
     pub fn parse(script: &Value) -> Result<Script, String> {
         let Some(top) = script.as_object() else { return Err("a script must be a JSON object".into()) };
-        if let Some(unknown) = top.keys().find(|k| !["conversations", "default"].contains(&k.as_str())) {
-            return Err(format!("`{unknown}` is not a field of a script; the fields are conversations, default"));
+        if let Some(unknown) = top.keys().find(|k| !["conversations", "default", "fixtures"].contains(&k.as_str())) {
+            return Err(format!(
+                "`{unknown}` is not a field of a script; the fields are conversations, default, fixtures"
+            ));
         }
+        let fixtures = match top.get("fixtures") {
+            None | Some(Value::Null) => HashMap::new(),
+            Some(Value::Object(map)) => {
+                if let Some(bad) = map.keys().find(|p| !p.starts_with('/')) {
+                    return Err(format!("fixtures: `{bad}` is not a path (it starts with `/`)"));
+                }
+                map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+            }
+            Some(_) => return Err("fixtures: must be an object of paths to JSON answers".into()),
+        };
         let conversations = match top.get("conversations") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(list)) => list
@@ -127,7 +144,12 @@ impl Script {
             None | Some(Value::Null) => None,
             Some(turn) => Some(Turn::parse(turn, "default")?),
         };
-        Ok(Script { conversations, default })
+        Ok(Script { conversations, default, fixtures })
+    }
+
+    /// The fixture answered at `path`, if any.
+    pub fn fixture(&self, path: &str) -> Option<&Value> {
+        self.fixtures.get(path)
     }
 
     /// Where a request (a chat completion request's body) belongs; `None` when no
@@ -488,6 +510,11 @@ mod tests {
         assert!(err(json!({"default": {"status": 200}})).starts_with("default.status"));
         assert!(err(json!({"default": []})).contains("must not be empty"));
         assert!(err(json!({"default": {"retry_after": ""}})).starts_with("default.retry_after"));
+        assert!(err(json!({"fixtures": {"orders": {}}})).contains("`orders` is not a path"));
+        assert!(err(json!({"fixtures": []})).starts_with("fixtures:"));
         Script::parse(&json!({})).unwrap();
+        let with = Script::parse(&json!({"fixtures": {"/orders/A-7": {"status": "shipped"}}})).unwrap();
+        assert_eq!(with.fixture("/orders/A-7"), Some(&json!({"status": "shipped"})));
+        assert_eq!(with.fixture("/orders/A-8"), None);
     }
 }
