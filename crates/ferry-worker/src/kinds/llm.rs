@@ -17,7 +17,10 @@
 //! messages and the optional fields given. `api_key` names a secret of the server's
 //! configuration ([`LlmConfig::secrets`]): the job holds the name, never the key, which
 //! goes out as `Authorization: Bearer …` and is cut out of anything the attempt records
-//! (its output and its error's message), should a provider echo it back.
+//! (its output and its error's message), should a provider echo it back. A secret bound
+//! to base URLs goes only to them: a job naming it with another `base_url` is refused on
+//! `input.base_url`, when it is submitted and again when it runs (the configuration may
+//! have changed since), before anything is sent ([`keys`]).
 //!
 //! Output: `{"message", "content", "tool_calls", "usage", "finish_reason", "model",
 //! "latency_ms"}`: the first choice's assistant message as the provider returned it; its
@@ -55,9 +58,12 @@ use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
+
+mod keys;
+
+use keys::REDACTED;
+pub use keys::{BaseUrl, LlmSecret};
 
 /// The default of [`LlmConfig::concurrency`].
 const DEFAULT_CONCURRENCY: usize = 100;
@@ -73,9 +79,8 @@ const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// error's message.
 const EXCERPT_BYTES: usize = 1024;
 const PROVIDER_MESSAGE_CHARS: usize = 300;
-/// The longest `model` name and secret.
+/// The longest `model` name.
 const MAX_MODEL_CHARS: usize = 256;
-const MAX_SECRET_CHARS: usize = 4096;
 
 /// The input fields; any other is refused.
 const FIELDS: [&str; 10] = [
@@ -91,78 +96,76 @@ const FIELDS: [&str; 10] = [
     "connect_timeout_ms",
 ];
 
-/// What a secret is shown as, and what replaces it in anything an attempt records.
-const REDACTED: &str = "<redacted>";
-
-/// An API key of the server's configuration: 1 to 4096 visible ASCII characters (what an
-/// `Authorization` header may carry). It never leaves the process but in that header: its
-/// `Debug` and its serialised form are `<redacted>` (so `ferry config show` prints that),
-/// and a refusal never quotes it.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct LlmSecret(String);
-
-impl FromStr for LlmSecret {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s.is_empty() || s.len() > MAX_SECRET_CHARS || !s.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(format!("must be 1 to {MAX_SECRET_CHARS} visible ASCII characters (an API key)"));
-        }
-        Ok(LlmSecret(s.to_string()))
-    }
-}
-
-impl TryFrom<String> for LlmSecret {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl Serialize for LlmSecret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(REDACTED)
-    }
-}
-
-impl fmt::Debug for LlmSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(REDACTED)
-    }
-}
-
 /// Settings of the `llm` kind (`[llm]` in the configuration file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LlmConfig {
-    /// API keys by name (`openai = "sk-…"`); a job names the one its calls carry.
+    /// API keys by name (`openai = "sk-…"`, or a table with `key` and `base_urls`); a job
+    /// names the one its calls carry.
     pub secrets: BTreeMap<String, LlmSecret>,
     /// Calls at once per process on the `llm` queue, unless `queues.llm.concurrency` says
     /// otherwise.
     pub concurrency: usize,
+    /// Refuse to start while a secret has no `base_urls` (an unbound key may go to any
+    /// `base_url` a job gives).
+    pub require_base_urls: bool,
 }
 
 impl Default for LlmConfig {
     fn default() -> Self {
-        LlmConfig { secrets: BTreeMap::new(), concurrency: DEFAULT_CONCURRENCY }
+        LlmConfig { secrets: BTreeMap::new(), concurrency: DEFAULT_CONCURRENCY, require_base_urls: false }
     }
 }
 
 impl LlmConfig {
-    /// Checks values that are well-typed but unusable (each secret was checked when read).
+    /// Checks values that are well-typed but unusable (each key and base URL was checked
+    /// when read): every secret has a key, and with `require_base_urls` base URLs too.
     pub fn validate(&self) -> Result<(), String> {
         if self.concurrency == 0 || self.concurrency > 10_000 {
             return Err("llm.concurrency must be between 1 and 10000".into());
         }
-        for name in self.secrets.keys() {
+        for (name, secret) in &self.secrets {
             if !ferry_core::job::valid_name(name) {
                 return Err(format!("llm.secrets: the name `{name}` {}", ferry_core::job::NAME_RULE));
             }
+            if !secret.has_key() {
+                return Err(format!(
+                    "llm.secrets.{name} has no key: set `key` in its table or {}",
+                    env_name(LLM_SECRET_VAR, name)
+                ));
+            }
+        }
+        let unbound: Vec<&str> = self.unbound().collect();
+        if self.require_base_urls && !unbound.is_empty() {
+            let names: Vec<String> = unbound.iter().map(|n| format!("`{n}`")).collect();
+            let vars: Vec<String> = unbound.iter().map(|n| env_name(LLM_BASE_URLS_VAR, n)).collect();
+            return Err(format!(
+                "llm.require_base_urls is set, but the llm secret {} has no base_urls: bind each \
+                 (llm.secrets.NAME.base_urls, or {}) or unset llm.require_base_urls",
+                names.join(", "),
+                vars.join(", ")
+            ));
         }
         Ok(())
     }
+
+    /// The names of the secrets without base URLs, whose keys any job may send to any
+    /// `base_url`.
+    pub fn unbound(&self) -> impl Iterator<Item = &str> {
+        self.secrets.iter().filter(|(_, s)| s.base_urls().is_empty()).map(|(n, _)| n.as_str())
+    }
+}
+
+/// The prefix of the environment variable that holds the key of a secret, and of the one
+/// that holds its base URLs (the secret's name, in capitals, follows; the configuration
+/// reads them). They differ before the name, so that no secret's name can make one
+/// variable read as the other.
+pub const LLM_SECRET_VAR: &str = "FERRY_LLM_SECRET_";
+pub const LLM_BASE_URLS_VAR: &str = "FERRY_LLM_BASE_URLS_";
+
+/// The variable of `prefix` for the secret `name`.
+fn env_name(prefix: &str, name: &str) -> String {
+    format!("{prefix}{}", name.to_ascii_uppercase())
 }
 
 /// The `llm` kind, with the configured API keys.
@@ -201,7 +204,8 @@ impl Llm {
                 format!("is not a field of an llm call; the fields are {}", FIELDS.join(", ")),
             ));
         }
-        let endpoint = endpoint(input)?;
+        let base_url = base_url(input)?;
+        let endpoint = endpoint(&base_url);
         let mut body = Map::new();
         match input.get("model") {
             Some(Value::String(m)) if !m.is_empty() && m.chars().count() <= MAX_MODEL_CHARS => {
@@ -237,7 +241,13 @@ impl Llm {
         let key = match present(input, "api_key") {
             None => None,
             Some(Value::String(name)) => match self.secrets.get(name) {
-                Some(secret) => Some(secret.0.as_str()),
+                Some(secret) => {
+                    secret.allows(name, &base_url).map_err(|why| SpecError::invalid("input.base_url", why))?;
+                    let key = secret.key().ok_or_else(|| {
+                        SpecError::invalid("input.api_key", format!("the secret `{name}` has no key configured"))
+                    })?;
+                    Some(key)
+                }
                 None => return Err(SpecError::invalid("input.api_key", self.unknown_secret(name))),
             },
             Some(_) => {
@@ -266,19 +276,25 @@ fn present<'a>(input: &'a Value, field: &str) -> Option<&'a Value> {
     input.get(field).filter(|v| !v.is_null())
 }
 
-/// The input's `base_url`, an http or https URL, as the URL of its chat completions.
-fn endpoint(input: &Value) -> Result<Url, SpecError> {
+/// The input's `base_url`, an http or https URL.
+fn base_url(input: &Value) -> Result<Url, SpecError> {
     let raw = input
         .get("base_url")
         .and_then(Value::as_str)
         .ok_or_else(|| SpecError::invalid("input.base_url", "is required and must be a string"))?;
-    let mut url = Url::parse(raw).map_err(|e| SpecError::invalid("input.base_url", format!("is not a URL: {e}")))?;
+    let url = Url::parse(raw).map_err(|e| SpecError::invalid("input.base_url", format!("is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(SpecError::invalid("input.base_url", "must be an http or https URL"));
     }
+    Ok(url)
+}
+
+/// The URL of a base URL's chat completions.
+fn endpoint(base_url: &Url) -> Url {
+    let mut url = base_url.clone();
     let path = format!("{}/chat/completions", url.path().trim_end_matches('/'));
     url.set_path(&path);
-    Ok(url)
+    url
 }
 
 /// The input's `messages`: a non-empty array of objects, each with a string `role`.
@@ -420,7 +436,7 @@ impl Executor for Llm {
     }
 
     fn breaker_key(&self, input: &Value) -> Option<String> {
-        endpoint(input).ok().map(|u| origin(&u))
+        base_url(input).ok().map(|u| origin(&endpoint(&u)))
     }
 
     fn default_queue(&self) -> Option<&'static str> {
@@ -428,7 +444,8 @@ impl Executor for Llm {
     }
 
     async fn run(&self, _attempt: &Attempt, input: Value) -> Result<Value, ExecError> {
-        // A secret removed from the configuration since the submission is refused here.
+        // A secret removed from the configuration since the submission, or bound since to
+        // base URLs this call's is not under, is refused here, before anything is sent.
         let call = self.call(&input).map_err(|e| ExecError::new(ErrorType::Validation, e.to_string()))?;
         let key = call.key;
         let mut req =
@@ -535,7 +552,7 @@ mod tests {
     #[test]
     fn calls_base_url_chat_completions_behind_its_origin() {
         let k = kind(&[]);
-        let url = |base: &str| endpoint(&json!({ "base_url": base })).unwrap().to_string();
+        let url = |base: &str| endpoint(&base_url(&json!({ "base_url": base })).unwrap()).to_string();
         assert_eq!(url("https://api.example.com/v1"), "https://api.example.com/v1/chat/completions");
         assert_eq!(url("https://api.example.com/v1/"), "https://api.example.com/v1/chat/completions");
         assert_eq!(
@@ -592,5 +609,55 @@ mod tests {
         assert!(zero.validate().unwrap_err().contains("llm.concurrency"));
         let secrets = BTreeMap::from([("a b".to_string(), "k".parse().unwrap())]);
         assert!(LlmConfig { secrets, ..LlmConfig::default() }.validate().unwrap_err().contains("`a b`"));
+        let keyless = BTreeMap::from([("openai".to_string(), LlmSecret::default())]);
+        let err = LlmConfig { secrets: keyless, ..LlmConfig::default() }.validate().unwrap_err();
+        assert_eq!(err, "llm.secrets.openai has no key: set `key` in its table or FERRY_LLM_SECRET_OPENAI");
+    }
+
+    #[test]
+    fn require_base_urls_refuses_every_unbound_secret() {
+        let mut bound: LlmSecret = "sk-1".parse().unwrap();
+        bound.bind(vec!["https://api.openai.com/v1".parse().unwrap()]).unwrap();
+        let secrets = BTreeMap::from([
+            ("openai".to_string(), bound),
+            ("azure_eu".to_string(), "sk-2".parse().unwrap()),
+            ("local".to_string(), "sk-3".parse().unwrap()),
+        ]);
+        let mut cfg = LlmConfig { secrets, ..LlmConfig::default() };
+        assert!(!cfg.require_base_urls, "off by default: unbound keys keep working");
+        cfg.validate().unwrap();
+        assert_eq!(cfg.unbound().collect::<Vec<_>>(), ["azure_eu", "local"]);
+        cfg.require_base_urls = true;
+        let err = cfg.validate().unwrap_err();
+        assert!(err.contains("the llm secret `azure_eu`, `local` has no base_urls"), "{err}");
+        assert!(err.contains("FERRY_LLM_BASE_URLS_AZURE_EU, FERRY_LLM_BASE_URLS_LOCAL"), "{err}");
+        cfg.secrets.retain(|name, _| name == "openai");
+        cfg.validate().unwrap();
+        assert_eq!(cfg.unbound().count(), 0);
+    }
+
+    #[test]
+    fn a_bound_secret_refuses_other_base_urls() {
+        let mut secret: LlmSecret = "sk-test-0123456789".parse().unwrap();
+        secret.bind(vec!["https://api.example.com/v1".parse().unwrap()]).unwrap();
+        let k = Llm::new(&LlmConfig { secrets: BTreeMap::from([("openai".into(), secret)]), ..LlmConfig::default() });
+        let keyed = |base: &str| {
+            let mut input = with("api_key", json!("openai"));
+            input["base_url"] = json!(base);
+            input
+        };
+        k.validate(&keyed("https://API.example.com:443/v1/")).unwrap();
+        k.validate(&keyed("https://api.example.com/v1/deployments/d?api-version=2")).unwrap();
+        // Without a key, any base_url: the binding is the key's, not the provider's.
+        k.validate(&with("base_url", json!("https://elsewhere.example/v1"))).unwrap();
+        for refused in ["https://api.example.com/v1.evil.example", "https://api.example.com:8443/v1", "http://x/v1"] {
+            let err = k.validate(&keyed(refused)).unwrap_err();
+            assert_eq!(err.field, "input.base_url", "{refused}");
+            assert!(
+                err.message.contains("may not receive the secret `openai`: it goes only to https://api.example.com/v1"),
+                "{}",
+                err.message
+            );
+        }
     }
 }

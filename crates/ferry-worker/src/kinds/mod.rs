@@ -13,7 +13,7 @@ pub use blob::{BlobDelete, BlobGet, BlobPut};
 pub use exec::{Exec, ExecConfig, ExecLimits, Interpreter};
 pub use fail::Fail;
 pub use http::Http;
-pub use llm::{Llm, LlmConfig, LlmSecret};
+pub use llm::{BaseUrl, LLM_BASE_URLS_VAR, LLM_SECRET_VAR, Llm, LlmConfig, LlmSecret};
 pub use noop::Noop;
 pub use sleep::Sleep;
 pub use webhook::{Webhook, WebhookConfig, WebhookSecret};
