@@ -7,7 +7,7 @@ use ferry_store::Store;
 use ferry_store::postgres::{PgOptions, PgStore};
 use ferry_store::sqlite::{SqliteOptions, SqliteStore};
 use ferry_worker::escalation::{Escalation, Plan};
-use ferry_worker::kinds::{BlobDelete, BlobGet, BlobPut, Exec, Llm, Webhook};
+use ferry_worker::kinds::{BlobDelete, BlobGet, BlobPut, Exec, LLM_BASE_URLS_VAR, Llm, Webhook};
 use ferry_worker::{Engine, EngineConfig, QueueConfig, Registry};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -169,6 +169,16 @@ pub async fn registry(cfg: &Config, blobs: &ferry_store::Blobs) -> anyhow::Resul
         tracing::warn!(missing = %missing.join(", "), "exec sandbox is WEAKER than intended on this host; running exec jobs anyway (exec.allow_weak_isolation)");
     } else {
         tracing::warn!(missing = %missing.join(", "), "exec jobs are refused: the sandbox lacks layers on this host (set exec.allow_weak_isolation = true to accept weaker isolation)");
+    }
+    // An unbound key goes wherever a job's `base_url` says (`llm.require_base_urls`
+    // refuses to start instead).
+    for name in cfg.llm.unbound() {
+        tracing::warn!(
+            secret = name,
+            "the llm secret `{name}` has no base_urls: any job that names it may send its key to any base_url \
+             (bind it with llm.secrets.{name}.base_urls or {LLM_BASE_URLS_VAR}{})",
+            name.to_ascii_uppercase()
+        );
     }
     let mut registry = Registry::builtin();
     registry.register(exec);

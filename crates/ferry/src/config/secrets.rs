@@ -1,50 +1,82 @@
 //! Secrets from the environment. Every secret is also a setting (`[webhooks.secrets]`,
 //! `[llm.secrets]`, and their nested variables `FERRY_WEBHOOKS__SECRETS__NAME`,
 //! `FERRY_LLM__SECRETS__NAME`); an `llm` API key has a shorter variable of its own too, the
-//! one providers' documentation leads people to write:
+//! one providers' documentation leads people to write, and so do the base URLs it may go
+//! to:
 //!
-//! `FERRY_LLM_SECRET_<NAME>=<key>` is the `llm` secret named `<name>`, the rest of the
-//! variable's name in lowercase (`FERRY_LLM_SECRET_OPENAI` is `openai`,
-//! `FERRY_LLM_SECRET_AZURE_EU` is `azure_eu`). It wins over the same name in the file or
-//! a nested variable. A bad one stops the start, naming the variable, never quoting its
-//! value.
+//! - `FERRY_LLM_SECRET_<NAME>=<key>` is the key of the `llm` secret named `<name>`, the
+//!   rest of the variable's name in lowercase (`FERRY_LLM_SECRET_OPENAI` is `openai`,
+//!   `FERRY_LLM_SECRET_AZURE_EU` is `azure_eu`). It wins over the key the file or a nested
+//!   variable gives the same name, and keeps the base URLs they give it: a key moved to the
+//!   environment never loses its binding.
+//! - `FERRY_LLM_BASE_URLS_<NAME>=<url>,<url>…` binds the secret `<name>` (from any source)
+//!   to those base URLs, replacing any the file gave it. A separate prefix, rather than a
+//!   suffix on the key's variable: `FERRY_LLM_SECRET_OPENAI_BASE_URLS` is, and stays, the
+//!   key of a secret named `openai_base_urls`.
+//!
+//! A bad one stops the start, naming the variable, never quoting a key.
 
-use ferry_worker::kinds::{LlmConfig, LlmSecret};
+use ferry_worker::kinds::{BaseUrl, LLM_BASE_URLS_VAR, LLM_SECRET_VAR, LlmConfig};
 use std::ffi::OsString;
 
-/// The prefix of the variables that hold `llm` API keys.
-pub const LLM_SECRET_PREFIX: &str = "FERRY_LLM_SECRET_";
-
 /// Whether a `FERRY_*` variable, without the prefix (as the settings' merge sees it), is
-/// an `llm` secret, and so not a setting.
+/// an `llm` key or base URLs variable, and so not a setting.
 pub(super) fn is_llm_secret(key: &str) -> bool {
-    key.to_ascii_lowercase().starts_with("llm_secret_")
+    let key = key.to_ascii_lowercase();
+    [LLM_SECRET_VAR, LLM_BASE_URLS_VAR]
+        .iter()
+        .any(|prefix| key.starts_with(&prefix[super::ENV_PREFIX.len()..].to_ascii_lowercase()))
 }
 
-/// Adds the `llm` secrets of `vars` (the process environment) to `cfg`.
+/// The secret's name in `var`, when `var` starts with `prefix` (in any case).
+fn name_after(var: &str, prefix: &str) -> anyhow::Result<Option<String>> {
+    if !var.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix)) {
+        return Ok(None);
+    }
+    let name = var[prefix.len()..].to_ascii_lowercase();
+    if !ferry_core::job::valid_name(&name) {
+        anyhow::bail!("environment variable {var}: the secret's name (after {prefix}) {}", ferry_core::job::NAME_RULE);
+    }
+    Ok(Some(name))
+}
+
+/// Adds the `llm` keys and base URLs of `vars` (the process environment) to `cfg`.
 pub(super) fn add_llm_secrets(
     cfg: &mut LlmConfig,
     vars: impl Iterator<Item = (OsString, OsString)>,
 ) -> anyhow::Result<()> {
-    for (var, value) in vars {
-        let Some(var) = var.to_str() else { continue };
-        let prefix = LLM_SECRET_PREFIX.len();
-        if !var.get(..prefix).is_some_and(|p| p.eq_ignore_ascii_case(LLM_SECRET_PREFIX)) {
-            continue;
-        }
-        let name = var[prefix..].to_ascii_lowercase();
-        if !ferry_core::job::valid_name(&name) {
-            anyhow::bail!(
-                "environment variable {var}: the secret's name (after {LLM_SECRET_PREFIX}) {}",
-                ferry_core::job::NAME_RULE
-            );
-        }
-        let secret = value
+    let vars: Vec<(String, OsString)> = vars.filter_map(|(k, v)| k.into_string().ok().map(|k| (k, v))).collect();
+    // Keys first: a base URLs variable may bind a key that only the environment gives.
+    for (var, value) in &vars {
+        let Some(name) = name_after(var, LLM_SECRET_VAR)? else { continue };
+        let secret = cfg.secrets.entry(name.clone()).or_default();
+        value
             .to_str()
             .ok_or_else(|| "is not UTF-8".to_string())
-            .and_then(|v| v.parse::<LlmSecret>())
+            .and_then(|key| secret.set_key(key))
             .map_err(|why| anyhow::anyhow!("environment variable {var} (the llm secret `{name}`) {why}"))?;
-        cfg.secrets.insert(name, secret);
+    }
+    for (var, value) in &vars {
+        let Some(name) = name_after(var, LLM_BASE_URLS_VAR)? else { continue };
+        let bad = |why: String| {
+            anyhow::anyhow!("environment variable {var} (the base URLs of the llm secret `{name}`) {why}")
+        };
+        let value = value.to_str().ok_or_else(|| bad("is not UTF-8".into()))?;
+        let urls = value
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .enumerate()
+            .map(|(i, u)| u.parse::<BaseUrl>().map_err(|why| bad(format!("URL {}: {why}", i + 1))))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let Some(secret) = cfg.secrets.get_mut(&name) else {
+            anyhow::bail!(
+                "environment variable {var} binds the llm secret `{name}`, which is not configured \
+                 (llm.secrets.{name} or {LLM_SECRET_VAR}{})",
+                name.to_ascii_uppercase()
+            );
+        };
+        secret.bind(urls).map_err(|why| bad(format!("is a comma-separated list: {why}")))?;
     }
     Ok(())
 }
@@ -90,6 +122,132 @@ mod tests {
             jail.set_env("FERRY_LLM_SECRET_", "sk-nameless");
             let err = Config::load(None, &FlagOverrides::default()).unwrap_err().to_string();
             assert!(err.contains("environment variable FERRY_LLM_SECRET_:") && !err.contains("nameless"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_secret_is_bound_to_base_urls_by_its_table_or_its_own_variable() {
+        figment::Jail::expect_with(|jail| {
+            let file = "[llm.secrets.openai]\nkey = \"sk-file-1\"\n\
+                base_urls = [\"HTTPS://api.openai.com:443/v1/\", \"https://eu.api.openai.com/v1\"]\n\
+                [llm.secrets.vault]\nbase_urls = [\"https://vault.example/v1\"]\n\
+                [llm.secrets]\nlocal = \"sk-local-2\"\n";
+            jail.create_file("llm.toml", file)?;
+            // The key of `vault` comes from the environment only; `openai`'s is replaced
+            // there, its binding kept.
+            jail.set_env("FERRY_LLM_SECRET_VAULT", "sk-vault-3");
+            jail.set_env("FERRY_LLM_SECRET_OPENAI", "sk-env-4");
+            jail.set_env("FERRY_LLM_BASE_URLS_LOCAL", " http://127.0.0.1:8089/v1 , http://LOCALHOST:8089/v1/,");
+            let cfg = Config::load(Some(&PathBuf::from("llm.toml")), &FlagOverrides::default()).unwrap();
+            let urls = |name: &str| -> Vec<String> {
+                cfg.llm.secrets[name].base_urls().iter().map(ToString::to_string).collect()
+            };
+            assert_eq!(urls("openai"), ["https://api.openai.com/v1", "https://eu.api.openai.com/v1"]);
+            assert_eq!(urls("local"), ["http://127.0.0.1:8089/v1", "http://localhost:8089/v1"]);
+            assert_eq!(urls("vault"), ["https://vault.example/v1"]);
+            let mut expected: ferry_worker::kinds::LlmSecret = "sk-env-4".parse().unwrap();
+            expected
+                .bind(vec![
+                    "https://api.openai.com/v1".parse().unwrap(),
+                    "https://eu.api.openai.com/v1".parse().unwrap(),
+                ])
+                .unwrap();
+            assert_eq!(cfg.llm.secrets["openai"], expected, "the variable's key, the file's base URLs");
+            assert_eq!(cfg.llm.unbound().count(), 0);
+            let shown = cfg.show().unwrap();
+            for key in ["sk-file-1", "sk-local-2", "sk-vault-3", "sk-env-4"] {
+                assert!(!shown.contains(key), "{shown}");
+            }
+            let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+            assert_eq!(
+                shown["llm"]["secrets"]["local"],
+                serde_json::json!({"key": "<redacted>", "base_urls": ["http://127.0.0.1:8089/v1", "http://localhost:8089/v1"]})
+            );
+            // The environment's list replaces the file's.
+            jail.set_env("FERRY_LLM_BASE_URLS_OPENAI", "https://proxy.example/openai");
+            let cfg = Config::load(Some(&PathBuf::from("llm.toml")), &FlagOverrides::default()).unwrap();
+            assert_eq!(cfg.llm.secrets["openai"].base_urls()[0].to_string(), "https://proxy.example/openai");
+            assert_eq!(cfg.llm.secrets["openai"].base_urls().len(), 1);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_base_urls_variable_cannot_be_read_as_a_key_nor_a_key_as_base_urls() {
+        figment::Jail::expect_with(|jail| {
+            // The key of a secret named `openai_base_urls`, however much it looks like a
+            // list of URLs; and the URLs of `openai`, never a key.
+            jail.set_env("FERRY_LLM_SECRET_OPENAI", "sk-1");
+            jail.set_env("FERRY_LLM_SECRET_OPENAI_BASE_URLS", "https://api.openai.com/v1");
+            jail.set_env("FERRY_LLM_BASE_URLS_OPENAI", "https://api.openai.com/v1");
+            let cfg = Config::load(None, &FlagOverrides::default()).unwrap();
+            let names: Vec<&str> = cfg.llm.secrets.keys().map(String::as_str).collect();
+            assert_eq!(names, ["openai", "openai_base_urls"]);
+            assert_eq!(cfg.llm.secrets["openai"].base_urls().len(), 1);
+            assert!(cfg.llm.secrets["openai_base_urls"].base_urls().is_empty());
+            assert_eq!(cfg.llm.unbound().collect::<Vec<_>>(), ["openai_base_urls"]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_base_urls_stop_the_start_naming_their_variable_or_key() {
+        figment::Jail::expect_with(|jail| {
+            let load = || Config::load(None, &FlagOverrides::default()).unwrap_err().to_string();
+            jail.set_env("FERRY_LLM_BASE_URLS_OPENAI", "https://api.openai.com/v1");
+            let err = load();
+            assert!(
+                err.contains("FERRY_LLM_BASE_URLS_OPENAI binds the llm secret `openai`, which is not configured"),
+                "{err}"
+            );
+            jail.set_env("FERRY_LLM_SECRET_OPENAI", "sk-1");
+            jail.set_env("FERRY_LLM_BASE_URLS_OPENAI", "https://api.openai.com/v1,ftp://x");
+            let err = load();
+            assert!(err.contains("FERRY_LLM_BASE_URLS_OPENAI") && err.contains("URL 2: must be an http"), "{err}");
+            jail.set_env("FERRY_LLM_BASE_URLS_OPENAI", " , ");
+            assert!(load().contains("at least one URL"), "{}", load());
+            jail.set_env("FERRY_LLM_BASE_URLS_OPENAI", "https://api.openai.com/v1");
+            jail.set_env("FERRY_LLM_BASE_URLS_", "https://x");
+            assert!(load().contains("environment variable FERRY_LLM_BASE_URLS_:"), "{}", load());
+            jail.clear_env();
+            jail.create_file(
+                "bad.toml",
+                "[llm.secrets.azure]\nkey = \"sk-2\"\nbase_urls = [\"https://h/v1?api-version=1\"]\n",
+            )?;
+            let err = Config::load(Some(&PathBuf::from("bad.toml")), &FlagOverrides::default()).unwrap_err();
+            assert!(err.to_string().contains("llm.secrets.azure") && err.to_string().contains("no query"), "{err}");
+            jail.create_file("keyless.toml", "[llm.secrets.azure]\nbase_urls = [\"https://h/v1\"]\n")?;
+            let err = Config::load(Some(&PathBuf::from("keyless.toml")), &FlagOverrides::default()).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("llm.secrets.azure has no key: set `key` in its table or FERRY_LLM_SECRET_AZURE"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn require_base_urls_refuses_to_start_with_an_unbound_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("strict.toml", "[llm]\nrequire_base_urls = true\n[llm.secrets]\nopenai = \"sk-1\"\n")?;
+            let load = || Config::load(Some(&PathBuf::from("strict.toml")), &FlagOverrides::default());
+            let err = load().unwrap_err().to_string();
+            assert!(
+                err.contains("llm.require_base_urls is set, but the llm secret `openai` has no base_urls"),
+                "{err}"
+            );
+            assert!(err.contains("FERRY_LLM_BASE_URLS_OPENAI") && !err.contains("sk-1"), "{err}");
+            jail.set_env("FERRY_LLM_BASE_URLS_OPENAI", "https://api.openai.com/v1");
+            assert!(load().unwrap().llm.require_base_urls);
+            // The setting's nested variable, like any other.
+            jail.clear_env();
+            jail.set_env("FERRY_LLM__REQUIRE_BASE_URLS", "false");
+            jail.create_file("strict.toml", "[llm.secrets]\nopenai = \"sk-1\"\n")?;
+            assert!(!load().unwrap().llm.require_base_urls);
+            jail.set_env("FERRY_LLM__REQUIRE_BASE_URLS", "true");
+            assert!(load().unwrap_err().to_string().contains("llm.require_base_urls is set"));
             Ok(())
         });
     }

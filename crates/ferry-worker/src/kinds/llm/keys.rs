@@ -384,7 +384,10 @@ mod tests {
             shown,
             serde_json::json!({"key": REDACTED, "base_urls": ["https://api.openai.com/v1", "https://eu.example/v1"]})
         );
-        assert_eq!(format!("{table:?}"), r#"LlmSecret { key: "<redacted>", base_urls: [https://api.openai.com/v1, https://eu.example/v1] }"#);
+        assert_eq!(
+            format!("{table:?}"),
+            r#"LlmSecret { key: "<redacted>", base_urls: [https://api.openai.com/v1, https://eu.example/v1] }"#
+        );
         let keyless: LlmSecret = serde_json::from_value(serde_json::json!({"base_urls": ["https://h/v1"]})).unwrap();
         assert!(!keyless.has_key());
         let refusal = |v: serde_json::Value| serde_json::from_value::<LlmSecret>(v).unwrap_err().to_string();
