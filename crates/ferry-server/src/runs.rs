@@ -80,6 +80,9 @@ pub async fn register(
     // An agent's steps and tools, likewise: their jobs' queues are stored, and a tool's
     // input without references is checked by its kind now.
     for (name, agent) in spec.agents.iter_mut() {
+        if let Some(executor) = registry.get(ferry_core::agent::LLM_KIND) {
+            agent_calls(executor.as_ref(), name, agent)?;
+        }
         let llm = agent.llm.get_or_insert_with(Default::default);
         if llm.queue.is_none() {
             llm.queue = st.queue_of_kind(ferry_core::agent::LLM_KIND);
@@ -102,6 +105,38 @@ pub async fn register(
         .map_err(|e| ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e))?;
     let version = st.store.put_workflow(&caller.workspace, &caller.user, &spec.name, definition).await?;
     Ok((StatusCode::CREATED, Json(WorkflowAccepted { name: spec.name, version })))
+}
+
+/// Checks the `llm` calls an agent's steps (and its summaries) will make with the kind's
+/// own validation, as each step's job is checked when it is planned: a secret that does
+/// not exist, or whose key is bound to other base URLs than the agent's, is refused now
+/// rather than failing every run. A refusal names the agent's field.
+fn agent_calls(
+    llm: &dyn ferry_worker::Executor,
+    name: &str,
+    agent: &ferry_core::agent::AgentSpec,
+) -> Result<(), ferry_core::SpecError> {
+    let call = |base_url: &str, model: &str, api_key: Option<&String>| serde_json::json!({"base_url": base_url, "model": model, "messages": [{"role": "system"}], "api_key": api_key});
+    let at = |e: ferry_core::SpecError, prefix: &str| {
+        let field = format!("{prefix}.{}", e.field.strip_prefix("input.").unwrap_or(&e.field));
+        ferry_core::SpecError { field, ..e }
+    };
+    let agent_at = format!("agents.{name}");
+    llm.validate(&call(&agent.base_url, &agent.model, agent.api_key.as_ref())).map_err(|e| at(e, &agent_at))?;
+    if let Some(s) = agent.context.as_ref().and_then(|c| c.summarize.as_ref()) {
+        let base_url = s.base_url.as_ref().unwrap_or(&agent.base_url);
+        let api_key = s.api_key.as_ref().or(agent.api_key.as_ref());
+        llm.validate(&call(base_url, &s.model, api_key)).map_err(|e| {
+            // A field the summary inherits is the agent's.
+            let own = match e.field.as_str() {
+                "input.base_url" => s.base_url.is_some(),
+                "input.api_key" => s.api_key.is_some(),
+                _ => true,
+            };
+            at(e, &if own { format!("{agent_at}.context.summarize") } else { agent_at.clone() })
+        })?;
+    }
+    Ok(())
 }
 
 /// The workspace's workflows, by name, with their latest versions.

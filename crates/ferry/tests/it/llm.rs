@@ -3,7 +3,9 @@
 //! Bearer header and nothing Ferry records; failures are classified as the catalogue says
 //! (5xx retried with backoff, 429 after its `Retry-After`, other 4xx dead at once, a call
 //! past its `timeout_ms` a `timeout`); a job naming an unknown key is refused at the door;
-//! and calls wait on their own `llm` queue, so fifty slow ones run together.
+//! a key bound to base URLs goes to no other (refused at the door, when a node is planned,
+//! and again when the attempt runs, before anything is sent); and calls wait on their own
+//! `llm` queue, so fifty slow ones run together.
 //!
 //! The provider is `ferry::stand_in::StandInLlm`, a real HTTP server on loopback
 //! answering from a script.
@@ -11,6 +13,7 @@
 use crate::harness::{Backend, TestServer, assert_error, attempts, both, poll, ts};
 use ferry::config::Config;
 use ferry::stand_in::StandInLlm;
+use ferry_worker::kinds::{BaseUrl, LlmSecret};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -22,6 +25,9 @@ both!(
     a_call_past_its_timeout_fails_with_timeout,
     an_unknown_secret_or_field_is_refused_at_submission,
     a_workflow_acts_on_the_tool_call_of_its_llm_node,
+    a_bound_key_goes_to_its_base_url_and_no_other,
+    a_node_whose_base_url_resolves_elsewhere_fails_without_a_call,
+    a_key_bound_since_the_submission_fails_the_attempt_without_a_call,
     fifty_calls_waiting_a_second_each_run_together_on_the_llm_queue,
 );
 
@@ -31,6 +37,16 @@ const KEY: &str = "sk-ferry-test-4f1c9a7e2b";
 /// The test configuration with the `openai` key.
 fn with_key(cfg: &mut Config) {
     cfg.llm.secrets.insert("openai".into(), KEY.parse().expect("a valid key"));
+}
+
+/// The test configuration with the `openai` key bound to `base_urls`.
+fn with_bound_key(base_urls: &[String]) -> impl FnOnce(&mut Config) {
+    let urls: Vec<BaseUrl> = base_urls.iter().map(|u| u.parse().expect("a valid base URL")).collect();
+    move |cfg| {
+        let mut secret: LlmSecret = KEY.parse().expect("a valid key");
+        secret.bind(urls).expect("at least one base URL");
+        cfg.llm.secrets.insert("openai".into(), secret);
+    }
 }
 
 /// An `llm` job's spec for `llm`, with `messages` and any other input fields.
@@ -295,6 +311,135 @@ async fn a_workflow_acts_on_the_tool_call_of_its_llm_node(backend: Backend) {
     let ask = server.job(node("ask")["jobs"][0]["id"].as_str().expect("its job")).await;
     assert_eq!(ask["queue"], "llm", "a node without a queue takes its kind's: {ask:#}");
     assert_eq!(llm.requests()[0]["messages"][1]["content"], "smoke", "the template was resolved");
+    server.stop().await;
+}
+
+async fn a_bound_key_goes_to_its_base_url_and_no_other(backend: Backend) {
+    let llm = StandInLlm::start(json!({"default": {"content": "ok"}}));
+    let evil = StandInLlm::start(json!({"default": {"content": "thanks for the key"}}));
+    let server = TestServer::start_with(backend, with_bound_key(&[llm.base_url()])).await;
+    // The base URL as bound, and with a trailing `/`: the same after normalising.
+    for base_url in [llm.base_url(), format!("{}/", llm.base_url())] {
+        let spec = json!({"kind": "llm", "input": {"base_url": base_url, "model": "gpt-test",
+            "messages": user("hi"), "api_key": "openai"}});
+        let id = server.submit(spec).await;
+        let job = server.wait_state(&id, &["succeeded", "dead"]).await;
+        assert_eq!((&job["state"], &job["output"]["content"]), (&json!("succeeded"), &json!("ok")), "{job:#}");
+    }
+    let bearer = Some(format!("Bearer {KEY}"));
+    assert_eq!(llm.authorizations(), [bearer.clone(), bearer], "the key arrived where it is bound");
+
+    // Another server, the bound one's path with a suffix, another port of the same host,
+    // the bound host and port as a user name: each refused on `input.base_url`.
+    let port = llm.base_url().rsplit(':').next().and_then(|p| p.split('/').next()).expect("a port").to_string();
+    let refused = [
+        evil.base_url(),
+        format!("{}.evil.example", llm.base_url()),
+        format!("{}0", llm.base_url()),
+        format!("http://127.0.0.1:{}/v1", port.parse::<u16>().expect("a port") ^ 1),
+        format!("http://127.0.0.1:{port}@localhost:{port}/v1"),
+        format!("https://127.0.0.1:{port}/v1"),
+    ];
+    for base_url in &refused {
+        let spec = json!({"kind": "llm", "input": {"base_url": base_url, "model": "gpt-test",
+            "messages": user("send the key"), "api_key": "openai"}});
+        let got = server.post("/v1/jobs", spec.clone()).await;
+        assert_error(&got, StatusCode::BAD_REQUEST, "invalid_field", Some("input.base_url"));
+        let message = got.1["error"]["message"].as_str().expect("a message");
+        let bound = format!("may not receive the secret `openai`: it goes only to {}", llm.base_url());
+        assert!(message.contains(&bound), "{base_url}: {message}");
+        assert!(!message.contains(KEY), "{message}");
+        let got = server.post("/v1/jobs/batch", json!({"jobs": [spec.clone()]})).await;
+        assert_error(&got, StatusCode::BAD_REQUEST, "invalid_field", Some("jobs[0].input.base_url"));
+    }
+    // A workflow's node and an agent (whose steps are `llm` calls) likewise, at registration.
+    let input = json!({"base_url": evil.base_url(), "model": "m", "messages": user("x"), "api_key": "openai"});
+    let def = json!({"name": "w", "nodes": [{"id": "a", "kind": "llm", "input": input}]});
+    let got = server.post("/v1/workflows", def).await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "invalid_field", Some("nodes[0].input.base_url"));
+    let agent = json!({"model": "m", "base_url": evil.base_url(), "api_key": "openai"});
+    let def = json!({"name": "w", "agents": {"helper": agent},
+        "nodes": [{"id": "chat", "kind": "agent", "agent": "helper", "input": "hi"}]});
+    let got = server.post("/v1/workflows", def.clone()).await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "invalid_field", Some("agents.helper.base_url"));
+    let mut summarized = def.clone();
+    summarized["agents"]["helper"]["base_url"] = json!(llm.base_url());
+    summarized["agents"]["helper"]["context"] = json!({"summarize": {"model": "small", "base_url": evil.base_url()}});
+    let got = server.post("/v1/workflows", summarized).await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "invalid_field", Some("agents.helper.context.summarize.base_url"));
+
+    assert_eq!(server.count_jobs().await, 2, "nothing refused was stored");
+    let (_, list) = server.get("/v1/workflows").await;
+    assert_eq!(list["workflows"], json!([]), "nothing was registered");
+    assert_eq!(evil.calls(), 0, "the other server received nothing");
+    assert_eq!(llm.calls(), 2);
+    server.stop().await;
+}
+
+async fn a_node_whose_base_url_resolves_elsewhere_fails_without_a_call(backend: Backend) {
+    let llm = StandInLlm::start(json!({"default": {"content": "ok"}}));
+    let evil = StandInLlm::start(json!({"default": {"content": "thanks for the key"}}));
+    let server = TestServer::start_with(backend, with_bound_key(&[llm.base_url()])).await;
+    // A template: checked when the node starts, with the run's input.
+    let def = json!({"name": "ask", "nodes": [{"id": "ask", "kind": "llm", "input": {
+        "base_url": "{{ input.base_url }}", "model": "m", "messages": user("hi"), "api_key": "openai"}}]});
+    let (status, body) = server.post("/v1/workflows", def).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut runs = Vec::new();
+    for base_url in [llm.base_url(), evil.base_url()] {
+        let (status, body) = server.post("/v1/runs", json!({"workflow": "ask", "input": {"base_url": base_url}})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        runs.push(format!("/v1/runs/{}", body["id"].as_str().expect("a run id")));
+    }
+    let mut ended = Vec::new();
+    for path in &runs {
+        ended.push(
+            poll("the run to end", async || {
+                let (_, run) = server.get(path).await;
+                (run["state"] != "running").then_some(run)
+            })
+            .await,
+        );
+    }
+    assert_eq!(ended[0]["state"], "succeeded", "{:#}", ended[0]);
+    assert_eq!(ended[1]["state"], "failed", "{:#}", ended[1]);
+    let node = &ended[1]["nodes"][0];
+    assert_eq!(node["jobs"], json!([]), "no job was made: {node:#}");
+    let message = ended[1]["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("input.base_url") && message.contains("may not receive the secret `openai`"), "{message}");
+    assert_eq!(evil.calls(), 0, "the other server received nothing");
+    assert_eq!(llm.calls(), 1);
+    server.stop().await;
+}
+
+async fn a_key_bound_since_the_submission_fails_the_attempt_without_a_call(backend: Backend) {
+    let llm = StandInLlm::start(json!({"default": {"content": "ok"}}));
+    // Submitted while the key may go anywhere, with no worker to run it yet.
+    let server = TestServer::start_with(backend, |cfg| {
+        with_key(cfg);
+        cfg.workers = 0;
+    })
+    .await;
+    let id = server.submit(and(call(&llm, user("hi"), json!({"api_key": "openai"})), json!({"max_attempts": 3}))).await;
+    // The operator binds the key elsewhere; the job runs under the new configuration.
+    let server = server
+        .restart_with(|cfg| {
+            with_bound_key(&["https://api.openai.com/v1".to_string()])(cfg);
+            cfg.workers = Config::default().workers;
+        })
+        .await;
+    let job = server.wait_state(&id, &["succeeded", "dead"]).await;
+    assert_eq!(job["state"], "dead", "{job:#}");
+    assert_eq!(attempts(&job).len(), 1, "not retried despite attempts left: {job:#}");
+    let error = &job["error"];
+    assert_eq!((&error["type"], &error["retryable"]), (&json!("validation"), &json!(false)), "{job:#}");
+    let message = error["message"].as_str().expect("a message");
+    assert!(
+        message.contains("input.base_url")
+            && message.contains("may not receive the secret `openai`: it goes only to https://api.openai.com/v1"),
+        "{message}"
+    );
+    assert_eq!(llm.calls(), 0, "nothing was sent");
     server.stop().await;
 }
 
