@@ -17,7 +17,8 @@
 //!
 //! Secrets: the `webhook` kind's signing secrets (`[webhooks.secrets]`, or
 //! `FERRY_WEBHOOKS__SECRETS__PARTNER=whsec_…`; names from the environment are lowercase)
-//! and the `llm` kind's API keys (`[llm.secrets]`, or `FERRY_LLM_SECRET_OPENAI=sk-…`, see
+//! and the `llm` kind's API keys and the base URLs each may go to (`[llm.secrets]`, or
+//! `FERRY_LLM_SECRET_OPENAI=sk-…` and `FERRY_LLM_BASE_URLS_OPENAI=https://…`, see
 //! [`secrets`]) are checked when read, a bad one refused naming its key, never its value,
 //! and `ferry config show` prints each as `<redacted>`.
 //!
@@ -231,9 +232,12 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        // `FERRY_LLM_SECRET_NAME` is a secret, not a setting: it is added below.
-        let env =
-            Env::prefixed(ENV_PREFIX).split("__").ignore(NOT_SETTINGS).filter(|k| !secrets::is_llm_secret(k.as_str()));
+        // `FERRY_LLM_SECRET_NAME` and `FERRY_LLM_BASE_URLS_NAME` are secrets, not settings:
+        // they are added below.
+        let env = Env::prefixed(ENV_PREFIX)
+            .split("__")
+            .ignore(NOT_SETTINGS)
+            .filter(|k| !secrets::is_llm_variable(k.as_str()));
         fig = fig.merge(env).merge(Serialized::defaults(flags));
         let mut cfg: Config =
             fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {}", describe::describe(e)))?;

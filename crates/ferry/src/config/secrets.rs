@@ -21,11 +21,11 @@ use std::ffi::OsString;
 
 /// Whether a `FERRY_*` variable, without the prefix (as the settings' merge sees it), is
 /// an `llm` key or base URLs variable, and so not a setting.
-pub(super) fn is_llm_secret(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    [LLM_SECRET_VAR, LLM_BASE_URLS_VAR]
-        .iter()
-        .any(|prefix| key.starts_with(&prefix[super::ENV_PREFIX.len()..].to_ascii_lowercase()))
+pub(super) fn is_llm_variable(key: &str) -> bool {
+    [LLM_SECRET_VAR, LLM_BASE_URLS_VAR].iter().any(|prefix| {
+        let prefix = &prefix[super::ENV_PREFIX.len()..];
+        key.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+    })
 }
 
 /// The secret's name in `var`, when `var` starts with `prefix` (in any case).
@@ -132,11 +132,14 @@ mod tests {
             let file = "[llm.secrets.openai]\nkey = \"sk-file-1\"\n\
                 base_urls = [\"HTTPS://api.openai.com:443/v1/\", \"https://eu.api.openai.com/v1\"]\n\
                 [llm.secrets.vault]\nbase_urls = [\"https://vault.example/v1\"]\n\
+                [llm.secrets.nested]\nbase_urls = [\"https://nested.example/v1\"]\n\
                 [llm.secrets]\nlocal = \"sk-local-2\"\n";
             jail.create_file("llm.toml", file)?;
             // The key of `vault` comes from the environment only; `openai`'s is replaced
             // there, its binding kept.
             jail.set_env("FERRY_LLM_SECRET_VAULT", "sk-vault-3");
+            // The nested form of a table's key merges into the table.
+            jail.set_env("FERRY_LLM__SECRETS__NESTED__KEY", "sk-nested-5");
             jail.set_env("FERRY_LLM_SECRET_OPENAI", "sk-env-4");
             jail.set_env("FERRY_LLM_BASE_URLS_LOCAL", " http://127.0.0.1:8089/v1 , http://LOCALHOST:8089/v1/,");
             let cfg = Config::load(Some(&PathBuf::from("llm.toml")), &FlagOverrides::default()).unwrap();
@@ -146,6 +149,8 @@ mod tests {
             assert_eq!(urls("openai"), ["https://api.openai.com/v1", "https://eu.api.openai.com/v1"]);
             assert_eq!(urls("local"), ["http://127.0.0.1:8089/v1", "http://localhost:8089/v1"]);
             assert_eq!(urls("vault"), ["https://vault.example/v1"]);
+            assert_eq!(urls("nested"), ["https://nested.example/v1"]);
+            assert!(cfg.llm.secrets["nested"].has_key());
             let mut expected: ferry_worker::kinds::LlmSecret = "sk-env-4".parse().unwrap();
             expected
                 .bind(vec![
@@ -156,7 +161,7 @@ mod tests {
             assert_eq!(cfg.llm.secrets["openai"], expected, "the variable's key, the file's base URLs");
             assert_eq!(cfg.llm.unbound().count(), 0);
             let shown = cfg.show().unwrap();
-            for key in ["sk-file-1", "sk-local-2", "sk-vault-3", "sk-env-4"] {
+            for key in ["sk-file-1", "sk-local-2", "sk-vault-3", "sk-env-4", "sk-nested-5"] {
                 assert!(!shown.contains(key), "{shown}");
             }
             let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
