@@ -320,8 +320,21 @@ pub fn constrain(doc: &mut Value, cfg: &ApiConfig, kinds: &[&str]) {
             values at most 256 bytes"
     });
     let key = json!({"minLength": 1, "maxLength": 255, "description": "1 to 255 bytes"});
+    // A workflow node may also be an `agent` (ferry_core::agent), which is no job kind.
+    let mut node_kinds = kinds.to_vec();
+    node_kinds.push(ferry_core::agent::KIND);
+    set(doc, "NodeSpec", "kind", one_of_names(&node_kinds, false));
+    set(doc, "JobSpec", "kind", one_of_names(kinds, false));
+    set(doc, "ToolSpec", "kind", one_of_names(kinds, false));
+    set(doc, "AgentSpec", "max_steps", range(1, ferry_core::agent::MAX_STEPS));
+    set(doc, "RunLimits", "max_steps", range(1, ferry_core::agent::MAX_STEPS));
+    set(doc, "RunLimits", "max_handoffs", range(0, ferry_core::agent::MAX_HANDOFFS));
+    set(doc, "RunLimits", "max_tokens_total", json!({"minimum": 1}));
+    set(doc, "AgentSpec", "base_url", json!({"pattern": "^https?://"}));
+    set(doc, "AgentSpec", "model", json!({"minLength": 1}));
+    set(doc, "ToolSpec", "name", json!({"pattern": "^[A-Za-z0-9_-]{1,64}$"}));
+    set(doc, "ToolSpec", "timeout_ms", range(1, l.max_timeout_ms));
     for spec in ["JobSpec", "NodeSpec"] {
-        set(doc, spec, "kind", one_of_names(kinds, false));
         set(doc, spec, "priority", range(i32::MIN, i32::MAX));
         set(doc, spec, "max_attempts", range(1, l.max_attempts));
         set(doc, spec, "timeout_ms", range(1, l.max_timeout_ms));
@@ -346,6 +359,8 @@ pub fn constrain(doc: &mut Value, cfg: &ApiConfig, kinds: &[&str]) {
     set(doc, "RunRequest", "version", range(0, u32::MAX));
     set(doc, "RunRequest", "idempotency_key", key);
     set(doc, "TokenRequest", "user", json!({"pattern": USER}));
+    set(doc, "WorkspaceLimits", "tokens_per_day", range(0, i64::MAX));
+    set(doc, "WorkspaceLimits", "tokens_today", json!({"minimum": 0, "maximum": i64::MAX, "readOnly": true}));
     set(doc, "WorkspaceLimits", "users", json!({"propertyNames": {"pattern": USER}, "maxProperties": MAX_LIMIT_USERS}));
     for prop in ["runs", "jobs"] {
         set(doc, "LimitPair", prop, range(0, u64::MAX));

@@ -222,6 +222,19 @@ impl Shape for ferry_store::WorkspaceLimits {
                 must_be_object(v, &format!("users.{user}"))?;
             }
         }
+        // Token counts are kept as signed 64-bit integers: the documented range (a whole
+        // float is a whole number, as everywhere: `crate::numbers`).
+        let in_range = |v: &Value| match v.as_u64() {
+            Some(n) => n <= i64::MAX as u64,
+            None => v.as_f64().is_some_and(|f| f >= 0.0 && f.fract() == 0.0 && f < i64::MAX as f64),
+        };
+        for field in ["tokens_per_day", "tokens_today"] {
+            if let Some(v) = body.get(field).filter(|v| !v.is_null())
+                && !in_range(v)
+            {
+                return Err(ApiError::bad_field(field, format!("must be a whole number from 0 to {}", i64::MAX)));
+            }
+        }
         Ok(())
     }
 }

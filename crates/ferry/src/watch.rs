@@ -50,7 +50,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             if let Some(line) = crate::agent_view::line(e)
                 && !args.client.json
             {
-                lines.println(line).ok();
+                // Above the redrawn lines on a terminal; as plain lines when piped, where
+                // the redrawn lines are hidden.
+                if lines.is_hidden() {
+                    println!("{line}");
+                } else {
+                    lines.println(line).ok();
+                }
             }
         }
         let run = client.call(Method::GET, &format!("/v1/runs/{id}"), None).await?;

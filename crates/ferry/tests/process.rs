@@ -397,3 +397,70 @@ async fn full_durability_serves_and_survives_kill_dash_nine() {
     assert_eq!(ids_in_state(&http, &server.url, "succeeded").await.len(), 50);
     stop(server).await;
 }
+
+/// A tool target for the agent below: answers 200, counting its requests.
+async fn counting_target() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { "order A-7: shipped" }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, hits)
+}
+
+/// An agent that looks an order up (an `http` tool to `target`), then answers: on the
+/// stand-in, its second step's first call never ends, and the one after answers at once.
+fn surviving_agent(llm: &ferry::stand_in::StandInLlm, target: &str) -> Value {
+    json!({"name": "survivor", "agents": {"desk": {
+        "model": "stand-in", "base_url": llm.base_url(), "instructions": "You survive crashes.",
+        "tools": [{"name": "lookup", "kind": "http", "input": {"url": target}}]}},
+        "nodes": [{"id": "chat", "kind": "agent", "agent": "desk", "input": "where is A-7?"}]})
+}
+
+fn surviving_script() -> Value {
+    json!({"conversations": [{"match": "survive crashes", "turns": [
+        {"tool_calls": [{"name": "lookup", "arguments": {}}]},
+        [{"content": "never sent", "delay_ms": 600000}, {"content": "A-7 has shipped."}],
+    ]}]})
+}
+
+/// `kill -9` of the server while an agent's second step waits on the provider: after the
+/// restart the step is asked again (its lease ran out with the process) and the run ends
+/// as it would have, without the tool call that had succeeded being made again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_run_resumes_after_kill_dash_nine_without_repeating_a_tool_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = client();
+    let (target, hits) = counting_target().await;
+    let llm = ferry::stand_in::StandInLlm::start(surviving_script());
+    let mut server = spawn_server(dir.path(), 4, &[]);
+    let resp =
+        http.post(format!("{}/v1/workflows", server.url)).json(&surviving_agent(&llm, &target)).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let resp =
+        http.post(format!("{}/v1/runs", server.url)).json(&json!({"workflow": "survivor"})).send().await.unwrap();
+    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    poll("the second step under way", async || llm.calls() == 2).await;
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    server.child.kill().expect("kill -9");
+    server.child.wait().unwrap();
+
+    let server = spawn_server(dir.path(), 4, &[]);
+    let url = format!("{}/v1/runs/{id}", server.url);
+    let mut run = Value::Null;
+    poll("the run's end after the restart", async || {
+        run = http.get(&url).send().await.unwrap().json().await.unwrap();
+        run["state"] != "running"
+    })
+    .await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    let chat = &run["nodes"][0];
+    assert_eq!(chat["output"]["answer"], "A-7 has shipped.");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1, "the tool call was not made again");
+    assert_eq!(llm.calls(), 3, "the first step once, the second twice (once before the kill)");
+    stop(server).await;
+}

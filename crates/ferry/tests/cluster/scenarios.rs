@@ -500,3 +500,58 @@ async fn one_breaker_holds_across_api_nodes_and_worker_processes() {
         stop(p).await;
     }
 }
+
+/// An agent run on an API node and a worker process: `kill -9` of the worker while the
+/// agent's second step waits on the provider; another worker takes the step up after the
+/// lease and the run ends as it would have, the tool call that had succeeded not made
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_run_resumes_on_another_worker_after_kill_dash_nine() {
+    let Some(db) = database().await else { return };
+    let http = client();
+    let target = Target::start().await;
+    target.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let llm = ferry::stand_in::StandInLlm::start(json!({"conversations": [{"match": "survive crashes", "turns": [
+        {"tool_calls": [{"name": "lookup", "arguments": {}}]},
+        [{"content": "never sent", "delay_ms": 600000}, {"content": "A-7 has shipped."}],
+    ]}]}));
+    let api = api_node(&db, &format!("{}-a", db.schema), FAST_LEASES);
+    let queues = ["worker", "--queue", "default,llm", "--concurrency", "4"];
+    let mut victim = spawn(&db, &db.url, &queues, &format!("{}-w1", db.schema), FAST_LEASES);
+    let def = json!({"name": "survivor", "agents": {"desk": {
+        "model": "stand-in", "base_url": llm.base_url(), "instructions": "You survive crashes.",
+        "tools": [{"name": "lookup", "kind": "http", "input": {"url": target.url}}]}},
+        "nodes": [{"id": "chat", "kind": "agent", "agent": "desk", "input": "where is A-7?"}]});
+    let resp = http.post(format!("{}/v1/workflows", api.url)).json(&def).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let started = get_json_after_post(&http, &format!("{}/v1/runs", api.url), json!({"workflow": "survivor"})).await;
+    let id = started["id"].as_str().unwrap().to_string();
+    poll("the second step under way", async |last| {
+        *last = format!("{} calls", llm.calls());
+        llm.calls() == 2
+    })
+    .await;
+    assert_eq!(target.hits(), 1);
+    victim.child.kill().expect("kill -9");
+    victim.child.wait().unwrap();
+    let survivor = spawn(&db, &db.url, &queues, &format!("{}-w2", db.schema), FAST_LEASES);
+    let mut run = Value::Null;
+    poll("the run's end on the other worker", async |last| {
+        run = get_json(&http, &format!("{}/v1/runs/{id}", api.url)).await;
+        *last = run["state"].to_string();
+        run["state"] != "running"
+    })
+    .await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["nodes"][0]["output"]["answer"], "A-7 has shipped.");
+    assert_eq!(target.hits(), 1, "the tool call was not made again");
+    assert_eq!(llm.calls(), 3, "the first step once, the second twice (once before the kill)");
+    stop(survivor).await;
+    stop(api).await;
+}
+
+async fn get_json_after_post(http: &reqwest::Client, url: &str, body: Value) -> Value {
+    let resp = http.post(url).json(&body).send().await.unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    resp.json().await.unwrap()
+}
