@@ -283,9 +283,11 @@ async fn one_breaker_for_every_node(backend: Backend) {
             .await;
     }
     assert_eq!(target.hits(), hits, "no node attempted while the breaker was open");
-    // Closed through one node: the other's workers take the jobs at once too.
-    put(&b, &key, json!({"state": "closed"})).await;
+    // Closed through one node: the other's workers take the jobs at once too. The target
+    // recovers first: jobs let go by the close and failing again would trip it anew (with
+    // its ten-minute cool-down).
     target.healthy.store(true, Ordering::SeqCst);
+    put(&b, &key, json!({"state": "closed"})).await;
     for id in &ids {
         assert_eq!(a.wait_state(id, &["succeeded", "dead"]).await["state"], "succeeded");
     }
