@@ -8,6 +8,7 @@ mod llm;
 mod noop;
 mod sleep;
 mod webhook;
+mod workflow;
 
 pub use blob::{BlobDelete, BlobGet, BlobPut};
 pub use exec::{Exec, ExecConfig, ExecLimits, Interpreter};
@@ -17,6 +18,7 @@ pub use llm::{Llm, LlmConfig, LlmSecret};
 pub use noop::Noop;
 pub use sleep::Sleep;
 pub use webhook::{Webhook, WebhookConfig, WebhookSecret};
+pub use workflow::{MAX_DEPTH, Workflow};
 
 use ferry_core::SpecError;
 use serde_json::Value;
