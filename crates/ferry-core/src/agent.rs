@@ -41,7 +41,8 @@
 //! **Tools.** Each tool has a `name`, a `description`, a JSON Schema for its arguments
 //! (`parameters`), the `kind` of job that runs it and that job's `input` (a template:
 //! `{{ args.x }}` is an argument, `{{ input.x }}` the run's input; without one the job's
-//! input is the arguments object), a `timeout_ms` (default 30 s) and `retries` (default 2).
+//! input is the arguments object), a `timeout_ms` (default 30 s; the server gives a tool
+//! its kind's own when the workflow is registered) and `retries` (default 2).
 //! A call with arguments that are not JSON, fail the schema, or name no tool, or whose job
 //! input its kind refuses, is not run: the model gets the error as the tool's result.
 //! A tool job that dies gives the model its error the same way; only the LLM call's own
@@ -182,7 +183,8 @@ pub struct ToolSpec {
     pub input: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
-    /// The job's attempt timeout (default 30 s).
+    /// The job's attempt timeout (default 30 s; at registration the server fills in the
+    /// kind's own, such as a `workflow` tool's 65 minutes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     /// Retries after a failed attempt (default 2).

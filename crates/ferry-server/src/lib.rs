@@ -168,6 +168,15 @@ impl ApiState {
         self.cfg.queues.iter().any(|q| q == queue).then(|| queue.to_string())
     }
 
+    /// The timeout of a job (or workflow node, or agent tool) of `kind` that gives none:
+    /// the kind's own ([`ferry_worker::Executor::default_timeout_ms`]: a `workflow` job's
+    /// outlasts a run) within the largest allowed, else `None`, which is the server's
+    /// default (a tool's: 30 s).
+    pub fn timeout_of_kind(&self, kind: &str) -> Option<u64> {
+        let own = self.registry.get(kind)?.default_timeout_ms()?;
+        Some(own.min(self.cfg.limits.max_timeout_ms))
+    }
+
     /// Validates a spec against this server: its kind must be registered, its queue
     /// configured (none given: the kind's, else `default`), its input acceptable to the
     /// kind, and its fields within the limits. An input over `blobs.claim_check_bytes`
@@ -209,7 +218,7 @@ impl ApiState {
         let check = self.claim_check(&input)?;
         spec.input = Some(check.as_ref().map_or_else(|| input.clone(), |c| c.reference.clone()));
         if spec.timeout_ms.is_none() {
-            spec.timeout_ms = executor.default_timeout_ms().map(|t| t.min(self.cfg.limits.max_timeout_ms));
+            spec.timeout_ms = self.timeout_of_kind(&spec.kind);
         }
         let mut job = spec.validate(&caller.workspace, &caller.user, now, &self.cfg.limits)?;
         // The kind's breaker unless the job names its own: kept on the job, so that its

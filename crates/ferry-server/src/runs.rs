@@ -61,10 +61,15 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<WorkflowAccepted>), ApiError> {
     let registry = st.registry.clone();
     spec.validate(&|kind| registry.get(kind).is_some(), &st.cfg.limits)?;
-    // A node that names no queue gets its kind's now, as a job would at submission: the
-    // stored definition says where its jobs go.
-    for node in spec.nodes.iter_mut().filter(|n| n.queue.is_none()) {
-        node.queue = st.queue_of_kind(&node.kind);
+    // A node that names no queue or timeout gets its kind's now, as a job would at
+    // submission: the stored definition says where its jobs go and how long they may take.
+    for node in spec.nodes.iter_mut() {
+        if node.queue.is_none() {
+            node.queue = st.queue_of_kind(&node.kind);
+        }
+        if node.timeout_ms.is_none() {
+            node.timeout_ms = st.timeout_of_kind(&node.kind);
+        }
     }
     // An input without references is final: its kind can check it now. One with
     // references is checked when the node starts (a refusal then fails the node).
@@ -91,6 +96,9 @@ pub async fn register(
         for (j, tool) in agent.tools.iter_mut().enumerate() {
             if tool.queue.is_none() {
                 tool.queue = st.queue_of_kind(&tool.kind);
+            }
+            if tool.timeout_ms.is_none() {
+                tool.timeout_ms = st.timeout_of_kind(&tool.kind);
             }
             known_queue(&st, tool.queue.as_deref(), || format!("agents.{name}.tools[{j}].queue"))?;
             if let Some(input) = &tool.input
@@ -277,6 +285,7 @@ pub async fn start(
         admission: limits.runs_for(&caller.user),
         queue_on_limit: req.on_limit == Some(OnLimit::Queue),
         tokens_per_day: limits.tokens_per_day,
+        depth: 0,
     };
     let (outcome, advanced) = st.store.create_run(run, st.planner.clone()).await?;
     st.stop_attempts(&advanced.stopped);

@@ -261,6 +261,10 @@ pub trait Store: Send + Sync + 'static {
     /// Just a run's state (cheap: for event streams polling whether the run ended).
     async fn run_state(&self, workspace: &str, id: RunId) -> Result<Option<RunState>, StoreError>;
 
+    /// A run's row alone: cheap, unlike [`Store::get_run`], which reads every node and
+    /// job (a `workflow` job reads its parent's depth and watches its child with it).
+    async fn run(&self, workspace: &str, id: RunId) -> Result<Option<RunRow>, StoreError>;
+
     /// A run with its nodes and jobs.
     async fn get_run(&self, workspace: &str, id: RunId) -> Result<Option<RunDetail>, StoreError>;
 

@@ -60,7 +60,7 @@ use rows::*;
 use crate::park::Parks;
 use crate::rate::{self, Rates};
 use crate::runs::{
-    Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunPage, WorkflowSummary,
+    Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunPage, RunRow, WorkflowSummary,
     WorkflowVersion,
 };
 use crate::submission::{self, Resolved, Stored};
@@ -99,6 +99,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (14, include_str!("../sql/postgres/migrations/0014_escalations.sql")),
     (15, include_str!("../sql/postgres/migrations/0015_ordering.sql")),
     (16, include_str!("../sql/postgres/migrations/0016_agents.sql")),
+    (17, include_str!("../sql/postgres/migrations/0017_run_depth.sql")),
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
@@ -569,6 +570,10 @@ impl Store for PgStore {
         let state: Option<String> =
             sqlx::query_scalar(*RUN_STATE).bind(id).bind(workspace).fetch_optional(&self.pool).await?;
         Ok(state.map(|s| parse_enum(&s)).transpose()?)
+    }
+
+    async fn run(&self, workspace: &str, id: RunId) -> Result<Option<RunRow>, StoreError> {
+        self.run_q(workspace, id).await
     }
 
     async fn get_run(&self, workspace: &str, id: RunId) -> Result<Option<RunDetail>, StoreError> {

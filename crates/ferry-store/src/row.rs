@@ -40,7 +40,7 @@ pub(crate) trait Columns {
 
 /// A row of `CLAIMED_COLUMNS`: id, kind, queue, input, attempt, attempt_base,
 /// max_attempts, backoff, timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key,
-/// run_id, priority, breaker, ordering_key.
+/// run_id, priority, breaker, ordering_key, user_id.
 pub(crate) fn claimed<R: Columns>(r: &R, started_at: Micros) -> Result<ClaimedJob, R::Error> {
     let attempt = r.small(4)?;
     Ok(ClaimedJob {
@@ -62,6 +62,7 @@ pub(crate) fn claimed<R: Columns>(r: &R, started_at: Micros) -> Result<ClaimedJo
         priority: r.int(15)? as i32,
         breaker: r.opt_text(16)?,
         ordering_key: r.opt_text(17)?,
+        user: r.text(18)?,
         started_at,
         worker: None,
     })

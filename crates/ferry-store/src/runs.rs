@@ -62,6 +62,10 @@ pub struct NewRun {
     /// The workspace's tokens per day: a workflow with agent nodes is refused
     /// ([`crate::StoreError::TokenBudget`]) once today's are spent.
     pub tokens_per_day: Option<u64>,
+    /// How deep the run is nested: 0 through the API, the parent's depth plus one for a
+    /// run a job of kind `workflow` starts (stored, never checked here: that kind
+    /// bounds it).
+    pub depth: u32,
 }
 
 /// What starting a run did.
@@ -105,6 +109,8 @@ pub struct RunRow {
     pub finished_at: Option<Micros>,
     pub updated_at: Micros,
     pub error: Option<JobError>,
+    /// See [`NewRun::depth`].
+    pub depth: u32,
 }
 
 /// A node of a run as stored (a node not yet written is pending).
@@ -192,7 +198,7 @@ impl Advanced {
 }
 
 /// `RUN_COLUMNS`: id, workspace, user_id, workflow, version, state, input, idempotency_key,
-/// cancel_requested, created_at, deadline_at, finished_at, updated_at, error.
+/// cancel_requested, created_at, deadline_at, finished_at, updated_at, error, depth.
 /// A row of `name, version, definition, created_at, created_by` from `workflows`.
 pub(crate) fn version_row<R: Columns>(r: &R) -> Result<WorkflowVersion, R::Error> {
     Ok(WorkflowVersion {
@@ -220,6 +226,7 @@ pub(crate) fn run_row<R: Columns>(r: &R) -> Result<RunRow, R::Error> {
         finished_at: r.opt_int(11)?,
         updated_at: r.int(12)?,
         error: r.opt_json(13)?,
+        depth: r.small(14)?,
     })
 }
 

@@ -52,7 +52,7 @@ use crate::park::{Park, Parks};
 use crate::rate::{self, Rates};
 use crate::rules;
 use crate::runs::{
-    Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunPage, WorkflowSummary,
+    Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunPage, RunRow, WorkflowSummary,
     WorkflowVersion,
 };
 use crate::submission::{self, Resolved, Stored};
@@ -90,7 +90,7 @@ crate::sql::statements!("../sql/sqlite/store.sql":
 /// A claimed job's columns, in the order [`row::claimed`] reads them (the claim's
 /// RETURNING list has the same order); put in `EXPIRED`, and in the reaper's plan test.
 const CLAIMED_COLUMNS: &str = "id, kind, queue, input, attempt, attempt_base, max_attempts, backoff, \
-     timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key, run_id, priority, breaker, ordering_key, worker_id, lease_expires_at";
+     timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key, run_id, priority, breaker, ordering_key, user_id, worker_id, lease_expires_at";
 
 /// How often the checkpoint thread folds the WAL into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -368,7 +368,7 @@ impl Store for SqliteStore {
             c.prepare_cached(&sql)?
                 .query_map(params![now, limit as i64], |r| {
                     let mut job = claimed_from_row(r, 0)?;
-                    job.worker = r.get(18)?;
+                    job.worker = r.get(19)?;
                     Ok(job)
                 })?
                 .collect()
@@ -568,6 +568,11 @@ impl Store for SqliteStore {
             state.map(|s| parse_enum(&s)).transpose()
         })
         .await
+    }
+
+    async fn run(&self, workspace: &str, id: RunId) -> Result<Option<RunRow>, StoreError> {
+        let ws = workspace.to_string();
+        self.read(move |c| runs::run(c, &ws, id)).await
     }
 
     async fn get_run(&self, workspace: &str, id: RunId) -> Result<Option<RunDetail>, StoreError> {

@@ -62,6 +62,8 @@ pub struct ClaimedJob {
     pub run_at: Micros,
     pub soft_timeout_ms: Option<u64>,
     pub workspace: String,
+    /// The user who submitted the job (or started its run).
+    pub user: String,
     /// See [`ferry_core::NewJob::cache_key`].
     pub cache_key: Option<String>,
     /// The workflow run this job is a node of: its end advances the run.

@@ -330,7 +330,7 @@ async fn heartbeats_renew_only_held_leases_and_expired_ones_are_visible(store: A
         tokio::task::yield_now().await;
     };
     assert_eq!(expired.iter().map(|j| j.id).collect::<Vec<_>>(), vec![mine.id]);
-    assert_eq!(expired[0].worker.as_deref(), Some("w1"));
+    assert_eq!((expired[0].worker.as_deref(), expired[0].user.as_str()), (Some("w1"), "test"));
     // w1 may not renew a lease it does not hold (w2's job), nor one it does not list.
     assert!(store.heartbeat("w1", 60_000, &[other.id]).await.unwrap().is_empty());
     assert!(store.heartbeat("w1", 60_000, &[]).await.unwrap().is_empty());
@@ -491,6 +491,7 @@ fn new_run(workflow: &str, version: Option<u32>, key: Option<&str>, input: serde
         admission: Default::default(),
         queue_on_limit: false,
         tokens_per_day: None,
+        depth: 0,
     }
 }
 
@@ -512,7 +513,7 @@ async fn runs_start_advance_and_end_with_an_ordered_log(store: Arc<dyn Store>) {
     let (out, _) = store.create_run(new_run("w", Some(3), None, json!(null)), planner()).await.unwrap();
     assert_eq!(out, CreateRunOutcome::NoVersion { latest: 2 });
 
-    let run = new_run("w", Some(1), Some("k"), json!({"x": 41}));
+    let run = ferry_store::NewRun { depth: 2, ..new_run("w", Some(1), Some("k"), json!({"x": 41})) };
     let id = run.id;
     let (out, _) = store.create_run(run.clone(), planner()).await.unwrap();
     assert_eq!(out, CreateRunOutcome::Created { id, version: 1, state: RunState::Running });
@@ -526,7 +527,7 @@ async fn runs_start_advance_and_end_with_an_ordered_log(store: Arc<dyn Store>) {
     // The first node's job exists, linked to the run.
     let claimed = store.claim(claim_req("w", 10)).await.unwrap().jobs;
     assert_eq!(claimed.len(), 1);
-    assert_eq!(claimed[0].run_id, Some(id));
+    assert_eq!((claimed[0].run_id, claimed[0].user.as_str()), (Some(id), "u"), "the run's user");
     let done = |c: &ferry_store::ClaimedJob, out: serde_json::Value| Finish {
         id: c.id,
         attempt: c.attempt,
@@ -550,6 +551,10 @@ async fn runs_start_advance_and_end_with_an_ordered_log(store: Arc<dyn Store>) {
     assert!(store.get_run("other", id).await.unwrap().is_none());
     assert_eq!(store.run_state("default", id).await.unwrap(), Some(RunState::Succeeded));
     assert_eq!(store.run_state("other", id).await.unwrap(), None);
+    // The row alone, with the depth it was started at.
+    let row = store.run("default", id).await.unwrap().unwrap();
+    assert_eq!((row, store.run("other", id).await.unwrap()), (detail.run.clone(), None));
+    assert_eq!(detail.run.depth, 2);
     let events = store.run_events("default", id, 0, 1000).await.unwrap().unwrap();
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(

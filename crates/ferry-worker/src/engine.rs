@@ -158,8 +158,10 @@ struct Inner {
     registry: Registry,
     cfg: EngineConfig,
     worker_id: String,
-    /// This process's attempts, each with the token that stops it.
-    running: Running,
+    /// This process's attempts, each with the token that stops it (shared with `runs`).
+    running: Arc<Running>,
+    /// What attempts may do with workflow runs (see [`crate::Runs`]).
+    runs: crate::Runs,
     /// Cancelled when the engine stops claiming.
     stop_claiming: CancellationToken,
     /// Cancelled when the grace period is over: running attempts are handed back.
@@ -263,6 +265,11 @@ impl Engine {
         let (finisher, finishes) = mpsc::unbounded_channel();
         let (advancer, advances) = mpsc::unbounded_channel();
         let planner = crate::planner(cfg.job_limits.clone(), registry.clone(), &cfg.default_limits);
+        let running = Arc::new(Running::default());
+        let stopper = running.clone();
+        let runs = crate::Runs::new(store.clone(), planner.clone(), cfg.default_limits.clone(), move |id| {
+            stopper.cancel(id);
+        });
         // Taken before `cfg` moves into `Inner`; a semaphore holds at most `MAX_PERMITS`.
         let unrecorded_max = cfg.unrecorded_max.min(tokio::sync::Semaphore::MAX_PERMITS);
         let cfg_controls = cfg
@@ -277,7 +284,8 @@ impl Engine {
             registry,
             cfg,
             worker_id,
-            running: Running::default(),
+            running,
+            runs,
             stop_claiming: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             stop_background: CancellationToken::new(),

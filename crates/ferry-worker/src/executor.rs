@@ -6,7 +6,9 @@
 //! failed job) and [`Executor::run`].
 
 use async_trait::async_trait;
+use ferry_core::run::{RunId, RunState};
 use ferry_core::{ExecError, JobId, SpecError};
+use ferry_store::{Advanced, CreateRunOutcome, NewRun, Planner, Store, StoreError, WorkspaceLimits};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,6 +21,11 @@ pub struct Attempt {
     pub job_id: JobId,
     /// The job's workspace (what the kinds that touch stored data act in).
     pub workspace: String,
+    /// The user who submitted the job (or started the run it belongs to): whom a kind
+    /// that starts work of its own acts as.
+    pub user: String,
+    /// The run the job is a node (or an agent's tool call) of.
+    pub run: Option<RunId>,
     /// The attempt's number across the job's whole life (1-based).
     pub number: u32,
     /// Cancelled when the attempt must stop (user cancel, lost lease, shutdown). The
@@ -30,6 +37,76 @@ pub struct Attempt {
     pub timeout: Duration,
     /// The job's `soft_timeout_ms`, when it gave one.
     pub soft_timeout: Option<Duration>,
+    /// Workflow runs, as this process's engine starts and cancels them.
+    pub runs: Runs,
+}
+
+/// Workflow runs as an attempt may start and cancel them (the `workflow` kind runs one
+/// and waits for it): through the store with the engine's own planner and configured
+/// default limits, the jobs a cancel stopped stopping here at once (a cancel made
+/// elsewhere reaches them through the store's cancel channel or the next heartbeat).
+#[derive(Clone)]
+pub struct Runs(Arc<RunsInner>);
+
+struct RunsInner {
+    store: Arc<dyn Store>,
+    planner: Planner,
+    default_limits: WorkspaceLimits,
+    /// Stops this process's attempt of a job, if it runs one.
+    stop: Box<dyn Fn(JobId) + Send + Sync>,
+}
+
+impl Runs {
+    /// Runs over `store` with `planner`; `default_limits` are a workspace's when it stores
+    /// none; `stop` stops this process's attempt of a job the store cancelled.
+    pub fn new(
+        store: Arc<dyn Store>,
+        planner: Planner,
+        default_limits: WorkspaceLimits,
+        stop: impl Fn(JobId) + Send + Sync + 'static,
+    ) -> Runs {
+        Runs(Arc::new(RunsInner { store, planner, default_limits, stop: Box::new(stop) }))
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.0.store
+    }
+
+    /// The workspace's limits: its own, else the configured defaults.
+    pub async fn limits(&self, workspace: &str) -> Result<WorkspaceLimits, StoreError> {
+        Ok(self.0.store.workspace_limits(workspace).await?.unwrap_or_else(|| self.0.default_limits.clone()))
+    }
+
+    /// Starts a run, or finds the one its idempotency key names (see
+    /// [`Store::create_run`]).
+    pub async fn create(&self, run: NewRun) -> Result<CreateRunOutcome, StoreError> {
+        let (outcome, advanced) = self.0.store.create_run(run, self.0.planner.clone()).await?;
+        self.stop_local(&advanced);
+        if matches!(outcome, CreateRunOutcome::Created { .. }) {
+            metrics::counter!("ferry_runs_started_total").increment(1);
+        }
+        Ok(outcome)
+    }
+
+    /// Cancels a run (see [`Store::cancel_run`]); its state after, `None` when there is
+    /// no such run.
+    pub async fn cancel(&self, workspace: &str, id: RunId) -> Result<Option<RunState>, StoreError> {
+        let (state, advanced) = self.0.store.cancel_run(workspace, id, self.0.planner.clone()).await?;
+        self.stop_local(&advanced);
+        Ok(state)
+    }
+
+    fn stop_local(&self, advanced: &Advanced) {
+        for id in &advanced.stopped {
+            (self.0.stop)(*id);
+        }
+    }
+}
+
+impl std::fmt::Debug for Runs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runs").field("store", &self.0.store.backend()).finish_non_exhaustive()
+    }
 }
 
 /// When a kind may answer from a recent identical success instead of running.
@@ -105,13 +182,14 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The built-in kinds: `noop`, `sleep`, `fail` and `http`.
+    /// The built-in kinds: `noop`, `sleep`, `fail`, `http` and `workflow`.
     pub fn builtin() -> Self {
         let mut r = Registry::default();
         r.register(crate::kinds::Noop);
         r.register(crate::kinds::Sleep);
         r.register(crate::kinds::Fail);
         r.register(crate::kinds::Http::new());
+        r.register(crate::kinds::Workflow);
         r
     }
 

@@ -17,7 +17,7 @@ mod executor;
 pub mod kinds;
 
 pub use engine::{Engine, EngineConfig, QueueConfig, prune_loop};
-pub use executor::{Attempt, CachePolicy, Executor, Registry};
+pub use executor::{Attempt, CachePolicy, Executor, Registry, Runs};
 
 /// The planner of workflow runs: the jobs it creates are checked against `limits` and
 /// their kinds' own validation (a node whose resolved input its kind refuses fails).

@@ -41,7 +41,7 @@ pub use queues::{DEFAULT_MAX_DEPTH, QueueSettings};
 use anyhow::{Context, bail};
 use ferry_core::Limits;
 use ferry_store::sqlite::Durability;
-use ferry_worker::kinds::{ExecConfig, Llm, LlmConfig, Webhook, WebhookConfig};
+use ferry_worker::kinds::{ExecConfig, Llm, LlmConfig, Webhook, WebhookConfig, Workflow};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -95,7 +95,7 @@ pub struct Config {
     pub poll_ms: u64,
     /// Interval of the expired-lease reaper.
     pub reap_ms: u64,
-    /// Queues and their settings; `default`, `webhook` and `llm` always exist.
+    /// Queues and their settings; `default`, `webhook`, `llm` and `runs` always exist.
     pub queues: BTreeMap<String, QueueSettings>,
     pub limits: LimitsConfig,
     /// The HTTP server's timeouts and connection cap.
@@ -170,12 +170,16 @@ impl Default for Config {
             // they cannot take every slot of `default`. `webhook`: where `webhook` jobs go
             // when they name no queue, so that slow endpoints cannot either; its
             // concurrency is `webhooks.concurrency` unless set here. `llm`: the same for
-            // `llm` calls, which wait seconds on a provider (`llm.concurrency`).
+            // `llm` calls, which wait seconds on a provider (`llm.concurrency`). `runs`: where
+            // `workflow` jobs wait for the runs they started, each holding its slot for the
+            // run's whole life (100 at once unless set here), never `default`'s, which the
+            // runs' own nodes need.
             queues: BTreeMap::from([
                 ("default".to_string(), QueueSettings::default()),
                 ("heavy".to_string(), QueueSettings { concurrency: Some(2), max_depth: None, severity: None }),
                 (Webhook::QUEUE.to_string(), QueueSettings::default()),
                 (Llm::QUEUE.to_string(), QueueSettings::default()),
+                (Workflow::QUEUE.to_string(), QueueSettings::default()),
             ]),
             limits: LimitsConfig::default(),
             http: HttpSettings::default(),
@@ -242,7 +246,7 @@ impl Config {
         let mut cfg: Config =
             fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {}", describe::describe(e)))?;
         secrets::add_llm_secrets(&mut cfg.llm, std::env::vars_os())?;
-        for queue in ["default", Webhook::QUEUE, Llm::QUEUE] {
+        for queue in ["default", Webhook::QUEUE, Llm::QUEUE, Workflow::QUEUE] {
             cfg.queues.entry(queue.into()).or_default();
         }
         cfg.config_file = file.cloned();

@@ -39,7 +39,8 @@ WITH picked AS (
     FROM picked, clock WHERE jobs.id = picked.id
     RETURNING jobs.id, jobs.kind, jobs.queue, jobs.input::text AS input, jobs.attempt, jobs.attempt_base,
               jobs.max_attempts, jobs.backoff::text AS backoff, jobs.timeout_ms, jobs.deadline_at,
-              jobs.run_at, jobs.soft_timeout_ms, jobs.workspace, jobs.cache_key, jobs.run_id, jobs.priority, jobs.breaker, jobs.ordering_key, clock.now
+              jobs.run_at, jobs.soft_timeout_ms, jobs.workspace, jobs.cache_key, jobs.run_id, jobs.priority, jobs.breaker, jobs.ordering_key, jobs.user_id,
+              clock.now
 ), logged AS (
     INSERT INTO events (job_id, at, type, data)
     SELECT id, now, 'started', jsonb_build_object('attempt', attempt, 'worker', $3::text)

@@ -25,7 +25,7 @@ WHERE last_heartbeat >= ferry_now() - $1 ORDER BY id
 -- name: CLAIMED_COLUMNS
 -- A claimed job's columns, in the order row::claimed reads them, then worker_id; jsonb read as text (SQLite stores text).
 id, kind, queue, input::text, attempt, attempt_base, max_attempts, backoff::text,
-timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key, run_id, priority, breaker, ordering_key, worker_id
+timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key, run_id, priority, breaker, ordering_key, user_id, worker_id
 
 -- name: EXPIRED
 -- Up to $1 running jobs whose lease ran out by ferry_now(), the database's clock (SQLite binds its own), oldest first.

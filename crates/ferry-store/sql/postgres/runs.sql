@@ -6,7 +6,7 @@
 -- name: RUN_COLUMNS
 -- A run's columns, in the order runs::run_row reads them; input (jsonb) cast to text, cancel_requested to int, unlike SQLite.
 id, workspace, user_id, workflow, version, state, input::text, idempotency_key,
-cancel_requested::int, created_at, deadline_at, finished_at, updated_at, error
+cancel_requested::int, created_at, deadline_at, finished_at, updated_at, error, depth
 
 -- name: NODE_COLUMNS
 -- A run node's columns, in the order runs::node_row reads them. The same list on SQLite.
@@ -119,8 +119,8 @@ SELECT COUNT(*) FROM runs WHERE workspace = $1 AND state = 'queued'
 -- name: INSERT_RUN
 -- Stores a new run; its input is cast to jsonb, where SQLite stores the text.
 INSERT INTO runs (id, workspace, user_id, workflow, version, state, input, idempotency_key,
-request_hash, created_at, deadline_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $11, $6::jsonb, $7, $8, $9, $10, $9)
+request_hash, created_at, deadline_at, updated_at, depth)
+VALUES ($1, $2, $3, $4, $5, $11, $6::jsonb, $7, $8, $9, $10, $9, $12)
 
 -- name: LOCK_RUN
 -- A run, its row locked (FOR UPDATE) until the commit so nodes advancing it take turns; SQLite's writer holds the database.

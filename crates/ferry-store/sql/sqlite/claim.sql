@@ -19,4 +19,5 @@ WHERE id IN (
     LIMIT ?3
 )
 RETURNING id, kind, queue, input, attempt, attempt_base, max_attempts, backoff,
-          timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key, run_id, priority, breaker, ordering_key
+          timeout_ms, deadline_at, run_at, soft_timeout_ms, workspace, cache_key, run_id, priority, breaker, ordering_key,
+          user_id

@@ -6,7 +6,7 @@
 -- name: RUN_COLUMNS
 -- A run's columns, in the order runs::run_row reads them; PostgreSQL casts input (jsonb) to text, cancel_requested to int.
 id, workspace, user_id, workflow, version, state, input, idempotency_key,
-cancel_requested, created_at, deadline_at, finished_at, updated_at, error
+cancel_requested, created_at, deadline_at, finished_at, updated_at, error, depth
 
 -- name: NODE_COLUMNS
 -- A run node's columns, in the order runs::node_row reads them. The same list on PostgreSQL.
@@ -64,8 +64,8 @@ SELECT COUNT(*) FROM runs WHERE workspace = ?1 AND state = 'queued'
 -- name: INSERT_RUN
 -- Stores a new run, its input as text (PostgreSQL casts it to jsonb).
 INSERT INTO runs (id, workspace, user_id, workflow, version, state, input, idempotency_key,
-request_hash, created_at, deadline_at, updated_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?11, ?6, ?7, ?8, ?9, ?10, ?9)
+request_hash, created_at, deadline_at, updated_at, depth)
+VALUES (?1, ?2, ?3, ?4, ?5, ?11, ?6, ?7, ?8, ?9, ?10, ?9, ?12)
 
 -- name: LOCK_RUN
 -- A run; the writer's transaction holds the whole database, where PostgreSQL locks the row (FOR UPDATE).

@@ -101,7 +101,7 @@ impl ClaimTx for PgTx<'_> {
             .fetch_all(&mut *self.tx)
             .await?
         {
-            let mut job = claimed_from_row(&r, r.try_get(18)?)?;
+            let mut job = claimed_from_row(&r, r.try_get(19)?)?;
             job.worker = Some(req.worker.clone());
             self.logs.push(Subject::Job(job.id));
             claimed.push(job);
@@ -161,7 +161,7 @@ pub(super) async fn claim_plain<'e>(
     let rows = query.fetch_all(ex).await?;
     let mut claimed = Vec::with_capacity(rows.len());
     for r in &rows {
-        let mut job = claimed_from_row(r, r.try_get(18)?)?;
+        let mut job = claimed_from_row(r, r.try_get(19)?)?;
         job.worker = Some(req.worker.clone());
         claimed.push(job);
     }

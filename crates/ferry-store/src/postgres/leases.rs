@@ -125,7 +125,7 @@ impl PgStore {
         rows.iter()
             .map(|r| {
                 let mut job = claimed_from_row(r, 0)?;
-                job.worker = r.try_get(18)?;
+                job.worker = r.try_get(19)?;
                 Ok(job)
             })
             .collect::<Result<_, sqlx::Error>>()

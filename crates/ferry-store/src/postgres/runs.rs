@@ -169,6 +169,12 @@ impl PgStore {
         rows(&r, runs::version_row)
     }
 
+    pub(super) async fn run_q(&self, workspace: &str, id: RunId) -> Result<Option<RunRow>, StoreError> {
+        let sql = String::from(*GET_RUN);
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(workspace).fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| runs::run_row(&r)).transpose()?)
+    }
+
     pub(super) async fn get_run_q(&self, workspace: &str, id: RunId) -> Result<Option<RunDetail>, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(*SNAPSHOT_READ).execute(&mut *tx).await?;
@@ -299,6 +305,7 @@ impl RunTx for PgTx<'_> {
             .bind(self.now)
             .bind(deadline)
             .bind(state.as_str())
+            .bind(i32::try_from(run.depth).unwrap_or(i32::MAX))
             .execute(&mut *self.tx)
             .await?;
         Ok(())

@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (14, include_str!("../../sql/sqlite/migrations/0014_escalations.sql")),
     (15, include_str!("../../sql/sqlite/migrations/0015_ordering.sql")),
     (16, include_str!("../../sql/sqlite/migrations/0016_agents.sql")),
+    (17, include_str!("../../sql/sqlite/migrations/0017_run_depth.sql")),
 ];
 
 crate::sql::statements!("../../sql/sqlite/open.sql":

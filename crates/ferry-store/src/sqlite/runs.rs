@@ -106,6 +106,7 @@ impl RunTx for SqliteTx<'_> {
             self.w.now,
             deadline,
             state.as_str(),
+            run.depth,
         ])?;
         Ok(())
     }
@@ -244,9 +245,13 @@ pub(super) fn workflow_version(
         .optional()
 }
 
-pub(super) fn get_run(c: &Connection, workspace: &str, id: RunId) -> rusqlite::Result<Option<RunDetail>> {
+pub(super) fn run(c: &Connection, workspace: &str, id: RunId) -> rusqlite::Result<Option<RunRow>> {
     let sql = String::from(*GET_RUN);
-    let Some(run) = c.prepare_cached(&sql)?.query_row(params![id, workspace], |r| runs::run_row(r)).optional()? else {
+    c.prepare_cached(&sql)?.query_row(params![id, workspace], |r| runs::run_row(r)).optional()
+}
+
+pub(super) fn get_run(c: &Connection, workspace: &str, id: RunId) -> rusqlite::Result<Option<RunDetail>> {
+    let Some(run) = run(c, workspace, id)? else {
         return Ok(None);
     };
     let definition: Option<String> = c

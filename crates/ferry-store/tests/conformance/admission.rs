@@ -121,7 +121,8 @@ async fn a_parked_claim_leases_new_work_in_the_submitting_transaction(store: Arc
     let parked = store.park(claim_req("idle", 2)).unwrap();
     store.submit(vec![job(None, 0)]).await.unwrap();
     assert!(parked.withdraw().await.is_none(), "not taken under a rate");
-    assert_eq!(store.claim(claim_req("w", 5)).await.unwrap().jobs.len(), 1);
+    let rated = store.claim(claim_req("w", 5)).await.unwrap().jobs;
+    assert_eq!(rated.iter().map(|j| j.user.as_str()).collect::<Vec<_>>(), ["test"], "the rated claim's columns too");
 }
 
 fn labelled(workspace: &str, labels: &[(&str, &str)]) -> NewJob {

@@ -95,10 +95,13 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
     let attempt = Attempt {
         job_id: job.id,
         workspace: job.workspace.clone(),
+        user: job.user.clone(),
+        run: job.run_id,
         number: job.attempt,
         cancel: cancel.clone(),
         timeout: Duration::from_millis(timeout_ms),
         soft_timeout: job.soft_timeout_ms.map(|t| Duration::from_millis(t.min(timeout_ms))),
+        runs: inner.runs.clone(),
     };
     let budget_over = job.deadline_at.is_some_and(|d| d <= job.started_at);
     let executor = inner.registry.get(&job.kind);

@@ -8,6 +8,7 @@ mod llm;
 mod noop;
 mod sleep;
 mod webhook;
+mod workflow;
 
 pub use blob::{BlobDelete, BlobGet, BlobPut};
 pub use exec::{Exec, ExecConfig, ExecLimits, Interpreter};
@@ -17,6 +18,7 @@ pub use llm::{BaseUrl, LLM_BASE_URLS_VAR, LLM_SECRET_VAR, Llm, LlmConfig, LlmSec
 pub use noop::Noop;
 pub use sleep::Sleep;
 pub use webhook::{Webhook, WebhookConfig, WebhookSecret};
+pub use workflow::{MAX_DEPTH, Workflow};
 
 use ferry_core::SpecError;
 use serde_json::Value;

@@ -1,7 +1,7 @@
 //! Queues: each one's settings, and how many attempts a process runs at once on each.
 
 use super::Config;
-use ferry_worker::kinds::{Llm, Webhook};
+use ferry_worker::kinds::{Llm, Webhook, Workflow};
 use serde::{Deserialize, Serialize};
 
 /// One queue's settings.
@@ -27,13 +27,15 @@ pub const DEFAULT_MAX_DEPTH: u64 = 10_000;
 
 impl Config {
     /// The attempts queue `name` runs at once in this process: its own `concurrency`;
-    /// else, for the `webhook` queue, `webhooks.concurrency`, and for the `llm` queue,
-    /// `llm.concurrency`; else `workers`.
+    /// else, for the `webhook` queue, `webhooks.concurrency`, for the `llm` queue,
+    /// `llm.concurrency`, and for the `runs` queue 100 (its attempts wait for whole runs);
+    /// else `workers`.
     pub fn queue_concurrency(&self, name: &str) -> usize {
         match self.queues.get(name).and_then(|q| q.concurrency) {
             Some(n) => n,
             None if name == Webhook::QUEUE => self.webhooks.concurrency,
             None if name == Llm::QUEUE => self.llm.concurrency,
+            None if name == Workflow::QUEUE => Workflow::CONCURRENCY,
             None => self.workers,
         }
     }
@@ -80,6 +82,20 @@ mod tests {
             jail.set_env("FERRY_LLM__CONCURRENCY", "0");
             let err = Config::load(None, &FlagOverrides::default()).unwrap_err().to_string();
             assert!(err.contains("llm.concurrency"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_runs_queue_exists_with_its_own_concurrency() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("few.toml", "[queues.heavy]\nconcurrency = 1\n")?;
+            let cfg = Config::load(Some(&"few.toml".into()), &FlagOverrides::default()).unwrap();
+            assert!(cfg.queues.contains_key("runs"), "built in");
+            assert_eq!(cfg.queue_concurrency("runs"), 100, "not workers: a waiting attempt holds its slot");
+            jail.set_env("FERRY_QUEUES__RUNS__CONCURRENCY", "7");
+            let cfg = Config::load(None, &FlagOverrides::default()).unwrap();
+            assert_eq!(cfg.queue_concurrency("runs"), 7, "the queue's own setting wins");
             Ok(())
         });
     }

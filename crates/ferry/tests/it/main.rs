@@ -28,6 +28,7 @@ mod retention;
 mod retries;
 mod scheduling;
 mod streams;
+mod subruns;
 mod system;
 mod tenancy;
 mod transport;

@@ -55,7 +55,7 @@ async fn the_document_states_this_servers_limits(backend: Backend) {
     assert_eq!(spec["max_attempts"]["minimum"], json!(1), "{}", spec["max_attempts"]);
     assert_eq!(spec["timeout_ms"]["maximum"], json!(90_000), "{}", spec["timeout_ms"]);
     let kinds: Vec<&str> = spec["kind"]["enum"].as_array().expect("kinds").iter().filter_map(Value::as_str).collect();
-    for kind in ["noop", "sleep", "fail", "http", "webhook", "llm"] {
+    for kind in ["noop", "sleep", "fail", "http", "webhook", "llm", "workflow"] {
         assert!(kinds.contains(&kind), "{kind} is registered: {kinds:?}");
     }
     let queues = spec["queue"]["enum"].as_array().expect("queues");

@@ -154,7 +154,12 @@ async fn queue_counts_reflect_jobs(backend: Backend) {
         &json!({"name": "llm", "depth": 0, "running": 0, "scheduled": 0, "retrying": 0, "dead": 0}),
         "configured out of the box"
     );
-    assert_eq!(queues.len(), 5, "{body}");
+    assert_eq!(
+        find("runs"),
+        &json!({"name": "runs", "depth": 0, "running": 0, "scheduled": 0, "retrying": 0, "dead": 0}),
+        "configured out of the box"
+    );
+    assert_eq!(queues.len(), 6, "{body}");
     server.stop().await;
 }
 
