@@ -10,10 +10,11 @@
 //!   tool call between them. Their wall time, start to the last end, against the longest
 //!   single run: close to 1 when waiting on the provider holds no worker slot.
 
+use super::runs::{self, call};
+use super::stats::{median, range};
 use super::target::{Target, TargetArgs};
 use crate::app;
 use crate::stand_in::StandInLlm;
-use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -40,58 +41,13 @@ pub struct AgentArgs {
     pub json: bool,
 }
 
-async fn call(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    body: Option<Value>,
-) -> anyhow::Result<Value> {
-    let mut req = http.request(method, url);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await?;
-    let status = resp.status();
-    let v: Value = resp.json().await?;
-    if !status.is_success() {
-        bail!("{status}: {v}");
-    }
-    Ok(v)
-}
-
 async fn start(http: &reqwest::Client, base: &str, workflow: &str, question: &str) -> anyhow::Result<String> {
-    let body = json!({"workflow": workflow, "input": {"question": question}});
-    let started = call(http, reqwest::Method::POST, format!("{base}/v1/runs"), Some(body)).await?;
-    Ok(started["id"].as_str().context("no run id")?.to_string())
+    runs::start(http, base, json!({"workflow": workflow, "input": {"question": question}})).await
 }
 
 /// Waits for the run's end; its run time as the server recorded it.
 async fn finished(http: &reqwest::Client, base: &str, id: &str) -> anyhow::Result<Duration> {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let run = call(http, reqwest::Method::GET, format!("{base}/v1/runs/{id}"), None).await?;
-        if !matches!(run["state"].as_str(), Some("running" | "queued")) {
-            if run["state"] != "succeeded" {
-                bail!("run {id} ended {}: {}", run["state"], run["error"]);
-            }
-            let at = |k: &str| run[k].as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
-            let (Some(a), Some(b)) = (at("created_at"), at("finished_at")) else { bail!("run {id} has no times") };
-            return Ok((b - a).to_std().unwrap_or_default());
-        }
-        if Instant::now() > deadline {
-            bail!("run {id} did not end within 300 s");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn range(v: &[f64]) -> (f64, f64) {
-    v.iter().fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)))
+    runs::run_time(http, base, id, Duration::from_secs(300)).await
 }
 
 /// A workflow of one agent node on the stand-in, with a `noop` tool.

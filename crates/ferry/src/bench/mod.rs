@@ -17,6 +17,7 @@
 pub mod agent;
 pub mod breaker;
 pub mod queue;
+mod runs;
 pub mod sandbox;
 mod stats;
 pub mod target;

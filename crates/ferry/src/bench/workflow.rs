@@ -5,12 +5,13 @@
 //! so the run time is all overhead: divided by the steps for the chain, by the elements
 //! for the fan-out.
 
+use super::runs::{self, call};
+use super::stats::{median, range};
 use super::target::{Target, TargetArgs};
 use crate::app;
-use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CHAIN: usize = 20;
 const WIDTH: usize = 1000;
@@ -28,56 +29,10 @@ pub struct WorkflowArgs {
     pub json: bool,
 }
 
-async fn call(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    body: Option<Value>,
-) -> anyhow::Result<Value> {
-    let mut req = http.request(method, url);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await?;
-    let status = resp.status();
-    let v: Value = resp.json().await?;
-    if !status.is_success() {
-        bail!("{status}: {v}");
-    }
-    Ok(v)
-}
-
 /// Starts a run and waits for its end; returns the run time the server recorded.
 async fn time_run(http: &reqwest::Client, base: &str, workflow: &str, input: Value) -> anyhow::Result<Duration> {
-    let started = call(
-        http,
-        reqwest::Method::POST,
-        format!("{base}/v1/runs"),
-        Some(json!({"workflow": workflow, "input": input})),
-    )
-    .await?;
-    let id = started["id"].as_str().context("no run id")?.to_string();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let run = call(http, reqwest::Method::GET, format!("{base}/v1/runs/{id}"), None).await?;
-        if run["state"] != "running" {
-            if run["state"] != "succeeded" {
-                bail!("run {id} ended {}: {}", run["state"], run["error"]);
-            }
-            let at = |k: &str| run[k].as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
-            let (Some(a), Some(b)) = (at("created_at"), at("finished_at")) else { bail!("run {id} has no times") };
-            return Ok((b - a).to_std().unwrap_or_default());
-        }
-        if Instant::now() > deadline {
-            bail!("run {id} did not end within 120 s");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let id = runs::start(http, base, json!({"workflow": workflow, "input": input})).await?;
+    runs::run_time(http, base, &id, Duration::from_secs(120)).await
 }
 
 /// Measures and prints.
@@ -116,10 +71,6 @@ async fn measure(args: &WorkflowArgs, target: &Target) -> anyhow::Result<()> {
         fan_ms.push(time_run(&http, &base, "fan", json!({"items": items})).await?.as_secs_f64() * 1e3);
     }
     server.stop().await?;
-    let spread = |v: &[f64]| {
-        let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
-        (lo, hi)
-    };
     let (c, f) = (median(chain_ms.clone()), median(fan_ms.clone()));
     let report = json!({
         "backend": target.backend(),
@@ -127,11 +78,11 @@ async fn measure(args: &WorkflowArgs, target: &Target) -> anyhow::Result<()> {
         "chain_steps": CHAIN,
         "chain_run_ms_median": c,
         "chain_overhead_ms_per_step": c / CHAIN as f64,
-        "chain_run_ms_range": spread(&chain_ms),
+        "chain_run_ms_range": range(&chain_ms),
         "fanout_width": WIDTH,
         "fanout_run_ms_median": f,
         "fanout_overhead_ms_per_element": f / WIDTH as f64,
-        "fanout_run_ms_range": spread(&fan_ms),
+        "fanout_run_ms_range": range(&fan_ms),
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -142,7 +93,7 @@ async fn measure(args: &WorkflowArgs, target: &Target) -> anyhow::Result<()> {
             "  {WIDTH}-wide for_each + join: {f:8.1} ms per run, {:.3} ms per element (target: run < 1000 ms)",
             f / WIDTH as f64
         );
-        println!("  ranges: chain {:?} ms, fan-out {:?} ms", spread(&chain_ms), spread(&fan_ms));
+        println!("  ranges: chain {:?} ms, fan-out {:?} ms", range(&chain_ms), range(&fan_ms));
     }
     Ok(())
 }
