@@ -594,4 +594,4 @@ fn finish(nodes: &mut Nodes, out: &mut Plan, state: RunState, error: Option<JobE
 
 mod agents;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

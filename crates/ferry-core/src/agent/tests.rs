@@ -51,23 +51,7 @@ fn kinds(k: &str, _: &Value) -> Result<(), String> {
 /// Plans once and applies the plan to the snapshot, as the store would.
 fn step(s: &mut RunSnapshot) -> Plan {
     let p = plan(s, &Limits::default(), &kinds);
-    for (id, rec) in &p.nodes {
-        s.nodes.insert(id.clone(), rec.clone());
-    }
-    for c in &p.create {
-        s.jobs.push(RunJob {
-            id: c.job.id,
-            node: c.node.clone(),
-            item: c.item,
-            state: JobState::Queued,
-            output: None,
-            error: None,
-        });
-    }
-    if let Some((state, _)) = &p.finish {
-        s.run.state = *state;
-    }
-    s.budget.used_today += p.tokens;
+    crate::run::tests::apply(s, &p);
     p
 }
 

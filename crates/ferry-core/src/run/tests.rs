@@ -32,6 +32,13 @@ fn ok(_: &str, _: &Value) -> Result<(), String> {
 
 fn step(snap: &mut RunSnapshot) -> Plan {
     let plan = plan(snap, &Limits::default(), &ok);
+    apply(snap, &plan);
+    plan
+}
+
+/// Applies `plan` to the snapshot as the store would: node records, new jobs (queued),
+/// the run's end, the tokens added to the workspace's day.
+pub(crate) fn apply(snap: &mut RunSnapshot, plan: &Plan) {
     for (id, rec) in &plan.nodes {
         snap.nodes.insert(id.clone(), rec.clone());
     }
@@ -48,7 +55,7 @@ fn step(snap: &mut RunSnapshot) -> Plan {
     if let Some((state, _)) = &plan.finish {
         snap.run.state = *state;
     }
-    plan
+    snap.budget.used_today += plan.tokens;
 }
 
 /// Ends every unfinished job of `node`: succeeded with its input as output (as `noop`).
