@@ -276,10 +276,8 @@ pub(crate) fn snapshot(
     nodes: Vec<RunNodeRow>,
     jobs: Vec<RunJobRow>,
     now: Micros,
-    budget: ferry_core::agent::Budget,
 ) -> Result<RunSnapshot, String> {
-    let workflow: WorkflowSpec = serde_json::from_value(definition.clone())
-        .map_err(|e| format!("stored definition of {} v{} is unreadable: {e}", run.workflow, run.version))?;
+    let workflow = parse(definition, &run.workflow, run.version)?;
     Ok(RunSnapshot {
         run: RunRecord {
             id: run.id,
@@ -318,24 +316,18 @@ pub(crate) fn snapshot(
             })
             .collect(),
         now,
-        budget,
+        budget: Default::default(),
     })
 }
 
-/// Whether a stored definition has agent nodes (see [`WorkflowSpec::has_agents`]).
-pub(crate) fn has_agents(definition: &Value) -> bool {
-    let nodes = definition.get("nodes").and_then(Value::as_array);
-    nodes.is_some_and(|ns| ns.iter().any(|n| n.get("kind").and_then(Value::as_str) == Some(ferry_core::agent::KIND)))
+/// A stored definition of `name` v`version`, read.
+pub(crate) fn parse(definition: &Value, name: &str, version: u32) -> Result<WorkflowSpec, String> {
+    serde_json::from_value(definition.clone())
+        .map_err(|e| format!("stored definition of {name} v{version} is unreadable: {e}"))
 }
 
-/// The run's deadline, from its definition's `timeout_ms` (default one hour, ten minutes
-/// with agent nodes: [`WorkflowSpec::timeout`]).
-pub(crate) fn deadline(definition: &Value, now: Micros) -> Micros {
-    let default = if has_agents(definition) {
-        ferry_core::agent::DEFAULT_RUN_TIMEOUT_MS
-    } else {
-        ferry_core::workflow::DEFAULT_TIMEOUT_MS
-    };
-    let ms = definition.get("timeout_ms").and_then(Value::as_u64).unwrap_or(default);
-    now.saturating_add(ferry_core::time::ms(ms))
+/// The deadline of a run starting `now` with a timeout of `timeout_ms`
+/// ([`WorkflowSpec::timeout`]).
+pub(crate) fn deadline(timeout_ms: u64, now: Micros) -> Micros {
+    now.saturating_add(ferry_core::time::ms(timeout_ms))
 }

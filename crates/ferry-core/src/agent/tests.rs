@@ -3,8 +3,7 @@
 
 use super::*;
 use crate::job::{JobState, Limits};
-use crate::run::{NodeState, Plan, RunId, RunJob, RunRecord, RunSnapshot, RunState, plan};
-use crate::time::ms;
+use crate::run::{NodeState, Plan, RunJob, RunSnapshot, RunState, plan};
 use crate::{ErrorType, JobError};
 use serde_json::{Value, json};
 
@@ -19,24 +18,7 @@ fn agent(extra: Value) -> Value {
 }
 
 fn run_of(def: Value) -> RunSnapshot {
-    RunSnapshot {
-        run: RunRecord {
-            id: RunId::now_v7(),
-            workspace: "default".into(),
-            user: "u".into(),
-            workflow: "w".into(),
-            version: 1,
-            state: RunState::Running,
-            input: json!({"question": "where is my order?"}),
-            deadline_at: ms(600_000),
-            cancel_requested: false,
-        },
-        workflow: serde_json::from_value(def).unwrap(),
-        nodes: Default::default(),
-        jobs: Vec::new(),
-        now: ms(1_000),
-        budget: Budget::default(),
-    }
+    crate::run::tests::snapshot(def, json!({"question": "where is my order?"}))
 }
 
 fn one_agent(extra: Value) -> RunSnapshot {

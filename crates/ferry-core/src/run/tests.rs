@@ -5,7 +5,8 @@ fn workflow(def: Value) -> WorkflowSpec {
     serde_json::from_value(def).unwrap()
 }
 
-fn snapshot(def: Value, input: Value) -> RunSnapshot {
+/// A running run of the workflow `def` with `input`, nothing of it started yet.
+pub(crate) fn snapshot(def: Value, input: Value) -> RunSnapshot {
     RunSnapshot {
         run: RunRecord {
             id: RunId::now_v7(),

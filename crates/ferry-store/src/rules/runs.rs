@@ -91,12 +91,9 @@ pub(crate) trait RunTx: JobTx {
     async fn add_tokens(&mut self, workspace: &str, day: i64, tokens: u64) -> Result<(), StoreError>;
 }
 
-/// The workspace's tokens for today, for a workflow with agent nodes (else nothing is
-/// read): what is used, and the workspace's own limit when it stores one.
-async fn budget(tx: &mut impl RunTx, workspace: &str, definition: &Value) -> Result<Budget, StoreError> {
-    if !runs::has_agents(definition) {
-        return Ok(Budget::default());
-    }
+/// The workspace's tokens for today, for a workflow with agent nodes: what is used, and
+/// the workspace's own limit when it stores one.
+async fn budget(tx: &mut impl RunTx, workspace: &str) -> Result<Budget, StoreError> {
     let used_today = tx.tokens_used(workspace, Budget::day(tx.now())).await?;
     Ok(match tx.workspace_limits(workspace).await? {
         Some(limits) => Budget { used_today, per_day: limits.tokens_per_day, defaults: false },
@@ -128,8 +125,9 @@ pub(crate) async fn create(
     let Some(definition) = tx.definition(&run.workspace, &run.workflow, version).await? else {
         return Ok((CreateRunOutcome::NoVersion { latest }, none));
     };
+    let spec = runs::parse(&definition, &run.workflow, version).map_err(StoreError::Database)?;
     if let Some(limit) = run.tokens_per_day
-        && runs::has_agents(&definition)
+        && spec.has_agents()
     {
         let used = tx.tokens_used(&run.workspace, Budget::day(tx.now())).await?;
         if used >= limit {
@@ -153,7 +151,7 @@ pub(crate) async fn create(
         refused = Some(LimitReached { scope: "workspace", what: "run", limit: 0 });
     }
     let state = if refused.is_some() { RunState::Queued } else { RunState::Running };
-    let deadline = runs::deadline(&definition, tx.now());
+    let deadline = runs::deadline(spec.timeout(), tx.now());
     tx.insert_run(&run, version, state, deadline).await?;
     if let Some(why) = refused {
         let reason = if why.limit == 0 { "runs of the workspace are waiting".to_string() } else { why.to_string() };
@@ -180,8 +178,10 @@ pub(crate) async fn advance(tx: &mut impl RunTx, id: RunId, planner: &Planner) -
     };
     let nodes = tx.nodes(id).await?;
     let jobs = tx.jobs(id).await?;
-    let budget = budget(tx, &run.workspace, &definition).await?;
-    let snap = runs::snapshot(&run, &definition, nodes, jobs, tx.now(), budget).map_err(StoreError::Database)?;
+    let mut snap = runs::snapshot(&run, &definition, nodes, jobs, tx.now()).map_err(StoreError::Database)?;
+    if snap.workflow.has_agents() {
+        snap.budget = budget(tx, &run.workspace).await?;
+    }
     let plan = planner(&snap);
     if plan.tokens > 0 {
         tx.add_tokens(&run.workspace, Budget::day(tx.now()), plan.tokens).await?;
@@ -261,8 +261,10 @@ pub(crate) async fn release_queued(
             Turn::Go => {}
         }
         let definition = tx.definition(workspace, &run.workflow, run.version).await?.unwrap_or(Value::Null);
+        let timeout = runs::parse(&definition, &run.workflow, run.version)
+            .map_or(ferry_core::workflow::DEFAULT_TIMEOUT_MS, |spec| spec.timeout());
         // The list may be older than the admission lock: another pass may have started it.
-        let deadline = runs::deadline(&definition, tx.now());
+        let deadline = runs::deadline(timeout, tx.now());
         if !tx.update_run(run.id, RunChange::Start { deadline }).await? {
             continue;
         }

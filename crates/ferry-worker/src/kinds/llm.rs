@@ -50,7 +50,7 @@
 //! taking `default`'s slots. The breaker in front of a call is the origin of `base_url`.
 
 use super::http::{Clients, classify, origin, retry_after, status_error};
-use super::{object, opt_u64};
+use super::{object, only_fields, opt_u64};
 use crate::executor::{Attempt, Executor};
 use async_trait::async_trait;
 use ferry_core::{ErrorType, ExecError, SpecError};
@@ -196,14 +196,7 @@ impl Llm {
     /// Reads a call out of an input, or says which field is wrong.
     fn call<'a>(&'a self, input: &'a Value) -> Result<Call<'a>, SpecError> {
         object(input, false)?;
-        if let Some(unknown) =
-            input.as_object().into_iter().flat_map(|o| o.keys()).find(|k| !FIELDS.contains(&k.as_str()))
-        {
-            return Err(SpecError::invalid(
-                format!("input.{unknown}"),
-                format!("is not a field of an llm call; the fields are {}", FIELDS.join(", ")),
-            ));
-        }
+        only_fields(input, &FIELDS, "an llm call")?;
         let base_url = base_url(input)?;
         let endpoint = endpoint(&base_url);
         let mut body = Map::new();

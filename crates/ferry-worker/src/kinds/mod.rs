@@ -34,6 +34,18 @@ pub(crate) fn opt_u64(input: &Value, field: &str, max: u64) -> Result<Option<u64
     }
 }
 
+/// Refuses a field of an input object that is not one of `fields`, naming it; `what` the
+/// input is, for the message (`a webhook`).
+pub(crate) fn only_fields(input: &Value, fields: &[&str], what: &str) -> Result<(), SpecError> {
+    match input.as_object().into_iter().flat_map(|o| o.keys()).find(|k| !fields.contains(&k.as_str())) {
+        Some(unknown) => Err(SpecError::invalid(
+            format!("input.{unknown}"),
+            format!("is not a field of {what}; the fields are {}", fields.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Checks that the input is an object (or absent, when `optional`).
 pub(crate) fn object(input: &Value, optional: bool) -> Result<(), SpecError> {
     match input {

@@ -46,7 +46,7 @@
 //! [Standard Webhooks]: https://www.standardwebhooks.com/
 
 use super::http::{Clients, classify, connect_timeout_ms, headers, origin, retry_after, status_error, url};
-use super::object;
+use super::{object, only_fields};
 use crate::executor::{Attempt, Executor};
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -189,14 +189,7 @@ impl Webhook {
     /// Reads a delivery out of an input, or says which field is wrong.
     fn delivery<'a>(&'a self, input: &'a Value) -> Result<Delivery<'a>, SpecError> {
         object(input, false)?;
-        if let Some(unknown) =
-            input.as_object().into_iter().flat_map(|o| o.keys()).find(|k| !FIELDS.contains(&k.as_str()))
-        {
-            return Err(SpecError::invalid(
-                format!("input.{unknown}"),
-                format!("is not a field of a webhook; the fields are {}", FIELDS.join(", ")),
-            ));
-        }
+        only_fields(input, &FIELDS, "a webhook")?;
         let url = url(input)?;
         let payload = match input.get("payload") {
             None | Some(Value::Null) => {

@@ -99,12 +99,7 @@ fn request(input: &Value) -> Result<Request, SpecError> {
     let Value::Object(map) = input else {
         return Err(SpecError::invalid("input", "must be a JSON object: {\"workflow\": NAME, …}"));
     };
-    if let Some(k) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(SpecError::invalid(
-            format!("input.{k}"),
-            format!("unknown field; the fields are {}", FIELDS.join(", ")),
-        ));
-    }
+    super::only_fields(input, &FIELDS, "a workflow job")?;
     let workflow = match map.get("workflow") {
         Some(Value::String(name)) if ferry_core::job::valid_name(name) => name.clone(),
         Some(_) => {

@@ -139,26 +139,13 @@ async fn queue_counts_reflect_jobs(backend: Backend) {
         find("other"),
         &json!({"name": "other", "depth": 2, "running": 0, "scheduled": 0, "retrying": 0, "dead": 0})
     );
-    assert_eq!(
-        find("heavy"),
-        &json!({"name": "heavy", "depth": 0, "running": 0, "scheduled": 0, "retrying": 0, "dead": 0}),
-        "configured out of the box"
-    );
-    assert_eq!(
-        find("webhook"),
-        &json!({"name": "webhook", "depth": 0, "running": 0, "scheduled": 0, "retrying": 0, "dead": 0}),
-        "configured out of the box"
-    );
-    assert_eq!(
-        find("llm"),
-        &json!({"name": "llm", "depth": 0, "running": 0, "scheduled": 0, "retrying": 0, "dead": 0}),
-        "configured out of the box"
-    );
-    assert_eq!(
-        find("runs"),
-        &json!({"name": "runs", "depth": 0, "running": 0, "scheduled": 0, "retrying": 0, "dead": 0}),
-        "configured out of the box"
-    );
+    for name in ["heavy", "webhook", "llm", "runs"] {
+        assert_eq!(
+            find(name),
+            &json!({"name": name, "depth": 0, "running": 0, "scheduled": 0, "retrying": 0, "dead": 0}),
+            "configured out of the box"
+        );
+    }
     assert_eq!(queues.len(), 6, "{body}");
     server.stop().await;
 }
