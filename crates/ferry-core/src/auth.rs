@@ -12,6 +12,11 @@
 //! | `admin` | also manage the workspace's tokens, limits, label rates, and pause its own jobs on a queue |
 //! | `operator` | also the server-wide settings of every queue (`concurrency`, `max_depth`, `rate`, `paused`) and server-wide queue counts |
 //!
+//! Beside the ladder, `worker` may do one thing only: serve remote kinds over the worker
+//! protocol (`/v1/workers/sessions`, `docs/worker-protocol.md`). Its sessions lease the
+//! jobs of every workspace on their queues, so, like `operator`, it is made only on the
+//! store; an operator may do what it may.
+//!
 //! Queues are shared by every workspace, so only the operator of the server may change
 //! them as a whole. An operator token is created only on the store itself (`ferry token
 //! create --role operator`), never through the API ([`Role::issuable_through_api`]): a
@@ -34,6 +39,9 @@ pub enum Role {
     Admin,
     /// Also the server-wide settings and counts of every queue. Only from the store.
     Operator,
+    /// Off the ladder: only the worker protocol (a remote worker's sessions). Only from
+    /// the store.
+    Worker,
 }
 
 impl Role {
@@ -43,18 +51,26 @@ impl Role {
             Role::Submitter => "submitter",
             Role::Admin => "admin",
             Role::Operator => "operator",
+            Role::Worker => "worker",
         }
     }
 
-    /// Whether `POST /v1/tokens` may hand out this role. An operator token reaches past its
-    /// workspace, so it is made only by whoever holds the store (`ferry token create`).
+    /// Whether `POST /v1/tokens` may hand out this role. An operator or worker token
+    /// reaches past its workspace, so it is made only by whoever holds the store (`ferry
+    /// token create`).
     pub fn issuable_through_api(self) -> bool {
-        self != Role::Operator
+        !matches!(self, Role::Operator | Role::Worker)
     }
 
-    /// Whether this role may do what `needed` may.
+    /// Whether this role may do what `needed` may: up the ladder, an operator everything,
+    /// a worker only what needs `worker`.
     pub fn allows(self, needed: Role) -> bool {
-        self >= needed
+        match (self, needed) {
+            (Role::Operator, _) => true,
+            (Role::Worker, needed) => needed == Role::Worker,
+            (_, Role::Worker) => false,
+            (me, needed) => me >= needed,
+        }
     }
 }
 
@@ -66,7 +82,8 @@ impl std::str::FromStr for Role {
             "submitter" => Ok(Role::Submitter),
             "admin" => Ok(Role::Admin),
             "operator" => Ok(Role::Operator),
-            _ => Err(format!("unknown role `{s}`: viewer, submitter, admin or operator")),
+            "worker" => Ok(Role::Worker),
+            _ => Err(format!("unknown role `{s}`: viewer, submitter, admin, operator or worker")),
         }
     }
 }
@@ -108,5 +125,17 @@ mod tests {
         assert!(!Role::Operator.issuable_through_api() && Role::Admin.issuable_through_api());
         assert_ne!(token_hash("a"), token_hash("b"));
         assert_eq!(token_hash("a").len(), 64);
+    }
+
+    #[test]
+    fn a_worker_may_serve_and_nothing_else() {
+        assert!(Role::Worker.allows(Role::Worker) && Role::Operator.allows(Role::Worker));
+        for r in [Role::Viewer, Role::Submitter, Role::Admin] {
+            assert!(!r.allows(Role::Worker), "{r} may not serve");
+            assert!(!Role::Worker.allows(r), "a worker may not do what {r} may");
+        }
+        assert!(!Role::Worker.allows(Role::Operator));
+        assert_eq!("worker".parse::<Role>(), Ok(Role::Worker));
+        assert!(!Role::Worker.issuable_through_api());
     }
 }

@@ -52,11 +52,14 @@ pub enum ErrorType {
     RoutingExhausted,
     /// An agent's final answer failed its output schema after every repair attempt.
     SchemaValidation,
+    /// The job's own code failed: a remote worker's task raised an error whose type is not
+    /// one of these (its name leads the message).
+    Task,
 }
 
 impl ErrorType {
     /// Every type, in catalogue order.
-    pub const ALL: [ErrorType; 17] = [
+    pub const ALL: [ErrorType; 18] = [
         ErrorType::Timeout,
         ErrorType::Network,
         ErrorType::HttpStatus,
@@ -74,6 +77,7 @@ impl ErrorType {
         ErrorType::TokenBudget,
         ErrorType::RoutingExhausted,
         ErrorType::SchemaValidation,
+        ErrorType::Task,
     ];
 
     /// Whether an error of this type is retried unless its source says otherwise.
@@ -84,7 +88,8 @@ impl ErrorType {
             | ErrorType::CircuitOpen
             | ErrorType::WorkerLost
             | ErrorType::RateLimited
-            | ErrorType::Internal => true,
+            | ErrorType::Internal
+            | ErrorType::Task => true,
             ErrorType::HttpStatus
             | ErrorType::ExitStatus
             | ErrorType::ResourceLimit
@@ -119,6 +124,7 @@ impl ErrorType {
             ErrorType::TokenBudget => "token_budget",
             ErrorType::RoutingExhausted => "routing_exhausted",
             ErrorType::SchemaValidation => "schema_validation",
+            ErrorType::Task => "task",
         }
     }
 }
@@ -181,6 +187,9 @@ pub struct ExecError {
     /// The target said it is gone for good (a webhook endpoint's 410): its breaker is
     /// disabled until an operator resets it.
     pub disables_target: bool,
+    /// The attempt did not run and is handed back (a remote worker that is stopping
+    /// released it): the job is queued again at once and the attempt does not count.
+    pub hand_back: bool,
 }
 
 impl ExecError {
@@ -193,6 +202,7 @@ impl ExecError {
             retry_after: None,
             output: None,
             disables_target: false,
+            hand_back: false,
         }
     }
 
@@ -211,6 +221,12 @@ impl ExecError {
     /// Marks the target as gone for good (see [`ExecError::disables_target`]).
     pub fn disabling_target(mut self) -> Self {
         self.disables_target = true;
+        self
+    }
+
+    /// Marks the attempt as handed back unrun (see [`ExecError::hand_back`]).
+    pub fn hand_back(mut self) -> Self {
+        self.hand_back = true;
         self
     }
 

@@ -140,7 +140,9 @@ impl Auth {
 
 /// The least role a request needs (the OpenAPI document's 403s follow it too).
 pub(crate) fn needed(method: &Method, path: &str) -> Role {
-    if path == "/v1/breakers" || path.starts_with("/v1/breakers/") {
+    if path == "/v1/workers/sessions" || path.starts_with("/v1/workers/sessions/") {
+        Role::Worker
+    } else if path == "/v1/breakers" || path.starts_with("/v1/breakers/") {
         Role::Operator
     } else if path.starts_with("/v1/tokens")
         || path.starts_with("/v1/limits")
@@ -198,5 +200,8 @@ mod tests {
         assert_eq!(needed(&Method::GET, "/v1/tokens"), Role::Admin);
         assert_eq!(needed(&Method::PUT, "/v1/queues/default"), Role::Admin);
         assert_eq!(needed(&Method::GET, "/v1/queues"), Role::Viewer);
+        assert_eq!(needed(&Method::GET, "/v1/workers"), Role::Viewer);
+        assert_eq!(needed(&Method::POST, "/v1/workers/sessions"), Role::Worker);
+        assert_eq!(needed(&Method::POST, "/v1/workers/sessions/s/lease"), Role::Worker);
     }
 }

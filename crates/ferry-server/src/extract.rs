@@ -119,7 +119,7 @@ pub trait Shape {
     fn check(body: &Value) -> Result<(), ApiError>;
 }
 
-fn must_be_object(v: &Value, field: &str) -> Result<(), ApiError> {
+pub(crate) fn must_be_object(v: &Value, field: &str) -> Result<(), ApiError> {
     if v.is_object() {
         return Ok(());
     }

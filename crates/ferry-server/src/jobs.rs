@@ -4,14 +4,17 @@ use crate::error::{ApiError, ErrorBody};
 use crate::events::{self, EventLog, EventQuery, Page};
 use crate::extract::{JsonBody, Path, Query};
 use crate::views::{BatchAccepted, BatchRequest, EventList, EventView, JobAccepted, JobPage, JobStateView, JobView};
+use crate::wait::WaitQuery;
 use crate::{ApiState, Caller};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use ferry_core::time::now_micros;
 use ferry_core::{JobId, JobSpec, JobState};
 use ferry_store::{CancelOutcome, DeleteOutcome, JobFilter, ReplayOutcome, Store, StoreError, Subject};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 fn parse_id(raw: &str) -> Result<JobId, ApiError> {
     JobId::parse_str(raw).map_err(|_| ApiError::bad_field("id", format!("`{raw}` is not a job id (a UUID)")))
@@ -25,13 +28,17 @@ fn status_of(created: bool) -> StatusCode {
 ///
 /// Answers 201 with the new job's id, or 200 with the existing job when the idempotency
 /// key (body field or `Idempotency-Key` header) was already used with the same spec.
+/// With `?wait=30s` it waits for the job to end: 200 with the ended job (as `GET
+/// /v1/jobs/{id}` answers it), or 202 with the id and state when the wait ends first.
 #[utoipa::path(
     post, path = "/v1/jobs", tag = "jobs", operation_id = "submitJob",
     request_body = JobSpec,
-    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\t\x20-\x7E]*[\x21-\x7E])?$", description = "Same as the body's `idempotency_key` (give either, or both equal)")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\t\x20-\x7E]*[\x21-\x7E])?$", description = "Same as the body's `idempotency_key` (give either, or both equal)"),
+           ("wait" = Option<String>, Query, pattern = r"^[0-9]+(ms|s|m)$", description = "Wait up to this long (`500ms`, `30s`, `1m`; at most 60 s) for the job to end")),
     responses(
         (status = 201, description = "Created", body = JobAccepted),
-        (status = 200, description = "Idempotency key matched an existing job", body = JobAccepted),
+        (status = 200, description = "Idempotency key matched an existing job; with `wait`, the job ended within it (the job as `GET /v1/jobs/{id}` answers it)", body = JobAccepted),
+        (status = 202, description = "With `wait`: the job had not ended when the wait did", body = JobAccepted),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 409, description = "Idempotency key used with another spec", body = ErrorBody),
         (status = 413, description = "Body or input over its limit", body = ErrorBody),
@@ -43,10 +50,13 @@ pub async fn submit(
     State(st): State<ApiState>,
     caller: Caller,
     headers: HeaderMap,
+    Query(wait): Query<WaitQuery>,
     JsonBody(mut spec): JsonBody<JobSpec>,
-) -> Result<(StatusCode, Json<JobAccepted>), ApiError> {
+) -> Result<Response, ApiError> {
+    let wait = wait.duration()?;
     crate::extract::idempotency_key(&headers, &mut spec.idempotency_key)?;
     let may_wait = spec.on_limit == Some(ferry_core::OnLimit::Queue);
+    st.learn_kinds(&[spec.kind.as_str()]).await?;
     let (job, check) = st.validate(spec, &caller, now_micros())?;
     let queue = job.queue.clone();
     let jobs = vec![job];
@@ -60,7 +70,23 @@ pub async fn submit(
     if accepted.created {
         metrics::counter!("ferry_jobs_submitted_total", "queue" => queue).increment(1);
     }
-    Ok((status_of(accepted.created), Json(accepted)))
+    let Some(wait) = wait else { return Ok((status_of(accepted.created), Json(accepted)).into_response()) };
+    match ended_within(&st, &caller, accepted.id, wait).await? {
+        (job, true) => Ok((StatusCode::OK, Json(job)).into_response()),
+        (job, false) => Ok((StatusCode::ACCEPTED, Json(JobAccepted { state: job.state, ..accepted })).into_response()),
+    }
+}
+
+/// The job once it ended, or as it is when `wait` is over; whether it ended.
+async fn ended_within(st: &ApiState, caller: &Caller, id: JobId, wait: Duration) -> Result<(JobView, bool), ApiError> {
+    let mut waiter = crate::wait::Waiter::new(&st.store.event_signal(), Subject::Job(id), wait);
+    loop {
+        let job = st.store.get_job(&caller.workspace, id).await?.ok_or_else(|| ApiError::not_found("job"))?;
+        let ended = job.state.is_final();
+        if ended || !waiter.next().await {
+            return Ok((JobView::new(job, true), ended));
+        }
+    }
 }
 
 /// Submit up to 1000 jobs at once, all or nothing.
@@ -97,6 +123,7 @@ pub async fn submit_batch(
         )
         .field("jobs"));
     }
+    st.learn_kinds(&batch.jobs.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>()).await?;
     let now = now_micros();
     let mut jobs = Vec::with_capacity(batch.jobs.len());
     // A batch waits for a slot only if every job in it may.
@@ -135,18 +162,25 @@ pub async fn submit_batch(
     Ok((status_of(any_created), Json(BatchAccepted { jobs })))
 }
 
-/// One job with its attempts, output and error.
+/// One job with its attempts, output and error. With `?wait=30s`, answered as soon as
+/// the job has ended, or as it is when the wait is over.
 #[utoipa::path(
     get, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "getJob",
-    params(("id" = uuid::Uuid, Path, description = "Job id")),
-    responses((status = 200, body = JobView), (status = 404, body = ErrorBody))
+    params(("id" = uuid::Uuid, Path, description = "Job id"),
+           ("wait" = Option<String>, Query, pattern = r"^[0-9]+(ms|s|m)$", description = "Wait up to this long (`500ms`, `30s`, `1m`; at most 60 s) for the job to end")),
+    responses((status = 200, body = JobView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
 pub async fn get(
     State(st): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
+    Query(wait): Query<WaitQuery>,
 ) -> Result<Json<JobView>, ApiError> {
     let id = parse_id(&id)?;
+    let wait = wait.duration()?;
+    if let Some(wait) = wait {
+        return Ok(Json(ended_within(&st, &caller, id, wait).await?.0));
+    }
     let job = st.store.get_job(&caller.workspace, id).await?.ok_or_else(|| ApiError::not_found("job"))?;
     Ok(Json(JobView::new(job, true)))
 }

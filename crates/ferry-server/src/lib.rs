@@ -27,6 +27,8 @@ pub mod sse;
 mod system;
 pub mod tokens;
 pub mod views;
+mod wait;
+pub mod workers;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 
@@ -164,8 +166,50 @@ impl ApiState {
     /// server has it, else `None`, which is `default`. Every path by which a spec becomes
     /// a job resolves its queue here.
     pub fn queue_of_kind(&self, kind: &str) -> Option<String> {
-        let queue = self.registry.get(kind)?.default_queue()?;
+        let Some(executor) = self.registry.builtin_kind(kind) else {
+            // A remote kind's jobs go to the queue its workers serve.
+            return self.registry.remote().queue(kind);
+        };
+        let queue = executor.default_queue()?;
         self.cfg.queues.iter().any(|q| q == queue).then(|| queue.to_string())
+    }
+
+    /// Whether a job (or workflow node, or agent tool) of `kind` may go to `queue`
+    /// (`None`: `default`): a remote kind's only to the queue its workers serve, any other
+    /// kind's to a configured queue.
+    pub fn check_queue(&self, kind: &str, queue: Option<&str>, field: impl FnOnce() -> String) -> Result<(), ApiError> {
+        let queue = queue.unwrap_or("default");
+        if self.registry.builtin_kind(kind).is_none()
+            && let Some(own) = self.registry.remote().queue(kind)
+        {
+            return match queue == own {
+                true => Ok(()),
+                false => Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unknown_queue",
+                    format!("remote kind `{kind}` is served on queue `{own}`; name that queue or none"),
+                )
+                .field(field())),
+            };
+        }
+        match self.cfg.queues.iter().any(|q| q == queue) {
+            true => Ok(()),
+            false => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_queue",
+                format!("unknown queue `{queue}`; configured queues: {}", self.cfg.queues.join(", ")),
+            )
+            .field(field())),
+        }
+    }
+
+    /// Reads the store's remote kinds again when one of `kinds` is unknown here: a kind a
+    /// worker registered on another node is known to every node from its registration on.
+    pub async fn learn_kinds(&self, kinds: &[&str]) -> Result<(), ApiError> {
+        if kinds.iter().any(|k| self.registry.get(k).is_none()) {
+            self.registry.remote().refresh(self.store.as_ref(), true).await?;
+        }
+        Ok(())
     }
 
     /// The timeout of a job (or workflow node, or agent tool) of `kind` that gives none:
@@ -194,22 +238,18 @@ impl ApiState {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "unknown_kind",
-                format!("unknown kind `{}`; known kinds: {}", spec.kind, self.registry.kinds().join(", ")),
+                format!(
+                    "unknown kind `{}`; known kinds: {} and the remote kinds workers registered",
+                    spec.kind,
+                    self.registry.kinds().join(", ")
+                ),
             )
             .field("kind"));
         };
         if spec.queue.is_none() {
             spec.queue = self.queue_of_kind(&spec.kind);
         }
-        let queue = spec.queue.as_deref().unwrap_or("default");
-        if !self.cfg.queues.iter().any(|q| q == queue) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "unknown_queue",
-                format!("unknown queue `{queue}`; configured queues: {}", self.cfg.queues.join(", ")),
-            )
-            .field("queue"));
-        }
+        self.check_queue(&spec.kind, spec.queue.as_deref(), || "queue".into())?;
         let input = spec.input.take().unwrap_or(serde_json::Value::Null);
         let passed_on = ferry_store::blobs::parse_reference(&input).is_some();
         if !passed_on {
@@ -246,6 +286,7 @@ impl ApiState {
           (name = "blobs", description = "Content-addressed blobs of the workspace: claim-checked payloads and `blob_put` results"),
           (name = "tokens", description = "API tokens of the workspace (admin)"),
           (name = "limits", description = "Concurrency limits of the workspace (admin)"),
+          (name = "workers", description = "The remote worker protocol (`docs/worker-protocol.md`): sessions of your own processes that serve remote kinds (worker role)"),
           (name = "system", description = "Queues, health and metrics"))
 )]
 struct ApiDoc;
@@ -314,6 +355,12 @@ fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(system::queues))
         .routes(routes!(system::set_queue))
         .routes(routes!(system::workers))
+        .routes(routes!(workers::open, workers::list))
+        .routes(routes!(workers::lease))
+        .routes(routes!(workers::heartbeat))
+        .routes(routes!(workers::events))
+        .routes(routes!(workers::complete))
+        .routes(routes!(workers::close))
         .routes(routes!(breakers::list))
         .routes(routes!(breakers::get, breakers::set))
         .routes(routes!(system::healthz))

@@ -28,18 +28,6 @@ const EVENT_PAGE: usize = 500;
 
 /// As for a job: only configured queues (which also keeps tenant-chosen names out of the
 /// queue label of `/metrics`). `None` is the default queue.
-fn known_queue(st: &ApiState, queue: Option<&str>, field: impl FnOnce() -> String) -> Result<(), ApiError> {
-    match queue {
-        Some(queue) if !st.cfg.queues.iter().any(|q| q == queue) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unknown_queue",
-            format!("unknown queue `{queue}`; configured queues: {}", st.cfg.queues.join(", ")),
-        )
-        .field(field())),
-        _ => Ok(()),
-    }
-}
-
 fn parse_run_id(raw: &str) -> Result<RunId, ApiError> {
     RunId::parse_str(raw).map_err(|_| ApiError::bad_field("id", format!("`{raw}` is not a run id (a UUID)")))
 }
@@ -59,6 +47,11 @@ pub async fn register(
     caller: Caller,
     JsonBody(mut spec): JsonBody<WorkflowSpec>,
 ) -> Result<(StatusCode, Json<WorkflowAccepted>), ApiError> {
+    let mut kinds: Vec<&str> = spec.nodes.iter().map(|n| n.kind.as_str()).collect();
+    for agent in spec.agents.values() {
+        kinds.extend(agent.tools.iter().map(|t| t.kind.as_str()));
+    }
+    st.learn_kinds(&kinds).await?;
     let registry = st.registry.clone();
     spec.validate(&|kind| registry.get(kind).is_some(), &st.cfg.limits)?;
     // A node that names no queue or timeout gets its kind's now, as a job would at
@@ -74,7 +67,7 @@ pub async fn register(
     // An input without references is final: its kind can check it now. One with
     // references is checked when the node starts (a refusal then fails the node).
     for (i, node) in spec.nodes.iter().enumerate() {
-        known_queue(&st, node.queue.as_deref(), || format!("nodes[{i}].queue"))?;
+        st.check_queue(&node.kind, node.queue.as_deref(), || format!("nodes[{i}].queue"))?;
         let input = node.input.clone().unwrap_or(Value::Null);
         if ferry_core::workflow::references(&input).is_ok_and(|r| r.is_empty())
             && let Some(executor) = registry.get(&node.kind)
@@ -92,7 +85,7 @@ pub async fn register(
         if llm.queue.is_none() {
             llm.queue = st.queue_of_kind(ferry_core::agent::LLM_KIND);
         }
-        known_queue(&st, llm.queue.as_deref(), || format!("agents.{name}.llm.queue"))?;
+        st.check_queue(ferry_core::agent::LLM_KIND, llm.queue.as_deref(), || format!("agents.{name}.llm.queue"))?;
         for (j, tool) in agent.tools.iter_mut().enumerate() {
             if tool.queue.is_none() {
                 tool.queue = st.queue_of_kind(&tool.kind);
@@ -100,7 +93,7 @@ pub async fn register(
             if tool.timeout_ms.is_none() {
                 tool.timeout_ms = st.timeout_of_kind(&tool.kind);
             }
-            known_queue(&st, tool.queue.as_deref(), || format!("agents.{name}.tools[{j}].queue"))?;
+            st.check_queue(&tool.kind, tool.queue.as_deref(), || format!("agents.{name}.tools[{j}].queue"))?;
             if let Some(input) = &tool.input
                 && ferry_core::workflow::references(input).is_ok_and(|r| r.is_empty())
                 && let Some(executor) = registry.get(&tool.kind)

@@ -41,9 +41,12 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<TokenView>), ApiError> {
     check_user(&req.user)?;
     if !req.role.issuable_through_api() {
-        return Err(forbidden_role(
-            "an operator token is created only on the store: `ferry token create --role operator`",
-        ));
+        return Err(forbidden_role(&format!(
+            "a{} {} token is created only on the store: `ferry token create --role {}`",
+            if req.role == ferry_core::auth::Role::Operator { "n" } else { "" },
+            req.role,
+            req.role
+        )));
     }
     let secret = new_token();
     let record = st

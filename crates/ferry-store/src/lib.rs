@@ -20,6 +20,7 @@ pub mod failures;
 pub mod park;
 pub mod postgres;
 pub mod rate;
+pub mod remote;
 mod row;
 mod rules;
 pub mod runs;
@@ -37,6 +38,7 @@ pub use failures::{FailureFilter, FailureGroup, FailureRow};
 pub use ferry_core::admission::{Admission, LimitPair, LimitReached, WorkspaceLimits};
 use ferry_core::run::{RunId, RunState};
 pub use park::Parked;
+pub use remote::RemoteKind;
 pub use runs::{
     Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunJobRow, RunNodeRow, RunPage,
     RunRow, WorkflowSummary, WorkflowVersion,
@@ -289,6 +291,23 @@ pub trait Store: Send + Sync + 'static {
     /// the batch's user already in flight ([`StoreError::LimitReached`] otherwise, and
     /// nothing is written). All jobs of the batch belong to one workspace and user.
     async fn submit_admitted(&self, jobs: Vec<NewJob>, admission: Admission) -> Result<Vec<Submitted>, StoreError>;
+
+    /// Registers remote kinds (or moves them to other queues), for every node (see
+    /// [`remote`]).
+    async fn put_remote_kinds(&self, kinds: &[RemoteKind]) -> Result<(), StoreError>;
+
+    /// Every registered remote kind, by name.
+    async fn remote_kinds(&self) -> Result<Vec<RemoteKind>, StoreError>;
+
+    /// Writes events (type, data) to a job's log while it runs under `attempt`, in order:
+    /// a remote attempt's progress and log lines. `false` (nothing written) when the
+    /// attempt is no longer the job's current one.
+    async fn write_job_events(
+        &self,
+        id: JobId,
+        attempt: u32,
+        events: Vec<(String, serde_json::Value)>,
+    ) -> Result<bool, StoreError>;
 
     /// The tokens the workspace's agents used today (UTC, by this process's clock).
     async fn tokens_today(&self, workspace: &str) -> Result<u64, StoreError>;

@@ -40,6 +40,7 @@ mod escalations;
 mod failures;
 mod jobs;
 mod open;
+mod remote;
 mod rows;
 mod runs;
 mod tx;
@@ -153,34 +154,9 @@ enum Cmd {
     Breaker(String, crate::BreakerOp, Reply<crate::BreakerOutcome>),
     OrderRelease(String, String, Reply<Option<JobId>>),
     Escalate(Box<crate::Firing>, Reply<Option<crate::Fired>>),
+    PutRemoteKinds(Vec<crate::RemoteKind>, Reply<()>),
+    JobEvents(JobId, u32, Vec<(String, serde_json::Value)>, Reply<bool>),
     Close(Reply<()>),
-}
-
-struct ReadPool {
-    path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
-}
-
-impl ReadPool {
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
-        let conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let conn = match conn {
-            Some(c) => c,
-            None => open_reader(&self.path).map_err(db)?,
-        };
-        // Every read runs in one read transaction, so a job and its events come from the
-        // same snapshot even when the writer commits in between.
-        let result =
-            conn.prepare_cached(*BEGIN_READ).and_then(|mut s| s.execute([])).and_then(|_| f(&conn)).map_err(db);
-        if conn.prepare_cached(*COMMIT).and_then(|mut s| s.execute([])).is_err() {
-            let _ = conn.execute_batch(*ROLLBACK);
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE_READERS {
-            idle.push(conn);
-        }
-        result
-    }
 }
 
 /// The SQLite store. See the module docs.
@@ -686,6 +662,23 @@ impl Store for SqliteStore {
 
     async fn set_queue_share(&self, share: QueueShare) -> Result<(), StoreError> {
         self.write(|r| Cmd::SetShare(share, r)).await
+    }
+
+    async fn put_remote_kinds(&self, kinds: &[crate::RemoteKind]) -> Result<(), StoreError> {
+        self.write(|r| Cmd::PutRemoteKinds(kinds.to_vec(), r)).await
+    }
+
+    async fn remote_kinds(&self) -> Result<Vec<crate::RemoteKind>, StoreError> {
+        self.read(remote::remote_kinds).await
+    }
+
+    async fn write_job_events(
+        &self,
+        id: JobId,
+        attempt: u32,
+        events: Vec<(String, serde_json::Value)>,
+    ) -> Result<bool, StoreError> {
+        self.write(|r| Cmd::JobEvents(id, attempt, events, r)).await
     }
 
     async fn label_rates(&self, workspace: &str) -> Result<Vec<LabelRate>, StoreError> {

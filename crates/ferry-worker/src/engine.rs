@@ -30,6 +30,9 @@
 //! - [`queue_control`]: applies the queues' run-time settings (pause, concurrency) that
 //!   operators and admins change in the store.
 //! - [`pruning`]: deletes finished jobs past their retention.
+//! - [`remote_queues`]: the queues of remote kinds, each with a dispatcher whose slots
+//!   are those of the remote workers' sessions serving it here (see [`crate::remote`]),
+//!   and the hub's upkeep (sessions that stopped calling end).
 //!
 //! **Shutdown.** [`Engine::shutdown`] stops claiming, lets running attempts finish within
 //! the grace period, then stops the rest and hands them back (`released`: ready again,
@@ -46,6 +49,7 @@ mod order;
 mod prefetch;
 mod pruning;
 mod queue_control;
+mod remote_queues;
 
 pub use pruning::prune_loop;
 
@@ -178,8 +182,10 @@ struct Inner {
     /// Node jobs that started or ended: their runs must advance.
     advancer: mpsc::UnboundedSender<RunId>,
     planner: Planner,
-    /// Each served queue's run-time controls (pause, concurrency).
+    /// Each configured queue's run-time controls (pause, concurrency).
     controls: HashMap<String, Arc<QueueControl>>,
+    /// The controls of the queues of remote kinds served here (see [`remote_queues`]).
+    remote_controls: Mutex<HashMap<String, Arc<QueueControl>>>,
     /// Notified when a standalone job ended: jobs held for a slot may go now.
     freed: tokio::sync::Notify,
     /// Attempts whose work is over but whose end is not recorded yet and whose slot went
@@ -204,6 +210,12 @@ pub(crate) const UNRECORDED_MAX: usize = 10_000;
 /// claimed again here before its last attempt's task is done.
 #[derive(Default)]
 struct Running(Mutex<HashMap<JobId, (u32, CancellationToken)>>);
+
+impl Inner {
+    fn remote_controls(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<QueueControl>>> {
+        self.remote_controls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 impl Running {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, (u32, CancellationToken)>> {
@@ -296,6 +308,7 @@ impl Engine {
             advancer,
             planner,
             controls: cfg_controls,
+            remote_controls: Mutex::default(),
             freed: tokio::sync::Notify::new(),
             unrecorded: Arc::new(tokio::sync::Semaphore::new(unrecorded_max)),
             breaker_book: breakers::Book::default(),
@@ -311,6 +324,13 @@ impl Engine {
         inner.background.spawn(leases::heartbeat(inner.clone()));
         inner.background.spawn(queue_control::watch_queues(inner.clone()));
         inner.background.spawn(leases::reap(inner.clone()));
+        // The worker protocol's sessions meet this engine's remote attempts in its hub.
+        let (slots, slot_changes) = mpsc::unbounded_channel();
+        let hub = remote_queues::hub(&inner.cfg, slots);
+        if inner.registry.remote().attach(hub.clone()) {
+            inner.background.spawn(remote_queues::serve(inner.clone(), slot_changes));
+            inner.background.spawn(remote_queues::upkeep(inner.clone(), hub));
+        }
         tracing::info!(worker = %inner.worker_id, queues = ?inner.cfg.queues, "engine started");
         Engine { inner }
     }

@@ -15,10 +15,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+use crate::remote::{Remote, RemoteExecutor};
+
 /// What an executor knows about the attempt it runs.
 #[derive(Debug, Clone)]
 pub struct Attempt {
     pub job_id: JobId,
+    /// The job's kind and queue (what a remote kind's worker is told).
+    pub kind: String,
+    pub queue: String,
     /// The job's workspace (what the kinds that touch stored data act in).
     pub workspace: String,
     /// The user who submitted the job (or started the run it belongs to): whom a kind
@@ -32,6 +37,8 @@ pub struct Attempt {
     /// engine also drops the `run` future then; executors that hold resources outside
     /// the future (a child process) watch this token to release them.
     pub cancel: CancellationToken,
+    /// When the attempt started here: its timeout counts from this.
+    pub started: std::time::Instant,
     /// The attempt's hard timeout (already cut to the retry budget). The engine drops the
     /// `run` future at this point, unless the kind [`Executor::enforces_timeout`].
     pub timeout: Duration,
@@ -175,10 +182,24 @@ pub trait Executor: Send + Sync + 'static {
     }
 }
 
-/// The kinds this process can run, by name.
-#[derive(Clone, Default)]
+/// The kinds this process can run, by name: the built-in ones, and the remote kinds
+/// workers registered (see [`crate::remote`]), all run by one [`RemoteExecutor`].
+#[derive(Clone)]
 pub struct Registry {
     kinds: BTreeMap<&'static str, Arc<dyn Executor>>,
+    remote: Arc<Remote>,
+    remote_executor: Arc<dyn Executor>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        let remote = Arc::new(Remote::default());
+        Registry {
+            kinds: BTreeMap::new(),
+            remote_executor: Arc::new(RemoteExecutor { remote: remote.clone() }),
+            remote,
+        }
+    }
 }
 
 impl Registry {
@@ -198,9 +219,23 @@ impl Registry {
         self.kinds.insert(executor.kind(), Arc::new(executor));
     }
 
-    /// The executor of a kind.
+    /// The executor of a kind: a built-in one, else the remote one for a known remote
+    /// kind.
     pub fn get(&self, kind: &str) -> Option<Arc<dyn Executor>> {
+        match self.kinds.get(kind) {
+            Some(e) => Some(e.clone()),
+            None => self.remote.queue(kind).map(|_| self.remote_executor.clone()),
+        }
+    }
+
+    /// The executor of a built-in kind (none for a remote one).
+    pub fn builtin_kind(&self, kind: &str) -> Option<Arc<dyn Executor>> {
         self.kinds.get(kind).cloned()
+    }
+
+    /// The remote kinds known here, and the hub of this process's engine.
+    pub fn remote(&self) -> &Arc<Remote> {
+        &self.remote
     }
 
     /// Each kind's [`Executor::readiness`] report, for those that have one.
@@ -208,7 +243,7 @@ impl Registry {
         self.kinds.iter().filter_map(|(k, e)| Some((k.to_string(), e.readiness()?))).collect()
     }
 
-    /// The registered kinds' names, sorted.
+    /// The built-in kinds' names, sorted.
     pub fn kinds(&self) -> Vec<&'static str> {
         self.kinds.keys().copied().collect()
     }

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (15, include_str!("../../sql/sqlite/migrations/0015_ordering.sql")),
     (16, include_str!("../../sql/sqlite/migrations/0016_agents.sql")),
     (17, include_str!("../../sql/sqlite/migrations/0017_run_depth.sql")),
+    (18, include_str!("../../sql/sqlite/migrations/0018_remote_kinds.sql")),
 ];
 
 crate::sql::statements!("../../sql/sqlite/open.sql":
@@ -78,4 +79,32 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
         tracing::info!(version, "applied SQLite migration");
     }
     Ok(())
+}
+
+/// Read connections, each used for one read transaction at a time and kept for the next.
+pub(super) struct ReadPool {
+    pub(super) path: PathBuf,
+    pub(super) idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    pub(super) fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open_reader(&self.path).map_err(db)?,
+        };
+        // Every read runs in one read transaction, so a job and its events come from the
+        // same snapshot even when the writer commits in between.
+        let result =
+            conn.prepare_cached(*BEGIN_READ).and_then(|mut s| s.execute([])).and_then(|_| f(&conn)).map_err(db);
+        if conn.prepare_cached(*COMMIT).and_then(|mut s| s.execute([])).is_err() {
+            let _ = conn.execute_batch(*ROLLBACK);
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
 }

@@ -139,6 +139,8 @@ impl Writer {
             Cmd::Breaker(key, op, reply) => self.step(reply, |w| w.breaker(&key, op)),
             Cmd::OrderRelease(ws, key, reply) => self.step(reply, |w| w.order_release(&ws, &key)),
             Cmd::Escalate(firing, reply) => self.step(reply, |w| w.escalate(*firing)),
+            Cmd::PutRemoteKinds(kinds, reply) => self.step(reply, |w| Ok(w.put_remote_kinds(&kinds)?)),
+            Cmd::JobEvents(id, attempt, events, reply) => self.step(reply, |w| Ok(w.job_events(id, attempt, &events)?)),
             Cmd::FinishMany(fins, reply) => self.step(reply, |w| fins.iter().map(|f| w.finish(f)).collect()),
             Cmd::Heartbeat(worker, lease_ms, running, reply) => {
                 self.step(reply, |w| w.heartbeat(&worker, lease_ms, &running))

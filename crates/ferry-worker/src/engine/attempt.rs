@@ -94,11 +94,14 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
     }
     let attempt = Attempt {
         job_id: job.id,
+        kind: job.kind.clone(),
+        queue: job.queue.clone(),
         workspace: job.workspace.clone(),
         user: job.user.clone(),
         run: job.run_id,
         number: job.attempt,
         cancel: cancel.clone(),
+        started,
         timeout: Duration::from_millis(timeout_ms),
         soft_timeout: job.soft_timeout_ms.map(|t| Duration::from_millis(t.min(timeout_ms))),
         runs: inner.runs.clone(),
@@ -182,7 +185,10 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
     let elapsed = started.elapsed().as_secs_f64();
 
     // What the attempt said of its target, before its end is recorded.
-    if let (Some(key), Ok(ended)) = (&breaker, &outcome) {
+    // (A job handed back unrun said nothing of it.)
+    if let (Some(key), Ok(ended)) = (&breaker, &outcome)
+        && !ended.as_ref().is_err_and(|e| e.hand_back)
+    {
         breakers::record(&inner, &job, key, probe, ended.as_ref().err()).await;
     }
     let result = match outcome {
@@ -213,6 +219,8 @@ pub(super) async fn run_attempt(inner: Arc<Inner>, job: ClaimedJob, permit: Owne
             None
         }
         Err(Stop::Shutdown) => Some(FinishResult::Released),
+        // Not run (a remote worker that is stopping gave it back): as at a shutdown.
+        Ok(Err(e)) if e.hand_back => Some(FinishResult::Released),
         Ok(Ok(output)) => Some(succeeded(&inner, &job, output)),
         Ok(Err(e)) => Some(failed(&inner, &job, e)),
     };

@@ -127,8 +127,12 @@ fn next(event: Event, paused: bool, stopping: bool) -> State {
 
 /// Serves `queue` until claiming stops.
 pub(super) async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
-    let control =
-        inner.controls.get(&queue.name).cloned().unwrap_or_else(|| Arc::new(QueueControl::new(queue.concurrency)));
+    let control = inner
+        .controls
+        .get(&queue.name)
+        .cloned()
+        .or_else(|| inner.remote_controls().get(&queue.name).cloned())
+        .unwrap_or_else(|| Arc::new(QueueControl::new(queue.concurrency)));
     let mut dispatcher = Dispatcher {
         wake: inner.store.wakeup(&queue.name),
         poll: Duration::from_millis(inner.cfg.poll_ms),

@@ -8,9 +8,11 @@
 //! haste here: the claim statements read the pause themselves, so it holds from its
 //! commit; the dispatcher's `Paused` state only saves claims that would come back empty.
 //! A new concurrency resizes the slots: more permits at once, fewer as attempts end.
+//! A queue of remote kinds gets its slots from the sessions serving it
+//! ([`QueueControl::set_remote_slots`]), within the operator's concurrency.
 
 use super::Inner;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -18,12 +20,20 @@ use tokio::sync::{Notify, Semaphore};
 /// A queue's run-time settings as this process applies them; refreshed from the store
 /// every `poll_ms` by [`watch_queues`].
 pub(super) struct QueueControl {
-    /// The configured concurrency, used when the store says nothing.
-    configured: usize,
+    /// The configured concurrency, used when the store says nothing; for a queue of
+    /// remote kinds, the slots its sessions bring (see [`crate::remote`]).
+    configured: AtomicUsize,
+    /// A queue of remote kinds: the operator's concurrency caps its sessions' slots
+    /// instead of replacing the configured number.
+    remote: bool,
+    /// The operator's concurrency, as of the last settings read.
+    operator: Mutex<Option<u32>>,
     /// The slots: one permit per attempt that may run at once.
     pub(super) slots: Arc<Semaphore>,
     /// How many permits the semaphore was sized to.
     sized: Mutex<usize>,
+    /// Permits a shrink still has to take (see [`QueueControl::resize`]).
+    debt: Arc<Mutex<usize>>,
     paused: AtomicBool,
     /// Notified when the settings change.
     pub(super) changed: Notify,
@@ -32,12 +42,20 @@ pub(super) struct QueueControl {
 impl QueueControl {
     pub(super) fn new(configured: usize) -> Self {
         QueueControl {
-            configured,
+            configured: AtomicUsize::new(configured),
+            remote: false,
+            operator: Mutex::new(None),
             slots: Arc::new(Semaphore::new(configured)),
             sized: Mutex::new(configured),
+            debt: Arc::default(),
             paused: Default::default(),
             changed: Notify::new(),
         }
+    }
+
+    /// The control of a queue of remote kinds, with no slots until sessions bring some.
+    pub(super) fn remote() -> Self {
+        QueueControl { remote: true, ..QueueControl::new(0) }
     }
 
     /// Whether the queue is paused here (as of the last settings read).
@@ -45,27 +63,70 @@ impl QueueControl {
         self.paused.load(Ordering::Relaxed)
     }
 
+    /// A queue of remote kinds: its sessions now bring `slots`.
+    pub(super) fn set_remote_slots(&self, slots: usize) {
+        self.configured.store(slots, Ordering::Relaxed);
+        self.resize(false);
+    }
+
     fn apply(&self, settings: Option<&ferry_store::QueueSettings>) {
         let paused = settings.is_some_and(|s| s.paused);
-        let target = settings.and_then(|s| s.concurrency).map_or(self.configured, |c| c as usize);
-        let mut changed = self.paused.swap(paused, Ordering::Relaxed) != paused;
+        *self.operator.lock().unwrap_or_else(|e| e.into_inner()) = settings.and_then(|s| s.concurrency);
+        let changed = self.paused.swap(paused, Ordering::Relaxed) != paused;
+        self.resize(changed);
+    }
+
+    /// The slots the queue should have: the operator's concurrency, else the configured
+    /// one; for remote kinds, their sessions' slots within the operator's concurrency.
+    fn target(&self) -> usize {
+        let own = self.configured.load(Ordering::Relaxed);
+        match (*self.operator.lock().unwrap_or_else(|e| e.into_inner()), self.remote) {
+            (None, _) => own,
+            (Some(c), false) => c as usize,
+            (Some(c), true) => own.min(c as usize),
+        }
+    }
+
+    /// Sizes the slots to [`QueueControl::target`]: more permits at once (after paying
+    /// off what a shrink still owes), fewer as attempts end. A shrink's debt is collected
+    /// one permit at a time, so a grow that comes before it is paid cancels it instead of
+    /// adding permits the collector would then take.
+    fn resize(&self, mut changed: bool) {
+        let target = self.target();
         let mut sized = self.sized.lock().unwrap_or_else(|e| e.into_inner());
+        let mut debt = self.debt.lock().unwrap_or_else(|e| e.into_inner());
         if target > *sized {
-            self.slots.add_permits(target - *sized);
+            let add = target - *sized;
+            let pay = add.min(*debt);
+            *debt -= pay;
+            self.slots.add_permits(add - pay);
             changed = true;
         } else if target < *sized {
-            // Fewer slots: take the surplus as attempts end, and keep them.
-            let (slots, surplus) = (self.slots.clone(), (*sized - target) as u32);
-            tokio::spawn(async move {
-                if let Ok(p) = slots.acquire_many_owned(surplus).await {
-                    p.forget();
-                }
-            });
+            let collecting = *debt > 0;
+            *debt += *sized - target;
+            if !collecting {
+                tokio::spawn(collect(self.slots.clone(), self.debt.clone()));
+            }
             changed = true;
         }
         *sized = target;
         if changed {
             self.changed.notify_waiters();
+        }
+    }
+}
+
+/// Takes and keeps permits as attempts end until the debt is paid (or forgiven by a grow).
+async fn collect(slots: Arc<Semaphore>, debt: Arc<Mutex<usize>>) {
+    while let Ok(permit) = slots.clone().acquire_owned().await {
+        let mut owed = debt.lock().unwrap_or_else(|e| e.into_inner());
+        if *owed == 0 {
+            return;
+        }
+        *owed -= 1;
+        permit.forget();
+        if *owed == 0 {
+            return;
         }
     }
 }
@@ -76,7 +137,7 @@ pub(super) async fn watch_queues(inner: Arc<Inner>) {
     loop {
         match inner.store.queue_settings().await {
             Ok(all) => {
-                for (name, control) in &inner.controls {
+                for (name, control) in inner.controls.iter().chain(inner.remote_controls().iter()) {
                     control.apply(all.iter().find(|s| &s.name == name));
                 }
             }

@@ -23,6 +23,7 @@ mod openapi;
 mod ordering;
 mod queues;
 mod refusals;
+mod remote;
 mod restart;
 mod retention;
 mod retries;
