@@ -7,11 +7,12 @@ use crate::views::{
     RunAccepted, RunEventList, RunEventView, RunPageView, RunRequest, RunStateView, RunView, WorkflowAccepted,
     WorkflowList, WorkflowSummaryView, WorkflowVersionView, WorkflowVersions,
 };
+use crate::wait::WaitQuery;
 use crate::{ApiState, Caller};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use ferry_core::OnLimit;
 use ferry_core::run::{RunId, RunState};
 use ferry_core::time::to_datetime;
@@ -20,6 +21,7 @@ use ferry_store::{CreateRunOutcome, NewRun, RunFilter, Store, StoreError, Subjec
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
+use std::time::Duration;
 use uuid::Uuid;
 
 /// Most events one read of a run's log returns (a stream reads again at once when it got
@@ -219,14 +221,18 @@ async fn first_inputs_fit(st: &ApiState, workspace: &str, req: &RunRequest, inpu
 
 /// Start a run of a workflow (its latest version unless one is named). A missing workflow
 /// is answered 404, a version it does not have 400 `unknown_version` (naming the latest),
-/// and nothing starts. The first nodes' jobs exist when this answers.
+/// and nothing starts. The first nodes' jobs exist when this answers. With `?wait=30s` it
+/// waits for the run to end: 200 with the ended run (as `GET /v1/runs/{id}` answers it),
+/// or 202 with the id and state when the wait ends first.
 #[utoipa::path(
     post, path = "/v1/runs", tag = "workflows", operation_id = "startRun",
     request_body = RunRequest,
-    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\t\x20-\x7E]*[\x21-\x7E])?$", description = "Same as the body's `idempotency_key` (give either, or both equal)")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\t\x20-\x7E]*[\x21-\x7E])?$", description = "Same as the body's `idempotency_key` (give either, or both equal)"),
+           ("wait" = Option<String>, Query, pattern = r"^[0-9]+(ms|s|m)$", description = "Wait up to this long (`500ms`, `30s`, `1m`; at most 60 s) for the run to end")),
     responses(
         (status = 201, body = RunAccepted),
-        (status = 200, description = "Idempotency key matched an existing run", body = RunAccepted),
+        (status = 200, description = "Idempotency key matched an existing run; with `wait`, the run ended within it (the run as `GET /v1/runs/{id}` answers it)", body = RunAccepted),
+        (status = 202, description = "With `wait`: the run had not ended when the wait did", body = RunAccepted),
         (status = 400, description = "Bad input, naming the field (an `input` that is not an object included); a `version` the workflow does not have is `unknown_version`, its message naming the latest", body = ErrorBody),
         (status = 404, description = "No such workflow", body = ErrorBody),
         (status = 409, description = "Idempotency key used with another request", body = ErrorBody),
@@ -238,8 +244,37 @@ pub async fn start(
     State(st): State<ApiState>,
     caller: Caller,
     headers: HeaderMap,
-    JsonBody(mut req): JsonBody<RunRequest>,
+    Query(wait): Query<WaitQuery>,
+    JsonBody(req): JsonBody<RunRequest>,
+) -> Result<Response, ApiError> {
+    let wait = wait.duration()?;
+    let (status, Json(accepted)) = start_run(&st, &caller, headers, req).await?;
+    let Some(wait) = wait else { return Ok((status, Json(accepted)).into_response()) };
+    match ended_within(&st, &caller, accepted.id, wait).await? {
+        (run, true) => Ok((StatusCode::OK, Json(run)).into_response()),
+        (run, false) => Ok((StatusCode::ACCEPTED, Json(RunAccepted { state: run.state, ..accepted })).into_response()),
+    }
+}
+
+/// The run once it ended, or as it is when `wait` is over; whether it ended.
+async fn ended_within(st: &ApiState, caller: &Caller, id: RunId, wait: Duration) -> Result<(RunView, bool), ApiError> {
+    let mut waiter = crate::wait::Waiter::new(&st.store.event_signal(), ferry_store::Subject::Run(id), wait);
+    loop {
+        let run = st.store.get_run(&caller.workspace, id).await?.ok_or_else(|| ApiError::not_found("run"))?;
+        let ended = run.run.state.is_terminal();
+        if ended || !waiter.next().await {
+            return Ok((RunView::detail(run), ended));
+        }
+    }
+}
+
+async fn start_run(
+    st: &ApiState,
+    caller: &Caller,
+    headers: HeaderMap,
+    mut req: RunRequest,
 ) -> Result<(StatusCode, Json<RunAccepted>), ApiError> {
+    let st = st.clone();
     crate::extract::idempotency_key(&headers, &mut req.idempotency_key)?;
     if let Some(key) = &req.idempotency_key
         && (key.is_empty() || key.len() > 255)
@@ -315,18 +350,24 @@ pub async fn start(
     }
 }
 
-/// A run: its state, and every node's state, attempts, output and error.
+/// A run: its state, and every node's state, attempts, output and error. With
+/// `?wait=30s`, answered as soon as the run has ended, or as it is when the wait is over.
 #[utoipa::path(
     get, path = "/v1/runs/{id}", tag = "workflows", operation_id = "getRun",
-    params(("id" = uuid::Uuid, Path, description = "Run id")),
-    responses((status = 200, body = RunView), (status = 404, body = ErrorBody))
+    params(("id" = uuid::Uuid, Path, description = "Run id"),
+           ("wait" = Option<String>, Query, pattern = r"^[0-9]+(ms|s|m)$", description = "Wait up to this long (`500ms`, `30s`, `1m`; at most 60 s) for the run to end")),
+    responses((status = 200, body = RunView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
 pub async fn get_run(
     State(st): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
+    Query(wait): Query<WaitQuery>,
 ) -> Result<Json<RunView>, ApiError> {
     let id = parse_run_id(&id)?;
+    if let Some(wait) = wait.duration()? {
+        return Ok(Json(ended_within(&st, &caller, id, wait).await?.0));
+    }
     let run = st.store.get_run(&caller.workspace, id).await?.ok_or_else(|| ApiError::not_found("run"))?;
     Ok(Json(RunView::detail(run)))
 }

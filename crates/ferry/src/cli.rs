@@ -223,6 +223,9 @@ pub struct RunArgs {
     /// Show each node live until the run ends
     #[arg(long)]
     pub follow: bool,
+    /// Wait for the run to end, then show it (exit status 0 only if it succeeded)
+    #[arg(long, conflicts_with = "follow")]
+    pub wait: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }

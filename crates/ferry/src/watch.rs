@@ -3,9 +3,10 @@
 //! one line per node, redrawn in place, until the run ended). Their exit status is 0 only
 //! if the work succeeded, so a script can chain on them.
 //!
-//! Both poll the API (`GET /v1/jobs/{id}`, `GET /v1/runs/{id}` and its events, whose agent
-//! steps, tool calls and token budgets `--follow` prints a line each): a few requests a
-//! second at most, and nothing to set up on the server.
+//! `--wait` (`ferry submit`, `ferry run`) asks the server to hold each request until the
+//! work ended (`?wait=`, woken by the end: no polling). `--follow` reads the run and its
+//! events (whose agent steps, tool calls and token budgets it prints a line each) a few
+//! times a second.
 
 use crate::cli::{RunArgs, SubmitArgs, print, read_input};
 use crate::view;
@@ -28,6 +29,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(k) = &args.idempotency_key {
         req["idempotency_key"] = json!(k);
+    }
+    if args.wait {
+        // The server holds each request until the run ends (or `WAIT_STEP` passes).
+        let mut run = client.call(Method::POST, &format!("/v1/runs?wait={WAIT_STEP}"), Some(&req)).await?;
+        let id = run["id"].as_str().context("the server answered without an id")?.to_string();
+        while matches!(run["state"].as_str(), Some("queued" | "running")) {
+            run = client.call(Method::GET, &format!("/v1/runs/{id}?wait={WAIT_STEP}"), None).await?;
+        }
+        args.client.print(&run, view::run);
+        return Ok(if run["state"] == "succeeded" { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     let accepted = client.call(Method::POST, "/v1/runs", Some(&req)).await?;
     if !args.follow {
@@ -140,28 +151,34 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     if let Some(k) = args.ordering_key {
         spec["ordering_key"] = json!(k);
     }
-    let accepted = client.call(Method::POST, "/v1/jobs", Some(&spec)).await?;
     if !args.wait {
+        let accepted = client.call(Method::POST, "/v1/jobs", Some(&spec)).await?;
         args.client.print(&accepted, |a| view::accepted("job", a));
         return Ok(ExitCode::SUCCESS);
     }
-    let id = accepted["id"].as_str().context("the server answered without an id")?.to_string();
+    // The server holds each request until the job ends (or `WAIT_STEP` passes): the
+    // answer to a job that ended is the job itself.
+    let mut job = client.call(Method::POST, &format!("/v1/jobs?wait={WAIT_STEP}"), Some(&spec)).await?;
+    let id = job["id"].as_str().context("the server answered without an id")?.to_string();
     let bar = ProgressBar::new_spinner();
     bar.set_style(
         ProgressStyle::with_template("{spinner} {elapsed} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     bar.enable_steady_tick(Duration::from_millis(100));
-    let mut pause = Duration::from_millis(20);
     loop {
-        let job = client.call(Method::GET, &format!("/v1/jobs/{id}"), None).await?;
         let state = job["state"].as_str().unwrap_or("?").to_string();
-        bar.set_message(format!("job {id}: {state}, attempts used {}/{}", job["attempts_used"], job["max_attempts"]));
         if matches!(state.as_str(), "succeeded" | "dead" | "cancelled") {
             bar.finish_and_clear();
             args.client.print(&job, view::job);
             return Ok(if state == "succeeded" { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(500));
+        bar.set_message(format!("job {id}: {state}"));
+        job = client.call(Method::GET, &format!("/v1/jobs/{id}?wait={WAIT_STEP}"), None).await?;
+        if let Some(used) = job["attempts_used"].as_u64() {
+            bar.set_message(format!("job {id}: {}, attempts used {used}/{}", job["state"], job["max_attempts"]));
+        }
     }
 }
+
+/// How long one request of `--wait` waits for the end: each answer refreshes the line.
+const WAIT_STEP: &str = "5s";

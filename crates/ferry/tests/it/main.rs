@@ -34,5 +34,6 @@ mod system;
 mod tenancy;
 mod transport;
 mod validation;
+mod waiting;
 mod webhooks;
 mod workflows;
