@@ -20,8 +20,9 @@ pub enum TokenCommand {
         workspace: String,
         #[arg(long)]
         user: String,
-        /// viewer, submitter, admin, or operator (every right of an admin in its workspace,
-        /// plus the server-wide queue settings; made only here, never through the API)
+        /// viewer, submitter, admin, operator (every right of an admin in its workspace,
+        /// plus the server-wide queue settings) or worker (the worker protocol only: a
+        /// remote worker's sessions); the last two are made only here, never through the API
         #[arg(long)]
         role: String,
         #[command(flatten)]

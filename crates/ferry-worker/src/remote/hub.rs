@@ -245,19 +245,21 @@ impl Hub {
     /// slots), waiting up to `wait` for the first.
     pub async fn lease(&self, session: &str, max: usize, wait: Duration) -> Result<Vec<LeasedJob>, HubError> {
         let until = tokio::time::Instant::now() + wait.min(self.cfg.max_wait);
-        let mut counted = false;
-        let result = loop {
+        // Counts the call as waiting until it ends, dropped with it too: a client that
+        // hangs up leaves its session to time out like any other.
+        let mut waiting: Option<Waiting<'_>> = None;
+        loop {
             let notified = self.offered.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let jobs = {
                 let mut st = self.lock();
                 let State { sessions, offers, .. } = &mut *st;
-                let Some(s) = sessions.get_mut(session) else { break Err(HubError::UnknownSession) };
+                let s = sessions.get_mut(session).ok_or(HubError::UnknownSession)?;
                 s.seen = Instant::now();
-                if !counted {
+                if waiting.is_none() {
                     s.waiting += 1;
-                    counted = true;
+                    waiting = Some(Waiting { hub: self, session });
                 }
                 let room = max.min(s.concurrency.saturating_sub(s.held.len()));
                 let mut jobs = Vec::new();
@@ -277,18 +279,13 @@ impl Hub {
                 jobs
             };
             if !jobs.is_empty() || tokio::time::Instant::now() >= until {
-                break Ok(jobs);
+                return Ok(jobs);
             }
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep_until(until) => {}
             }
-        };
-        if counted && let Some(s) = self.lock().sessions.get_mut(session) {
-            s.waiting -= 1;
-            s.seen = Instant::now();
         }
-        result
     }
 
     /// Keeps the session alive; the attempts it must stop, each named once.
@@ -380,6 +377,21 @@ fn recount(st: &mut State) -> Vec<(String, usize)> {
     }
     st.capacity = now;
     changed
+}
+
+/// A lease call of a session, counted as waiting until it ends or is dropped.
+struct Waiting<'a> {
+    hub: &'a Hub,
+    session: &'a str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.hub.lock().sessions.get_mut(self.session) {
+            s.waiting -= 1;
+            s.seen = Instant::now();
+        }
+    }
 }
 
 /// A session is gone: what it held failed with `worker_lost`.

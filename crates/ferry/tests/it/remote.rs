@@ -17,6 +17,7 @@ both!(
     a_failure_retries_or_dies_by_the_workers_word,
     a_cancel_reaches_the_session_and_a_late_result_is_refused,
     a_session_that_stops_calling_loses_its_jobs_to_another,
+    a_session_that_hangs_up_on_its_lease_ends_too,
     a_released_job_comes_back_uncounted,
     a_timeout_stops_the_attempt_and_names_it,
     a_workflow_node_may_be_a_remote_kind,
@@ -213,6 +214,31 @@ async fn a_session_that_stops_calling_loses_its_jobs_to_another(backend: Backend
     assert_error(&(status, got), StatusCode::NOT_FOUND, "unknown_session", Some("session"));
     assert!(accepted(&srv, &next, json!({"id": id, "attempt": 2, "output": {"ok": 1}})).await);
     assert_eq!(srv.wait_state(&id, &["succeeded", "dead"]).await["state"], "succeeded");
+    srv.stop().await;
+}
+
+async fn a_session_that_hangs_up_on_its_lease_ends_too(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let gone = open(&srv, &[("encode", "video")], 2).await;
+    let id = srv.submit(json!({"kind": "encode", "input": {}, "backoff": {"initial_ms": 10, "max_ms": 10}})).await;
+    let first = lease_one(&srv, &gone).await;
+    // A worker killed while its next lease call waits: the call's connection closes.
+    let hasty = reqwest::Client::builder().timeout(std::time::Duration::from_millis(300)).build().expect("a client");
+    let cut = hasty
+        .post(format!("{}/v1/workers/sessions/{gone}/lease", srv.url()))
+        .json(&json!({"wait_ms": 25_000}))
+        .send()
+        .await;
+    assert!(cut.is_err_and(|e| e.is_timeout()), "the call was cut while it waited");
+    let next = open(&srv, &[("encode", "video")], 1).await;
+    let again = poll("the job to come back to the other session", async || {
+        lease(&srv, &next, 1, 2_000).await.into_iter().next()
+    })
+    .await;
+    assert_eq!((again["id"].as_str(), again["attempt"].as_u64()), (Some(id.as_str()), Some(first["attempt"].as_u64().unwrap() + 1)));
+    assert_eq!(attempts(&srv.job(&id).await)[0]["error"]["type"], "worker_lost");
+    let (status, got) = srv.post(&format!("/v1/workers/sessions/{gone}/heartbeat"), json!({})).await;
+    assert_error(&(status, got), StatusCode::NOT_FOUND, "unknown_session", Some("session"));
     srv.stop().await;
 }
 
