@@ -324,7 +324,12 @@ def _stream_timeout(c: _Base) -> httpx.Timeout:
 
 
 def _revoked(ev: Event) -> FerryError:
-    err = (ev.raw.get("error") or (ev.data or {}).get("error") or {}) if isinstance(ev.data, (dict, type(None))) else {}
+    """The error of a stream's final `revoked` event (its token was revoked)."""
+    err = ev.raw.get("error")
+    if not isinstance(err, dict) and isinstance(ev.data, dict):
+        err = ev.data.get("error")
+    if not isinstance(err, dict):
+        err = {}
     return FerryError(401, str(err.get("code", "unauthenticated")), str(err.get("message", "token revoked")))
 
 

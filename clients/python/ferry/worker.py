@@ -72,6 +72,9 @@ MAX_BATCH = 100  # results or events per call (protocol §4, §5)
 MAX_EVENTS_PER_ATTEMPT = 1000  # past it the server answers 429 event_limit
 MAX_EVENT_BYTES = 4096
 MAX_MESSAGE_CHARS = 4000
+# How long a stopping worker waits for its pending long poll to end once a second lease
+# call has asked it to (protocol §2: at once).
+_LEASE_END_WAIT = 2.0
 
 F = TypeVar("F", bound=Callable[..., Any])
 ExcTypes = Union[Type[BaseException], Tuple[Type[BaseException], ...]]
@@ -554,9 +557,11 @@ class Worker:
         except (FerryError, asyncio.TimeoutError) as e:
             log.debug("ending the pending lease: %s", e)
         try:
-            extra += await asyncio.wait_for(asyncio.shield(lease), timeout=10.0)
+            extra += await asyncio.wait_for(asyncio.shield(lease), timeout=_LEASE_END_WAIT)
         except (FerryError, asyncio.TimeoutError) as e:
-            log.debug("the pending lease: %s", e)
+            # Not ended by the second call: give up on it (the connection is closed; the
+            # session's DELETE fails anything the server still hands it).
+            log.debug("the pending lease did not end: %s", e)
             lease.cancel()
         for job in extra:
             self._queue_result(session, {"id": job["id"], "attempt": job["attempt"], "release": True})

@@ -85,8 +85,8 @@ def test_stream_events_and_resume(server: Server) -> None:
 
 
 class CuttingProxy:
-    """A loopback TCP proxy that cuts each of its first `cuts` connections as soon as
-    the server has sent an event's `data:` through it: a stream dropped mid-way."""
+    """A loopback TCP proxy that cuts each of its first `cuts` connections right after
+    the first event the server sent through it: a stream dropped mid-way."""
 
     def __init__(self, upstream_port: int, cuts: int) -> None:
         self.upstream_port = upstream_port
@@ -122,14 +122,21 @@ class CuttingProxy:
                 pass
 
         threading.Thread(target=pump_up, daemon=True).start()
+        seen = b""
         try:
             while True:
                 data = upstream.recv(65536)
                 if not data:
                     break
+                if cut:
+                    # Pass on the first event whole, then cut the connection.
+                    seen += data
+                    at = seen.find(b"data:")
+                    end = seen.find(b"\n\n", at) if at >= 0 else -1
+                    if end >= 0:
+                        client.sendall(data[: len(data) - (len(seen) - end - 2)])
+                        break
                 client.sendall(data)
-                if cut and b"data:" in data:
-                    break
         except OSError:
             pass
         for s in (client, upstream):
@@ -154,7 +161,7 @@ def test_stream_resumes_after_a_dropped_connection(server: Server) -> None:
             assert got == expected
             assert proxy.connections >= 3  # two cut, then one to the end
             with pytest.raises(ferry.FerryError):
-                proxy.cuts += 1
+                proxy.cuts = proxy.connections + 1  # the next connection is cut too
                 list(c.stream_events(sub["id"], reconnect=False))
     finally:
         proxy.close()
@@ -190,8 +197,10 @@ def test_async_client(server: Server) -> None:
             sub = await c.submit("sleep", {"ms": 100})
             types: List[str] = [e.type async for e in c.stream_events(sub["id"])]
             assert types[-1] == "succeeded"
-            with pytest.raises(ferry.WaitTimeout):
+            with pytest.raises(ferry.WaitTimeout) as info:
                 await c.submit_and_wait("sleep", {"ms": 60000}, timeout=0.3)
+            await c.cancel(info.value.id)
+            assert (await c.wait(info.value.id, timeout=30))["state"] == "cancelled"
             with pytest.raises(ferry.FerryError) as info:
                 await c.submit("no-such-kind")
             assert info.value.status == 400

@@ -90,15 +90,25 @@ def test_kill_9_mid_job_is_retried_elsewhere(fresh_server: Callable[..., Server]
     server = fresh_server()
     first = start_worker(server)
     with server.client() as c:
-        sub = c.submit("py_slow", {"quick_from": 2}, max_attempts=3, backoff=QUICK_BACKOFF)
+        # A timeout far beyond the session's (3 s): the attempt must end as worker_lost
+        # when the session times out, long before its own timeout would end it.
+        sub = c.submit("py_slow", {"quick_from": 2}, max_attempts=3, backoff=QUICK_BACKOFF, timeout_ms=120_000)
         assert wait_mark(marks, sub["id"], 1, "started") == str(first.pid)
         first.kill()  # SIGKILL: no release, no DELETE; the session times out
         second = start_worker(server)
-        job = c.wait(sub["id"], timeout=STATE_DEADLINE * 2)
-        assert job["state"] == "succeeded", job
-        assert job["output"]["pid"] == second.pid and job["output"]["attempt"] >= 2
+
+        def first_attempt_ended() -> Any:
+            job = c.get(sub["id"])
+            return job if job["attempts"] and job["attempts"][0].get("finished_at") else None
+
+        # The killed worker's session ends after 3 s without a call (its lease call's wait,
+        # at most 30 s, included): well within this deadline, far from the job's timeout.
+        job = wait_for("the killed worker's attempt to end", first_attempt_ended, deadline=STATE_DEADLINE)
         lost = job["attempts"][0]
         assert lost["error"]["type"] == "worker_lost" and lost["error"]["retryable"] is True, lost
+        job = c.wait(sub["id"], timeout=STATE_DEADLINE)
+        assert job["state"] == "succeeded", job
+        assert job["output"]["pid"] == second.pid and job["output"]["attempt"] == 2
 
 
 def test_sigterm_drains(fresh_server: Callable[..., Server], start_worker: StartWorker, marks: Path,
@@ -122,9 +132,10 @@ def test_sigterm_drains(fresh_server: Callable[..., Server], start_worker: Start
 
         done = c.get(quick["id"])
         assert done["state"] == "succeeded" and done["output"]["pid"] == worker.pid, done
-        back = c.get(stuck["id"])
-        assert back["state"] == "queued", back  # released: queued again at once
-        assert back["attempts_used"] == 0, back  # and the attempt does not count
+        # Released: queued again (the node records the release as the attempt's end)...
+        back = wait_state(c, stuck["id"], "queued")
+        assert back["attempts_used"] == 0, back  # ...and the attempt does not count
+        assert back["attempts"][0]["outcome"] == "released", back
         assert mark(marks, stuck["id"], 1, "stopped-shutdown").exists()
 
         never.write_text("go")
