@@ -11,9 +11,10 @@ serving the kind `py_bench_noop`, submits N jobs of it with `POST /v1/jobs/batch
 
 Prints:
 - throughput: N / (last job's `finished_at` − first job's `created_at`), server times;
-- pickup latency p50/p90/p99/max: the attempt's `started_at` − the job's `run_at` (when
-  the node leased it to the worker), and "in Python": the worker's own clock when the
-  task function started − `run_at` (what a task really waits: lease, transfer, dispatch).
+- pickup latency p50/p90/p99/max: "node's claim", the attempt's `started_at` − the job's
+  `run_at` (when the node's engine claimed the job for the sessions' slots, before a
+  lease hands it over), and "in Python": the worker's own clock when the task function
+  started − `run_at` (what a task really waits: claim, lease, transfer, dispatch).
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def main() -> int:
         leased = [(ts(j["attempts"][-1]["started_at"]) - ts(j["run_at"])) * 1000 for j in sample]
         in_python = [(j["output"]["t"] - ts(j["run_at"])) * 1000 for j in sample]
         print(f"  {title}:")
-        for name, values in (("leased", leased), ("in Python", in_python)):
+        for name, values in (("node's claim", leased), ("in Python", in_python)):
             print(f"    pickup ({name}): p50 {pct(values, 50):.1f} ms, p90 {pct(values, 90):.1f} ms, "
                   f"p99 {pct(values, 99):.1f} ms, max {max(values):.1f} ms")
 

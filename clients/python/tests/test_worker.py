@@ -27,8 +27,9 @@ def test_jobs_from_another_process(fresh_server: Callable[..., Server], start_wo
         types = [e.type for e in c.events(job["id"])]
         assert "progress" in types and "log" in types, types
         assert types.index("progress") < types.index("succeeded")
-        progress = next(e for e in c.events(job["id"]) if e.type == "progress")
-        assert progress.data == {"done": 1, "total": 1} or progress.data.get("progress") == {"done": 1, "total": 1}
+        events = {e.type: e.data for e in c.events(job["id"])}
+        assert events["progress"] == {"attempt": 1, "progress": {"done": 1, "total": 1}}, events
+        assert events["log"] == {"attempt": 1, "line": "echo on attempt 1"}, events
 
     # Many at once, from the asyncio client: more than the worker's 4 slots.
     async def many() -> List[Dict[str, Any]]:

@@ -53,7 +53,9 @@ fn python() -> Option<PathBuf> {
     };
     let Some(why) = missing else { return Some(python) };
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true, so the Python SDK's tests must run, but {why}: run `bash .ci/run`, or `{install}` at the repository root");
+        panic!(
+            "CI=true, so the Python SDK's tests must run, but {why}: run `bash .ci/run`, or `{install}` at the repository root"
+        );
     }
     // Straight to the process's stderr: the test harness would capture `eprintln!`.
     let _ = writeln!(
@@ -119,7 +121,9 @@ fn the_python_sdk_suite_passes() {
             let summary = output.lines().rev().find(|l| l.contains(" passed")).unwrap_or("").trim();
             let _ = writeln!(std::io::stderr(), "Python SDK: pytest {summary} in {took:.0?}");
         }
-        Some(s) => panic!("the Python SDK's tests failed ({s}) after {took:.0?}; to run them again:\n  {shown}\n\n{output}"),
+        Some(s) => {
+            panic!("the Python SDK's tests failed ({s}) after {took:.0?}; to run them again:\n  {shown}\n\n{output}")
+        }
         None => panic!(
             "the Python SDK's tests did not finish within {DEADLINE:?} and were killed; to run them again:\n  {shown}\n\n{output}"
         ),
