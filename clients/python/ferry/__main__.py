@@ -52,6 +52,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     app = _load(args.target)
     if args.url:
         from ._core import default_url

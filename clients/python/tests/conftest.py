@@ -5,6 +5,9 @@ port with a temporary SQLite data directory, and real worker processes
 Nothing here sleeps to let something happen: every wait polls for a signal (a log line,
 a marker file a task writes, a job's state) with a generous deadline.
 
+With `--postgres`, every server runs on PostgreSQL at `FERRY_TEST_DATABASE_URL`, in a
+schema of its own (dropped afterwards with `psql` when it is there).
+
 Without `FERRY_BIN` (nor a built `target/release/ferry` in the repository) every test
 is skipped with a message, unless `CI=true`: then they fail. The same goes for the
 worker tests against a server that does not speak the worker protocol yet.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +26,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -38,6 +43,21 @@ CI = os.environ.get("CI") == "true"
 # waits them out.
 START_DEADLINE = 30.0
 STATE_DEADLINE = 60.0
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--postgres", action="store_true",
+                     help="run every server on PostgreSQL at FERRY_TEST_DATABASE_URL (default "
+                          "postgres://postgres@127.0.0.1:5432/test), each in a schema of its own, instead of SQLite")
+
+
+POSTGRES_URL = os.environ.get("FERRY_TEST_DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/test"
+_postgres = False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _postgres
+    _postgres = bool(config.getoption("--postgres"))
 
 
 def skip_or_fail(reason: str) -> None:
@@ -90,15 +110,21 @@ class Server:
         self.tmp = tmp
         self.data_dir = tmp / "data"
         self.log_path = tmp / "server.log"
-        self.env = env
+        self.env = dict(env)
+        self.schema: Optional[str] = None
+        args = ["--data-dir", str(self.data_dir)]
+        if _postgres:
+            self.schema = f"py_sdk_{uuid.uuid4().hex[:16]}"
+            self.env["FERRY_DATABASE_SCHEMA"] = self.schema
+            args = ["--database", POSTGRES_URL]
         last_error = ""
         for _ in range(3):  # a free port may be taken between the probe and the bind
             self.port = free_port()
             self.url = f"http://127.0.0.1:{self.port}"
             self.log = open(self.log_path, "ab")
             self.proc = subprocess.Popen(
-                [binary, "server", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir)],
-                stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+                [binary, "server", "--listen", f"127.0.0.1:{self.port}", *args],
+                stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
             try:
                 wait_for(f"the server at {self.url}", self._healthy, deadline=START_DEADLINE)
                 return
@@ -139,6 +165,10 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+        if self.schema and shutil.which("psql"):
+            subprocess.run(["psql", POSTGRES_URL, "-q", "-c", f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           check=False)
 
 
 def server_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
