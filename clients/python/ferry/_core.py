@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union, cast
 
 import httpx
+
+from .types import JobSpec
 
 DEFAULT_URL = "http://127.0.0.1:7700"
 
@@ -141,7 +143,13 @@ def ms(value: Union[float, int, None]) -> Optional[int]:
     return None if value is None else int(round(value * 1000))
 
 
-def job_spec(kind: str, input: JSON = None, **fields: Any) -> Dict[str, Any]:
+def job_spec(kind: str, input: JSON = None, **fields: Any) -> "JobSpec":
+    """A job spec for `POST /v1/jobs` or `Client.submit_batch`: `kind`, `input` and the
+    fields given that are not `None` (see `spec`)."""
+    return cast("JobSpec", spec(kind, input, **fields))
+
+
+def spec(kind: str, input: JSON = None, **fields: Any) -> Dict[str, Any]:
     """A job spec for `POST /v1/jobs` or a batch: `kind`, `input` and the fields given
     (`queue`, `priority`, `max_attempts`, `backoff`, `timeout_ms`, `delay_ms`, `run_at`,
     `labels`, `idempotency_key`, `on_limit`, `breaker`, `ordering_key`, …) that are not

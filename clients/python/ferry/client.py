@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, AsyncIterator, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, cast
 
 import httpx
 
@@ -115,12 +115,12 @@ class Client(_Base):
         `idempotency_key` matched an existing job). `spec` takes any job field
         (`queue`, `priority`, `max_attempts`, `backoff`, `timeout_ms`, `delay_ms`,
         `run_at`, `labels`, `idempotency_key`, `on_limit`, …); `None` leaves it out."""
-        return self.request("POST", "/v1/jobs", json=_core.job_spec(kind, input, **spec))
+        return cast("Submitted", self.request("POST", "/v1/jobs", json=_core.spec(kind, input, **spec)))
 
     def submit_batch(self, jobs: Sequence[JobSpec]) -> List[Submitted]:
         """Submits up to 1,000 jobs at once, all or nothing (`POST /v1/jobs/batch`);
         answers in the same order. Build specs with `ferry.job_spec(kind, input, …)`."""
-        return self.request("POST", "/v1/jobs/batch", json={"jobs": list(jobs)})["jobs"]
+        return cast("List[Submitted]", self.request("POST", "/v1/jobs/batch", json={"jobs": list(jobs)})["jobs"])
 
     def submit_and_wait(self, kind: str, input: Any = None, *, timeout: Optional[float] = 60.0,
                         **spec: Any) -> Job:
@@ -130,11 +130,11 @@ class Client(_Base):
         not ended within `timeout` seconds (`None`: wait as long as it takes)."""
         deadline = _deadline(timeout)
         wait = max(0.001, _left(deadline))
-        resp = self._send("POST", "/v1/jobs", json=_core.job_spec(kind, input, **spec),
+        resp = self._send("POST", "/v1/jobs", json=_core.spec(kind, input, **spec),
                           params={"wait": _core.wait_param(wait)}, wait=wait)
         body = _core.decode(resp)
         if _core.is_job_view(body) and body["state"] in FINAL_JOB_STATES:
-            return body
+            return cast("Job", body)
         return self.wait(body["id"], timeout=None if deadline is None else max(0.0, _left(deadline)))
 
     def get(self, id: str, *, wait: Optional[float] = None) -> Job:
@@ -142,24 +142,24 @@ class Client(_Base):
         (seconds, at most 60), the server answers as soon as the job has ended, or with
         its current state when the wait is over."""
         params = None if wait is None else {"wait": _core.wait_param(wait)}
-        return self.request("GET", f"/v1/jobs/{id}", params=params, wait=wait)
+        return cast("Job", self.request("GET", f"/v1/jobs/{id}", params=params, wait=wait))
 
     def wait(self, id: str, *, timeout: Optional[float] = 60.0) -> Job:
         """Waits until job `id` has ended and answers it; `WaitTimeout` after `timeout`."""
-        return _wait_loop_sync(self, f"/v1/jobs/{id}", id, FINAL_JOB_STATES, timeout)
+        return cast("Job", _wait_loop_sync(self, f"/v1/jobs/{id}", id, FINAL_JOB_STATES, timeout))
 
     def cancel(self, id: str) -> Dict[str, Any]:
         """Cancels a job: a waiting one never runs, a running attempt is stopped
         (a remote worker hears of it at its next heartbeat). Answers `{"id", "state"}`."""
-        return self.request("POST", f"/v1/jobs/{id}/cancel", json={})
+        return cast("Dict[str, Any]", self.request("POST", f"/v1/jobs/{id}/cancel", json={}))
 
     def replay(self, id: str) -> Dict[str, Any]:
         """Runs a dead or cancelled job again, with fresh attempts."""
-        return self.request("POST", f"/v1/jobs/{id}/replay", json={})
+        return cast("Dict[str, Any]", self.request("POST", f"/v1/jobs/{id}/replay", json={}))
 
     def list_jobs(self, **filters: Any) -> Dict[str, Any]:
         """`GET /v1/jobs?state=&queue=&kind=&limit=&cursor=`: `{"items", "next_cursor"}`."""
-        return self.request("GET", "/v1/jobs", params=_core.query(filters.items()))
+        return cast("Dict[str, Any]", self.request("GET", "/v1/jobs", params=_core.query(filters.items())))
 
     def events(self, id: str, *, after: Optional[int] = None) -> List[Event]:
         """The job's event log so far, in order (after event id `after`)."""
@@ -184,37 +184,37 @@ class Runs:
               idempotency_key: Optional[str] = None, on_limit: Optional[str] = None) -> RunAccepted:
         """Starts a run of the workflow's latest version (or `version`):
         `{"id", "version", "state", "created"}`."""
-        body = _core.job_spec(workflow, input, version=version, idempotency_key=idempotency_key, on_limit=on_limit)
+        body = _core.spec(workflow, input, version=version, idempotency_key=idempotency_key, on_limit=on_limit)
         body["workflow"] = body.pop("kind")
-        return self._c.request("POST", "/v1/runs", json=body)
+        return cast("RunAccepted", self._c.request("POST", "/v1/runs", json=body))
 
     def start_and_wait(self, workflow: str, input: Any = None, *, timeout: Optional[float] = 60.0,
                        **options: Any) -> Run:
         """Starts a run and waits until it has ended: the whole run (`get`'s answer)."""
         deadline = _deadline(timeout)
-        body = _core.job_spec(workflow, input, **options)
+        body = _core.spec(workflow, input, **options)
         body["workflow"] = body.pop("kind")
         wait = max(0.001, _left(deadline))
         answer = self._c.request("POST", "/v1/runs", json=body, params={"wait": _core.wait_param(wait)}, wait=wait)
         if isinstance(answer, dict) and "nodes" in answer and answer.get("state") in FINAL_RUN_STATES:
-            return answer
+            return cast("Run", answer)
         return self.wait(answer["id"], timeout=None if deadline is None else max(0.0, _left(deadline)))
 
     def get(self, id: str, *, wait: Optional[float] = None) -> Run:
         """The run: its state and every node's state, attempts, output, error and jobs."""
         params = None if wait is None else {"wait": _core.wait_param(wait)}
-        return self._c.request("GET", f"/v1/runs/{id}", params=params, wait=wait)
+        return cast("Run", self._c.request("GET", f"/v1/runs/{id}", params=params, wait=wait))
 
     def wait(self, id: str, *, timeout: Optional[float] = 60.0) -> Run:
         """Waits until run `id` has ended and answers it; `WaitTimeout` after `timeout`."""
-        return _wait_loop_sync(self._c, f"/v1/runs/{id}", id, FINAL_RUN_STATES, timeout)
+        return cast("Run", _wait_loop_sync(self._c, f"/v1/runs/{id}", id, FINAL_RUN_STATES, timeout))
 
     def cancel(self, id: str) -> Dict[str, Any]:
-        return self._c.request("POST", f"/v1/runs/{id}/cancel", json={})
+        return cast("Dict[str, Any]", self._c.request("POST", f"/v1/runs/{id}/cancel", json={}))
 
     def list(self, **filters: Any) -> Dict[str, Any]:
         """`GET /v1/runs?state=&workflow=&limit=&cursor=`."""
-        return self._c.request("GET", "/v1/runs", params=_core.query(filters.items()))
+        return cast("Dict[str, Any]", self._c.request("GET", "/v1/runs", params=_core.query(filters.items())))
 
     def events(self, id: str, *, after: Optional[int] = None) -> List[Event]:
         return _core.events_of(self._c.request("GET", f"/v1/runs/{id}/events", params=_core.query([("after", after)])))
@@ -233,20 +233,20 @@ class Workflows:
     def register(self, definition: Mapping[str, Any]) -> WorkflowAccepted:
         """Registers a workflow (the JSON form of the YAML in the README): a new version
         of its name, `{"name", "version"}`."""
-        return self._c.request("POST", "/v1/workflows", json=dict(definition))
+        return cast("WorkflowAccepted", self._c.request("POST", "/v1/workflows", json=dict(definition)))
 
     def get(self, name: str) -> Dict[str, Any]:
-        return self._c.request("GET", f"/v1/workflows/{name}")
+        return cast("Dict[str, Any]", self._c.request("GET", f"/v1/workflows/{name}"))
 
     def list(self) -> Dict[str, Any]:
-        return self._c.request("GET", "/v1/workflows")
+        return cast("Dict[str, Any]", self._c.request("GET", "/v1/workflows"))
 
 
 def _backoff(pause: float) -> float:
     return min(1.0, max(0.05, pause * 2))
 
 
-def _wait_loop_sync(c: Client, path: str, id: str, final: frozenset, timeout: Optional[float]) -> Dict[str, Any]:
+def _wait_loop_sync(c: Client, path: str, id: str, final: FrozenSet[str], timeout: Optional[float]) -> Dict[str, Any]:
     deadline = _deadline(timeout)
     last: Optional[Dict[str, Any]] = None
     pause = 0.0
@@ -279,7 +279,7 @@ def _wait_loop_sync(c: Client, path: str, id: str, final: frozenset, timeout: Op
             pause = 0.0
 
 
-async def _wait_loop_async(c: "AsyncClient", path: str, id: str, final: frozenset,
+async def _wait_loop_async(c: "AsyncClient", path: str, id: str, final: FrozenSet[str],
                            timeout: Optional[float]) -> Dict[str, Any]:
     deadline = _deadline(timeout)
     last: Optional[Dict[str, Any]] = None
@@ -333,7 +333,7 @@ def _revoked(ev: Event) -> FerryError:
     return FerryError(401, str(err.get("code", "unauthenticated")), str(err.get("message", "token revoked")))
 
 
-def _stream_sync(c: Client, path: str, after: Optional[int], final: frozenset, reconnect: bool) -> Iterator[Event]:
+def _stream_sync(c: Client, path: str, after: Optional[int], final: FrozenSet[str], reconnect: bool) -> Iterator[Event]:
     last_id = after
     pause = 0.0
     while True:
@@ -415,37 +415,38 @@ class AsyncClient(_Base):
             raise _core.transport_error(e) from e
 
     async def submit(self, kind: str, input: Any = None, **spec: Any) -> Submitted:
-        return await self.request("POST", "/v1/jobs", json=_core.job_spec(kind, input, **spec))
+        return cast("Submitted", await self.request("POST", "/v1/jobs", json=_core.spec(kind, input, **spec)))
 
     async def submit_batch(self, jobs: Sequence[JobSpec]) -> List[Submitted]:
-        return (await self.request("POST", "/v1/jobs/batch", json={"jobs": list(jobs)}))["jobs"]
+        answer = await self.request("POST", "/v1/jobs/batch", json={"jobs": list(jobs)})
+        return cast("List[Submitted]", answer["jobs"])
 
     async def submit_and_wait(self, kind: str, input: Any = None, *, timeout: Optional[float] = 60.0,
                               **spec: Any) -> Job:
         deadline = _deadline(timeout)
         wait = max(0.001, _left(deadline))
-        resp = await self._send("POST", "/v1/jobs", json=_core.job_spec(kind, input, **spec),
+        resp = await self._send("POST", "/v1/jobs", json=_core.spec(kind, input, **spec),
                                 params={"wait": _core.wait_param(wait)}, wait=wait)
         body = _core.decode(resp)
         if _core.is_job_view(body) and body["state"] in FINAL_JOB_STATES:
-            return body
+            return cast("Job", body)
         return await self.wait(body["id"], timeout=None if deadline is None else max(0.0, _left(deadline)))
 
     async def get(self, id: str, *, wait: Optional[float] = None) -> Job:
         params = None if wait is None else {"wait": _core.wait_param(wait)}
-        return await self.request("GET", f"/v1/jobs/{id}", params=params, wait=wait)
+        return cast("Job", await self.request("GET", f"/v1/jobs/{id}", params=params, wait=wait))
 
     async def wait(self, id: str, *, timeout: Optional[float] = 60.0) -> Job:
-        return await _wait_loop_async(self, f"/v1/jobs/{id}", id, FINAL_JOB_STATES, timeout)
+        return cast("Job", await _wait_loop_async(self, f"/v1/jobs/{id}", id, FINAL_JOB_STATES, timeout))
 
     async def cancel(self, id: str) -> Dict[str, Any]:
-        return await self.request("POST", f"/v1/jobs/{id}/cancel", json={})
+        return cast("Dict[str, Any]", await self.request("POST", f"/v1/jobs/{id}/cancel", json={}))
 
     async def replay(self, id: str) -> Dict[str, Any]:
-        return await self.request("POST", f"/v1/jobs/{id}/replay", json={})
+        return cast("Dict[str, Any]", await self.request("POST", f"/v1/jobs/{id}/replay", json={}))
 
     async def list_jobs(self, **filters: Any) -> Dict[str, Any]:
-        return await self.request("GET", "/v1/jobs", params=_core.query(filters.items()))
+        return cast("Dict[str, Any]", await self.request("GET", "/v1/jobs", params=_core.query(filters.items())))
 
     async def events(self, id: str, *, after: Optional[int] = None) -> List[Event]:
         body = await self.request("GET", f"/v1/jobs/{id}/events", params=_core.query([("after", after)]))
@@ -464,34 +465,34 @@ class AsyncRuns:
 
     async def start(self, workflow: str, input: Any = None, *, version: Optional[int] = None,
                     idempotency_key: Optional[str] = None, on_limit: Optional[str] = None) -> RunAccepted:
-        body = _core.job_spec(workflow, input, version=version, idempotency_key=idempotency_key, on_limit=on_limit)
+        body = _core.spec(workflow, input, version=version, idempotency_key=idempotency_key, on_limit=on_limit)
         body["workflow"] = body.pop("kind")
-        return await self._c.request("POST", "/v1/runs", json=body)
+        return cast("RunAccepted", await self._c.request("POST", "/v1/runs", json=body))
 
     async def start_and_wait(self, workflow: str, input: Any = None, *, timeout: Optional[float] = 60.0,
                              **options: Any) -> Run:
         deadline = _deadline(timeout)
-        body = _core.job_spec(workflow, input, **options)
+        body = _core.spec(workflow, input, **options)
         body["workflow"] = body.pop("kind")
         wait = max(0.001, _left(deadline))
         answer = await self._c.request("POST", "/v1/runs", json=body, params={"wait": _core.wait_param(wait)},
                                        wait=wait)
         if isinstance(answer, dict) and "nodes" in answer and answer.get("state") in FINAL_RUN_STATES:
-            return answer
+            return cast("Run", answer)
         return await self.wait(answer["id"], timeout=None if deadline is None else max(0.0, _left(deadline)))
 
     async def get(self, id: str, *, wait: Optional[float] = None) -> Run:
         params = None if wait is None else {"wait": _core.wait_param(wait)}
-        return await self._c.request("GET", f"/v1/runs/{id}", params=params, wait=wait)
+        return cast("Run", await self._c.request("GET", f"/v1/runs/{id}", params=params, wait=wait))
 
     async def wait(self, id: str, *, timeout: Optional[float] = 60.0) -> Run:
-        return await _wait_loop_async(self._c, f"/v1/runs/{id}", id, FINAL_RUN_STATES, timeout)
+        return cast("Run", await _wait_loop_async(self._c, f"/v1/runs/{id}", id, FINAL_RUN_STATES, timeout))
 
     async def cancel(self, id: str) -> Dict[str, Any]:
-        return await self._c.request("POST", f"/v1/runs/{id}/cancel", json={})
+        return cast("Dict[str, Any]", await self._c.request("POST", f"/v1/runs/{id}/cancel", json={}))
 
     async def list(self, **filters: Any) -> Dict[str, Any]:
-        return await self._c.request("GET", "/v1/runs", params=_core.query(filters.items()))
+        return cast("Dict[str, Any]", await self._c.request("GET", "/v1/runs", params=_core.query(filters.items())))
 
     async def events(self, id: str, *, after: Optional[int] = None) -> List[Event]:
         body = await self._c.request("GET", f"/v1/runs/{id}/events", params=_core.query([("after", after)]))
@@ -509,16 +510,16 @@ class AsyncWorkflows:
         self._c = client
 
     async def register(self, definition: Mapping[str, Any]) -> WorkflowAccepted:
-        return await self._c.request("POST", "/v1/workflows", json=dict(definition))
+        return cast("WorkflowAccepted", await self._c.request("POST", "/v1/workflows", json=dict(definition)))
 
     async def get(self, name: str) -> Dict[str, Any]:
-        return await self._c.request("GET", f"/v1/workflows/{name}")
+        return cast("Dict[str, Any]", await self._c.request("GET", f"/v1/workflows/{name}"))
 
     async def list(self) -> Dict[str, Any]:
-        return await self._c.request("GET", "/v1/workflows")
+        return cast("Dict[str, Any]", await self._c.request("GET", "/v1/workflows"))
 
 
-async def _stream_async(c: AsyncClient, path: str, after: Optional[int], final: frozenset,
+async def _stream_async(c: AsyncClient, path: str, after: Optional[int], final: FrozenSet[str],
                         reconnect: bool) -> AsyncIterator[Event]:
     last_id = after
     pause = 0.0
