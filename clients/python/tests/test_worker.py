@@ -5,6 +5,7 @@ own, with 3 s leases and 1 s heartbeats."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
@@ -123,6 +124,8 @@ def test_sigterm_drains(fresh_server: Callable[..., Server], start_worker: Start
         stuck = c.submit("py_slow", {"until": str(never)})
         wait_mark(marks, quick["id"], 1, "started")
         wait_mark(marks, stuck["id"], 1, "started")
+        sessions = c.request("GET", "/v1/workers/sessions")["sessions"]
+        assert [x["name"] for x in sessions] == [f"python@{socket.gethostname()}:{worker.pid}"], sessions
         worker.terminate()
         wait_for("the worker to say it is stopping", lambda: "stopping" in worker.log())
         # Still within the grace: the first job ends, the second outlives the grace.
@@ -130,6 +133,7 @@ def test_sigterm_drains(fresh_server: Callable[..., Server], start_worker: Start
         assert worker.wait(timeout=60) == 0, worker.log()
         log = worker.log()
         assert "handed back" in log and "closed" in log, log
+        assert c.request("GET", "/v1/workers/sessions")["sessions"] == []  # closed with DELETE
 
         done = c.get(quick["id"])
         assert done["state"] == "succeeded" and done["output"]["pid"] == worker.pid, done
