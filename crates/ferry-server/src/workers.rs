@@ -65,7 +65,7 @@ pub struct SessionOpened {
 }
 
 /// A lease call.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Default, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
     /// At most this many jobs (default 1), never past the session's free slots.
@@ -149,6 +149,9 @@ pub struct WorkerEvent {
     #[schema(value_type = String)]
     pub id: JobId,
     pub attempt: u32,
+    /// Any JSON, `null` included.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
     pub progress: Option<Value>,
     pub log: Option<String>,
 }
@@ -186,6 +189,9 @@ pub struct AttemptResult {
     #[schema(value_type = String)]
     pub id: JobId,
     pub attempt: u32,
+    /// Any JSON, `null` included.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
     pub output: Option<Value>,
     pub error: Option<RemoteError>,
     pub release: Option<bool>,
@@ -195,6 +201,9 @@ pub struct AttemptResult {
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     pub results: Vec<AttemptResult>,
+    /// Lease more jobs in the same call, once the results are in (as `lease` takes them):
+    /// one round trip per batch instead of two.
+    pub lease: Option<LeaseRequest>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -208,11 +217,19 @@ pub struct Accepted {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Completed {
     pub results: Vec<Accepted>,
+    /// The jobs leased when the call asked for a `lease`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<Vec<LeasedJob>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SessionList {
     pub sessions: Vec<SessionInfo>,
+}
+
+/// A field that is there, whatever its value: `null` is an output like any other.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 macro_rules! object_shape {
@@ -375,17 +392,27 @@ pub async fn lease(
     JsonBody(req): JsonBody<LeaseRequest>,
 ) -> Result<Json<Leased>, ApiError> {
     let hub = hub(&st)?;
+    let (max, wait) = lease_terms(&hub, &req, "")?;
+    Ok(Json(Leased { jobs: take(&hub, &session, max, wait).await? }))
+}
+
+/// A lease call's `max` and wait, checked (`at`: where its fields are in the body).
+fn lease_terms(hub: &Hub, req: &LeaseRequest, at: &str) -> Result<(usize, Duration), ApiError> {
     let max = req.max.unwrap_or(1);
     if !(1..=MAX_CONCURRENCY).contains(&max) {
-        return Err(ApiError::bad_field("max", format!("must be 1 to {MAX_CONCURRENCY}")));
+        return Err(ApiError::bad_field(format!("{at}max"), format!("must be 1 to {MAX_CONCURRENCY}")));
     }
     let most = hub.config().max_wait.as_millis() as u64;
     let wait = req.wait_ms.unwrap_or(most);
     if wait > most {
-        return Err(ApiError::bad_field("wait_ms", format!("must be 0 to {most}")));
+        return Err(ApiError::bad_field(format!("{at}wait_ms"), format!("must be 0 to {most}")));
     }
-    let jobs = hub.lease(&session, max, Duration::from_millis(wait)).await.map_err(hub_error)?;
-    Ok(Json(Leased { jobs: jobs.into_iter().map(LeasedJob::from).collect() }))
+    Ok((max, Duration::from_millis(wait)))
+}
+
+async fn take(hub: &Hub, session: &str, max: usize, wait: Duration) -> Result<Vec<LeasedJob>, ApiError> {
+    let jobs = hub.lease(session, max, wait).await.map_err(hub_error)?;
+    Ok(jobs.into_iter().map(LeasedJob::from).collect())
 }
 
 /// Keep a session alive (worker role); the attempts it must stop.
@@ -460,7 +487,8 @@ pub async fn events(
     Ok(Json(EventsWritten { accepted }))
 }
 
-/// End the session's attempts with an output, an error, or a release (worker role).
+/// End the session's attempts with an output, an error, or a release (worker role); with
+/// `lease`, then lease more jobs in the same call.
 #[utoipa::path(
     post, path = "/v1/workers/sessions/{session}/complete", tag = "workers", operation_id = "completeAttempts",
     params(("session" = String, Path)), request_body = CompleteRequest,
@@ -475,6 +503,7 @@ pub async fn complete(
     if req.results.is_empty() || req.results.len() > MAX_ITEMS {
         return Err(ApiError::bad_field("results", format!("must hold 1 to {MAX_ITEMS} results")));
     }
+    let lease = req.lease.as_ref().map(|l| lease_terms(&hub, l, "lease.")).transpose()?;
     let mut outcomes = Vec::with_capacity(req.results.len());
     for (i, r) in req.results.into_iter().enumerate() {
         let outcome = match (r.output, r.error, r.release) {
@@ -501,7 +530,11 @@ pub async fn complete(
         let accepted = hub.complete(&session, id, attempt, outcome).map_err(hub_error)?;
         results.push(Accepted { id, accepted });
     }
-    Ok(Json(Completed { results }))
+    let jobs = match lease {
+        Some((max, wait)) => Some(take(&hub, &session, max, wait).await?),
+        None => None,
+    };
+    Ok(Json(Completed { results, jobs }))
 }
 
 /// Close a session (worker role): attempts it still holds fail with `worker_lost`.

@@ -102,6 +102,9 @@ struct Session {
     seen: Instant,
     /// Lease calls waiting now: a session waiting for work is alive.
     waiting: usize,
+    /// The number of the session's latest lease call: an earlier one still waiting ends
+    /// with no jobs (a session has one lease call waiting at most).
+    lease_call: u64,
     held: HashMap<Key, Held>,
     cancels: Vec<Cancel>,
 }
@@ -114,6 +117,9 @@ struct State {
     capacity: HashMap<String, usize>,
 }
 
+/// What the hub tells of a queue's new number of slots.
+type SlotsChanged = Box<dyn Fn(&str, usize) + Send + Sync>;
+
 /// See the module docs.
 pub struct Hub {
     cfg: HubConfig,
@@ -121,7 +127,7 @@ pub struct Hub {
     /// Notified when an offer arrives.
     offered: Notify,
     /// Told each queue's new number of slots.
-    on_capacity: Box<dyn Fn(&str, usize) + Send + Sync>,
+    on_capacity: SlotsChanged,
 }
 
 impl Hub {
@@ -146,6 +152,7 @@ impl Hub {
             kinds,
             seen: Instant::now(),
             waiting: 0,
+            lease_call: 0,
             held: HashMap::new(),
             cancels: Vec::new(),
         };
@@ -248,23 +255,32 @@ impl Hub {
         // Counts the call as waiting until it ends, dropped with it too: a client that
         // hangs up leaves its session to time out like any other.
         let mut waiting: Option<Waiting<'_>> = None;
+        let mut call = 0;
+        let mut jobs = Vec::new();
+        let mut lingered = false;
         loop {
             let notified = self.offered.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let jobs = {
+            let room = {
                 let mut st = self.lock();
                 let State { sessions, offers, .. } = &mut *st;
                 let s = sessions.get_mut(session).ok_or(HubError::UnknownSession)?;
                 s.seen = Instant::now();
                 if waiting.is_none() {
                     s.waiting += 1;
+                    s.lease_call += 1;
+                    call = s.lease_call;
                     waiting = Some(Waiting { hub: self, session });
+                    // An earlier call still waiting ends now, with nothing.
+                    self.offered.notify_waiters();
+                } else if s.lease_call != call {
+                    return Ok(Vec::new());
                 }
-                let room = max.min(s.concurrency.saturating_sub(s.held.len()));
-                let mut jobs = Vec::new();
+                let room = max.saturating_sub(jobs.len()).min(s.concurrency.saturating_sub(s.held.len()));
+                let want = jobs.len() + room;
                 let mut i = 0;
-                while jobs.len() < room && i < offers.len() {
+                while jobs.len() < want && i < offers.len() {
                     if s.kinds.get(&offers[i].job.kind) == Some(&offers[i].job.queue) {
                         let Some(offer) = offers.remove(i) else { break };
                         if offer.reply.is_closed() {
@@ -276,9 +292,19 @@ impl Hub {
                         i += 1;
                     }
                 }
-                jobs
+                want - jobs.len()
             };
-            if !jobs.is_empty() || tokio::time::Instant::now() >= until {
+            // Some jobs: once the attempts started with them have had a moment to offer
+            // theirs (a claim starts a batch at once), answer with all of them.
+            if !jobs.is_empty() {
+                if room == 0 || lingered {
+                    return Ok(jobs);
+                }
+                lingered = true;
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if tokio::time::Instant::now() >= until {
                 return Ok(jobs);
             }
             tokio::select! {
@@ -304,6 +330,10 @@ impl Hub {
             s.seen = Instant::now();
             s.held.remove(&(id, attempt))
         };
+        if held.is_some() {
+            // A slot of the session is free: a lease call waiting for one may take an offer.
+            self.offered.notify_waiters();
+        }
         // A closed receiver: the attempt stopped meanwhile; its end is not this answer.
         Ok(held.is_some_and(|h| h.reply.send(outcome).is_ok()))
     }

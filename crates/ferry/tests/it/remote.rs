@@ -235,7 +235,10 @@ async fn a_session_that_hangs_up_on_its_lease_ends_too(backend: Backend) {
         lease(&srv, &next, 1, 2_000).await.into_iter().next()
     })
     .await;
-    assert_eq!((again["id"].as_str(), again["attempt"].as_u64()), (Some(id.as_str()), Some(first["attempt"].as_u64().unwrap() + 1)));
+    assert_eq!(
+        (again["id"].as_str(), again["attempt"].as_u64()),
+        (Some(id.as_str()), Some(first["attempt"].as_u64().unwrap() + 1))
+    );
     assert_eq!(attempts(&srv.job(&id).await)[0]["error"]["type"], "worker_lost");
     let (status, got) = srv.post(&format!("/v1/workers/sessions/{gone}/heartbeat"), json!({})).await;
     assert_error(&(status, got), StatusCode::NOT_FOUND, "unknown_session", Some("session"));
@@ -359,6 +362,12 @@ async fn bad_calls_are_refused_and_change_nothing(backend: Backend) {
     assert_error(&got, StatusCode::NOT_FOUND, "unknown_session", Some("session"));
     let got = srv.post(&format!("/v1/workers/sessions/{session}/lease"), json!({"wait_ms": 30_001})).await;
     assert_error(&got, StatusCode::BAD_REQUEST, "invalid_field", Some("wait_ms"));
+    // `null` is an output like any other.
+    let nothing = srv.submit(json!({"kind": "resize"})).await;
+    let job = lease_one(&srv, &session).await;
+    assert!(accepted(&srv, &session, json!({"id": nothing, "attempt": job["attempt"], "output": null})).await);
+    let done = srv.wait_state(&nothing, &["succeeded", "dead"]).await;
+    assert_eq!((done["state"].as_str(), &done["output"]), (Some("succeeded"), &Value::Null), "{done:#}");
     let id = srv.submit(json!({"kind": "resize"})).await;
     let job = lease_one(&srv, &session).await;
     let both = json!({"id": id, "attempt": job["attempt"], "output": 1, "error": {"type": "x", "message": "y"}});
