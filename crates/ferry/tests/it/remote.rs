@@ -19,6 +19,7 @@ both!(
     a_session_that_stops_calling_loses_its_jobs_to_another,
     a_session_that_hangs_up_on_its_lease_ends_too,
     a_released_job_comes_back_uncounted,
+    a_complete_may_lease_and_a_new_lease_ends_the_waiting_one,
     a_timeout_stops_the_attempt_and_names_it,
     a_workflow_node_may_be_a_remote_kind,
     bad_calls_are_refused_and_change_nothing,
@@ -257,6 +258,60 @@ async fn a_released_job_comes_back_uncounted(backend: Backend) {
     assert!(accepted(&srv, &session, json!({"id": id, "attempt": again["attempt"], "output": 7})).await);
     let job = srv.wait_state(&id, &["succeeded", "dead"]).await;
     assert_eq!((job["state"].as_str(), &job["output"]), (Some("succeeded"), &json!(7)), "{job:#}");
+    srv.stop().await;
+}
+
+async fn a_complete_may_lease_and_a_new_lease_ends_the_waiting_one(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let session = open(&srv, &[("batchy", "remote")], 2).await;
+    let ids = srv.submit_batch(vec![json!({"kind": "batchy"}); 3]).await;
+    let first = lease(&srv, &session, 2, 10_000).await;
+    assert!(!first.is_empty(), "leased");
+    // Ending what it holds, the session leases the rest in the same call.
+    let results: Vec<serde_json::Value> =
+        first.iter().map(|j| json!({"id": j["id"], "attempt": j["attempt"], "output": 1})).collect();
+    let mut left = 3 - first.len();
+    let (status, got) = srv
+        .post(
+            &format!("/v1/workers/sessions/{session}/complete"),
+            json!({"results": results, "lease": {"max": 2, "wait_ms": 10_000}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert!(got["results"].as_array().is_some_and(|r| r.iter().all(|r| r["accepted"] == true)), "{got}");
+    let more = got["jobs"].as_array().expect("jobs leased with the results").clone();
+    assert!(!more.is_empty() && more.len() <= left, "{got}");
+    left -= more.len();
+    for j in &more {
+        assert!(accepted(&srv, &session, json!({"id": j["id"], "attempt": j["attempt"], "output": 2})).await);
+    }
+    if left > 0 {
+        let last = lease_one(&srv, &session).await;
+        assert!(accepted(&srv, &session, json!({"id": last["id"], "attempt": last["attempt"], "output": 3})).await);
+    }
+    for id in &ids {
+        assert_eq!(srv.wait_state(id, &["succeeded", "dead"]).await["state"], "succeeded");
+    }
+    // Nothing to lease: a call waits; a second call ends it with nothing.
+    let waiting = {
+        let (url, client, session) = (srv.url().to_string(), srv.client().clone(), session.clone());
+        tokio::spawn(async move {
+            let r = client
+                .post(format!("{url}/v1/workers/sessions/{session}/lease"))
+                .json(&json!({"wait_ms": 30_000}))
+                .send()
+                .await
+                .expect("the lease answers");
+            r.json::<Value>().await.expect("JSON")
+        })
+    };
+    let ended = poll("the first call to end", async || {
+        let _ = lease(&srv, &session, 1, 0).await;
+        waiting.is_finished().then_some(())
+    })
+    .await;
+    let _: () = ended;
+    assert_eq!(waiting.await.expect("the first call")["jobs"], json!([]));
     srv.stop().await;
 }
 
