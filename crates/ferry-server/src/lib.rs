@@ -203,6 +203,17 @@ impl ApiState {
         }
     }
 
+    /// Whether `queue` is a queue of remote kinds (one a registered kind goes to): such a
+    /// queue has settings, shares and rates like a configured one.
+    pub async fn remote_queue(&self, queue: &str) -> Result<bool, ApiError> {
+        let known = |st: &Self| st.registry.remote().kinds().iter().any(|(_, q)| q == queue);
+        if known(self) {
+            return Ok(true);
+        }
+        self.registry.remote().refresh(self.store.as_ref(), true).await?;
+        Ok(known(self))
+    }
+
     /// Reads the store's remote kinds again when one of `kinds` is unknown here: a kind a
     /// worker registered on another node is known to every node from its registration on.
     pub async fn learn_kinds(&self, kinds: &[&str]) -> Result<(), ApiError> {

@@ -159,7 +159,7 @@ pub async fn set_queue(
     Query(query): Query<BTreeMap<String, String>>,
     JsonBody(body): JsonBody<serde_json::Value>,
 ) -> Result<Json<QueueChange>, ApiError> {
-    if !st.cfg.queues.contains(&name) {
+    if !st.cfg.queues.contains(&name) && !st.remote_queue(&name).await? {
         return Err(ApiError::not_found("queue"));
     }
     let workspace = scope(&caller, &query)?;

@@ -136,7 +136,7 @@ pub(super) async fn dispatch(inner: Arc<Inner>, queue: QueueConfig) {
     let mut dispatcher = Dispatcher {
         wake: inner.store.wakeup(&queue.name),
         poll: Duration::from_millis(inner.cfg.poll_ms),
-        prefetch: Prefetch::new(inner.clone()),
+        prefetch: Prefetch::new(inner.clone(), control.clone()),
         queue: queue.name,
         control,
         inner,

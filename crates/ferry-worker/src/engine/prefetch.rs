@@ -15,6 +15,12 @@
 //! dispatcher claims exactly its free slots, as without prefetch, and holds each slot
 //! until the job's end is committed.
 //!
+//! **Remote kinds.** A queue of remote kinds (see [`crate::remote`]) buffers as many jobs
+//! as it has slots, whatever its rate: its round trip is the remote worker's (a result
+//! over HTTP, then a lease), which the rate cannot see from here, and a buffered job has
+//! not started, so its timeout does not run while it waits. A worker's next batch is so
+//! ready when its results come in.
+//!
 //! **In what order.** The buffer is kept in claim order (priority, then due time, then
 //! id, see [`ClaimedJob::claim_order`]); a refill is merged into it, so a higher-priority
 //! job claimed later starts before lower ones already buffered.
@@ -44,6 +50,8 @@ const LEAD: f64 = 2.0;
 /// One queue's buffer of prefetched jobs, with what sizes it.
 pub(super) struct Prefetch {
     inner: Arc<Inner>,
+    /// The queue's control: a queue of remote kinds buffers its slots' worth.
+    control: Arc<super::queue_control::QueueControl>,
     buffer: VecDeque<(ClaimedJob, CancellationToken)>,
     /// The refill claim running while attempts do, if any.
     refill: Option<JoinHandle<Result<Claimed, StoreError>>>,
@@ -56,9 +64,10 @@ pub(super) struct Prefetch {
 }
 
 impl Prefetch {
-    pub(super) fn new(inner: Arc<Inner>) -> Self {
+    pub(super) fn new(inner: Arc<Inner>, control: Arc<super::queue_control::QueueControl>) -> Self {
         Prefetch {
             inner,
+            control,
             buffer: VecDeque::new(),
             refill: None,
             rate: 0.0,
@@ -73,6 +82,9 @@ impl Prefetch {
         // A fixed size (`EngineConfig::prefetch`), else the measured one, at most one
         // claim's worth (`EngineConfig::claim_batch`).
         let cfg = &self.inner.cfg;
+        if let Some(slots) = self.control.remote_slots() {
+            return slots.min(cfg.claim_batch);
+        }
         cfg.prefetch.unwrap_or_else(|| ((LEAD * self.rate * self.round_trip).floor() as usize).min(cfg.claim_batch))
     }
 

@@ -58,9 +58,17 @@ impl QueueControl {
         QueueControl { remote: true, ..QueueControl::new(0) }
     }
 
-    /// Whether the queue is paused here (as of the last settings read).
+    /// Whether the queue is paused here (as of the last settings read). A queue of remote
+    /// kinds that no session serves here is as paused: it claims nothing, and hands back
+    /// the jobs it prefetched for sessions that are gone.
     pub(super) fn is_paused(&self) -> bool {
-        self.paused.load(Ordering::Relaxed)
+        self.paused.load(Ordering::Relaxed) || self.remote_slots() == Some(0)
+    }
+
+    /// For a queue of remote kinds, its slots now (what its prefetch buffer holds: see
+    /// [`super::prefetch`]); `None` for a configured queue.
+    pub(super) fn remote_slots(&self) -> Option<usize> {
+        self.remote.then(|| *self.sized.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// A queue of remote kinds: its sessions now bring `slots`.

@@ -22,6 +22,7 @@ both!(
     a_complete_may_lease_and_a_new_lease_ends_the_waiting_one,
     a_timeout_stops_the_attempt_and_names_it,
     a_workflow_node_may_be_a_remote_kind,
+    a_queue_of_remote_kinds_pauses_like_any,
     bad_calls_are_refused_and_change_nothing,
     an_attempt_writes_at_most_a_thousand_events,
     only_workers_and_operators_serve,
@@ -325,6 +326,28 @@ async fn a_timeout_stops_the_attempt_and_names_it(backend: Backend) {
     let dead = srv.wait_state(&id, &["dead", "succeeded"]).await;
     assert_eq!(dead["error"]["type"], "timeout", "{dead:#}");
     assert!(!accepted(&srv, &session, json!({"id": id, "attempt": 1, "output": {}})).await, "too late");
+    srv.stop().await;
+}
+
+/// An operator pauses a queue of remote kinds like any other: its jobs wait.
+async fn a_queue_of_remote_kinds_pauses_like_any(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let session = open(&srv, &[("crop", "pics")], 1).await;
+    let (status, got) = srv.put("/v1/queues/pics", json!({"paused": true})).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    // A pause holds from its commit for every claim (the claim statements read it).
+    let later = srv.submit(json!({"kind": "crop"})).await;
+    assert!(lease(&srv, &session, 1, 1_500).await.is_empty(), "paused");
+    assert_eq!(srv.job(&later).await["state"], "queued");
+    let (status, _) = srv.put("/v1/queues/pics", json!({"paused": false})).await;
+    assert_eq!(status, StatusCode::OK);
+    let got = poll("the resumed queue's job", async || {
+        lease(&srv, &session, 1, 2_000).await.into_iter().find(|j| j["id"] == later.as_str())
+    })
+    .await;
+    assert_eq!(got["kind"], "crop");
+    let (status, got) = srv.put("/v1/queues/nowhere", json!({"paused": true})).await;
+    assert_error(&(status, got), StatusCode::NOT_FOUND, "not_found", None);
     srv.stop().await;
 }
 
