@@ -23,6 +23,7 @@ pub mod rate;
 mod row;
 mod rules;
 pub mod runs;
+pub mod schedules;
 mod sql;
 pub mod sqlite;
 mod submission;
@@ -40,6 +41,9 @@ pub use park::Parked;
 pub use runs::{
     Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunJobRow, RunNodeRow, RunPage,
     RunRow, WorkflowSummary, WorkflowVersion,
+};
+pub use schedules::{
+    DueSchedules, NewSchedule, ScheduleFiring, ScheduleRow, ScheduleStore, Start as ScheduleStart, StartRef,
 };
 pub use tokens::{NewToken, TokenRecord};
 pub use types::*;
@@ -103,7 +107,7 @@ pub enum StoreError {
 
 /// The storage interface every backend implements.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ScheduleStore + Send + Sync + 'static {
     /// The backend's name (`sqlite`), for logs and `/readyz`.
     fn backend(&self) -> &'static str;
 

@@ -48,6 +48,7 @@ mod listen;
 mod migrate;
 mod rows;
 mod runs;
+mod schedules;
 mod settings;
 mod tx;
 use admission::*;
@@ -100,6 +101,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (15, include_str!("../sql/postgres/migrations/0015_ordering.sql")),
     (16, include_str!("../sql/postgres/migrations/0016_agents.sql")),
     (17, include_str!("../sql/postgres/migrations/0017_run_depth.sql")),
+    (19, include_str!("../sql/postgres/migrations/0019_schedules.sql")),
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");

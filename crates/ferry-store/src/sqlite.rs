@@ -42,6 +42,7 @@ mod jobs;
 mod open;
 mod rows;
 mod runs;
+mod schedules;
 mod tx;
 mod writer;
 use open::*;
@@ -153,6 +154,8 @@ enum Cmd {
     Breaker(String, crate::BreakerOp, Reply<crate::BreakerOutcome>),
     OrderRelease(String, String, Reply<Option<JobId>>),
     Escalate(Box<crate::Firing>, Reply<Option<crate::Fired>>),
+    /// Any request of its own (`schedules.rs`): it answers through `Writer::step` itself.
+    With(Box<dyn FnOnce(&mut Writer) -> Answer + Send>),
     Close(Reply<()>),
 }
 

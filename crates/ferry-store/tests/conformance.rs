@@ -742,6 +742,8 @@ mod ordering;
 mod postgres_only;
 #[path = "conformance/release.rs"]
 mod release;
+#[path = "conformance/schedules.rs"]
+mod schedules;
 #[path = "conformance/signals.rs"]
 mod signals;
 #[path = "conformance/submission.rs"]

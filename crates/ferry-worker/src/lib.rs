@@ -15,6 +15,7 @@ mod engine;
 pub mod escalation;
 mod executor;
 pub mod kinds;
+pub mod scheduler;
 
 pub use engine::{Engine, EngineConfig, QueueConfig, prune_loop};
 pub use executor::{Attempt, CachePolicy, Executor, Registry, Runs};

@@ -21,6 +21,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (15, include_str!("../../sql/sqlite/migrations/0015_ordering.sql")),
     (16, include_str!("../../sql/sqlite/migrations/0016_agents.sql")),
     (17, include_str!("../../sql/sqlite/migrations/0017_run_depth.sql")),
+    // 18 is another change's.
+    (19, include_str!("../../sql/sqlite/migrations/0019_schedules.sql")),
 ];
 
 crate::sql::statements!("../../sql/sqlite/open.sql":

@@ -139,6 +139,7 @@ impl Writer {
             Cmd::Breaker(key, op, reply) => self.step(reply, |w| w.breaker(&key, op)),
             Cmd::OrderRelease(ws, key, reply) => self.step(reply, |w| w.order_release(&ws, &key)),
             Cmd::Escalate(firing, reply) => self.step(reply, |w| w.escalate(*firing)),
+            Cmd::With(f) => f(self),
             Cmd::FinishMany(fins, reply) => self.step(reply, |w| fins.iter().map(|f| w.finish(f)).collect()),
             Cmd::Heartbeat(worker, lease_ms, running, reply) => {
                 self.step(reply, |w| w.heartbeat(&worker, lease_ms, &running))

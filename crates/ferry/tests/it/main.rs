@@ -26,6 +26,7 @@ mod refusals;
 mod restart;
 mod retention;
 mod retries;
+mod schedules;
 mod scheduling;
 mod streams;
 mod subruns;
