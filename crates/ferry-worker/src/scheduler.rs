@@ -72,22 +72,32 @@ pub async fn pass(store: &dyn Store, starter: &dyn Starter, planner: &Planner) -
             out.sleep = out.sleep.min(WAITING_RECHECK);
         }
         match fire(store, starter, planner, row, read.now).await {
-            Ok(true) => out.fired += 1,
-            Ok(false) => {}
-            Err(e) => tracing::warn!(schedule = %row.id, error = %e, "cannot fire the schedule; will retry"),
+            Ok((applied, next)) => {
+                out.fired += applied as usize;
+                // Its next tick, whichever node fired it (the proposal's is the same).
+                if let Some(next) = next {
+                    let until = Duration::from_micros(u64::try_from(next.saturating_sub(read.now)).unwrap_or(0));
+                    out.sleep = out.sleep.min(until);
+                }
+            }
+            Err(e) => {
+                out.sleep = out.sleep.min(WAITING_RECHECK);
+                tracing::warn!(schedule = %row.id, error = %e, "cannot fire the schedule; will retry");
+            }
         }
     }
     Ok(out)
 }
 
-/// Proposes the firing of one due schedule; whether the store applied it.
+/// Proposes the firing of one due schedule; whether the store applied it, and the next
+/// tick it proposed.
 async fn fire(
     store: &dyn Store,
     starter: &dyn Starter,
     planner: &Planner,
     row: &ScheduleRow,
     now: Micros,
-) -> Result<bool, StoreError> {
+) -> Result<(bool, Option<Micros>), StoreError> {
     // Stored only once validated: a spec that no longer parses is a bug, logged.
     let spec: ScheduleSpec = serde_json::from_value(row.spec.clone()).map_err(|e| StoreError::Database(e.to_string()))?;
     let valid = spec.validate(row.created_at).map_err(|e| StoreError::Database(format!("{}: {}", e.field, e.message)))?;
@@ -113,6 +123,7 @@ async fn fire(
     if let Some(tick) = row.waiting_tick {
         firing.waiting = Some((tick, starter.start(row, &spec, tick).await));
     }
+    let next = firing.next_fire_at;
     let report = store.fire_schedule(firing, planner.clone()).await?;
     let count = |outcome: &'static str, n: usize| {
         if n > 0 {
@@ -125,7 +136,7 @@ async fn fire(
     for (tick, why) in &report.refused {
         tracing::warn!(schedule = %row.name, workspace = %row.workspace, tick, reason = %why, "a schedule's start was refused");
     }
-    Ok(report.applied)
+    Ok((report.applied, next))
 }
 
 /// The scheduler running in this process.

@@ -44,13 +44,17 @@ async fn schedule(srv: &TestServer, id: &str) -> Value {
     body
 }
 
-/// Polls the schedule until `done` holds.
+/// Polls the schedule until `done` holds (a failure shows the schedule as last read).
 async fn wait(srv: &TestServer, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    poll(what, async || {
+    let started = std::time::Instant::now();
+    loop {
         let s = schedule(srv, id).await;
-        done(&s).then_some(s)
-    })
-    .await
+        if done(&s) {
+            return s;
+        }
+        assert!(started.elapsed() < crate::harness::DEADLINE, "gave up waiting for {what}; the schedule: {s}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// The jobs the schedule `name` started, oldest first.
