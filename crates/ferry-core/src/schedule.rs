@@ -155,7 +155,9 @@ impl ScheduleSpec {
     pub fn validate(&self, anchor: Micros) -> Result<Valid, SpecError> {
         check_name(&self.name)?;
         let timing = match (&self.cron, self.every_ms) {
-            (Some(_), Some(_)) => return Err(SpecError::invalid("every_ms", "give either `cron` or `every_ms`, not both")),
+            (Some(_), Some(_)) => {
+                return Err(SpecError::invalid("every_ms", "give either `cron` or `every_ms`, not both"));
+            }
             (None, None) => return Err(SpecError::invalid("cron", "give `cron` or `every_ms`")),
             (Some(expr), None) => Timing::Cron { cron: Box::new(parse_cron(expr)?), tz: self.zone()? },
             (None, Some(every)) => {

@@ -83,7 +83,8 @@ pub async fn create(
         id: Uuid::now_v7(),
         workspace: caller.workspace.clone(),
         name: spec.name.clone(),
-        spec: serde_json::to_value(&spec).map_err(|e| ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e))?,
+        spec: serde_json::to_value(&spec)
+            .map_err(|e| ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e))?,
         paused: spec.paused.unwrap_or(false),
         next_fire_at: valid.timing.next_after(now),
         created_by: caller.user.clone(),
@@ -141,7 +142,11 @@ pub async fn list(State(st): State<ApiState>, caller: Caller) -> Result<Json<Sch
     params(("id" = uuid::Uuid, Path, description = "Schedule id")),
     responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody))
 )]
-pub async fn get(State(st): State<ApiState>, caller: Caller, Path(id): Path<String>) -> Result<Json<ScheduleView>, ApiError> {
+pub async fn get(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ScheduleView>, ApiError> {
     let row = st.store.schedule(&caller.workspace, parse_id(&id)?).await?;
     Ok(Json(view(row.ok_or_else(|| ApiError::not_found("schedule"))?)?))
 }
@@ -152,7 +157,11 @@ pub async fn get(State(st): State<ApiState>, caller: Caller, Path(id): Path<Stri
     params(("id" = uuid::Uuid, Path, description = "Schedule id")),
     responses((status = 204), (status = 404, body = ErrorBody))
 )]
-pub async fn delete(State(st): State<ApiState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     match st.store.delete_schedule(&caller.workspace, parse_id(&id)?).await? {
         true => Ok(StatusCode::NO_CONTENT),
         false => Err(ApiError::not_found("schedule")),
@@ -166,7 +175,11 @@ pub async fn delete(State(st): State<ApiState>, caller: Caller, Path(id): Path<S
     params(("id" = uuid::Uuid, Path, description = "Schedule id")),
     responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody))
 )]
-pub async fn pause(State(st): State<ApiState>, caller: Caller, Path(id): Path<String>) -> Result<Json<ScheduleView>, ApiError> {
+pub async fn pause(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ScheduleView>, ApiError> {
     let row = st.store.pause_schedule(&caller.workspace, parse_id(&id)?, true, None).await?;
     Ok(Json(view(row.ok_or_else(|| ApiError::not_found("schedule"))?)?))
 }
@@ -178,9 +191,15 @@ pub async fn pause(State(st): State<ApiState>, caller: Caller, Path(id): Path<St
     params(("id" = uuid::Uuid, Path, description = "Schedule id")),
     responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody))
 )]
-pub async fn resume(State(st): State<ApiState>, caller: Caller, Path(id): Path<String>) -> Result<Json<ScheduleView>, ApiError> {
+pub async fn resume(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ScheduleView>, ApiError> {
     let id = parse_id(&id)?;
-    let Some(row) = st.store.schedule(&caller.workspace, id).await? else { return Err(ApiError::not_found("schedule")) };
+    let Some(row) = st.store.schedule(&caller.workspace, id).await? else {
+        return Err(ApiError::not_found("schedule"));
+    };
     let spec: ScheduleSpec = serde_json::from_value(row.spec.clone())
         .map_err(|e| ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e))?;
     let valid = spec.validate(row.created_at)?;

@@ -116,7 +116,10 @@ pub struct DueSchedules {
 /// A tick's start, made by the scheduler as the API would make it.
 #[derive(Debug, Clone)]
 pub enum Start {
-    Job { job: Box<NewJob>, admission: Admission },
+    Job {
+        job: Box<NewJob>,
+        admission: Admission,
+    },
     Run(Box<NewRun>),
     /// It could not be made (the kind, queue or workflow is gone…): counted as refused.
     Refused(String),

@@ -99,8 +99,10 @@ async fn fire(
     now: Micros,
 ) -> Result<(bool, Option<Micros>), StoreError> {
     // Stored only once validated: a spec that no longer parses is a bug, logged.
-    let spec: ScheduleSpec = serde_json::from_value(row.spec.clone()).map_err(|e| StoreError::Database(e.to_string()))?;
-    let valid = spec.validate(row.created_at).map_err(|e| StoreError::Database(format!("{}: {}", e.field, e.message)))?;
+    let spec: ScheduleSpec =
+        serde_json::from_value(row.spec.clone()).map_err(|e| StoreError::Database(e.to_string()))?;
+    let valid =
+        spec.validate(row.created_at).map_err(|e| StoreError::Database(format!("{}: {}", e.field, e.message)))?;
     let mut firing = ScheduleFiring {
         id: row.id,
         expect_next: row.next_fire_at,

@@ -217,8 +217,21 @@ mod tests {
     #[test]
     fn create_flags_become_the_request_and_a_schedule_one_line() {
         let cli = Cli::parse_from([
-            "x", "create", "nightly", "--cron", "0 3 * * *", "--timezone", "Europe/Paris", "--job",
-            r#"{"kind": "noop"}"#, "--overlap", "queue", "--catch-up", "all", "--catch-up-max", "3",
+            "x",
+            "create",
+            "nightly",
+            "--cron",
+            "0 3 * * *",
+            "--timezone",
+            "Europe/Paris",
+            "--job",
+            r#"{"kind": "noop"}"#,
+            "--overlap",
+            "queue",
+            "--catch-up",
+            "all",
+            "--catch-up-max",
+            "3",
         ]);
         let ScheduleCommand::Create(args) = cli.command else { panic!("create") };
         assert_eq!(

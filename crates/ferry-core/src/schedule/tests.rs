@@ -54,13 +54,28 @@ fn validation_at_its_edges() {
     refused(json!({"name": "a", "cron": "* * * * *", "timezone": "Mars/Olympus", "job": job}), "timezone");
     refused(json!({"name": "a", "every_ms": 1000}), "job");
     refused(json!({"name": "a", "every_ms": 1000, "job": job, "run": {"workflow": "w"}}), "run");
-    refused(json!({"name": "a", "every_ms": 1000, "job": {"kind": "noop", "idempotency_key": "k"}}), "job.idempotency_key");
-    refused(json!({"name": "a", "every_ms": 1000, "job": {"kind": "noop", "run_at": "2030-01-01T00:00:00Z"}}), "job.run_at");
+    refused(
+        json!({"name": "a", "every_ms": 1000, "job": {"kind": "noop", "idempotency_key": "k"}}),
+        "job.idempotency_key",
+    );
+    refused(
+        json!({"name": "a", "every_ms": 1000, "job": {"kind": "noop", "run_at": "2030-01-01T00:00:00Z"}}),
+        "job.run_at",
+    );
     refused(json!({"name": "a", "every_ms": 1000, "run": {"workflow": ""}}), "run.workflow");
     refused(json!({"name": "a", "every_ms": 1000, "run": {"workflow": "w", "input": [1]}}), "run.input");
-    refused(json!({"name": "a", "every_ms": 1000, "job": job, "catch_up": {"policy": "all", "max": 0}}), "catch_up.max");
-    refused(json!({"name": "a", "every_ms": 1000, "job": job, "catch_up": {"policy": "all", "max": 101}}), "catch_up.max");
-    refused(json!({"name": "a", "every_ms": 1000, "job": job, "catch_up": {"policy": "latest", "max": 3}}), "catch_up.max");
+    refused(
+        json!({"name": "a", "every_ms": 1000, "job": job, "catch_up": {"policy": "all", "max": 0}}),
+        "catch_up.max",
+    );
+    refused(
+        json!({"name": "a", "every_ms": 1000, "job": job, "catch_up": {"policy": "all", "max": 101}}),
+        "catch_up.max",
+    );
+    refused(
+        json!({"name": "a", "every_ms": 1000, "job": job, "catch_up": {"policy": "latest", "max": 3}}),
+        "catch_up.max",
+    );
     assert!(serde_json::from_value::<ScheduleSpec>(json!({"name": "a", "every": 1})).is_err());
     let v = valid(json!({"name": "a", "every_ms": 1000, "job": job}));
     assert_eq!((v.overlap, v.catch_up.policy), (Overlap::Skip, CatchUpPolicy::Latest));
@@ -83,7 +98,10 @@ fn crons_tick_in_their_time_zone() {
     assert_eq!(show(v.timing.next_after(at("2026-01-10T12:00:00Z")).unwrap()), "2026-01-11T08:00:00+00:00");
     assert_eq!(show(v.timing.next_after(at("2026-07-10T12:00:00Z")).unwrap()), "2026-07-11T07:00:00+00:00");
     let secs = valid(json!({"name": "a", "cron": "*/15 * * * * *", "job": {"kind": "noop"}}));
-    assert_eq!(secs.timing.upcoming(at("2026-01-10T12:00:00Z"), 2), vec![at("2026-01-10T12:00:15Z"), at("2026-01-10T12:00:30Z")]);
+    assert_eq!(
+        secs.timing.upcoming(at("2026-01-10T12:00:00Z"), 2),
+        vec![at("2026-01-10T12:00:15Z"), at("2026-01-10T12:00:30Z")]
+    );
 }
 
 #[test]
@@ -96,15 +114,17 @@ fn dst_gaps_and_overlaps_follow_croner() {
     assert_eq!(show(fixed.next_after(at("2026-03-28T12:00:00Z")).unwrap()), "2026-03-29T01:00:00+00:00");
     // The repeated 02:30 runs once, on its first pass (CEST: 00:30 UTC).
     let ticks = fixed.upcoming(at("2026-10-24T12:00:00Z"), 2);
-    assert_eq!(ticks.iter().map(|t| show(*t)).collect::<Vec<_>>(), ["2026-10-25T00:30:00+00:00", "2026-10-26T01:30:00+00:00"]);
+    assert_eq!(
+        ticks.iter().map(|t| show(*t)).collect::<Vec<_>>(),
+        ["2026-10-25T00:30:00+00:00", "2026-10-26T01:30:00+00:00"]
+    );
     // A wildcard hour runs on both passes of the repeated hour.
     let every = valid(json!({"name": "a", "cron": "30 * * * *", "timezone": "Europe/Paris", "job": job})).timing;
     let ticks = every.upcoming(at("2026-10-24T23:45:00Z"), 3);
-    assert_eq!(ticks.iter().map(|t| show(*t)).collect::<Vec<_>>(), [
-        "2026-10-25T00:30:00+00:00",
-        "2026-10-25T01:30:00+00:00",
-        "2026-10-25T02:30:00+00:00"
-    ]);
+    assert_eq!(
+        ticks.iter().map(|t| show(*t)).collect::<Vec<_>>(),
+        ["2026-10-25T00:30:00+00:00", "2026-10-25T01:30:00+00:00", "2026-10-25T02:30:00+00:00"]
+    );
 }
 
 fn catch(policy: CatchUpPolicy, max: Option<u32>) -> CatchUp {
@@ -134,7 +154,10 @@ fn after_a_downtime_or_a_clock_jump_each_policy_catches_up_its_way() {
     assert_eq!(due(&t, catch(CatchUpPolicy::None, None), h, now), Due { fire: vec![3 * h], missed: 2, next });
     assert_eq!(due(&t, catch(CatchUpPolicy::Latest, None), h, now), Due { fire: vec![3 * h], missed: 2, next });
     assert_eq!(due(&t, catch(CatchUpPolicy::All, Some(2)), h, now), Due { fire: vec![2 * h, 3 * h], missed: 1, next });
-    assert_eq!(due(&t, catch(CatchUpPolicy::All, Some(100)), h, now), Due { fire: vec![h, 2 * h, 3 * h], missed: 0, next });
+    assert_eq!(
+        due(&t, catch(CatchUpPolicy::All, Some(100)), h, now),
+        Due { fire: vec![h, 2 * h, 3 * h], missed: 0, next }
+    );
     // Back at 03:40: the 03:00 tick is 40 minutes late, so `none` drops it too.
     let later = 3 * h + 2400 * S;
     assert_eq!(due(&t, catch(CatchUpPolicy::None, None), h, later), Due { fire: vec![], missed: 3, next });
@@ -150,11 +173,10 @@ fn after_a_downtime_or_a_clock_jump_each_policy_catches_up_its_way() {
 fn a_cron_catches_up_across_days() {
     let t = valid(json!({"name": "a", "cron": "0 6 * * *", "job": {"kind": "noop"}})).timing;
     let d = due(&t, catch(CatchUpPolicy::All, Some(5)), at("2026-01-01T06:00:00Z"), at("2026-01-03T07:00:00Z"));
-    assert_eq!(d.fire.iter().map(|t| show(*t)).collect::<Vec<_>>(), [
-        "2026-01-01T06:00:00+00:00",
-        "2026-01-02T06:00:00+00:00",
-        "2026-01-03T06:00:00+00:00"
-    ]);
+    assert_eq!(
+        d.fire.iter().map(|t| show(*t)).collect::<Vec<_>>(),
+        ["2026-01-01T06:00:00+00:00", "2026-01-02T06:00:00+00:00", "2026-01-03T06:00:00+00:00"]
+    );
     assert_eq!(d.next, Some(at("2026-01-04T06:00:00Z")));
 }
 

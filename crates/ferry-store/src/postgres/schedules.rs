@@ -3,8 +3,8 @@
 
 use super::tx::PgTx;
 use super::*;
-use crate::rules::escalations::EscalationTx;
 use crate::rules;
+use crate::rules::escalations::EscalationTx;
 use crate::rules::schedules::ScheduleTx;
 use crate::schedules::{DueSchedules, FireReport, NewSchedule, ScheduleFiring, ScheduleRow, ScheduleStore, StartRef};
 use uuid::Uuid;

@@ -27,7 +27,11 @@ pub(crate) trait ScheduleTx: RunTx {
 }
 
 /// Fires `f` if its schedule's row is still as the scheduler read it.
-pub(crate) async fn fire(tx: &mut impl ScheduleTx, f: ScheduleFiring, planner: &Planner) -> Result<FireReport, StoreError> {
+pub(crate) async fn fire(
+    tx: &mut impl ScheduleTx,
+    f: ScheduleFiring,
+    planner: &Planner,
+) -> Result<FireReport, StoreError> {
     let mut out = FireReport::default();
     let Some(mut row) = tx.lock_schedule(f.id).await? else { return Ok(out) };
     // The compare-and-set: a node that read the same tick and committed first moved it.

@@ -94,7 +94,10 @@ impl ScheduleStore for SqliteStore {
             // The writer's clock is this process's: the one the firings are made on.
             let now = time::now_micros();
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let due = c.prepare_cached(*DUE_SCHEDULES)?.query_map(params![now, limit], schedule)?.collect::<Result<_, _>>()?;
+            let due = c
+                .prepare_cached(*DUE_SCHEDULES)?
+                .query_map(params![now, limit], schedule)?
+                .collect::<Result<_, _>>()?;
             let next = c.prepare_cached(*NEXT_TICK)?.query_row(params![now], |r| r.get(0))?;
             Ok(DueSchedules { now, due, next })
         })

@@ -109,9 +109,15 @@ async fn a_tick_fires_once_by_compare_and_set_and_overlap_and_refusals_hold(stor
     let row = store.schedule("default", id).await.unwrap().unwrap();
     assert_eq!((row.refused, row.next_fire_at), (1, Some(t4 + S)));
     assert!(row.last_error.as_deref().is_some_and(|e| e.contains("limit")), "{row:?}");
-    assert!(store.list_jobs("default", JobFilter { limit: 100, ..JobFilter::default() }).await.unwrap().items.iter().all(
-        |j| j.idempotency_key != Some(idempotency_key(id, t4))
-    ));
+    assert!(
+        store
+            .list_jobs("default", JobFilter { limit: 100, ..JobFilter::default() })
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .all(|j| j.idempotency_key != Some(idempotency_key(id, t4)))
+    );
 
     // Paused: not due; resumed with a tick: due again. Deleted only in its workspace.
     store.pause_schedule("default", id, true, None).await.unwrap().unwrap();

@@ -93,11 +93,17 @@ async fn passes(srv: &TestServer, n: u64) {
 
 async fn skip_starts_nothing_while_the_previous_job_runs(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let s = create(&srv, json!({"name": "slow", "every_ms": 1000, "overlap": "skip",
-                                "job": {"kind": "sleep", "input": {"ms": 2500}}}))
+    let s = create(
+        &srv,
+        json!({"name": "slow", "every_ms": 1000, "overlap": "skip",
+                                "job": {"kind": "sleep", "input": {"ms": 2500}}}),
+    )
     .await;
     let id = s["id"].as_str().unwrap();
-    wait(&srv, id, "two starts and skipped ticks", |s| s["started"].as_u64() >= Some(2) && s["skipped"].as_u64() >= Some(2)).await;
+    wait(&srv, id, "two starts and skipped ticks", |s| {
+        s["started"].as_u64() >= Some(2) && s["skipped"].as_u64() >= Some(2)
+    })
+    .await;
     let jobs = jobs_of(&srv, "slow").await;
     // Each job started only once the one before had ended.
     for pair in jobs.windows(2) {
@@ -109,8 +115,11 @@ async fn skip_starts_nothing_while_the_previous_job_runs(backend: Backend) {
 
 async fn queue_waits_for_the_previous_job_then_starts(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let s = create(&srv, json!({"name": "queued", "every_ms": 1000, "overlap": "queue",
-                                "job": {"kind": "sleep", "input": {"ms": 2500}}}))
+    let s = create(
+        &srv,
+        json!({"name": "queued", "every_ms": 1000, "overlap": "queue",
+                                "job": {"kind": "sleep", "input": {"ms": 2500}}}),
+    )
     .await;
     let id = s["id"].as_str().unwrap();
     wait(&srv, id, "a tick waiting", |s| s["waiting_tick"].is_string()).await;
@@ -126,8 +135,11 @@ async fn queue_waits_for_the_previous_job_then_starts(backend: Backend) {
 
 async fn allow_starts_on_every_tick_regardless(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let s = create(&srv, json!({"name": "many", "every_ms": 1000, "overlap": "allow",
-                                "job": {"kind": "sleep", "input": {"ms": 4000}}}))
+    let s = create(
+        &srv,
+        json!({"name": "many", "every_ms": 1000, "overlap": "allow",
+                                "job": {"kind": "sleep", "input": {"ms": 4000}}}),
+    )
     .await;
     let id = s["id"].as_str().unwrap();
     poll("two jobs of the schedule at once", async || {
@@ -152,8 +164,11 @@ async fn each_catch_up_policy_after_a_downtime(backend: Backend) {
     ];
     let mut ids = Vec::new();
     for (name, catch_up, ..) in &policies {
-        let s = create(&srv, json!({"name": name, "cron": format!("{minute} * * * *"), "overlap": "allow",
-                                    "catch_up": catch_up, "job": {"kind": "noop"}}))
+        let s = create(
+            &srv,
+            json!({"name": name, "cron": format!("{minute} * * * *"), "overlap": "allow",
+                                    "catch_up": catch_up, "job": {"kind": "noop"}}),
+        )
         .await;
         let id: uuid::Uuid = s["id"].as_str().unwrap().parse().unwrap();
         // Paused for the downtime: nothing fires meanwhile.
@@ -216,7 +231,8 @@ async fn a_schedule_starts_workflow_runs(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let (status, body) = srv.post("/v1/workflows", json!({"name": "wf", "nodes": [{"id": "n", "kind": "noop"}]})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let s = create(&srv, json!({"name": "runs", "cron": "* * * * * *", "run": {"workflow": "wf", "input": {"a": 1}}})).await;
+    let s = create(&srv, json!({"name": "runs", "cron": "* * * * * *", "run": {"workflow": "wf", "input": {"a": 1}}}))
+        .await;
     let id = s["id"].as_str().unwrap();
     let s = wait(&srv, id, "a run started", |s| s["started"].as_u64() >= Some(1)).await;
     assert_eq!(s["last_start"]["kind"], json!("run"), "{s}");
@@ -263,14 +279,22 @@ async fn bad_input_is_refused_naming_its_field(backend: Backend) {
         assert_eq!(got.0, StatusCode::BAD_REQUEST, "{spec}: {}", got.1);
     }
     // At the edges: the shortest interval and the largest catch-up are fine.
-    let ok = create(&srv, json!({"name": "a", "every_ms": 1000, "job": job, "paused": true,
-                                 "catch_up": {"policy": "all", "max": 100}}))
+    let ok = create(
+        &srv,
+        json!({"name": "a", "every_ms": 1000, "job": job, "paused": true,
+                                 "catch_up": {"policy": "all", "max": 100}}),
+    )
     .await;
     let dup = srv.post("/v1/schedules", json!({"name": "a", "every_ms": 5000, "job": job})).await;
     assert_error(&dup, StatusCode::CONFLICT, "name_taken", Some("name"));
     let unknown = uuid::Uuid::now_v7();
     assert_error(&srv.get(&format!("/v1/schedules/{unknown}")).await, StatusCode::NOT_FOUND, "not_found", None);
-    assert_error(&srv.post(&format!("/v1/schedules/{unknown}/pause"), json!({})).await, StatusCode::NOT_FOUND, "not_found", None);
+    assert_error(
+        &srv.post(&format!("/v1/schedules/{unknown}/pause"), json!({})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    );
     assert_error(&srv.get("/v1/schedules/nope").await, StatusCode::BAD_REQUEST, "invalid_field", Some("id"));
     // Another workspace sees none of it.
     let (_, other) = srv.token("other", "bob", Role::Admin).await;
@@ -286,7 +310,8 @@ async fn two_nodes_start_exactly_one_job_per_tick(backend: Backend) {
     let a = TestServer::start(backend).await;
     let b = a.peer(|_| {}).await;
     // Both nodes race for every tick: a seconds cron, on two schedulers over one schema.
-    let s = create(&a, json!({"name": "race", "cron": "* * * * * *", "overlap": "allow", "job": {"kind": "noop"}})).await;
+    let s =
+        create(&a, json!({"name": "race", "cron": "* * * * * *", "overlap": "allow", "job": {"kind": "noop"}})).await;
     let id = s["id"].as_str().unwrap();
     // Node b has seen it (its passes read the schema); then enough ticks for a race.
     passes(&b, 2).await;
