@@ -48,6 +48,10 @@ async fn openapi_lists_every_endpoint(backend: Backend) {
         ("/v1/breakers", &["get"]),
         ("/v1/breakers/{key}", &["get", "put"]),
         ("/v1/blobs/{hash}", &["get"]),
+        ("/v1/schedules", &["get", "post"]),
+        ("/v1/schedules/{id}", &["get", "delete"]),
+        ("/v1/schedules/{id}/pause", &["post"]),
+        ("/v1/schedules/{id}/resume", &["post"]),
     ];
     for (path, methods) in expected {
         let item = paths.get(path).unwrap_or_else(|| panic!("{path} is missing; paths: {:?}", paths.keys()));
