@@ -28,6 +28,9 @@ use uuid::Uuid;
 
 /// How many next fire times a view shows.
 const SHOWN_TICKS: usize = 5;
+/// The most schedules a workspace keeps (`409 too_many_schedules` past it): each tick of
+/// each schedule is a transaction of the store's.
+pub const MAX_SCHEDULES: usize = 1_000;
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::bad_field("id", format!("`{raw}` is not a schedule id (a UUID)")))
@@ -58,7 +61,7 @@ fn view(row: ScheduleRow) -> Result<ScheduleView, ApiError> {
     responses(
         (status = 201, body = ScheduleView),
         (status = 400, description = "Bad input, naming the field (`job.kind`, `cron`, `timezone`, `catch_up.max`…)", body = ErrorBody),
-        (status = 409, description = "The workspace has a schedule of that name (`name_taken`)", body = ErrorBody),
+        (status = 409, description = "The workspace has a schedule of that name (`name_taken`), or 1000 schedules already (`too_many_schedules`)", body = ErrorBody),
         (status = 413, description = "The job's input over its limit", body = ErrorBody),
     )
 )]
@@ -78,6 +81,14 @@ pub async fn create(
     }
     if let Some(run) = &spec.run {
         check_run(&st, &caller, run).await?;
+    }
+    // Counted before the insert: racing creations on several nodes may pass it by a few.
+    if st.store.schedules(&caller.workspace).await?.len() >= MAX_SCHEDULES {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_schedules",
+            format!("a workspace keeps at most {MAX_SCHEDULES} schedules; delete one first"),
+        ));
     }
     let new = NewSchedule {
         id: Uuid::now_v7(),
