@@ -16,8 +16,8 @@ pub struct ScheduleView {
     /// The schedule as created.
     pub spec: ScheduleSpec,
     pub paused: bool,
-    /// The next tick; absent while paused ticks are not counted, or when it never ticks
-    /// again.
+    /// The next tick (kept while paused: a resume starts from the first tick after it);
+    /// absent when the schedule never ticks again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_fire_at: Option<DateTime<Utc>>,
     /// The next few ticks from `next_fire_at` on (none while paused).
