@@ -18,6 +18,7 @@ pub mod escalation;
 pub mod job;
 pub mod message;
 pub mod run;
+pub mod schedule;
 pub mod severity;
 pub mod time;
 pub mod workflow;

@@ -359,6 +359,10 @@ pub fn constrain(doc: &mut Value, cfg: &ApiConfig, kinds: &[&str]) {
     set(doc, "RunRequest", "version", range(0, u32::MAX));
     set(doc, "RunRequest", "idempotency_key", key);
     set(doc, "TokenRequest", "user", json!({"pattern": USER}));
+    set(doc, "ScheduleSpec", "name", json!({"pattern": "^[A-Za-z0-9._-]{1,100}$"}));
+    set(doc, "ScheduleSpec", "every_ms", range(ferry_core::schedule::MIN_EVERY_MS, ferry_core::schedule::MAX_EVERY_MS));
+    set(doc, "CatchUp", "max", range(1, ferry_core::schedule::MAX_CATCH_UP));
+    set(doc, "RunTarget", "version", range(0, u32::MAX));
     set(doc, "WorkspaceLimits", "tokens_per_day", range(0, i64::MAX));
     set(doc, "WorkspaceLimits", "tokens_today", json!({"minimum": 0, "maximum": i64::MAX, "readOnly": true}));
     set(doc, "WorkspaceLimits", "users", json!({"propertyNames": {"pattern": USER}, "maxProperties": MAX_LIMIT_USERS}));

@@ -203,6 +203,21 @@ impl Shape for crate::views::RunRequest {
     }
 }
 
+impl Shape for ferry_core::schedule::ScheduleSpec {
+    fn check(body: &Value) -> Result<(), ApiError> {
+        must_be_object(body, "")?;
+        if let Some(job) = body.get("job").filter(|j| !j.is_null()) {
+            check_spec(job, "job")?;
+        }
+        for field in ["run", "catch_up"] {
+            if let Some(v) = body.get(field).filter(|v| !v.is_null()) {
+                must_be_object(v, field)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Shape for crate::views::TokenRequest {
     fn check(body: &Value) -> Result<(), ApiError> {
         must_be_object(body, "")

@@ -23,6 +23,7 @@ pub mod limits;
 pub mod listener;
 mod numbers;
 pub mod runs;
+mod schedules;
 pub mod sse;
 mod system;
 pub mod tokens;
@@ -108,6 +109,9 @@ pub struct ApiState {
     pub streams: Arc<sse::Streams>,
     /// Queue counts, read through (`counts`).
     pub counts: Arc<counts::QueueCounts>,
+    /// Notified when a schedule is created or resumed here: this node's scheduler
+    /// (`ferry_worker::scheduler`) looks at once instead of at its next pass.
+    pub schedules: Arc<tokio::sync::Notify>,
 }
 
 /// Who is calling (see [`auth`]): a token's workspace, user and role, or, in open mode
@@ -294,6 +298,7 @@ impl ApiState {
     ),
     tags((name = "jobs", description = "Submit, inspect, cancel and replay jobs"),
           (name = "workflows", description = "Versioned workflows, their runs and run events"),
+          (name = "schedules", description = "Cron and interval schedules that start jobs or runs, once per tick across every node"),
           (name = "blobs", description = "Content-addressed blobs of the workspace: claim-checked payloads and `blob_put` results"),
           (name = "tokens", description = "API tokens of the workspace (admin)"),
           (name = "limits", description = "Concurrency limits of the workspace (admin)"),
@@ -358,6 +363,10 @@ fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(runs::get_run))
         .routes(routes!(runs::cancel_run))
         .routes(routes!(runs::run_events))
+        .routes(routes!(schedules::create, schedules::list))
+        .routes(routes!(schedules::get, schedules::delete))
+        .routes(routes!(schedules::pause))
+        .routes(routes!(schedules::resume))
         .routes(routes!(tokens::create, tokens::list))
         .routes(routes!(tokens::revoke))
         .routes(routes!(limits::get, limits::put))

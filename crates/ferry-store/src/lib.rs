@@ -24,6 +24,7 @@ pub mod remote;
 mod row;
 mod rules;
 pub mod runs;
+pub mod schedules;
 mod sql;
 pub mod sqlite;
 mod submission;
@@ -38,10 +39,13 @@ pub use failures::{FailureFilter, FailureGroup, FailureRow};
 pub use ferry_core::admission::{Admission, LimitPair, LimitReached, WorkspaceLimits};
 use ferry_core::run::{RunId, RunState};
 pub use park::Parked;
-pub use remote::RemoteKind;
+pub use remote::{RemoteKind, RemoteStore};
 pub use runs::{
     Advanced, CreateRunOutcome, NewRun, Planner, RunDetail, RunEvent, RunFilter, RunJobRow, RunNodeRow, RunPage,
     RunRow, WorkflowSummary, WorkflowVersion,
+};
+pub use schedules::{
+    DueSchedules, NewSchedule, ScheduleFiring, ScheduleRow, ScheduleStore, Start as ScheduleStart, StartRef,
 };
 pub use tokens::{NewToken, TokenRecord};
 pub use types::*;
@@ -105,7 +109,7 @@ pub enum StoreError {
 
 /// The storage interface every backend implements.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ScheduleStore + RemoteStore + Send + Sync + 'static {
     /// The backend's name (`sqlite`), for logs and `/readyz`.
     fn backend(&self) -> &'static str;
 
@@ -291,23 +295,6 @@ pub trait Store: Send + Sync + 'static {
     /// the batch's user already in flight ([`StoreError::LimitReached`] otherwise, and
     /// nothing is written). All jobs of the batch belong to one workspace and user.
     async fn submit_admitted(&self, jobs: Vec<NewJob>, admission: Admission) -> Result<Vec<Submitted>, StoreError>;
-
-    /// Registers remote kinds (or moves them to other queues), for every node (see
-    /// [`remote`]).
-    async fn put_remote_kinds(&self, kinds: &[RemoteKind]) -> Result<(), StoreError>;
-
-    /// Every registered remote kind, by name.
-    async fn remote_kinds(&self) -> Result<Vec<RemoteKind>, StoreError>;
-
-    /// Writes events (type, data) to a job's log while it runs under `attempt`, in order:
-    /// a remote attempt's progress and log lines. `false` (nothing written) when the
-    /// attempt is no longer the job's current one.
-    async fn write_job_events(
-        &self,
-        id: JobId,
-        attempt: u32,
-        events: Vec<(String, serde_json::Value)>,
-    ) -> Result<bool, StoreError>;
 
     /// The tokens the workspace's agents used today (UTC, by this process's clock).
     async fn tokens_today(&self, workspace: &str) -> Result<u64, StoreError>;

@@ -49,6 +49,7 @@ mod migrate;
 mod remote;
 mod rows;
 mod runs;
+mod schedules;
 mod settings;
 mod tx;
 use admission::*;
@@ -102,6 +103,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (16, include_str!("../sql/postgres/migrations/0016_agents.sql")),
     (17, include_str!("../sql/postgres/migrations/0017_run_depth.sql")),
     (18, include_str!("../sql/postgres/migrations/0018_remote_kinds.sql")),
+    (19, include_str!("../sql/postgres/migrations/0019_schedules.sql")),
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
@@ -628,23 +630,6 @@ impl Store for PgStore {
 
     async fn set_queue_share(&self, share: QueueShare) -> Result<(), StoreError> {
         PgStore::set_queue_share(self, share).await
-    }
-
-    async fn put_remote_kinds(&self, kinds: &[crate::RemoteKind]) -> Result<(), StoreError> {
-        PgStore::put_remote_kinds(self, kinds).await
-    }
-
-    async fn remote_kinds(&self) -> Result<Vec<crate::RemoteKind>, StoreError> {
-        PgStore::remote_kinds(self).await
-    }
-
-    async fn write_job_events(
-        &self,
-        id: JobId,
-        attempt: u32,
-        events: Vec<(String, serde_json::Value)>,
-    ) -> Result<bool, StoreError> {
-        PgStore::write_job_events(self, id, attempt, events).await
     }
 
     async fn label_rates(&self, workspace: &str) -> Result<Vec<LabelRate>, StoreError> {

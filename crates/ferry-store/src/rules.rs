@@ -24,6 +24,7 @@ pub(crate) mod claims;
 pub(crate) mod escalations;
 pub(crate) mod jobs;
 pub(crate) mod runs;
+pub(crate) mod schedules;
 
 use std::future::Future;
 use std::pin::pin;

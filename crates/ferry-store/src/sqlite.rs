@@ -43,6 +43,7 @@ mod open;
 mod remote;
 mod rows;
 mod runs;
+mod schedules;
 mod tx;
 mod writer;
 use open::*;
@@ -154,8 +155,8 @@ enum Cmd {
     Breaker(String, crate::BreakerOp, Reply<crate::BreakerOutcome>),
     OrderRelease(String, String, Reply<Option<JobId>>),
     Escalate(Box<crate::Firing>, Reply<Option<crate::Fired>>),
-    PutRemoteKinds(Vec<crate::RemoteKind>, Reply<()>),
-    JobEvents(JobId, u32, Vec<(String, serde_json::Value)>, Reply<bool>),
+    /// Any request of its own (`schedules.rs`): it answers through `Writer::step` itself.
+    With(Box<dyn FnOnce(&mut Writer) -> Answer + Send>),
     Close(Reply<()>),
 }
 
@@ -662,23 +663,6 @@ impl Store for SqliteStore {
 
     async fn set_queue_share(&self, share: QueueShare) -> Result<(), StoreError> {
         self.write(|r| Cmd::SetShare(share, r)).await
-    }
-
-    async fn put_remote_kinds(&self, kinds: &[crate::RemoteKind]) -> Result<(), StoreError> {
-        self.write(|r| Cmd::PutRemoteKinds(kinds.to_vec(), r)).await
-    }
-
-    async fn remote_kinds(&self) -> Result<Vec<crate::RemoteKind>, StoreError> {
-        self.read(remote::remote_kinds).await
-    }
-
-    async fn write_job_events(
-        &self,
-        id: JobId,
-        attempt: u32,
-        events: Vec<(String, serde_json::Value)>,
-    ) -> Result<bool, StoreError> {
-        self.write(|r| Cmd::JobEvents(id, attempt, events, r)).await
     }
 
     async fn label_rates(&self, workspace: &str) -> Result<Vec<LabelRate>, StoreError> {

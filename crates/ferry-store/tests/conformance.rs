@@ -742,6 +742,10 @@ mod ordering;
 mod postgres_only;
 #[path = "conformance/release.rs"]
 mod release;
+#[path = "conformance/remote.rs"]
+mod remote;
+#[path = "conformance/schedules.rs"]
+mod schedules;
 #[path = "conformance/signals.rs"]
 mod signals;
 #[path = "conformance/submission.rs"]

@@ -16,6 +16,7 @@ pub mod escalation;
 mod executor;
 pub mod kinds;
 pub mod remote;
+pub mod scheduler;
 
 pub use engine::{Engine, EngineConfig, QueueConfig, prune_loop};
 pub use executor::{Attempt, CachePolicy, Executor, Registry, Runs};

@@ -8,6 +8,7 @@ use ferry_store::postgres::{PgOptions, PgStore};
 use ferry_store::sqlite::{SqliteOptions, SqliteStore};
 use ferry_worker::escalation::{Escalation, Plan};
 use ferry_worker::kinds::{BlobDelete, BlobGet, BlobPut, Exec, LLM_BASE_URLS_VAR, Llm, Webhook};
+use ferry_worker::scheduler::Scheduler;
 use ferry_worker::{Engine, EngineConfig, QueueConfig, Registry};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ pub struct Server {
     pub engine: Option<Engine>,
     /// The escalation rules' evaluator, when rules are configured (`ferry server` only).
     pub escalation: Option<Escalation>,
+    /// The schedules' scheduler (`ferry server` only).
+    pub scheduler: Option<Scheduler>,
     grace: Duration,
     stop_http: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
@@ -84,6 +87,7 @@ async fn serve(
     store: Arc<dyn Store>,
     engine: Option<Engine>,
     escalation: Option<Escalation>,
+    scheduler: Option<Scheduler>,
     app: axum::Router,
 ) -> anyhow::Result<Server> {
     let addr = listener.local_addr()?;
@@ -101,6 +105,7 @@ async fn serve(
         store,
         engine,
         escalation,
+        scheduler,
         grace: Duration::from_millis(cfg.shutdown_grace_ms),
         stop_http,
         http,
@@ -208,6 +213,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
             .collect();
         Engine::start(store.clone(), registry.clone(), engine_config(cfg, queues))
     });
+    let wake_scheduler = Arc::new(tokio::sync::Notify::new());
     let state = ApiState {
         store: store.clone(),
         blobs,
@@ -242,9 +248,14 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
                 max_per_token: cfg.sse_max_streams_per_token,
             },
         ),
+        schedules: wake_scheduler.clone(),
     };
     let escalation = plan.map(|plan| Escalation::start(store.clone(), plan));
-    let server = serve(cfg, listener, store.clone(), engine, escalation, ferry_server::router(state)).await?;
+    // Schedules are fired by `ferry server` nodes only (see `ferry_worker::scheduler`),
+    // making their jobs and runs as this API does.
+    let scheduler = Scheduler::start(store.clone(), Arc::new(state.clone()), state.planner.clone(), wake_scheduler);
+    let app = ferry_server::router(state);
+    let server = serve(cfg, listener, store.clone(), engine, escalation, Some(scheduler), app).await?;
     tracing::info!(addr = %server.addr, store = store.backend(), "Ferry is serving");
     Ok(server)
 }
@@ -268,9 +279,9 @@ pub async fn start_worker(
     let registry = registry(cfg, &ferry_store::Blobs::new(store.blobs(), cfg.blobs.clone())).await?;
     let engine = Engine::start(store.clone(), registry.clone(), engine_config(cfg, queues));
     let app = ferry_server::worker_router(store.clone(), registry, engine.clone(), ferry_server::metrics_handle());
-    // Escalation rules are evaluated by `ferry server` nodes only (see
-    // `ferry_worker::escalation`).
-    let server = serve(cfg, listener, store, Some(engine), None, app).await?;
+    // Escalation rules are evaluated, and schedules fired, by `ferry server` nodes only
+    // (see `ferry_worker::escalation` and `ferry_worker::scheduler`).
+    let server = serve(cfg, listener, store, Some(engine), None, None, app).await?;
     tracing::info!(addr = %server.addr, worker = server.engine.as_ref().map(|e| e.worker_id()).unwrap_or(""), "Ferry worker running");
     Ok(server)
 }
@@ -296,6 +307,9 @@ impl Server {
         let _ = self.pruner.await;
         if let Some(escalation) = self.escalation {
             escalation.stop().await;
+        }
+        if let Some(scheduler) = self.scheduler {
+            scheduler.stop().await;
         }
         self.store.close().await;
         tracing::info!("Ferry stopped");

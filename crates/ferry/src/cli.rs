@@ -59,6 +59,11 @@ pub enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Schedules: list, create, pause, resume, delete.
+    Schedule {
+        #[command(subcommand)]
+        command: crate::schedule_cmd::ScheduleCommand,
+    },
     /// Circuit breakers: list them; reset, open or close one (operator).
     Breaker {
         #[command(subcommand)]
@@ -603,6 +608,7 @@ pub async fn run_client(command: Command) -> anyhow::Result<ExitCode> {
             print(&client.client()?.call(Method::PUT, &path, Some(&Value::Object(body))).await?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Schedule { command } => crate::schedule_cmd::run(command).await,
         Command::Breaker { command } => crate::breaker_cmd::run(command).await,
         Command::Errors(args) => crate::errors_cmd::run(args).await,
         Command::Blob { command } => crate::blob_cmd::run(command).await,

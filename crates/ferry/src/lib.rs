@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod errors_cmd;
+pub mod schedule_cmd;
 pub mod stand_in;
 pub mod token_cmd;
 pub mod view;

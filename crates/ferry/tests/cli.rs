@@ -343,3 +343,36 @@ fn the_stand_in_llm_answers_from_its_script_until_stopped_and_refuses_a_bad_one(
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("conversations[0].turns[0]: unknown field `contnet`"), "{err}");
 }
+
+#[test]
+fn schedules_are_created_listed_paused_and_deleted_by_name_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), "127.0.0.1:0");
+    let url = server.url.clone();
+    let (code, out, _) = cli(&url, &["schedule", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("no schedules"), "{out}");
+    let args = ["schedule", "create", "nightly", "--cron", "0 3 * * *", "--timezone", "Europe/Paris", "--job"];
+    let (code, out, err) = cli(&url, &[&args[..], &[r#"{"kind": "noop"}"#, "--catch-up", "none"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("nightly  ") && out.contains("cron `0 3 * * *` Europe/Paris  next "), "{out}");
+    let (code, out, _) = cli(&url, &["schedule", "list", "--json"]);
+    assert_eq!(code, 0);
+    let listed = json_of(&out);
+    assert_eq!(listed["schedules"][0]["spec"]["catch_up"], json!({"policy": "none"}), "{listed}");
+    assert_eq!(listed["schedules"][0]["next_fire_times"].as_array().map(Vec::len), Some(5), "{listed}");
+    let (code, out, err) = cli(&url, &["schedule", "pause", "nightly"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("  paused  "), "{out}");
+    let (code, out, err) = cli(&url, &["schedule", "resume", "nightly"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("  next "), "{out}");
+    let (code, out, err) = cli(&url, &["schedule", "delete", "nightly"]);
+    assert_eq!((code, out.as_str()), (0, "deleted nightly\n"), "{err}");
+    let (code, _, err) = cli(&url, &["schedule", "delete", "nightly"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no schedule named `nightly`"), "{err}");
+    let (code, _, err) = cli(&url, &["schedule", "create", "bad", "--every-ms", "10", "--job", r#"{"kind": "noop"}"#]);
+    assert_eq!(code, 1);
+    assert!(err.contains("every_ms"), "the field is named: {err}");
+}

@@ -11,6 +11,7 @@ mod errors;
 mod jobs;
 mod limits;
 mod runs;
+mod schedules;
 mod system;
 mod tokens;
 
@@ -24,6 +25,7 @@ pub use runs::{
     NodeJobView, NodeView, RunAccepted, RunEventList, RunEventView, RunPageView, RunRequest, RunStateView, RunView,
     WorkflowAccepted, WorkflowList, WorkflowSummaryView, WorkflowVersionView, WorkflowVersions,
 };
+pub use schedules::{ScheduleList, ScheduleView, StartView};
 pub use system::{
     Health, QueueChange, QueueList, QueueSettingsRequest, QueueSettingsView, QueueShareView, QueueView, WorkerList,
     WorkerQueueView, WorkerView,

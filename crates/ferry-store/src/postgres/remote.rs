@@ -1,12 +1,13 @@
 //! Remote kinds and remote attempts' events on PostgreSQL (see [`crate::remote`]).
 
 use super::*;
-use crate::RemoteKind;
+use crate::{RemoteKind, RemoteStore};
 
 crate::sql::statements!("../../sql/postgres/remote.sql": PUT_REMOTE_KIND, REMOTE_KINDS, JOB_EVENTS);
 
-impl PgStore {
-    pub(super) async fn put_remote_kinds(&self, kinds: &[RemoteKind]) -> Result<(), StoreError> {
+#[async_trait]
+impl RemoteStore for PgStore {
+    async fn put_remote_kinds(&self, kinds: &[RemoteKind]) -> Result<(), StoreError> {
         let (mut tx, now) = self.begin().await?;
         for k in kinds {
             sqlx::query(*PUT_REMOTE_KIND).bind(&k.kind).bind(&k.queue).bind(now).execute(&mut *tx).await?;
@@ -15,7 +16,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(super) async fn remote_kinds(&self) -> Result<Vec<RemoteKind>, StoreError> {
+    async fn remote_kinds(&self) -> Result<Vec<RemoteKind>, StoreError> {
         let rows = sqlx::query(*REMOTE_KINDS).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| Ok(RemoteKind { kind: r.try_get(0)?, queue: r.try_get(1)? }))
@@ -25,7 +26,7 @@ impl PgStore {
 
     /// Writes the events while the job runs under `attempt` (one statement that locks the
     /// job's row first); whether it did.
-    pub(super) async fn write_job_events(
+    async fn write_job_events(
         &self,
         id: JobId,
         attempt: u32,

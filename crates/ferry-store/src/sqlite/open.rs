@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (16, include_str!("../../sql/sqlite/migrations/0016_agents.sql")),
     (17, include_str!("../../sql/sqlite/migrations/0017_run_depth.sql")),
     (18, include_str!("../../sql/sqlite/migrations/0018_remote_kinds.sql")),
+    (19, include_str!("../../sql/sqlite/migrations/0019_schedules.sql")),
 ];
 
 crate::sql::statements!("../../sql/sqlite/open.sql":

@@ -139,8 +139,7 @@ impl Writer {
             Cmd::Breaker(key, op, reply) => self.step(reply, |w| w.breaker(&key, op)),
             Cmd::OrderRelease(ws, key, reply) => self.step(reply, |w| w.order_release(&ws, &key)),
             Cmd::Escalate(firing, reply) => self.step(reply, |w| w.escalate(*firing)),
-            Cmd::PutRemoteKinds(kinds, reply) => self.step(reply, |w| Ok(w.put_remote_kinds(&kinds)?)),
-            Cmd::JobEvents(id, attempt, events, reply) => self.step(reply, |w| Ok(w.job_events(id, attempt, &events)?)),
+            Cmd::With(f) => f(self),
             Cmd::FinishMany(fins, reply) => self.step(reply, |w| fins.iter().map(|f| w.finish(f)).collect()),
             Cmd::Heartbeat(worker, lease_ms, running, reply) => {
                 self.step(reply, |w| w.heartbeat(&worker, lease_ms, &running))
@@ -301,3 +300,13 @@ pub(super) struct Writer {
 }
 
 pub(super) type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
+
+impl SqliteStore {
+    /// Runs `f` on the writer, in its next group's transaction.
+    pub(super) async fn on_writer<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Writer) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.write(|reply| Cmd::With(Box::new(move |w: &mut Writer| w.step(reply, f)))).await
+    }
+}

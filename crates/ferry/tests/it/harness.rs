@@ -339,6 +339,12 @@ impl TestServer {
         escalation.expect("the server evaluates escalation rules").ticks()
     }
 
+    /// The scheduler's count of finished passes (a test signal).
+    pub fn scheduler_passes(&self) -> tokio::sync::watch::Receiver<u64> {
+        let scheduler = self.server.as_ref().and_then(|s| s.scheduler.as_ref());
+        scheduler.expect("a `ferry server` runs a scheduler").passes()
+    }
+
     /// POSTs a JSON body.
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
         self.post_with(path, body, &[]).await

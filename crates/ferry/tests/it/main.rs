@@ -27,6 +27,7 @@ mod remote;
 mod restart;
 mod retention;
 mod retries;
+mod schedules;
 mod scheduling;
 mod streams;
 mod subruns;

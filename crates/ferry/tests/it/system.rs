@@ -19,7 +19,7 @@ async fn openapi_lists_every_endpoint(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{doc}");
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with('3')), "{}", doc["openapi"]);
     let paths = doc["paths"].as_object().expect("paths");
-    let expected: [(&str, &[&str]); 28] = [
+    let expected: [(&str, &[&str]); 32] = [
         ("/v1/jobs", &["get", "post"]),
         ("/v1/jobs/batch", &["post"]),
         ("/v1/jobs/{id}", &["get", "delete"]),
@@ -48,6 +48,10 @@ async fn openapi_lists_every_endpoint(backend: Backend) {
         ("/v1/breakers", &["get"]),
         ("/v1/breakers/{key}", &["get", "put"]),
         ("/v1/blobs/{hash}", &["get"]),
+        ("/v1/schedules", &["get", "post"]),
+        ("/v1/schedules/{id}", &["get", "delete"]),
+        ("/v1/schedules/{id}/pause", &["post"]),
+        ("/v1/schedules/{id}/resume", &["post"]),
     ];
     for (path, methods) in expected {
         let item = paths.get(path).unwrap_or_else(|| panic!("{path} is missing; paths: {:?}", paths.keys()));

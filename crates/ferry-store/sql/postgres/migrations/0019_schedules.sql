@@ -1,0 +1,31 @@
+-- Schedules (ferry-core's `schedule` module): per workspace, a cron or interval that
+-- starts a job or a run at each tick. `spec` is the ScheduleSpec as created (JSON);
+-- `next_fire_at` the next tick (NULL: it never ticks again), the column every firing
+-- compares and sets, so that of many nodes exactly one fires a tick; `last_tick` the last
+-- tick fired; `last_start` the id of the last job or run started (`last_start_kind`:
+-- `job` or `run`), which the overlap policy asks about; `waiting_tick` a tick that waits
+-- for it to end (`overlap: queue`). The counters and `last_error` are what listings show.
+-- (0018 is another change's number.)
+CREATE TABLE schedules (
+    id              uuid PRIMARY KEY,
+    workspace       text NOT NULL,
+    name            text NOT NULL,
+    spec            text NOT NULL,
+    paused          boolean NOT NULL DEFAULT false,
+    next_fire_at    bigint,
+    last_tick       bigint,
+    last_start_kind text,
+    last_start      uuid,
+    waiting_tick    bigint,
+    started         bigint NOT NULL DEFAULT 0,
+    skipped         bigint NOT NULL DEFAULT 0,
+    refused         bigint NOT NULL DEFAULT 0,
+    missed          bigint NOT NULL DEFAULT 0,
+    last_error      text,
+    created_by      text NOT NULL,
+    created_at      bigint NOT NULL,
+    updated_at      bigint NOT NULL
+);
+CREATE UNIQUE INDEX schedules_name ON schedules (workspace, name);
+-- What the schedulers look for: the unpaused schedules by their next tick.
+CREATE INDEX schedules_due ON schedules (next_fire_at) WHERE NOT paused;
