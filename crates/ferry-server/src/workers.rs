@@ -11,7 +11,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use ferry_core::JobId;
-use ferry_worker::remote::{self, Hub, HubError, Outcome};
+use ferry_worker::remote::{self, Cancel, Hub, HubError, LeasedJob, Outcome, SessionInfo};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -79,67 +79,10 @@ pub struct Leased {
     pub jobs: Vec<LeasedJob>,
 }
 
-/// A job as a session leases it (`ferry_worker::remote::LeasedJob`).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct LeasedJob {
-    #[schema(value_type = String)]
-    pub id: JobId,
-    /// The fencing token: every later call about the job names it.
-    pub attempt: u32,
-    pub kind: String,
-    pub queue: String,
-    pub workspace: String,
-    #[schema(value_type = Option<String>)]
-    pub run: Option<ferry_core::run::RunId>,
-    /// The job's whole input (a claim-checked one already read back).
-    pub input: Value,
-    /// The attempt's hard timeout: the node fails the attempt at this point.
-    pub timeout_ms: u64,
-    pub soft_timeout_ms: Option<u64>,
-}
-
-impl From<remote::LeasedJob> for LeasedJob {
-    fn from(j: remote::LeasedJob) -> Self {
-        LeasedJob {
-            id: j.id,
-            attempt: j.attempt,
-            kind: j.kind,
-            queue: j.queue,
-            workspace: j.workspace,
-            run: j.run,
-            input: j.input,
-            timeout_ms: j.timeout_ms,
-            soft_timeout_ms: j.soft_timeout_ms,
-        }
-    }
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Heartbeat {
     /// Attempts to stop; each is named once.
     pub cancel: Vec<Cancel>,
-}
-
-/// An attempt the session must stop.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Cancel {
-    #[schema(value_type = String)]
-    pub id: JobId,
-    pub attempt: u32,
-    /// `cancelled` (a user, its run, a lost lease or a stop) or `timeout`.
-    pub reason: String,
-}
-
-/// A session open on this node.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SessionInfo {
-    pub session: String,
-    pub name: Option<String>,
-    pub concurrency: usize,
-    /// Kind → queue.
-    pub kinds: BTreeMap<String, String>,
-    /// Attempts it holds now.
-    pub running: usize,
 }
 
 /// A progress value or a log line of an attempt the session holds.
@@ -366,18 +309,7 @@ pub async fn open(
     responses((status = 200, body = SessionList))
 )]
 pub async fn list(State(st): State<ApiState>) -> Result<Json<SessionList>, ApiError> {
-    let sessions = hub(&st)?
-        .sessions()
-        .into_iter()
-        .map(|s| SessionInfo {
-            session: s.session,
-            name: s.name,
-            concurrency: s.concurrency,
-            kinds: s.kinds,
-            running: s.running,
-        })
-        .collect();
-    Ok(Json(SessionList { sessions }))
+    Ok(Json(SessionList { sessions: hub(&st)?.sessions() }))
 }
 
 /// Lease jobs (worker role): answers as soon as one is ready, or with none at the wait's end.
@@ -411,8 +343,7 @@ fn lease_terms(hub: &Hub, req: &LeaseRequest, at: &str) -> Result<(usize, Durati
 }
 
 async fn take(hub: &Hub, session: &str, max: usize, wait: Duration) -> Result<Vec<LeasedJob>, ApiError> {
-    let jobs = hub.lease(session, max, wait).await.map_err(hub_error)?;
-    Ok(jobs.into_iter().map(LeasedJob::from).collect())
+    hub.lease(session, max, wait).await.map_err(hub_error)
 }
 
 /// Keep a session alive (worker role); the attempts it must stop.
@@ -422,9 +353,7 @@ async fn take(hub: &Hub, session: &str, max: usize, wait: Duration) -> Result<Ve
     responses((status = 200, body = Heartbeat), (status = 404, body = ErrorBody))
 )]
 pub async fn heartbeat(State(st): State<ApiState>, Path(session): Path<String>) -> Result<Json<Heartbeat>, ApiError> {
-    let cancel = hub(&st)?.heartbeat(&session).map_err(hub_error)?;
-    let cancel = cancel.into_iter().map(|c| Cancel { id: c.id, attempt: c.attempt, reason: c.reason.into() }).collect();
-    Ok(Json(Heartbeat { cancel }))
+    Ok(Json(Heartbeat { cancel: hub(&st)?.heartbeat(&session).map_err(hub_error)? }))
 }
 
 /// Write progress values and log lines of the session's attempts (worker role).

@@ -22,24 +22,29 @@ pub enum Outcome {
 }
 
 /// A job as a session leases it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LeasedJob {
+    #[schema(value_type = String)]
     pub id: JobId,
     /// The fencing token: every later call about the job names it.
     pub attempt: u32,
     pub kind: String,
     pub queue: String,
     pub workspace: String,
+    #[schema(value_type = Option<String>)]
     pub run: Option<ferry_core::run::RunId>,
+    /// The job's whole input (a claim-checked one already read back).
     pub input: Value,
-    /// The attempt's hard timeout, from when it was leased.
+    /// The attempt's hard timeout, counted by the node from when it started the attempt:
+    /// the node fails the attempt at this point.
     pub timeout_ms: u64,
     pub soft_timeout_ms: Option<u64>,
 }
 
 /// An attempt a session must stop.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Cancel {
+    #[schema(value_type = String)]
     pub id: JobId,
     pub attempt: u32,
     /// `cancelled` (a user, its run, a lost lease or a stop) or `timeout`.
@@ -47,7 +52,7 @@ pub struct Cancel {
 }
 
 /// A live session, for listings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SessionInfo {
     pub session: String,
     pub name: Option<String>,
