@@ -1,0 +1,186 @@
+// The worker against a real `ferry server`: worker processes (`dist/test/fixtures/worker.js`)
+// with task functions, jobs submitted from this process.
+
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { Client, type Job } from "../src/index.js";
+import { DEADLINE_MS, type Proc, type Server, ferryBin, startServer, startWorker, until } from "./helpers.js";
+
+const bin = ferryBin();
+const skip = bin === null ? "no ferry binary (FERRY_BIN)" : false;
+/** Short leases, so that a killed worker's job is retried within seconds. */
+const SERVER_ENV = { FERRY_LEASE_MS: "3000", FERRY_HEARTBEAT_MS: "1000" };
+const T = { timeout: 2 * DEADLINE_MS };
+
+function attemptsOf(job: Job): NonNullable<Job["attempts"]> {
+  return job.attempts ?? [];
+}
+
+describe("worker: outcomes, errors, cancellation, workflows", { skip }, () => {
+  let server: Server;
+  let ferry: Client;
+  let worker: Proc;
+
+  before(async () => {
+    server = await startServer(bin as string, SERVER_ENV);
+    ferry = new Client({ url: server.url });
+    worker = await startWorker(server.url, { CONCURRENCY: "4" });
+  });
+
+  after(async () => {
+    await worker?.stop("SIGKILL").catch(() => {});
+    await server?.close();
+  });
+
+  test("a task's output, progress and log lines", T, async () => {
+    const job = await ferry.submitAndWait("ts_echo", { n: 1 }, { timeoutMs: DEADLINE_MS });
+    assert.equal(job.state, "succeeded", JSON.stringify(job));
+    assert.equal(job.queue, "ts");
+    assert.deepEqual(job.output, { input: { n: 1 }, attempt: 1, pid: worker.pid, queue: "ts", kind: "ts_echo" });
+    const types = (await ferry.events(job.id)).map((e) => e.type);
+    assert.ok(types.includes("progress"), `a progress event among ${types}`);
+    assert.ok(types.includes("log"), `a log event among ${types}`);
+    assert.ok(types.indexOf("log") < types.indexOf("succeeded"));
+  });
+
+  test("an exception is retried until the task succeeds", T, async () => {
+    const job = await ferry.submitAndWait(
+      "ts_flaky",
+      { succeed_on: 3 },
+      { max_attempts: 3, backoff: { initial_ms: 50, jitter: "none" }, timeoutMs: DEADLINE_MS },
+    );
+    assert.equal(job.state, "succeeded", JSON.stringify(job));
+    assert.equal(job.attempts_used, 3);
+    assert.deepEqual(job.output, { attempt: 3 });
+    const first = attemptsOf(job)[0];
+    assert.equal(first.error?.type, "task");
+    assert.match(first.error?.message ?? "", /FlakyError/);
+    assert.equal(first.error?.retryable, true);
+  });
+
+  test("RetryableError with retryAfterMs is retried", T, async () => {
+    const job = await ferry.submitAndWait("ts_later", null, { max_attempts: 3, timeoutMs: DEADLINE_MS });
+    assert.equal(job.state, "succeeded", JSON.stringify(job));
+    assert.equal(job.attempts_used, 2);
+    assert.equal(attemptsOf(job)[0].error?.type, "rate_limited");
+  });
+
+  test("a non-retryable error sends the job to the dead-letter queue at once", T, async () => {
+    const job = await ferry.submitAndWait("ts_invalid", null, { max_attempts: 5, timeoutMs: DEADLINE_MS });
+    assert.equal(job.state, "dead", JSON.stringify(job));
+    assert.equal(job.attempts_used, 1);
+    assert.equal(job.error?.type, "validation");
+    assert.equal(job.error?.retryable, false);
+    assert.match(job.error?.message ?? "", /width must be positive/);
+    const dlq = await ferry.list({ state: "dead", kind: "ts_invalid" });
+    assert.ok(dlq.items.some((j) => j.id === job.id));
+
+    const strict = await ferry.submitAndWait("ts_strict", null, { max_attempts: 5, timeoutMs: DEADLINE_MS });
+    assert.equal(strict.state, "dead", JSON.stringify(strict));
+    assert.equal(strict.attempts_used, 1);
+    assert.equal(strict.error?.type, "task");
+    assert.match(strict.error?.message ?? "", /RangeError/);
+  });
+
+  test("a cancel reaches the running task through ctx.signal", T, async () => {
+    const { id } = await ferry.submit("ts_sleep", { ms: 600_000 });
+    await worker.out.waitFor(new RegExp(`^STARTED ${id} 1$`), "the task to start");
+    const cancelled = await ferry.cancel(id);
+    assert.equal(cancelled.state, "cancelled");
+    await worker.out.waitFor(new RegExp(`^ABORTED ${id} 1 cancelled$`), "the task's signal to abort");
+    const job = await ferry.get(id);
+    assert.equal(job.state, "cancelled");
+    // The worker's slot is free again: it still runs jobs.
+    assert.equal((await ferry.submitAndWait("ts_echo", 2, { timeoutMs: DEADLINE_MS })).state, "succeeded");
+  });
+
+  test("a workflow mixing a remote kind with http", T, async () => {
+    await ferry.registerWorkflow({
+      name: "ts-mixed",
+      nodes: [
+        { id: "probe", kind: "http", input: { url: `${server.url}/healthz` } },
+        { id: "echo", kind: "ts_echo", depends_on: ["probe"], input: { status: "{{ nodes.probe.output.status }}" } },
+      ],
+    });
+    const run = await ferry.runAndWait("ts-mixed", {}, { timeoutMs: DEADLINE_MS });
+    assert.equal(run.state, "succeeded", JSON.stringify(run));
+    const echo = run.nodes?.find((n) => n.id === "echo");
+    assert.deepEqual((echo?.output as { input: unknown }).input, { status: 200 });
+    const types = new Set((await ferry.runEvents(run.id)).map((e) => e.type));
+    assert.ok(types.has("run_finished"));
+  });
+});
+
+describe("worker: kill -9 mid-job", { skip }, () => {
+  let server: Server;
+  const workers: Proc[] = [];
+
+  before(async () => {
+    server = await startServer(bin as string, SERVER_ENV);
+  });
+
+  after(async () => {
+    for (const w of workers) await w.stop("SIGKILL").catch(() => {});
+    await server?.close();
+  });
+
+  test("the job is retried by another worker after the lease", T, async () => {
+    const ferry = new Client({ url: server.url });
+    const first = await startWorker(server.url, { CONCURRENCY: "1", NAME: "first" });
+    workers.push(first);
+    const { id } = await ferry.submit("ts_sleep", { first_ms: 600_000, ms: 100 }, { max_attempts: 3 });
+    await first.out.waitFor(new RegExp(`^STARTED ${id} 1$`), "the first attempt to start");
+    await first.stop("SIGKILL");
+    const second = await startWorker(server.url, { CONCURRENCY: "1", NAME: "second" });
+    workers.push(second);
+    const job = await ferry.wait(id, { timeoutMs: DEADLINE_MS });
+    assert.equal(job.state, "succeeded", JSON.stringify(job));
+    assert.deepEqual(job.output, { slept_ms: 100, pid: second.pid, attempt: 2 });
+    const attempts = attemptsOf(job);
+    assert.equal(attempts[0].error?.type, "worker_lost", JSON.stringify(attempts));
+  });
+});
+
+describe("worker: SIGTERM drains", { skip }, () => {
+  let server: Server;
+  const workers: Proc[] = [];
+
+  before(async () => {
+    server = await startServer(bin as string, SERVER_ENV);
+  });
+
+  after(async () => {
+    for (const w of workers) await w.stop("SIGKILL").catch(() => {});
+    await server?.close();
+  });
+
+  test("running jobs finish within the grace, the rest are handed back and run elsewhere", T, async () => {
+    const ferry = new Client({ url: server.url });
+    const draining = await startWorker(server.url, { CONCURRENCY: "2", GRACE_MS: "3000", NAME: "draining" });
+    workers.push(draining);
+    const quick = await ferry.submit("ts_sleep", { ms: 1000 });
+    const slow = await ferry.submit("ts_sleep", { ms: 600_000 });
+    await draining.out.waitFor(new RegExp(`^STARTED ${quick.id} 1$`), "the quick job to start");
+    await draining.out.waitFor(new RegExp(`^STARTED ${slow.id} 1$`), "the slow job to start");
+    const exit = await draining.stop("SIGTERM");
+    assert.deepEqual(exit, { code: 0, signal: null }, draining.out.lines.join("\n"));
+    assert.ok(draining.out.lines.includes("EXIT"), "run() resolved");
+    await draining.out.waitFor(new RegExp(`^ABORTED ${slow.id} 1 shutdown$`), "the slow job's abort");
+
+    const q = await ferry.get(quick.id);
+    assert.equal(q.state, "succeeded", JSON.stringify(q));
+    assert.equal(q.attempts_used, 1);
+    const s = await until(
+      "the slow job to be handed back",
+      () => ferry.get(slow.id),
+      (j) => j.state === "queued",
+    );
+    assert.equal(s.attempts_used, 0, `a released attempt does not count: ${JSON.stringify(s)}`);
+
+    const next = await startWorker(server.url, { CONCURRENCY: "1", NAME: "next", MAX_SLEEP_MS: "100" });
+    workers.push(next);
+    const done = await ferry.wait(slow.id, { timeoutMs: DEADLINE_MS });
+    assert.equal(done.state, "succeeded", JSON.stringify(done));
+    assert.equal((done.output as { pid: number }).pid, next.pid);
+  });
+});
