@@ -161,9 +161,10 @@ export class Transport {
   }
 }
 
-/** Formats milliseconds as a wait the server accepts (`500ms`), capped at its 60 s. */
+/** Formats milliseconds as a wait the server accepts (`30s`, `500ms`), capped at its 60 s. */
 export function waitParam(ms: number): string {
-  return `${Math.max(0, Math.min(60_000, Math.round(ms)))}ms`;
+  const n = Math.max(0, Math.min(60_000, Math.round(ms)));
+  return n % 1000 === 0 ? `${n / 1000}s` : `${n}ms`;
 }
 
 /** Sleeps `ms`, or less if `signal` aborts first (then it rejects with the signal's reason). */

@@ -160,7 +160,12 @@ class Bell {
         resolve();
       };
       this.waiters.push(done);
-      if (ms !== undefined) timer = setTimeout(done, ms);
+      if (ms !== undefined) {
+        timer = setTimeout(() => {
+          this.waiters = this.waiters.filter((w) => w !== done);
+          resolve();
+        }, ms);
+      }
     });
   }
 }
@@ -275,6 +280,15 @@ export class Worker {
     if (this.started) throw new Error("a Worker runs once");
     if (this.tasks.size === 0) throw new Error("no task registered: call worker.task(kind, fn) first");
     this.started = true;
+    const result = this.serve(opts);
+    this.finished = result.then(
+      () => {},
+      () => {},
+    );
+    return result;
+  }
+
+  private async serve(opts: RunWorkerOptions): Promise<void> {
     let signals = 0;
     const onSignal = (sig: string) => {
       signals += 1;
@@ -319,8 +333,10 @@ export class Worker {
 
   /**
    * Stops gracefully: no new job is leased, running tasks get `graceMs` (default the
-   * worker's `shutdownGraceMs`) to finish, then are aborted and handed back. Returns at
-   * once; `run()` resolves when the worker is done.
+   * worker's `shutdownGraceMs`) to finish, then are aborted and handed back. Resolves
+   * when the worker is done (when `run()` resolves; at once if it never ran). Calling it
+   * again with a shorter grace shortens the wait; `graceMs: 0` hands every running job
+   * back now.
    */
   stop(opts: { graceMs?: number } = {}): Promise<void> {
     if (opts.graceMs === 0) this.stopNow = true;
@@ -328,8 +344,11 @@ export class Worker {
     this.stopping = true;
     this.stopRequested();
     this.bell.ring();
-    return Promise.resolve();
+    return this.finished ?? Promise.resolve();
   }
+
+  /** Settles when `run()` has finished (whichever way). */
+  private finished: Promise<void> | null = null;
 
   private graceOverride: number | undefined;
 

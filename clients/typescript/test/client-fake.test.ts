@@ -78,13 +78,13 @@ test("submitAndWait: ?wait= on the submission, then on the job until it ends", a
     assert.deepEqual(job.output, { ok: true });
     const [post, ...rest] = fake.seen;
     assert.equal(post.path, "/v1/jobs");
-    assert.equal(post.query.get("wait"), "30000ms");
+    assert.equal(post.query.get("wait"), "30s");
     assert.deepEqual(post.body, { queue: "q", kind: "x", input: { a: 1 } });
     assert.equal(post.headers["authorization"], "Bearer secret");
     assert.equal(rest.length, 2);
     for (const g of rest) {
       assert.equal(g.path, `/v1/jobs/${JOB}`);
-      assert.equal(g.query.get("wait"), "30000ms");
+      assert.equal(g.query.get("wait"), "30s");
     }
   } finally {
     await fake.close();

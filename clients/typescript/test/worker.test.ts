@@ -2,6 +2,9 @@
 // with task functions, jobs submitted from this process.
 
 import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { Client, type Job } from "../src/index.js";
 import { DEADLINE_MS, type Proc, type Server, ferryBin, startServer, startWorker, until } from "./helpers.js";
@@ -182,5 +185,36 @@ describe("worker: SIGTERM drains", { skip }, () => {
     const done = await ferry.wait(slow.id, { timeoutMs: DEADLINE_MS });
     assert.equal(done.state, "succeeded", JSON.stringify(done));
     assert.equal((done.output as { pid: number }).pid, next.pid);
+  });
+});
+
+describe("worker: the server restarts", { skip }, () => {
+  let server: Server | null = null;
+  let worker: Proc | null = null;
+  let dataDir = "";
+
+  after(async () => {
+    await worker?.stop("SIGKILL").catch(() => {});
+    await server?.close();
+    if (dataDir) await rm(dataDir, { recursive: true, force: true });
+  });
+
+  test("the worker registers again (unknown_session) and goes on", T, async () => {
+    dataDir = await mkdtemp(join(tmpdir(), "ferry-ts-restart-"));
+    server = await startServer(bin as string, SERVER_ENV, { dataDir });
+    const listen = new URL(server.url).host;
+    worker = await startWorker(server.url, { CONCURRENCY: "2" });
+    let ferry = new Client({ url: server.url });
+    assert.equal((await ferry.submitAndWait("ts_echo", 1, { timeoutMs: DEADLINE_MS })).state, "succeeded");
+    const sessions = () => worker?.out.lines.filter((l) => l.startsWith("SESSION ")).length ?? 0;
+    assert.equal(sessions(), 1);
+
+    await server.close();
+    server = await startServer(bin as string, SERVER_ENV, { dataDir, listen });
+    ferry = new Client({ url: server.url });
+    await until("a second session", async () => sessions(), (n) => n >= 2);
+    const job = await ferry.submitAndWait("ts_echo", 2, { timeoutMs: DEADLINE_MS });
+    assert.equal(job.state, "succeeded", JSON.stringify(job));
+    assert.equal((job.output as { pid: number }).pid, worker.pid);
   });
 });
