@@ -129,6 +129,8 @@ interface Held {
   /** The task function is still running. */
   running: boolean;
   timer?: ReturnType<typeof setTimeout>;
+  /** Events the task wrote. */
+  events?: number;
 }
 
 type ResultBody =
@@ -173,6 +175,32 @@ class Bell {
 const keyOf = (id: string, attempt: number) => `${id}#${attempt}`;
 
 const MAX_MESSAGE = 4000;
+/** Protocol limits (§4): a log line's bytes, a progress value's JSON bytes, events per attempt. */
+const MAX_LOG_BYTES = 4096;
+const MAX_PROGRESS_BYTES = 4096;
+const MAX_EVENTS = 1000;
+
+const encoder = new TextEncoder();
+
+function utf8Length(s: string): number {
+  return encoder.encode(s).length;
+}
+
+/** `s` cut to at most `max` UTF-8 bytes, on a character boundary, with `…` when cut. */
+function truncateUtf8(s: string, max: number): string {
+  if (s.length * 3 <= max || utf8Length(s) <= max) return s;
+  let lo = 0;
+  let hi = s.length;
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (utf8Length(s.slice(0, mid)) + 3 <= max) lo = mid;
+    else hi = mid - 1;
+  }
+  // Do not split a surrogate pair.
+  const code = s.charCodeAt(lo - 1);
+  if (lo > 0 && code >= 0xd800 && code <= 0xdbff) lo -= 1;
+  return `${s.slice(0, lo)}…`;
+}
 
 const stderrLogger: Logger = {
   info: () => {},
@@ -618,6 +646,29 @@ export class Worker {
 
   private queueEvent(held: Held, body: EventBody): void {
     if (held.settled) return;
+    if ((held.events ?? 0) >= MAX_EVENTS) {
+      if (held.events === MAX_EVENTS) {
+        this.logger.warn(`job ${held.job.id}: an attempt writes at most ${MAX_EVENTS} events; dropping the rest`);
+        held.events += 1;
+      }
+      return;
+    }
+    if ("log" in body) {
+      body.log = truncateUtf8(body.log, MAX_LOG_BYTES);
+    } else {
+      let size: number;
+      try {
+        size = utf8Length(JSON.stringify(body.progress) ?? "null");
+      } catch (err) {
+        this.logger.warn(`job ${held.job.id}: progress dropped: it is not JSON (${(err as Error).message})`);
+        return;
+      }
+      if (size > MAX_PROGRESS_BYTES) {
+        this.logger.warn(`job ${held.job.id}: progress dropped: ${size} bytes of JSON, over ${MAX_PROGRESS_BYTES}`);
+        return;
+      }
+    }
+    held.events = (held.events ?? 0) + 1;
     this.events.push({ key: keyOf(held.job.id, held.job.attempt), generation: held.generation, body });
     this.bell.ring();
   }

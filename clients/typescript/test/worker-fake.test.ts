@@ -328,3 +328,30 @@ test("stop: the waiting lease is ended, running tasks finish within the grace, t
   assert.deepEqual(ferry.closed, ["fake:1"]);
   await ferry.close();
 });
+
+test("log lines and progress are held to the protocol's limits", async () => {
+  const ferry = await new FakeFerry().start();
+  const worker = new Worker({ url: ferry.url, concurrency: 1, logger: quiet });
+  worker.task("chatty", async (_input: unknown, ctx: TaskContext) => {
+    ctx.log("é".repeat(3000)); // 6,000 bytes: cut to 4,096
+    ctx.progress({ blob: "x".repeat(5000) }); // over 4 KiB: dropped
+    ctx.progress({ ok: true });
+    for (let i = 0; i < 1100; i++) ctx.log(`line ${i}`); // past 1,000 events: dropped
+    return "done";
+  });
+  const running = worker.run();
+  try {
+    const id = ferry.push("chatty", null);
+    await until("the result", async () => ferry.result(id), (r) => r !== undefined, 10_000);
+    const log = ferry.events[0] as { log: string };
+    assert.ok(new TextEncoder().encode(log.log).length <= 4096);
+    assert.ok(log.log.endsWith("…") && log.log.startsWith("éé"));
+    assert.deepEqual(ferry.events[1], { id, attempt: 1, progress: { ok: true } });
+    assert.equal(ferry.events.length, 1000);
+    assert.ok(ferry.calls("/events").every((c) => (c.body as { events: unknown[] }).events.length <= 100));
+  } finally {
+    await worker.stop();
+    await running;
+    await ferry.close();
+  }
+});
