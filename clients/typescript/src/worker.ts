@@ -756,36 +756,78 @@ export class Worker {
     }
   }
 
+  /**
+   * Sends events in calls of up to 100. Ferry checks a whole call before it writes any of
+   * it: an event it refuses as invalid (`400` naming `events[i]`) is dropped, with a
+   * warning, and the rest are sent again.
+   */
   private async sendEvents(events: Outgoing<EventBody>[]): Promise<void> {
     const current = events.filter((e) => e.generation === this.generation);
     for (let i = 0; i < current.length; i += 100) {
-      const chunk = current.slice(i, i + 100);
-      try {
-        await this.call("/events", { events: chunk.map((e) => e.body) });
-      } catch (err) {
-        if (err instanceof FerryError && (err.code === "event_limit" || (err.status === 400 && err.code !== "unknown_session"))) {
-          this.logger.warn(`events dropped: ${describe(err)}`);
-          continue;
+      let chunk = current.slice(i, i + 100);
+      while (chunk.length > 0) {
+        try {
+          await this.call("/events", { events: chunk.map((e) => e.body) });
+          break;
+        } catch (err) {
+          const at = refusedItem(err, "events");
+          if (at !== null && at < chunk.length) {
+            this.logger.warn(`job ${chunk[at].body.id}: an event was refused and is dropped: ${describe(err)}`);
+            chunk = chunk.filter((_, j) => j !== at);
+            continue;
+          }
+          if (err instanceof FerryError && (err.code === "event_limit" || (err.status === 400 && err.code !== "unknown_session"))) {
+            this.logger.warn(`events dropped: ${describe(err)}`);
+            break;
+          }
+          throw err;
         }
-        throw err;
       }
     }
   }
 
+  /**
+   * Sends results in one call (at most 100). Ferry checks the whole call before it ends
+   * any attempt: a result it refuses as invalid (`400` naming `results[i]`) is replaced by
+   * a non-retryable error saying why (type `invalid_result`), so that the attempt ends
+   * now rather than at its timeout; if that is refused too, it is dropped.
+   */
   private async sendResults(results: Outgoing<ResultBody>[]): Promise<void> {
-    const current = results.filter((r) => r.generation === this.generation);
+    let current = results.filter((r) => r.generation === this.generation);
     for (const r of results) if (r.generation !== this.generation) this.forgetKey(r.key);
-    if (current.length === 0) return;
-    const answer = await this.call<{ results?: Array<{ id: string; accepted: boolean }> }>("/complete", {
-      results: current.map((r) => r.body),
-    });
-    const acks = answer.results ?? [];
-    current.forEach((r, i) => {
-      if (acks[i] && acks[i].accepted === false) {
-        this.logger.info(`job ${r.body.id} attempt ${r.body.attempt}: result refused (no longer this worker's)`);
+    const replaced = new Set<string>();
+    while (current.length > 0) {
+      let answer: { results?: Array<{ id: string; accepted: boolean }> };
+      try {
+        answer = await this.call("/complete", { results: current.map((r) => r.body) });
+      } catch (err) {
+        const at = refusedItem(err, "results");
+        if (at === null || at >= current.length) throw err;
+        const r = current[at];
+        this.logger.error(`job ${r.body.id} attempt ${r.body.attempt}: Ferry refused its result: ${describe(err)}`);
+        if (replaced.has(r.key)) {
+          this.forgetKey(r.key);
+          current = current.filter((_, j) => j !== at);
+        } else {
+          replaced.add(r.key);
+          const message = `Ferry refused the task's result (${(err as FerryError).field}: ${(err as FerryError).message})`;
+          current = current.map((x, j) =>
+            j === at
+              ? { ...x, body: { id: x.body.id, attempt: x.body.attempt, error: { type: "invalid_result", message, retryable: false } } }
+              : x,
+          );
+        }
+        continue;
       }
-      this.forgetKey(r.key);
-    });
+      const acks = answer.results ?? [];
+      current.forEach((r, i) => {
+        if (acks[i] && acks[i].accepted === false) {
+          this.logger.info(`job ${r.body.id} attempt ${r.body.attempt}: result refused (no longer this worker's)`);
+        }
+        this.forgetKey(r.key);
+      });
+      return;
+    }
   }
 
   private forgetKey(key: string): void {
@@ -818,6 +860,13 @@ export class Worker {
       await this.bell.wait(250);
     }
   }
+}
+
+/** The index `i` of a 400 that names `<list>[i]` (or a field in it), else `null`. */
+function refusedItem(err: unknown, list: string): number | null {
+  if (!(err instanceof FerryError) || err.status !== 400 || err.field === null) return null;
+  const m = err.field.match(new RegExp(`^${list}\\[(\\d+)\\]`));
+  return m ? Number(m[1]) : null;
 }
 
 /** The output as JSON (`undefined` is `null`); throws a `TypeError` for what JSON cannot hold. */

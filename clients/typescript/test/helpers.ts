@@ -78,7 +78,7 @@ export class Proc {
   readonly out = new Output();
   readonly exited: Promise<{ code: number | null; signal: string | null }>;
 
-  constructor(command: string, args: string[], env: Record<string, string>, echo: string) {
+  constructor(command: string, args: string[], env: Record<string, string | undefined>, echo: string) {
     this.child = spawn(command, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
     this.exited = new Promise((resolve) => this.child.on("exit", (code, signal) => resolve({ code, signal })));
     for (const stream of [this.child.stdout, this.child.stderr]) {
@@ -102,14 +102,20 @@ export class Proc {
   /** Sends `signal` and waits (up to the deadline) for the exit. */
   async stop(signal = "SIGTERM", timeoutMs = DEADLINE_MS): Promise<{ code: number | null; signal: string | null }> {
     if (this.running) this.child.kill(signal);
-    const timer = new Promise<never>((_, reject) =>
-      setTimeout(() => reject(new Error(`process ${this.pid} did not exit within ${timeoutMs} ms of ${signal}`)), timeoutMs),
-    );
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`process ${this.pid} did not exit within ${timeoutMs} ms of ${signal}`)),
+        timeoutMs,
+      );
+    });
     try {
-      return await Promise.race([this.exited, timer]);
+      return await Promise.race([this.exited, late]);
     } catch (err) {
       this.child.kill("SIGKILL");
       throw err;
+    } finally {
+      clearTimeout(timer);
     }
   }
 }
@@ -125,10 +131,13 @@ export interface Server {
 /** Starts `ferry server` on a free loopback port with a temporary data directory. */
 export async function startServer(bin: string, env: Record<string, string> = {}, opts: { dataDir?: string; listen?: string } = {}): Promise<Server> {
   const dataDir = opts.dataDir ?? (await mkdtemp(join(tmpdir(), "ferry-ts-")));
+  // The server refuses FERRY_* variables that are not its settings (FERRY_BIN, the tests' own).
+  const unset: Record<string, undefined> = {};
+  for (const key of Object.keys(process.env)) if (key.startsWith("FERRY_")) unset[key] = undefined;
   const proc = new Proc(
     bin,
     ["server", "--listen", opts.listen ?? "127.0.0.1:0", "--data-dir", dataDir, "--workers", "2"],
-    { FERRY_LOG: "warn", ...env },
+    { ...unset, FERRY_LOG: "warn", ...env },
     "server",
   );
   const m = await Promise.race([

@@ -30,6 +30,8 @@ class FakeFerry {
   queue: Job[] = [];
   results: Array<Record<string, unknown>> = [];
   events: Array<Record<string, unknown>> = [];
+  /** Refuses a result as invalid (400 naming it) when this answers a message. */
+  invalid: (result: Record<string, unknown>) => string | null = () => null;
   /** What the next heartbeats answer, in order; then `{"cancel": []}`. */
   heartbeats: Array<(res: ServerResponse) => void> = [];
   private waiting: { res: ServerResponse; max: number; timer: ReturnType<typeof setTimeout> } | null = null;
@@ -115,9 +117,16 @@ class FakeFerry {
       case "/events":
         this.events.push(...body.events);
         return json(res, 200, { accepted: body.events.map(() => true) });
-      case "/complete":
+      case "/complete": {
+        const bad = (body.results as Array<Record<string, unknown>>).findIndex((r) => this.invalid(r) !== null);
+        if (bad >= 0) {
+          return json(res, 400, {
+            error: { code: "invalid_field", message: this.invalid(body.results[bad]), field: `results[${bad}]` },
+          });
+        }
         this.results.push(...body.results);
         return json(res, 200, { results: body.results.map((r: { id: string }) => ({ id: r.id, accepted: true })) });
+      }
     }
     refuse(res, 404, "not_found");
   }
@@ -349,6 +358,38 @@ test("log lines and progress are held to the protocol's limits", async () => {
     assert.deepEqual(ferry.events[1], { id, attempt: 1, progress: { ok: true } });
     assert.equal(ferry.events.length, 1000);
     assert.ok(ferry.calls("/events").every((c) => (c.body as { events: unknown[] }).events.length <= 100));
+  } finally {
+    await worker.stop();
+    await running;
+    await ferry.close();
+  }
+});
+
+test("a result Ferry refuses as invalid fails its attempt with invalid_result; the rest of the call goes through", async () => {
+  const ferry = await new FakeFerry().start();
+  ferry.invalid = (r) => (Object.hasOwn(r, "output") && (r.output as { bad?: boolean })?.bad ? "not this one" : null);
+  const worker = new Worker({ url: ferry.url, concurrency: 3, logger: quiet });
+  let release: () => void = () => {};
+  const gate = new Promise<void>((r) => (release = r));
+  worker.task("t", async (input: { bad?: boolean; n: number }) => {
+    await gate; // all three finish together: one complete call
+    return input;
+  });
+  const running = worker.run();
+  try {
+    const good1 = ferry.push("t", { n: 1 });
+    const bad = ferry.push("t", { n: 2, bad: true });
+    const good2 = ferry.push("t", { n: 3 });
+    await until("all three to run", async () => worker.inFlight, (n) => n === 3, 10_000);
+    release();
+    await until("three results", async () => ferry.results.length, (n) => n === 3, 10_000);
+    assert.deepEqual(ferry.result(good1), { id: good1, attempt: 1, output: { n: 1 } });
+    assert.deepEqual(ferry.result(good2), { id: good2, attempt: 1, output: { n: 3 } });
+    assert.deepEqual(ferry.result(bad), {
+      id: bad,
+      attempt: 1,
+      error: { type: "invalid_result", message: "Ferry refused the task's result (results[1]: not this one)", retryable: false },
+    });
   } finally {
     await worker.stop();
     await running;

@@ -99,6 +99,7 @@ declare module "node:test" {
   interface TestOptions {
     timeout?: number;
     skip?: boolean | string;
+    todo?: boolean | string;
     concurrency?: number | boolean;
   }
   interface TestContext {
