@@ -82,8 +82,10 @@ fn the_typescript_sdk_passes_its_tests() {
     match status {
         Some(s) if s.success() => {
             // The runner's summary (`# tests N`, `# pass N`, …), for the record.
-            let summary: Vec<&str> = output.lines().filter(|l| l.starts_with("# ") && !l.starts_with("# Subtest")).collect();
-            let _ = writeln!(std::io::stderr(), "TypeScript SDK: npm test passed in {took:.0?}\n{}", summary.join("\n"));
+            let summary: Vec<&str> =
+                output.lines().filter(|l| l.starts_with("# ") && !l.starts_with("# Subtest")).collect();
+            let _ =
+                writeln!(std::io::stderr(), "TypeScript SDK: npm test passed in {took:.0?}\n{}", summary.join("\n"));
         }
         Some(s) => panic!(
             "the TypeScript SDK's tests failed: `npm test` in {} exited with {s} after {took:.0?}\n\
@@ -91,6 +93,8 @@ fn the_typescript_sdk_passes_its_tests() {
             dir.display(),
             env!("CARGO_BIN_EXE_ferry")
         ),
-        None => panic!("`npm test` in {} did not finish within {RUN_DEADLINE:?} and was killed\n\n{output}", dir.display()),
+        None => {
+            panic!("`npm test` in {} did not finish within {RUN_DEADLINE:?} and was killed\n\n{output}", dir.display())
+        }
     }
 }
