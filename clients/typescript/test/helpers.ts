@@ -128,16 +128,23 @@ export interface Server {
   close(): Promise<void>;
 }
 
+/**
+ * The environment of a `ferry` command: this one's, less its FERRY_* variables (ferry
+ * refuses those that are not its settings, such as FERRY_BIN), plus `extra`.
+ */
+function ferryEnv(extra: Record<string, string>): Record<string, string | undefined> {
+  const unset: Record<string, undefined> = {};
+  for (const key of Object.keys(process.env)) if (key.startsWith("FERRY_")) unset[key] = undefined;
+  return { ...unset, ...extra };
+}
+
 /** Starts `ferry server` on a free loopback port with a temporary data directory. */
 export async function startServer(bin: string, env: Record<string, string> = {}, opts: { dataDir?: string; listen?: string } = {}): Promise<Server> {
   const dataDir = opts.dataDir ?? (await mkdtemp(join(tmpdir(), "ferry-ts-")));
-  // The server refuses FERRY_* variables that are not its settings (FERRY_BIN, the tests' own).
-  const unset: Record<string, undefined> = {};
-  for (const key of Object.keys(process.env)) if (key.startsWith("FERRY_")) unset[key] = undefined;
   const proc = new Proc(
     bin,
     ["server", "--listen", opts.listen ?? "127.0.0.1:0", "--data-dir", dataDir, "--workers", "2"],
-    { ...unset, FERRY_LOG: "warn", ...env },
+    ferryEnv({ FERRY_LOG: "warn", ...env }),
     "server",
   );
   const m = await Promise.race([
@@ -181,4 +188,13 @@ export async function until<T>(what: string, look: () => Promise<T>, ok: (v: T) 
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(last)}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** Creates a token in the store at `dataDir` (no server may use it then) and answers its secret. */
+export async function createToken(bin: string, dataDir: string, user: string, role: string): Promise<string> {
+  const proc = new Proc(bin, ["token", "create", "--data-dir", dataDir, "--workspace", "default", "--user", user, "--role", role], ferryEnv({}), "token");
+  const exit = await proc.exited;
+  const secret = proc.out.lines.map((l) => l.trim()).find((l) => /^ferry_\S+$/.test(l));
+  if (exit.code !== 0 || !secret) throw new Error(`ferry token create failed (${exit.code}):\n${proc.out.lines.join("\n")}`);
+  return secret;
 }

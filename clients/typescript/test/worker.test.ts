@@ -6,8 +6,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { Client, type Job } from "../src/index.js";
-import { DEADLINE_MS, type Proc, type Server, ferryBin, startServer, startWorker, until } from "./helpers.js";
+import { Client, FerryError, type Job } from "../src/index.js";
+import { DEADLINE_MS, type Proc, type Server, createToken, ferryBin, startServer, startWorker, until } from "./helpers.js";
 
 const bin = ferryBin();
 const skip = bin === null ? "no ferry binary (FERRY_BIN)" : false;
@@ -106,6 +106,14 @@ describe("worker: outcomes, errors, cancellation, workflows", { skip }, () => {
     assert.equal(job.state, "cancelled");
     // The worker's slot is free again: it still runs jobs.
     assert.equal((await ferry.submitAndWait("ts_echo", 2, { timeoutMs: DEADLINE_MS })).state, "succeeded");
+  });
+
+  test("an attempt past its timeout_ms: the task's signal aborts (timeout), the attempt fails with timeout", T, async () => {
+    const { id } = await ferry.submit("ts_sleep", { ms: 600_000 }, { timeout_ms: 1500, max_attempts: 1 });
+    await worker.out.waitFor(new RegExp(`^ABORTED ${id} 1 timeout$`), "the task's signal to abort");
+    const job = await ferry.wait(id, { timeoutMs: DEADLINE_MS });
+    assert.equal(job.state, "dead", JSON.stringify(job));
+    assert.equal(job.error?.type, "timeout");
   });
 
   test("a workflow mixing a remote kind with http", T, async () => {
@@ -271,5 +279,38 @@ describe("worker: the server restarts", { skip }, () => {
     const job = await ferry.submitAndWait("ts_echo", 2, { timeoutMs: DEADLINE_MS });
     assert.equal(job.state, "succeeded", JSON.stringify(job));
     assert.equal((job.output as { pid: number }).pid, worker.pid);
+  });
+});
+
+describe("worker and client with tokens", { skip }, () => {
+  let server: Server | null = null;
+  let worker: Proc | null = null;
+  let dataDir = "";
+
+  after(async () => {
+    await worker?.stop("SIGKILL").catch(() => {});
+    await server?.close();
+    if (dataDir) await rm(dataDir, { recursive: true, force: true });
+  });
+
+  test("a worker token serves jobs; a submitter token submits; no token is refused", T, async () => {
+    dataDir = await mkdtemp(join(tmpdir(), "ferry-ts-tokens-"));
+    const workerToken = await createToken(bin as string, dataDir, "ts-workers", "worker");
+    const submitterToken = await createToken(bin as string, dataDir, "alice", "submitter");
+    server = await startServer(bin as string, SERVER_ENV, { dataDir });
+    worker = await startWorker(server.url, { FERRY_TOKEN: workerToken });
+
+    const job = await new Client({ url: server.url, token: submitterToken }).submitAndWait("ts_echo", "hi", { timeoutMs: DEADLINE_MS });
+    assert.equal(job.state, "succeeded", JSON.stringify(job));
+    await assert.rejects(new Client({ url: server.url, token: null }).submit("ts_echo", 1), (err: unknown) => {
+      assert.ok(err instanceof FerryError);
+      assert.equal(err.status, 401);
+      return true;
+    });
+    await assert.rejects(new Client({ url: server.url, token: workerToken }).submit("ts_echo", 1), (err: unknown) => {
+      assert.ok(err instanceof FerryError);
+      assert.equal(err.status, 403, `${err.code}: ${err.message}`);
+      return true;
+    });
   });
 });
