@@ -382,6 +382,11 @@ export class Worker {
 
   // ---- the session ------------------------------------------------------------------
 
+  /**
+   * Opens a session, trying again while the server cannot be reached. At start
+   * (`first`) a refusal rejects; later (a re-registration) it is retried too, and this
+   * never rejects. Returns without a new session when the worker is stopping.
+   */
   private async open(first: boolean): Promise<void> {
     const kinds = [...this.tasks.entries()].map(([kind, t]) => (t.queue ? { kind, queue: t.queue } : { kind }));
     let pause = 250;
@@ -411,10 +416,8 @@ export class Worker {
         this.logger.info(`session ${s.session} serves ${[...this.tasks.keys()].join(", ")}`);
         return;
       } catch (err) {
-        if (this.life.signal.aborted || this.stopping) {
-          if (first && !this.session) return;
-          throw err;
-        }
+        // Stopping: give up quietly (run() sees `stopping`; a re-registration must never reject).
+        if (this.life.signal.aborted || this.stopping) return;
         // A refusal is final at start; once running, keep trying (the server may be restarting).
         const transient = err instanceof FerryError && (err.status === 0 || err.status >= 500 || err.status === 429);
         if (first && !transient) throw err;
@@ -519,7 +522,8 @@ export class Worker {
           { signal: AbortSignal.any([call.signal, this.life.signal]), timeoutMs: this.transport.timeoutMs + wait },
         );
         pause = 250;
-        for (const job of answer.jobs ?? []) this.accept(job, s.generation);
+        // Jobs of a session that has since been replaced are not ours any more.
+        if (s.generation === this.generation) for (const job of answer.jobs ?? []) this.accept(job, s.generation);
       } catch (err) {
         if (this.stopping || this.life.signal.aborted) break;
         if (err instanceof FerryError && err.code === "unknown_session") continue;
@@ -801,7 +805,12 @@ export class Worker {
       try {
         answer = await this.call("/complete", { results: current.map((r) => r.body) });
       } catch (err) {
-        const at = refusedItem(err, "results");
+        if (err instanceof FerryError && err.status === 413 && current.length > 1) {
+          // The call is too large as a whole: one result at a time finds the one that is.
+          for (const r of current) await this.sendResults([r]);
+          return;
+        }
+        const at = err instanceof FerryError && err.status === 413 ? 0 : refusedItem(err, "results");
         if (at === null || at >= current.length) throw err;
         const r = current[at];
         this.logger.error(`job ${r.body.id} attempt ${r.body.attempt}: Ferry refused its result: ${describe(err)}`);
@@ -810,7 +819,8 @@ export class Worker {
           current = current.filter((_, j) => j !== at);
         } else {
           replaced.add(r.key);
-          const message = `Ferry refused the task's result (${(err as FerryError).field}: ${(err as FerryError).message})`;
+          const e = err as FerryError;
+          const message = `Ferry refused the task's result (${e.field ?? e.status}: ${e.message})`;
           current = current.map((x, j) =>
             j === at
               ? { ...x, body: { id: x.body.id, attempt: x.body.attempt, error: { type: "invalid_result", message, retryable: false } } }

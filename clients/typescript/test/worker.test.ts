@@ -57,6 +57,13 @@ describe("worker: outcomes, errors, cancellation, workflows", { skip }, () => {
     assert.equal(job.output, null);
   });
 
+  test("an output over the server's body limit fails the attempt with invalid_result", T, async () => {
+    const job = await ferry.submitAndWait("ts_huge", { mib: 17 }, { max_attempts: 2, timeoutMs: DEADLINE_MS });
+    assert.equal(job.state, "dead", JSON.stringify(job).slice(0, 2000));
+    assert.equal(job.attempts_used, 1);
+    assert.match(job.error?.message ?? "", /^invalid_result: Ferry refused the task's result \(413/);
+  });
+
   test("an exception is retried until the task succeeds", T, async () => {
     const job = await ferry.submitAndWait(
       "ts_flaky",
