@@ -24,10 +24,11 @@ export interface TaskContext {
   /** The job's soft timeout (ms), if it set one: a hint to wrap up. */
   readonly softTimeoutMs: number | null;
   /**
-   * Aborted when the task must stop: the job was cancelled (`reason.code` `"cancelled"`),
-   * its attempt ran past its timeout (`"timeout"`), the worker lost the attempt (`"lost"`:
-   * Ferry's lease, or the worker's session), or the worker is shutting down and its grace
-   * is over (`"shutdown"`: the job is handed back). Pass it to `fetch` and the like; a
+   * Aborted when the task must stop: Ferry stopped the attempt (`reason.code`
+   * `"cancelled"`: the job or its run was cancelled, or the node lost the job's lease or
+   * is stopping), the attempt ran past its timeout (`"timeout"`), the worker's session
+   * ended (`"lost"`), or the worker is shutting down and its grace is over (`"shutdown"`:
+   * the job is handed back). Pass it to `fetch` and the like; a
    * task that ignores it keeps its slot until it returns. Whatever the task answers after
    * it aborted is not recorded (a shutdown hands the job back instead).
    */
@@ -536,23 +537,14 @@ export class Worker {
     }
   }
 
-  /** Ends a waiting lease call at stop: a second lease call ends the first (protocol §2). */
+  /**
+   * Stops leasing: a lease call still waiting for work is abandoned at once (it has taken
+   * no job while it waits: a job it is handed goes out in the same answer, and one in an
+   * answer that arrives anyway is released).
+   */
   private async endLease(): Promise<void> {
-    const waiting = this.leaseCall;
-    if (waiting && this.session) {
-      const s = this.session;
-      try {
-        const answer = await this.call<{ jobs: LeasedJob[] }>("/lease", { max: 1, wait_ms: 0 }, { timeoutMs: 5000 });
-        for (const job of answer.jobs ?? []) this.accept(job, s.generation);
-      } catch (err) {
-        this.logger.warn(`ending the lease call failed (${describe(err)})`);
-      }
-    }
-    if (this.leaseDone) {
-      const late = setTimeout(() => this.leaseCall?.abort(), 5000);
-      await this.leaseDone;
-      clearTimeout(late);
-    }
+    this.leaseCall?.abort();
+    await this.leaseDone;
   }
 
   /** Takes a leased job: runs it, or hands it back at once when stopping. */
@@ -697,7 +689,7 @@ export class Worker {
         for (const c of answer.cancel ?? []) {
           const held = this.held.get(keyOf(c.id, c.attempt));
           if (!held) continue;
-          const reason = c.reason === "cancelled" || c.reason === "timeout" ? c.reason : "lost";
+          const reason = c.reason === "timeout" ? "timeout" : c.reason === "lost" ? "lost" : "cancelled";
           this.logger.info(`job ${c.id} attempt ${c.attempt}: stop (${c.reason})`);
           this.abandon(held, reason, `the attempt was stopped by Ferry: ${c.reason ?? "lost"}`);
         }

@@ -140,45 +140,6 @@ describe("worker: outcomes, errors, cancellation, workflows", { skip }, () => {
   });
 });
 
-describe("the protocol, as the worker relies on it", { skip }, () => {
-  let server: Server;
-
-  before(async () => {
-    server = await startServer(bin as string, SERVER_ENV);
-  });
-
-  after(async () => {
-    await server?.close();
-  });
-
-  async function post(path: string, body: unknown): Promise<{ status: number; body: any }> {
-    const res = await fetch(`${server.url}${path}`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(body),
-    });
-    return { status: res.status, body: await res.json() };
-  }
-
-  // docs/worker-protocol.md §2: "A session has at most one lease call waiting; a second
-  // one ends the first with {"jobs": []}". Ferry (98c6ce1) lets the first wait out its
-  // whole wait_ms. The worker ends its waiting lease call so at stop; until the server
-  // does this, the worker aborts the call itself after 5 s.
-  test("a second lease call ends the waiting one", { ...T, todo: "the server lets the first lease call wait on" }, async () => {
-    const opened = await post("/v1/workers/sessions", { protocol: 1, concurrency: 2, kinds: [{ kind: "ts_proto", queue: "ts-proto" }] });
-    assert.equal(opened.status, 201, JSON.stringify(opened.body));
-    const lease = `/v1/workers/sessions/${encodeURIComponent(opened.body.session)}/lease`;
-    const started = Date.now();
-    const first = post(lease, { max: 2, wait_ms: 8000 });
-    await new Promise((r) => setTimeout(r, 500)); // the first call is waiting by then
-    const second = await post(lease, { max: 1, wait_ms: 0 });
-    assert.deepEqual(second, { status: 200, body: { jobs: [] } });
-    const ended = await first;
-    assert.deepEqual(ended, { status: 200, body: { jobs: [] } });
-    assert.ok(Date.now() - started < 4000, `the first call ended ${Date.now() - started} ms after it began, not at once`);
-  });
-});
-
 describe("worker: kill -9 mid-job", { skip }, () => {
   let server: Server;
   const workers: Proc[] = [];
@@ -207,6 +168,32 @@ describe("worker: kill -9 mid-job", { skip }, () => {
     const attempts = attemptsOf(job);
     assert.equal(attempts[0].error?.type, "worker_lost", JSON.stringify(attempts));
   });
+
+  // Ferry (624f791) counts a session's waiting lease calls up when one starts and down
+  // when it answers (remote/hub.rs `lease`: `s.waiting += 1` … `s.waiting -= 1`), and a
+  // session with a waiting call never expires. A call whose client went away is dropped
+  // in between, so the count stays up: a worker killed while a lease call waited (any
+  // worker with a free slot) keeps its session for ever, its attempts are not failed with
+  // `worker_lost` but by their own timeout, and GET /v1/workers/sessions lists it still.
+  test(
+    "a worker killed while a lease call waits: its session expires, the job is retried (worker_lost)",
+    { ...T, todo: "the server keeps the session of a worker killed with a lease call waiting" },
+    async () => {
+      const ferry = new Client({ url: server.url });
+      const first = await startWorker(server.url, { CONCURRENCY: "2", NAME: "first-idle-slot" });
+      workers.push(first);
+      const { id } = await ferry.submit("ts_sleep", { first_ms: 600_000, ms: 100 }, { max_attempts: 3, timeout_ms: 10_000 });
+      await first.out.waitFor(new RegExp(`^STARTED ${id} 1$`), "the first attempt to start");
+      // The worker's other slot has a lease call waiting by the time its lease answer was
+      // handled; the call's wait is far longer than the test.
+      await first.stop("SIGKILL");
+      const second = await startWorker(server.url, { CONCURRENCY: "1", NAME: "second-after-idle" });
+      workers.push(second);
+      const job = await ferry.wait(id, { timeoutMs: DEADLINE_MS });
+      assert.equal(job.state, "succeeded", JSON.stringify(job));
+      assert.equal(attemptsOf(job)[0].error?.type, "worker_lost", JSON.stringify(attemptsOf(job)));
+    },
+  );
 });
 
 describe("worker: SIGTERM drains", { skip }, () => {
@@ -224,7 +211,7 @@ describe("worker: SIGTERM drains", { skip }, () => {
 
   test("running jobs finish within the grace, the rest are handed back and run elsewhere", T, async () => {
     const ferry = new Client({ url: server.url });
-    // Three slots for two jobs: a lease call is waiting when the signal comes, and is ended.
+    // Three slots for two jobs: a lease call is waiting when the signal comes, and is abandoned.
     const draining = await startWorker(server.url, { CONCURRENCY: "3", GRACE_MS: "3000", NAME: "draining" });
     workers.push(draining);
     const quick = await ferry.submit("ts_sleep", { ms: 1000 });
@@ -236,7 +223,6 @@ describe("worker: SIGTERM drains", { skip }, () => {
     assert.deepEqual(exit, { code: 0, signal: null }, draining.out.lines.join("\n"));
     const took = Date.now() - signalled;
     assert.ok(took < 15_000, `stopped ${took} ms after SIGTERM (grace 3 s)`);
-    assert.ok(!draining.out.lines.some((l) => l.startsWith("warn: ending the lease call")), draining.out.lines.join("\n"));
     assert.ok(draining.out.lines.includes("EXIT"), "run() resolved");
     await draining.out.waitFor(new RegExp(`^ABORTED ${slow.id} 1 shutdown$`), "the slow job's abort");
 
