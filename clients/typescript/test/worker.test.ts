@@ -46,7 +46,7 @@ describe("worker: outcomes, errors, cancellation, workflows", { skip }, () => {
     assert.ok(types.indexOf("log") < types.indexOf("succeeded"));
   });
 
-  // Ferry (98c6ce1) refuses `{"output": null}` in `complete` with 400 `results[0]: must
+  // Ferry (98c6ce1, 624f791) refuses `{"output": null}` in `complete` with 400 `results[0]: must
   // have exactly one of output, error and release: true` (and `{"progress": null}` in
   // `events`): serde reads a JSON null as an absent `Option<Value>`. The protocol says any
   // JSON. Until the server takes null, the worker fails such an attempt with
