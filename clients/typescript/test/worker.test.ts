@@ -46,11 +46,11 @@ describe("worker: outcomes, errors, cancellation, workflows", { skip }, () => {
     assert.ok(types.indexOf("log") < types.indexOf("succeeded"));
   });
 
-  // Ferry (98c6ce1, 624f791) refuses `{"output": null}` in `complete` with 400 `results[0]: must
-  // have exactly one of output, error and release: true` (and `{"progress": null}` in
-  // `events`): serde reads a JSON null as an absent `Option<Value>`. The protocol says any
-  // JSON. Until the server takes null, the worker fails such an attempt with
-  // `invalid_result`, and this test is a todo.
+  // Ferry (98c6ce1, 624f791) refuses `{"output": null}` in `complete` with 400
+  // `results[0]: must have exactly one of output, error and release: true` (and
+  // `{"progress": null}` in `events`): serde reads a JSON null as an absent
+  // `Option<Value>`. The protocol says any JSON. Until the server takes null, the worker
+  // fails such an attempt with `invalid_result`, and this test is a todo.
   test("a task that returns nothing succeeds with output null", { ...T, todo: "the server refuses output: null" }, async () => {
     const job = await ferry.submitAndWait("ts_nothing", null, { max_attempts: 1, timeoutMs: DEADLINE_MS });
     assert.equal(job.state, "succeeded", JSON.stringify(job));
