@@ -67,6 +67,8 @@ export interface TaskOptions {
 
 /** Where the worker says what happens to it. Default: warnings and errors to stderr. */
 export interface Logger {
+  /** Each protocol call the worker is about to make, when given (chatty). */
+  debug?(message: string): void;
   info(message: string): void;
   warn(message: string): void;
   error(message: string): void;
@@ -516,6 +518,7 @@ export class Worker {
       const wait = Math.min(this.leaseWaitMs ?? s.maxWaitMs, s.maxWaitMs);
       const call = new AbortController();
       this.leaseCall = call;
+      this.logger.debug?.(`lease: up to ${free} job(s), waiting up to ${wait} ms`);
       try {
         const answer = await this.call<{ jobs: LeasedJob[] }>(
           "/lease",

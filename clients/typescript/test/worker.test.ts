@@ -184,8 +184,8 @@ describe("worker: kill -9 mid-job", { skip }, () => {
       workers.push(first);
       const { id } = await ferry.submit("ts_sleep", { first_ms: 600_000, ms: 100 }, { max_attempts: 3, timeout_ms: 10_000 });
       await first.out.waitFor(new RegExp(`^STARTED ${id} 1$`), "the first attempt to start");
-      // The worker's other slot has a lease call waiting by the time its lease answer was
-      // handled; the call's wait is far longer than the test.
+      // The worker's other slot has a lease call waiting (its wait is far longer than the test).
+      await first.out.waitFor(/^LEASING 1$/, "a lease call for the free slot");
       await first.stop("SIGKILL");
       const second = await startWorker(server.url, { CONCURRENCY: "1", NAME: "second-after-idle" });
       workers.push(second);
