@@ -168,6 +168,20 @@ describe("worker: kill -9 mid-job", { skip }, () => {
     const attempts = attemptsOf(job);
     assert.equal(attempts[0].error?.type, "worker_lost", JSON.stringify(attempts));
   });
+});
+
+describe("worker: kill -9 with a lease call waiting", { skip }, () => {
+  let server: Server;
+  const workers: Proc[] = [];
+
+  before(async () => {
+    server = await startServer(bin as string, SERVER_ENV);
+  });
+
+  after(async () => {
+    for (const w of workers) await w.stop("SIGKILL").catch(() => {});
+    await server?.close();
+  });
 
   // Ferry (624f791) counts a session's waiting lease calls up when one starts and down
   // when it answers (remote/hub.rs `lease`: `s.waiting += 1` … `s.waiting -= 1`), and a
@@ -186,6 +200,9 @@ describe("worker: kill -9 mid-job", { skip }, () => {
       await first.out.waitFor(new RegExp(`^STARTED ${id} 1$`), "the first attempt to start");
       // The worker's other slot has a lease call waiting (its wait is far longer than the test).
       await first.out.waitFor(/^LEASING 1$/, "a lease call for the free slot");
+      // The line is printed as the call goes out; nothing says when the server has it. A
+      // pause (not an assertion) makes sure it is waiting there when the worker dies.
+      await new Promise((r) => setTimeout(r, 500));
       await first.stop("SIGKILL");
       const second = await startWorker(server.url, { CONCURRENCY: "1", NAME: "second-after-idle" });
       workers.push(second);
