@@ -541,13 +541,27 @@ export class Worker {
   }
 
   /**
-   * Stops leasing: a lease call still waiting for work is abandoned at once (it has taken
-   * no job while it waits: a job it is handed goes out in the same answer, and one in an
-   * answer that arrives anyway is released).
+   * Stops leasing. A lease call waiting for work is ended the protocol's way (§2): a new
+   * lease call (`wait_ms: 0`) ends the waiting one with `{"jobs": []}`, and whatever that
+   * last call brings is released. A waiting call that has not ended 3 s later (a server
+   * that does not end it) is abandoned: while it waits it holds no job, and a job in an
+   * answer that arrives anyway is released.
    */
   private async endLease(): Promise<void> {
-    this.leaseCall?.abort();
-    await this.leaseDone;
+    if (this.leaseCall && this.session) {
+      const s = this.session;
+      try {
+        const answer = await this.call<{ jobs: LeasedJob[] }>("/lease", { max: 1, wait_ms: 0 }, { timeoutMs: 5000 });
+        if (s.generation === this.generation) for (const job of answer.jobs ?? []) this.accept(job, s.generation);
+      } catch (err) {
+        this.logger.warn(`ending the waiting lease call failed (${describe(err)})`);
+      }
+    }
+    if (this.leaseDone) {
+      const late = setTimeout(() => this.leaseCall?.abort(), 3000);
+      await this.leaseDone;
+      clearTimeout(late);
+    }
   }
 
   /** Takes a leased job: runs it, or hands it back at once when stopping. */

@@ -313,7 +313,7 @@ test("unknown_session: the worker drops what it ran and registers again", async 
   }
 });
 
-test("stop: the waiting lease call is abandoned, running tasks finish within the grace, the rest are released", async () => {
+test("stop: the waiting lease call is ended by a new one, running tasks finish within the grace, the rest are released", async () => {
   const ferry = await new FakeFerry().start();
   ferry.maxWaitMs = 20_000;
   const worker = new Worker({ url: ferry.url, concurrency: 3, shutdownGraceMs: 500, logger: quiet });
@@ -335,7 +335,9 @@ test("stop: the waiting lease call is abandoned, running tasks finish within the
   assert.ok(Date.now() - t0 < 10_000, "stopped promptly");
   assert.deepEqual(ferry.result(quick), { id: quick, attempt: 1, output: { slept: 200 } });
   assert.deepEqual(ferry.result(slow), { id: slow, attempt: 1, release: true });
-  assert.ok(Date.now() - t0 < 3000, `stopped ${Date.now() - t0} ms after stop() (grace 500 ms), the lease call not waited for`);
+  assert.ok(Date.now() - t0 < 2500, `stopped ${Date.now() - t0} ms after stop() (grace 500 ms), the lease call not waited for`);
+  const lastLease = ferry.calls("/lease").at(-1) as Seen;
+  assert.deepEqual(lastLease.body, { max: 1, wait_ms: 0 }, "a new lease call ends the waiting one");
   assert.deepEqual(ferry.closed, ["fake:1"]);
   await ferry.close();
 });

@@ -46,12 +46,13 @@ describe("worker: outcomes, errors, cancellation, workflows", { skip }, () => {
     assert.ok(types.indexOf("log") < types.indexOf("succeeded"));
   });
 
-  // Ferry (98c6ce1, 624f791) refuses `{"output": null}` in `complete` with 400
+  // Ferry 98c6ce1 to 624f791 refuses `{"output": null}` in `complete` with 400
   // `results[0]: must have exactly one of output, error and release: true` (and
   // `{"progress": null}` in `events`): serde reads a JSON null as an absent
-  // `Option<Value>`. The protocol says any JSON. Until the server takes null, the worker
-  // fails such an attempt with `invalid_result`, and this test is a todo.
-  test("a task that returns nothing succeeds with output null", { ...T, todo: "the server refuses output: null" }, async () => {
+  // `Option<Value>`, though the protocol says any JSON (the worker then fails the attempt
+  // with `invalid_result`). Fixed by 0d97b2d: drop the todo once this has run green
+  // against a build with it.
+  test("a task that returns nothing succeeds with output null", { ...T, todo: "servers before 0d97b2d refuse output: null" }, async () => {
     const job = await ferry.submitAndWait("ts_nothing", null, { max_attempts: 1, timeoutMs: DEADLINE_MS });
     assert.equal(job.state, "succeeded", JSON.stringify(job));
     assert.equal(job.output, null);
@@ -137,6 +138,46 @@ describe("worker: outcomes, errors, cancellation, workflows", { skip }, () => {
     assert.deepEqual((echo?.output as { input: unknown }).input, { status: 200 });
     const types = new Set((await ferry.runEvents(run.id)).map((e) => e.type));
     assert.ok(types.has("run_finished"));
+  });
+});
+
+describe("the protocol, as the worker relies on it", { skip }, () => {
+  let server: Server;
+
+  before(async () => {
+    server = await startServer(bin as string, SERVER_ENV);
+  });
+
+  after(async () => {
+    await server?.close();
+  });
+
+  async function post(path: string, body: unknown): Promise<{ status: number; body: any }> {
+    const res = await fetch(`${server.url}${path}`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    return { status: res.status, body: await res.json() };
+  }
+
+  // docs/worker-protocol.md §2: "A session has at most one lease call waiting: a new one
+  // ends the one before with {"jobs": []}" (how a stopping worker ends its long poll).
+  // Ferry 98c6ce1 to 624f791 let the first wait out its wait_ms; fixed by 0d97b2d: drop
+  // the todo once this has run green against a build with it.
+  test("a new lease call ends the waiting one", { ...T, todo: "servers before 0d97b2d let the first call wait on" }, async () => {
+    const opened = await post("/v1/workers/sessions", { protocol: 1, concurrency: 2, kinds: [{ kind: "ts_proto", queue: "ts-proto" }] });
+    assert.equal(opened.status, 201, JSON.stringify(opened.body));
+    const lease = `/v1/workers/sessions/${encodeURIComponent(opened.body.session)}/lease`;
+    const started = Date.now();
+    const first = post(lease, { max: 2, wait_ms: 8000 });
+    // Nothing says when the server has the first call: a pause (not an assertion) lets it arrive.
+    await new Promise((r) => setTimeout(r, 500));
+    const second = await post(lease, { max: 1, wait_ms: 0 });
+    assert.deepEqual(second, { status: 200, body: { jobs: [] } });
+    const ended = await first;
+    assert.deepEqual(ended, { status: 200, body: { jobs: [] } });
+    assert.ok(Date.now() - started < 4000, `the first call ended ${Date.now() - started} ms after it began, not at once`);
   });
 });
 
