@@ -1,0 +1,940 @@
+import { hostname } from "node:os";
+import { FerryError, NonRetryableError, RetryableError } from "./errors.js";
+import { type ConnectionOptions, Transport, sleep } from "./http.js";
+
+/** The protocol version this worker speaks (`docs/worker-protocol.md`). */
+export const PROTOCOL = 1;
+
+/** What a task function gets besides its input. */
+export interface TaskContext {
+  /** The job's id. */
+  readonly jobId: string;
+  /** The attempt's number (1 for the first): Ferry's fencing token for this attempt. */
+  readonly attempt: number;
+  /** The job's kind. */
+  readonly kind: string;
+  /** The job's queue. */
+  readonly queue: string;
+  /** The job's workspace. */
+  readonly workspace: string;
+  /** The workflow run the job belongs to, if any. */
+  readonly run: string | null;
+  /** The attempt's hard timeout (ms): Ferry fails the attempt at that point whatever the task does. */
+  readonly timeoutMs: number | null;
+  /** The job's soft timeout (ms), if it set one: a hint to wrap up. */
+  readonly softTimeoutMs: number | null;
+  /**
+   * Aborted when the task must stop: Ferry stopped the attempt (`reason.code`
+   * `"cancelled"`: the job or its run was cancelled, or the node lost the job's lease or
+   * is stopping), the attempt ran past its timeout (`"timeout"`), the worker's session
+   * ended (`"lost"`), or the worker is shutting down and its grace is over (`"shutdown"`:
+   * the job is handed back). Pass it to `fetch` and the like; a
+   * task that ignores it keeps its slot until it returns. Whatever the task answers after
+   * it aborted is not recorded (a shutdown hands the job back instead).
+   */
+  readonly signal: AbortSignal;
+  /** Reports progress (any JSON, at most 4 KiB): the job's `progress` event. Sent in the background, in order. */
+  progress(value: unknown): void;
+  /** Writes a line (at most 4,096 bytes) to the job's log: its `log` event. Sent in the background, in order. */
+  log(line: string): void;
+}
+
+/** Why a task's `ctx.signal` aborted: its `reason`. */
+export class TaskAbortedError extends Error {
+  /** `cancelled`, `timeout`, `lost` or `shutdown`. */
+  readonly code: "cancelled" | "timeout" | "lost" | "shutdown";
+
+  constructor(code: "cancelled" | "timeout" | "lost" | "shutdown", message: string) {
+    super(message);
+    this.name = "AbortError";
+    this.code = code;
+  }
+}
+
+/** A task function: the job's input and its context in, the job's output (any JSON) out. */
+export type TaskFunction<I = any, O = unknown> = (input: I, ctx: TaskContext) => O | Promise<O>;
+
+/** How a kind is served. */
+export interface TaskOptions {
+  /** The queue the kind's jobs go to (Ferry's default for a remote kind: `remote`). */
+  queue?: string;
+  /**
+   * Whether an ordinary error the task throws is retried (default `true`). A
+   * `NonRetryableError` is never retried and a `RetryableError` always is, whatever this says.
+   */
+  retryable?: boolean;
+}
+
+/** Where the worker says what happens to it. Default: warnings and errors to stderr. */
+export interface Logger {
+  /** Each protocol call the worker is about to make, when given (chatty). */
+  debug?(message: string): void;
+  info(message: string): void;
+  warn(message: string): void;
+  error(message: string): void;
+}
+
+/** The worker's settings; the connection's as for `Client`. */
+export interface WorkerOptions extends ConnectionOptions {
+  /** Jobs run at once (1 to 1,000; default 10). */
+  concurrency?: number;
+  /** A label for `GET /v1/workers` (default `<host>:<pid>`). */
+  name?: string;
+  /**
+   * On a graceful stop, how long running tasks may take to finish (ms, default 30,000);
+   * those still running then are aborted (`shutdown`) and handed back (`release`).
+   */
+  shutdownGraceMs?: number;
+  /** How long one lease call waits for work (ms; default and most: the server's `max_wait_ms`). */
+  leaseWaitMs?: number;
+  /** Default: warnings and errors on stderr. `null`: silence. */
+  logger?: Logger | null;
+}
+
+/** Options of `Worker.run`. */
+export interface RunWorkerOptions {
+  /**
+   * Stop gracefully on SIGTERM and SIGINT (a second signal stops at once, handing every
+   * running job back). Default `false`: call `stop()` yourself.
+   */
+  handleSignals?: boolean;
+}
+
+/** A job as a lease hands it over. */
+interface LeasedJob {
+  id: string;
+  attempt: number;
+  kind: string;
+  queue: string;
+  workspace: string;
+  run: string | null;
+  input: unknown;
+  timeout_ms: number | null;
+  soft_timeout_ms: number | null;
+}
+
+interface Session {
+  id: string;
+  heartbeatMs: number;
+  sessionTimeoutMs: number;
+  maxWaitMs: number;
+  /** Increases with each session this worker opens: what belongs to an older one is dropped. */
+  generation: number;
+}
+
+/** An attempt this worker holds: from its lease until its result is acknowledged (or dropped). */
+interface Held {
+  job: LeasedJob;
+  generation: number;
+  controller: AbortController;
+  /** Its result must not be sent (cancelled, timed out, lost, handed back already). */
+  settled: boolean;
+  /** The task function is still running. */
+  running: boolean;
+  timer?: ReturnType<typeof setTimeout>;
+  /** Events the task wrote. */
+  events?: number;
+}
+
+type ResultBody =
+  | { id: string; attempt: number; output: unknown }
+  | { id: string; attempt: number; error: { type: string; message: string; retryable: boolean; retry_after_ms?: number } }
+  | { id: string; attempt: number; release: true };
+
+interface Outgoing<T> {
+  key: string;
+  generation: number;
+  body: T;
+}
+
+type EventBody = { id: string; attempt: number; progress: unknown } | { id: string; attempt: number; log: string };
+
+/** Wakes whoever waits on it; checking a condition and then waiting cannot miss a wake-up (one thread). */
+class Bell {
+  private waiters: Array<() => void> = [];
+  ring(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+  wait(ms?: number): Promise<void> {
+    return new Promise((resolve) => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      this.waiters.push(done);
+      if (ms !== undefined) {
+        timer = setTimeout(() => {
+          this.waiters = this.waiters.filter((w) => w !== done);
+          resolve();
+        }, ms);
+      }
+    });
+  }
+}
+
+const keyOf = (id: string, attempt: number) => `${id}#${attempt}`;
+
+const MAX_MESSAGE = 4000;
+/** Protocol limits (§4): a log line's bytes, a progress value's JSON bytes, events per attempt. */
+const MAX_LOG_BYTES = 4096;
+const MAX_PROGRESS_BYTES = 4096;
+const MAX_EVENTS = 1000;
+
+const encoder = new TextEncoder();
+
+function utf8Length(s: string): number {
+  return encoder.encode(s).length;
+}
+
+/** `s` cut to at most `max` UTF-8 bytes, on a character boundary, with `…` when cut. */
+function truncateUtf8(s: string, max: number): string {
+  if (s.length * 3 <= max || utf8Length(s) <= max) return s;
+  let lo = 0;
+  let hi = s.length;
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (utf8Length(s.slice(0, mid)) + 3 <= max) lo = mid;
+    else hi = mid - 1;
+  }
+  // Do not split a surrogate pair.
+  const code = s.charCodeAt(lo - 1);
+  if (lo > 0 && code >= 0xd800 && code <= 0xdbff) lo -= 1;
+  return `${s.slice(0, lo)}…`;
+}
+
+const stderrLogger: Logger = {
+  info: () => {},
+  warn: (m) => console.error(`ferry worker: ${m}`),
+  error: (m) => console.error(`ferry worker: ${m}`),
+};
+
+/**
+ * A remote worker: registers the kinds it serves with Ferry, leases their jobs (as many
+ * as it has free slots), runs each with its task function, and reports each outcome
+ * (`docs/worker-protocol.md`).
+ *
+ * ```ts
+ * const worker = new Worker({url: "http://127.0.0.1:7700", concurrency: 8});
+ * worker.task("resize", {queue: "images"}, async (input, ctx) => {
+ *   ctx.log(`resizing ${input.url}`);
+ *   const res = await fetch(input.url, {signal: ctx.signal});
+ *   if (res.status === 404) throw new NonRetryableError("no such image", {type: "not_found"});
+ *   return {size: (await res.arrayBuffer()).byteLength};
+ * });
+ * await worker.run({handleSignals: true});   // resolves after a graceful stop (SIGTERM)
+ * ```
+ *
+ * Errors: a task that throws fails its attempt. `NonRetryableError` sends the job to the
+ * dead-letter queue at once; `RetryableError` is retried (with `retryAfterMs` instead of
+ * the backoff, when given); any other error is retried unless the kind was registered
+ * with `retryable: false`, and is recorded with the error's `name` as its type
+ * (`TypeError: …`).
+ */
+export class Worker {
+  private readonly transport: Transport;
+  private readonly concurrency: number;
+  private readonly name: string;
+  private readonly graceMs: number;
+  private readonly leaseWaitMs: number | undefined;
+  private readonly logger: Logger;
+  private readonly tasks = new Map<string, { fn: TaskFunction; queue?: string; retryable: boolean }>();
+
+  private session: Session | null = null;
+  private generation = 0;
+  private reopening: Promise<void> | null = null;
+  private readonly held = new Map<string, Held>();
+  private results: Outgoing<ResultBody>[] = [];
+  private events: Outgoing<EventBody>[] = [];
+  private readonly bell = new Bell();
+  private started = false;
+  private stopping = false;
+  private stopNow = false;
+  private closing = false;
+  private stopRequested!: () => void;
+  private readonly stopPromise: Promise<void>;
+  /** Ends the background loops' sleeps and the lease call once the worker closes. */
+  private readonly life = new AbortController();
+  private leaseCall: AbortController | null = null;
+  private leaseDone: Promise<void> | null = null;
+
+  constructor(opts: WorkerOptions = {}) {
+    this.transport = new Transport(opts);
+    this.concurrency = opts.concurrency ?? 10;
+    if (!Number.isInteger(this.concurrency) || this.concurrency < 1 || this.concurrency > 1000) {
+      throw new RangeError(`concurrency must be a whole number from 1 to 1000, not ${opts.concurrency}`);
+    }
+    this.name = (opts.name ?? `${hostname()}:${process.pid}`).slice(0, 128);
+    this.graceMs = opts.shutdownGraceMs ?? 30_000;
+    this.leaseWaitMs = opts.leaseWaitMs;
+    this.logger = opts.logger === null ? { info() {}, warn() {}, error() {} } : opts.logger ?? stderrLogger;
+    this.stopPromise = new Promise((resolve) => (this.stopRequested = resolve));
+  }
+
+  /**
+   * Serves `kind` with `fn`. Register every kind before `run()`. A kind's name is 1 to 64
+   * characters of `a-z`, `0-9`, `_`, `-`, `.`, starting with a letter, and not a built-in
+   * kind's.
+   */
+  task<I = any, O = unknown>(kind: string, fn: TaskFunction<I, O>): this;
+  task<I = any, O = unknown>(kind: string, options: TaskOptions, fn: TaskFunction<I, O>): this;
+  task<I = any, O = unknown>(kind: string, a: TaskOptions | TaskFunction<I, O>, b?: TaskFunction<I, O>): this {
+    const [options, fn] = typeof a === "function" ? [{}, a] : [a, b];
+    if (typeof fn !== "function") throw new TypeError(`task ${kind}: a task function is required`);
+    if (this.started) throw new Error(`task ${kind}: register tasks before run()`);
+    if (this.tasks.has(kind)) throw new Error(`task ${kind} is registered twice`);
+    this.tasks.set(kind, { fn: fn as TaskFunction, queue: options.queue, retryable: options.retryable ?? true });
+    return this;
+  }
+
+  /** Attempts held right now (running, or finished and not yet reported). */
+  get inFlight(): number {
+    return this.held.size;
+  }
+
+  /** The current session's id, once `run()` opened one. */
+  get sessionId(): string | null {
+    return this.session?.id ?? null;
+  }
+
+  /**
+   * Opens a session and serves jobs until `stop()` (or, with `handleSignals`, SIGTERM or
+   * SIGINT); then stops leasing, lets running tasks finish within `shutdownGraceMs`,
+   * hands back the rest, reports every outcome, closes the session and resolves.
+   * Rejects only when the session cannot be opened for a reason that waiting won't fix
+   * (a refused registration: `FerryError` with `kind_conflict`, `queue_conflict`,
+   * `forbidden`, …).
+   */
+  async run(opts: RunWorkerOptions = {}): Promise<void> {
+    if (this.started) throw new Error("a Worker runs once");
+    if (this.tasks.size === 0) throw new Error("no task registered: call worker.task(kind, fn) first");
+    this.started = true;
+    const result = this.serve(opts);
+    this.finished = result.then(
+      () => {},
+      () => {},
+    );
+    return result;
+  }
+
+  private async serve(opts: RunWorkerOptions): Promise<void> {
+    let signals = 0;
+    const onSignal = (sig: string) => {
+      signals += 1;
+      if (signals === 1) {
+        this.logger.info(`${sig}: stopping (running jobs get ${this.graceMs} ms; again to hand them back now)`);
+        void this.stop();
+      } else {
+        this.logger.info(`${sig} again: handing every running job back`);
+        void this.stop({ graceMs: 0 });
+      }
+    };
+    if (opts.handleSignals) {
+      process.on("SIGTERM", onSignal);
+      process.on("SIGINT", onSignal);
+    }
+    try {
+      await this.open(true);
+      if (this.stopping) {
+        await this.close();
+        return;
+      }
+      const heartbeat = this.heartbeatLoop();
+      const sender = this.senderLoop();
+      this.leaseDone = this.leaseLoop();
+      await this.stopPromise;
+      await this.endLease();
+      await this.drain();
+      this.closing = true;
+      this.bell.ring();
+      await sender;
+      this.life.abort();
+      await heartbeat;
+      await this.close();
+    } finally {
+      this.life.abort();
+      if (opts.handleSignals) {
+        process.off("SIGTERM", onSignal);
+        process.off("SIGINT", onSignal);
+      }
+    }
+  }
+
+  /**
+   * Stops gracefully: no new job is leased, running tasks get `graceMs` (default the
+   * worker's `shutdownGraceMs`) to finish, then are aborted and handed back. Resolves
+   * when the worker is done (when `run()` resolves; at once if it never ran). Calling it
+   * again with a shorter grace shortens the wait; `graceMs: 0` hands every running job
+   * back now.
+   */
+  stop(opts: { graceMs?: number } = {}): Promise<void> {
+    if (opts.graceMs === 0) this.stopNow = true;
+    if (opts.graceMs !== undefined) this.graceOverride = Math.min(this.graceOverride ?? Infinity, opts.graceMs);
+    this.stopping = true;
+    this.stopRequested();
+    this.bell.ring();
+    return this.finished ?? Promise.resolve();
+  }
+
+  /** Settles when `run()` has finished (whichever way). */
+  private finished: Promise<void> | null = null;
+
+  private graceOverride: number | undefined;
+
+  // ---- the session ------------------------------------------------------------------
+
+  /**
+   * Opens a session, trying again while the server cannot be reached. At start
+   * (`first`) a refusal rejects; later (a re-registration) it is retried too, and this
+   * never rejects. Returns without a new session when the worker is stopping.
+   */
+  private async open(first: boolean): Promise<void> {
+    const kinds = [...this.tasks.entries()].map(([kind, t]) => (t.queue ? { kind, queue: t.queue } : { kind }));
+    let pause = 250;
+    for (;;) {
+      try {
+        const answer = await this.transport.request<{
+          session: string;
+          heartbeat_ms?: number;
+          session_timeout_ms?: number;
+          max_wait_ms?: number;
+        }>("POST", "/v1/workers/sessions", {
+          body: { protocol: PROTOCOL, name: this.name, concurrency: this.concurrency, kinds },
+          signal: this.life.signal,
+        });
+        const s = answer.body;
+        if (typeof s?.session !== "string") {
+          throw new FerryError(answer.status, "unexpected_response", "the session answer has no `session`");
+        }
+        this.generation += 1;
+        this.session = {
+          id: s.session,
+          heartbeatMs: s.heartbeat_ms ?? 5000,
+          sessionTimeoutMs: s.session_timeout_ms ?? 30_000,
+          maxWaitMs: s.max_wait_ms ?? 30_000,
+          generation: this.generation,
+        };
+        this.logger.info(`session ${s.session} serves ${[...this.tasks.keys()].join(", ")}`);
+        return;
+      } catch (err) {
+        // Stopping: give up quietly (run() sees `stopping`; a re-registration must never reject).
+        if (this.life.signal.aborted || this.stopping) return;
+        // A refusal is final at start; once running, keep trying (the server may be restarting).
+        const transient = err instanceof FerryError && (err.status === 0 || err.status >= 500 || err.status === 429);
+        if (first && !transient) throw err;
+        this.logger.warn(`cannot open a session (${describe(err)}); trying again in ${pause} ms`);
+        try {
+          await sleep(pause, this.life.signal);
+        } catch {
+          return;
+        }
+        pause = Math.min(5000, pause * 2);
+      }
+    }
+  }
+
+  /**
+   * The session is gone (`unknown_session`): drop what it held (its results would be
+   * refused) and register again. Concurrent callers share one re-registration.
+   */
+  private reopen(generation: number): Promise<void> {
+    if (generation !== this.generation) return Promise.resolve();
+    if (this.reopening) return this.reopening;
+    this.logger.warn(
+      `session ${this.session?.id} is unknown to the server: dropping its jobs${this.stopping ? "" : " and registering again"}`,
+    );
+    for (const h of [...this.held.values()]) {
+      if (h.generation !== generation) continue;
+      if (!h.running) this.forget(h);
+      else if (!h.settled) this.abandon(h, "lost", "the worker's session ended");
+      else h.controller.abort(new TaskAbortedError("lost", "the worker's session ended"));
+    }
+    this.results = this.results.filter((r) => r.generation !== generation);
+    this.events = this.events.filter((e) => e.generation !== generation);
+    if (this.stopping) {
+      this.session = null;
+      this.bell.ring();
+      return Promise.resolve();
+    }
+    this.reopening = this.open(false).finally(() => {
+      this.reopening = null;
+      this.bell.ring();
+    });
+    return this.reopening;
+  }
+
+  private async close(): Promise<void> {
+    const s = this.session;
+    if (!s) return;
+    try {
+      await this.transport.request("DELETE", `/v1/workers/sessions/${encodeURIComponent(s.id)}`, { timeoutMs: 10_000 });
+    } catch (err) {
+      if (!(err instanceof FerryError && err.code === "unknown_session")) {
+        this.logger.warn(`closing session ${s.id} failed: ${describe(err)}`);
+      }
+    }
+    this.session = null;
+  }
+
+  /** A call about the current session; `unknown_session` triggers a re-registration and rethrows. */
+  private async call<T>(path: string, body: unknown, opts: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<T> {
+    const s = this.session;
+    if (!s) throw new FerryError(404, "unknown_session", "no session");
+    try {
+      const answer = await this.transport.request<T>("POST", `/v1/workers/sessions/${encodeURIComponent(s.id)}${path}`, {
+        body,
+        ...opts,
+      });
+      return answer.body;
+    } catch (err) {
+      if (err instanceof FerryError && err.code === "unknown_session" && !this.closing) {
+        void this.reopen(s.generation);
+      }
+      throw err;
+    }
+  }
+
+  // ---- leasing ----------------------------------------------------------------------
+
+  private free(): number {
+    return this.concurrency - this.held.size;
+  }
+
+  private async leaseLoop(): Promise<void> {
+    let pause = 250;
+    while (!this.stopping) {
+      if (this.reopening) {
+        await this.reopening;
+        continue;
+      }
+      const free = this.free();
+      if (free <= 0 || !this.session) {
+        await this.bell.wait(1000);
+        continue;
+      }
+      const s = this.session;
+      const wait = Math.min(this.leaseWaitMs ?? s.maxWaitMs, s.maxWaitMs);
+      const call = new AbortController();
+      this.leaseCall = call;
+      this.logger.debug?.(`lease: up to ${free} job(s), waiting up to ${wait} ms`);
+      try {
+        const answer = await this.call<{ jobs: LeasedJob[] }>(
+          "/lease",
+          { max: free, wait_ms: wait },
+          { signal: AbortSignal.any([call.signal, this.life.signal]), timeoutMs: this.transport.timeoutMs + wait },
+        );
+        pause = 250;
+        // Jobs of a session that has since been replaced are not ours any more.
+        if (s.generation === this.generation) for (const job of answer.jobs ?? []) this.accept(job, s.generation);
+      } catch (err) {
+        if (this.stopping || this.life.signal.aborted) break;
+        if (err instanceof FerryError && err.code === "unknown_session") continue;
+        this.logger.warn(`lease failed (${describe(err)}); trying again in ${pause} ms`);
+        await sleep(pause, this.life.signal).catch(() => {});
+        pause = Math.min(5000, pause * 2);
+      } finally {
+        this.leaseCall = null;
+      }
+    }
+  }
+
+  /**
+   * Stops leasing. A lease call waiting for work is ended the protocol's way (§2): a new
+   * lease call (`wait_ms: 0`) ends the waiting one with `{"jobs": []}`, and whatever that
+   * last call brings is released. A waiting call that has not ended 3 s later (a server
+   * that does not end it) is abandoned: while it waits it holds no job, and a job in an
+   * answer that arrives anyway is released.
+   */
+  private async endLease(): Promise<void> {
+    if (this.leaseCall && this.session) {
+      const s = this.session;
+      try {
+        const answer = await this.call<{ jobs: LeasedJob[] }>("/lease", { max: 1, wait_ms: 0 }, { timeoutMs: 5000 });
+        if (s.generation === this.generation) for (const job of answer.jobs ?? []) this.accept(job, s.generation);
+      } catch (err) {
+        this.logger.warn(`ending the waiting lease call failed (${describe(err)})`);
+      }
+    }
+    if (this.leaseDone) {
+      const late = setTimeout(() => this.leaseCall?.abort(), 3000);
+      await this.leaseDone;
+      clearTimeout(late);
+    }
+  }
+
+  /** Takes a leased job: runs it, or hands it back at once when stopping. */
+  private accept(job: LeasedJob, generation: number): void {
+    const held: Held = { job, generation, controller: new AbortController(), settled: false, running: false };
+    const key = keyOf(job.id, job.attempt);
+    this.held.set(key, held);
+    if (this.stopping) {
+      held.settled = true;
+      this.queueResult(held, { id: job.id, attempt: job.attempt, release: true });
+      return;
+    }
+    void this.execute(held);
+  }
+
+  // ---- running a task ---------------------------------------------------------------
+
+  private async execute(held: Held): Promise<void> {
+    const { job } = held;
+    const task = this.tasks.get(job.kind);
+    if (!task) {
+      held.settled = true;
+      this.queueResult(held, {
+        id: job.id,
+        attempt: job.attempt,
+        error: { type: "unknown_kind", message: `this worker has no task for kind ${job.kind}`, retryable: true },
+      });
+      return;
+    }
+    if (typeof job.timeout_ms === "number" && job.timeout_ms > 0) {
+      // Ferry fails the attempt at its timeout and says so at the next heartbeat; the
+      // task hears of it at once.
+      held.timer = setTimeout(
+        () => this.abandon(held, "timeout", `the attempt ran past its timeout (${job.timeout_ms} ms)`),
+        job.timeout_ms,
+      );
+    }
+    const ctx: TaskContext = {
+      jobId: job.id,
+      attempt: job.attempt,
+      kind: job.kind,
+      queue: job.queue,
+      workspace: job.workspace,
+      run: job.run ?? null,
+      timeoutMs: job.timeout_ms ?? null,
+      softTimeoutMs: job.soft_timeout_ms ?? null,
+      signal: held.controller.signal,
+      progress: (value: unknown) => this.queueEvent(held, { id: job.id, attempt: job.attempt, progress: value ?? null }),
+      log: (line: string) => this.queueEvent(held, { id: job.id, attempt: job.attempt, log: String(line) }),
+    };
+    held.running = true;
+    let body: ResultBody;
+    try {
+      const output = await task.fn(job.input, ctx);
+      body = { id: job.id, attempt: job.attempt, output: jsonOrThrow(output) };
+    } catch (err) {
+      body = { id: job.id, attempt: job.attempt, error: errorBody(err, task.retryable) };
+    } finally {
+      held.running = false;
+      clearTimeout(held.timer);
+    }
+    if (held.settled) {
+      // Its result is not wanted (cancelled, timed out, lost, or handed back already).
+      if (!this.results.some((r) => r.key === keyOf(job.id, job.attempt))) this.forget(held);
+      return;
+    }
+    held.settled = true;
+    this.queueResult(held, body);
+  }
+
+  /** Stops an attempt whose result will not be sent (or is sent as a release). */
+  private abandon(held: Held, code: TaskAbortedError["code"], message: string): void {
+    if (held.settled) return;
+    held.settled = true;
+    clearTimeout(held.timer);
+    held.controller.abort(new TaskAbortedError(code, message));
+    if (code === "shutdown") {
+      this.queueResult(held, { id: held.job.id, attempt: held.job.attempt, release: true });
+    } else if (!held.running) {
+      this.forget(held);
+    }
+  }
+
+  /** Frees an attempt's slot. */
+  private forget(held: Held): void {
+    const key = keyOf(held.job.id, held.job.attempt);
+    if (this.held.get(key) === held) this.held.delete(key);
+    this.bell.ring();
+  }
+
+  private queueResult(held: Held, body: ResultBody): void {
+    this.results.push({ key: keyOf(held.job.id, held.job.attempt), generation: held.generation, body });
+    this.bell.ring();
+  }
+
+  private queueEvent(held: Held, body: EventBody): void {
+    if (held.settled) return;
+    if ((held.events ?? 0) >= MAX_EVENTS) {
+      if (held.events === MAX_EVENTS) {
+        this.logger.warn(`job ${held.job.id}: an attempt writes at most ${MAX_EVENTS} events; dropping the rest`);
+        held.events += 1;
+      }
+      return;
+    }
+    if ("log" in body) {
+      body.log = truncateUtf8(body.log, MAX_LOG_BYTES);
+    } else {
+      let size: number;
+      try {
+        size = utf8Length(JSON.stringify(body.progress) ?? "null");
+      } catch (err) {
+        this.logger.warn(`job ${held.job.id}: progress dropped: it is not JSON (${(err as Error).message})`);
+        return;
+      }
+      if (size > MAX_PROGRESS_BYTES) {
+        this.logger.warn(`job ${held.job.id}: progress dropped: ${size} bytes of JSON, over ${MAX_PROGRESS_BYTES}`);
+        return;
+      }
+    }
+    held.events = (held.events ?? 0) + 1;
+    this.events.push({ key: keyOf(held.job.id, held.job.attempt), generation: held.generation, body });
+    this.bell.ring();
+  }
+
+  // ---- heartbeats -------------------------------------------------------------------
+
+  private async heartbeatLoop(): Promise<void> {
+    while (!this.life.signal.aborted) {
+      const s = this.session;
+      try {
+        await sleep(s?.heartbeatMs ?? 1000, this.life.signal);
+      } catch {
+        return;
+      }
+      if (this.reopening || !this.session) continue;
+      try {
+        const answer = await this.call<{ cancel?: Array<{ id: string; attempt: number; reason?: string }> }>(
+          "/heartbeat",
+          {},
+          { signal: this.life.signal, timeoutMs: Math.max(2000, this.session.heartbeatMs * 2) },
+        );
+        for (const c of answer.cancel ?? []) {
+          const held = this.held.get(keyOf(c.id, c.attempt));
+          if (!held) continue;
+          const reason = c.reason === "timeout" ? "timeout" : c.reason === "lost" ? "lost" : "cancelled";
+          this.logger.info(`job ${c.id} attempt ${c.attempt}: stop (${c.reason})`);
+          this.abandon(held, reason, `the attempt was stopped by Ferry: ${c.reason ?? "lost"}`);
+        }
+      } catch (err) {
+        if (this.life.signal.aborted) return;
+        if (!(err instanceof FerryError && err.code === "unknown_session")) {
+          this.logger.warn(`heartbeat failed: ${describe(err)}`);
+        }
+      }
+    }
+  }
+
+  // ---- reporting --------------------------------------------------------------------
+
+  /**
+   * Sends events and results in batches of up to 100, as they come: everything queued
+   * while a call is on its way goes in the next one. A result is taken before the events
+   * are, so an attempt's events always reach Ferry before its result.
+   */
+  private async senderLoop(): Promise<void> {
+    let pause = 250;
+    for (;;) {
+      if (this.results.length === 0 && this.events.length === 0) {
+        if (this.closing) return;
+        await this.bell.wait(1000);
+        continue;
+      }
+      if (this.reopening) {
+        await this.reopening;
+        continue;
+      }
+      const results = this.results.splice(0, 100);
+      const events = this.events.splice(0, this.events.length);
+      let sent = false;
+      try {
+        await this.sendEvents(events);
+        sent = true;
+        if (results.length > 0) await this.sendResults(results);
+        pause = 250;
+      } catch (err) {
+        if (err instanceof FerryError && err.code === "unknown_session") {
+          continue; // reopen() dropped what the old session held
+        }
+        if (err instanceof FerryError && err.status >= 400 && err.status < 500 && err.status !== 429) {
+          this.logger.error(`results refused, dropping them: ${describe(err)}`);
+          for (const r of results) this.forgetKey(r.key);
+          continue;
+        }
+        // Not sent: put them back in front, and try again after a pause.
+        this.results.unshift(...results);
+        if (!sent) this.events.unshift(...events.filter((e) => e.generation === this.generation));
+        if (this.closing) {
+          this.logger.error(`reporting failed at shutdown, giving up: ${describe(err)}`);
+          return;
+        }
+        this.logger.warn(`reporting failed (${describe(err)}); trying again in ${pause} ms`);
+        await sleep(pause, this.life.signal).catch(() => {});
+        pause = Math.min(5000, pause * 2);
+      }
+    }
+  }
+
+  /**
+   * Sends events in calls of up to 100. Ferry checks a whole call before it writes any of
+   * it: an event it refuses as invalid (`400` naming `events[i]`) is dropped, with a
+   * warning, and the rest are sent again.
+   */
+  private async sendEvents(events: Outgoing<EventBody>[]): Promise<void> {
+    const current = events.filter((e) => e.generation === this.generation);
+    for (let i = 0; i < current.length; i += 100) {
+      let chunk = current.slice(i, i + 100);
+      while (chunk.length > 0) {
+        try {
+          await this.call("/events", { events: chunk.map((e) => e.body) });
+          break;
+        } catch (err) {
+          const at = refusedItem(err, "events");
+          if (at !== null && at < chunk.length) {
+            this.logger.warn(`job ${chunk[at].body.id}: an event was refused and is dropped: ${describe(err)}`);
+            chunk = chunk.filter((_, j) => j !== at);
+            continue;
+          }
+          if (err instanceof FerryError && (err.code === "event_limit" || (err.status === 400 && err.code !== "unknown_session"))) {
+            this.logger.warn(`events dropped: ${describe(err)}`);
+            break;
+          }
+          throw err;
+        }
+      }
+    }
+  }
+
+  /**
+   * Sends results in one call (at most 100). Ferry checks the whole call before it ends
+   * any attempt: a result it refuses as invalid (`400` naming `results[i]`) is replaced by
+   * a non-retryable error saying why (type `invalid_result`), so that the attempt ends
+   * now rather than at its timeout; if that is refused too, it is dropped.
+   */
+  private async sendResults(results: Outgoing<ResultBody>[]): Promise<void> {
+    let current = results.filter((r) => r.generation === this.generation);
+    for (const r of results) if (r.generation !== this.generation) this.forgetKey(r.key);
+    const replaced = new Set<string>();
+    while (current.length > 0) {
+      let answer: { results?: Array<{ id: string; accepted: boolean }> };
+      try {
+        answer = await this.call("/complete", { results: current.map((r) => r.body) });
+      } catch (err) {
+        if (err instanceof FerryError && err.status === 413 && current.length > 1) {
+          // The call is too large as a whole: one result at a time finds the one that is.
+          for (const r of current) await this.sendResults([r]);
+          return;
+        }
+        const at = err instanceof FerryError && err.status === 413 ? 0 : refusedItem(err, "results");
+        if (at === null || at >= current.length) throw err;
+        const r = current[at];
+        this.logger.error(`job ${r.body.id} attempt ${r.body.attempt}: Ferry refused its result: ${describe(err)}`);
+        if (replaced.has(r.key)) {
+          this.forgetKey(r.key);
+          current = current.filter((_, j) => j !== at);
+        } else {
+          replaced.add(r.key);
+          const e = err as FerryError;
+          const message = `Ferry refused the task's result (${e.field ?? e.status}: ${e.message})`;
+          current = current.map((x, j) =>
+            j === at
+              ? { ...x, body: { id: x.body.id, attempt: x.body.attempt, error: { type: "invalid_result", message, retryable: false } } }
+              : x,
+          );
+        }
+        continue;
+      }
+      const acks = answer.results ?? [];
+      current.forEach((r, i) => {
+        if (acks[i] && acks[i].accepted === false) {
+          this.logger.info(`job ${r.body.id} attempt ${r.body.attempt}: result refused (no longer this worker's)`);
+        }
+        this.forgetKey(r.key);
+      });
+      return;
+    }
+  }
+
+  private forgetKey(key: string): void {
+    const held = this.held.get(key);
+    if (held && !held.running) this.held.delete(key);
+    else if (held) held.settled = true; // still running (a release at shutdown): freed when it returns
+    this.bell.ring();
+  }
+
+  // ---- stopping ---------------------------------------------------------------------
+
+  /** Lets running tasks finish within the grace, then hands the rest back. */
+  private async drain(): Promise<void> {
+    const grace = this.stopNow ? 0 : this.graceOverride ?? this.graceMs;
+    const deadline = Date.now() + grace;
+    const running = () => [...this.held.values()].filter((h) => h.running && !h.settled);
+    while (running().length > 0 && Date.now() < deadline && !this.stopNow) {
+      await this.bell.wait(Math.max(1, Math.min(1000, deadline - Date.now())));
+    }
+    const left = running();
+    if (left.length > 0) {
+      this.logger.warn(`handing back ${left.length} running job(s) at shutdown`);
+      for (const h of left) this.abandon(h, "shutdown", "the worker is shutting down");
+    }
+    // Wait (at most 10 s more) for every result, the hand-backs included, to be reported.
+    const flushBy = Date.now() + 10_000;
+    const unreported = () =>
+      this.results.length > 0 || this.events.length > 0 || [...this.held.values()].some((h) => !h.running);
+    while (unreported() && Date.now() < flushBy) {
+      await this.bell.wait(250);
+    }
+  }
+}
+
+/** The index `i` of a 400 that names `<list>[i]` (or a field in it), else `null`. */
+function refusedItem(err: unknown, list: string): number | null {
+  if (!(err instanceof FerryError) || err.status !== 400 || err.field === null) return null;
+  const m = err.field.match(new RegExp(`^${list}\\[(\\d+)\\]`));
+  return m ? Number(m[1]) : null;
+}
+
+/** The output as JSON (`undefined` is `null`); throws a `TypeError` for what JSON cannot hold. */
+function jsonOrThrow(output: unknown): unknown {
+  if (output === undefined) return null;
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(output);
+  } catch (err) {
+    throw new NonRetryableError(`the task's output is not JSON: ${(err as Error).message}`, { type: "TypeError" });
+  }
+  if (text === undefined) return null;
+  return JSON.parse(text);
+}
+
+/** How an error a task threw is reported. */
+function errorBody(
+  err: unknown,
+  retryableByDefault: boolean,
+): { type: string; message: string; retryable: boolean; retry_after_ms?: number } {
+  const message = (e: unknown) => {
+    const m = e instanceof Error ? e.message : typeof e === "string" ? e : safeString(e);
+    return m.length > MAX_MESSAGE ? `${m.slice(0, MAX_MESSAGE)}…` : m;
+  };
+  if (err instanceof NonRetryableError) {
+    return { type: err.type ?? err.name, message: message(err), retryable: false };
+  }
+  if (err instanceof RetryableError) {
+    const body: { type: string; message: string; retryable: boolean; retry_after_ms?: number } = {
+      type: err.type ?? err.name,
+      message: message(err),
+      retryable: true,
+    };
+    if (typeof err.retryAfterMs === "number") body.retry_after_ms = Math.max(0, Math.round(err.retryAfterMs));
+    return body;
+  }
+  const name = err instanceof Error && err.name ? err.name : "Error";
+  return { type: name.slice(0, 64), message: message(err), retryable: retryableByDefault };
+}
+
+function safeString(v: unknown): string {
+  try {
+    return typeof v === "object" ? JSON.stringify(v) : String(v);
+  } catch {
+    return String(v);
+  }
+}
+
+function describe(err: unknown): string {
+  if (err instanceof FerryError) return `${err.status} ${err.code}: ${err.message}`;
+  return err instanceof Error ? err.message : String(err);
+}
