@@ -1,104 +1,33 @@
 import { hostname } from "node:os";
 import { FerryError, NonRetryableError, RetryableError } from "./errors.js";
-import { type ConnectionOptions, Transport, sleep } from "./http.js";
+import { Transport, sleep } from "./http.js";
+import {
+  Bell,
+  MAX_EVENTS,
+  MAX_LOG_BYTES,
+  MAX_PROGRESS_BYTES,
+  describe,
+  errorBody,
+  jsonOrThrow,
+  keyOf,
+  refusedItem,
+  truncateUtf8,
+  utf8Length,
+} from "./support.js";
+import {
+  type Logger,
+  type RunWorkerOptions,
+  TaskAbortedError,
+  type TaskContext,
+  type TaskFunction,
+  type TaskOptions,
+  type WorkerOptions,
+} from "./task.js";
+
+export { TaskAbortedError, type Logger, type RunWorkerOptions, type TaskContext, type TaskFunction, type TaskOptions, type WorkerOptions };
 
 /** The protocol version this worker speaks (`docs/worker-protocol.md`). */
 export const PROTOCOL = 1;
-
-/** What a task function gets besides its input. */
-export interface TaskContext {
-  /** The job's id. */
-  readonly jobId: string;
-  /** The attempt's number (1 for the first): Ferry's fencing token for this attempt. */
-  readonly attempt: number;
-  /** The job's kind. */
-  readonly kind: string;
-  /** The job's queue. */
-  readonly queue: string;
-  /** The job's workspace. */
-  readonly workspace: string;
-  /** The workflow run the job belongs to, if any. */
-  readonly run: string | null;
-  /** The attempt's hard timeout (ms): Ferry fails the attempt at that point whatever the task does. */
-  readonly timeoutMs: number | null;
-  /** The job's soft timeout (ms), if it set one: a hint to wrap up. */
-  readonly softTimeoutMs: number | null;
-  /**
-   * Aborted when the task must stop: Ferry stopped the attempt (`reason.code`
-   * `"cancelled"`: the job or its run was cancelled, or the node lost the job's lease or
-   * is stopping), the attempt ran past its timeout (`"timeout"`), the worker's session
-   * ended (`"lost"`), or the worker is shutting down and its grace is over (`"shutdown"`:
-   * the job is handed back). Pass it to `fetch` and the like; a
-   * task that ignores it keeps its slot until it returns. Whatever the task answers after
-   * it aborted is not recorded (a shutdown hands the job back instead).
-   */
-  readonly signal: AbortSignal;
-  /** Reports progress (any JSON, at most 4 KiB): the job's `progress` event. Sent in the background, in order. */
-  progress(value: unknown): void;
-  /** Writes a line (at most 4,096 bytes) to the job's log: its `log` event. Sent in the background, in order. */
-  log(line: string): void;
-}
-
-/** Why a task's `ctx.signal` aborted: its `reason`. */
-export class TaskAbortedError extends Error {
-  /** `cancelled`, `timeout`, `lost` or `shutdown`. */
-  readonly code: "cancelled" | "timeout" | "lost" | "shutdown";
-
-  constructor(code: "cancelled" | "timeout" | "lost" | "shutdown", message: string) {
-    super(message);
-    this.name = "AbortError";
-    this.code = code;
-  }
-}
-
-/** A task function: the job's input and its context in, the job's output (any JSON) out. */
-export type TaskFunction<I = any, O = unknown> = (input: I, ctx: TaskContext) => O | Promise<O>;
-
-/** How a kind is served. */
-export interface TaskOptions {
-  /** The queue the kind's jobs go to (Ferry's default for a remote kind: `remote`). */
-  queue?: string;
-  /**
-   * Whether an ordinary error the task throws is retried (default `true`). A
-   * `NonRetryableError` is never retried and a `RetryableError` always is, whatever this says.
-   */
-  retryable?: boolean;
-}
-
-/** Where the worker says what happens to it. Default: warnings and errors to stderr. */
-export interface Logger {
-  /** Each protocol call the worker is about to make, when given (chatty). */
-  debug?(message: string): void;
-  info(message: string): void;
-  warn(message: string): void;
-  error(message: string): void;
-}
-
-/** The worker's settings; the connection's as for `Client`. */
-export interface WorkerOptions extends ConnectionOptions {
-  /** Jobs run at once (1 to 1,000; default 10). */
-  concurrency?: number;
-  /** A label for `GET /v1/workers` (default `<host>:<pid>`). */
-  name?: string;
-  /**
-   * On a graceful stop, how long running tasks may take to finish (ms, default 30,000);
-   * those still running then are aborted (`shutdown`) and handed back (`release`).
-   */
-  shutdownGraceMs?: number;
-  /** How long one lease call waits for work (ms; default and most: the server's `max_wait_ms`). */
-  leaseWaitMs?: number;
-  /** Default: warnings and errors on stderr. `null`: silence. */
-  logger?: Logger | null;
-}
-
-/** Options of `Worker.run`. */
-export interface RunWorkerOptions {
-  /**
-   * Stop gracefully on SIGTERM and SIGINT (a second signal stops at once, handing every
-   * running job back). Default `false`: call `stop()` yourself.
-   */
-  handleSignals?: boolean;
-}
 
 /** A job as a lease hands it over. */
 interface LeasedJob {
@@ -148,62 +77,6 @@ interface Outgoing<T> {
 }
 
 type EventBody = { id: string; attempt: number; progress: unknown } | { id: string; attempt: number; log: string };
-
-/** Wakes whoever waits on it; checking a condition and then waiting cannot miss a wake-up (one thread). */
-class Bell {
-  private waiters: Array<() => void> = [];
-  ring(): void {
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
-  }
-  wait(ms?: number): Promise<void> {
-    return new Promise((resolve) => {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const done = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-      this.waiters.push(done);
-      if (ms !== undefined) {
-        timer = setTimeout(() => {
-          this.waiters = this.waiters.filter((w) => w !== done);
-          resolve();
-        }, ms);
-      }
-    });
-  }
-}
-
-const keyOf = (id: string, attempt: number) => `${id}#${attempt}`;
-
-const MAX_MESSAGE = 4000;
-/** Protocol limits (§4): a log line's bytes, a progress value's JSON bytes, events per attempt. */
-const MAX_LOG_BYTES = 4096;
-const MAX_PROGRESS_BYTES = 4096;
-const MAX_EVENTS = 1000;
-
-const encoder = new TextEncoder();
-
-function utf8Length(s: string): number {
-  return encoder.encode(s).length;
-}
-
-/** `s` cut to at most `max` UTF-8 bytes, on a character boundary, with `…` when cut. */
-function truncateUtf8(s: string, max: number): string {
-  if (s.length * 3 <= max || utf8Length(s) <= max) return s;
-  let lo = 0;
-  let hi = s.length;
-  while (lo < hi) {
-    const mid = Math.ceil((lo + hi) / 2);
-    if (utf8Length(s.slice(0, mid)) + 3 <= max) lo = mid;
-    else hi = mid - 1;
-  }
-  // Do not split a surrogate pair.
-  const code = s.charCodeAt(lo - 1);
-  if (lo > 0 && code >= 0xd800 && code <= 0xdbff) lo -= 1;
-  return `${s.slice(0, lo)}…`;
-}
 
 const stderrLogger: Logger = {
   info: () => {},
@@ -881,60 +754,3 @@ export class Worker {
   }
 }
 
-/** The index `i` of a 400 that names `<list>[i]` (or a field in it), else `null`. */
-function refusedItem(err: unknown, list: string): number | null {
-  if (!(err instanceof FerryError) || err.status !== 400 || err.field === null) return null;
-  const m = err.field.match(new RegExp(`^${list}\\[(\\d+)\\]`));
-  return m ? Number(m[1]) : null;
-}
-
-/** The output as JSON (`undefined` is `null`); throws a `TypeError` for what JSON cannot hold. */
-function jsonOrThrow(output: unknown): unknown {
-  if (output === undefined) return null;
-  let text: string | undefined;
-  try {
-    text = JSON.stringify(output);
-  } catch (err) {
-    throw new NonRetryableError(`the task's output is not JSON: ${(err as Error).message}`, { type: "TypeError" });
-  }
-  if (text === undefined) return null;
-  return JSON.parse(text);
-}
-
-/** How an error a task threw is reported. */
-function errorBody(
-  err: unknown,
-  retryableByDefault: boolean,
-): { type: string; message: string; retryable: boolean; retry_after_ms?: number } {
-  const message = (e: unknown) => {
-    const m = e instanceof Error ? e.message : typeof e === "string" ? e : safeString(e);
-    return m.length > MAX_MESSAGE ? `${m.slice(0, MAX_MESSAGE)}…` : m;
-  };
-  if (err instanceof NonRetryableError) {
-    return { type: err.type ?? err.name, message: message(err), retryable: false };
-  }
-  if (err instanceof RetryableError) {
-    const body: { type: string; message: string; retryable: boolean; retry_after_ms?: number } = {
-      type: err.type ?? err.name,
-      message: message(err),
-      retryable: true,
-    };
-    if (typeof err.retryAfterMs === "number") body.retry_after_ms = Math.max(0, Math.round(err.retryAfterMs));
-    return body;
-  }
-  const name = err instanceof Error && err.name ? err.name : "Error";
-  return { type: name.slice(0, 64), message: message(err), retryable: retryableByDefault };
-}
-
-function safeString(v: unknown): string {
-  try {
-    return typeof v === "object" ? JSON.stringify(v) : String(v);
-  } catch {
-    return String(v);
-  }
-}
-
-function describe(err: unknown): string {
-  if (err instanceof FerryError) return `${err.status} ${err.code}: ${err.message}`;
-  return err instanceof Error ? err.message : String(err);
-}

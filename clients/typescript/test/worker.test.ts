@@ -46,13 +46,8 @@ describe("worker: outcomes, errors, cancellation, workflows", { skip }, () => {
     assert.ok(types.indexOf("log") < types.indexOf("succeeded"));
   });
 
-  // Ferry 98c6ce1 to 624f791 refuses `{"output": null}` in `complete` with 400
-  // `results[0]: must have exactly one of output, error and release: true` (and
-  // `{"progress": null}` in `events`): serde reads a JSON null as an absent
-  // `Option<Value>`, though the protocol says any JSON (the worker then fails the attempt
-  // with `invalid_result`). Fixed by 0d97b2d: drop the todo once this has run green
-  // against a build with it.
-  test("a task that returns nothing succeeds with output null", { ...T, todo: "servers before 0d97b2d refuse output: null" }, async () => {
+  // Any JSON is an output, `null` included (`{"output": null}` in `complete`).
+  test("a task that returns nothing succeeds with output null", T, async () => {
     const job = await ferry.submitAndWait("ts_nothing", null, { max_attempts: 1, timeoutMs: DEADLINE_MS });
     assert.equal(job.state, "succeeded", JSON.stringify(job));
     assert.equal(job.output, null);
@@ -163,9 +158,7 @@ describe("the protocol, as the worker relies on it", { skip }, () => {
 
   // docs/worker-protocol.md §2: "A session has at most one lease call waiting: a new one
   // ends the one before with {"jobs": []}" (how a stopping worker ends its long poll).
-  // Ferry 98c6ce1 to 624f791 let the first wait out its wait_ms; fixed by 0d97b2d: drop
-  // the todo once this has run green against a build with it.
-  test("a new lease call ends the waiting one", { ...T, todo: "servers before 0d97b2d let the first call wait on" }, async () => {
+  test("a new lease call ends the waiting one", T, async () => {
     const opened = await post("/v1/workers/sessions", { protocol: 1, concurrency: 2, kinds: [{ kind: "ts_proto", queue: "ts-proto" }] });
     assert.equal(opened.status, 201, JSON.stringify(opened.body));
     const lease = `/v1/workers/sessions/${encodeURIComponent(opened.body.session)}/lease`;
@@ -224,17 +217,12 @@ describe("worker: kill -9 with a lease call waiting", { skip }, () => {
     await server?.close();
   });
 
-  // Ferry (624f791) counts a session's waiting lease calls up when one starts and down
-  // when it answers (remote/hub.rs `lease`: `s.waiting += 1` … `s.waiting -= 1`), and a
-  // session with a waiting call never expires. A call whose client went away is dropped
-  // in between, so the count stays up: a worker killed while a lease call waited (any
-  // worker with a free slot) keeps its session for ever, its attempts are not failed with
-  // `worker_lost` but by their own timeout, and GET /v1/workers/sessions lists it still.
-  // Fixed by 7bc4721 (a guard counts the waiting call): drop the todo once this has run
-  // green against a build with it.
+  // A session with a lease call waiting is alive, but a call whose client hung up stops
+  // counting: a worker killed while it long-polls (any worker with a free slot) loses its
+  // session after the session timeout, and its attempts fail with `worker_lost`.
   test(
     "a worker killed while a lease call waits: its session expires, the job is retried (worker_lost)",
-    { ...T, todo: "the server keeps the session of a worker killed with a lease call waiting" },
+    T,
     async () => {
       const ferry = new Client({ url: server.url });
       const first = await startWorker(server.url, { CONCURRENCY: "2", NAME: "first-idle-slot" });
@@ -249,7 +237,7 @@ describe("worker: kill -9 with a lease call waiting", { skip }, () => {
       await first.stop("SIGKILL");
       const second = await startWorker(server.url, { CONCURRENCY: "1", NAME: "second-after-idle" });
       workers.push(second);
-      // What the job looks like after 45 s, ended or not (so that the todo costs no more).
+      // What the job looks like after 45 s, ended or not .
       const job = (await ferry
         .wait(id, { timeoutMs: 45_000 })
         .catch((err) => (err instanceof WaitTimeoutError ? err.last : Promise.reject(err)))) as Job;
