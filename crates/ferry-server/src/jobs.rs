@@ -34,10 +34,10 @@ fn status_of(created: bool) -> StatusCode {
     post, path = "/v1/jobs", tag = "jobs", operation_id = "submitJob",
     request_body = JobSpec,
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\t\x20-\x7E]*[\x21-\x7E])?$", description = "Same as the body's `idempotency_key` (give either, or both equal)"),
-           ("wait" = Option<String>, Query, pattern = r"^[0-9]+(ms|s|m)$", description = "Wait up to this long (`500ms`, `30s`, `1m`; at most 60 s) for the job to end")),
+           ("wait" = Option<String>, Query, pattern = r"^((0|[1-9][0-9]{0,3}|[1-5][0-9]{4}|60000)ms|([0-9]|[1-5][0-9]|60)s|[01]m)$", description = "Wait up to this long (`500ms`, `30s`, `1m`; at most 60 s) for the job to end")),
     responses(
         (status = 201, description = "Created", body = JobAccepted),
-        (status = 200, description = "Idempotency key matched an existing job; with `wait`, the job ended within it (the job as `GET /v1/jobs/{id}` answers it)", body = JobAccepted),
+        (status = 200, description = "Idempotency key matched an existing job; with `wait`, the job ended within it (the job as `GET /v1/jobs/{id}` answers it)", body = crate::views::JobAnswer),
         (status = 202, description = "With `wait`: the job had not ended when the wait did", body = JobAccepted),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 409, description = "Idempotency key used with another spec", body = ErrorBody),
@@ -167,7 +167,7 @@ pub async fn submit_batch(
 #[utoipa::path(
     get, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "getJob",
     params(("id" = uuid::Uuid, Path, description = "Job id"),
-           ("wait" = Option<String>, Query, pattern = r"^[0-9]+(ms|s|m)$", description = "Wait up to this long (`500ms`, `30s`, `1m`; at most 60 s) for the job to end")),
+           ("wait" = Option<String>, Query, pattern = r"^((0|[1-9][0-9]{0,3}|[1-5][0-9]{4}|60000)ms|([0-9]|[1-5][0-9]|60)s|[01]m)$", description = "Wait up to this long (`500ms`, `30s`, `1m`; at most 60 s) for the job to end")),
     responses((status = 200, body = JobView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
 pub async fn get(

@@ -228,10 +228,10 @@ async fn first_inputs_fit(st: &ApiState, workspace: &str, req: &RunRequest, inpu
     post, path = "/v1/runs", tag = "workflows", operation_id = "startRun",
     request_body = RunRequest,
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]([\t\x20-\x7E]*[\x21-\x7E])?$", description = "Same as the body's `idempotency_key` (give either, or both equal)"),
-           ("wait" = Option<String>, Query, pattern = r"^[0-9]+(ms|s|m)$", description = "Wait up to this long (`500ms`, `30s`, `1m`; at most 60 s) for the run to end")),
+           ("wait" = Option<String>, Query, pattern = r"^((0|[1-9][0-9]{0,3}|[1-5][0-9]{4}|60000)ms|([0-9]|[1-5][0-9]|60)s|[01]m)$", description = "Wait up to this long (`500ms`, `30s`, `1m`; at most 60 s) for the run to end")),
     responses(
         (status = 201, body = RunAccepted),
-        (status = 200, description = "Idempotency key matched an existing run; with `wait`, the run ended within it (the run as `GET /v1/runs/{id}` answers it)", body = RunAccepted),
+        (status = 200, description = "Idempotency key matched an existing run; with `wait`, the run ended within it (the run as `GET /v1/runs/{id}` answers it)", body = crate::views::RunAnswer),
         (status = 202, description = "With `wait`: the run had not ended when the wait did", body = RunAccepted),
         (status = 400, description = "Bad input, naming the field (an `input` that is not an object included); a `version` the workflow does not have is `unknown_version`, its message naming the latest", body = ErrorBody),
         (status = 404, description = "No such workflow", body = ErrorBody),
@@ -355,7 +355,7 @@ async fn start_run(
 #[utoipa::path(
     get, path = "/v1/runs/{id}", tag = "workflows", operation_id = "getRun",
     params(("id" = uuid::Uuid, Path, description = "Run id"),
-           ("wait" = Option<String>, Query, pattern = r"^[0-9]+(ms|s|m)$", description = "Wait up to this long (`500ms`, `30s`, `1m`; at most 60 s) for the run to end")),
+           ("wait" = Option<String>, Query, pattern = r"^((0|[1-9][0-9]{0,3}|[1-5][0-9]{4}|60000)ms|([0-9]|[1-5][0-9]|60)s|[01]m)$", description = "Wait up to this long (`500ms`, `30s`, `1m`; at most 60 s) for the run to end")),
     responses((status = 200, body = RunView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
 pub async fn get_run(

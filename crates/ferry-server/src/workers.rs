@@ -89,7 +89,7 @@ pub struct Heartbeat {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerEvent {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, format = Uuid)]
     pub id: JobId,
     pub attempt: u32,
     /// Any JSON, `null` included.
@@ -129,7 +129,7 @@ pub struct RemoteError {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttemptResult {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, format = Uuid)]
     pub id: JobId,
     pub attempt: u32,
     /// Any JSON, `null` included.
@@ -151,7 +151,7 @@ pub struct CompleteRequest {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Accepted {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, format = Uuid)]
     pub id: JobId,
     /// `false`: the attempt is no longer the session's; its result changed nothing.
     pub accepted: bool,
@@ -188,7 +188,7 @@ object_shape!(OpenSession, LeaseRequest, EventsRequest, CompleteRequest);
 fn hub(st: &ApiState) -> Result<Arc<Hub>, ApiError> {
     st.registry.remote().hub().cloned().ok_or_else(|| {
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::MISDIRECTED_REQUEST,
             "no_engine",
             "this node runs no engine (`--workers 0`); connect remote workers to a node that does",
         )
@@ -223,7 +223,7 @@ fn good_name(s: &str) -> bool {
 #[utoipa::path(
     post, path = "/v1/workers/sessions", tag = "workers", operation_id = "openWorkerSession",
     request_body = OpenSession,
-    responses((status = 201, body = SessionOpened), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody))
+    responses((status = 201, body = SessionOpened), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 421, description = "This node runs no engine (`no_engine`)", body = ErrorBody))
 )]
 pub async fn open(
     State(st): State<ApiState>,
@@ -306,7 +306,7 @@ pub async fn open(
 /// The sessions open on this node (worker role).
 #[utoipa::path(
     get, path = "/v1/workers/sessions", tag = "workers", operation_id = "listWorkerSessions",
-    responses((status = 200, body = SessionList))
+    responses((status = 200, body = SessionList), (status = 421, description = "This node runs no engine (`no_engine`)", body = ErrorBody))
 )]
 pub async fn list(State(st): State<ApiState>) -> Result<Json<SessionList>, ApiError> {
     Ok(Json(SessionList { sessions: hub(&st)?.sessions() }))
@@ -316,7 +316,7 @@ pub async fn list(State(st): State<ApiState>) -> Result<Json<SessionList>, ApiEr
 #[utoipa::path(
     post, path = "/v1/workers/sessions/{session}/lease", tag = "workers", operation_id = "leaseJobs",
     params(("session" = String, Path)), request_body = LeaseRequest,
-    responses((status = 200, body = Leased), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+    responses((status = 200, body = Leased), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 421, description = "This node runs no engine (`no_engine`)", body = ErrorBody))
 )]
 pub async fn lease(
     State(st): State<ApiState>,
@@ -350,7 +350,7 @@ async fn take(hub: &Hub, session: &str, max: usize, wait: Duration) -> Result<Ve
 #[utoipa::path(
     post, path = "/v1/workers/sessions/{session}/heartbeat", tag = "workers", operation_id = "heartbeatSession",
     params(("session" = String, Path)),
-    responses((status = 200, body = Heartbeat), (status = 404, body = ErrorBody))
+    responses((status = 200, body = Heartbeat), (status = 404, body = ErrorBody), (status = 421, description = "This node runs no engine (`no_engine`)", body = ErrorBody))
 )]
 pub async fn heartbeat(State(st): State<ApiState>, Path(session): Path<String>) -> Result<Json<Heartbeat>, ApiError> {
     Ok(Json(Heartbeat { cancel: hub(&st)?.heartbeat(&session).map_err(hub_error)? }))
@@ -361,7 +361,7 @@ pub async fn heartbeat(State(st): State<ApiState>, Path(session): Path<String>) 
     post, path = "/v1/workers/sessions/{session}/events", tag = "workers", operation_id = "writeAttemptEvents",
     params(("session" = String, Path)), request_body = EventsRequest,
     responses((status = 200, body = EventsWritten), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 429, body = ErrorBody))
+              (status = 421, description = "This node runs no engine (`no_engine`)", body = ErrorBody), (status = 429, body = ErrorBody))
 )]
 pub async fn events(
     State(st): State<ApiState>,
@@ -421,7 +421,7 @@ pub async fn events(
 #[utoipa::path(
     post, path = "/v1/workers/sessions/{session}/complete", tag = "workers", operation_id = "completeAttempts",
     params(("session" = String, Path)), request_body = CompleteRequest,
-    responses((status = 200, body = Completed), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+    responses((status = 200, body = Completed), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 421, description = "This node runs no engine (`no_engine`)", body = ErrorBody))
 )]
 pub async fn complete(
     State(st): State<ApiState>,
@@ -470,7 +470,7 @@ pub async fn complete(
 #[utoipa::path(
     delete, path = "/v1/workers/sessions/{session}", tag = "workers", operation_id = "closeWorkerSession",
     params(("session" = String, Path)),
-    responses((status = 204, description = "Closed"), (status = 404, body = ErrorBody))
+    responses((status = 204, description = "Closed"), (status = 404, body = ErrorBody), (status = 421, description = "This node runs no engine (`no_engine`)", body = ErrorBody))
 )]
 pub async fn close(State(st): State<ApiState>, Path(session): Path<String>) -> Result<StatusCode, ApiError> {
     hub(&st)?.close(&session).map_err(hub_error)?;

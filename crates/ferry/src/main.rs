@@ -13,6 +13,8 @@ fn init_logs(default: &str) {
 async fn serve(args: ferry::cli::ServerArgs) -> anyhow::Result<()> {
     let cfg = args.load()?;
     init_logs(&cfg.log);
+    // Installed before the server says it listens (see `shutdown_signal`).
+    let signal = ferry::app::shutdown_signal();
     let server = ferry::app::start(&cfg).await?;
     // The store it really uses: a PostgreSQL URL (password hidden) makes the data directory moot.
     let store = match &cfg.database_url {
@@ -20,7 +22,7 @@ async fn serve(args: ferry::cli::ServerArgs) -> anyhow::Result<()> {
         None => format!("SQLite in {}", cfg.data_dir.display()),
     };
     println!("Ferry listening on {} ({store})", server.url());
-    ferry::app::shutdown_signal().await;
+    signal.await;
     tracing::info!("signal received; draining");
     server.stop().await
 }
@@ -32,9 +34,10 @@ async fn work(args: ferry::cli::WorkerArgs) -> anyhow::Result<()> {
     if concurrency == 0 {
         anyhow::bail!("--concurrency must be at least 1");
     }
+    let signal = ferry::app::shutdown_signal();
     let worker = ferry::app::start_worker(&cfg, &args.queues, concurrency, &args.listen).await?;
     println!("Ferry worker on {} serving {} (health on http://{})", cfg.node, args.queues.join(","), worker.addr);
-    ferry::app::shutdown_signal().await;
+    signal.await;
     tracing::info!("signal received; draining");
     worker.stop().await
 }

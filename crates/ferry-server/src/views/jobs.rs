@@ -173,3 +173,13 @@ pub struct JobStateView {
     pub id: Uuid,
     pub state: JobState,
 }
+
+/// What `POST /v1/jobs` answers with 200: the job found by its idempotency key, or, with
+/// `wait`, the job that ended within it.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code, clippy::large_enum_variant)]
+pub enum JobAnswer {
+    Accepted(JobAccepted),
+    Ended(JobView),
+}

@@ -18,12 +18,13 @@ mod tokens;
 pub use breakers::{BreakerChange, BreakerList, BreakerView, ForcedState};
 pub use errors::{ErrorGroupView, ErrorReport};
 pub use jobs::{
-    AttemptView, BatchAccepted, BatchRequest, EventList, EventView, JobAccepted, JobPage, JobStateView, JobView,
+    AttemptView, BatchAccepted, BatchRequest, EventList, EventView, JobAccepted, JobAnswer, JobPage, JobStateView,
+    JobView,
 };
 pub use limits::{LabelRateList, LabelRateView, RateRequest};
 pub use runs::{
-    NodeJobView, NodeView, RunAccepted, RunEventList, RunEventView, RunPageView, RunRequest, RunStateView, RunView,
-    WorkflowAccepted, WorkflowList, WorkflowSummaryView, WorkflowVersionView, WorkflowVersions,
+    NodeJobView, NodeView, RunAccepted, RunAnswer, RunEventList, RunEventView, RunPageView, RunRequest, RunStateView,
+    RunView, WorkflowAccepted, WorkflowList, WorkflowSummaryView, WorkflowVersionView, WorkflowVersions,
 };
 pub use schedules::{ScheduleList, ScheduleView, StartView};
 pub use system::{

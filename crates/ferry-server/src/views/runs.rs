@@ -278,3 +278,13 @@ pub struct RunStateView {
     pub id: Uuid,
     pub state: RunState,
 }
+
+/// What `POST /v1/runs` answers with 200: the run found by its idempotency key, or, with
+/// `wait`, the run that ended within it.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code, clippy::large_enum_variant)]
+pub enum RunAnswer {
+    Accepted(RunAccepted),
+    Ended(RunView),
+}

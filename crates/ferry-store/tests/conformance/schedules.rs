@@ -8,7 +8,7 @@ use super::*;
 use ferry_core::admission::Admission;
 use ferry_core::schedule::{Overlap, idempotency_key};
 use ferry_store::schedules::{FireReport, Start};
-use ferry_store::{NewSchedule, ScheduleFiring, ScheduleStore, StartRef};
+use ferry_store::{NewSchedule, ScheduleFiring, StartRef};
 
 conformance!(a_tick_fires_once_by_compare_and_set_and_overlap_and_refusals_hold);
 

@@ -32,8 +32,9 @@ pub(super) struct QueueControl {
     pub(super) slots: Arc<Semaphore>,
     /// How many permits the semaphore was sized to.
     sized: Mutex<usize>,
-    /// Permits a shrink still has to take (see [`QueueControl::resize`]).
-    debt: Arc<Mutex<usize>>,
+    /// Permits a shrink still has to take, and the collector taking them (see
+    /// [`QueueControl::resize`]).
+    debt: Arc<Mutex<Debt>>,
     paused: AtomicBool,
     /// Notified when the settings change.
     pub(super) changed: Notify,
@@ -96,25 +97,26 @@ impl QueueControl {
     }
 
     /// Sizes the slots to [`QueueControl::target`]: more permits at once (after paying
-    /// off what a shrink still owes), fewer as attempts end. A shrink's debt is collected
-    /// one permit at a time, so a grow that comes before it is paid cancels it instead of
-    /// adding permits the collector would then take.
+    /// off what a shrink still owes), fewer as attempts end. A shrink's debt is taken by a
+    /// collector that waits for all of it at once, first in the semaphore's line, so the
+    /// dispatcher gets no slot of it meanwhile; a change of size replaces the collector
+    /// (a grow before the debt is paid forgives it instead of adding permits).
     fn resize(&self, mut changed: bool) {
         let target = self.target();
         let mut sized = self.sized.lock().unwrap_or_else(|e| e.into_inner());
         let mut debt = self.debt.lock().unwrap_or_else(|e| e.into_inner());
         if target > *sized {
             let add = target - *sized;
-            let pay = add.min(*debt);
-            *debt -= pay;
+            let pay = add.min(debt.owed);
+            debt.owed -= pay;
             self.slots.add_permits(add - pay);
+            if pay > 0 {
+                self.collect_again(&mut debt);
+            }
             changed = true;
         } else if target < *sized {
-            let collecting = *debt > 0;
-            *debt += *sized - target;
-            if !collecting {
-                tokio::spawn(collect(self.slots.clone(), self.debt.clone()));
-            }
+            debt.owed += *sized - target;
+            self.collect_again(&mut debt);
             changed = true;
         }
         *sized = target;
@@ -122,20 +124,38 @@ impl QueueControl {
             self.changed.notify_waiters();
         }
     }
+
+    /// Stops the collector (what it took goes back) and starts one for the debt as it is.
+    fn collect_again(&self, debt: &mut Debt) {
+        debt.generation += 1;
+        if let Some(old) = debt.collector.take() {
+            old.abort();
+        }
+        if debt.owed > 0 {
+            let task = collect(self.slots.clone(), self.debt.clone(), debt.generation, debt.owed);
+            debt.collector = Some(tokio::spawn(task).abort_handle());
+        }
+    }
 }
 
-/// Takes and keeps permits as attempts end until the debt is paid (or forgiven by a grow).
-async fn collect(slots: Arc<Semaphore>, debt: Arc<Mutex<usize>>) {
-    while let Ok(permit) = slots.clone().acquire_owned().await {
-        let mut owed = debt.lock().unwrap_or_else(|e| e.into_inner());
-        if *owed == 0 {
-            return;
-        }
-        *owed -= 1;
-        permit.forget();
-        if *owed == 0 {
-            return;
-        }
+/// What a shrink still has to take.
+#[derive(Default)]
+pub(super) struct Debt {
+    owed: usize,
+    /// Changes with each collector: a collector that finds another number was replaced,
+    /// and gives back what it took.
+    generation: u64,
+    collector: Option<tokio::task::AbortHandle>,
+}
+
+/// Takes `owed` permits as attempts end and keeps them, unless it was replaced meanwhile.
+async fn collect(slots: Arc<Semaphore>, debt: Arc<Mutex<Debt>>, generation: u64, owed: usize) {
+    let Ok(permits) = slots.acquire_many_owned(owed.min(u32::MAX as usize) as u32).await else { return };
+    let mut debt = debt.lock().unwrap_or_else(|e| e.into_inner());
+    if debt.generation == generation {
+        debt.owed -= owed;
+        debt.collector = None;
+        permits.forget();
     }
 }
 

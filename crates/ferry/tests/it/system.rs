@@ -52,6 +52,12 @@ async fn openapi_lists_every_endpoint(backend: Backend) {
         ("/v1/schedules/{id}", &["get", "delete"]),
         ("/v1/schedules/{id}/pause", &["post"]),
         ("/v1/schedules/{id}/resume", &["post"]),
+        ("/v1/workers/sessions", &["get", "post"]),
+        ("/v1/workers/sessions/{session}", &["delete"]),
+        ("/v1/workers/sessions/{session}/lease", &["post"]),
+        ("/v1/workers/sessions/{session}/heartbeat", &["post"]),
+        ("/v1/workers/sessions/{session}/events", &["post"]),
+        ("/v1/workers/sessions/{session}/complete", &["post"]),
     ];
     for (path, methods) in expected {
         let item = paths.get(path).unwrap_or_else(|| panic!("{path} is missing; paths: {:?}", paths.keys()));
