@@ -19,7 +19,7 @@ async fn openapi_lists_every_endpoint(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{doc}");
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with('3')), "{}", doc["openapi"]);
     let paths = doc["paths"].as_object().expect("paths");
-    let expected: [(&str, &[&str]); 32] = [
+    let expected: [(&str, &[&str]); 38] = [
         ("/v1/jobs", &["get", "post"]),
         ("/v1/jobs/batch", &["post"]),
         ("/v1/jobs/{id}", &["get", "delete"]),
