@@ -280,7 +280,9 @@ impl Hub {
                     // An earlier call still waiting ends now, with nothing.
                     self.offered.notify_waiters();
                 } else if s.lease_call != call {
-                    return Ok(Vec::new());
+                    // A newer call ends this one, with what it took already (held by the
+                    // session now: it must reach the worker).
+                    return Ok(jobs);
                 }
                 let room = max.saturating_sub(jobs.len()).min(s.concurrency.saturating_sub(s.held.len()));
                 let want = jobs.len() + room;
