@@ -271,7 +271,7 @@ pub async fn open(
             )
             .field(format!("kinds[{i}].kind")));
         }
-        if st.cfg.queues.iter().any(|q| *q == queue) {
+        if st.cfg.queues.contains(&queue) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "queue_conflict",
@@ -356,6 +356,10 @@ pub async fn heartbeat(State(st): State<ApiState>, Path(session): Path<String>) 
     Ok(Json(Heartbeat { cancel: hub(&st)?.heartbeat(&session).map_err(hub_error)? }))
 }
 
+/// Consecutive events of one attempt: the attempt, its events (type, data), and their
+/// places in the request.
+type Run = ((JobId, u32), Vec<(String, Value)>, Vec<usize>);
+
 /// Write progress values and log lines of the session's attempts (worker role).
 #[utoipa::path(
     post, path = "/v1/workers/sessions/{session}/events", tag = "workers", operation_id = "writeAttemptEvents",
@@ -373,7 +377,7 @@ pub async fn events(
         return Err(ApiError::bad_field("events", format!("must hold 1 to {MAX_ITEMS} events")));
     }
     // Every event is checked before any is written; then each attempt's run, in order.
-    let mut runs: Vec<((JobId, u32), Vec<(String, Value)>, Vec<usize>)> = Vec::new();
+    let mut runs: Vec<Run> = Vec::new();
     for (i, e) in req.events.into_iter().enumerate() {
         let at = |f: &str| format!("events[{i}].{f}");
         let entry = match (e.progress, e.log) {
