@@ -19,13 +19,14 @@
 use ferry::config::Config;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+#[path = "support/outside.rs"]
+mod outside;
 
 /// How long one schemathesis run may take before the test kills it and fails.
 const RUN_DEADLINE: Duration = Duration::from_secs(600);
-/// Pause between two looks at whether schemathesis has exited.
-const PAUSE: Duration = Duration::from_millis(100);
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -140,29 +141,9 @@ async fn run(exe: PathBuf, url: &str, what: &str, extra: Vec<String>) {
     let report = tokio::task::spawn_blocking(move || {
         // Its working directory is a scratch one: schemathesis may leave files behind.
         let scratch = tempfile::tempdir().expect("a scratch directory");
-        let log_path = scratch.path().join("schemathesis.log");
-        let log = std::fs::File::create(&log_path).expect("a log file");
-        let mut child = Command::new(&exe)
-            .args(&args)
-            .current_dir(scratch.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("the log file, twice"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("schemathesis can be waited for") {
-                break Some(status);
-            }
-            if started.elapsed() > RUN_DEADLINE {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(PAUSE);
-        };
-        (status, std::fs::read_to_string(&log_path).unwrap_or_default(), started.elapsed())
+        let mut cmd = Command::new(&exe);
+        cmd.args(&args).current_dir(scratch.path());
+        outside::run(cmd, &exe.display().to_string(), RUN_DEADLINE)
     })
     .await
     .expect("the schemathesis runner does not panic");

@@ -16,12 +16,13 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+#[path = "support/outside.rs"]
+mod outside;
 
 /// How long the whole suite may take before the test kills it and fails.
 const DEADLINE: Duration = Duration::from_secs(900);
-/// Pause between two looks at whether pytest has exited.
-const PAUSE: Duration = Duration::from_millis(100);
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -70,8 +71,6 @@ fn the_python_sdk_suite_passes() {
     let Some(python) = python() else { return };
     let root = repo_root();
     let scratch = tempfile::tempdir().expect("a scratch directory");
-    let log_path = scratch.path().join("pytest.log");
-    let log = std::fs::File::create(&log_path).expect("a log file");
     let mut args: Vec<String> = vec![
         "-m".into(),
         "pytest".into(),
@@ -91,31 +90,13 @@ fn the_python_sdk_suite_passes() {
         python.display(),
         args.join(" ")
     );
-    let mut child = Command::new(&python)
-        .args(&args)
+    let mut cmd = Command::new(&python);
+    cmd.args(&args)
         .current_dir(&root)
         .env("FERRY_BIN", env!("CARGO_BIN_EXE_ferry"))
         .env("PYTHONPATH", root.join("clients/python"))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("the log file, twice"))
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("pytest can be waited for") {
-            break Some(status);
-        }
-        if started.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(PAUSE);
-    };
-    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let took = started.elapsed();
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let (status, output, took) = outside::run(cmd, &python.display().to_string(), DEADLINE);
     match status {
         Some(s) if s.success() => {
             let summary = output.lines().rev().find(|l| l.contains(" passed")).unwrap_or("").trim();

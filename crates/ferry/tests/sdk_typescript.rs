@@ -12,12 +12,13 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+#[path = "support/outside.rs"]
+mod outside;
 
 /// How long the whole `npm test` may take before the test kills it and fails.
 const RUN_DEADLINE: Duration = Duration::from_secs(900);
-/// Pause between two looks at whether npm has exited.
-const PAUSE: Duration = Duration::from_millis(200);
 
 fn sdk_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/typescript")
@@ -53,32 +54,9 @@ fn the_typescript_sdk_passes_its_tests() {
     if !ready(&dir) {
         return;
     }
-    let scratch = tempfile::tempdir().expect("a scratch directory");
-    let log_path = scratch.path().join("npm-test.log");
-    let log = std::fs::File::create(&log_path).expect("a log file");
-    let mut child = Command::new("npm")
-        .arg("test")
-        .current_dir(&dir)
-        .env("FERRY_BIN", env!("CARGO_BIN_EXE_ferry"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("the log file, twice"))
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start `npm test` in {}: {e}", dir.display()));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("npm can be waited for") {
-            break Some(status);
-        }
-        if started.elapsed() > RUN_DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(PAUSE);
-    };
-    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let took = started.elapsed();
+    let mut cmd = Command::new("npm");
+    cmd.arg("test").current_dir(&dir).env("FERRY_BIN", env!("CARGO_BIN_EXE_ferry"));
+    let (status, output, took) = outside::run(cmd, &format!("`npm test` in {}", dir.display()), RUN_DEADLINE);
     match status {
         Some(s) if s.success() => {
             // The runner's summary (`# tests N`, `# pass N`, …), for the record.
