@@ -60,11 +60,15 @@ class Http:
     def post(self, url, data=None, headers=None, timeout=60):
         return self.request("POST", url, data=data, headers=headers, timeout=timeout)
 
-SYSTEMS = ["ferry-sqlite", "ferry-postgres", "ferry-postgres-split", "celery-threads", "celery-prefork"]
+SYSTEMS = ["ferry-sqlite", "ferry-postgres", "ferry-postgres-split", "ferry-python-sqlite", "ferry-python-postgres",
+           "celery-threads", "celery-prefork"]
 # Celery's threads pool is its documented choice for I/O-light work and was the faster
 # of its two pools on pickup in a full run with both (BENCHMARKS.md); prefork is one flag away.
-DEFAULT_SYSTEMS = ["ferry-sqlite", "ferry-postgres", "ferry-postgres-split", "celery-threads"]
+DEFAULT_SYSTEMS = ["ferry-sqlite", "ferry-postgres", "ferry-postgres-split", "ferry-python-sqlite",
+                   "ferry-python-postgres", "celery-threads"]
 FERRIES = [s for s in SYSTEMS if s.startswith("ferry")]
+# Ferry running the bench's jobs as Python functions, in a remote worker of its Python SDK.
+PYTHON_FERRIES = [s for s in SYSTEMS if s.startswith("ferry-python")]
 PEERS = [s for s in SYSTEMS if s.startswith("celery")]
 SCENARIOS = ["throughput", "pickup", "pickup-http", "load", "retry", "chain", "scale"]
 # `--concurrency default`: every system at its own out-of-the-box concurrency.

@@ -17,9 +17,10 @@ import signal
 import tempfile
 import time
 
-from common import DEFAULT_CONCURRENCY, DEFAULT_SYSTEMS, HERE, ROOT, SCENARIOS, SYSTEMS, log
+from common import DEFAULT_CONCURRENCY, DEFAULT_SYSTEMS, HERE, PYTHON_FERRIES, ROOT, SCENARIOS, SYSTEMS, log
 from processes import TEMP_DIRS, _on_signal, cleanup
 from ferry import Ferry
+from ferry_python import FerryPython
 from celery_peer import CeleryPeer
 from scenarios import run_scenario, scenario_params, short
 from report import machine_info, markdown, summarize
@@ -47,12 +48,12 @@ def main():
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of " + ",".join(SCENARIOS))
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies every job count (and the load duration)")
     ap.add_argument("--concurrency", type=concurrency_arg, default=64,
-                    help="Ferry's queue concurrency = Celery's pool size; `default`: each system's own "
-                    "(Ferry 10 per queue, Celery the number of CPUs)")
+                    help="Ferry's queue concurrency = the Python worker's = Celery's pool size; `default`: each "
+                    "system's own (Ferry 10 per queue, its Python SDK's worker 10, Celery the number of CPUs)")
     ap.add_argument("--pickup-wait", choices=["poll", "push"], default="poll",
                     help="how the pickup scenario's client waits for each job to end: poll (Ferry: GET the job "
                          "every 0.5 ms) or push (Ferry: its event stream); Celery always waits on its result "
-                         "backend's pub/sub")
+                         "backend's pub/sub, ferry-python-* always on POST /v1/jobs?wait=")
     ap.add_argument("--pickup-gap-ms", type=float, default=0.0,
                     help="pause between one pickup job's end and the next one's submission (every system)")
     ap.add_argument("--chain-runs", type=int, default=20, help="timed chain runs per round (after one warm-up)")
@@ -118,7 +119,11 @@ def main():
 
     params = scenario_params(opts)
     info = machine_info(opts)
-    instances = {s: (Ferry if s.startswith("ferry") else CeleryPeer)(s, opts, run_dir) for s in systems}
+
+    def system_class(s):
+        return FerryPython if s in PYTHON_FERRIES else Ferry if s.startswith("ferry") else CeleryPeer
+
+    instances = {s: system_class(s)(s, opts, run_dir) for s in systems}
     settings = {s: instances[s].settings() for s in systems}
     log(f"{len(systems)} systems × {len(scenarios)} scenarios × {opts.rounds} rounds, scale {opts.scale}, "
         f"concurrency {opts.concurrency}; temp dir {run_dir}")
@@ -147,7 +152,7 @@ def main():
                 for s in order:
                     res = run_scenario(instances[s], scen, params, opts, rnd)
                     results.append(res)
-                    log(f"round {rnd} {scen:<10} {s:<15} {short(res)}  [{res['wall_seconds']:.1f} s]")
+                    log(f"round {rnd} {scen:<11} {s:<21} {short(res)}  [{res['wall_seconds']:.1f} s]")
                     dump()
     except KeyboardInterrupt:
         log("interrupted: writing what was measured")

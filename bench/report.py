@@ -7,7 +7,7 @@ import platform
 import statistics
 import subprocess
 
-from common import DEFAULT_CONCURRENCY, FERRIES, PEERS, ROOT
+from common import DEFAULT_CONCURRENCY, FERRIES, PEERS, PYTHON_FERRIES, ROOT
 from processes import psql
 
 
@@ -41,6 +41,9 @@ def machine_info(opts):
     # Only what the binary is built from (crates/, the manifests) counts as a change.
     dirty = run_cmd(["git", "--no-optional-locks", "-C", ROOT, "status", "--porcelain", "--untracked-files=normal",
                      "--", "crates", "Cargo.toml", "Cargo.lock"])
+    # And what the ferry-python-* systems' worker runs: the SDK of this checkout.
+    sdk_dirty = run_cmd(["git", "--no-optional-locks", "-C", ROOT, "status", "--porcelain", "--untracked-files=normal",
+                         "--", "clients/python/ferry", "clients/python/pyproject.toml"])
     info = {
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_model": cpu,
@@ -50,6 +53,8 @@ def machine_info(opts):
         "ferry_git_commit": run_cmd(["git", "--no-optional-locks", "-C", ROOT, "rev-parse", "HEAD"]),
         "ferry_tree_dirty": bool(dirty),
         "ferry_tree_changes": dirty.splitlines() if dirty else [],
+        "python_sdk_tree_dirty": bool(sdk_dirty),
+        "python_sdk_tree_changes": sdk_dirty.splitlines() if sdk_dirty else [],
         "ferry_binary": opts.ferry_bin,
         "ferry_version": run_cmd([opts.ferry_bin, "--version"]),
         "ferry_build_seconds": opts.build_seconds,
@@ -134,7 +139,9 @@ def summarize(results, systems, params):
         for s in systems:
             vals, failed, unfinished = metric_values(results, s, scen, key)
             if not vals:
-                row["systems"][s] = {"median": None, "min": None, "max": None, "rounds": 0, "failed": failed}
+                ran = [r for r in results if r["system"] == s and r["scenario"] == scen]
+                row["systems"][s] = {"median": None, "min": None, "max": None, "rounds": 0, "failed": failed,
+                                     "not_run": bool(ran) and all(r.get("skipped") for r in ran)}
                 continue
             row["systems"][s] = {
                 "median": statistics.median(vals), "min": min(vals), "max": max(vals),
@@ -206,11 +213,29 @@ def markdown(rows, systems, info, settings, params, opts, wall, results_all):
                f"and < 1 is better for ↓ rows. Total wall time {wall / 60:.1f} min"
                f"{'' if opts.scale == 1 else f'; --scale {opts.scale}'}.")
     out.append("")
+    py = [s for s in systems if s in PYTHON_FERRIES]
+    if py:
+        st = settings[py[0]]
+        out.append(f"Ferry's Python SDK {st['sdk_version']} from {st['sdk_path']}"
+                   f"{' (working tree with uncommitted changes)' if info.get('python_sdk_tree_dirty') else ''}, "
+                   f"worker on Python {st['worker_python']}.")
+        out.append("")
     out.append(settings_heading(systems, settings, opts, info["nproc"]))
     out.append("")
     for s in systems:
         st = settings[s]
-        if s.startswith("ferry"):
+        if s in PYTHON_FERRIES:
+            desc = (f"{st['process']}, {st['backend']}"
+                    + (" (fresh database on the local server)" if st['backend'] == 'postgres'
+                       else " (fresh data dir, WAL)")
+                    + f", the server configured as for ferry-{st['backend']}; the worker: `python -m ferry worker "
+                      f"bench_py_tasks:app` (SDK {st['sdk_version']}, Python {st['worker_python']}), concurrency "
+                      f"{concurrency_of(st)}, log level WARNING, serving the kinds bench_py_noop, bench_py_stamp "
+                      "and bench_py_http_get (Celery's bench.noop, bench.stamp and bench.http_get) on queue "
+                      "`remote`; bulk submits via `POST /v1/jobs/batch` (1000 per request, 4 client threads), "
+                      f"pickup waits with `POST /v1/jobs?wait=`; runs {', '.join(st['scenarios'])} only "
+                      "(“n/a” elsewhere)")
+        elif s.startswith("ferry"):
             desc = (f"{st['process']}, {st['backend']}"
                     + (f" (fresh database on the local server, synchronous_commit="
                        f"{info.get('postgresql_settings', {}).get('synchronous_commit', '?')})" if st['backend'] == 'postgres'
@@ -251,7 +276,7 @@ def markdown(rows, systems, info, settings, params, opts, wall, results_all):
         for s in systems:
             c = row["systems"].get(s, {})
             if c.get("median") is None:
-                cells.append("timeout/error" if c.get("failed") else "—")
+                cells.append("timeout/error" if c.get("failed") else "n/a" if c.get("not_run") else "—")
                 continue
             txt = fmt_num(fmt, c["median"], bound)
             if c["rounds"] > 1:
@@ -291,7 +316,10 @@ def markdown(rows, systems, info, settings, params, opts, wall, results_all):
                "sending. Pickup to the HTTP request (2b): the time a local HTTP target (Python's http.server in a "
                "thread of the driver, one fresh connection per request) has read the job's GET, minus the client's "
                "`time.time()` just before submitting (Ferry: the `http` kind; Celery: a task doing the GET with "
-               "urllib). Celery's peak memory is the sum of VmHWM over the worker's processes (for prefork this "
+               "urllib). ferry-python-*: a Python function in a remote worker of Ferry's Python SDK, measured "
+               "as Celery's: pickup = `time.time()` at the start of the task body (the job's output) minus the "
+               "client's `time.time()` just before `POST /v1/jobs?wait=30s`, which answers with the ended job; "
+               "pickup to the HTTP request: the task does the GET with urllib, as Celery's. Celery's peak memory is the sum of VmHWM over the worker's processes (for prefork this "
                "counts pages the children share with the parent once per process) plus redis-server's VmHWM; "
                "Ferry's is the server's VmHWM (for PostgreSQL the database server's memory is not included; the "
                "JSON has the VmHWM of its backends); for ferry-postgres-split, every memory row is its API server's "

@@ -25,6 +25,11 @@ def run_scenario(system, scen, params, opts, rnd):
     tag = f"{system.name}-r{rnd}-{scen}"
     t_start = time.time()
     res = {"system": system.name, "round": rnd, "scenario": scen}
+    if not system.supports(scen):
+        # Not run: nothing is started, and the table says "n/a".
+        res.update({"skipped": True, "wall_seconds": 0.0,
+                    "reason": f"not measured for {system.name} (it runs {', '.join(system.SCENARIOS)})"})
+        return res
     try:
         system.start(tag, worker=(scen != "scale"))
         p = params[scen]
@@ -60,6 +65,8 @@ def run_scenario(system, scen, params, opts, rnd):
 
 
 def short(res):
+    if res.get("skipped"):
+        return "n/a (" + res["reason"] + ")"
     if "error" in res:
         return ("TIMEOUT " if res.get("timeout") else "ERROR ") + res["error"].splitlines()[0][:160]
     s = res["scenario"]

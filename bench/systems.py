@@ -16,9 +16,14 @@ class System:
     `noop_backlog(n)` (submits n no-op jobs at once; returns the times it began and
     ended), `submit_get(url)` (submits one job that GETs `url`; returns its handle),
     `await_job(handle, deadline, what)` (returns when that job succeeded) and
-    `STAMP_KIND`, the job the load scenario samples for its start time."""
+    `STAMP_KIND`, the job the load scenario samples for its start time; `SCENARIOS` limits
+    the scenarios it runs."""
 
     STAMP_KIND = None
+    SCENARIOS = None  # the scenarios it runs (None: all); any other is reported as "n/a"
+
+    def supports(self, scen):
+        return self.SCENARIOS is None or scen in self.SCENARIOS
 
     def throughput(self, n, limit):
         t0, t_sub = self.noop_backlog(n)

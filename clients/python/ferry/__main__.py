@@ -47,6 +47,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     w.add_argument("--concurrency", type=int, help="jobs at once (default: the worker's, 10)")
     w.add_argument("--grace", type=float, help="seconds a shutdown waits for running jobs (default 30)")
     w.add_argument("--name", help="the session's label in GET /v1/workers")
+    w.add_argument("--lease-wait", type=float, help="longest long poll, seconds (default: the server's)")
+    w.add_argument("--batch-window", type=float,
+                   help="while work is waiting, seconds a freed slot waits for others (default 0.002)")
     w.add_argument("--log-level", default=os.environ.get("FERRY_PY_LOG", "INFO"), help="default INFO")
     args = parser.parse_args(argv)
 
@@ -67,6 +70,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         app.grace = args.grace
     if args.name:
         app.name = args.name
+    if args.lease_wait is not None:
+        app.lease_wait = args.lease_wait
+    if args.batch_window is not None:
+        app.batch_window = args.batch_window
     try:
         code = app.run()
     except FerryError as e:

@@ -13,9 +13,19 @@
 How it works, and the choices made:
 
 - One `Worker` is one session (`POST /v1/workers/sessions`) serving every kind it has,
-  with `concurrency` slots. It leases with `max` = its free slots and a long poll
-  (`wait_ms` = the server's `max_wait_ms`), so an idle worker costs one waiting request;
-  with no free slot it does not lease at all.
+  with `concurrency` slots.
+- One pump leases and sends results, so that a busy worker makes about one call per
+  batch of jobs rather than two per job:
+  - A lease asks for the free slots (`max`) with a long poll (`wait_ms` = the server's
+    `max_wait_ms`), so an idle worker costs one waiting request; with no free slot it
+    does not lease at all.
+  - The results ready when it leases ride in the same call (`complete` with `lease`:
+    the server records them, then leases).
+  - When the last lease brought as many jobs as it asked for (work is waiting), a freed
+    slot waits up to `batch_window` (default 2 ms) for the others, until every slot is
+    free, and a result that ends while such a call is on its way
+    waits up to 2 ms for it to come back. Otherwise (the worker is keeping up) a result
+    is sent at once on its own, beside the waiting long poll.
 - A sync function runs in a thread pool of `concurrency` threads, an `async def` one as
   a task on the worker's event loop. A function takes the job's input, and optionally a
   second argument (or a keyword argument named `ctx`): the `Context` of the attempt.
@@ -24,8 +34,8 @@ How it works, and the choices made:
   `ctx.cancelled` (a `threading.Event`, for sync and async functions alike) and cancels
   an async function's task; a sync function stops when it next looks at the event. Ferry
   has already recorded the attempt's end then, so its result is not sent.
-- Results are sent in batches (up to 100 a call) by one sender that sends an attempt's
-  pending progress and log events before its result (the server refuses them after).
+- Progress and log events are sent in batches (up to 100 a call) on their own task; an
+  attempt's events are always sent before its result (the server refuses them after).
 - Exceptions: `ferry.Retry` is a retryable failure (with `retry_after` replacing the
   backoff), `ferry.Fail` a non-retryable one (the job goes to the dead-letter queue).
   Any other exception is retryable, typed with its class name, unless the task says
@@ -36,10 +46,11 @@ How it works, and the choices made:
   pause of this process): the worker registers again and drops what it was running
   (Ferry has failed those attempts with `worker_lost` and retries them).
 - SIGTERM or SIGINT (or `stop()`): stop leasing (a pending long poll is ended by a second
-  lease call with `wait_ms` 0, as the protocol says; a job that call brings is released),
-  wait up to `grace` seconds (default 30) for the running functions, hand back what is
-  left with `release` (the job is queued again at once, the attempt not counted), close
-  the session (`DELETE`), and return 0. A second signal skips the rest of the grace.
+  lease call with `wait_ms` 0, as the protocol says; a job either call brings is
+  released), wait up to `grace` seconds (default 30) for the running functions, hand
+  back what is left with `release` (the job is queued again at once, the attempt not
+  counted), close the session (`DELETE`), and return 0. A second signal skips the rest
+  of the grace.
 """
 
 from __future__ import annotations
@@ -47,7 +58,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import inspect
 import json
 import logging
 import os
@@ -56,12 +66,14 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import httpx
 
 from . import _core
 from ._core import FerryError
+from .tasks import (Context, ExcTypes, F, Fail, Registry, Retry, TaskDef, default_registry, error_of,
+                    task)
 
 __all__ = ["Worker", "Context", "Retry", "Fail", "Registry", "TaskDef", "task", "default_registry"]
 
@@ -69,191 +81,15 @@ log = logging.getLogger("ferry.worker")
 
 PROTOCOL = 1
 MAX_BATCH = 100  # results or events per call (protocol §4, §5)
-MAX_EVENTS_PER_ATTEMPT = 1000  # past it the server answers 429 event_limit
-MAX_EVENT_BYTES = 4096
-MAX_MESSAGE_CHARS = 4000
 # How long a stopping worker waits for its pending long poll to end once a second lease
 # call has asked it to (protocol §2: at once).
 _LEASE_END_WAIT = 2.0
-
-F = TypeVar("F", bound=Callable[..., Any])
-ExcTypes = Union[Type[BaseException], Tuple[Type[BaseException], ...]]
-
-
-class Retry(Exception):
-    """Raise to fail this attempt *retryably*: the job is retried with its backoff, or
-    after `retry_after` seconds when given, until its attempts run out.
-
-    `type` is the error type recorded (default `Retry`): one of Ferry's types
-    (`rate_limited`, `network`, …) or any name."""
-
-    def __init__(self, message: str = "", retry_after: Optional[float] = None, *, type: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
-        self.type = type
-
-
-class Fail(Exception):
-    """Raise to fail the job for good: no retry, it goes to the dead-letter queue.
-
-    `type` is the error type recorded (default `Fail`), e.g. `validation`."""
-
-    def __init__(self, message: str = "", *, type: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.type = type
-
-
-@dataclass
-class TaskDef:
-    """A registered task: the kind it serves, its queue (`None`: the server's default
-    for remote kinds, `remote`), the function and how its exceptions map."""
-
-    kind: str
-    fn: Callable[..., Any]
-    queue: Optional[str] = None
-    retry_on: Tuple[Type[BaseException], ...] = ()
-    no_retry_on: Tuple[Type[BaseException], ...] = ()
-    is_async: bool = False
-    takes_ctx: bool = False
-    ctx_keyword: bool = False
-
-    def registration(self) -> Dict[str, Any]:
-        out: Dict[str, Any] = {"kind": self.kind}
-        if self.queue:
-            out["queue"] = self.queue
-        return out
-
-
-def _as_tuple(types: Optional[ExcTypes]) -> Tuple[Type[BaseException], ...]:
-    if types is None:
-        return ()
-    if isinstance(types, tuple):
-        return types
-    if isinstance(types, (list, set, frozenset)):
-        return tuple(types)
-    return (types,)
-
-
-def _takes_ctx(fn: Callable[..., Any]) -> Tuple[bool, bool]:
-    """(passes a context, as the keyword `ctx`)."""
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return False, False
-    params = list(sig.parameters.values())
-    if "ctx" in sig.parameters and sig.parameters["ctx"].kind in (
-            inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
-        p = sig.parameters["ctx"]
-        return True, p.kind == inspect.Parameter.KEYWORD_ONLY
-    positional = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
-                                                  inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    if any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in params):
-        return True, False
-    return len(positional) >= 2, False
-
-
-class Registry:
-    """Tasks by kind. `Worker.task` registers on the worker's own registry; the
-    module-level `ferry.task` on `ferry.default_registry`, which every `Worker` also
-    serves unless made with `use_default_registry=False`."""
-
-    def __init__(self) -> None:
-        self.tasks: Dict[str, TaskDef] = {}
-
-    def task(self, kind: str, *, queue: Optional[str] = None, retry_on: Optional[ExcTypes] = None,
-             no_retry_on: Optional[ExcTypes] = None) -> Callable[[F], F]:
-        """Registers the decorated function as the handler of `kind` (on `queue`)."""
-
-        def decorate(fn: F) -> F:
-            self.add(kind, fn, queue=queue, retry_on=retry_on, no_retry_on=no_retry_on)
-            return fn
-
-        return decorate
-
-    def add(self, kind: str, fn: Callable[..., Any], *, queue: Optional[str] = None,
-            retry_on: Optional[ExcTypes] = None, no_retry_on: Optional[ExcTypes] = None) -> TaskDef:
-        if kind in self.tasks and self.tasks[kind].fn is not fn:
-            raise ValueError(f"kind {kind!r} already has a task: {self.tasks[kind].fn!r}")
-        takes, kw = _takes_ctx(fn)
-        td = TaskDef(kind=kind, fn=fn, queue=queue, retry_on=_as_tuple(retry_on), no_retry_on=_as_tuple(no_retry_on),
-                     is_async=inspect.iscoroutinefunction(fn), takes_ctx=takes, ctx_keyword=kw)
-        self.tasks[kind] = td
-        return td
-
-
-default_registry = Registry()
-
-
-def task(kind: str, *, queue: Optional[str] = None, retry_on: Optional[ExcTypes] = None,
-         no_retry_on: Optional[ExcTypes] = None) -> Callable[[F], F]:
-    """`@ferry.task("resize", queue="images")`: registers on `ferry.default_registry`."""
-    return default_registry.task(kind, queue=queue, retry_on=retry_on, no_retry_on=no_retry_on)
-
-
-class Context:
-    """What a task knows of its attempt, and how it reports.
-
-    - `job_id`, `attempt` (the fencing token, 1 for the first), `kind`, `queue`,
-      `workspace`, `run` (the workflow run's id, or `None`), `input`.
-    - `timeout` (seconds) and `deadline` (a `time.time()` value): Ferry fails the attempt
-      with `timeout` then, whatever the task does. `remaining()` is the time left.
-    - `cancelled`: a `threading.Event`, set when Ferry tells the worker to stop this
-      attempt (`cancel_reason` is `cancelled`, `timeout` or `lost`) or the worker is
-      shutting down and hands the job back (`shutdown`). Check it in long loops.
-    - `progress(value)`, `log(line)`: the job's `progress` and `log` events. Callable
-      from any thread; sent in the background, before the attempt's result.
-    """
-
-    def __init__(self, worker: "Worker", job: Dict[str, Any], session: str) -> None:
-        self._worker = worker
-        self.session = session
-        self.job_id: str = job["id"]
-        self.attempt: int = int(job["attempt"])
-        self.kind: str = job.get("kind", "")
-        self.queue: Optional[str] = job.get("queue")
-        self.workspace: Optional[str] = job.get("workspace")
-        self.run: Optional[str] = job.get("run")
-        self.input: Any = job.get("input")
-        timeout_ms = job.get("timeout_ms")
-        self.timeout: Optional[float] = None if timeout_ms is None else timeout_ms / 1000.0
-        self.soft_timeout: Optional[float] = (None if job.get("soft_timeout_ms") is None
-                                              else job["soft_timeout_ms"] / 1000.0)
-        self.started = time.time()
-        self.deadline: Optional[float] = None if self.timeout is None else self.started + self.timeout
-        self.cancelled = threading.Event()
-        self.cancel_reason: Optional[str] = None
-        self._events_sent = 0
-
-    def remaining(self) -> Optional[float]:
-        """Seconds left before the attempt's hard timeout (`None`: no timeout known)."""
-        return None if self.deadline is None else max(0.0, self.deadline - time.time())
-
-    def progress(self, value: Any) -> None:
-        """Records the job's progress (any JSON, at most 4 KiB)."""
-        size = len(json.dumps(value, separators=(",", ":")).encode())
-        if size > MAX_EVENT_BYTES:
-            raise ValueError(f"progress is {size} bytes of JSON; at most {MAX_EVENT_BYTES}")
-        self._emit({"progress": value})
-
-    def log(self, line: str) -> None:
-        """Adds a line to the job's log (cut to 4,096 bytes)."""
-        raw = str(line).encode()
-        if len(raw) > MAX_EVENT_BYTES:
-            raw = raw[:MAX_EVENT_BYTES]
-        self._emit({"log": raw.decode(errors="ignore")})
-
-    def _emit(self, body: Dict[str, Any]) -> None:
-        if self._events_sent >= MAX_EVENTS_PER_ATTEMPT:
-            if self._events_sent == MAX_EVENTS_PER_ATTEMPT:
-                log.warning("job %s attempt %s: past %d events, the rest are dropped", self.job_id, self.attempt,
-                            MAX_EVENTS_PER_ATTEMPT)
-                self._events_sent += 1
-            return
-        self._events_sent += 1
-        event = {"id": self.job_id, "attempt": self.attempt, **body}
-        self._worker._threadsafe(self._worker._add_event, self.session, event)
+# While work is waiting (the last lease was full), how long a result that ends during a
+# lease call waits for that call to come back, to ride in the next one.
+_HOLD = 0.002
+# How long an idle worker that just started sync tasks waits for their threads to take
+# them before its next long poll (building a request holds the GIL those threads need).
+_ENTRY_WAIT = 0.001
 
 
 @dataclass
@@ -280,6 +116,18 @@ class _Session:
     raw: Dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class _PumpState:
+    call: Optional["asyncio.Future[Any]"] = None  # the lease call on its way
+    carried: List[_Outgoing] = field(default_factory=list)  # the results it carries
+    session: str = ""
+    asked: int = 0
+    since: float = 0.0
+    full: bool = False  # the last lease brought all it asked for: work is waiting
+    gather_since: Optional[float] = None  # a slot is free, waiting for others
+    entry: Optional[Tuple[int, float]] = None  # sync tasks to enter their threads, until
+
+
 class Worker:
     """A remote worker process (one session). See the module's docstring.
 
@@ -287,7 +135,9 @@ class Worker:
     `concurrency`: jobs run at once (1 to 1,000). `name`: the session's label in
     `GET /v1/workers` (default `python@HOST:PID`). `grace`: seconds a shutdown waits for
     running tasks before handing them back. `lease_wait`: longest long poll, seconds
-    (default: the server's `max_wait_ms`). `transport`: an httpx transport to use
+    (default: the server's `max_wait_ms`). `batch_window`: while work is waiting, how
+    long a freed slot waits for others before the worker leases again, with their
+    results in the same call (seconds, default 0.002; 0 leases at once). `transport`: an httpx transport to use
     instead of the network (tests).
     """
 
@@ -300,6 +150,7 @@ class Worker:
         name: Optional[str] = None,
         grace: float = 30.0,
         lease_wait: Optional[float] = None,
+        batch_window: float = 0.002,
         registry: Optional[Registry] = None,
         use_default_registry: bool = True,
         transport: Optional[httpx.AsyncBaseTransport] = None,
@@ -312,6 +163,9 @@ class Worker:
         self.name = name
         self.grace = grace
         self.lease_wait = lease_wait
+        if not 0 <= batch_window <= 1:
+            raise ValueError("batch_window must be 0 to 1 second")
+        self.batch_window = batch_window
         self.registry = registry or Registry()
         self.use_default_registry = use_default_registry
         self.transport = transport
@@ -322,6 +176,14 @@ class Worker:
         self._results: List[_Outgoing] = []
         self._stop_requested = False
         self._hard_requested = False
+        # What the worker did: jobs leased, and calls made by their path's last part
+        # (`sessions`, `lease`, `complete`, `events`, `heartbeat`) or `close`.
+        self.stats: Dict[str, Any] = {"jobs": 0, "calls": {}}
+        self._busy = 0  # sync tasks running on a pool thread
+        self._submitted = 0  # sync tasks handed to the pool, ever
+        self._entered = 0  # ... and that started running there
+        self._tell_entry = False  # a thread that starts a task wakes the pump
+        self._busy_lock = threading.Lock()
 
     # -- registration -------------------------------------------------------------------
     def task(self, kind: str, *, queue: Optional[str] = None, retry_on: Optional[ExcTypes] = None,
@@ -361,10 +223,13 @@ class Worker:
         self._stopping = asyncio.Event()
         self._hard = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self._outgoing = asyncio.Event()
-        self._sender_idle = asyncio.Event()
-        self._sender_idle.set()
+        self._wake = asyncio.Event()  # the pump has something to look at
+        self._events_ready = asyncio.Event()
+        self._events_lock = asyncio.Lock()
         self._reopen_lock = asyncio.Lock()
+        self._plain: Optional["asyncio.Future[None]"] = None  # results sent on their own
+        self._retry_at = 0.0  # after a failed call, no call before this (monotonic)
+        self._pause = 0.2
         if self._stop_requested:
             self._wake_stop()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.concurrency,
@@ -381,8 +246,8 @@ class Worker:
             if self.session is None:  # stopped before a session could be opened
                 return 0
             heartbeat = asyncio.ensure_future(self._heartbeat_loop())
-            sender = asyncio.ensure_future(self._send_loop())
-            await self._lease_loop()
+            sender = asyncio.ensure_future(self._event_loop())
+            await self._pump()
             await self._drain()
             return 0
         finally:
@@ -407,7 +272,22 @@ class Worker:
     def busy_threads(self) -> int:
         """Sync tasks whose threads are still running (after `run()` returns, those
         that outlived the grace; `python -m ferry worker` exits without them)."""
-        return sum(1 for t in threading.enumerate() if t.name.startswith("ferry-task") and t.is_alive())
+        with self._busy_lock:
+            return self._busy
+
+    def _in_thread(self, call: Callable[[], Any]) -> Any:
+        """Runs a sync task's function on a pool thread, counted in `busy_threads`."""
+        with self._busy_lock:
+            self._busy += 1
+            self._entered += 1
+            tell = self._tell_entry
+        if tell:
+            self._threadsafe(self._wake.set)
+        try:
+            return call()
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
 
     # -- plumbing -----------------------------------------------------------------------
     def _threadsafe(self, fn: Callable[..., None], *args: Any) -> None:
@@ -430,6 +310,7 @@ class Worker:
         if getattr(self, "_stopping", None) is None:
             return
         self._stopping.set()
+        self._wake.set()
         if self._hard_requested:
             self._hard.set()
 
@@ -443,9 +324,13 @@ class Worker:
                      self.grace, len(self._running))
             self._stop_requested = True
         self._stopping.set()
+        self._wake.set()
 
     async def _call(self, method: str, path: str, body: Any = None, *, read_timeout: Optional[float] = None) -> Any:
         timeout = httpx.Timeout(30.0, read=read_timeout) if read_timeout is not None else httpx.Timeout(30.0)
+        calls = self.stats["calls"]
+        what = "close" if method == "DELETE" else path.rsplit("/", 1)[-1]
+        calls[what] = calls.get(what, 0) + 1
         try:
             resp = await self._http.request(method, path, json=body, timeout=timeout)
         except httpx.TransportError as e:
@@ -473,6 +358,7 @@ class Worker:
             self.session = _Session(id=answer["session"], heartbeat_ms=int(answer.get("heartbeat_ms", 5000)),
                                     session_timeout_ms=int(answer.get("session_timeout_ms", 30000)),
                                     max_wait_ms=int(answer.get("max_wait_ms", 30000)), raw=answer)
+            self._wake.set()
             log.info("session %s open at %s: %s, concurrency %d", self.session.id, self.url,
                      ", ".join(f"{t.kind}@{t.queue or 'remote'}" for t in self._tasks.values()), self.concurrency)
             return
@@ -499,70 +385,141 @@ class Worker:
         except asyncio.TimeoutError:
             pass
 
-    # -- leasing ------------------------------------------------------------------------
-    async def _lease(self, session: str, max_jobs: int, wait_ms: int) -> List[Dict[str, Any]]:
-        answer = await self._call("POST", f"/v1/workers/sessions/{session}/lease", {"max": max_jobs,
-                                                                                    "wait_ms": wait_ms},
-                                  read_timeout=wait_ms / 1000.0 + 15.0)
-        return list(answer.get("jobs", []))
-
-    async def _lease_loop(self) -> None:
-        pause = 0.2
-        while not self._stopping.is_set():
-            free = self.concurrency - len(self._running)
-            if free <= 0:
-                self._slot_freed.clear()
-                stop_wait = asyncio.ensure_future(self._stopping.wait())
-                slot_wait = asyncio.ensure_future(self._slot_freed.wait())
-                await asyncio.wait({stop_wait, slot_wait}, return_when=asyncio.FIRST_COMPLETED)
-                stop_wait.cancel()
-                slot_wait.cancel()
+    # -- the pump: leases, and the results that ride with them --------------------------
+    async def _pump(self) -> None:
+        """Leases and sends results until the worker stops (see the module's docstring)."""
+        p = _PumpState()
+        while True:
+            self._wake.clear()
+            if p.call is not None and p.call.done():
+                self._took(p)
                 continue
             session = self.session
-            if session is None:
+            if self._stopping.is_set():
+                if p.call is not None and session is not None:
+                    await self._end_call(session.id, p)
                 return
-            wait_ms = session.max_wait_ms
-            if self.lease_wait is not None:
-                wait_ms = min(wait_ms, int(self.lease_wait * 1000))
-            lease = asyncio.ensure_future(self._lease(session.id, free, wait_ms))
-            stop_wait = asyncio.ensure_future(self._stopping.wait())
-            await asyncio.wait({lease, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-            stop_wait.cancel()
-            if not lease.done():
-                # Stopping while the long poll waits: a second lease call ends the first
-                # (protocol §2); whatever either brings is handed back.
-                await self._end_pending_lease(session.id, lease)
-                return
-            try:
-                jobs = lease.result()
-            except FerryError as e:
-                if e.code == "unknown_session":
-                    await self._reopen(session.id)
-                    continue
-                log.warning("lease failed (%s); trying again in %.1f s", e, pause)
-                await self._sleep_or_stop(pause)
-                pause = min(pause * 2, 5.0)
-                continue
-            pause = 0.2
-            for job in jobs:
-                if self._stopping.is_set() or session is not self.session:
-                    self._queue_result(session.id, {"id": job["id"], "attempt": job["attempt"], "release": True})
+            now = time.monotonic()
+            free = self.concurrency - len(self._running)
+            timer: Optional[float] = None
+            if p.entry is not None:
+                target, until = p.entry
+                with self._busy_lock:
+                    entered = self._entered >= target
+                if entered or now >= until:
+                    p.entry, self._tell_entry = None, False
                 else:
-                    self._start(session.id, job)
+                    timer = until - now
+            if p.call is None and p.entry is None and session is not None and free > 0 and now >= self._retry_at:
+                # While work is waiting, a freed slot waits a moment for the others.
+                if p.full and self._running:
+                    if p.gather_since is None:
+                        p.gather_since = now
+                    timer = p.gather_since + self.batch_window - now
+                if timer is None or timer <= 0:
+                    await self._lease(session, p, free)
+                    continue
+            if self._results and self._plain is None and now >= self._retry_at:
+                # Results that no lease will carry soon go on their own.
+                if p.call is None and (free <= 0 or session is None):
+                    self._send_plain()
+                elif p.call is not None:
+                    hold = p.since + _HOLD - now if p.full else 0.0
+                    if hold <= 0:
+                        self._send_plain()
+                    else:
+                        timer = hold if timer is None else min(timer, hold)
+            if now < self._retry_at:
+                timer = self._retry_at - now if timer is None else min(timer, self._retry_at - now)
+            await self._wait_wake(timer)
 
-    async def _end_pending_lease(self, session: str, lease: "asyncio.Future[List[Dict[str, Any]]]") -> None:
+    async def _wait_wake(self, timeout: Optional[float]) -> None:
+        if timeout is None:
+            await self._wake.wait()
+            return
+        assert self._loop is not None
+        handle = self._loop.call_later(max(timeout, 0.0), self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            handle.cancel()
+
+    async def _lease(self, session: _Session, p: "_PumpState", free: int) -> None:
+        """Starts a lease call carrying the results ready now (their events go first)."""
+        if not await self._flush_events():
+            return
+        p.gather_since = None
+        p.carried = self._take_results(session.id)
+        p.asked = free
+        p.session = session.id
+        wait_ms = session.max_wait_ms
+        if self.lease_wait is not None:
+            wait_ms = min(wait_ms, int(self.lease_wait * 1000))
+        lease = {"max": free, "wait_ms": wait_ms}
+        read_timeout = wait_ms / 1000.0 + 15.0
+        if p.carried:
+            body = {"results": [o.body for o in p.carried], "lease": lease}
+            call = self._call("POST", f"/v1/workers/sessions/{session.id}/complete", body, read_timeout=read_timeout)
+        else:
+            call = self._call("POST", f"/v1/workers/sessions/{session.id}/lease", lease, read_timeout=read_timeout)
+        p.call = asyncio.ensure_future(call)
+        p.call.add_done_callback(lambda _: self._wake.set())
+        p.since = time.monotonic()
+
+    def _took(self, p: "_PumpState") -> None:
+        """A lease call came back: start its jobs (or hand them back when stopping)."""
+        assert p.call is not None
+        call, p.call = p.call, None
+        carried, p.carried = p.carried, []
+        try:
+            answer = call.result() or {}
+        except FerryError as e:
+            p.full = False
+            self._failed(p.session, carried, e)
+            return
+        self._pause = 0.2
+        self._note_refusals(carried, answer)
+        jobs = list(answer.get("jobs") or [])
+        p.full = len(jobs) >= p.asked
+        self.stats["jobs"] += len(jobs)
+        session = self.session
+        for job in jobs:
+            if self._stopping.is_set() or session is None or session.id != p.session:
+                self._queue_result(p.session, {"id": job["id"], "attempt": job["attempt"], "release": True})
+            else:
+                self._start(p.session, job)
+        if jobs and not p.full and self._entered < self._submitted:
+            # An idle worker: let the sync tasks just started take the GIL before the next
+            # long poll is built (their pickup, not the poll, is what waits for work).
+            p.entry, self._tell_entry = (self._submitted, time.monotonic() + _ENTRY_WAIT), True
+
+    async def _end_call(self, session: str, p: "_PumpState") -> None:
+        """Stopping with a lease call on its way: a second lease call ends it (protocol §2);
+        whatever either brings is handed back."""
+        assert p.call is not None
         extra: List[Dict[str, Any]] = []
+        if not p.call.done():
+            try:
+                answer = await asyncio.wait_for(
+                    self._call("POST", f"/v1/workers/sessions/{session}/lease", {"max": 1, "wait_ms": 0}),
+                    timeout=10.0)
+                extra += (answer or {}).get("jobs") or []
+            except (FerryError, asyncio.TimeoutError) as e:
+                log.debug("ending the pending lease: %s", e)
         try:
-            extra = await asyncio.wait_for(self._lease(session, 1, 0), timeout=10.0)
-        except (FerryError, asyncio.TimeoutError) as e:
-            log.debug("ending the pending lease: %s", e)
-        try:
-            extra += await asyncio.wait_for(asyncio.shield(lease), timeout=_LEASE_END_WAIT)
-        except (FerryError, asyncio.TimeoutError) as e:
+            answer = await asyncio.wait_for(asyncio.shield(p.call), timeout=_LEASE_END_WAIT)
+            self._note_refusals(p.carried, answer or {})
+            extra += (answer or {}).get("jobs") or []
+        except FerryError as e:
+            self._failed(p.session, p.carried, e)
+        except asyncio.TimeoutError as e:
             # Not ended by the second call: give up on it (the connection is closed; the
-            # session's DELETE fails anything the server still hands it).
+            # session's DELETE fails anything the server still hands it). Its results are
+            # sent again (a result already recorded is refused, harmlessly).
             log.debug("the pending lease did not end: %s", e)
-            lease.cancel()
+            p.call.cancel()
+            self._results[0:0] = p.carried
+        p.call, p.carried = None, []
         for job in extra:
             self._queue_result(session, {"id": job["id"], "attempt": job["attempt"], "release": True})
 
@@ -574,8 +531,10 @@ class Worker:
                 "type": "validation", "message": f"this worker has no task for kind {job.get('kind')!r}",
                 "retryable": True}})
             return
-        ctx = Context(self, job, session)
+        ctx = Context(job, session, self._emit)
         r = _Running(ctx=ctx, td=td)
+        if not td.is_async:
+            self._submitted += 1
         self._running[(ctx.job_id, ctx.attempt)] = r
         r.task = asyncio.ensure_future(self._execute(r))
 
@@ -595,7 +554,8 @@ class Worker:
                 output = await td.fn(*args, **kwargs)
             else:
                 assert self._loop is not None
-                output = await self._loop.run_in_executor(self._pool, functools.partial(td.fn, *args, **kwargs))
+                call = functools.partial(td.fn, *args, **kwargs)
+                output = await self._loop.run_in_executor(self._pool, self._in_thread, call)
             try:
                 json.dumps(output)
                 result = {"id": ctx.job_id, "attempt": ctx.attempt, "output": output}
@@ -605,7 +565,7 @@ class Worker:
         except asyncio.CancelledError:
             result = None  # Ferry stopped the attempt, or the worker handed it back
         except BaseException as e:  # noqa: BLE001 - a task's failure of any kind is the job's
-            result = {"id": ctx.job_id, "attempt": ctx.attempt, "error": _error_of(td, e)}
+            result = {"id": ctx.job_id, "attempt": ctx.attempt, "error": error_of(td, e)}
             if not (r.abandoned or r.released):
                 log.warning("job %s (%s) attempt %d failed: %s", ctx.job_id, td.kind, ctx.attempt,
                             result["error"]["message"], exc_info=not isinstance(e, (Retry, Fail)))
@@ -613,6 +573,7 @@ class Worker:
             if self._running.get(key) is r:
                 del self._running[key]
             self._slot_freed.set()
+            self._wake.set()
         if result is not None and not r.abandoned and not r.released:
             self._queue_result(ctx.session, result)
 
@@ -649,75 +610,136 @@ class Worker:
     # -- results and events -------------------------------------------------------------
     def _add_event(self, session: str, event: Dict[str, Any]) -> None:
         self._events.append(_Outgoing(session, event))
-        self._outgoing.set()
+        self._events_ready.set()
+
+    def _emit(self, session: str, event: Dict[str, Any]) -> None:
+        """A task's progress or log event, from any thread."""
+        self._threadsafe(self._add_event, session, event)
 
     def _queue_result(self, session: str, body: Dict[str, Any]) -> None:
         self._results.append(_Outgoing(session, body))
-        self._outgoing.set()
+        self._wake.set()
 
-    async def _send_loop(self) -> None:
+    def _take_results(self, session: str) -> List[_Outgoing]:
+        """Up to a batch of the pending results of `session` (a lost session's are dropped:
+        the server would refuse them)."""
+        self._results = [o for o in self._results if o.session == session]
+        batch, self._results = self._results[:MAX_BATCH], self._results[MAX_BATCH:]
+        return batch
+
+    def _send_plain(self) -> None:
+        """Sends pending results on their own (a `complete` without `lease`), in the
+        background; the pump is woken when it is done."""
+        self._plain = asyncio.ensure_future(self._complete_plain())
+        self._plain.add_done_callback(self._plain_done)
+
+    def _plain_done(self, _: "asyncio.Future[None]") -> None:
+        self._plain = None
+        self._wake.set()
+
+    async def _complete_plain(self) -> None:
+        session = self.session
+        if session is None or not await self._flush_events():
+            return
+        batch = self._take_results(session.id)
+        if not batch:
+            return
+        try:
+            answer = await self._call("POST", f"/v1/workers/sessions/{session.id}/complete",
+                                      {"results": [o.body for o in batch]})
+        except FerryError as e:
+            self._failed(session.id, batch, e)
+            return
+        self._pause = 0.2
+        self._note_refusals(batch, answer or {})
+
+    def _failed(self, session: str, batch: List[_Outgoing], e: FerryError) -> None:
+        """A call carrying `batch` failed: register again, try again later, or (a refusal
+        of the batch: one bad entry) send them one by one so the others get through."""
+        if e.code == "unknown_session":
+            asyncio.ensure_future(self._reopen(session))
+        elif e.status == 0 or e.status >= 500 or e.status == 429:
+            log.warning("sending results or leasing failed (%s); trying again in %.1f s", e, self._pause)
+            self._results[0:0] = batch  # put back, in order
+            self._retry_at = time.monotonic() + self._pause
+            self._pause = min(self._pause * 2, 5.0)
+        elif len(batch) > 1:
+            asyncio.ensure_future(self._send_each("complete", "results", batch))
+        elif batch:
+            log.error("the server refused the result of job %s: %s", batch[0].body.get("id"), e)
+        else:
+            log.error("the server refused a lease call: %s", e)
+            self._retry_at = time.monotonic() + self._pause
+            self._pause = min(self._pause * 2, 5.0)
+
+    @staticmethod
+    def _note_refusals(batch: List[_Outgoing], answer: Dict[str, Any]) -> None:
+        for o, res in zip(batch, answer.get("results") or []):
+            if not res.get("accepted", True):
+                log.info("job %s attempt %s: result refused (the attempt is no longer this session's)",
+                         o.body.get("id"), o.body.get("attempt"))
+
+    async def _send_each(self, path: str, key: str, batch: List[_Outgoing]) -> None:
+        for o in batch:
+            try:
+                await self._call("POST", f"/v1/workers/sessions/{o.session}/{path}", {key: [o.body]})
+            except FerryError as e:
+                log.error("the server refused %s for job %s: %s", path, o.body.get("id"), e)
+
+    async def _event_loop(self) -> None:
         pause = 0.1
         while True:
-            if not self._events and not self._results:
-                self._sender_idle.set()
-                self._outgoing.clear()
-                await self._outgoing.wait()
-            self._sender_idle.clear()
-            try:
-                await self._send_pending()
+            if not self._events:
+                self._events_ready.clear()
+                await self._events_ready.wait()
+            if await self._flush_events():
                 pause = 0.1
-            except FerryError as e:
-                log.warning("sending results failed (%s); trying again in %.1f s", e, pause)
+            else:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
 
-    async def _send_pending(self) -> None:
-        """Sends every pending event, then every pending result (events first: the server
-        refuses an attempt's events once it has its result)."""
-        for which, path, key in ((self._events, "events", "events"), (self._results, "complete", "results")):
-            while which:
-                session = which[0].session
+    async def _flush_events(self) -> bool:
+        """Sends every pending event (one sender at a time); False when the server could
+        not take them now (they are kept)."""
+        async with self._events_lock:
+            while self._events:
+                session = self._events[0].session
                 if self.session is None or session != self.session.id:
-                    which.pop(0)  # a lost session's: refused anyway
+                    self._events.pop(0)  # a lost session's: refused anyway
                     continue
                 batch: List[_Outgoing] = []
-                while which and len(batch) < MAX_BATCH and which[0].session == session:
-                    batch.append(which.pop(0))
+                while self._events and len(batch) < MAX_BATCH and self._events[0].session == session:
+                    batch.append(self._events.pop(0))
                 try:
-                    answer = await self._call("POST", f"/v1/workers/sessions/{session}/{path}",
-                                              {key: [o.body for o in batch]})
+                    await self._call("POST", f"/v1/workers/sessions/{session}/events",
+                                     {"events": [o.body for o in batch]})
                 except FerryError as e:
                     if e.code == "unknown_session":
                         await self._reopen(session)
-                        continue
-                    if e.status == 0 or e.status >= 500 or e.status == 429 and path == "complete":
-                        which[0:0] = batch  # put back, in order, and try again
-                        raise
-                    # A refusal of the batch (one bad entry): send them one by one so the
-                    # others get through; the bad one is logged and dropped.
-                    if len(batch) > 1:
-                        for o in batch:
-                            await self._send_one(path, key, o)
+                    elif e.status == 0 or e.status >= 500:
+                        log.warning("sending events failed (%s)", e)
+                        self._events[0:0] = batch
+                        return False
+                    elif len(batch) > 1:
+                        await self._send_each("events", "events", batch)
                     else:
-                        log.error("the server refused %s %s: %s", path, batch[0].body.get("id"), e)
-                    continue
-                if path == "complete":
-                    for o, res in zip(batch, (answer or {}).get("results", [])):
-                        if not res.get("accepted", True):
-                            log.info("job %s attempt %s: result refused (the attempt is no longer this "
-                                     "session's)", o.body.get("id"), o.body.get("attempt"))
-
-    async def _send_one(self, path: str, key: str, o: _Outgoing) -> None:
-        try:
-            await self._call("POST", f"/v1/workers/sessions/{o.session}/{path}", {key: [o.body]})
-        except FerryError as e:
-            log.error("the server refused %s for job %s: %s", path, o.body.get("id"), e)
+                        log.error("the server refused an event of job %s: %s", batch[0].body.get("id"), e)
+            return True
 
     async def _flush(self, timeout: float) -> None:
+        """Sends what is pending (at shutdown), for up to `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        while (self._events or self._results or not self._sender_idle.is_set()) and time.monotonic() < deadline:
-            self._outgoing.set()
-            await asyncio.sleep(0.02)
+        while time.monotonic() < deadline:
+            if self._plain is not None:
+                await asyncio.wait({self._plain}, timeout=max(0.0, deadline - time.monotonic()))
+                continue
+            if not self._results and not self._events:
+                return
+            if not await self._flush_events() or time.monotonic() < self._retry_at:
+                await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+                continue
+            if self._results:
+                self._send_plain()
 
     # -- shutdown -----------------------------------------------------------------------
     async def _drain(self) -> None:
@@ -755,27 +777,4 @@ class Worker:
             if e.code != "unknown_session":
                 log.warning("closing session %s: %s", session.id, e)
 
-
-def _error_of(td: TaskDef, e: BaseException) -> Dict[str, Any]:
-    """The protocol's `error` for an exception a task raised."""
-    if isinstance(e, Retry):
-        err: Dict[str, Any] = {"type": e.type or "Retry", "message": _message(e.message, e), "retryable": True}
-        if e.retry_after is not None:
-            err["retry_after_ms"] = max(0, int(round(float(e.retry_after) * 1000)))
-        return err
-    if isinstance(e, Fail):
-        return {"type": e.type or "Fail", "message": _message(e.message, e), "retryable": False}
-    retryable = True
-    if td.no_retry_on and isinstance(e, td.no_retry_on):
-        retryable = False
-    elif td.retry_on and not isinstance(e, td.retry_on):
-        retryable = False
-    return {"type": type(e).__name__, "message": _message(str(e), e), "retryable": retryable}
-
-
-def _message(text: str, e: BaseException) -> str:
-    text = text or type(e).__name__
-    if len(text) > MAX_MESSAGE_CHARS:
-        text = text[:MAX_MESSAGE_CHARS] + "…"
-    return text
 

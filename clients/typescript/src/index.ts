@@ -19,4 +19,5 @@ export {
   type TaskFunction,
   type TaskOptions,
   type WorkerOptions,
+  type WorkerStats,
 } from "./worker.js";

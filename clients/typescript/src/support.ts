@@ -36,6 +36,8 @@ export const MAX_MESSAGE = 4000;
 export const MAX_LOG_BYTES = 4096;
 export const MAX_PROGRESS_BYTES = 4096;
 export const MAX_EVENTS = 1000;
+/** Results or events in one call (§4, §5). */
+export const MAX_BATCH = 100;
 
 const encoder = new TextEncoder();
 

@@ -84,6 +84,13 @@ export interface WorkerOptions extends ConnectionOptions {
   shutdownGraceMs?: number;
   /** How long one lease call waits for work (ms; default and most: the server's `max_wait_ms`). */
   leaseWaitMs?: number;
+  /**
+   * While work is waiting (the last lease brought all it asked for), how long a freed
+   * slot waits for others to free up before the worker leases again, so that their
+   * results ride in one call (ms, 0 to 1,000; default 2; 0: never wait). It waits no
+   * longer once every slot is free.
+   */
+  batchWindowMs?: number;
   /** Default: warnings and errors on stderr. `null`: silence. */
   logger?: Logger | null;
 }

@@ -1,6 +1,9 @@
 import { hostname } from "node:os";
-import { FerryError, NonRetryableError, RetryableError } from "./errors.js";
+import { FerryError } from "./errors.js";
 import { Transport, sleep } from "./http.js";
+import { Outbox } from "./outbox.js";
+import type { CallOptions, EventBody, Held, LeasedJob, ResultBody, Session, WorkerCore, WorkerStats } from "./protocol.js";
+import { Pump } from "./pump.js";
 import {
   Bell,
   MAX_EVENTS,
@@ -10,7 +13,6 @@ import {
   errorBody,
   jsonOrThrow,
   keyOf,
-  refusedItem,
   truncateUtf8,
   utf8Length,
 } from "./support.js";
@@ -24,59 +26,19 @@ import {
   type WorkerOptions,
 } from "./task.js";
 
-export { TaskAbortedError, type Logger, type RunWorkerOptions, type TaskContext, type TaskFunction, type TaskOptions, type WorkerOptions };
+export {
+  TaskAbortedError,
+  type Logger,
+  type RunWorkerOptions,
+  type TaskContext,
+  type TaskFunction,
+  type TaskOptions,
+  type WorkerOptions,
+  type WorkerStats,
+};
 
 /** The protocol version this worker speaks (`docs/worker-protocol.md`). */
 export const PROTOCOL = 1;
-
-/** A job as a lease hands it over. */
-interface LeasedJob {
-  id: string;
-  attempt: number;
-  kind: string;
-  queue: string;
-  workspace: string;
-  run: string | null;
-  input: unknown;
-  timeout_ms: number | null;
-  soft_timeout_ms: number | null;
-}
-
-interface Session {
-  id: string;
-  heartbeatMs: number;
-  sessionTimeoutMs: number;
-  maxWaitMs: number;
-  /** Increases with each session this worker opens: what belongs to an older one is dropped. */
-  generation: number;
-}
-
-/** An attempt this worker holds: from its lease until its result is acknowledged (or dropped). */
-interface Held {
-  job: LeasedJob;
-  generation: number;
-  controller: AbortController;
-  /** Its result must not be sent (cancelled, timed out, lost, handed back already). */
-  settled: boolean;
-  /** The task function is still running. */
-  running: boolean;
-  timer?: ReturnType<typeof setTimeout>;
-  /** Events the task wrote. */
-  events?: number;
-}
-
-type ResultBody =
-  | { id: string; attempt: number; output: unknown }
-  | { id: string; attempt: number; error: { type: string; message: string; retryable: boolean; retry_after_ms?: number } }
-  | { id: string; attempt: number; release: true };
-
-interface Outgoing<T> {
-  key: string;
-  generation: number;
-  body: T;
-}
-
-type EventBody = { id: string; attempt: number; progress: unknown } | { id: string; attempt: number; log: string };
 
 const stderrLogger: Logger = {
   info: () => {},
@@ -87,7 +49,10 @@ const stderrLogger: Logger = {
 /**
  * A remote worker: registers the kinds it serves with Ferry, leases their jobs (as many
  * as it has free slots), runs each with its task function, and reports each outcome
- * (`docs/worker-protocol.md`).
+ * (`docs/worker-protocol.md`). One pump (`pump.ts`) leases and sends results, the
+ * results riding in the next lease call (`complete` with `lease`) when work is waiting;
+ * progress and log events have a sender of their own (`outbox.ts`); `stats` counts the
+ * calls.
  *
  * ```ts
  * const worker = new Worker({url: "http://127.0.0.1:7700", concurrency: 8});
@@ -111,7 +76,6 @@ export class Worker {
   private readonly concurrency: number;
   private readonly name: string;
   private readonly graceMs: number;
-  private readonly leaseWaitMs: number | undefined;
   private readonly logger: Logger;
   private readonly tasks = new Map<string, { fn: TaskFunction; queue?: string; retryable: boolean }>();
 
@@ -119,9 +83,14 @@ export class Worker {
   private generation = 0;
   private reopening: Promise<void> | null = null;
   private readonly held = new Map<string, Held>();
-  private results: Outgoing<ResultBody>[] = [];
-  private events: Outgoing<EventBody>[] = [];
+  /** Task functions running now. */
+  private runningTasks = 0;
   private readonly bell = new Bell();
+  private readonly counters: WorkerStats = { jobs: 0, calls: {} };
+  /** What the pump and the outbox see of this worker. */
+  private readonly core: WorkerCore;
+  private readonly outbox: Outbox;
+  private readonly pump: Pump;
   private started = false;
   private stopping = false;
   private stopNow = false;
@@ -130,8 +99,6 @@ export class Worker {
   private readonly stopPromise: Promise<void>;
   /** Ends the background loops' sleeps and the lease call once the worker closes. */
   private readonly life = new AbortController();
-  private leaseCall: AbortController | null = null;
-  private leaseDone: Promise<void> | null = null;
 
   constructor(opts: WorkerOptions = {}) {
     this.transport = new Transport(opts);
@@ -139,11 +106,37 @@ export class Worker {
     if (!Number.isInteger(this.concurrency) || this.concurrency < 1 || this.concurrency > 1000) {
       throw new RangeError(`concurrency must be a whole number from 1 to 1000, not ${opts.concurrency}`);
     }
+    const batchWindowMs = opts.batchWindowMs ?? 2;
+    if (typeof batchWindowMs !== "number" || !(batchWindowMs >= 0 && batchWindowMs <= 1000)) {
+      throw new RangeError(`batchWindowMs must be from 0 to 1000, not ${opts.batchWindowMs}`);
+    }
     this.name = (opts.name ?? `${hostname()}:${process.pid}`).slice(0, 128);
     this.graceMs = opts.shutdownGraceMs ?? 30_000;
-    this.leaseWaitMs = opts.leaseWaitMs;
     this.logger = opts.logger === null ? { info() {}, warn() {}, error() {} } : opts.logger ?? stderrLogger;
     this.stopPromise = new Promise((resolve) => (this.stopRequested = resolve));
+    this.core = {
+      concurrency: this.concurrency,
+      logger: this.logger,
+      bell: this.bell,
+      life: this.life.signal,
+      stats: this.counters,
+      session: () => this.session,
+      generation: () => this.generation,
+      reopening: () => this.reopening,
+      call: (path, body, callOpts) => this.call(path, body, callOpts),
+      held: () => this.held.size,
+      running: () => this.runningTasks,
+      stopping: () => this.stopping,
+      closing: () => this.closing,
+      accept: (job, generation) => this.accept(job, generation),
+      done: (key) => this.done(key),
+    };
+    this.outbox = new Outbox(this.core);
+    this.pump = new Pump(this.core, this.outbox, {
+      leaseWaitMs: opts.leaseWaitMs,
+      batchWindowMs,
+      callTimeoutMs: this.transport.timeoutMs,
+    });
   }
 
   /**
@@ -170,6 +163,15 @@ export class Worker {
   /** The current session's id, once `run()` opened one. */
   get sessionId(): string | null {
     return this.session?.id ?? null;
+  }
+
+  /**
+   * What the worker has done so far, as a snapshot: `jobs` leased, and `calls` made to
+   * Ferry by the last segment of their path (`lease`, `complete`, `events`, `heartbeat`,
+   * `sessions` for opening a session, `close` for closing it).
+   */
+  get stats(): { readonly jobs: number; readonly calls: Readonly<Record<string, number>> } {
+    return { jobs: this.counters.jobs, calls: { ...this.counters.calls } };
   }
 
   /**
@@ -215,14 +217,14 @@ export class Worker {
         return;
       }
       const heartbeat = this.heartbeatLoop();
-      const sender = this.senderLoop();
-      this.leaseDone = this.leaseLoop();
+      const events = this.outbox.loop();
+      const pump = this.pump.run();
       await this.stopPromise;
-      await this.endLease();
+      await this.pump.end();
       await this.drain();
       this.closing = true;
       this.bell.ring();
-      await sender;
+      await Promise.all([pump, events]);
       this.life.abort();
       await heartbeat;
       await this.close();
@@ -268,6 +270,7 @@ export class Worker {
     let pause = 250;
     for (;;) {
       try {
+        this.count("sessions");
         const answer = await this.transport.request<{
           session: string;
           heartbeat_ms?: number;
@@ -320,12 +323,12 @@ export class Worker {
     );
     for (const h of [...this.held.values()]) {
       if (h.generation !== generation) continue;
+      h.reported = false; // its result, if any, is dropped
       if (!h.running) this.forget(h);
       else if (!h.settled) this.abandon(h, "lost", "the worker's session ended");
       else h.controller.abort(new TaskAbortedError("lost", "the worker's session ended"));
     }
-    this.results = this.results.filter((r) => r.generation !== generation);
-    this.events = this.events.filter((e) => e.generation !== generation);
+    this.outbox.dropGeneration(generation);
     if (this.stopping) {
       this.session = null;
       this.bell.ring();
@@ -342,6 +345,7 @@ export class Worker {
     const s = this.session;
     if (!s) return;
     try {
+      this.count("close");
       await this.transport.request("DELETE", `/v1/workers/sessions/${encodeURIComponent(s.id)}`, { timeoutMs: 10_000 });
     } catch (err) {
       if (!(err instanceof FerryError && err.code === "unknown_session")) {
@@ -352,9 +356,10 @@ export class Worker {
   }
 
   /** A call about the current session; `unknown_session` triggers a re-registration and rethrows. */
-  private async call<T>(path: string, body: unknown, opts: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<T> {
+  private async call<T>(path: string, body: unknown, opts: CallOptions = {}): Promise<T> {
     const s = this.session;
     if (!s) throw new FerryError(404, "unknown_session", "no session");
+    this.count(path.slice(path.lastIndexOf("/") + 1));
     try {
       const answer = await this.transport.request<T>("POST", `/v1/workers/sessions/${encodeURIComponent(s.id)}${path}`, {
         body,
@@ -369,73 +374,11 @@ export class Worker {
     }
   }
 
-  // ---- leasing ----------------------------------------------------------------------
-
-  private free(): number {
-    return this.concurrency - this.held.size;
+  private count(what: string): void {
+    this.counters.calls[what] = (this.counters.calls[what] ?? 0) + 1;
   }
 
-  private async leaseLoop(): Promise<void> {
-    let pause = 250;
-    while (!this.stopping) {
-      if (this.reopening) {
-        await this.reopening;
-        continue;
-      }
-      const free = this.free();
-      if (free <= 0 || !this.session) {
-        await this.bell.wait(1000);
-        continue;
-      }
-      const s = this.session;
-      const wait = Math.min(this.leaseWaitMs ?? s.maxWaitMs, s.maxWaitMs);
-      const call = new AbortController();
-      this.leaseCall = call;
-      this.logger.debug?.(`lease: up to ${free} job(s), waiting up to ${wait} ms`);
-      try {
-        const answer = await this.call<{ jobs: LeasedJob[] }>(
-          "/lease",
-          { max: free, wait_ms: wait },
-          { signal: AbortSignal.any([call.signal, this.life.signal]), timeoutMs: this.transport.timeoutMs + wait },
-        );
-        pause = 250;
-        // Jobs of a session that has since been replaced are not ours any more.
-        if (s.generation === this.generation) for (const job of answer.jobs ?? []) this.accept(job, s.generation);
-      } catch (err) {
-        if (this.stopping || this.life.signal.aborted) break;
-        if (err instanceof FerryError && err.code === "unknown_session") continue;
-        this.logger.warn(`lease failed (${describe(err)}); trying again in ${pause} ms`);
-        await sleep(pause, this.life.signal).catch(() => {});
-        pause = Math.min(5000, pause * 2);
-      } finally {
-        this.leaseCall = null;
-      }
-    }
-  }
-
-  /**
-   * Stops leasing. A lease call waiting for work is ended the protocol's way (§2): a new
-   * lease call (`wait_ms: 0`) ends the waiting one with `{"jobs": []}`, and whatever that
-   * last call brings is released. A waiting call that has not ended 3 s later (a server
-   * that does not end it) is abandoned: while it waits it holds no job, and a job in an
-   * answer that arrives anyway is released.
-   */
-  private async endLease(): Promise<void> {
-    if (this.leaseCall && this.session) {
-      const s = this.session;
-      try {
-        const answer = await this.call<{ jobs: LeasedJob[] }>("/lease", { max: 1, wait_ms: 0 }, { timeoutMs: 5000 });
-        if (s.generation === this.generation) for (const job of answer.jobs ?? []) this.accept(job, s.generation);
-      } catch (err) {
-        this.logger.warn(`ending the waiting lease call failed (${describe(err)})`);
-      }
-    }
-    if (this.leaseDone) {
-      const late = setTimeout(() => this.leaseCall?.abort(), 3000);
-      await this.leaseDone;
-      clearTimeout(late);
-    }
-  }
+  // ---- leased jobs ------------------------------------------------------------------
 
   /** Takes a leased job: runs it, or hands it back at once when stopping. */
   private accept(job: LeasedJob, generation: number): void {
@@ -486,6 +429,7 @@ export class Worker {
       log: (line: string) => this.queueEvent(held, { id: job.id, attempt: job.attempt, log: String(line) }),
     };
     held.running = true;
+    this.runningTasks += 1;
     let body: ResultBody;
     try {
       const output = await task.fn(job.input, ctx);
@@ -494,11 +438,12 @@ export class Worker {
       body = { id: job.id, attempt: job.attempt, error: errorBody(err, task.retryable) };
     } finally {
       held.running = false;
+      this.runningTasks -= 1;
       clearTimeout(held.timer);
     }
     if (held.settled) {
       // Its result is not wanted (cancelled, timed out, lost, or handed back already).
-      if (!this.results.some((r) => r.key === keyOf(job.id, job.attempt))) this.forget(held);
+      if (!held.reported) this.forget(held);
       return;
     }
     held.settled = true;
@@ -526,7 +471,18 @@ export class Worker {
   }
 
   private queueResult(held: Held, body: ResultBody): void {
-    this.results.push({ key: keyOf(held.job.id, held.job.attempt), generation: held.generation, body });
+    held.reported = true;
+    this.outbox.pushResult({ key: keyOf(held.job.id, held.job.attempt), generation: held.generation, body });
+  }
+
+  /** An attempt's result was acknowledged (or dropped): its slot is free once its task returned. */
+  private done(key: string): void {
+    const held = this.held.get(key);
+    if (held) {
+      held.reported = false;
+      if (!held.running) this.held.delete(key);
+      else held.settled = true; // still running (a release at shutdown): freed when it returns
+    }
     this.bell.ring();
   }
 
@@ -555,8 +511,7 @@ export class Worker {
       }
     }
     held.events = (held.events ?? 0) + 1;
-    this.events.push({ key: keyOf(held.job.id, held.job.attempt), generation: held.generation, body });
-    this.bell.ring();
+    this.outbox.pushEvent({ key: keyOf(held.job.id, held.job.attempt), generation: held.generation, body });
   }
 
   // ---- heartbeats -------------------------------------------------------------------
@@ -592,143 +547,6 @@ export class Worker {
     }
   }
 
-  // ---- reporting --------------------------------------------------------------------
-
-  /**
-   * Sends events and results in batches of up to 100, as they come: everything queued
-   * while a call is on its way goes in the next one. A result is taken before the events
-   * are, so an attempt's events always reach Ferry before its result.
-   */
-  private async senderLoop(): Promise<void> {
-    let pause = 250;
-    for (;;) {
-      if (this.results.length === 0 && this.events.length === 0) {
-        if (this.closing) return;
-        await this.bell.wait(1000);
-        continue;
-      }
-      if (this.reopening) {
-        await this.reopening;
-        continue;
-      }
-      const results = this.results.splice(0, 100);
-      const events = this.events.splice(0, this.events.length);
-      let sent = false;
-      try {
-        await this.sendEvents(events);
-        sent = true;
-        if (results.length > 0) await this.sendResults(results);
-        pause = 250;
-      } catch (err) {
-        if (err instanceof FerryError && err.code === "unknown_session") {
-          continue; // reopen() dropped what the old session held
-        }
-        if (err instanceof FerryError && err.status >= 400 && err.status < 500 && err.status !== 429) {
-          this.logger.error(`results refused, dropping them: ${describe(err)}`);
-          for (const r of results) this.forgetKey(r.key);
-          continue;
-        }
-        // Not sent: put them back in front, and try again after a pause.
-        this.results.unshift(...results);
-        if (!sent) this.events.unshift(...events.filter((e) => e.generation === this.generation));
-        if (this.closing) {
-          this.logger.error(`reporting failed at shutdown, giving up: ${describe(err)}`);
-          return;
-        }
-        this.logger.warn(`reporting failed (${describe(err)}); trying again in ${pause} ms`);
-        await sleep(pause, this.life.signal).catch(() => {});
-        pause = Math.min(5000, pause * 2);
-      }
-    }
-  }
-
-  /**
-   * Sends events in calls of up to 100. Ferry checks a whole call before it writes any of
-   * it: an event it refuses as invalid (`400` naming `events[i]`) is dropped, with a
-   * warning, and the rest are sent again.
-   */
-  private async sendEvents(events: Outgoing<EventBody>[]): Promise<void> {
-    const current = events.filter((e) => e.generation === this.generation);
-    for (let i = 0; i < current.length; i += 100) {
-      let chunk = current.slice(i, i + 100);
-      while (chunk.length > 0) {
-        try {
-          await this.call("/events", { events: chunk.map((e) => e.body) });
-          break;
-        } catch (err) {
-          const at = refusedItem(err, "events");
-          if (at !== null && at < chunk.length) {
-            this.logger.warn(`job ${chunk[at].body.id}: an event was refused and is dropped: ${describe(err)}`);
-            chunk = chunk.filter((_, j) => j !== at);
-            continue;
-          }
-          if (err instanceof FerryError && (err.code === "event_limit" || (err.status === 400 && err.code !== "unknown_session"))) {
-            this.logger.warn(`events dropped: ${describe(err)}`);
-            break;
-          }
-          throw err;
-        }
-      }
-    }
-  }
-
-  /**
-   * Sends results in one call (at most 100). Ferry checks the whole call before it ends
-   * any attempt: a result it refuses as invalid (`400` naming `results[i]`) is replaced by
-   * a non-retryable error saying why (type `invalid_result`), so that the attempt ends
-   * now rather than at its timeout; if that is refused too, it is dropped.
-   */
-  private async sendResults(results: Outgoing<ResultBody>[]): Promise<void> {
-    let current = results.filter((r) => r.generation === this.generation);
-    for (const r of results) if (r.generation !== this.generation) this.forgetKey(r.key);
-    const replaced = new Set<string>();
-    while (current.length > 0) {
-      let answer: { results?: Array<{ id: string; accepted: boolean }> };
-      try {
-        answer = await this.call("/complete", { results: current.map((r) => r.body) });
-      } catch (err) {
-        if (err instanceof FerryError && err.status === 413 && current.length > 1) {
-          // The call is too large as a whole: one result at a time finds the one that is.
-          for (const r of current) await this.sendResults([r]);
-          return;
-        }
-        const at = err instanceof FerryError && err.status === 413 ? 0 : refusedItem(err, "results");
-        if (at === null || at >= current.length) throw err;
-        const r = current[at];
-        this.logger.error(`job ${r.body.id} attempt ${r.body.attempt}: Ferry refused its result: ${describe(err)}`);
-        if (replaced.has(r.key)) {
-          this.forgetKey(r.key);
-          current = current.filter((_, j) => j !== at);
-        } else {
-          replaced.add(r.key);
-          const e = err as FerryError;
-          const message = `Ferry refused the task's result (${e.field ?? e.status}: ${e.message})`;
-          current = current.map((x, j) =>
-            j === at
-              ? { ...x, body: { id: x.body.id, attempt: x.body.attempt, error: { type: "invalid_result", message, retryable: false } } }
-              : x,
-          );
-        }
-        continue;
-      }
-      const acks = answer.results ?? [];
-      current.forEach((r, i) => {
-        if (acks[i] && acks[i].accepted === false) {
-          this.logger.info(`job ${r.body.id} attempt ${r.body.attempt}: result refused (no longer this worker's)`);
-        }
-        this.forgetKey(r.key);
-      });
-      return;
-    }
-  }
-
-  private forgetKey(key: string): void {
-    const held = this.held.get(key);
-    if (held && !held.running) this.held.delete(key);
-    else if (held) held.settled = true; // still running (a release at shutdown): freed when it returns
-    this.bell.ring();
-  }
-
   // ---- stopping ---------------------------------------------------------------------
 
   /** Lets running tasks finish within the grace, then hands the rest back. */
@@ -747,7 +565,10 @@ export class Worker {
     // Wait (at most 10 s more) for every result, the hand-backs included, to be reported.
     const flushBy = Date.now() + 10_000;
     const unreported = () =>
-      this.results.length > 0 || this.events.length > 0 || [...this.held.values()].some((h) => !h.running);
+      this.outbox.results.length > 0 ||
+      this.outbox.events.length > 0 ||
+      this.pump.busy ||
+      [...this.held.values()].some((h) => !h.running);
     while (unreported() && Date.now() < flushBy) {
       await this.bell.wait(250);
     }

@@ -6,7 +6,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { Client, FerryError, type Job, WaitTimeoutError } from "../src/index.js";
+import { Client, FerryError, type Job, type TaskFunction, WaitTimeoutError, Worker } from "../src/index.js";
 import { DEADLINE_MS, type Proc, type Server, createToken, ferryBin, startServer, startWorker, until } from "./helpers.js";
 
 const bin = ferryBin();
@@ -133,6 +133,90 @@ describe("worker: outcomes, errors, cancellation, workflows", { skip }, () => {
     assert.deepEqual((echo?.output as { input: unknown }).input, { status: 200 });
     const types = new Set((await ferry.runEvents(run.id)).map((e) => e.type));
     assert.ok(types.has("run_finished"));
+  });
+});
+
+describe("worker: one pump leases and reports in batches (in this process)", { skip }, () => {
+  let server: Server;
+  let ferry: Client;
+  const workers: Worker[] = [];
+
+  before(async () => {
+    server = await startServer(bin as string, SERVER_ENV);
+    ferry = new Client({ url: server.url });
+  });
+
+  after(async () => {
+    for (const w of workers) await w.stop({ graceMs: 0 }).catch(() => {});
+    await server?.close();
+  });
+
+  /** Starts a worker in this process serving `kind` with `fn`, and waits for its session. */
+  async function serve(kind: string, concurrency: number, fn: TaskFunction): Promise<Worker> {
+    const w = new Worker({ url: server.url, concurrency, logger: null, name: `in-process-${kind}` });
+    w.task(kind, { queue: `q-${kind}` }, fn);
+    workers.push(w);
+    const running = w.run();
+    running.catch(() => {});
+    await until("the in-process worker's session", async () => w.sessionId, (id) => id !== null);
+    return w;
+  }
+
+  /** Registers `kind` with a short-lived worker, which then stops: its jobs wait in the store. */
+  async function register(kind: string): Promise<void> {
+    const w = await serve(kind, 1, () => null);
+    await w.stop();
+  }
+
+  test("400 jobs waiting, concurrency 10: each runs once, in at most a quarter of a lease/complete call per job", T, async () => {
+    const kind = "ts_batch_noop";
+    await register(kind);
+    const specs = Array.from({ length: 400 }, (_, i) => ({ kind, input: { i } }));
+    const accepted = await ferry.submitBatch(specs);
+    assert.equal(accepted.length, 400);
+    const runs = new Map<string, number>();
+    const worker = await serve(kind, 10, (_input, ctx) => {
+      runs.set(ctx.jobId, (runs.get(ctx.jobId) ?? 0) + 1);
+      return null;
+    });
+    for (const { id } of accepted) {
+      const job = await ferry.wait(id, { timeoutMs: DEADLINE_MS });
+      assert.equal(job.state, "succeeded", JSON.stringify(job));
+      assert.equal(job.attempts_used, 1, JSON.stringify(job));
+    }
+    const stats = worker.stats;
+    await worker.stop();
+    assert.equal(runs.size, 400);
+    for (const [id, n] of runs) assert.equal(n, 1, `job ${id} ran ${n} times`);
+    assert.ok(stats.jobs >= 400, JSON.stringify(stats));
+    const calls = (stats.calls.lease ?? 0) + (stats.calls.complete ?? 0);
+    assert.ok(calls <= 100, `${calls} lease and complete calls for 400 jobs: ${JSON.stringify(stats)}`);
+  });
+
+  // Ferry refuses an attempt's events once its result is in: every event reaching the
+  // job's log, before its end, shows they went first even when results ride in leases.
+  test("progress and log events reach Ferry before the results that follow them", T, async () => {
+    const kind = "ts_batch_chatty";
+    await register(kind);
+    const accepted = await ferry.submitBatch(Array.from({ length: 60 }, (_, i) => ({ kind, input: { i } })));
+    await serve(kind, 10, (input: { i: number }, ctx) => {
+      ctx.log(`first line of ${input.i}`);
+      ctx.progress({ done: 1, total: 2 });
+      ctx.log(`second line of ${input.i}`);
+      ctx.progress({ done: 2, total: 2 });
+      return { i: input.i };
+    });
+    for (const [i, { id }] of accepted.entries()) {
+      const job = await ferry.wait(id, { timeoutMs: DEADLINE_MS });
+      assert.equal(job.state, "succeeded", JSON.stringify(job));
+      const events = await ferry.events(id);
+      const types = events.map((e) => e.type);
+      const lines = events.filter((e) => e.type === "log").map((e) => (e.data as { line: string }).line);
+      assert.deepEqual(lines, [`first line of ${i}`, `second line of ${i}`], JSON.stringify(events));
+      assert.equal(types.filter((t) => t === "progress").length, 2, JSON.stringify(types));
+      assert.ok(types.lastIndexOf("log") < types.indexOf("succeeded"), JSON.stringify(types));
+      assert.ok(types.lastIndexOf("progress") < types.indexOf("succeeded"), JSON.stringify(types));
+    }
   });
 });
 

@@ -325,7 +325,7 @@ pub async fn lease(
 ) -> Result<Json<Leased>, ApiError> {
     let hub = hub(&st)?;
     let (max, wait) = lease_terms(&hub, &req, "")?;
-    Ok(Json(Leased { jobs: take(&hub, &session, max, wait).await? }))
+    Ok(Json(Leased { jobs: take(&hub, &session, max, wait, 0).await? }))
 }
 
 /// A lease call's `max` and wait, checked (`at`: where its fields are in the body).
@@ -342,8 +342,8 @@ fn lease_terms(hub: &Hub, req: &LeaseRequest, at: &str) -> Result<(usize, Durati
     Ok((max, Duration::from_millis(wait)))
 }
 
-async fn take(hub: &Hub, session: &str, max: usize, wait: Duration) -> Result<Vec<LeasedJob>, ApiError> {
-    hub.lease(session, max, wait).await.map_err(hub_error)
+async fn take(hub: &Hub, session: &str, max: usize, wait: Duration, expect: usize) -> Result<Vec<LeasedJob>, ApiError> {
+    hub.lease(session, max, wait, expect).await.map_err(hub_error)
 }
 
 /// Keep a session alive (worker role); the attempts it must stop.
@@ -463,8 +463,11 @@ pub async fn complete(
         let accepted = hub.complete(&session, id, attempt, outcome).map_err(hub_error)?;
         results.push(Accepted { id, accepted });
     }
+    // Each accepted result freed a slot of the engine: the lease waits a moment for the
+    // jobs those slots start (see `Hub::lease`).
+    let freed = results.iter().filter(|r| r.accepted).count();
     let jobs = match lease {
-        Some((max, wait)) => Some(take(&hub, &session, max, wait).await?),
+        Some((max, wait)) => Some(take(&hub, &session, max, wait, freed).await?),
         None => None,
     };
     Ok(Json(Completed { results, jobs }))

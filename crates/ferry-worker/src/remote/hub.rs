@@ -75,6 +75,10 @@ pub enum HubError {
 /// The most events (progress and log lines) one attempt may write.
 pub const MAX_EVENTS_PER_ATTEMPT: u32 = 1000;
 
+/// How long a `complete` that leases waits, once it has a job, for the rest of the jobs
+/// its results made room for (see [`Hub::lease`]).
+pub const LINGER: Duration = Duration::from_millis(2);
+
 /// The hub's settings.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -255,8 +259,22 @@ impl Hub {
 
     /// Leases up to `max` offered jobs of the session's kinds (never past its free
     /// slots), waiting up to `wait` for the first.
-    pub async fn lease(&self, session: &str, max: usize, wait: Duration) -> Result<Vec<LeasedJob>, HubError> {
+    ///
+    /// `expect`: how many slots of the engine the call's own results just freed (a
+    /// `complete` that leases). Their next jobs are on their way to being offered (the
+    /// attempts end, the dispatcher starts the next ones), so once the call has a job it
+    /// waits up to [`LINGER`] for that many before answering, rather than answering a busy
+    /// worker with part of a batch and taking a round trip per job. A plain lease
+    /// (`expect` 0) answers as soon as it has a job and the others offered with it.
+    pub async fn lease(
+        &self,
+        session: &str,
+        max: usize,
+        wait: Duration,
+        expect: usize,
+    ) -> Result<Vec<LeasedJob>, HubError> {
         let until = tokio::time::Instant::now() + wait.min(self.cfg.max_wait);
+        let mut linger_until = None;
         // Counts the call as waiting until it ends, dropped with it too: a client that
         // hangs up leaves its session to time out like any other.
         let mut waiting: Option<Waiting<'_>> = None;
@@ -304,7 +322,20 @@ impl Hub {
             // Some jobs: once the attempts started with them have had a moment to offer
             // theirs (a claim starts a batch at once), answer with all of them.
             if !jobs.is_empty() {
-                if room == 0 || lingered {
+                if room == 0 {
+                    return Ok(jobs);
+                }
+                if jobs.len() < expect {
+                    let linger = *linger_until.get_or_insert_with(|| tokio::time::Instant::now() + LINGER);
+                    if tokio::time::Instant::now() < linger {
+                        tokio::select! {
+                            _ = notified => {}
+                            _ = tokio::time::sleep_until(linger) => {}
+                        }
+                        continue;
+                    }
+                }
+                if lingered || linger_until.is_some() {
                     return Ok(jobs);
                 }
                 lingered = true;
