@@ -96,7 +96,10 @@ def headers(token: Optional[str]) -> Dict[str, str]:
 
 
 def retry_after(resp: httpx.Response) -> Optional[float]:
-    raw = resp.headers.get("retry-after")
+    return parse_retry_after(resp.headers.get("retry-after"))
+
+
+def parse_retry_after(raw: Optional[str]) -> Optional[float]:
     if raw is None:
         return None
     try:
@@ -107,14 +110,17 @@ def retry_after(resp: httpx.Response) -> Optional[float]:
 
 def error_from(resp: httpx.Response) -> FerryError:
     """The `FerryError` of an error answer (any status ≥ 400)."""
+    return error_of(resp.status_code, resp.content, resp.reason_phrase, retry_after(resp))
+
+
+def error_of(status: int, content: bytes, reason: str, after: Optional[float]) -> FerryError:
+    """The `FerryError` of an error answer from its parts (any HTTP client's)."""
     try:
-        body = resp.json()
-        err = body["error"]
-        return FerryError(resp.status_code, str(err["code"]), str(err.get("message", "")), err.get("field"),
-                          retry_after(resp))
+        err = json.loads(content)["error"]
+        return FerryError(status, str(err["code"]), str(err.get("message", "")), err.get("field"), after)
     except (ValueError, KeyError, TypeError):
-        text = resp.text[:500] if resp.content else resp.reason_phrase
-        return FerryError(resp.status_code, "http_error", text or f"HTTP {resp.status_code}", None, retry_after(resp))
+        text = content[:500].decode(errors="replace") if content else reason
+        return FerryError(status, "http_error", text or f"HTTP {status}", None, after)
 
 
 def decode(resp: httpx.Response) -> Any:
