@@ -347,7 +347,13 @@ export class Client {
       } catch (err) {
         if (opts.signal?.aborted) return;
         if (err instanceof FerryError && err.status !== 0 && err.status !== 429 && err.status < 500) throw err;
-        failure = err;
+        // A body that broke off (or went idle) fails with fetch's own error: a network failure.
+        failure =
+          err instanceof FerryError
+            ? err
+            : new FerryError(0, "network", `GET ${path}: the event stream broke off: ${(err as Error)?.message ?? String(err)}`, null, {
+                cause: err,
+              });
       } finally {
         clearTimeout(idle);
         conn.abort();

@@ -95,6 +95,24 @@ declare module "node:http" {
   export function createServer(handler: (req: IncomingMessage, res: ServerResponse) => void): Server;
 }
 
+declare module "node:net" {
+  export interface Socket {
+    write(chunk: Uint8Array): boolean;
+    end(chunk?: Uint8Array): this;
+    destroy(): this;
+    on(event: "data", listener: (chunk: Uint8Array) => void): this;
+    on(event: "end" | "close", listener: () => void): this;
+    on(event: "error", listener: (err: Error) => void): this;
+  }
+  export interface Server {
+    listen(port: number, host: string, callback?: () => void): this;
+    address(): { port: number; address: string } | string | null;
+    close(callback?: (err?: Error) => void): this;
+  }
+  export function createServer(listener: (socket: Socket) => void): Server;
+  export function connect(port: number, host: string): Socket;
+}
+
 declare module "node:test" {
   interface TestOptions {
     timeout?: number;
