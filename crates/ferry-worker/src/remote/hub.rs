@@ -486,3 +486,87 @@ impl Drop for Withdraw {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> Arc<Hub> {
+        let cfg = HubConfig {
+            node: "node".into(),
+            session_timeout: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(1),
+            max_wait: Duration::from_secs(30),
+        };
+        Hub::new(cfg, |_, _| {})
+    }
+
+    fn session(hub: &Hub, concurrency: usize) -> String {
+        hub.open(None, concurrency, BTreeMap::from([("k".to_string(), "remote".to_string())]))
+    }
+
+    /// Offers job `n` of kind `k`, as its attempt does when it starts; the receiver is
+    /// the attempt's end.
+    fn offer(hub: &Hub, n: u128) -> oneshot::Receiver<Outcome> {
+        let (reply, answer) = oneshot::channel();
+        let job = LeasedJob {
+            id: JobId::from_u128(n),
+            attempt: 1,
+            kind: "k".into(),
+            queue: "remote".into(),
+            workspace: "default".into(),
+            run: None,
+            input: Value::Null,
+            timeout_ms: 60_000,
+            soft_timeout_ms: None,
+        };
+        hub.lock().offers.push_back(Offer { job, reply });
+        hub.offered.notify_waiters();
+        answer
+    }
+
+    /// Lets every other task run as far as it can, without the paused clock moving.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_complete_that_leases_waits_for_the_jobs_its_results_made_room_for() {
+        let hub = hub();
+        let s = session(&hub, 3);
+        let _first = offer(&hub, 1);
+        let (h, id) = (hub.clone(), s.clone());
+        let call = tokio::spawn(async move { h.lease(&id, 3, Duration::from_secs(10), 3).await });
+        settle().await;
+        // It has one job, and waits for the two more its results made room for.
+        assert!(!call.is_finished());
+        let (_second, _third) = (offer(&hub, 2), offer(&hub, 3));
+        let jobs = call.await.unwrap().unwrap();
+        assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), (1..=3).map(JobId::from_u128).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_for_the_rest_of_a_batch_is_bounded() {
+        let hub = hub();
+        let s = session(&hub, 3);
+        let _only = offer(&hub, 1);
+        let t0 = tokio::time::Instant::now();
+        let jobs = hub.lease(&s, 3, Duration::from_secs(10), 3).await.unwrap();
+        // The paused clock moves only to the next timer: the linger's end, not the wait's.
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(t0.elapsed(), LINGER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_plain_lease_answers_with_what_is_offered() {
+        let hub = hub();
+        let s = session(&hub, 3);
+        let _only = offer(&hub, 1);
+        let t0 = tokio::time::Instant::now();
+        let jobs = hub.lease(&s, 3, Duration::from_secs(10), 0).await.unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+    }
+}
