@@ -452,6 +452,7 @@ class Worker:
     async def _lease(self, session: _Session, p: "_PumpState", free: int) -> None:
         """Starts a lease call carrying the results ready now (their events go first)."""
         if not await self._flush_events():
+            self._back_off()
             return
         p.gather_since = None
         p.carried = self._take_results(session.id)
@@ -644,7 +645,10 @@ class Worker:
 
     async def _complete_plain(self) -> None:
         session = self.session
-        if session is None or not await self._flush_events():
+        if session is None:
+            return
+        if not await self._flush_events():
+            self._back_off()
             return
         batch = self._take_results(session.id)
         if not batch:
@@ -666,16 +670,20 @@ class Worker:
         elif e.status == 0 or e.status >= 500 or e.status == 429:
             log.warning("sending results or leasing failed (%s); trying again in %.1f s", e, self._pause)
             self._results[0:0] = batch  # put back, in order
-            self._retry_at = time.monotonic() + self._pause
-            self._pause = min(self._pause * 2, 5.0)
+            self._back_off()
         elif len(batch) > 1:
             asyncio.ensure_future(self._send_each("complete", "results", batch))
         elif batch:
             log.error("the server refused the result of job %s: %s", batch[0].body.get("id"), e)
         else:
             log.error("the server refused a lease call: %s", e)
-            self._retry_at = time.monotonic() + self._pause
-            self._pause = min(self._pause * 2, 5.0)
+            self._back_off()
+
+    def _back_off(self) -> None:
+        """No lease or results call before a pause that grows with each failure in a row
+        (0.2 s to 5 s; a call that goes through resets it)."""
+        self._retry_at = time.monotonic() + self._pause
+        self._pause = min(self._pause * 2, 5.0)
 
     @staticmethod
     def _note_refusals(batch: List[_Outgoing], answer: Dict[str, Any]) -> None:

@@ -5,6 +5,8 @@ own, with 3 s leases and 1 s heartbeats."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 from pathlib import Path
 from typing import Any, Callable, Dict, List
@@ -111,6 +113,31 @@ def test_kill_9_mid_job_is_retried_elsewhere(fresh_server: Callable[..., Server]
         job = c.wait(sub["id"], timeout=STATE_DEADLINE)
         assert job["state"] == "succeeded", job
         assert job["output"]["pid"] == second.pid and job["output"]["attempt"] == 2
+
+
+def test_a_session_the_server_gave_up_is_registered_again(fresh_server: Callable[..., Server],
+                                                           start_worker: StartWorker) -> None:
+    """A worker paused past the session's timeout (SIGSTOP: a long GC pause, a suspended
+    laptop) finds its session gone when it wakes, registers again and goes on serving."""
+    server = fresh_server()
+    worker = start_worker(server, "--lease-wait", "0.5")  # its long poll ends while it is stopped
+
+    def sessions(c: ferry.Client) -> List[Dict[str, Any]]:
+        return list(c.request("GET", "/v1/workers/sessions")["sessions"])
+
+    with server.client() as c:
+        assert c.submit_and_wait("py_echo", {"before": 1}, timeout=STATE_DEADLINE)["state"] == "succeeded"
+        (first,) = sessions(c)
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            wait_for("the server to give the stopped worker's session up", lambda: not sessions(c))
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        job = c.submit_and_wait("py_echo", {"after": 1}, timeout=STATE_DEADLINE)
+        assert job["state"] == "succeeded" and job["output"]["pid"] == worker.pid, job
+        (second,) = sessions(c)
+        assert second["session"] != first["session"]
+    assert "registering again" in worker.log()
 
 
 def test_sigterm_drains(fresh_server: Callable[..., Server], start_worker: StartWorker, marks: Path,
