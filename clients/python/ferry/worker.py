@@ -424,9 +424,10 @@ class Worker:
                 if timer is None or timer <= 0:
                     await self._lease(session, p, free)
                     continue
-            if self._results and self._plain is None and now >= self._retry_at:
-                # Results that no lease will carry soon go on their own.
-                if p.call is None and (free <= 0 or session is None):
+            if self._results and self._plain is None and session is not None and now >= self._retry_at:
+                # Results that no lease will carry soon go on their own (while a session
+                # is being opened again, none: the lost one's are refused anyway).
+                if p.call is None and free <= 0:
                     self._send_plain()
                 elif p.call is not None:
                     hold = p.since + _HOLD - now if p.full else 0.0
@@ -740,9 +741,10 @@ class Worker:
             return True
 
     async def _flush(self, timeout: float) -> None:
-        """Sends what is pending (at shutdown), for up to `timeout` seconds."""
+        """Sends what is pending (at shutdown), for up to `timeout` seconds; nothing without a
+        session (what a lost one held is refused anyway)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.session is not None:
             if self._plain is not None:
                 await asyncio.wait({self._plain}, timeout=max(0.0, deadline - time.monotonic()))
                 continue
