@@ -9,15 +9,14 @@ export { FerryError, NonRetryableError, RetryableError, WaitTimeoutError, type T
 export type { ConnectionOptions } from "./http.js";
 export { parseSse, type SseMessage } from "./sse.js";
 export * from "./types.js";
+export type { WorkerStats } from "./protocol.js";
 export {
-  PROTOCOL,
   TaskAbortedError,
-  Worker,
   type Logger,
   type RunWorkerOptions,
   type TaskContext,
   type TaskFunction,
   type TaskOptions,
   type WorkerOptions,
-  type WorkerStats,
-} from "./worker.js";
+} from "./task.js";
+export { PROTOCOL, Worker } from "./worker.js";

@@ -26,17 +26,6 @@ import {
   type WorkerOptions,
 } from "./task.js";
 
-export {
-  TaskAbortedError,
-  type Logger,
-  type RunWorkerOptions,
-  type TaskContext,
-  type TaskFunction,
-  type TaskOptions,
-  type WorkerOptions,
-  type WorkerStats,
-};
-
 /** The protocol version this worker speaks (`docs/worker-protocol.md`). */
 export const PROTOCOL = 1;
 
