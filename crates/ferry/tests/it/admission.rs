@@ -315,13 +315,17 @@ async fn a_full_queue_refuses_with_503_and_a_batch_whole(backend: Backend) {
 async fn runs_that_may_wait_all_start_in_order_and_never_exceed_the_limit(backend: Backend) {
     let srv = TestServer::start(backend).await;
     set_limits(&srv, json!({"per_user": {"runs": 2, "jobs": null}})).await;
-    let (status, _) = srv
-        .post("/v1/workflows", json!({"name": "short", "nodes": [{"id": "z", "kind": "sleep", "input": {"ms": 300}}]}))
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    // The first two hold their places until the test cancels them, however slow the
+    // machine: the checks below must see the limit full.
+    for (name, ms) in [("long", 600_000), ("short", 300)] {
+        let workflow = json!({"name": name, "nodes": [{"id": "z", "kind": "sleep", "input": {"ms": ms}}]});
+        let (status, _) = srv.post("/v1/workflows", workflow).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
     let mut ids = Vec::new();
     for i in 0..6 {
-        let (status, body) = srv.post("/v1/runs", json!({"workflow": "short", "on_limit": "queue"})).await;
+        let workflow = if i < 2 { "long" } else { "short" };
+        let (status, body) = srv.post("/v1/runs", json!({"workflow": workflow, "on_limit": "queue"})).await;
         assert_eq!(status, StatusCode::CREATED, "every run is admitted: {body}");
         assert_eq!(body["state"], if i < 2 { "running" } else { "queued" }, "run {i}: {body}");
         ids.push(body["id"].as_str().expect("id").to_string());
@@ -334,13 +338,17 @@ async fn runs_that_may_wait_all_start_in_order_and_never_exceed_the_limit(backen
     // Without on_limit the limit still refuses.
     let (status, _) = srv.post("/v1/runs", json!({"workflow": "short"})).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    for id in &ids[..2] {
+        let (status, body) = srv.post(&format!("/v1/runs/{id}/cancel"), json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
     let started = std::time::Instant::now();
     loop {
         let (_, running) = srv.get("/v1/runs?state=running").await;
         let n = running["items"].as_array().map(Vec::len).unwrap_or(0);
         assert!(n <= 2, "never more than the limit running: {n}");
         let (_, done) = srv.get("/v1/runs?state=succeeded").await;
-        if done["items"].as_array().map(Vec::len) == Some(6) {
+        if done["items"].as_array().map(Vec::len) == Some(4) {
             break;
         }
         assert!(started.elapsed() < crate::harness::DEADLINE, "the queued runs did not all run");
@@ -371,9 +379,12 @@ async fn jobs_that_may_wait_are_held_then_run_in_order(backend: Backend) {
     let srv = TestServer::start_with(backend, |cfg| cfg.workers = 20).await;
     set_limits(&srv, json!({"per_user": {"runs": 5, "jobs": 2}})).await;
     let spec = json!({"kind": "sleep", "input": {"ms": 200}, "on_limit": "queue"});
+    // The first two hold their places until the test cancels them, however slow the
+    // machine: the checks below must see the limit full.
+    let long = json!({"kind": "sleep", "input": {"ms": 600_000}, "on_limit": "queue"});
     let mut ids = Vec::new();
     for i in 0..6 {
-        let (status, body) = srv.post("/v1/jobs", spec.clone()).await;
+        let (status, body) = srv.post("/v1/jobs", if i < 2 { long.clone() } else { spec.clone() }).await;
         assert_eq!(status, StatusCode::CREATED, "every job is admitted: {body}");
         if i >= 2 {
             assert_eq!(body["state"], "held", "job {i}: {body}");
@@ -386,6 +397,10 @@ async fn jobs_that_may_wait_are_held_then_run_in_order(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "a held job can be cancelled");
     let (status, _) = srv.post("/v1/jobs", json!({"kind": "noop"})).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "without on_limit the limit still refuses");
+    for id in &ids[..2] {
+        let (status, body) = srv.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
     let started = std::time::Instant::now();
     loop {
         // One listing is one snapshot of every job's state (reading the jobs one by one
@@ -394,7 +409,7 @@ async fn jobs_that_may_wait_are_held_then_run_in_order(backend: Backend) {
         let (mut in_flight, mut done) = (0, 0);
         for job in page["items"].as_array().expect("items").iter().filter(|j| ids.iter().any(|id| j["id"] == *id)) {
             match job["state"].as_str() {
-                Some("succeeded") => done += 1,
+                Some("succeeded" | "cancelled") => done += 1,
                 Some("held") => {}
                 _ => in_flight += 1,
             }
