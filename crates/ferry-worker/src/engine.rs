@@ -254,8 +254,21 @@ impl Running {
         }
     }
 
-    fn ids(&self) -> Vec<JobId> {
-        self.lock().keys().copied().collect()
+    /// Stops the attempt `attempt` of the job here, if it is the one running; whether it
+    /// was. A later attempt of the job that took its place is left running.
+    fn cancel_attempt(&self, id: JobId, attempt: u32) -> bool {
+        match self.lock().get(&id) {
+            Some((a, token)) if *a == attempt => {
+                token.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Every attempt running here: the job and the attempt's number.
+    fn attempts(&self) -> Vec<(JobId, u32)> {
+        self.lock().iter().map(|(id, (attempt, _))| (*id, *attempt)).collect()
     }
 
     fn len(&self) -> usize {
@@ -386,8 +399,28 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use super::spread;
+    use super::{Running, spread};
     use std::time::Duration;
+
+    #[test]
+    fn a_stale_attempt_is_stopped_but_not_the_later_one_that_took_its_place() {
+        let running = Running(Default::default());
+        let (job, other) = (ferry_core::JobId::now_v7(), ferry_core::JobId::now_v7());
+        let first = running.register(job, 1);
+        let bystander = running.register(other, 4);
+        // What a heartbeat saw; then the job's first attempt ended and it was claimed here
+        // again before the heartbeat's answer came back without it.
+        let seen = running.attempts();
+        running.remove(job, 1);
+        let second = running.register(job, 2);
+        for (id, attempt) in seen.into_iter().filter(|(id, _)| *id == job) {
+            assert!(!running.cancel_attempt(id, attempt), "attempt 1 is no longer running");
+        }
+        assert!(!second.is_cancelled() && !first.is_cancelled() && !bystander.is_cancelled());
+        assert!(running.cancel_attempt(job, 2));
+        assert!(second.is_cancelled());
+        assert!(!bystander.is_cancelled());
+    }
 
     #[test]
     fn a_spread_period_is_never_longer_nor_under_four_fifths_and_varies() {

@@ -51,14 +51,17 @@ pub(super) async fn heartbeat(inner: Arc<Inner>) {
             }
         }
         // Jobs registered before the heartbeat is sent were claimed in a transaction that
-        // committed before it, so the heartbeat sees them if they are still ours.
-        let before: HashSet<JobId> = inner.running.ids().into_iter().collect();
-        let ids: Vec<JobId> = before.iter().copied().collect();
+        // committed before it, so the heartbeat sees them if they are still ours. Only
+        // those attempts are stopped when it does not: a job whose attempt ended while the
+        // heartbeat was under way, and was claimed here again at once (a retry with a
+        // short backoff), is not ours at the heartbeat's instant, but its new attempt is.
+        let before = inner.running.attempts();
+        let ids: Vec<JobId> = before.iter().map(|(id, _)| *id).collect();
         match inner.store.heartbeat(&inner.worker_id, inner.cfg.lease_ms, &ids).await {
             Ok(held) => {
                 let held: HashSet<JobId> = held.into_iter().collect();
-                for id in before.difference(&held) {
-                    if inner.running.cancel(*id) {
+                for (id, attempt) in before.iter().filter(|(id, _)| !held.contains(id)) {
+                    if inner.running.cancel_attempt(*id, *attempt) {
                         tracing::info!(job = %id, "no longer ours (cancelled or taken over); stopping the attempt");
                     }
                 }
