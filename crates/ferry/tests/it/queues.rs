@@ -205,7 +205,8 @@ async fn a_smaller_concurrency_and_a_depth_cap_apply_at_run_time(backend: Backen
         (StatusCode::OK, &json!({"concurrency": 1, "max_depth": 3, "rate": null, "paused": false}))
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let ids = srv.submit_batch((0..3).map(|_| json!({"kind": "sleep", "input": {"ms": 300}})).collect()).await;
+    // Long enough that none ends before the batch below is refused, on a loaded machine.
+    let ids = srv.submit_batch((0..3).map(|_| json!({"kind": "sleep", "input": {"ms": 1000}})).collect()).await;
     // The depth cap set at run time holds (3 waiting at most, one may already run).
     let (status, body) = srv.post("/v1/jobs/batch", json!({"jobs": [{"kind": "noop"}, {"kind": "noop"}]})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");

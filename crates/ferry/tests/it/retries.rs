@@ -194,12 +194,16 @@ async fn no_attempt_runs_past_the_budget_even_when_it_could_not_start_in_time(ba
         cfg.queues.get_mut("default").expect("the default queue").concurrency = Some(1);
     })
     .await;
-    // One slot, held for 400 ms: the job below cannot start within its 100 ms budget.
-    let blocker = server.submit(json!({"kind": "sleep", "input": {"ms": 400}})).await;
+    // One slot, held until the job below's 100 ms budget is over: it cannot start in time.
+    let blocker = server.submit(json!({"kind": "sleep", "input": {"ms": 600_000}})).await;
     server.wait_state(&blocker, &["running"]).await;
     let id = server.submit(json!({"kind": "noop", "input": {"late": true}, "total_timeout_ms": 100})).await;
+    let deadline = ts(&server.job(&id).await["run_at"]) + chrono::Duration::milliseconds(100);
+    let left = (deadline - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(left + std::time::Duration::from_millis(50)).await;
+    let (status, body) = server.post(&format!("/v1/jobs/{blocker}/cancel"), json!({})).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
     let job = server.wait_state(&id, &["succeeded", "dead"]).await;
-    let deadline = ts(&job["run_at"]) + chrono::Duration::milliseconds(100);
     let late: Vec<String> = attempts(&job)
         .iter()
         .filter(|a| ts(&a["started_at"]) > deadline)
