@@ -555,3 +555,100 @@ async fn get_json_after_post(http: &reqwest::Client, url: &str, body: Value) -> 
     assert!(resp.status().is_success(), "{}", resp.status());
     resp.json().await.unwrap()
 }
+
+/// The worker process's takeable parks (`postgres/parks.rs`) whose worker id starts with
+/// `node`: written, not taken, not about to expire.
+async fn takeable_parks(db: &Db, node: &str) -> i64 {
+    let sql = "SELECT count(*) FROM {s}.claim_parks \
+               WHERE worker LIKE $1 AND taken IS NULL AND expires_at > {s}.ferry_now() + 1000000";
+    sqlx::query_scalar(db.sql(sql)).bind(format!("{node}:%")).fetch_one(&db.pool).await.unwrap()
+}
+
+/// One job through `POST /v1/jobs`; its id.
+async fn submit_one(http: &reqwest::Client, api: &str, spec: Value) -> String {
+    let resp = http.post(format!("{api}/v1/jobs")).json(&spec).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+}
+
+/// A job submitted on an API node to an idle queue is leased, in the submission's own
+/// transaction, to the claim a worker process parked in the database; a worker killed -9
+/// while parked loses nothing: the job leased to it comes back after its lease and runs
+/// on another worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_node_leases_to_a_parked_worker_process_and_a_killed_one_loses_nothing() {
+    let Some(db) = database().await else { return };
+    let http = client();
+    let api = api_node(&db, &format!("{}-api", db.schema), FAST_LEASES);
+    let first = format!("{}-w1", db.schema);
+    let w1 = worker(&db, &first, 4, FAST_LEASES);
+    let noop = json!({"kind": "noop"});
+    for _ in 0..3 {
+        poll("the worker to park", async |last| {
+            let n = takeable_parks(&db, &first).await;
+            *last = format!("{n} parks");
+            n > 0
+        })
+        .await;
+        let id = submit_one(&http, &api.url, noop.clone()).await;
+        poll("the job to succeed", async |last| {
+            let job = get_json(&http, &format!("{}/v1/jobs/{id}", api.url)).await;
+            *last = job.to_string();
+            job["state"] == "succeeded"
+        })
+        .await;
+    }
+    // The worker counts the jobs its parks were leased; before, a worker process's parks
+    // were taken by its own submissions only, and it makes none.
+    let metrics = http.get(format!("{}/metrics", w1.url)).send().await.unwrap().text().await.unwrap();
+    let leased: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("ferry_parked_claims_total{") && l.contains("queue=\"default\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(leased >= 1.0, "no job was leased to the parked worker:\n{metrics}");
+    stop(w1).await;
+
+    // Killed while parked: its park outlives it until it expires.
+    let mut tries = 0;
+    let (dead_node, id) = loop {
+        tries += 1;
+        let node = format!("{}-v{tries}", db.schema);
+        let mut victim = worker(&db, &node, 4, FAST_LEASES);
+        poll("the victim to park", async |last| {
+            let n = takeable_parks(&db, &node).await;
+            *last = format!("{n} parks");
+            n > 0
+        })
+        .await;
+        victim.child.kill().expect("kill -9");
+        victim.child.wait().unwrap();
+        poll("the database to drop the victim's connections", async |last| {
+            let n = db.backends(&node).await;
+            *last = format!("{n} connections");
+            n == 0
+        })
+        .await;
+        // Killed between a withdrawal and the next park: try again.
+        if takeable_parks(&db, &node).await == 0 {
+            assert!(tries < 5, "the victim was never killed while parked");
+            continue;
+        }
+        break (node, submit_one(&http, &api.url, noop.clone()).await);
+    };
+    let job = get_json(&http, &format!("{}/v1/jobs/{id}", api.url)).await;
+    assert_eq!(job["state"], "running", "leased to the dead worker's park: {job}");
+    assert!(job["attempts"][0]["worker"].as_str().unwrap().starts_with(&format!("{dead_node}:")), "{job}");
+    let w2 = worker(&db, &format!("{}-w2", db.schema), 4, FAST_LEASES);
+    poll("the job to come back and succeed", async |last| {
+        let job = get_json(&http, &format!("{}/v1/jobs/{id}", api.url)).await;
+        *last = job.to_string();
+        job["state"] == "succeeded"
+    })
+    .await;
+    let job = get_json(&http, &format!("{}/v1/jobs/{id}", api.url)).await;
+    assert_eq!(job["attempts"][0]["error"]["type"], "worker_lost", "{job}");
+    assert_one_success(&job);
+    stop(w2).await;
+    stop(api).await;
+}
