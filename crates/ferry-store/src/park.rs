@@ -27,12 +27,6 @@
 //! first, `withdraw` waits for that delivery, so leased jobs are never left behind by a
 //! dispatcher that moved on. A `Parked` dropped without `withdraw` (its task aborted)
 //! leaves its jobs, if any were delivered, to expire their lease and run again.
-//!
-//! **Parks other processes can take.** A worker process of the scale-out deployment
-//! (`ferry worker` on PostgreSQL) submits next to nothing itself: its jobs come from API
-//! nodes. Its parks are kept in the database as well ([`Shared`], see
-//! `postgres/parks.rs`), so that the submitting transaction on any node leases the new
-//! jobs to it; the queue's wake-up tells it, and its withdrawal reads what was leased.
 
 use crate::{ClaimRequest, Claimed};
 use std::collections::HashMap;
@@ -78,7 +72,7 @@ impl Parks {
         let mut map = self.by_queue.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(queue.clone()).or_default().push(Park { id, req, tx });
         self.count.fetch_add(1, Ordering::Relaxed);
-        Parked { kind: Kind::Local(Local { id, queue, rx, parks: self.clone(), taken: false }) }
+        Parked { id, queue, rx, parks: self.clone(), taken: false }
     }
 
     /// Whether a claim is parked on one of `queues`.
@@ -127,57 +121,8 @@ impl Parks {
     }
 }
 
-/// A park kept where other processes can take it (see the module docs): the backend's
-/// side of a [`Parked`].
-#[async_trait::async_trait]
-pub trait Shared: Send {
-    /// Waits for a delivery in memory, if the backend makes any; what it leased. A
-    /// transaction that took from a park in the database is not waited for here: its
-    /// commit wakes the queue, and [`Shared::withdraw`] then finds what it leased.
-    /// Cancel-safe.
-    async fn delivered(&mut self) -> Claimed;
-    /// Stops waiting: `None` when nothing had taken the claim, otherwise what was leased
-    /// to it.
-    async fn withdraw(self: Box<Self>) -> Option<Claimed>;
-}
-
 /// A dispatcher's handle on its parked claim.
 pub struct Parked {
-    kind: Kind,
-}
-
-enum Kind {
-    Local(Local),
-    Shared(Box<dyn Shared>),
-}
-
-impl Parked {
-    /// A park kept by the backend where other processes can take it.
-    pub fn shared(park: Box<dyn Shared>) -> Parked {
-        Parked { kind: Kind::Shared(park) }
-    }
-
-    /// Waits until a transaction ran the claim; what it leased (empty if that
-    /// transaction failed). Cancel-safe: dropping the future loses nothing.
-    pub async fn delivered(&mut self) -> Claimed {
-        match &mut self.kind {
-            Kind::Local(park) => park.delivered().await,
-            Kind::Shared(park) => park.delivered().await,
-        }
-    }
-
-    /// Stops waiting. `None` when nothing had taken the claim; otherwise the delivery,
-    /// waited for if its transaction is still under way.
-    pub async fn withdraw(self) -> Option<Claimed> {
-        match self.kind {
-            Kind::Local(park) => park.withdraw().await,
-            Kind::Shared(park) => park.withdraw().await,
-        }
-    }
-}
-
-/// A park in this process's registry only.
-struct Local {
     id: u64,
     queue: String,
     rx: oneshot::Receiver<Claimed>,
@@ -186,14 +131,18 @@ struct Local {
     taken: bool,
 }
 
-impl Local {
-    async fn delivered(&mut self) -> Claimed {
+impl Parked {
+    /// Waits until a transaction ran the claim; what it leased (empty if that
+    /// transaction failed). Cancel-safe: dropping the future loses nothing.
+    pub async fn delivered(&mut self) -> Claimed {
         let claimed = (&mut self.rx).await.unwrap_or_default();
         self.taken = true;
         claimed
     }
 
-    async fn withdraw(mut self) -> Option<Claimed> {
+    /// Stops waiting. `None` when nothing had taken the claim; otherwise the delivery,
+    /// waited for if its transaction is still under way.
+    pub async fn withdraw(mut self) -> Option<Claimed> {
         if self.taken || self.parks.remove(&self.queue, self.id) {
             self.taken = true;
             return None;
@@ -202,7 +151,7 @@ impl Local {
     }
 }
 
-impl Drop for Local {
+impl Drop for Parked {
     fn drop(&mut self) {
         if !self.taken {
             self.parks.remove(&self.queue, self.id);

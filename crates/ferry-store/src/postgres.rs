@@ -46,7 +46,6 @@ mod jobs;
 mod leases;
 mod listen;
 mod migrate;
-mod parks;
 mod remote;
 mod rows;
 mod runs;
@@ -105,7 +104,6 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (17, include_str!("../sql/postgres/migrations/0017_run_depth.sql")),
     (18, include_str!("../sql/postgres/migrations/0018_remote_kinds.sql")),
     (19, include_str!("../sql/postgres/migrations/0019_schedules.sql")),
-    (20, include_str!("../sql/postgres/migrations/0020_claim_parks.sql")),
 ];
 const INSERT_JOBS: &str = include_str!("../sql/postgres/insert_jobs.sql");
 const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
@@ -157,10 +155,6 @@ pub struct PgOptions {
     pub max_connections: u32,
     /// Shown in `pg_stat_activity`.
     pub application_name: String,
-    /// Keep this process's parked claims in the database, where submissions on other
-    /// nodes take them (`postgres/parks.rs`): for a worker process, whose work is
-    /// submitted elsewhere.
-    pub shared_parks: bool,
 }
 
 /// The PostgreSQL store. See the module docs.
@@ -177,9 +171,6 @@ pub struct PgStore {
     rates: RatesCache,
     /// This process's claims waiting for work (see [`crate::park`]).
     parks: Arc<Parks>,
-    /// Parks in the database: this process's, when it keeps them there, and what it knows
-    /// of other processes' (see `postgres/parks.rs`).
-    shared: Arc<parks::SharedParks>,
     /// When each queue's next scheduled or retrying job is due, as far as this process knows.
     due: due::DueTimes,
     /// Where each deep queue's waiting jobs begin, as far as this process knows.
@@ -301,9 +292,7 @@ impl PgStore {
         let events_channel = format!("ferry_events_{schema}");
         let events = Arc::new(EventSignal::default());
         let heads = Arc::new(head::Heads::default());
-        let shared = Arc::new(parks::SharedParks::new(opts.shared_parks, format!("ferry_parks_{schema}")));
         let listening = Listening {
-            shared: shared.clone(),
             heads: heads.clone(),
             events_channel: events_channel.clone(),
             events: events.clone(),
@@ -329,7 +318,6 @@ impl PgStore {
             listener,
             rates: Default::default(),
             parks: Default::default(),
-            shared,
             due: Default::default(),
             heads,
             origin,
@@ -436,10 +424,7 @@ impl Store for PgStore {
     }
 
     fn park(&self, req: ClaimRequest) -> Option<Parked> {
-        Some(match self.shared.enabled {
-            true => self.park_shared(req),
-            false => self.parks.park(req),
-        })
+        Some(self.parks.park(req))
     }
 
     async fn finish(&self, fin: Finish) -> Result<bool, StoreError> {

@@ -47,7 +47,6 @@ async fn postgres() -> Option<Backend> {
         schema: Some(schema.clone()),
         max_connections: 8,
         application_name: format!("ferry-test:{schema}"),
-        shared_parks: false,
     };
     match PgStore::open(&opts).await {
         Ok(store) => Some(Backend { store: Arc::new(store), _dir: None, schema: Some(schema) }),
@@ -739,8 +738,6 @@ mod escalations;
 mod failures;
 #[path = "conformance/ordering.rs"]
 mod ordering;
-#[path = "conformance/parks.rs"]
-mod parks;
 #[path = "conformance/postgres.rs"]
 mod postgres_only;
 #[path = "conformance/release.rs"]

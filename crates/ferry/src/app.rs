@@ -37,12 +37,6 @@ pub struct Server {
 /// Opens the configured store: PostgreSQL when `database_url` is set, else SQLite in
 /// `data_dir`.
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    open_store_with(cfg, false).await
-}
-
-/// [`open_store`]; `shared_parks`: a worker process's, whose idle claims wait where
-/// submissions on every node take them (see `ferry_store::park`).
-async fn open_store_with(cfg: &Config, shared_parks: bool) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match &cfg.database_url {
         Some(url) => {
             let opts = PgOptions {
@@ -50,7 +44,6 @@ async fn open_store_with(cfg: &Config, shared_parks: bool) -> anyhow::Result<Arc
                 schema: cfg.database_schema.clone(),
                 max_connections: cfg.database_max_connections,
                 application_name: format!("ferry:{}", cfg.node),
-                shared_parks,
             };
             Arc::new(PgStore::open(&opts).await.context("cannot open the PostgreSQL store")?)
         }
@@ -281,7 +274,7 @@ pub async fn start_worker(
         );
     }
     let listener = bind(listen).await?;
-    let store = open_store_with(cfg, true).await?;
+    let store = open_store(cfg).await?;
     let queues: Vec<QueueConfig> = queues.iter().map(|name| QueueConfig { name: name.clone(), concurrency }).collect();
     let registry = registry(cfg, &ferry_store::Blobs::new(store.blobs(), cfg.blobs.clone())).await?;
     let engine = Engine::start(store.clone(), registry.clone(), engine_config(cfg, queues));

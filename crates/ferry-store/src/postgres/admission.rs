@@ -140,28 +140,10 @@ impl PgStore {
             let claimed = claim_plain(&mut *tx, &park.req, None, false).await;
             parked.push((park, claimed));
         }
-        // Then other processes' parks (and this worker process's own, kept in the
-        // database), on the queues no park of this process's memory answered.
-        let mut leased_to_parks = Vec::new();
-        if hold.is_none() {
-            let rest: BTreeSet<String> = &queues - &answered;
-            let (may, generation) = self.shared.may_have(&rest);
-            if !may.is_empty() {
-                let rates = self.rates_on(&mut tx).await?;
-                let may: Vec<String> = may.into_iter().filter(|q| !rates.applies_to(q)).collect();
-                if !may.is_empty() {
-                    leased_to_parks = self.shared.take(&mut tx, may, generation).await?;
-                }
-            }
-        }
         let committed = match parked.iter().any(|(_, c)| c.is_err()) {
             false => tx.commit().await.map_err(StoreError::from),
             true => Err(StoreError::Database("a parked claim failed".into())),
         };
-        // Their dispatchers hear of it by the queue's wake-up (here too: not answered).
-        if committed.is_ok() {
-            self.committed(leased_to_parks.into_iter().map(Subject::Job));
-        }
         // Exactly one delivery per taken park, empty when nothing committed.
         for (park, claimed) in parked {
             if committed.is_ok()

@@ -20,8 +20,6 @@ pub(super) struct Listening {
     pub(super) token_changes: broadcast::Sender<()>,
     /// Payload: see `postgres/events.rs`.
     pub(super) events_channel: String,
-    /// Parks announced on their channel (payload: the queue; see `postgres/parks.rs`).
-    pub(super) shared: Arc<parks::SharedParks>,
     pub(super) events: Arc<EventSignal>,
 }
 
@@ -30,7 +28,6 @@ impl Listening {
     /// order, and any log may have grown.
     fn missed(&self) {
         self.heads.forget_all();
-        self.shared.missed();
         self.queues.all();
         self.events.committed_all();
     }
@@ -48,13 +45,7 @@ pub(super) async fn listen(pool: PgPool, l: Listening) {
                 continue;
             }
         };
-        let channels = [
-            l.wakeups.as_str(),
-            l.cancels.as_str(),
-            l.tokens.as_str(),
-            l.events_channel.as_str(),
-            l.shared.channel.as_str(),
-        ];
+        let channels = [l.wakeups.as_str(), l.cancels.as_str(), l.tokens.as_str(), l.events_channel.as_str()];
         if let Err(e) = listener.listen_all(channels).await {
             tracing::warn!(error = %e, "cannot LISTEN; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -70,7 +61,6 @@ pub(super) async fn listen(pool: PgPool, l: Listening) {
                     events::Told::Subjects(subjects) => l.events.committed(subjects),
                     events::Told::All => l.events.committed_all(),
                 },
-                Ok(Some(n)) if n.channel() == l.shared.channel => l.shared.heard(n.payload()),
                 Ok(Some(n)) if n.channel() == l.tokens => {
                     let _ = l.token_changes.send(());
                 }

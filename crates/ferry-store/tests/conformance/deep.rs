@@ -55,7 +55,6 @@ async fn postgres_a_job_submitted_on_another_node_before_the_head_is_claimed_nex
         schema: b.schema.clone(),
         max_connections: 2,
         application_name: "ferry-test:other-node".into(),
-        shared_parks: false,
     })
     .await
     .unwrap();

@@ -125,13 +125,7 @@ async fn postgres_heartbeats_and_batched_finishes_never_deadlock() {
 async fn postgres_a_rate_set_on_another_node_holds_before_this_node_reads_it() {
     let Some(a) = postgres().await else { return };
     let schema = a.schema.clone().expect("a schema");
-    let opts = PgOptions {
-        url: pg_url(),
-        schema: Some(schema),
-        max_connections: 4,
-        application_name: "node-b".into(),
-        shared_parks: false,
-    };
+    let opts = PgOptions { url: pg_url(), schema: Some(schema), max_connections: 4, application_name: "node-b".into() };
     let b = PgStore::open(&opts).await.expect("node B");
     // A reads the rates (none), and keeps them for up to a second.
     assert!(a.store.claim(claim_req("a", 10)).await.unwrap().jobs.is_empty());
