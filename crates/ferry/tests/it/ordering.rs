@@ -3,8 +3,8 @@
 //! dies or is cancelled lets the next one go at once; a bad key is refused naming the
 //! field.
 //!
-//! Order is read from the server's own timestamps: each job's counted attempt starts
-//! after the job before it finished.
+//! Order is read from the server's own timestamps: each job of the key sleeps 30 ms, so a
+//! job that waited for the one before it ended at least 30 ms after it.
 
 use crate::harness::{Backend, TestServer, assert_error, both, poll, ts};
 use reqwest::StatusCode;

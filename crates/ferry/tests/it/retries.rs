@@ -199,6 +199,7 @@ async fn no_attempt_runs_past_the_budget_even_when_it_could_not_start_in_time(ba
     server.wait_state(&blocker, &["running"]).await;
     let id = server.submit(json!({"kind": "noop", "input": {"late": true}, "total_timeout_ms": 100})).await;
     let deadline = ts(&server.job(&id).await["run_at"]) + chrono::Duration::milliseconds(100);
+    // The wait is for the budget's own end, the time this test is about.
     let left = (deadline - chrono::Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(left + std::time::Duration::from_millis(50)).await;
     let (status, body) = server.post(&format!("/v1/jobs/{blocker}/cancel"), json!({})).await;
