@@ -235,7 +235,6 @@ impl Hub {
         attempt: &crate::Attempt,
         input: Value,
     ) -> (Withdraw, oneshot::Receiver<Outcome>) {
-        let (reply, answer) = oneshot::channel();
         let job = LeasedJob {
             id: attempt.job_id,
             attempt: attempt.number,
@@ -247,14 +246,21 @@ impl Hub {
             timeout_ms: attempt.timeout.as_millis() as u64,
             soft_timeout_ms: attempt.soft_timeout.map(|t| t.as_millis() as u64),
         };
-        self.lock().offers.push_back(Offer { job, reply });
-        self.offered.notify_waiters();
+        let answer = self.put(job);
         let guard = Withdraw {
             hub: Arc::downgrade(self),
             key: (attempt.job_id, attempt.number),
             deadline: attempt.started + attempt.timeout,
         };
         (guard, answer)
+    }
+
+    /// Puts `job` among the offers and wakes the lease calls waiting for one.
+    fn put(&self, job: LeasedJob) -> oneshot::Receiver<Outcome> {
+        let (reply, answer) = oneshot::channel();
+        self.lock().offers.push_back(Offer { job, reply });
+        self.offered.notify_waiters();
+        answer
     }
 
     /// Leases up to `max` offered jobs of the session's kinds (never past its free
@@ -508,8 +514,7 @@ mod tests {
     /// Offers job `n` of kind `k`, as its attempt does when it starts; the receiver is
     /// the attempt's end.
     fn offer(hub: &Hub, n: u128) -> oneshot::Receiver<Outcome> {
-        let (reply, answer) = oneshot::channel();
-        let job = LeasedJob {
+        hub.put(LeasedJob {
             id: JobId::from_u128(n),
             attempt: 1,
             kind: "k".into(),
@@ -519,10 +524,7 @@ mod tests {
             input: Value::Null,
             timeout_ms: 60_000,
             soft_timeout_ms: None,
-        };
-        hub.lock().offers.push_back(Offer { job, reply });
-        hub.offered.notify_waiters();
-        answer
+        })
     }
 
     /// Lets every other task run as far as it can, without the paused clock moving.
@@ -547,26 +549,25 @@ mod tests {
         assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), (1..=3).map(JobId::from_u128).collect::<Vec<_>>());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_wait_for_the_rest_of_a_batch_is_bounded() {
+    /// A lease of up to 3 jobs with one offered, `expect` as given: how many it answered
+    /// with, and how long it took on the paused clock (which moves only to the next timer).
+    async fn lease_with_one_offered(expect: usize) -> (usize, Duration) {
         let hub = hub();
         let s = session(&hub, 3);
         let _only = offer(&hub, 1);
         let t0 = tokio::time::Instant::now();
-        let jobs = hub.lease(&s, 3, Duration::from_secs(10), 3).await.unwrap();
-        // The paused clock moves only to the next timer: the linger's end, not the wait's.
-        assert_eq!(jobs.len(), 1);
-        assert_eq!(t0.elapsed(), LINGER);
+        let jobs = hub.lease(&s, 3, Duration::from_secs(10), expect).await.unwrap();
+        (jobs.len(), t0.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_for_the_rest_of_a_batch_is_bounded() {
+        // The linger's end, not the wait's.
+        assert_eq!(lease_with_one_offered(3).await, (1, LINGER));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_plain_lease_answers_with_what_is_offered() {
-        let hub = hub();
-        let s = session(&hub, 3);
-        let _only = offer(&hub, 1);
-        let t0 = tokio::time::Instant::now();
-        let jobs = hub.lease(&s, 3, Duration::from_secs(10), 0).await.unwrap();
-        assert_eq!(jobs.len(), 1);
-        assert_eq!(t0.elapsed(), Duration::ZERO);
+        assert_eq!(lease_with_one_offered(0).await, (1, Duration::ZERO));
     }
 }
