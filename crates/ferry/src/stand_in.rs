@@ -46,8 +46,11 @@ pub async fn run(command: StandInCommand) -> anyhow::Result<()> {
             let listener = std::net::TcpListener::bind(args.listen)
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
             let server = StandInLlm::serve(script, listener)?;
+            // Handlers first, then the announcement: a SIGTERM sent the moment the address
+            // is read stops the stand-in cleanly instead of killing it.
+            let stop = crate::app::shutdown_signal();
             println!("stand-in LLM serving {} (script {file}); Ctrl-C stops it", server.base_url());
-            crate::app::shutdown_signal().await;
+            stop.await;
             server.stop().await;
             Ok(())
         }
