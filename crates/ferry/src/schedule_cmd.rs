@@ -62,7 +62,7 @@ pub struct CreateArgs {
     pub workflow: Option<String>,
     /// The workflow's version (default: its latest at each tick)
     #[arg(long, requires = "workflow")]
-    pub version: Option<u32>,
+    pub workflow_version: Option<u32>,
     /// The run's input (JSON, or @file)
     #[arg(long, requires = "workflow")]
     pub input: Option<String>,
@@ -111,7 +111,7 @@ fn body(a: &CreateArgs) -> anyhow::Result<Value> {
     put("job", a.job.as_deref().map(read_input).transpose()?);
     if let Some(workflow) = &a.workflow {
         let mut run = json!({"workflow": workflow});
-        if let Some(v) = a.version {
+        if let Some(v) = a.workflow_version {
             run["version"] = json!(v);
         }
         if let Some(input) = &a.input {

@@ -372,6 +372,20 @@ fn schedules_are_created_listed_paused_and_deleted_by_name_from_the_cli() {
     let (code, _, err) = cli(&url, &["schedule", "delete", "nightly"]);
     assert_eq!(code, 1);
     assert!(err.contains("no schedule named `nightly`"), "{err}");
+
+    // A schedule of a workflow run, pinned to a version.
+    let file = dir.path().join("nap.yaml");
+    std::fs::write(&file, "name: nap\nnodes:\n  - id: sleep\n    kind: sleep\n    input: {ms: 1}\n").unwrap();
+    assert_eq!(cli(&url, &["workflow", "apply", file.to_str().unwrap()]).0, 0);
+    let pinned = ["schedule", "create", "naps", "--every-ms", "60000", "--workflow", "nap", "--workflow-version"];
+    let (code, _, err) = cli(&url, &[&pinned[..], &["1", "--json"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = cli(&url, &["schedule", "list", "--json"]);
+    assert_eq!(json_of(&out)["schedules"][0]["spec"]["run"], json!({"workflow": "nap", "version": 1}), "{out}");
+    let (code, _, err) = cli(&url, &[&pinned[..], &["2"]].concat());
+    assert_eq!(code, 1, "no version 2 of `nap`");
+    assert!(err.contains("version"), "{err}");
+
     let (code, _, err) = cli(&url, &["schedule", "create", "bad", "--every-ms", "10", "--job", r#"{"kind": "noop"}"#]);
     assert_eq!(code, 1);
     assert!(err.contains("every_ms"), "the field is named: {err}");
