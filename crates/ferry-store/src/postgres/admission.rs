@@ -15,10 +15,11 @@ impl PgStore {
         admission: Admission,
     ) -> Result<Vec<Submitted>, StoreError> {
         let gated = submission::gated(&admission);
-        // An ungated submission reads the clock in its insert, one round trip less.
+        // An ungated submission reads the clock in its insert, one round trip less, and
+        // runs in autocommit until something needs a transaction (see `Session`).
         let (mut tx, clock_read) = match gated {
-            true => self.begin().await.map(|(tx, now)| (tx, Some(now)))?,
-            false => (self.pool.begin().await?, None),
+            true => self.begin().await.map(|(tx, now)| (Session::Tx(tx), Some(now)))?,
+            false => (Session::Auto(Some(self.pool.acquire().await?)), None),
         };
         // The batch's idempotency keys, resolved before anything is written where a count
         // needs them (see `crate::submission`): only new jobs count.
@@ -26,12 +27,13 @@ impl PgStore {
         let mut hold: Option<String> = None;
         if gated && let Some(first) = jobs.first() {
             // Admissions of one workspace take turns, so counts and inserts never race.
-            let in_flight = in_flight(&mut tx, "jobs", &first.workspace, &first.user).await?;
+            let tx = tx.tx(&self.pool).await?;
+            let in_flight = in_flight(tx, "jobs", &first.workspace, &first.user).await?;
             let held: i64 = match admission.queue_on_limit {
-                true => sqlx::query_scalar(*HELD_COUNT).bind(&first.workspace).fetch_one(&mut *tx).await?,
+                true => sqlx::query_scalar(*HELD_COUNT).bind(&first.workspace).fetch_one(&mut **tx).await?,
                 false => 0,
             };
-            let batch = resolve_keys(&mut tx, &jobs).await?;
+            let batch = resolve_keys(tx, &jobs).await?;
             let adding = submission::adding(&jobs, &batch, None);
             resolved = Some(batch);
             hold = submission::hold(&admission, in_flight, adding, held.max(0) as u64)?;
@@ -45,16 +47,17 @@ impl PgStore {
             }
             // Far from the cap, concurrent submissions cannot overshoot it together; near
             // it, submissions to the queue take turns and count again.
-            let waiting = count_waiting(&mut tx, queue, *cap).await?;
+            let waiting = count_waiting(tx.conn()?, queue, *cap).await?;
             if waiting + most + DEPTH_SLACK <= *cap {
                 continue;
             }
-            sqlx::query(*DEPTH_LOCK).bind(queue).execute(&mut *tx).await?;
+            let tx = tx.tx(&self.pool).await?;
+            sqlx::query(*DEPTH_LOCK).bind(queue).execute(&mut **tx).await?;
             // READ COMMITTED: this statement sees what committed before the lock.
-            let waiting = count_waiting(&mut tx, queue, *cap).await?;
+            let waiting = count_waiting(tx, queue, *cap).await?;
             let batch = match resolved.take() {
                 Some(batch) => batch,
-                None => resolve_keys(&mut tx, &jobs).await?,
+                None => resolve_keys(tx, &jobs).await?,
             };
             let adding = submission::adding(&jobs, &batch, Some(queue));
             resolved = Some(batch);
@@ -67,7 +70,8 @@ impl PgStore {
         let parks = match hold.is_none() && self.parks.waiting(&queues) {
             false => Vec::new(),
             true => {
-                let rates = self.rates_on(&mut tx).await?;
+                let tx = tx.tx(&self.pool).await?;
+                let rates = self.rates_on(tx).await?;
                 self.parks.take(&queues, |q| rates.applies_to(q))
             }
         };
@@ -81,10 +85,10 @@ impl PgStore {
                     .bind(&self.channel)
                     .bind(answered.iter().collect::<Vec<_>>())
                     .bind(&self.origin)
-                    .fetch_all(&mut *tx)
+                    .fetch_all(tx.conn()?)
                     .await?
             }
-            Some(_) => insert_jobs(&mut tx, clock_read, &jobs, &[]).await?,
+            Some(_) => insert_jobs(tx.tx(&self.pool).await?, clock_read, &jobs, &[]).await?,
         };
         // Each new job's state, queue and due time.
         let mut created: HashMap<JobId, (JobState, String, Micros)> = HashMap::with_capacity(rows.len());
@@ -97,7 +101,8 @@ impl PgStore {
             // Held until a slot frees: no worker may see them before. Their events in batch
             // order, as the insert logs a submission's first events.
             let ids: Vec<JobId> = jobs.iter().map(|j| j.id).filter(|id| created.contains_key(id)).collect();
-            sqlx::query(*HOLD_JOBS).bind(&ids).execute(&mut *tx).await?;
+            let tx = tx.tx(&self.pool).await?;
+            sqlx::query(*HOLD_JOBS).bind(&ids).execute(&mut **tx).await?;
             let mut events = Vec::with_capacity(ids.len());
             for id in &ids {
                 if let Some((state, queue, _)) = created.get_mut(id) {
@@ -106,12 +111,13 @@ impl PgStore {
                     events.push((*id, kind, data));
                 }
             }
-            insert_events(&mut tx, now, events).await?;
+            insert_events(tx, now, events).await?;
         }
-        // The answers, from what this transaction sees now: a job the insert skipped has
-        // its key stored (by an earlier job of the batch, or by another transaction that
-        // committed it first, maybe since the keys were resolved above).
-        let stored = stored_under_keys(&mut tx, jobs.iter().filter(|j| !created.contains_key(&j.id))).await?;
+        // The answers, from what this session sees now (in autocommit, after the insert's
+        // commit): a job the insert skipped has its key stored (by an earlier job of the
+        // batch, or by another transaction that committed it first, maybe since the keys
+        // were resolved above).
+        let stored = stored_under_keys(tx.conn()?, jobs.iter().filter(|j| !created.contains_key(&j.id))).await?;
         let resolved = submission::resolve(&jobs, |job, key| match created.contains_key(&job.id) {
             true => Ok(None),
             false => match stored.get(&(job.workspace.clone(), key.to_string())) {
@@ -137,11 +143,11 @@ impl PgStore {
         };
         let mut parked = Vec::with_capacity(parks.len());
         for park in parks {
-            let claimed = claim_plain(&mut *tx, &park.req, None, false).await;
+            let claimed = claim_plain(tx.conn()?, &park.req, None, false).await;
             parked.push((park, claimed));
         }
         let committed = match parked.iter().any(|(_, c)| c.is_err()) {
-            false => tx.commit().await.map_err(StoreError::from),
+            false => tx.commit().await,
             true => Err(StoreError::Database("a parked claim failed".into())),
         };
         // Exactly one delivery per taken park, empty when nothing committed.
@@ -197,20 +203,16 @@ pub(super) async fn in_flight(
 pub(super) const DEPTH_SLACK: u64 = 4_000;
 
 /// The queue's waiting jobs, counted up to `cap + 1` at most.
-pub(super) async fn count_waiting(
-    tx: &mut Transaction<'static, Postgres>,
-    queue: &str,
-    cap: u64,
-) -> Result<u64, StoreError> {
+pub(super) async fn count_waiting(conn: &mut sqlx::PgConnection, queue: &str, cap: u64) -> Result<u64, StoreError> {
     let n: i64 =
-        sqlx::query_scalar(*COUNT_WAITING).bind(queue).bind(cap.saturating_add(1) as i64).fetch_one(&mut **tx).await?;
+        sqlx::query_scalar(*COUNT_WAITING).bind(queue).bind(cap.saturating_add(1) as i64).fetch_one(conn).await?;
     Ok(n.max(0) as u64)
 }
 
 /// The jobs stored under the idempotency keys of `jobs`, by workspace and key, in one
 /// statement (none when no job has a key).
 pub(super) async fn stored_under_keys<'a>(
-    tx: &mut Transaction<'static, Postgres>,
+    conn: &mut sqlx::PgConnection,
     jobs: impl Iterator<Item = &'a NewJob>,
 ) -> Result<HashMap<(String, String), Stored>, StoreError> {
     let (workspaces, keys): (Vec<&str>, Vec<&str>) =
@@ -218,7 +220,7 @@ pub(super) async fn stored_under_keys<'a>(
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows = sqlx::query(*STORED_UNDER_KEYS).bind(&workspaces).bind(&keys).fetch_all(&mut **tx).await?;
+    let rows = sqlx::query(*STORED_UNDER_KEYS).bind(&workspaces).bind(&keys).fetch_all(conn).await?;
     let mut stored = HashMap::with_capacity(rows.len());
     for r in &rows {
         let found =
@@ -230,10 +232,55 @@ pub(super) async fn stored_under_keys<'a>(
 
 /// The batch's idempotency keys resolved against what is stored (see
 /// [`crate::submission`]).
-pub(super) async fn resolve_keys(
-    tx: &mut Transaction<'static, Postgres>,
-    jobs: &[NewJob],
-) -> Result<Vec<Resolved>, StoreError> {
-    let stored = stored_under_keys(tx, jobs.iter()).await?;
+pub(super) async fn resolve_keys(conn: &mut sqlx::PgConnection, jobs: &[NewJob]) -> Result<Vec<Resolved>, StoreError> {
+    let stored = stored_under_keys(conn, jobs.iter()).await?;
     submission::resolve(jobs, |job, key| Ok(stored.get(&(job.workspace.clone(), key.to_string())).cloned()))
+}
+
+/// Where a submission's statements run. An ungated submission starts in autocommit on one
+/// connection: with no depth lock to take and no parked claim to run, its insert (jobs,
+/// events and wake-ups in one statement) commits on its own, one round trip where BEGIN,
+/// the insert and COMMIT took three. Its statements before the insert only count, under
+/// READ COMMITTED as in a transaction, so the counts see the same. Whatever needs the
+/// insert's transaction (a lock held to its commit, a parked claim, held jobs) turns it
+/// into one first, with [`Session::tx`], before anything is written. What follows an
+/// autocommitted insert only reads (the keys it skipped) and tells this process: should it
+/// fail, the submission answers an error with its jobs stored, which a retry with the same
+/// idempotency keys finds (as after a lost answer).
+enum Session {
+    Tx(Transaction<'static, Postgres>),
+    /// Taken (`None`) only on the way to a transaction.
+    Auto(Option<sqlx::pool::PoolConnection<Postgres>>),
+}
+
+impl Session {
+    fn conn(&mut self) -> Result<&mut sqlx::PgConnection, StoreError> {
+        match self {
+            Session::Tx(tx) => Ok(tx),
+            Session::Auto(Some(conn)) => Ok(conn),
+            Session::Auto(None) => Err(StoreError::Database("a submission's transaction did not begin".into())),
+        }
+    }
+
+    /// The transaction, begun now if the session was in autocommit (nothing written yet).
+    /// The autocommit connection goes back to the pool first: a submission holds one
+    /// connection at a time, so a busy pool cannot leave submissions waiting on each other.
+    async fn tx(&mut self, pool: &PgPool) -> Result<&mut Transaction<'static, Postgres>, StoreError> {
+        if let Session::Auto(conn) = self {
+            drop(conn.take());
+            *self = Session::Tx(pool.begin().await?);
+        }
+        match self {
+            Session::Tx(tx) => Ok(tx),
+            Session::Auto(_) => Err(StoreError::Database("a submission's transaction did not begin".into())),
+        }
+    }
+
+    /// Commits a transaction; in autocommit, each statement committed already.
+    async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Session::Tx(tx) => Ok(tx.commit().await?),
+            Session::Auto(_) => Ok(()),
+        }
+    }
 }
