@@ -16,10 +16,12 @@ impl PgStore {
     ) -> Result<Vec<Submitted>, StoreError> {
         let gated = submission::gated(&admission);
         // An ungated submission reads the clock in its insert, one round trip less, and
-        // runs in autocommit until something needs a transaction (see `Session`).
-        let (mut tx, clock_read) = match gated {
-            true => self.begin().await.map(|(tx, now)| (Session::Tx(tx), Some(now)))?,
-            false => (Session::Auto(Some(self.pool.acquire().await?)), None),
+        // may run in autocommit until something needs a transaction (see `Session`).
+        let all_or_nothing = jobs.len() > 1 && jobs.iter().any(|j| j.idempotency_key.is_some());
+        let (mut tx, clock_read) = match (gated, all_or_nothing) {
+            (true, _) => self.begin().await.map(|(tx, now)| (Session::Tx(tx), Some(now)))?,
+            (false, true) => (Session::Tx(self.pool.begin().await?), None),
+            (false, false) => (Session::Auto(Some(self.pool.acquire().await?)), None),
         };
         // The batch's idempotency keys, resolved before anything is written where a count
         // needs them (see `crate::submission`): only new jobs count.
@@ -243,10 +245,13 @@ pub(super) async fn resolve_keys(conn: &mut sqlx::PgConnection, jobs: &[NewJob])
 /// the insert and COMMIT took three. Its statements before the insert only count, under
 /// READ COMMITTED as in a transaction, so the counts see the same. Whatever needs the
 /// insert's transaction (a lock held to its commit, a parked claim, held jobs) turns it
-/// into one first, with [`Session::tx`], before anything is written. What follows an
-/// autocommitted insert only reads (the keys it skipped) and tells this process: should it
-/// fail, the submission answers an error with its jobs stored, which a retry with the same
-/// idempotency keys finds (as after a lost answer).
+/// into one first, with [`Session::tx`], before anything is written. A batch of several
+/// jobs with an idempotency key among them is a transaction from the start: a key found in
+/// conflict only after the insert (another spec stored under it) must undo the batch's
+/// other jobs, since a batch is stored whole or not at all. What follows an autocommitted
+/// insert then only reads (the key of its one job, when the insert skipped it) and tells
+/// this process: should that fail, the submission answers an error with its jobs stored,
+/// which a retry with the same idempotency keys finds (as after a lost answer).
 enum Session {
     Tx(Transaction<'static, Postgres>),
     /// Taken (`None`) only on the way to a transaction.

@@ -102,7 +102,13 @@ async fn header_form_of_the_key(backend: Backend) {
 }
 
 async fn batch_conflict_stores_nothing(backend: Backend) {
-    let server = TestServer::start(backend).await;
+    batch_conflict_stores_nothing_on(TestServer::start(backend).await).await;
+    // A node without workers has no idle claim parked on the queue, so on PostgreSQL its
+    // submissions take the autocommit path, which a batch with keys must not take.
+    batch_conflict_stores_nothing_on(TestServer::start_with(backend, |c| c.workers = 0).await).await;
+}
+
+async fn batch_conflict_stores_nothing_on(server: TestServer) {
     server.submit(json!({"kind": "noop", "delay_ms": 60000, "idempotency_key": "dup"})).await;
     let got = server
         .post(
