@@ -18,7 +18,7 @@ impl PgStore {
         // An ungated submission reads the clock in its insert, one round trip less, and
         // may run in autocommit until something needs a transaction (see `Session`).
         let all_or_nothing = jobs.len() > 1 && jobs.iter().any(|j| j.idempotency_key.is_some());
-        let (mut tx, clock_read) = match (gated, all_or_nothing) {
+        let (mut session, clock_read) = match (gated, all_or_nothing) {
             (true, _) => self.begin().await.map(|(tx, now)| (Session::Tx(tx), Some(now)))?,
             (false, true) => (Session::Tx(self.pool.begin().await?), None),
             (false, false) => (Session::Auto(Some(self.pool.acquire().await?)), None),
@@ -29,7 +29,7 @@ impl PgStore {
         let mut hold: Option<String> = None;
         if gated && let Some(first) = jobs.first() {
             // Admissions of one workspace take turns, so counts and inserts never race.
-            let tx = tx.tx(&self.pool).await?;
+            let tx = session.tx(&self.pool).await?;
             let in_flight = in_flight(tx, "jobs", &first.workspace, &first.user).await?;
             let held: i64 = match admission.queue_on_limit {
                 true => sqlx::query_scalar(*HELD_COUNT).bind(&first.workspace).fetch_one(&mut **tx).await?,
@@ -49,11 +49,11 @@ impl PgStore {
             }
             // Far from the cap, concurrent submissions cannot overshoot it together; near
             // it, submissions to the queue take turns and count again.
-            let waiting = count_waiting(tx.conn()?, queue, *cap).await?;
+            let waiting = count_waiting(session.conn()?, queue, *cap).await?;
             if waiting + most + DEPTH_SLACK <= *cap {
                 continue;
             }
-            let tx = tx.tx(&self.pool).await?;
+            let tx = session.tx(&self.pool).await?;
             sqlx::query(*DEPTH_LOCK).bind(queue).execute(&mut **tx).await?;
             // READ COMMITTED: this statement sees what committed before the lock.
             let waiting = count_waiting(tx, queue, *cap).await?;
@@ -72,7 +72,7 @@ impl PgStore {
         let parks = match hold.is_none() && self.parks.waiting(&queues) {
             false => Vec::new(),
             true => {
-                let tx = tx.tx(&self.pool).await?;
+                let tx = session.tx(&self.pool).await?;
                 let rates = self.rates_on(tx).await?;
                 self.parks.take(&queues, |q| rates.applies_to(q))
             }
@@ -87,10 +87,10 @@ impl PgStore {
                     .bind(&self.channel)
                     .bind(answered.iter().collect::<Vec<_>>())
                     .bind(&self.origin)
-                    .fetch_all(tx.conn()?)
+                    .fetch_all(session.conn()?)
                     .await?
             }
-            Some(_) => insert_jobs(tx.tx(&self.pool).await?, clock_read, &jobs, &[]).await?,
+            Some(_) => insert_jobs(session.tx(&self.pool).await?, clock_read, &jobs, &[]).await?,
         };
         // Each new job's state, queue and due time.
         let mut created: HashMap<JobId, (JobState, String, Micros)> = HashMap::with_capacity(rows.len());
@@ -103,7 +103,7 @@ impl PgStore {
             // Held until a slot frees: no worker may see them before. Their events in batch
             // order, as the insert logs a submission's first events.
             let ids: Vec<JobId> = jobs.iter().map(|j| j.id).filter(|id| created.contains_key(id)).collect();
-            let tx = tx.tx(&self.pool).await?;
+            let tx = session.tx(&self.pool).await?;
             sqlx::query(*HOLD_JOBS).bind(&ids).execute(&mut **tx).await?;
             let mut events = Vec::with_capacity(ids.len());
             for id in &ids {
@@ -119,7 +119,7 @@ impl PgStore {
         // commit): a job the insert skipped has its key stored (by an earlier job of the
         // batch, or by another transaction that committed it first, maybe since the keys
         // were resolved above).
-        let stored = stored_under_keys(tx.conn()?, jobs.iter().filter(|j| !created.contains_key(&j.id))).await?;
+        let stored = stored_under_keys(session.conn()?, jobs.iter().filter(|j| !created.contains_key(&j.id))).await?;
         let resolved = submission::resolve(&jobs, |job, key| match created.contains_key(&job.id) {
             true => Ok(None),
             false => match stored.get(&(job.workspace.clone(), key.to_string())) {
@@ -145,11 +145,11 @@ impl PgStore {
         };
         let mut parked = Vec::with_capacity(parks.len());
         for park in parks {
-            let claimed = claim_plain(tx.conn()?, &park.req, None, false).await;
+            let claimed = claim_plain(session.conn()?, &park.req, None, false).await;
             parked.push((park, claimed));
         }
         let committed = match parked.iter().any(|(_, c)| c.is_err()) {
-            false => tx.commit().await,
+            false => session.commit().await,
             true => Err(StoreError::Database("a parked claim failed".into())),
         };
         // Exactly one delivery per taken park, empty when nothing committed.
