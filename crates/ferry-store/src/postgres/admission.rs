@@ -16,9 +16,14 @@ impl PgStore {
     ) -> Result<Vec<Submitted>, StoreError> {
         let gated = submission::gated(&admission);
         // An ungated submission reads the clock in its insert, one round trip less, and
-        // may run in autocommit until something needs a transaction (see `Session`).
+        // may run in autocommit until something needs a transaction (see `Session`). What
+        // will need one, as far as is known before any statement, starts as one: a batch
+        // with keys (undone whole on a conflict) and the leasing of its jobs to this
+        // process's idle dispatchers, which runs in the insert's transaction (see
+        // [`crate::park`]; a park that appears meanwhile turns the session into one then).
+        let queues: BTreeSet<String> = jobs.iter().map(|j| j.queue.clone()).collect();
         let all_or_nothing = jobs.len() > 1 && jobs.iter().any(|j| j.idempotency_key.is_some());
-        let (mut session, clock_read) = match (gated, all_or_nothing) {
+        let (mut session, clock_read) = match (gated, all_or_nothing || self.parks.waiting(&queues)) {
             (true, _) => self.begin().await.map(|(tx, now)| (Session::Tx(tx), Some(now)))?,
             (false, true) => (Session::Tx(self.pool.begin().await?), None),
             (false, false) => (Session::Auto(Some(self.pool.acquire().await?)), None),
@@ -68,7 +73,6 @@ impl PgStore {
         // Idle dispatchers of this process lease the new jobs in this very transaction
         // (see [`crate::park`]); a rated queue's claims keep to the rated path. Held jobs
         // are for nobody yet.
-        let queues: BTreeSet<String> = jobs.iter().map(|j| j.queue.clone()).collect();
         let parks = match hold.is_none() && self.parks.waiting(&queues) {
             false => Vec::new(),
             true => {
@@ -245,8 +249,10 @@ pub(super) async fn resolve_keys(conn: &mut sqlx::PgConnection, jobs: &[NewJob])
 /// the insert and COMMIT took three. Its statements before the insert only count, under
 /// READ COMMITTED as in a transaction, so the counts see the same. Whatever needs the
 /// insert's transaction (a lock held to its commit, a parked claim, held jobs) turns it
-/// into one first, with [`Session::tx`], before anything is written. A batch of several
-/// jobs with an idempotency key among them is a transaction from the start: a key found in
+/// into one first, with [`Session::tx`], before anything is written; one that waits for a
+/// park already when the submission starts is a transaction from the start, which spares
+/// the autocommit connection's release (sqlx pings it) and a second acquire. A batch of
+/// several jobs with an idempotency key among them is one from the start too: a key found in
 /// conflict only after the insert (another spec stored under it) must undo the batch's
 /// other jobs, since a batch is stored whole or not at all. What follows an autocommitted
 /// insert then only reads (the key of its one job, when the insert skipped it) and tells
