@@ -3,8 +3,9 @@
 //! SQLite allows one writer at a time, so the backend embraces it: a single writer
 //! thread owns the write connection and serves every write request (submits, claims,
 //! finishes, heartbeats, cancels) from a channel. Whatever has queued up while the last
-//! transaction committed goes into the next one, each request inside its own savepoint so
-//! that one failing request (an idempotency conflict) does not undo its neighbours. A
+//! transaction committed goes into the next one. A request refused by a rule (an
+//! idempotency conflict, a limit) is refused before it writes anything, so it does not
+//! undo its neighbours; a database error rolls the whole group back (`Writer::step`). A
 //! request is answered only after its transaction committed. Under load this turns
 //! thousands of small writes into a few large transactions, so durability does not cost a
 //! commit per job.
@@ -28,6 +29,7 @@ use crate::{
     Wakeups, WorkerInfo,
 };
 mod admission;
+mod batch;
 /// The raw baseline `ferry bench` shows beside its end-to-end figure: not part of the
 /// store's API (hidden from its docs), a child module so it runs the writer's own code.
 #[doc(hidden)]
@@ -39,6 +41,7 @@ mod claim;
 mod escalations;
 mod failures;
 mod jobs;
+mod log;
 mod open;
 mod remote;
 mod rows;
@@ -86,7 +89,7 @@ const HEARTBEAT: &str = include_str!("../sql/sqlite/heartbeat.sql");
 const QUEUE_STATS: &str = include_str!("../sql/sqlite/queue_stats.sql");
 const QUEUE_STATS_WORKSPACE: &str = include_str!("../sql/sqlite/queue_stats_workspace.sql");
 crate::sql::statements!("../sql/sqlite/store.sql":
-    WRITER_PRAGMAS, WRITER_AUTOCHECKPOINT, EXPIRE_ORPHANS, BEGIN_READ, COMMIT, ROLLBACK, INSERT_EVENT, WORKERS, EXPIRED, GET_JOB, CACHED_OUTPUT, LIST_JOBS, JOB_EXISTS, RUN_STATE, WORKSPACE_LIMITS, QUEUE_SETTINGS,
+    WRITER_PRAGMAS, WRITER_AUTOCHECKPOINT, EXPIRE_ORPHANS, BEGIN_READ, COMMIT, ROLLBACK, INSERT_EVENTS, WORKERS, EXPIRED, GET_JOB, CACHED_OUTPUT, LIST_JOBS, JOB_EXISTS, RUN_STATE, WORKSPACE_LIMITS, QUEUE_SETTINGS,
     QUEUE_SHARES, LABEL_RATES, TOKENS, TOKEN_BY_HASH, ACTIVE_TOKENS, AUTH_CLOSED, NEXT_DUE, PING,
 );
 /// A claimed job's columns, in the order [`row::claimed`] reads them (the claim's
@@ -247,6 +250,7 @@ impl SqliteStore {
                     rates: None,
                     parks: writer_parks,
                     touched: RefCell::default(),
+                    noted: RefCell::default(),
                 }
                 .run(rx, &writer_wakeups, &writer_events)
             })

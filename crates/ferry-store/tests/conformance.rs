@@ -726,6 +726,8 @@ async fn postgres_claim_query_uses_the_ready_index() {
 // By area, in tests/conformance/ (each module's doc names the promises it pins).
 #[path = "conformance/admission.rs"]
 mod admission;
+#[path = "conformance/batches.rs"]
+mod batches;
 #[path = "conformance/blobs.rs"]
 mod blobs;
 #[path = "conformance/breakers.rs"]

@@ -6,12 +6,13 @@
 -- the queue are skipped: both pauses are read here, in the claiming statement, so they
 -- hold from their commit for every claim, parked ones included. The subqueries do not
 -- depend on the row: SQLite runs each once per statement, and the scan stays on
--- jobs_ready.
+-- jobs_ready. The subquery picks rows by rowid (jobs_ready holds it), so the update
+-- finds each row at once instead of through the id's index.
 UPDATE jobs
 SET state = 'running', attempt = attempt + 1, worker_id = ?4,
     lease_expires_at = ?5, updated_at = ?2
-WHERE id IN (
-    SELECT id FROM jobs
+WHERE rowid IN (
+    SELECT rowid FROM jobs
     WHERE queue = ?1 AND state = 'queued'
       AND workspace NOT IN (SELECT workspace FROM queue_shares WHERE queue = ?1 AND paused)
       AND NOT EXISTS (SELECT 1 FROM queue_settings WHERE name = ?1 AND paused)

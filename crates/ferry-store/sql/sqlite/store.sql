@@ -30,9 +30,10 @@ COMMIT
 -- Abandons a transaction that failed.
 ROLLBACK
 
--- name: INSERT_EVENT
--- Appends one event to a job's log; PostgreSQL appends a batch at once from arrays (insert_events.sql).
-INSERT INTO events (job_id, at, type, data) VALUES (?1, ?2, ?3, ?4)
+-- name: INSERT_EVENTS
+-- Appends events to jobs' logs, `{rows}` a list of `(?, ?, ?, ?)` (job_id, at, type, data),
+-- one for each (sqlite/log.rs); PostgreSQL appends a batch at once from arrays (insert_events.sql).
+INSERT INTO events (job_id, at, type, data) VALUES {rows}
 
 -- name: JOB_COLUMNS
 -- A job's columns, in the order row::job reads them; PostgreSQL reads its jsonb columns as text (`::text`).

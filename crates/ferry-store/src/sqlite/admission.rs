@@ -2,6 +2,7 @@
 //! and the insert of a job with its first event. The decisions are
 //! [`crate::submission`]'s; held jobs are released by [`crate::rules::jobs`].
 
+use super::batch::MultiRow;
 use super::*;
 
 crate::sql::statements!("../../sql/sqlite/admission.sql":
@@ -42,12 +43,10 @@ impl Writer {
                 submission::check_depth(queue, *cap, self.waiting(queue, *cap)?, adding)?;
             }
         }
-        let mut inserted = HashMap::new();
-        for (job, r) in jobs.iter().zip(&resolved) {
-            if *r == Resolved::New {
-                inserted.insert(job.id, self.insert_job(job, None, hold.as_deref())?);
-            }
-        }
+        let new: Vec<(&NewJob, Option<NodeOf<'_>>)> =
+            jobs.iter().zip(&resolved).filter(|(_, r)| **r == Resolved::New).map(|(job, _)| (job, None)).collect();
+        let states = self.insert_jobs(&new, hold.as_deref())?;
+        let inserted: HashMap<JobId, JobState> = new.iter().map(|(job, _)| job.id).zip(states).collect();
         Ok(submission::answers(&jobs, &resolved, |id| inserted[&id]))
     }
 
@@ -83,52 +82,108 @@ impl Writer {
     pub(super) fn insert_job(
         &mut self,
         job: &NewJob,
-        run: Option<(RunId, &str, Option<u32>)>,
+        run: Option<NodeOf<'_>>,
         held: Option<&str>,
     ) -> Result<JobState, StoreError> {
-        let (state, run_at) = match job.run_at {
-            _ if held.is_some() => (JobState::Held, job.run_at.unwrap_or(self.now).max(self.now)),
-            Some(at) if at > self.now => (JobState::Scheduled, at),
-            _ => (JobState::Queued, self.now),
-        };
-        let deadline = job.total_timeout_ms.map(|t| run_at.saturating_add(time::ms(t)));
-        let labels = (!job.labels.is_empty()).then(|| serde_json::to_string(&job.labels).unwrap_or_default());
-        let backoff = serde_json::to_string(&job.backoff).unwrap_or_default();
-        self.conn.prepare_cached(INSERT_JOB).map_err(db)?.execute(params![
-            job.id,
-            job.workspace,
-            job.user,
-            job.kind,
-            job.queue,
-            state.as_str(),
-            job.priority,
-            job.input.to_string(),
-            labels,
-            job.max_attempts,
-            backoff,
-            job.timeout_ms as i64,
-            job.total_timeout_ms.map(|t| t as i64),
-            job.idempotency_key,
-            job.request_hash,
-            self.now,
-            run_at,
-            deadline,
-            job.soft_timeout_ms.map(|t| t as i64),
-            job.cache_key,
-            run.map(|r| r.0),
-            run.map(|r| r.1),
-            run.and_then(|r| r.2),
-            job.breaker,
-            job.ordering_key,
-        ])?;
-        if let Some(reason) = held {
-            let (kind, data) = transition::held_event(&job.queue, reason);
-            self.event(job.id, kind, data)?;
-            return Ok(state);
+        Ok(self.insert_jobs(&[(job, run)], held)?[0])
+    }
+
+    /// Inserts new jobs (node instances where a run is given) in a few statements, each
+    /// with its first event; held by `held`'s reason when given. Their states, in order.
+    pub(super) fn insert_jobs(
+        &mut self,
+        jobs: &[(&NewJob, Option<NodeOf<'_>>)],
+        held: Option<&str>,
+    ) -> Result<Vec<JobState>, StoreError> {
+        let now = self.now;
+        let rows: Vec<JobRow<'_>> = jobs
+            .iter()
+            .map(|&(job, run)| {
+                let (state, run_at) = match job.run_at {
+                    _ if held.is_some() => (JobState::Held, job.run_at.unwrap_or(now).max(now)),
+                    Some(at) if at > now => (JobState::Scheduled, at),
+                    _ => (JobState::Queued, now),
+                };
+                JobRow {
+                    job,
+                    run,
+                    state,
+                    run_at,
+                    deadline: job.total_timeout_ms.map(|t| run_at.saturating_add(time::ms(t))),
+                    input: job.input.to_string(),
+                    labels: (!job.labels.is_empty()).then(|| serde_json::to_string(&job.labels).unwrap_or_default()),
+                    backoff: serde_json::to_string(&job.backoff).unwrap_or_default(),
+                }
+            })
+            .collect();
+        INSERT_JOBS.insert(&self.conn, &rows, |s, first, r| r.bind(s, first, now)).map_err(db)?;
+        for r in &rows {
+            let (kind, data) = match held {
+                Some(reason) => transition::held_event(&r.job.queue, reason),
+                None => transition::submit_event(r.state, &r.job.queue, r.run_at),
+            };
+            self.event(r.job.id, kind, data)?;
+            if held.is_none() {
+                self.woken.insert(r.job.queue.clone());
+            }
         }
-        let (kind, data) = transition::submit_event(state, &job.queue, run_at);
-        self.event(job.id, kind, data)?;
-        self.woken.insert(job.queue.clone());
-        Ok(state)
+        Ok(rows.iter().map(|r| r.state).collect())
+    }
+}
+
+/// The run, node and item a job is an instance of.
+pub(super) type NodeOf<'a> = (RunId, &'a str, Option<u32>);
+
+/// The jobs' multi-row insert (`insert_job.sql`).
+static INSERT_JOBS: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| MultiRow::new(INSERT_JOB, 26));
+
+/// A new job's row, as inserted.
+struct JobRow<'a> {
+    job: &'a NewJob,
+    run: Option<NodeOf<'a>>,
+    state: JobState,
+    run_at: Micros,
+    deadline: Option<Micros>,
+    input: String,
+    labels: Option<String>,
+    backoff: String,
+}
+
+impl JobRow<'_> {
+    /// Binds the row's 26 parameters from `first` on, in `insert_job.sql`'s column order.
+    fn bind(&self, s: &mut rusqlite::Statement<'_>, first: usize, now: Micros) -> rusqlite::Result<()> {
+        let (job, run) = (self.job, self.run);
+        let values: [&dyn ToSql; 26] = [
+            &job.id,
+            &job.workspace,
+            &job.user,
+            &job.kind,
+            &job.queue,
+            &self.state.as_str(),
+            &job.priority,
+            &self.input,
+            &self.labels,
+            &job.max_attempts,
+            &self.backoff,
+            &(job.timeout_ms as i64),
+            &job.total_timeout_ms.map(|t| t as i64),
+            &job.idempotency_key,
+            &job.request_hash,
+            &now,
+            &self.run_at,
+            &self.deadline,
+            &now,
+            &job.soft_timeout_ms.map(|t| t as i64),
+            &job.cache_key,
+            &run.map(|r| r.0),
+            &run.map(|r| r.1),
+            &run.and_then(|r| r.2),
+            &job.breaker,
+            &job.ordering_key,
+        ];
+        for (i, v) in values.iter().enumerate() {
+            s.raw_bind_parameter(first + i, v)?;
+        }
+        Ok(())
     }
 }

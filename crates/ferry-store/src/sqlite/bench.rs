@@ -38,6 +38,7 @@ pub fn raw_baseline(dir: &Path, jobs: usize, batch: usize, durability: Durabilit
         rates: None,
         parks: Default::default(),
         touched: RefCell::default(),
+        noted: RefCell::default(),
     };
     let backoff = ferry_core::Backoff::default();
     let started = std::time::Instant::now();
@@ -72,22 +73,28 @@ pub fn raw_baseline(dir: &Path, jobs: usize, batch: usize, durability: Durabilit
             })
             .collect();
         w.submit(new, Admission::default())?;
+        w.flush_events()?;
         w.conn.execute_batch(*super::COMMIT)?;
         w.now = time::now_micros();
         w.conn.execute_batch(*super::writer::BEGIN_GROUP)?;
         let claimed =
             w.claim(&ClaimRequest { queue: "default".into(), limit: n, worker: "bench".into(), lease_ms: 30_000 })?;
+        w.flush_events()?;
         w.conn.execute_batch(*super::COMMIT)?;
         w.now = time::now_micros();
         w.conn.execute_batch(*super::writer::BEGIN_GROUP)?;
-        for job in claimed.jobs {
-            w.finish(&Finish {
+        let fins: Vec<Finish> = claimed
+            .jobs
+            .into_iter()
+            .map(|job| Finish {
                 id: job.id,
                 attempt: job.attempt,
                 queue: job.queue,
                 result: FinishResult::Succeeded { output: serde_json::Value::Null },
-            })?;
-        }
+            })
+            .collect();
+        w.finish_many(&fins)?;
+        w.flush_events()?;
         w.conn.execute_batch(*super::COMMIT)?;
         done += n;
     }

@@ -1,6 +1,7 @@
 //! Attempts and single jobs on SQLite: finishes, heartbeats, workers, pruning, and the
 //! job rules' statements ([`JobTx`]: cancel, replay, delete, held release).
 
+use super::batch::MultiRow;
 use super::tx::SqliteTx;
 use super::*;
 use crate::rules::jobs::{HeldJob, JobTx, LockedJob};
@@ -12,32 +13,77 @@ crate::sql::statements!("../../sql/sqlite/jobs.sql":
     HELD_JOBS, UNHOLD_JOB, ORDER_AHEAD, ORDER_GO,
 );
 
+/// The finish's multi-row update (`finish.sql`).
+static FINISH_JOBS: std::sync::LazyLock<MultiRow> = std::sync::LazyLock::new(|| MultiRow::new(FINISH, 10));
+
 impl Writer {
-    pub(super) fn finish(&mut self, fin: &Finish) -> Result<bool, StoreError> {
+    /// Ends the attempts, in order: whether each one changed its job (a stale attempt
+    /// changes nothing). A job twice in `fins` is ended by its first finish that holds.
+    pub(super) fn finish_many(&mut self, fins: &[Finish]) -> Result<Vec<bool>, StoreError> {
+        let mut changed = Vec::with_capacity(fins.len());
+        // One statement updates a job once: a job seen again starts the next statement.
+        let mut start = 0;
+        let mut seen = HashSet::new();
+        for (i, fin) in fins.iter().enumerate() {
+            if !seen.insert(fin.id) {
+                changed.extend(self.finish_apart(&fins[start..i])?);
+                seen.clear();
+                seen.insert(fin.id);
+                start = i;
+            }
+        }
+        changed.extend(self.finish_apart(&fins[start..])?);
+        Ok(changed)
+    }
+
+    /// Ends attempts of as many different jobs, in a few statements.
+    fn finish_apart(&mut self, fins: &[Finish]) -> Result<Vec<bool>, StoreError> {
         let now = self.now;
-        let cols = transition::finish_columns(&fin.result, now);
-        let changed = self.conn.prepare_cached(FINISH)?.execute(params![
-            fin.id,
-            fin.attempt,
-            cols.state.as_str(),
-            cols.output.map(|o| o.to_string()),
-            cols.error.map(|e| serde_json::to_string(e).unwrap_or_default()),
-            cols.finished.then_some(now),
-            cols.run_at,
-            cols.base_inc,
-            now,
-            cols.breaker
-        ])?;
-        if changed == 0 {
-            return Ok(false);
+        let mut done = HashSet::new();
+        FINISH_JOBS.query(
+            &self.conn,
+            fins,
+            |s, first, fin| {
+                let cols = transition::finish_columns(&fin.result, now);
+                let values: [&dyn ToSql; 10] = [
+                    &fin.id,
+                    &fin.attempt,
+                    &cols.state.as_str(),
+                    &cols.output.map(|o| o.to_string()),
+                    &cols.error.map(|e| serde_json::to_string(e).unwrap_or_default()),
+                    &cols.finished.then_some(now),
+                    &cols.run_at,
+                    &cols.base_inc,
+                    &now,
+                    &cols.breaker,
+                ];
+                for (i, v) in values.iter().enumerate() {
+                    s.raw_bind_parameter(first + i, v)?;
+                }
+                Ok(())
+            },
+            |r| {
+                done.insert(r.get::<_, JobId>(0)?);
+                Ok(())
+            },
+        )?;
+        let mut changed = Vec::with_capacity(fins.len());
+        for fin in fins {
+            let applied = done.contains(&fin.id);
+            if applied {
+                for (kind, data) in transition::finish_events(fin, now) {
+                    self.event(fin.id, kind, data)?;
+                }
+                if matches!(
+                    fin.result,
+                    FinishResult::Retry { .. } | FinishResult::Released | FinishResult::Deferred { .. }
+                ) {
+                    self.woken.insert(fin.queue.clone());
+                }
+            }
+            changed.push(applied);
         }
-        for (kind, data) in transition::finish_events(fin, now) {
-            self.event(fin.id, kind, data)?;
-        }
-        if matches!(fin.result, FinishResult::Retry { .. } | FinishResult::Released | FinishResult::Deferred { .. }) {
-            self.woken.insert(fin.queue.clone());
-        }
-        Ok(true)
+        Ok(changed)
     }
 
     pub(super) fn heartbeat(
@@ -70,6 +116,8 @@ impl Writer {
             .prepare_cached(PRUNE)?
             .query_map(params![crate::id_floor(cut / 1000), cut, limit as i64], |r| r.get::<_, JobId>(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
+        // No noted event may outlive its job's deletion.
+        self.flush_events()?;
         for id in &ids {
             self.conn.prepare_cached(*DELETE_JOB_EVENTS)?.execute(params![id])?;
             self.conn.prepare_cached(*DELETE_JOB)?.execute(params![id])?;
@@ -132,6 +180,8 @@ impl JobTx for SqliteTx<'_> {
     }
 
     async fn delete_job(&mut self, id: JobId) -> Result<(), StoreError> {
+        // No noted event may outlive its job's deletion.
+        self.w.flush_events()?;
         self.w.conn.prepare_cached(*DELETE_JOB_EVENTS)?.execute(params![id])?;
         self.w.conn.prepare_cached(*DELETE_JOB)?.execute(params![id])?;
         Ok(())

@@ -48,6 +48,8 @@ impl Writer {
         attempt: u32,
         events: &[(String, serde_json::Value)],
     ) -> rusqlite::Result<bool> {
+        // After the events noted before them, in the log's order.
+        self.flush_events()?;
         let mut insert = self.conn.prepare_cached(*JOB_EVENT)?;
         for (kind, data) in events {
             if insert.execute(params![id, attempt, self.now, kind, data.to_string()])? == 0 {

@@ -129,6 +129,8 @@ impl RunTx for SqliteTx<'_> {
     }
 
     async fn mirror(&mut self, run: RunId) -> Result<(), StoreError> {
+        // The mirror copies the jobs' logs: they are written out first.
+        self.w.flush_events()?;
         if self.w.conn.prepare_cached(*MIRROR)?.execute(params![run])? > 0 {
             self.w.touched(Subject::Run(run));
         }

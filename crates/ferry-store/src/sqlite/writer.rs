@@ -102,6 +102,9 @@ impl Writer {
             };
             out.push((park, claimed));
         }
+        if let Err(e) = self.flush_events() {
+            self.poisoned = Some(e.to_string());
+        }
         out
     }
 
@@ -140,7 +143,7 @@ impl Writer {
             Cmd::OrderRelease(ws, key, reply) => self.step(reply, |w| w.order_release(&ws, &key)),
             Cmd::Escalate(firing, reply) => self.step(reply, |w| w.escalate(*firing)),
             Cmd::With(f) => f(self),
-            Cmd::FinishMany(fins, reply) => self.step(reply, |w| fins.iter().map(|f| w.finish(f)).collect()),
+            Cmd::FinishMany(fins, reply) => self.step(reply, |w| w.finish_many(&fins)),
             Cmd::Heartbeat(worker, lease_ms, running, reply) => {
                 self.step(reply, |w| w.heartbeat(&worker, lease_ms, &running))
             }
@@ -247,7 +250,15 @@ impl Writer {
         // run at all: they would be rolled back anyway.
         let result = match &self.poisoned {
             Some(e) => Err(StoreError::Database(e.clone())),
-            None => f(self),
+            None => {
+                let result = f(self);
+                // The request's events are written before the next request runs, whatever
+                // it answers; a failure to write them poisons the group.
+                match self.flush_events() {
+                    Ok(()) => result,
+                    Err(e) => Err(e.into()),
+                }
+            }
         };
         if let Err(e) = &result
             && !matches!(
@@ -266,12 +277,6 @@ impl Writer {
                 None => result,
             });
         })
-    }
-
-    pub(super) fn event(&self, job: JobId, kind: &str, data: serde_json::Value) -> rusqlite::Result<()> {
-        self.conn.prepare_cached(*INSERT_EVENT)?.execute(params![job, self.now, kind, data.to_string()])?;
-        self.touched(Subject::Job(job));
-        Ok(())
     }
 
     /// Notes that the transaction wrote to a job's or a run's log, if any stream watches.
@@ -297,6 +302,8 @@ pub(super) struct Writer {
     /// The jobs and runs whose logs this transaction wrote: their event streams are
     /// woken once it commits.
     pub(super) touched: RefCell<Vec<Subject>>,
+    /// Events noted and not yet written (see [`super::log`]).
+    pub(super) noted: RefCell<Vec<super::log::Noted>>,
 }
 
 pub(super) type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
