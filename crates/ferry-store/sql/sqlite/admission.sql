@@ -26,6 +26,8 @@ SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE queue = ?1 AND state = 'q
 SELECT COUNT(*), COALESCE(SUM(user_id = ?2), 0) FROM runs WHERE workspace = ?1 AND state = 'running'
 
 -- name: JOBS_IN_FLIGHT
--- The workspace's and the user's unfinished standalone jobs (as RUNS_IN_FLIGHT).
+-- The workspace's and the user's unfinished standalone jobs (as RUNS_IN_FLIGHT). The
+-- states are named as jobs_inflight's condition names them (migration 0020), so that
+-- SQLite sees the index covers the query.
 SELECT COUNT(*), COALESCE(SUM(user_id = ?2), 0) FROM jobs WHERE workspace = ?1 AND run_id IS NULL
-    AND state IN ('queued', 'scheduled', 'running', 'retrying')
+    AND (state = 'queued' OR state = 'scheduled' OR state = 'running' OR state = 'retrying')

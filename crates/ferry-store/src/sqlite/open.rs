@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (17, include_str!("../../sql/sqlite/migrations/0017_run_depth.sql")),
     (18, include_str!("../../sql/sqlite/migrations/0018_remote_kinds.sql")),
     (19, include_str!("../../sql/sqlite/migrations/0019_schedules.sql")),
+    (20, include_str!("../../sql/sqlite/migrations/0020_inflight_without_list.sql")),
 ];
 
 crate::sql::statements!("../../sql/sqlite/open.sql":

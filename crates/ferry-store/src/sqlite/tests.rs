@@ -1,4 +1,4 @@
-//! Pins what is SQLite's own: the claim, promotion, reaper and count queries stay on
+//! Pins what is SQLite's own: the claim, promotion, reaper, count and admission queries stay on
 //! their indexes. The behaviour both backends share is pinned by
 //! `tests/conformance.rs`.
 
@@ -35,4 +35,7 @@ fn claim_and_count_queries_use_their_indexes() {
         assert!(stats.contains(index), "stats plan does not use {index}: {stats}");
     }
     assert!(!stats.lines().any(|l| l.trim() == "SCAN jobs"), "stats plan scans the table: {stats}");
+    // Its condition is written as jobs_inflight's is (migration 0020), or the index is not used.
+    let in_flight = plan(&conn, *admission::JOBS_IN_FLIGHT, 2);
+    assert!(in_flight.contains("jobs_inflight"), "in-flight count plan: {in_flight}");
 }
