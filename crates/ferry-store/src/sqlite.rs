@@ -171,7 +171,9 @@ pub struct SqliteStore {
     parks: Arc<Parks>,
     path: PathBuf,
     blobs: Arc<blobs::FileBlobs>,
-    _lock: std::fs::File,
+    /// The data directory's lock: held from the open until [`Store::close`] has stopped
+    /// the writer, or the store is dropped.
+    lock: std::fs::File,
     /// Fired after tokens changed (see [`Store::token_changes`]).
     token_changes: tokio::sync::broadcast::Sender<()>,
     /// Fired by the writer after a commit that wrote events (see [`Store::event_signal`]).
@@ -269,7 +271,7 @@ impl SqliteStore {
             parks,
             path,
             blobs: Arc::new(blobs::FileBlobs::new(&opts.data_dir)),
-            _lock: lock,
+            lock,
         })
     }
 
@@ -771,6 +773,10 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         let _ = self.write(Cmd::Close).await;
+        // The writer has stopped: nothing of this store writes again, so another store may
+        // open the directory now, whatever still holds this one (a task that has yet to
+        // notice the stop). A restart in the same process no longer waits for them.
+        let _ = self.lock.unlock();
     }
 }
 

@@ -1,10 +1,10 @@
 //! `ferry bench`'s raw baseline for SQLite: the engine's write pattern without the
 //! engine. Not part of the store's API: `ferry bench` is its only caller, and the module
 //! is hidden from the crate's docs. It lives under `sqlite` because it drives the
-//! writer's own statements (`Writer::submit`, `claim`, `finish`) on a connection of its
-//! own, which no public call can do: through [`crate::Store`] the same work would also
-//! pay for the writer thread's channel and group commit, and the figure would no longer
-//! be the floor the engine is compared with.
+//! writer's own statements (`Writer::submit`, `claim`, `finish_many`, `flush_events`) on
+//! a connection of its own, which no public call can do: through [`crate::Store`] the
+//! same work would also pay for the writer thread's channel and group commit, and the
+//! figure would no longer be the floor the engine is compared with.
 
 use super::{Durability, SqliteOptions, SqliteStore, WRITER_CACHE_KIB, Writer};
 use crate::{Admission, ClaimRequest, Finish, FinishResult, StoreError};

@@ -39,3 +39,17 @@ fn claim_and_count_queries_use_their_indexes() {
     let in_flight = plan(&conn, *admission::JOBS_IN_FLIGHT, 2);
     assert!(in_flight.contains("jobs_inflight"), "in-flight count plan: {in_flight}");
 }
+
+#[tokio::test]
+async fn a_closed_store_lets_its_directory_go_while_something_still_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path());
+    let opts = SqliteOptions { data_dir: dir.path().to_path_buf(), durability: Durability::Process };
+    assert!(matches!(SqliteStore::open(&opts), Err(StoreError::Locked(_))), "one store a directory");
+    first.close().await;
+    // `first` is still alive, as a task that has yet to notice a stop would keep it.
+    let second = SqliteStore::open(&opts).expect("the directory is free once the first store closed");
+    assert!(matches!(SqliteStore::open(&opts), Err(StoreError::Locked(_))), "the second store holds it");
+    second.close().await;
+    drop(first);
+}
