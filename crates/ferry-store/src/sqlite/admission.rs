@@ -2,7 +2,7 @@
 //! and the insert of a job with its first event. The decisions are
 //! [`crate::submission`]'s; held jobs are released by [`crate::rules::jobs`].
 
-use super::batch::MultiRow;
+use super::batch::{MultiRow, bind_row};
 use super::*;
 
 crate::sql::statements!("../../sql/sqlite/admission.sql":
@@ -122,7 +122,7 @@ impl Writer {
                 Some(reason) => transition::held_event(&r.job.queue, reason),
                 None => transition::submit_event(r.state, &r.job.queue, r.run_at),
             };
-            self.event(r.job.id, kind, data)?;
+            self.event(r.job.id, kind, data);
             if held.is_none() {
                 self.woken.insert(r.job.queue.clone());
             }
@@ -153,37 +153,37 @@ impl JobRow<'_> {
     /// Binds the row's 26 parameters from `first` on, in `insert_job.sql`'s column order.
     fn bind(&self, s: &mut rusqlite::Statement<'_>, first: usize, now: Micros) -> rusqlite::Result<()> {
         let (job, run) = (self.job, self.run);
-        let values: [&dyn ToSql; 26] = [
-            &job.id,
-            &job.workspace,
-            &job.user,
-            &job.kind,
-            &job.queue,
-            &self.state.as_str(),
-            &job.priority,
-            &self.input,
-            &self.labels,
-            &job.max_attempts,
-            &self.backoff,
-            &(job.timeout_ms as i64),
-            &job.total_timeout_ms.map(|t| t as i64),
-            &job.idempotency_key,
-            &job.request_hash,
-            &now,
-            &self.run_at,
-            &self.deadline,
-            &now,
-            &job.soft_timeout_ms.map(|t| t as i64),
-            &job.cache_key,
-            &run.map(|r| r.0),
-            &run.map(|r| r.1),
-            &run.and_then(|r| r.2),
-            &job.breaker,
-            &job.ordering_key,
-        ];
-        for (i, v) in values.iter().enumerate() {
-            s.raw_bind_parameter(first + i, v)?;
-        }
-        Ok(())
+        bind_row(
+            s,
+            first,
+            &[
+                &job.id,
+                &job.workspace,
+                &job.user,
+                &job.kind,
+                &job.queue,
+                &self.state.as_str(),
+                &job.priority,
+                &self.input,
+                &self.labels,
+                &job.max_attempts,
+                &self.backoff,
+                &(job.timeout_ms as i64),
+                &job.total_timeout_ms.map(|t| t as i64),
+                &job.idempotency_key,
+                &job.request_hash,
+                &now,
+                &self.run_at,
+                &self.deadline,
+                &now,
+                &job.soft_timeout_ms.map(|t| t as i64),
+                &job.cache_key,
+                &run.map(|r| r.0),
+                &run.map(|r| r.1),
+                &run.and_then(|r| r.2),
+                &job.breaker,
+                &job.ordering_key,
+            ],
+        )
     }
 }

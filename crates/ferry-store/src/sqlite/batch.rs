@@ -6,7 +6,7 @@
 //! writer. A [`MultiRow`] holds the same statement prepared for a few row counts
 //! ([`CHUNKS`]) and writes any number of rows with the largest that fit, in order.
 
-use rusqlite::{Connection, Row, Statement};
+use rusqlite::{Connection, Row, Statement, ToSql};
 
 /// The row counts a [`MultiRow`] is prepared for, largest first: 1,000 rows take 15
 /// statements of 64, two of 16 and two of 4.
@@ -28,7 +28,8 @@ impl MultiRow {
     }
 
     /// Inserts one row for each of `items`, in order: `bind(statement, first, item)` binds
-    /// the item's parameters from index `first` on (1-based, as SQLite counts).
+    /// the item's parameters from index `first` on (1-based, as SQLite counts), as a rule
+    /// with [`bind_row`].
     pub(super) fn insert<T>(
         &self,
         conn: &Connection,
@@ -65,6 +66,14 @@ impl MultiRow {
     }
 }
 
+/// Binds one row's `values`, in order, from parameter `first` on.
+pub(super) fn bind_row(s: &mut Statement<'_>, first: usize, values: &[&dyn ToSql]) -> rusqlite::Result<()> {
+    for (i, v) in values.iter().enumerate() {
+        s.raw_bind_parameter(first + i, v)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,12 +87,7 @@ mod tests {
         for n in [0, 1, 3, 4, 5, 16, 63, 64, 65, 64 + 16 + 4 + 1] {
             conn.execute_batch("DELETE FROM t").unwrap();
             let items: Vec<i64> = (0..n).collect();
-            insert
-                .insert(&conn, &items, |s, first, &a| {
-                    s.raw_bind_parameter(first, a)?;
-                    s.raw_bind_parameter(first + 1, format!("row {a}"))
-                })
-                .unwrap();
+            insert.insert(&conn, &items, |s, first, &a| bind_row(s, first, &[&a, &format!("row {a}")])).unwrap();
             let rows: Vec<(i64, String)> = conn
                 .prepare("SELECT a, b FROM t ORDER BY seq")
                 .unwrap()

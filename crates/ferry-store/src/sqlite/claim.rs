@@ -31,7 +31,7 @@ impl Writer {
             .map_err(db)?;
         let mut out = row::in_claim_order(claimed);
         for job in &mut out {
-            self.event(job.id, "started", json!({"attempt": job.attempt, "worker": req.worker}))?;
+            self.event(job.id, "started", json!({"attempt": job.attempt, "worker": req.worker}));
             job.worker = Some(req.worker.clone());
         }
         Ok(Claimed { jobs: out, rate_wait_ms: None })
@@ -91,7 +91,7 @@ impl ClaimTx for SqliteTx<'_> {
                 .conn
                 .prepare_cached(CLAIM_ONE)?
                 .query_row(params![id, now, req.worker, lease_until], |r| claimed_from_row(r, now))?;
-            self.w.event(job.id, "started", json!({"attempt": job.attempt, "worker": req.worker}))?;
+            self.w.event(job.id, "started", json!({"attempt": job.attempt, "worker": req.worker}));
             job.worker = Some(req.worker.clone());
             jobs.push(job);
         }

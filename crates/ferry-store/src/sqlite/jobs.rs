@@ -1,7 +1,7 @@
 //! Attempts and single jobs on SQLite: finishes, heartbeats, workers, pruning, and the
 //! job rules' statements ([`JobTx`]: cancel, replay, delete, held release).
 
-use super::batch::MultiRow;
+use super::batch::{MultiRow, bind_row};
 use super::tx::SqliteTx;
 use super::*;
 use crate::rules::jobs::{HeldJob, JobTx, LockedJob};
@@ -45,22 +45,22 @@ impl Writer {
             fins,
             |s, first, fin| {
                 let cols = transition::finish_columns(&fin.result, now);
-                let values: [&dyn ToSql; 10] = [
-                    &fin.id,
-                    &fin.attempt,
-                    &cols.state.as_str(),
-                    &cols.output.map(|o| o.to_string()),
-                    &cols.error.map(|e| serde_json::to_string(e).unwrap_or_default()),
-                    &cols.finished.then_some(now),
-                    &cols.run_at,
-                    &cols.base_inc,
-                    &now,
-                    &cols.breaker,
-                ];
-                for (i, v) in values.iter().enumerate() {
-                    s.raw_bind_parameter(first + i, v)?;
-                }
-                Ok(())
+                bind_row(
+                    s,
+                    first,
+                    &[
+                        &fin.id,
+                        &fin.attempt,
+                        &cols.state.as_str(),
+                        &cols.output.map(|o| o.to_string()),
+                        &cols.error.map(|e| serde_json::to_string(e).unwrap_or_default()),
+                        &cols.finished.then_some(now),
+                        &cols.run_at,
+                        &cols.base_inc,
+                        &now,
+                        &cols.breaker,
+                    ],
+                )
             },
             |r| {
                 done.insert(r.get::<_, JobId>(0)?);
@@ -72,7 +72,7 @@ impl Writer {
             let applied = done.contains(&fin.id);
             if applied {
                 for (kind, data) in transition::finish_events(fin, now) {
-                    self.event(fin.id, kind, data)?;
+                    self.event(fin.id, kind, data);
                 }
                 if matches!(
                     fin.result,
@@ -189,7 +189,7 @@ impl JobTx for SqliteTx<'_> {
 
     async fn log(&mut self, events: Vec<(JobId, &'static str, serde_json::Value)>) -> Result<(), StoreError> {
         for (id, kind, data) in events {
-            self.w.event(id, kind, data)?;
+            self.w.event(id, kind, data);
         }
         Ok(())
     }

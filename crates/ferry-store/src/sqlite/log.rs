@@ -15,7 +15,7 @@
 //! events) flush first. Reads on other connections see only committed transactions, so
 //! for them nothing changed.
 
-use super::batch::MultiRow;
+use super::batch::{MultiRow, bind_row};
 use super::*;
 
 /// The log's multi-row insert.
@@ -31,21 +31,15 @@ pub(super) struct Noted {
 
 impl Writer {
     /// Notes an event of `job`'s log, written by the next [`Writer::flush_events`].
-    pub(super) fn event(&self, job: JobId, kind: &'static str, data: serde_json::Value) -> rusqlite::Result<()> {
+    pub(super) fn event(&self, job: JobId, kind: &'static str, data: serde_json::Value) {
         self.noted.borrow_mut().push(Noted { job, at: self.now, kind, data: data.to_string() });
         self.touched(Subject::Job(job));
-        Ok(())
     }
 
     /// Writes every noted event, in the order noted. On an error the notes are dropped:
     /// the error poisons the group, which is rolled back.
     pub(super) fn flush_events(&self) -> rusqlite::Result<()> {
         let noted = std::mem::take(&mut *self.noted.borrow_mut());
-        INSERT.insert(&self.conn, &noted, |insert, first, e| {
-            insert.raw_bind_parameter(first, e.job)?;
-            insert.raw_bind_parameter(first + 1, e.at)?;
-            insert.raw_bind_parameter(first + 2, e.kind)?;
-            insert.raw_bind_parameter(first + 3, e.data.as_str())
-        })
+        INSERT.insert(&self.conn, &noted, |s, first, e| bind_row(s, first, &[&e.job, &e.at, &e.kind, &e.data]))
     }
 }
